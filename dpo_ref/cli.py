@@ -1,0 +1,62 @@
+"""`dpo-ref` command line: one subcommand per module, imported only when that subcommand runs.
+
+Each subcommand module defines `register(subparsers)`, which adds its parser and sets
+`func=handler`, where `handler(args) -> int` returns the exit status. Bad input raises `InputError`
+(or argparse's usage error): the user sees one line and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from dpo_ref.errors import InputError
+
+# subcommand -> module defining register(subparsers); listed here, loaded lazily
+SUBCOMMANDS = {
+    "train": "dpo_ref.train",
+    "experiment": "dpo_ref.experiments",
+    "verify": "dpo_ref.oracle.cli",
+    "prove": "proofs.cli",
+    "bench": "dpo_ref.bench",
+}
+
+
+def _available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dpo-ref", description="Reference DPO / cDPO / IPO: train, verify others' code, prove the math."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module in SUBCOMMANDS.items():
+        if (only is None or only == name) and _available(module):
+            importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    only = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    parser = build_parser(only)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as err:
+        print(f"dpo-ref {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dpo-ref {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

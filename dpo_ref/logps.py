@@ -1,0 +1,144 @@
+"""Sequence log-probabilities from causal-LM logits, with the one-token shift and masking.
+
+Convention (Hugging Face / original DPO code): `labels` is aligned with the input ids, so the logits
+at position t score the label at position t+1. Positions whose label is `ignore_index` (prompt and
+padding) are not scored, and the first label is never scored (nothing predicts it).
+
+Memory: a naive `logits.log_softmax(-1).gather(...)` allocates a second (B, T, V) tensor. Here the
+log-normaliser is computed in chunks of positions, so the extra memory is bounded by a fraction of
+the logits (about 1/16, see `_CHUNKS`), and the backward pass writes the softmax gradient chunk by
+chunk into the one gradient tensor autograd needs anyway.
+
+Output dtype: float32 for bfloat16/float16 logits (accumulated in float32), otherwise the logits'
+dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dpo_ref.errors import InputError, InputTypeError
+
+_CHUNKS = 16  # number of position chunks: the extra memory is about 1/_CHUNKS of the logits
+_MIN_CHUNK_ELEMENTS = 1 << 20  # small inputs are done in one chunk: the absolute saving is nil
+
+
+def _out_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+def _chunk_len(batch: int, positions: int, vocab: int) -> int:
+    per_position = max(1, batch * vocab)
+    budget = max(_MIN_CHUNK_ELEMENTS, batch * positions * vocab // _CHUNKS)
+    return max(1, min(positions, budget // per_position))
+
+
+class _TokenLogps(torch.autograd.Function):
+    """log softmax(logits[:, t])[target[:, t]] for every position t, without a (B, T, V) copy."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # logits: (B, S, V) (a view, possibly non-contiguous); target: (B, S) valid indices
+        B, S, V = logits.shape
+        out_dtype = _out_dtype(logits.dtype)
+        lse = torch.empty(B, S, dtype=out_dtype, device=logits.device)  # (B, S)
+        step = _chunk_len(B, S, V)
+        for s in range(0, S, step):
+            chunk = logits[:, s : s + step].to(out_dtype)  # (B, c, V), a copy only for half inputs
+            lse[:, s : s + step] = torch.logsumexp(chunk, dim=-1)
+        picked = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1).to(out_dtype)  # (B, S)
+        ctx.save_for_backward(logits, target, lse)
+        ctx.step = step
+        return picked - lse
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, target, lse = ctx.saved_tensors
+        B, S, V = logits.shape
+        grad = torch.empty_like(logits)  # (B, S, V), the one full-size tensor autograd needs
+        step = ctx.step
+        for s in range(0, S, step):
+            g = grad_out[:, s : s + step].unsqueeze(-1)  # (B, c, 1)
+            probs = torch.exp(logits[:, s : s + step].to(lse.dtype) - lse[:, s : s + step].unsqueeze(-1))
+            grad[:, s : s + step] = (-g * probs).to(grad.dtype)  # d/dz of -lse
+        grad.scatter_add_(-1, target.unsqueeze(-1), grad_out.unsqueeze(-1).to(grad.dtype))  # d/dz of z[target]
+        return grad, None
+
+
+def check_logits_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Validate the shapes, dtypes and devices of `logits` (B, T, V) and `labels` (B, T)."""
+    if not isinstance(logits, torch.Tensor):
+        raise InputTypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if not isinstance(labels, torch.Tensor):
+        raise InputTypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if logits.dim() != 3:
+        raise InputError(f"logits must have shape (B, T, V), got {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise InputTypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+    if labels.dim() != 2:
+        raise InputError(f"labels must have shape (B, T), got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+        raise InputTypeError(f"labels must be an integer tensor of token ids, got dtype {labels.dtype}")
+    if tuple(logits.shape[:2]) != tuple(labels.shape):
+        raise InputError(
+            f"logits has shape {tuple(logits.shape)} but labels has shape {tuple(labels.shape)}; "
+            "logits must be (B, T, V) for labels (B, T)"
+        )
+    if logits.device != labels.device:
+        raise InputError(f"labels is on {labels.device} but logits is on {logits.device}; they must match")
+    if logits.shape[0] == 0:
+        raise InputError("logits is an empty batch; at least one sequence is needed")
+    if logits.shape[2] == 0:
+        raise InputError("logits has an empty vocabulary dimension (V = 0)")
+
+
+def sequence_logps(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    average: bool = False,
+    validate: bool = True,
+) -> torch.Tensor:
+    """Sum (or mean) over scored positions of log pi(label_{t+1} | tokens_{<=t}), shape `(B,)`.
+
+        logps[b] = sum_{t : labels[b, t+1] != ignore_index} log softmax(logits[b, t])[labels[b, t+1]]
+
+    Args:
+        logits: `(B, T, V)` causal-LM logits, aligned with the input ids.
+        labels: `(B, T)` token ids aligned with the input ids; `ignore_index` marks positions not scored.
+        average: divide each row by its number of scored tokens (length-normalised log-probs).
+        validate: check shapes, label range and empty rows (costs one host synchronisation).
+
+    A row with nothing to score gives 0 when summing (the empty sum) and raises `ValueError` naming
+    the row when averaging (a mean over zero tokens is undefined). Labels outside [0, V) other than
+    `ignore_index` raise `ValueError`.
+    """
+    if validate:
+        check_logits_labels(logits, labels)
+    shifted_logits = logits[:, :-1, :]  # (B, T-1, V), a view: position t scores label t+1
+    shifted_labels = labels[:, 1:]  # (B, T-1)
+    mask = shifted_labels != ignore_index  # (B, T-1)
+    target = torch.where(mask, shifted_labels, torch.zeros_like(shifted_labels))
+    if validate and mask.any():
+        vocab = logits.shape[-1]
+        bad = mask & ((shifted_labels < 0) | (shifted_labels >= vocab))
+        if bool(bad.any()):
+            b, t = (int(i) for i in bad.nonzero()[0])
+            raise InputError(
+                f"labels[{b}, {t + 1}] = {int(shifted_labels[b, t])} is not a token id in [0, {vocab}) "
+                f"nor ignore_index={ignore_index}"
+            )
+    token_logps = _TokenLogps.apply(shifted_logits, target)  # (B, T-1)
+    token_logps = torch.where(mask, token_logps, torch.zeros_like(token_logps))
+    total = token_logps.sum(-1)  # (B,)
+    if not average:
+        return total
+    counts = mask.sum(-1)  # (B,)
+    if validate and bool((counts == 0).any()):
+        row = int((counts == 0).nonzero()[0, 0])
+        raise InputError(
+            f"labels row {row} has no scored token (every label after the first is ignore_index={ignore_index}); "
+            "an average over zero tokens is undefined"
+        )
+    return total / counts.to(total.dtype)

@@ -1,0 +1,206 @@
+"""Per-example DPO, conservative DPO (cDPO) and IPO losses with their implicit rewards.
+
+Every loss here is a function of the preference margin
+
+    h = (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x)),
+
+the difference of the two implicit log-ratios. These are the only definitions of the formulas in the
+project: the trainer, the conformance oracle and the tests import them from here.
+
+Output dtype rule: the four log-prob tensors are promoted with `torch.result_type`; a half-precision
+result (bfloat16, float16) is promoted once more to float32, so the losses are computed and returned in
+float32 for bf16/fp16 inputs and in the promoted dtype (float32 or float64) otherwise. Gradients flow
+back to the inputs in their own dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from dpo_ref.errors import InputError, InputTypeError
+
+LOGPS_NAMES = (
+    "policy_chosen_logps",
+    "policy_rejected_logps",
+    "reference_chosen_logps",
+    "reference_rejected_logps",
+)
+
+
+class PreferenceLoss(NamedTuple):
+    """Per-example losses `(B,)` and the detached implicit rewards `(B,)` of chosen and rejected."""
+
+    losses: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype the losses are computed in (see the module docstring)."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    if dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return dtype
+
+
+def check_positive_scalar(value: object, name: str) -> float:
+    """`value` as a float; `InputError` naming `name` unless it is a finite real number > 0."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise InputError(f"{name} must be a positive finite number, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputTypeError(f"{name} must be a positive finite number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"{name} must be a positive finite number, got {value!r}")
+    return value
+
+
+def check_label_smoothing(value: object) -> float:
+    """`value` as a float; `InputError` unless 0 <= value < 0.5 (0.5 makes the loss ignore preference)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputTypeError(f"label_smoothing must be a number in [0, 0.5), got {type(value).__name__}")
+    value = float(value)
+    if not (0.0 <= value < 0.5):
+        raise InputError(f"label_smoothing must be in [0, 0.5), got {value!r}")
+    return value
+
+
+def check_logps(*logps: torch.Tensor, names: tuple[str, ...] = LOGPS_NAMES, finite: bool = True) -> None:
+    """Validate log-prob tensors: floating, 1-D, non-empty, same shape, same device, finite."""
+    for t, name in zip(logps, names):
+        if not isinstance(t, torch.Tensor):
+            raise InputTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise InputTypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        if t.dim() != 1:
+            raise InputError(f"{name} must be 1-D (one log-prob per example), got shape {tuple(t.shape)}")
+    first, first_name = logps[0], names[0]
+    for t, name in zip(logps[1:], names[1:]):
+        if t.shape != first.shape:
+            raise InputError(
+                f"{name} has shape {tuple(t.shape)} but {first_name} has shape {tuple(first.shape)}; they must match"
+            )
+        if t.device != first.device:
+            raise InputError(f"{name} is on {t.device} but {first_name} is on {first.device}; they must match")
+    if first.numel() == 0:
+        raise InputError(f"{first_name} is an empty batch; at least one example is needed")
+    if finite:
+        for t, name in zip(logps, names):
+            if not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).nonzero()[0, 0])
+                raise InputError(f"{name} has a non-finite value ({t[bad].item()}) at index {bad}")
+
+
+def preference_margin(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    reference_chosen_logps: torch.Tensor,
+    reference_rejected_logps: torch.Tensor,
+) -> torch.Tensor:
+    """h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)), shape `(B,)`.
+
+    Grouped as a difference of log-ratios: each log-ratio is small when pi is near pi_ref even if the
+    log-probs themselves are large, so this order loses the least precision.
+    """
+    return (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
+
+
+def dpo_losses_from_margin(margin: torch.Tensor, beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """DPO / cDPO per-example loss from the margin h.
+
+        L = -(1 - eps) log sigma(beta h) - eps log sigma(-beta h)
+
+    eps = 0 is DPO (Rafailov et al. 2023, Eq. 7); eps > 0 is conservative DPO (labels flipped with
+    probability eps). `logsigmoid` is evaluated stably (never log(sigmoid(x)), which is -inf in float32
+    once beta*h < -104).
+    """
+    logits = beta * margin
+    losses = -F.logsigmoid(logits)
+    if label_smoothing:
+        losses = (1.0 - label_smoothing) * losses - label_smoothing * F.logsigmoid(-logits)
+    return losses
+
+
+def ipo_losses_from_margin(margin: torch.Tensor, tau: float) -> torch.Tensor:
+    """IPO per-example loss from the margin h: L = (h - 1/(2 tau))^2 (Azar et al. 2023, Eq. 17)."""
+    return (margin - 1.0 / (2.0 * tau)) ** 2
+
+
+def _prepare(logps: tuple[torch.Tensor, ...], validate: bool) -> tuple[torch.Tensor, ...]:
+    if validate:
+        check_logps(*logps)
+    dtype = compute_dtype(*logps)
+    return tuple(t.to(dtype) for t in logps)
+
+
+def _rewards(scale: float, pc, pr, rc, rr) -> tuple[torch.Tensor, torch.Tensor]:
+    return (scale * (pc - rc)).detach(), (scale * (pr - rr)).detach()
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    reference_chosen_logps: torch.Tensor,
+    reference_rejected_logps: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    validate: bool = True,
+) -> PreferenceLoss:
+    """Per-example DPO loss (cDPO when `label_smoothing` > 0) and implicit rewards.
+
+    With h the preference margin (`preference_margin`):
+
+        L_DPO  = -log sigma(beta h)                                   (Rafailov et al. 2023, Eq. 7)
+        L_cDPO = -(1 - eps) log sigma(beta h) - eps log sigma(-beta h)
+
+    Args are sequence log-probs of shape `(B,)`: log pi(y_w|x), log pi(y_l|x), log pi_ref(y_w|x),
+    log pi_ref(y_l|x). `beta` > 0 is the KL coefficient; `label_smoothing` eps in [0, 0.5).
+    `validate=False` skips the input checks (and their host synchronisation) on a hot path.
+
+    Returns `PreferenceLoss(losses, chosen_rewards, rejected_rewards)`, each `(B,)`; the rewards are
+    beta * (log pi - log pi_ref), detached. Dtype: see the module docstring. Bad input raises
+    `ValueError` (or `TypeError` for a wrong type) naming the argument.
+    """
+    beta = check_positive_scalar(beta, "beta")
+    label_smoothing = check_label_smoothing(label_smoothing)
+    pc, pr, rc, rr = _prepare(
+        (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps), validate
+    )
+    losses = dpo_losses_from_margin(preference_margin(pc, pr, rc, rr), beta, label_smoothing)
+    return PreferenceLoss(losses, *_rewards(beta, pc, pr, rc, rr))
+
+
+def ipo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    reference_chosen_logps: torch.Tensor,
+    reference_rejected_logps: torch.Tensor,
+    *,
+    tau: float = 0.1,
+    validate: bool = True,
+) -> PreferenceLoss:
+    """Per-example IPO loss and implicit rewards.
+
+        L_IPO = (h - 1/(2 tau))^2                                       (Azar et al. 2023, Eq. 17)
+
+    h is the preference margin on the log-probs as given: pass summed sequence log-probs for the
+    paper's IPO, length-averaged ones for TRL's variant. `tau` > 0 is the regularisation strength; the
+    per-pair minimiser is h* = 1/(2 tau). The rewards are tau * (log pi - log pi_ref), detached (the
+    same scaling TRL reports, with its beta standing for tau). Bad input raises `ValueError`/`TypeError`
+    naming the argument.
+    """
+    tau = check_positive_scalar(tau, "tau")
+    pc, pr, rc, rr = _prepare(
+        (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps), validate
+    )
+    losses = ipo_losses_from_margin(preference_margin(pc, pr, rc, rr), tau)
+    return PreferenceLoss(losses, *_rewards(tau, pc, pr, rc, rr))
