@@ -81,7 +81,7 @@ class Claim:
     def check(self) -> str:
         raise NotImplementedError
 
-    def method(self) -> str:
+    def method(self, lang: str = "en") -> str:
         """A static, human-readable description of the decision procedure (for the rendered lesson)."""
         raise NotImplementedError
 
@@ -132,9 +132,12 @@ class Equal(Claim):
             raise ClaimError(f"lhs - rhs did not rewrite to 0 (via {' -> '.join(used)}); left with {_short(rest)}")
         return "lhs - rhs = 0 via " + " -> ".join(used)
 
-    def method(self) -> str:
-        given = f", given {', '.join(f'{k} = {v}' for k, v in self.given.items())}" if self.given else ""
-        return f"lhs − rhs rewrites to 0 ({' → '.join(self.via)}){given}"
+    def method(self, lang: str = "en") -> str:
+        chain = " → ".join(self.via)
+        subs = ", ".join(f"{k} = {v}" for k, v in (self.given or {}).items())
+        if lang == "zh":
+            return f"左边减右边化简为 0（{chain}）" + (f"，条件 {subs}" if subs else "")
+        return f"lhs − rhs rewrites to 0 ({chain})" + (f", given {subs}" if subs else "")
 
 
 @dataclass
@@ -160,7 +163,10 @@ class Positive(Claim):
             return note + f"sympy's assumptions give {self._word} after simplify"
         raise ClaimError(f"sympy's assumptions cannot show {_short(target)} {self._word}")
 
-    def method(self) -> str:
+    def method(self, lang: str = "en") -> str:
+        if lang == "zh":
+            first = "先化为显然的形式（已验证相等），再" if self.manifest is not None else ""
+            return first + f"由 sympy 的假设系统证明 {self._word}"
         first = "rewritten into a manifest form (checked equal), then " if self.manifest is not None else ""
         return first + f"sympy's assumption system proves {self._word}"
 
@@ -201,8 +207,8 @@ class Limit(Claim):
             return f"sympy.limit gives {got}"
         raise ClaimError(f"sympy.limit gives {_short(got)}, expected {_short(expected)}")
 
-    def method(self) -> str:
-        return "sympy.limit"
+    def method(self, lang: str = "en") -> str:
+        return "由 sympy.limit 计算" if lang == "zh" else "computed by sympy.limit"
 
 
 def _same(a: sp.Expr, b: sp.Expr) -> bool:
@@ -229,7 +235,9 @@ class Solutions(Claim):
             raise ClaimError(f"solveset gives {_short(got)}, expected {_short(expected)}")
         return f"solveset gives {_short(got)}"
 
-    def method(self) -> str:
+    def method(self, lang: str = "en") -> str:
+        if lang == "zh":
+            return "sympy.solveset 在所述定义域上恰好返回这个解集"
         return "sympy.solveset over the stated domain returns exactly this set"
 
 
@@ -252,8 +260,8 @@ class SystemSolution(Claim):
                 raise ClaimError(f"solve gives {_short(sol)}, expected {_short(self.expected)}")
         return f"sympy.solve gives the unique solution {_short(sol)}"
 
-    def method(self) -> str:
-        return "sympy.solve returns exactly one solution, this one"
+    def method(self, lang: str = "en") -> str:
+        return "sympy.solve 恰好返回这一个解" if lang == "zh" else "sympy.solve returns exactly one solution, this one"
 
 
 @dataclass
@@ -291,7 +299,9 @@ class GlobalMinimum(Claim):
             note = ", f(x0) = value"
         return "f'' > 0 on the domain (sympy's assumptions) and f'(x0) = 0" + note
 
-    def method(self) -> str:
+    def method(self, lang: str = "en") -> str:
+        if lang == "zh":
+            return "在整个定义域上 f″ > 0（sympy 的假设系统）且 f′(x₀) = 0：严格凸，最小值点唯一"
         return "f″ > 0 on the whole domain (sympy's assumptions) and f′(x₀) = 0: strictly convex, unique minimiser"
 
 
@@ -311,7 +321,9 @@ class PositiveDefinite(Claim):
             raise ClaimError(f"leading principal minors {minors} are not all > 0")
         return f"leading principal minors {minors}"
 
-    def method(self) -> str:
+    def method(self, lang: str = "en") -> str:
+        if lang == "zh":
+            return "各阶顺序主子式均 > 0（西尔维斯特判据）"
         return "all leading principal minors > 0 (Sylvester's criterion)"
 
 
@@ -333,8 +345,11 @@ class FreeOf(Claim):
             raise ClaimError(f"d/d{self.symbol} did not rewrite to 0; left with {_short(rest)}")
         return f"d/d{self.symbol} = 0 via " + " -> ".join(used)
 
-    def method(self) -> str:
-        return f"its derivative in {self.symbol} rewrites to 0 ({' → '.join(self.via)})"
+    def method(self, lang: str = "en") -> str:
+        chain = " → ".join(self.via)
+        if lang == "zh":
+            return f"对 {self.symbol} 的导数化简为 0（{chain}）"
+        return f"its derivative in {self.symbol} rewrites to 0 ({chain})"
 
 
 @dataclass

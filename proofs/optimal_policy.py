@@ -101,7 +101,7 @@ PROOF = Proof(
             Equal(objective, -beta * kl(q, pistar) + beta * sp.log(Z3), via=("expand_log",), given=simplex_q),
         ),
         Step(
-            Text("Gibbs' lemma: $\\log x \\le x - 1$", "吉布斯引理：$\\log x \\le x - 1$"),
+            Text("Gibbs' lemma: log x ≤ x − 1", "吉布斯引理：log x ≤ x − 1"),
             Text(
                 "$f(x) = x - 1 - \\log x$ has $f''(x) = 1/x^2 > 0$ and $f'(1) = 0$, so $x = 1$ is its unique "
                 "minimiser on $x > 0$ and $f \\ge f(1) = 0$, with equality only at $x = 1$.",
