@@ -46,13 +46,15 @@ PROOF = Proof(
     justifies=("dpo_ref.losses.preference_margin", "dpo_ref.losses.dpo_losses_from_margin"),
     steps=[
         Step(
-            Text("Bradley–Terry is a logistic model of the reward difference", "布拉德利-特里模型是奖励差的逻辑斯谛模型"),
+            Text(
+                "Bradley–Terry is a logistic model of the reward difference", "布拉德利-特里模型是奖励差的逻辑斯谛模型"
+            ),
             Text(
                 "Dividing numerator and denominator by $e^{r_w}$ shows that only $r_w - r_l$ matters.",
                 "分子分母同除以 $e^{r_w}$，可见只有 $r_w - r_l$ 起作用。",
             ),
             r"p(y_w \succ y_l) = \frac{e^{r_w}}{e^{r_w} + e^{r_l}} = \sigma(r_w - r_l)",
-            Equal(bradley_terry(r_w, r_l), sigma(r_w - r_l), via=("simplify",)),
+            Equal(bradley_terry(r_w, r_l), sigma(r_w - r_l), via=("expand", "cancel")),
         ),
         Step(
             Text("Substitute the reparameterised reward", "代入重参数化的奖励"),
@@ -63,10 +65,11 @@ PROOF = Proof(
                 "的逻辑斯谛函数，其中 $h$ 是偏好间隔（margin）。",
             ),
             r"\frac{e^{\beta\log\frac{\pi_w}{\pi^{\mathrm{ref}}_w} + \beta\log Z}}"
-            r"{e^{\beta\log\frac{\pi_w}{\pi^{\mathrm{ref}}_w} + \beta\log Z} + e^{\beta\log\frac{\pi_l}{\pi^{\mathrm{ref}}_l}"
+            r"{e^{\beta\log\frac{\pi_w}{\pi^{\mathrm{ref}}_w} + "
+            r"\beta\log Z} + e^{\beta\log\frac{\pi_l}{\pi^{\mathrm{ref}}_l}"
             r" + \beta\log Z}} = \sigma\!\Big(\beta\Big[\big(\log\pi_w - \log\pi^{\mathrm{ref}}_w\big)"
             r" - \big(\log\pi_l - \log\pi^{\mathrm{ref}}_l\big)\Big]\Big)",
-            Equal(BT_REPARAM, sigma(beta * H), via=("simplify", "expand_log", "simplify")),
+            Equal(BT_REPARAM, sigma(beta * H), via=("expand_log", "expand", "cancel")),
         ),
         Step(
             Text("The partition function cancels", "配分函数相互抵消"),
@@ -76,7 +79,7 @@ PROOF = Proof(
                 "虽然上式左边写着 $Z$，它对 $Z$ 的导数却为零：偏好概率与配分函数无关。",
             ),
             r"\frac{\partial}{\partial Z}\, p(y_w \succ y_l) = 0",
-            FreeOf(BT_REPARAM, Z),
+            FreeOf(BT_REPARAM, Z, via=("expand", "powsimp", "cancel")),
         ),
         Step(
             Text("Plackett–Luce is a distribution over rankings (K = 3)", "普拉克特-卢斯模型是排序上的分布（K = 3）"),
@@ -96,7 +99,8 @@ PROOF = Proof(
                 "$\\hat r_i = \\beta\\log(\\pi_i/\\pi^{\\mathrm{ref}}_i)$. Every exponential gains the same "
                 "factor $Z^\\beta$, which cancels within each fraction; checked for the ranking "
                 "$y_1 \\succ y_2 \\succ y_3$ (the others are relabellings).",
-                "记 $r_i = \\hat r_i + \\beta\\log Z$，其中隐式奖励 $\\hat r_i = \\beta\\log(\\pi_i/\\pi^{\\mathrm{ref}}_i)$。"
+                "记 $r_i = \\hat r_i + \\beta\\log Z$，其中隐式奖励 $\\hat "
+                "r_i = \\beta\\log(\\pi_i/\\pi^{\\mathrm{ref}}_i)$。"
                 "每个指数项都多出同一个因子 $Z^\\beta$，在每个分式内约去；这里检验排序 "
                 "$y_1 \\succ y_2 \\succ y_3$（其余排序只是重新编号）。",
             ),

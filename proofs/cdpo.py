@@ -1,4 +1,7 @@
-"""10. Conservative DPO: label smoothing gives a finite optimum (Mitchell 2023, "A note on DPO with noisy preferences")."""
+"""10. Conservative DPO: label smoothing gives a finite optimum.
+
+Mitchell (2023), "A note on DPO with noisy preferences".
+"""
 
 from __future__ import annotations
 
@@ -79,7 +82,8 @@ PROOF = Proof(
                 "损失严格凸（曲率 $\\beta^2\\sigma(\\beta h)\\sigma(-\\beta h) > 0$），且梯度在 "
                 "$h^* = \\beta^{-1}\\ln\\frac{1-\\varepsilon}{\\varepsilon}$ 处为零，因此它是唯一的最小值点。",
             ),
-            r"\operatorname*{arg\,min}_h \mathcal{L}_{\mathrm{cDPO}} = h^* = \frac{1}{\beta}\ln\frac{1 - \varepsilon}{\varepsilon}",
+            r"\operatorname*{arg\,min}_h \mathcal{L}_{\mathrm{cDPO}} = "
+            r"h^* = \frac{1}{\beta}\ln\frac{1 - \varepsilon}{\varepsilon}",
             GlobalMinimum(CDPO, h, H_STAR),
         ),
         Step(
@@ -114,10 +118,12 @@ PROOF = Proof(
         ),
     ],
     conclusion=Text(
-        "$\\mathcal{L}_{\\mathrm{cDPO}} = -(1-\\varepsilon)\\log\\sigma(\\beta h) - \\varepsilon\\log\\sigma(-\\beta h)$, "
+        "$\\mathcal{L}_{\\mathrm{cDPO}} = -(1-\\varepsilon)\\log\\sigma(\\beta "
+        "h) - \\varepsilon\\log\\sigma(-\\beta h)$, "
         "what `dpo_losses_from_margin(margin, beta, label_smoothing)` computes, has the finite minimiser "
         "$h^* = \\beta^{-1}\\ln((1-\\varepsilon)/\\varepsilon)$.",
-        "$\\mathcal{L}_{\\mathrm{cDPO}} = -(1-\\varepsilon)\\log\\sigma(\\beta h) - \\varepsilon\\log\\sigma(-\\beta h)$，"
+        "$\\mathcal{L}_{\\mathrm{cDPO}} = -(1-\\varepsilon)\\log\\sigma(\\beta "
+        "h) - \\varepsilon\\log\\sigma(-\\beta h)$，"
         "即 `dpo_losses_from_margin(margin, beta, label_smoothing)` 计算的量，具有有限的最小值点 "
         "$h^* = \\beta^{-1}\\ln((1-\\varepsilon)/\\varepsilon)$。",
     ),

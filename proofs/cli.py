@@ -12,7 +12,12 @@ import sys
 import tempfile
 import time
 
-from dpo_ref.errors import InputError
+
+def _input_error(message: str) -> Exception:
+    # imported here: dpo_ref's package imports torch, which `python -m proofs` does not otherwise need
+    from dpo_ref.errors import InputError
+
+    return InputError(message)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,14 +54,14 @@ def _selected(only: list[str] | None) -> list[str]:
     unknown = [n for n in names if n not in MODULES]
     if unknown or not names:
         bad = ", ".join(map(repr, unknown)) or "''"
-        raise InputError(f"--only: unknown proof {bad}; choose from {', '.join(MODULES)}")
+        raise _input_error(f"--only: unknown proof {bad}; choose from {', '.join(MODULES)}")
     return list(dict.fromkeys(names))  # keep order, drop repeats
 
 
 def _write_atomic(path: str, text: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise InputError(f"--output: directory {folder!r} does not exist")
+        raise _input_error(f"--output: directory {folder!r} does not exist")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".prove-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -127,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return handler(args)
-    except InputError as err:
+    except ValueError as err:
+        from dpo_ref.errors import InputError
+
+        if not isinstance(err, InputError):
+            raise
         print(f"python -m proofs: error: {err}", file=sys.stderr)
         return 2

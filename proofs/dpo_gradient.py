@@ -76,7 +76,8 @@ PROOF = Proof(
                 "The partial derivatives that autograd back-propagates into `policy_chosen_logps` ...",
                 "自动微分传回 `policy_chosen_logps` 的偏导数……",
             ),
-            r"\frac{\partial\mathcal{L}}{\partial\log\pi_\theta(y_w|x)} = -\beta\,\sigma\big(\hat r(y_l) - \hat r(y_w)\big)",
+            r"\frac{\partial\mathcal{L}}{\partial\log\pi_\theta(y_w|x)} "
+            r"= -\beta\,\sigma\big(\hat r(y_l) - \hat r(y_w)\big)",
             Equal(sp.diff(LOSS, a_w), GRAD_CHOSEN, via=("simplify",)),
         ),
         Step(
@@ -85,7 +86,8 @@ PROOF = Proof(
                 "... and into `policy_rejected_logps`: equal in size, opposite in sign.",
                 "……以及传回 `policy_rejected_logps` 的偏导数：大小相等，符号相反。",
             ),
-            r"\frac{\partial\mathcal{L}}{\partial\log\pi_\theta(y_l|x)} = +\beta\,\sigma\big(\hat r(y_l) - \hat r(y_w)\big)",
+            r"\frac{\partial\mathcal{L}}{\partial\log\pi_\theta(y_l|x)} "
+            r"= +\beta\,\sigma\big(\hat r(y_l) - \hat r(y_w)\big)",
             Equal(sp.diff(LOSS, a_l), GRAD_REJECTED, via=("simplify",)),
         ),
         Step(

@@ -62,7 +62,7 @@ PROOF = Proof(
             ),
             r"-\log\frac{e^{\beta(a_w - b_w) + \beta\log Z}}{e^{\beta(a_w - b_w) + \beta\log Z} + e^{\beta(a_l - b_l)"
             r" + \beta\log Z}} = \log\!\left(1 + e^{-\beta[(a_w - b_w) - (a_l - b_l)]}\right)",
-            Equal(NLL, LOSS, via=("simplify", "expand_log", "simplify")),
+            Equal(NLL, LOSS, via=("expand_log", "expand", "simplify")),
         ),
         Step(
             Text("Softplus is minus log-sigmoid", "softplus 等于负的对数 sigmoid"),
@@ -87,7 +87,11 @@ PROOF = Proof(
             ),
             r"\log\frac{\pi_w/\pi^{\mathrm{ref}}_w}{\pi_l/\pi^{\mathrm{ref}}_l}"
             r" = (\log\pi_w - \log\pi^{\mathrm{ref}}_w) - (\log\pi_l - \log\pi^{\mathrm{ref}}_l)",
-            Equal(sp.log((pw / qw) / (pl / ql)), margin(sp.log(pw), sp.log(pl), sp.log(qw), sp.log(ql)), via=("expand_log",)),
+            Equal(
+                sp.log((pw / qw) / (pl / ql)),
+                margin(sp.log(pw), sp.log(pl), sp.log(qw), sp.log(ql)),
+                via=("expand_log",),
+            ),
         ),
         Step(
             Text("Sequence log-probability is a sum over tokens", "序列对数概率是各词元对数概率之和"),
@@ -107,9 +111,10 @@ PROOF = Proof(
                 "Putting it together, with $\\sigma(z) = 1/(1 + e^{-z})$ and the margin $h$:",
                 "综合以上各步，记 $\\sigma(z) = 1/(1 + e^{-z})$，间隔为 $h$：",
             ),
-            r"\mathcal{L}_{\mathrm{DPO}} = -\mathbb{E}_{(x, y_w, y_l)}\Big[\log\sigma\Big(\beta\log\frac{\pi_\theta(y_w|x)}"
+            r"\mathcal{L}_{\mathrm{DPO}} = -\mathbb{E}_{(x, y_w, "
+            r"y_l)}\Big[\log\sigma\Big(\beta\log\frac{\pi_\theta(y_w|x)}"
             r"{\pi_{\mathrm{ref}}(y_w|x)} - \beta\log\frac{\pi_\theta(y_l|x)}{\pi_{\mathrm{ref}}(y_l|x)}\Big)\Big]",
-            Equal(-sp.log(sigma(beta * H)), NLL, via=("simplify", "expand_log", "simplify")),
+            Equal(-sp.log(sigma(beta * H)), NLL, via=("expand_log", "expand", "simplify")),
         ),
     ],
     conclusion=Text(

@@ -78,8 +78,11 @@ PROOF = Proof(
                 "The gap to $\\beta^2/4$ is a square: $1 - 1/\\cosh^2 = \\tanh^2$.",
                 "与 $\\beta^2/4$ 的差是一个平方：$1 - 1/\\cosh^2 = \\tanh^2$。",
             ),
-            r"\frac{\beta^2}{4} - \beta^2\,\sigma(\beta h)\,\sigma(-\beta h) = \frac{\beta^2}{4}\tanh^2\!\Big(\frac{\beta h}{2}\Big) \ge 0",
-            Nonnegative(CURVATURE_MAX - CURVATURE, manifest=beta**2 * sp.tanh(beta * h / 2) ** 2 / 4, via=("exp", "simplify")),
+            r"\frac{\beta^2}{4} - \beta^2\,\sigma(\beta h)\,\sigma(-\beta h) "
+            r"= \frac{\beta^2}{4}\tanh^2\!\Big(\frac{\beta h}{2}\Big) \ge 0",
+            Nonnegative(
+                CURVATURE_MAX - CURVATURE, manifest=beta**2 * sp.tanh(beta * h / 2) ** 2 / 4, via=("exp", "simplify")
+            ),
         ),
         Step(
             Text("The maximum curvature is reached at initialisation", "最大曲率在初始化时取得"),

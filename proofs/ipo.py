@@ -54,7 +54,8 @@ PROOF = Proof(
                 "这一对以两种顺序出现：$(y_w, y_l)$ 的指示变量为 1、间隔为 $h$；$(y_l, y_w)$ 的指示变量为 0、"
                 "间隔为 $-h$。对两个平方误差取平均并配方，得到 IPO 损失加一个常数。",
             ),
-            r"\tfrac{1}{2}\Big[\big(h - \tfrac{1}{\tau}\big)^2 + h^2\Big] = \Big(h - \frac{1}{2\tau}\Big)^2 + \frac{1}{4\tau^2}",
+            r"\tfrac{1}{2}\Big[\big(h - \tfrac{1}{\tau}\big)^2 + h^2\Big] "
+            r"= \Big(h - \frac{1}{2\tau}\Big)^2 + \frac{1}{4\tau^2}",
             Equal(SYMMETRISED, IPO_LOSS + CONSTANT, via=("expand",)),
         ),
         Step(
@@ -97,7 +98,8 @@ PROOF = Proof(
         Step(
             Text("The normal equations", "正规方程"),
             Text(
-                "Setting the gradient of this quadratic to zero has exactly one solution: both gaps equal $1/(3\\tau)$.",
+                "Setting the gradient of this quadratic to zero has "
+                "exactly one solution: both gaps equal $1/(3\\tau)$.",
                 "令这个二次函数的梯度为零，恰有一个解：两个差都等于 $1/(3\\tau)$。",
             ),
             r"\nabla_{d}\,\mathcal{L} = 0 \iff \theta_a - \theta_b = \theta_b - \theta_c = \frac{1}{3\tau}",
@@ -117,7 +119,8 @@ PROOF = Proof(
         ),
     ],
     conclusion=Text(
-        "Per pair, $\\mathcal{L}_{\\mathrm{IPO}} = (h - 1/(2\\tau))^2$, which is `ipo_losses_from_margin(margin, tau)`; "
+        "Per pair, $\\mathcal{L}_{\\mathrm{IPO}} = (h - "
+        "1/(2\\tau))^2$, which is `ipo_losses_from_margin(margin, tau)`; "
         "its minimiser $h^* = 1/(2\\tau)$ is finite even for a deterministic preference.",
         "对每一对，$\\mathcal{L}_{\\mathrm{IPO}} = (h - 1/(2\\tau))^2$，即 `ipo_losses_from_margin(margin, tau)`；"
         "即使偏好是确定性的，其最小值点 $h^* = 1/(2\\tau)$ 也是有限的。",

@@ -70,7 +70,8 @@ PROOF = Proof(
                 "The factor $e^{f/\\beta}$ cancels between numerator and partition function, for each response.",
                 "因子 $e^{f/\\beta}$ 在分子与配分函数之间约去，对每个回答都成立。",
             ),
-            r"\frac{p_i e^{(r_i + f)/\beta}}{\sum_j p_j e^{(r_j + f)/\beta}} = \frac{p_i e^{r_i/\beta}}{\sum_j p_j e^{r_j/\beta}},"
+            r"\frac{p_i e^{(r_i + f)/\beta}}{\sum_j p_j e^{(r_j + f)/\beta}} "
+            r"= \frac{p_i e^{r_i/\beta}}{\sum_j p_j e^{r_j/\beta}},"
             r"\quad i = 1, 2, 3",
             Equal(sp.Matrix(optimal(shifted)), sp.Matrix(pistar), via=("expand", "cancel")),
         ),

@@ -48,7 +48,8 @@ PROOF = Proof(
                 "Putting the reparameterised reward back into the closed form returns $\\pi^*$.",
                 "把重参数化后的奖励代回闭式形式，得到的正是 $\\pi^*$。",
             ),
-            r"\frac{p_i}{Z}\exp\!\Big(\frac{1}{\beta}\Big[\beta\log\frac{\pi^*_i}{p_i} + \beta\log Z\Big]\Big) = \pi^*_i",
+            r"\frac{p_i}{Z}\exp\!\Big(\frac{1}{\beta}\Big[\beta\log\frac{\pi^*_i}{p_i} "
+            r"+ \beta\log Z\Big]\Big) = \pi^*_i",
             Equal(p_i * sp.exp(REPARAM / beta) / Z, pistar_i, via=("expand_log", "powsimp", "simplify")),
         ),
         Step(
@@ -73,8 +74,10 @@ PROOF = Proof(
                 "For any policy $\\pi_\\theta$ define the implicit reward "
                 "$\\hat r_\\theta = \\beta\\log(\\pi_\\theta/\\pi_{\\mathrm{ref}})$. Its partition function is "
                 "$\\sum_y \\pi_\\theta(y|x) = 1$ ($n = 3$, $t_3 = 1 - t_1 - t_2$), so $\\log Z = 0$ ...",
-                "对任意策略 $\\pi_\\theta$，定义隐式奖励 $\\hat r_\\theta = \\beta\\log(\\pi_\\theta/\\pi_{\\mathrm{ref}})$。"
-                "它的配分函数是 $\\sum_y \\pi_\\theta(y|x) = 1$（$n = 3$，$t_3 = 1 - t_1 - t_2$），所以 $\\log Z = 0$……",
+                "对任意策略 $\\pi_\\theta$，定义隐式奖励 $\\hat r_\\theta = "
+                "\\beta\\log(\\pi_\\theta/\\pi_{\\mathrm{ref}})$。"
+                "它的配分函数是 $\\sum_y \\pi_\\theta(y|x) = 1$（$n "
+                "= 3$，$t_3 = 1 - t_1 - t_2$），所以 $\\log Z = 0$……",
             ),
             r"Z_{\hat r_\theta} = \sum_{i=1}^{3} p_i \exp\!\Big(\frac{1}{\beta}\,\beta\log\frac{t_i}{p_i}\Big) = 1",
             Equal(sp.Add(*[pi * sp.exp(ri / beta) for pi, ri in zip(p, implicit)]), 1, given=simplex_t),
@@ -102,6 +105,7 @@ PROOF = Proof(
         "The first term is what `dpo_loss` returns as the implicit reward; the second depends on $x$ only "
         "and cancels in every comparison of two responses to the same prompt (next proof).",
         "$r(x,y) = \\beta\\log\\frac{\\pi^*(y|x)}{\\pi_{\\mathrm{ref}}(y|x)} + \\beta\\log Z(x)$。"
-        "第一项就是 `dpo_loss` 返回的隐式奖励；第二项只依赖于 $x$，在同一提示下两个回答的任何比较中都会抵消（见下一个证明）。",
+        "第一项就是 `dpo_loss` 返回的隐式奖励；第二项只依赖于 "
+        "$x$，在同一提示下两个回答的任何比较中都会抵消（见下一个证明）。",
     ),
 )
