@@ -301,8 +301,12 @@ class GlobalMinimum(Claim):
 
     def method(self, lang: str = "en") -> str:
         if lang == "zh":
-            return "在整个定义域上 f″ > 0（sympy 的假设系统）且 f′(x₀) = 0：严格凸，最小值点唯一"
-        return "f″ > 0 on the whole domain (sympy's assumptions) and f′(x₀) = 0: strictly convex, unique minimiser"
+            value = "，且 f(x₀) 等于所述最小值" if self.value is not None else ""
+            return "在整个定义域上 f″ > 0（sympy 的假设系统）且 f′(x₀) = 0：严格凸，最小值点唯一" + value
+        value = "; f(x₀) equals the stated minimum" if self.value is not None else ""
+        return (
+            "f″ > 0 on the whole domain (sympy's assumptions) and f′(x₀) = 0: strictly convex, unique minimiser" + value
+        )
 
 
 @dataclass

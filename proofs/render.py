@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
 from proofs.core import ProofResult, StepResult
+
+_INLINE_MATH = re.compile(r"\$([^$\n]+?)\$")
+
+
+def _gh(text: str) -> str:
+    """Inline math as $`...`$, GitHub's form that keeps Markdown (*, _) from touching the LaTeX."""
+    return _INLINE_MATH.sub(lambda m: "$`" + m.group(1) + "`$", text)
+
 
 LABELS = {
     "en": {
         "title": "Executable proofs: DPO, IPO and cDPO, step by step",
         "banner": "dpo-ref prove: every step of each derivation is checked by sympy",
         "justifies": "justifies",
+        "Justifies": "Justifies",
         "step": "Step",
         "conclusion": "Conclusion",
         "checked": "checked",
@@ -37,6 +48,7 @@ LABELS = {
         "title": "可执行的证明：一步一步推导 DPO、IPO 与 cDPO",
         "banner": "dpo-ref prove：每个推导的每一步都由 sympy 检验",
         "justifies": "对应代码",
+        "Justifies": "对应代码",
         "step": "步骤",
         "conclusion": "结论",
         "checked": "检验方式",
@@ -112,19 +124,19 @@ def text_summary(results: list[ProofResult], seconds: float, lang: str = "en") -
 def markdown(results: list[ProofResult], lang: str = "en") -> str:
     """The proofs as a Markdown lesson. Deterministic (no timings), so a committed copy stays stable."""
     L = LABELS[lang]
-    out = [f"# {L['title']}", "", L["how_to_read"], "", f"## {L['contents']}", ""]
+    out = [f"# {L['title']}", "", _gh(L["how_to_read"]), "", f"## {L['contents']}", ""]
     for i, r in enumerate(results, 1):
         out.append(f"{i}. [{r.proof.title(lang)}](#{r.proof.name}) (`{r.proof.name}`)")
     out.append("")
     for i, r in enumerate(results, 1):
         proof = r.proof
-        out += [f'<a id="{proof.name}"></a>', "", f"## {i}. {proof.title(lang)}", "", proof.intro(lang), ""]
+        out += [f'<a id="{proof.name}"></a>', "", f"## {i}. {proof.title(lang)}", "", _gh(proof.intro(lang)), ""]
         code = ", ".join(f"`{name}`" for name in proof.justifies)
-        out += [f"*{L['justifies']}:* {code} · *{L['run_one']}:* `dpo-ref prove --only {proof.name}`", ""]
+        out += [f"*{L['Justifies']}:* {code} · *{L['run_one']}:* `dpo-ref prove --only {proof.name}`", ""]
         done = {s.index: s for s in r.steps}
         for index, step in enumerate(proof.steps, 1):
             res = done.get(index)
-            out += [f"**{L['step']} {i}.{index} · {step.name(lang)}.** {step.explain(lang)}", ""]
+            out += [f"**{L['step']} {i}.{index} · {step.name(lang)}.** {_gh(step.explain(lang))}", ""]
             out += ["```math", step.statement, "```", ""]
             if res is None:
                 out += [f"<sub>· {L['not_run']}</sub>", ""]
@@ -133,6 +145,6 @@ def markdown(results: list[ProofResult], lang: str = "en") -> str:
             else:
                 out += [f"<sub>✗ {L['failed']}: {res.detail}</sub>", ""]
         if proof.conclusion is not None:
-            out += [f"**{L['conclusion']}.** {proof.conclusion(lang)}", ""]
+            out += [f"**{L['conclusion']}.** {_gh(proof.conclusion(lang))}", ""]
     out += ["---", "", f"<sub>{L['regenerate']}</sub>", ""]
     return "\n".join(out)
