@@ -75,11 +75,14 @@ def _write_atomic(path: str, text: str) -> None:
 
 def _emit(text: str) -> None:
     try:
-        sys.stdout.write(text)
-    except UnicodeEncodeError:  # a terminal that cannot show ✓ or Chinese: degrade, do not crash
-        enc = sys.stdout.encoding or "ascii"
-        sys.stdout.write(text.encode(enc, "backslashreplace").decode(enc))
-    sys.stdout.flush()
+        try:
+            sys.stdout.write(text)
+        except UnicodeEncodeError:  # a terminal that cannot show ✓ or Chinese: degrade, do not crash
+            enc = sys.stdout.encoding or "ascii"
+            sys.stdout.write(text.encode(enc, "backslashreplace").decode(enc))
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (`| head`): drop the rest quietly, keep the exit status
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def handler(args: argparse.Namespace) -> int:

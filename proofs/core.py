@@ -69,6 +69,7 @@ REWRITES: dict[str, Callable[[sp.Expr], sp.Expr]] = {
     "powsimp": lambda e: sp.powsimp(e, force=True),
     "exp": lambda e: e.rewrite(sp.exp),
     "doit": lambda e: e.doit(),
+    "sums": lambda e: sp.factor_terms(sp.expand(e)),  # split sums over + and pull constant factors out
     "simplify": sp.simplify,
 }
 
@@ -92,12 +93,20 @@ def _is_zero(expr: sp.Basic) -> bool:
     return expr == 0
 
 
-def _zero(diff: sp.Basic, via: Sequence[str]) -> tuple[bool, sp.Basic, list[str]]:
-    """Apply the rewrites in order (entrywise for a matrix) until the expression is exactly 0."""
+def _zero(diff: sp.Basic, via: Sequence[str], given: dict | None = None) -> tuple[bool, sp.Basic, list[str]]:
+    """Apply the rewrites in order (entrywise for a matrix) until the expression is exactly 0.
+
+    The hypotheses in `given` are substituted before and after every rewrite: a rewrite can expose a
+    hypothesis's left-hand side (e.g. simplify collects sum_i q_i, which `given` sets to 1).
+    """
     used: list[str] = []
+    if given:
+        diff = diff.subs(given)
     for name in via:
         rewrite = REWRITES[name]
         diff = diff.applyfunc(rewrite) if isinstance(diff, sp.MatrixBase) else rewrite(diff)
+        if given:
+            diff = diff.subs(given)
         used.append(name)
         if _is_zero(diff):
             return True, diff, used
@@ -109,7 +118,8 @@ class Equal(Claim):
     """lhs = rhs, decided by rewriting lhs - rhs to exactly 0.
 
     `given` is a substitution that encodes a hypothesis of the step (e.g. a probability vector summing to
-    one, q_3 = 1 - q_1 - q_2); it is applied to lhs - rhs before rewriting and shown with the step.
+    one: q_3 = 1 - q_1 - q_2, or sum_i q_i = 1 for symbolic n); it is applied to lhs - rhs before and
+    after each rewrite, and shown with the step.
     """
 
     lhs: object
@@ -125,9 +135,7 @@ class Equal(Claim):
         diff = lhs - rhs
         if _is_zero(diff):
             raise ClaimError("tautology: lhs - rhs is 0 by sympy's automatic evaluation alone")
-        if self.given:
-            diff = diff.subs(self.given)
-        ok, rest, used = _zero(diff, self.via)
+        ok, rest, used = _zero(diff, self.via, self.given)
         if not ok:
             raise ClaimError(f"lhs - rhs did not rewrite to 0 (via {' -> '.join(used)}); left with {_short(rest)}")
         return "lhs - rhs = 0 via " + " -> ".join(used)

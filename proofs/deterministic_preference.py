@@ -5,9 +5,10 @@ from __future__ import annotations
 import sympy as sp
 
 from proofs.common import LOGPS, beta, h, sigma
-from proofs.core import Equal, Limit, Negative, Positive, Proof, Solutions, Step, Text
+from proofs.core import Equal, Limit, Negative, Nonnegative, Positive, Proof, Solutions, Step, Text
 
 a_w, a_l, b_w, b_l = LOGPS
+a_w_np = sp.Symbol("a_w", nonpositive=True)  # log pi(y_w) <= 0
 p_star = sp.Symbol("p^*", positive=True)
 # Expected Bradley-Terry negative log-likelihood when y_w is preferred with probability p*.
 POPULATION = -p_star * sp.log(sigma(beta * h)) - (1 - p_star) * sp.log(sigma(-beta * h))
@@ -97,6 +98,17 @@ PROOF = Proof(
             ),
             r"h = (a_w - b_w) - (a_l - b_l) \iff a_l = a_w - h - b_w + b_l",
             Solutions(sp.Eq(h, (a_w - b_w) - (a_l - b_l)), a_l, [a_w - h - b_w + b_l]),
+        ),
+        Step(
+            Text("A log-probability is at most zero", "对数概率不超过零"),
+            Text(
+                "With $a_w = \\log\\pi(y_w) \\le 0$ (declared nonpositive), the gap between the bound "
+                "$-h + b_l - b_w$ and the solved $a_l$ is $-a_w \\ge 0$.",
+                "由于 $a_w = \\log\\pi(y_w) \\le 0$（声明为非正），上界 $-h + b_l - b_w$ 与解出的 $a_l$ "
+                "之差为 $-a_w \\ge 0$。",
+            ),
+            r"(-h + b_l - b_w) - (a_w - h - b_w + b_l) = -a_w \ge 0",
+            Nonnegative((-h + b_l - b_w) - (a_w_np - h - b_w + b_l)),
         ),
         Step(
             Text("The rejected response is driven to zero probability", "被拒回答的概率被推向零"),

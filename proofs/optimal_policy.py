@@ -22,7 +22,31 @@ def kl(a: list, b: list) -> sp.Expr:
 
 objective = sp.Add(*[qi * ri for qi, ri in zip(q, r)]) - beta * kl(q, p)  # E_pi[r] - beta KL(pi || pi_ref)
 
-# One generic term i (any n): q_i, p_i, r_i with Z a positive symbol.
+# Any n: IndexedBase sums over i = 1..n with symbolic n, Z(x) written as such a sum.
+n = sp.Symbol("n", integer=True, positive=True)
+i = sp.Symbol("i", integer=True, positive=True)
+P, Q, RHO = (sp.IndexedBase(name, positive=True) for name in ("p", "q", "rho"))
+R = sp.IndexedBase("r", real=True)
+
+
+def S(term: sp.Expr) -> sp.Sum:
+    return sp.Sum(term, (i, 1, n))
+
+
+Zn = S(P[i] * sp.exp(R[i] / beta))
+pistar_n = P[i] * sp.exp(R[i] / beta) / Zn
+
+
+def objective_of(q_i: sp.Expr) -> sp.Expr:
+    """E_pi[r] - beta KL(pi || pi_ref) for the policy whose i-th probability is q_i (any n)."""
+    return S(q_i * R[i]) - beta * S(q_i * sp.log(q_i / P[i]))
+
+
+objective_n = objective_of(Q[i])
+simplex_n = {S(Q[i]): 1}
+simplex_n_rho = {S(Q[i]): 1, S(RHO[i]): 1}
+
+# One generic term i: q_i, p_i, r_i with Z a positive symbol.
 qi, pi_, ri = sp.Symbol("q_i", positive=True), sp.Symbol("p_i", positive=True), sp.Symbol("r_i", real=True)
 rho_i = sp.Symbol("rho_i", positive=True)
 x = sp.Symbol("x", positive=True)
@@ -42,27 +66,28 @@ PROOF = Proof(
         "We show that the maximiser has a closed form, $\\pi^*(y|x) "
         "= \\pi_{\\mathrm{ref}}(y|x)\\,e^{r(x,y)/\\beta}/Z(x)$, "
         "in two ways: by rewriting the objective as a KL divergence to $\\pi^*$ (Gibbs' inequality), and by "
-        "Lagrange multipliers. The response space is finite; identities with a generic index $i$ hold for "
-        "every $n$, and those written out in full are checked at $n = 3$ with symbolic probabilities.",
+        "Lagrange multipliers. The response space is finite with $n$ responses: sums over $i = 1..n$ are "
+        "checked with symbolic $n$, and a few steps are also written out in full at $n = 3$.",
         "RLHF 在最大化期望奖励的同时，用 KL 惩罚把策略约束在参考策略附近："
         "$\\max_\\pi \\mathbb{E}_{y\\sim\\pi}[r(x,y)] - \\beta\\,\\mathrm{KL}(\\pi\\,\\Vert\\,\\pi_{\\mathrm{ref}})$。"
         "我们用两种方法证明其最优解有闭式形式 "
         "$\\pi^*(y|x) = \\pi_{\\mathrm{ref}}(y|x)\\,e^{r(x,y)/\\beta}/Z(x)$："
         "一是把目标函数改写成到 $\\pi^*$ 的 KL 散度（吉布斯不等式），二是拉格朗日乘子法。"
-        "回答空间是有限的；带通用下标 $i$ 的恒等式对任意 $n$ 成立，完整展开的式子在 $n = 3$、概率为符号变量时检验。",
+        "回答空间有限，共 $n$ 个回答：对 $i = 1..n$ 的求和在 $n$ 为符号变量时检验，"
+        "另有几步在 $n = 3$ 时完整展开检验。",
     ),
     justifies=("dpo_ref.losses.dpo_loss",),
     steps=[
         Step(
-            Text("The optimal policy is a probability distribution", "最优策略是一个概率分布"),
+            Text("The optimal policy is a probability distribution (any n)", "最优策略是一个概率分布（任意 n）"),
             Text(
                 "The partition function $Z(x) = \\sum_y \\pi_{\\mathrm{ref}}(y|x)e^{r(x,y)/\\beta}$ is exactly the "
                 "normaliser that makes $\\pi^*$ sum to one.",
                 "配分函数 $Z(x) = \\sum_y \\pi_{\\mathrm{ref}}(y|x)e^{r(x,y)/\\beta}$ "
                 "恰好是使 $\\pi^*$ 之和为 1 的归一化常数。",
             ),
-            r"\sum_{i=1}^{3} \frac{p_i e^{r_i/\beta}}{\sum_{j=1}^{3} p_j e^{r_j/\beta}} = 1",
-            Equal(sp.Add(*pistar), 1, via=("cancel",)),
+            r"\sum_{i=1}^{n} \frac{p_i e^{r_i/\beta}}{\sum_{j=1}^{n} p_j e^{r_j/\beta}} = 1",
+            Equal(S(pistar_n), 1, via=("simplify",)),
         ),
         Step(
             Text("Logarithm of the optimal policy", "最优策略的对数"),
@@ -74,29 +99,33 @@ PROOF = Proof(
             Equal(sp.log(pi_ * sp.exp(ri / beta) / Z), sp.log(pi_) + ri / beta - sp.log(Z), via=("expand_log",)),
         ),
         Step(
-            Text("The objective, term by term (any n)", "逐项改写目标函数（任意 n）"),
             Text(
-                "Term $i$ of $\\mathbb{E}_\\pi[r] - \\beta\\mathrm{KL}(\\pi\\Vert\\pi_{\\mathrm{ref}}) + "
-                "\\beta\\mathrm{KL}(\\pi\\Vert\\pi^*)$ is $\\beta q_i\\log Z$. Summing over $i$ with "
-                "$\\sum_i q_i = 1$ gives $\\beta\\log Z$, for every $n$.",
-                "$\\mathbb{E}_\\pi[r] - \\beta\\mathrm{KL}(\\pi\\Vert\\pi_{\\mathrm{ref}}) + "
-                "\\beta\\mathrm{KL}(\\pi\\Vert\\pi^*)$ 的第 $i$ 项等于 $\\beta q_i\\log Z$。"
-                "对 $i$ 求和并利用 $\\sum_i q_i = 1$，得到 $\\beta\\log Z$，对任意 $n$ 都成立。",
+                "The objective is a KL divergence to the optimal policy (any n)",
+                "目标函数是到最优策略的 KL 散度（任意 n）",
             ),
-            r"q_i r_i - \beta q_i \log\frac{q_i}{p_i} + \beta q_i "
-            r"\log\frac{q_i}{p_i e^{r_i/\beta}/Z} = \beta q_i \log Z",
+            Text(
+                "Insert $\\log\\pi^*_i = \\log p_i + r_i/\\beta - \\log Z$ into "
+                "$\\mathrm{KL}(\\pi\\Vert\\pi^*)$: the reward terms cancel and what is left is "
+                "$\\beta\\log Z\\,(1 - \\sum_i q_i)$, which is 0 because $\\pi$ is a distribution.",
+                "把 $\\log\\pi^*_i = \\log p_i + r_i/\\beta - \\log Z$ 代入 $\\mathrm{KL}(\\pi\\Vert\\pi^*)$："
+                "奖励项相互抵消，剩下 $\\beta\\log Z\\,(1 - \\sum_i q_i)$，因为 $\\pi$ 是概率分布，它等于 0。",
+            ),
+            r"\sum_{i=1}^{n} q_i r_i - \beta\sum_{i=1}^{n} q_i\log\frac{q_i}{p_i}"
+            r" = -\beta\sum_{i=1}^{n} q_i\log\frac{q_i}{\pi^*_i} + \beta\log Z"
+            r"\quad\text{given } \sum_{i=1}^{n} q_i = 1",
             Equal(
-                qi * ri - beta * qi * sp.log(qi / pi_) + beta * qi * sp.log(qi / (pi_ * sp.exp(ri / beta) / Z)),
-                beta * qi * sp.log(Z),
-                via=("expand_log",),
+                objective_n,
+                -beta * S(Q[i] * sp.log(Q[i] / pistar_n)) + beta * sp.log(Zn),
+                ("expand_log", "simplify"),
+                simplex_n,
             ),
         ),
         Step(
-            Text("The objective is a KL divergence to the optimal policy", "目标函数是到最优策略的 KL 散度"),
+            Text("The same identity written out for n = 3", "同一恒等式在 n = 3 时的完整展开"),
             Text(
-                "Written out at $n = 3$ with $Z$ expanded and $q_3 = 1 - q_1 - q_2$: the objective equals "
-                "$\\beta\\log Z$ minus $\\beta$ times the KL divergence from $\\pi$ to $\\pi^*$.",
-                "在 $n = 3$ 时完整展开 $Z$，并代入 $q_3 = 1 - q_1 - q_2$：目标函数等于 $\\beta\\log Z$ "
+                "As a concrete instance, with every term written out and $q_3 = 1 - q_1 - q_2$: the objective "
+                "equals $\\beta\\log Z$ minus $\\beta$ times the KL divergence from $\\pi$ to $\\pi^*$.",
+                "作为具体例子，把每一项都写出来并代入 $q_3 = 1 - q_1 - q_2$：目标函数等于 $\\beta\\log Z$ "
                 "减去 $\\beta$ 乘以 $\\pi$ 到 $\\pi^*$ 的 KL 散度。",
             ),
             r"\mathbb{E}_{\pi}[r] - \beta\,\mathrm{KL}(\pi\,\Vert\,\pi_{\mathrm{ref}})"
@@ -117,19 +146,18 @@ PROOF = Proof(
         Step(
             Text("KL divergence as a sum of Gibbs terms (any n)", "KL 散度写成吉布斯项之和（任意 n）"),
             Text(
-                "Term by term, $q_i\\log(q_i/\\rho_i) = q_i f(\\rho_i/q_i) + q_i - \\rho_i$. Summed over $i$, "
-                "the last two add to $1 - 1 = 0$, so "
-                "$\\mathrm{KL}(\\pi\\Vert\\rho) = \\sum_i q_i f(\\rho_i/q_i)$ for any two distributions.",
-                "逐项有 $q_i\\log(q_i/\\rho_i) = q_i f(\\rho_i/q_i) + q_i - \\rho_i$。对 $i$ 求和后，"
-                "后两项之和为 $1 - 1 = 0$，所以对任意两个分布有 "
-                "$\\mathrm{KL}(\\pi\\Vert\\rho) = \\sum_i q_i f(\\rho_i/q_i)$。",
+                "Term by term $q_i\\log(q_i/\\rho_i) = q_i f(\\rho_i/q_i) + q_i - \\rho_i$; summed over $i$ "
+                "the last two give $1 - 1 = 0$ for two distributions $\\pi = (q_i)$ and $\\rho = (\\rho_i)$.",
+                "逐项有 $q_i\\log(q_i/\\rho_i) = q_i f(\\rho_i/q_i) + q_i - \\rho_i$；对 $i$ 求和后，"
+                "对两个分布 $\\pi = (q_i)$ 与 $\\rho = (\\rho_i)$，后两项之和为 $1 - 1 = 0$。",
             ),
-            r"q_i \log\frac{q_i}{\rho_i} = q_i\left(\frac{\rho_i}{q_i} "
-            r"- 1 - \log\frac{\rho_i}{q_i}\right) + q_i - \rho_i",
+            r"\mathrm{KL}(\pi\,\Vert\,\rho) = \sum_{i=1}^{n} q_i\log\frac{q_i}{\rho_i}"
+            r" = \sum_{i=1}^{n} q_i\, f\!\Big(\frac{\rho_i}{q_i}\Big), \quad f(x) = x - 1 - \log x",
             Equal(
-                qi * sp.log(qi / rho_i),
-                qi * gibbs_f.subs(x, rho_i / qi) + qi - rho_i,
-                via=("expand_log",),
+                S(Q[i] * sp.log(Q[i] / RHO[i])),
+                S(Q[i] * gibbs_f.subs(x, RHO[i] / Q[i])),
+                ("expand_log", "simplify", "sums"),
+                simplex_n_rho,
             ),
         ),
         Step(
@@ -149,17 +177,16 @@ PROOF = Proof(
             GlobalMinimum(qi * gibbs_f.subs(x, rho_i / qi), rho_i, qi, value=0),
         ),
         Step(
-            Text("The optimal policy attains the upper bound", "最优策略达到上界"),
+            Text("The optimal policy attains the upper bound (any n)", "最优策略达到上界（任意 n）"),
             Text(
                 "By the last two steps the objective is at most $\\beta\\log Z$, with equality only when "
                 "$\\mathrm{KL}(\\pi\\Vert\\pi^*) = 0$, i.e. $\\pi = \\pi^*$. Evaluating the objective at "
-                "$\\pi^*$ ($n = 3$, $Z$ written out) indeed gives $\\beta\\log Z$.",
+                "$\\pi^*$ indeed gives $\\beta\\log Z$.",
                 "由前两步，目标函数至多为 $\\beta\\log Z$，且仅当 $\\mathrm{KL}(\\pi\\Vert\\pi^*) = 0$，"
-                "即 $\\pi = \\pi^*$ 时取等号。把 $\\pi^*$ "
-                "代入目标函数（$n = 3$，$Z$ 完整展开）确实得到 $\\beta\\log Z$。",
+                "即 $\\pi = \\pi^*$ 时取等号。把 $\\pi^*$ 代入目标函数，确实得到 $\\beta\\log Z$。",
             ),
             r"\mathbb{E}_{\pi^*}[r] - \beta\,\mathrm{KL}(\pi^*\,\Vert\,\pi_{\mathrm{ref}}) = \beta\log Z",
-            Equal(objective.subs(dict(zip(q, pistar))), beta * sp.log(Z3), via=("expand_log", "cancel")),
+            Equal(objective_of(pistar_n), beta * sp.log(Zn), via=("expand_log", "simplify")),
         ),
         Step(
             Text("Lagrangian stationarity", "拉格朗日函数的驻点条件"),
@@ -181,20 +208,24 @@ PROOF = Proof(
         Step(
             Text("The multiplier is fixed by normalisation", "乘子由归一化条件确定"),
             Text(
-                "Write $C = e^{\\lambda/\\beta - 1}$. The constraint $\\sum_i p_i e^{r_i/\\beta} C = 1$ "
-                "($n = 3$) has the single solution $C = 1/Z$, so the stationary point is $\\pi^*$.",
-                "记 $C = e^{\\lambda/\\beta - 1}$。约束 $\\sum_i p_i e^{r_i/\\beta} C = 1$（$n = 3$）"
+                "Write $C = e^{\\lambda/\\beta - 1}$, the same for every $i$. The constraint "
+                "$C\\sum_i p_i e^{r_i/\\beta} = 1$ has the single "
+                "solution $C = 1/Z$, so the stationary point is $\\pi^*$.",
+                "记 $C = e^{\\lambda/\\beta - 1}$，它对所有 $i$ 都相同。约束 $C\\sum_i p_i e^{r_i/\\beta} = 1$ "
                 "只有一个解 $C = 1/Z$，因此驻点正是 $\\pi^*$。",
             ),
-            r"\sum_{i=1}^{3} p_i e^{r_i/\beta}\, C = 1 \iff C = \frac{1}{Z}",
-            Solutions(sp.Eq(sp.Add(*[pi * sp.exp(rr / beta) * C for pi, rr in zip(p, r)]), 1), C, [1 / Z3]),
+            r"C\sum_{i=1}^{n} p_i e^{r_i/\beta} = 1 \iff C = \frac{1}{Z}",
+            Solutions(sp.Eq(C * Zn, 1), C, [1 / Zn]),
         ),
         Step(
             Text("Second-order condition: the objective is strictly concave", "二阶条件：目标函数严格凹"),
             Text(
-                "The Hessian of the objective in $(q_1, q_2, q_3)$ is $-\\beta\\,\\mathrm{diag}(1/q_i)$, so "
+                "Checked at $n = 3$ (for any $n$ the objective is a sum of one-variable terms, so the Hessian "
+                "is diagonal in the same way). The Hessian of the objective "
+                "in $(q_1, q_2, q_3)$ is $-\\beta\\,\\mathrm{diag}(1/q_i)$, so "
                 "its negative is positive definite: the objective is strictly concave, and the stationary "
                 "point on the simplex is the unique maximiser.",
+                "在 $n = 3$ 时检验（对任意 $n$，目标函数是若干单变量项之和，黑塞矩阵同样是对角的）。"
                 "目标函数关于 $(q_1, q_2, q_3)$ 的黑塞矩阵为 $-\\beta\\,\\mathrm{diag}(1/q_i)$，其相反数正定："
                 "目标函数严格凹，单纯形上的驻点就是唯一的最大值点。",
             ),

@@ -142,14 +142,21 @@ def test_each_claim_kind_rejects_a_false_claim(kind):
         assert "tautology" in r.steps[0].detail
 
 
-def test_the_hypothesis_of_a_step_is_needed():
-    """optimal-policy's KL identity holds only on the simplex: dropping `given` must make it fail."""
-    from proofs import optimal_policy as op
+GIVEN_STEPS = [
+    (p.name, k)
+    for p in proofs.all_proofs()
+    for k, s in enumerate(p.steps, 1)
+    if isinstance(s.claim, Equal) and s.claim.given
+]
 
-    step = next(s for s in op.PROOF.steps if s.claim.kind == "equal" and s.claim.given)
-    stripped = Equal(step.claim.lhs, step.claim.rhs, step.claim.via)
-    r = run_proof(Proof("toy", Text("t", "t"), Text("i", "i"), (), [_step("no simplex", stripped)]))
-    assert not r.ok
+
+@pytest.mark.parametrize("name,index", GIVEN_STEPS)
+def test_the_hypothesis_of_a_step_is_needed(name, index):
+    """A step's `given` (e.g. sum_i q_i = 1, or h = 0) does real work: without it the step must fail."""
+    claim = proofs.get(name).steps[index - 1].claim
+    stripped = Equal(claim.lhs, claim.rhs, claim.via)
+    r = run_proof(Proof("toy", Text("t", "t"), Text("i", "i"), (), [_step("without its hypothesis", stripped)]))
+    assert not r.ok, f"{name} step {index} holds without its hypothesis {claim.given}"
 
 
 # ---- the command line ----------------------------------------------------------------------------------
