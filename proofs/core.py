@@ -82,7 +82,7 @@ class Claim:
     def check(self) -> str:
         raise NotImplementedError
 
-    def method(self, lang: str = "en") -> str:
+    def method(self, lang: str = "en", latex: bool = False) -> str:
         """A static, human-readable description of the decision procedure (for the rendered lesson)."""
         raise NotImplementedError
 
@@ -140,9 +140,13 @@ class Equal(Claim):
             raise ClaimError(f"lhs - rhs did not rewrite to 0 (via {' -> '.join(used)}); left with {_short(rest)}")
         return "lhs - rhs = 0 via " + " -> ".join(used)
 
-    def method(self, lang: str = "en") -> str:
+    def method(self, lang: str = "en", latex: bool = False) -> str:
         chain = " → ".join(self.via)
-        subs = ", ".join(f"{k} = {v}" for k, v in (self.given or {}).items())
+        items = (self.given or {}).items()
+        if latex:  # GitHub inline math
+            subs = ", ".join(f"$`{sp.latex(k)} = {sp.latex(v)}`$" for k, v in items)
+        else:
+            subs = ", ".join(f"{k} = {v}" for k, v in items)
         if lang == "zh":
             return f"左边减右边化简为 0（{chain}）" + (f"，条件 {subs}" if subs else "")
         return f"lhs − rhs rewrites to 0 ({chain})" + (f", given {subs}" if subs else "")
@@ -171,7 +175,7 @@ class Positive(Claim):
             return note + f"sympy's assumptions give {self._word} after simplify"
         raise ClaimError(f"sympy's assumptions cannot show {_short(target)} {self._word}")
 
-    def method(self, lang: str = "en") -> str:
+    def method(self, lang: str = "en", latex: bool = False) -> str:
         if lang == "zh":
             first = "先化为显然的形式（已验证相等），再" if self.manifest is not None else ""
             return first + f"由 sympy 的假设系统证明 {self._word}"
@@ -215,7 +219,7 @@ class Limit(Claim):
             return f"sympy.limit gives {got}"
         raise ClaimError(f"sympy.limit gives {_short(got)}, expected {_short(expected)}")
 
-    def method(self, lang: str = "en") -> str:
+    def method(self, lang: str = "en", latex: bool = False) -> str:
         return "由 sympy.limit 计算" if lang == "zh" else "computed by sympy.limit"
 
 
@@ -243,7 +247,7 @@ class Solutions(Claim):
             raise ClaimError(f"solveset gives {_short(got)}, expected {_short(expected)}")
         return f"solveset gives {_short(got)}"
 
-    def method(self, lang: str = "en") -> str:
+    def method(self, lang: str = "en", latex: bool = False) -> str:
         if lang == "zh":
             return "sympy.solveset 在所述定义域上恰好返回这个解集"
         return "sympy.solveset over the stated domain returns exactly this set"
@@ -268,7 +272,7 @@ class SystemSolution(Claim):
                 raise ClaimError(f"solve gives {_short(sol)}, expected {_short(self.expected)}")
         return f"sympy.solve gives the unique solution {_short(sol)}"
 
-    def method(self, lang: str = "en") -> str:
+    def method(self, lang: str = "en", latex: bool = False) -> str:
         return "sympy.solve 恰好返回这一个解" if lang == "zh" else "sympy.solve returns exactly one solution, this one"
 
 
@@ -307,7 +311,7 @@ class GlobalMinimum(Claim):
             note = ", f(x0) = value"
         return "f'' > 0 on the domain (sympy's assumptions) and f'(x0) = 0" + note
 
-    def method(self, lang: str = "en") -> str:
+    def method(self, lang: str = "en", latex: bool = False) -> str:
         if lang == "zh":
             value = "，且 f(x₀) 等于所述最小值" if self.value is not None else ""
             return "在整个定义域上 f″ > 0（sympy 的假设系统）且 f′(x₀) = 0：严格凸，最小值点唯一" + value
@@ -333,7 +337,7 @@ class PositiveDefinite(Claim):
             raise ClaimError(f"leading principal minors {minors} are not all > 0")
         return f"leading principal minors {minors}"
 
-    def method(self, lang: str = "en") -> str:
+    def method(self, lang: str = "en", latex: bool = False) -> str:
         if lang == "zh":
             return "各阶顺序主子式均 > 0（西尔维斯特判据）"
         return "all leading principal minors > 0 (Sylvester's criterion)"
@@ -357,7 +361,7 @@ class FreeOf(Claim):
             raise ClaimError(f"d/d{self.symbol} did not rewrite to 0; left with {_short(rest)}")
         return f"d/d{self.symbol} = 0 via " + " -> ".join(used)
 
-    def method(self, lang: str = "en") -> str:
+    def method(self, lang: str = "en", latex: bool = False) -> str:
         chain = " → ".join(self.via)
         if lang == "zh":
             return f"对 {self.symbol} 的导数化简为 0（{chain}）"

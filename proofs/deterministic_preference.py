@@ -49,7 +49,7 @@ PROOF = Proof(
                 "$1 + e^{-\\beta h} > 1$, so its logarithm is positive.",
                 "$1 + e^{-\\beta h} > 1$，所以它的对数为正。",
             ),
-            r"\log\big(1 + e^{-\beta h}\big) > 0 \quad \text{for all real } h",
+            r"\log\big(1 + e^{-\beta h}\big) > 0 \qquad \forall h \in \mathbb{R}",
             Positive(LOSS_H),
         ),
         Step(
@@ -82,30 +82,31 @@ PROOF = Proof(
         Step(
             Text("... and grows without bound the other way", "……而在另一方向上无界增长"),
             Text(
-                "so gradient descent always moves $h$ upward and never stops.",
+                "So gradient descent always moves $h$ upward and never stops.",
                 "因此梯度下降总是把 $h$ 往上推，永不停止。",
             ),
             r"\lim_{h\to-\infty}\log\big(1 + e^{-\beta h}\big) = \infty",
             Limit(LOSS_H, h, -sp.oo, sp.oo),
         ),
         Step(
-            Text("The margin bounds the rejected log-probability", "间隔给出被拒回答对数概率的上界"),
+            Text("Solve the margin for the rejected log-probability", "由间隔解出被拒回答的对数概率"),
             Text(
-                "Solving the margin for $a_l = \\log\\pi(y_l)$: since $a_w = \\log\\pi(y_w) \\le 0$, "
-                "$\\log\\pi(y_l) \\le -h + b_l - b_w$.",
-                "由间隔解出 $a_l = \\log\\pi(y_l)$：因为 $a_w = \\log\\pi(y_w) \\le 0$，所以 "
-                "$\\log\\pi(y_l) \\le -h + b_l - b_w$。",
+                "Write $a = \\log\\pi$ and $b = \\log\\pi_{\\mathrm{ref}}$. The margin determines "
+                "$a_l = \\log\\pi(y_l)$ uniquely from the other three log-probabilities.",
+                "记 $a = \\log\\pi$，$b = \\log\\pi_{\\mathrm{ref}}$。由间隔和另外三个对数概率可以唯一确定 "
+                "$a_l = \\log\\pi(y_l)$。",
             ),
             r"h = (a_w - b_w) - (a_l - b_l) \iff a_l = a_w - h - b_w + b_l",
             Solutions(sp.Eq(h, (a_w - b_w) - (a_l - b_l)), a_l, [a_w - h - b_w + b_l]),
         ),
         Step(
-            Text("A log-probability is at most zero", "对数概率不超过零"),
+            Text("The margin bounds the rejected log-probability", "间隔给出被拒回答对数概率的上界"),
             Text(
-                "With $a_w = \\log\\pi(y_w) \\le 0$ (declared nonpositive), the gap between the bound "
-                "$-h + b_l - b_w$ and the solved $a_l$ is $-a_w \\ge 0$.",
-                "由于 $a_w = \\log\\pi(y_w) \\le 0$（声明为非正），上界 $-h + b_l - b_w$ 与解出的 $a_l$ "
-                "之差为 $-a_w \\ge 0$。",
+                "A log-probability is at most zero: with $a_w = \\log\\pi(y_w) \\le 0$ (declared nonpositive) "
+                "the gap between $-h + b_l - b_w$ and $a_l$ is $-a_w \\ge 0$, so "
+                "$\\log\\pi(y_l) \\le -h + b_l - b_w$.",
+                "对数概率不超过零：由 $a_w = \\log\\pi(y_w) \\le 0$（声明为非正），$-h + b_l - b_w$ 与 $a_l$ "
+                "之差为 $-a_w \\ge 0$，所以 $\\log\\pi(y_l) \\le -h + b_l - b_w$。",
             ),
             r"(-h + b_l - b_w) - (a_w - h - b_w + b_l) = -a_w \ge 0",
             Nonnegative((-h + b_l - b_w) - (a_w_np - h - b_w + b_l)),

@@ -65,13 +65,14 @@ PROOF = Proof(
             Equal(NLL, LOSS, via=("expand_log", "expand", "simplify")),
         ),
         Step(
-            Text("Softplus is minus log-sigmoid", "softplus 等于负的对数 sigmoid"),
+            Text("A stable form of the softplus", "softplus 的数值稳定形式"),
             Text(
-                "$\\log(1 + e^{-z}) = -\\log\\sigma(z)$, the form `dpo_losses_from_margin` evaluates with a "
-                "stable `logsigmoid`. The stable form for $z < 0$ is $-z + \\log(1 + e^{z})$, which never "
-                "overflows: the two agree.",
-                "$\\log(1 + e^{-z}) = -\\log\\sigma(z)$，`dpo_losses_from_margin` 正是用数值稳定的 `logsigmoid` "
-                "计算这一形式。当 $z < 0$ 时的稳定形式是 $-z + \\log(1 + e^{z})$，它不会溢出：两者相等。",
+                "The loss $\\log(1 + e^{-z}) = -\\log\\sigma(z)$ overflows if evaluated literally for very "
+                "negative $z$. `dpo_losses_from_margin` calls `logsigmoid`, which for $z < 0$ uses the "
+                "equivalent form $-z + \\log(1 + e^{z})$, where the exponential cannot overflow.",
+                "损失 $\\log(1 + e^{-z}) = -\\log\\sigma(z)$ 若按字面计算，在 $z$ 很负时会溢出。"
+                "`dpo_losses_from_margin` 调用 `logsigmoid`，它在 $z < 0$ 时使用等价形式 "
+                "$-z + \\log(1 + e^{z})$，其中的指数不会溢出。",
             ),
             r"\log(1 + e^{-z}) = -z + \log(1 + e^{z})",
             Equal(sp.log(1 + sp.exp(-z)), -z + sp.log(1 + sp.exp(z)), via=("simplify",)),

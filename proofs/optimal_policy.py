@@ -112,7 +112,7 @@ PROOF = Proof(
             ),
             r"\sum_{i=1}^{n} q_i r_i - \beta\sum_{i=1}^{n} q_i\log\frac{q_i}{p_i}"
             r" = -\beta\sum_{i=1}^{n} q_i\log\frac{q_i}{\pi^*_i} + \beta\log Z"
-            r"\quad\text{given } \sum_{i=1}^{n} q_i = 1",
+            r"\qquad \Big(\sum_{i=1}^{n} q_i = 1\Big)",
             Equal(
                 objective_n,
                 -beta * S(Q[i] * sp.log(Q[i] / pistar_n)) + beta * sp.log(Zn),
@@ -140,7 +140,7 @@ PROOF = Proof(
                 "$f(x) = x - 1 - \\log x$ 满足 $f''(x) = 1/x^2 > 0$ 且 $f'(1) = 0$，因此在 $x > 0$ 上 $x = 1$ "
                 "是唯一的最小值点，$f \\ge f(1) = 0$，当且仅当 $x = 1$ 时取等号。",
             ),
-            r"\min_{x>0}\, (x - 1 - \log x) = 0 \quad\text{attained only at } x = 1",
+            r"\operatorname*{arg\,min}_{x>0}\, (x - 1 - \log x) = \{1\}, \qquad \min_{x>0}\, (x - 1 - \log x) = 0",
             GlobalMinimum(gibbs_f, x, 1, value=0),
         ),
         Step(
@@ -173,7 +173,8 @@ PROOF = Proof(
                 "严格凸，在 $\\rho_i = q_i$ 处取得最小值 0。非负项之和非负，且仅当每一项都为零时和为零："
                 "$\\mathrm{KL}(\\pi\\Vert\\rho) \\ge 0$，当且仅当 $\\pi = \\rho$ 时取等号。",
             ),
-            r"\min_{\rho_i > 0}\; q_i f(\rho_i/q_i) = 0 \quad\text{attained only at } \rho_i = q_i",
+            r"\operatorname*{arg\,min}_{\rho_i > 0}\, q_i f(\rho_i/q_i) "
+            r"= \{q_i\}, \qquad \min_{\rho_i > 0}\, q_i f(\rho_i/q_i) = 0",
             GlobalMinimum(qi * gibbs_f.subs(x, rho_i / qi), rho_i, qi, value=0),
         ),
         Step(

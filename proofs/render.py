@@ -19,14 +19,16 @@ LABELS = {
         "title": "Executable proofs: DPO, IPO and cDPO, step by step",
         "banner": "dpo-ref prove: every step of each derivation is checked by sympy",
         "justifies": "justifies",
-        "Justifies": "Justifies",
+        "Justifies": "Justifies: ",
+        "end": ".",
         "step": "Step",
         "conclusion": "Conclusion",
-        "checked": "checked",
+        "checked": "checked: ",
         "failed": "FAILED",
+        "failed_md": "FAILED: ",
         "not_run": "not checked (an earlier step failed)",
         "contents": "Contents",
-        "run_one": "run it alone",
+        "run_one": "run it alone: ",
         "summary_ok": "All {n} proofs hold ({steps} steps checked) in {secs:.1f} s.",
         "summary_bad": "{bad} of {n} proofs FAILED.",
         "failed_at": "proof '{proof}', step {index} '{step}' failed: {reason}",
@@ -38,9 +40,10 @@ LABELS = {
             "if sympy's assumption system proves it (after an identity that puts it in a manifest form); a "
             "limit by `sympy.limit`; an optimum by strict convexity plus a vanishing derivative. No step uses "
             "a floating-point tolerance. Each proof names the `dpo_ref` code it justifies, and the "
-            "proof-linked tests compare that code with the formulas derived here. Where a formula is written "
-            "out for a finite response space, it is checked at $n = 3$ with symbolic probabilities; steps "
-            "with a generic index $i$ hold for every $n$."
+            "proof-linked tests compare that code with the formulas derived here. Sums over the responses "
+            "to a prompt are checked with a symbolic number of responses $n$ where sympy can (steps marked "
+            "“any n”); otherwise they are written out for three responses with symbolic probabilities "
+            "($n = 3$, or $K = 3$ for rankings), and steps about one generic response $i$ hold for all $n$."
         ),
         "regenerate": "Regenerate with `dpo-ref prove --format markdown --output docs/lesson.md`.",
     },
@@ -48,14 +51,16 @@ LABELS = {
         "title": "可执行的证明：一步一步推导 DPO、IPO 与 cDPO",
         "banner": "dpo-ref prove：每个推导的每一步都由 sympy 检验",
         "justifies": "对应代码",
-        "Justifies": "对应代码",
+        "Justifies": "对应代码：",
+        "end": "。",
         "step": "步骤",
         "conclusion": "结论",
-        "checked": "检验方式",
+        "checked": "检验方式：",
         "failed": "失败",
+        "failed_md": "失败：",
         "not_run": "未检验（前面的步骤已失败）",
         "contents": "目录",
-        "run_one": "单独运行",
+        "run_one": "单独运行：",
         "summary_ok": "全部 {n} 个证明成立（共检验 {steps} 步），用时 {secs:.1f} 秒。",
         "summary_bad": "{n} 个证明中有 {bad} 个失败。",
         "failed_at": "证明 '{proof}' 的第 {index} 步 '{step}' 不成立：{reason}",
@@ -65,8 +70,9 @@ LABELS = {
             "生成本文件时由 sympy 检验过：恒等式只有当两边独立构造、其差恰好化简为 0 时才被接受；"
             "不等式必须由 sympy 的假设系统证明（必要时先用一个恒等式化成显然的形式）；极限由 `sympy.limit` 计算；"
             "最优点由严格凸性加导数为零来确定。没有任何一步使用浮点容差。每个证明都注明了它所支撑的 `dpo_ref` 代码，"
-            "与证明关联的测试会把这些代码和这里推导出的公式相比较。对有限回答空间完整展开的公式在 $n = 3$、"
-            "概率为符号变量时检验；带通用下标 $i$ 的步骤对任意 $n$ 都成立。"
+            "与证明关联的测试会把这些代码和这里推导出的公式相比较。对同一提示下各回答的求和，凡 sympy 能处理的，"
+            "都在回答数 $n$ 为符号变量时检验（标有“任意 n”的步骤）；否则对三个回答、以符号概率完整展开检验"
+            "（$n = 3$，排序则为 $K = 3$）；只涉及一个通用回答 $i$ 的步骤对任意 $n$ 都成立。"
         ),
         "regenerate": "重新生成：`dpo-ref prove --format markdown --lang zh --output docs/lesson.zh.md`。",
     },
@@ -132,19 +138,19 @@ def markdown(results: list[ProofResult], lang: str = "en") -> str:
         proof = r.proof
         out += [f'<a id="{proof.name}"></a>', "", f"## {i}. {proof.title(lang)}", "", _gh(proof.intro(lang)), ""]
         code = ", ".join(f"`{name}`" for name in proof.justifies)
-        out += [f"*{L['Justifies']}:* {code} · *{L['run_one']}:* `dpo-ref prove --only {proof.name}`", ""]
+        out += [f"*{L['Justifies'].strip()}* {code} · *{L['run_one'].strip()}* `dpo-ref prove --only {proof.name}`", ""]
         done = {s.index: s for s in r.steps}
         for index, step in enumerate(proof.steps, 1):
             res = done.get(index)
-            out += [f"**{L['step']} {i}.{index} · {step.name(lang)}.** {_gh(step.explain(lang))}", ""]
+            out += [f"**{L['step']} {i}.{index} · {step.name(lang)}{L['end']}** {_gh(step.explain(lang))}", ""]
             out += ["```math", step.statement, "```", ""]
             if res is None:
                 out += [f"<sub>· {L['not_run']}</sub>", ""]
             elif res.ok:
-                out += [f"<sub>✓ {L['checked']}: {step.claim.method(lang)}</sub>", ""]
+                out += [f"<sub>✓ {L['checked']}{step.claim.method(lang, latex=True)}</sub>", ""]
             else:
-                out += [f"<sub>✗ {L['failed']}: {res.detail}</sub>", ""]
+                out += [f"<sub>✗ {L['failed_md']}{res.detail}</sub>", ""]
         if proof.conclusion is not None:
-            out += [f"**{L['conclusion']}.** {_gh(proof.conclusion(lang))}", ""]
+            out += [f"**{L['conclusion']}{L['end']}** {_gh(proof.conclusion(lang))}", ""]
     out += ["---", "", f"<sub>{L['regenerate']}</sub>", ""]
     return "\n".join(out)
