@@ -160,6 +160,38 @@ def check_ipo_optimum(impl, tau_):
     assert theta.grad.abs().max().item() <= 1e-11 * scale, f"tabular IPO gradient at the gaps: {theta.grad.tolist()}"
 
 
+def check_sequence_logps(impl, seq):
+    """sequence_logps == log of the product of the scored tokens' probabilities   [proof dpo-loss, step 4.5]
+
+    The product side of the factorisation, log prod_t pi(y_t | x, y_<t), computed in mpmath from the logits
+    with the HF shift (logits at t score label t + 1; label -100 is not scored).
+    """
+    logits_rows, label_rows = seq
+    logits = torch.tensor(logits_rows, dtype=F64)  # (B, T, V)
+    labels = torch.tensor(label_rows)  # (B, T)
+    got = impl(logits, labels)
+    for b in range(len(label_rows)):
+        with mpmath.workdps(DPS):
+            prob = mpmath.mpf(1)
+            for t in range(1, len(label_rows[b])):
+                y = label_rows[b][t]
+                if y == -100:
+                    continue
+                row = [mpmath.mpf(v) for v in logits_rows[b][t - 1]]
+                prob *= mpmath.exp(row[y]) / mpmath.fsum(mpmath.exp(v) for v in row)
+            want = float(mpmath.log(prob))
+        assert_close(got[b].item(), want, f"sequence log-prob, row {b}", rtol=1e-11, atol=1e-11)
+
+
+@st.composite
+def sequences(draw):
+    B, T, V = draw(st.integers(1, 3)), draw(st.integers(2, 5)), draw(st.integers(2, 6))
+    logit = st.floats(-20.0, 20.0, allow_nan=False)
+    logits = [[[draw(logit) for _ in range(V)] for _ in range(T)] for _ in range(B)]
+    labels = [[draw(st.sampled_from([-100, *range(V)])) for _ in range(T)] for _ in range(B)]
+    return logits, labels
+
+
 # ---- strategies and a runner that the meta-tests reuse with a broken implementation -----------------------
 
 logp = st.floats(-60.0, 0.0, allow_nan=False, allow_infinity=False)
@@ -179,6 +211,7 @@ PROPERTIES = {
     "cdpo_optimum": (check_cdpo_optimum, dict(beta_=BETAS, eps_=EPSS)),
     "ipo_value": (check_ipo_value, dict(rows=ROWS, tau_=TAUS)),
     "ipo_optimum": (check_ipo_optimum, dict(tau_=TAUS)),
+    "sequence_logps": (check_sequence_logps, dict(seq=sequences())),
 }
 IMPLS = {
     "dpo_value": dpo_ref.dpo_loss,
@@ -189,6 +222,7 @@ IMPLS = {
     "cdpo_optimum": dpo_ref.dpo_loss,
     "ipo_value": dpo_ref.ipo_loss,
     "ipo_optimum": dpo_ref.ipo_loss,
+    "sequence_logps": dpo_ref.sequence_logps,
 }
 
 
@@ -246,6 +280,13 @@ def ipo_target_one_over_tau(pc, pr, rc, rr, *, tau=0.1):
     return dpo_ref.PreferenceLoss((m - 1 / tau) ** 2, m, m)
 
 
+def sequence_logps_without_shift(logits, labels):
+    """Scores label t with the logits at t (no one-token shift): the classic off-by-one."""
+    mask = labels != -100
+    picked = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(-1)
+
+
 NO_SHRINK = dict(phases=(Phase.explicit, Phase.generate), report_multiple_bugs=False)
 CAUGHT = [
     ("dpo_value", wrong_reference_sign),
@@ -259,6 +300,7 @@ CAUGHT = [
     ("cdpo_optimum", cdpo_swapped),
     ("ipo_value", ipo_target_one_over_tau),
     ("ipo_optimum", ipo_target_one_over_tau),
+    ("sequence_logps", sequence_logps_without_shift),
 ]
 
 
