@@ -27,8 +27,8 @@ r3 = sp.symbols("r_1:4", real=True)
 rhat3 = sp.symbols("rhat_1:4", real=True)
 RANKINGS = list(itertools.permutations(range(3)))
 PL_REPARAM = plackett_luce([rh + beta * sp.log(Z) for rh in rhat3], (0, 1, 2))
-_e = [sp.exp(rh) for rh in rhat3]
-PL_POLICY = _e[0] / (_e[0] + _e[1] + _e[2]) * _e[1] / (_e[1] + _e[2])
+PL_REPARAM_ALL = sp.Matrix([plackett_luce([rh + beta * sp.log(Z) for rh in rhat3], rk) for rk in RANKINGS])
+PL_POLICY_ALL = sp.Matrix([plackett_luce(list(rhat3), rk) for rk in RANKINGS])
 
 PROOF = Proof(
     name="bt-cancellation",
@@ -97,17 +97,16 @@ PROOF = Proof(
             Text(
                 "Write $r_i = \\hat r_i + \\beta\\log Z$ with the implicit reward "
                 "$\\hat r_i = \\beta\\log(\\pi_i/\\pi^{\\mathrm{ref}}_i)$. Every exponential gains the same "
-                "factor $Z^\\beta$, which cancels within each fraction; checked for the ranking "
-                "$y_1 \\succ y_2 \\succ y_3$ (the others are relabellings).",
+                "factor $Z^\\beta$, which cancels within each fraction; checked for all $3! = 6$ rankings.",
                 "记 $r_i = \\hat r_i + \\beta\\log Z$，其中隐式奖励 $\\hat "
                 "r_i = \\beta\\log(\\pi_i/\\pi^{\\mathrm{ref}}_i)$。"
-                "每个指数项都多出同一个因子 $Z^\\beta$，在每个分式内约去；这里检验排序 "
-                "$y_1 \\succ y_2 \\succ y_3$（其余排序只是重新编号）。",
+                "每个指数项都多出同一个因子 $Z^\\beta$，在每个分式内约去；对全部 $3! = 6$ 种排序逐一检验。",
             ),
-            r"\frac{e^{\hat r_1 + \beta\log Z}}{\sum_{j=1}^{3} e^{\hat r_j + \beta\log Z}}"
-            r"\cdot\frac{e^{\hat r_2 + \beta\log Z}}{\sum_{j=2}^{3} e^{\hat r_j + \beta\log Z}}"
-            r" = \frac{e^{\hat r_1}}{\sum_{j=1}^{3} e^{\hat r_j}}\cdot\frac{e^{\hat r_2}}{\sum_{j=2}^{3} e^{\hat r_j}}",
-            Equal(PL_REPARAM, PL_POLICY, via=("expand", "cancel")),
+            r"\prod_{k=1}^{3} \frac{e^{\hat r_{\tau(k)} + \beta\log "
+            r"Z}}{\sum_{j=k}^{3} e^{\hat r_{\tau(j)} + \beta\log Z}}"
+            r" = \prod_{k=1}^{3} \frac{e^{\hat r_{\tau(k)}}}{\sum_{j=k}^{3} e^{\hat r_{\tau(j)}}}"
+            r"\qquad \forall\, \tau \in S_3",
+            Equal(PL_REPARAM_ALL, PL_POLICY_ALL, via=("expand", "cancel")),
         ),
         Step(
             Text("Plackett–Luce does not depend on Z either", "普拉克特-卢斯概率同样与 Z 无关"),
