@@ -18,7 +18,6 @@ LABELS = {
     "en": {
         "title": "Executable proofs: DPO, IPO and cDPO, step by step",
         "banner": "dpo-ref prove: every step of each derivation is checked by sympy",
-        "justifies": "justifies",
         "Justifies": "Justifies: ",
         "end": ".",
         "step": "Step",
@@ -50,7 +49,6 @@ LABELS = {
     "zh": {
         "title": "可执行的证明：一步一步推导 DPO、IPO 与 cDPO",
         "banner": "dpo-ref prove：每个推导的每一步都由 sympy 检验",
-        "justifies": "对应代码",
         "Justifies": "对应代码：",
         "end": "。",
         "step": "步骤",
@@ -100,7 +98,7 @@ def text_proof(result: ProofResult, position: int, total: int, lang: str = "en",
     L = LABELS[lang]
     proof = result.proof
     lines = [f"[{position}/{total}] {proof.name}: {proof.title(lang)}"]
-    lines.append(f"    {L['justifies']}: {', '.join(proof.justifies)}")
+    lines.append(f"    {L['Justifies']}{', '.join(proof.justifies)}")
     done = {s.index: s for s in result.steps}
     for index, step in enumerate(proof.steps, 1):
         res: StepResult | None = done.get(index)
@@ -110,7 +108,7 @@ def text_proof(result: ProofResult, position: int, total: int, lang: str = "en",
         if res is None:
             lines.append(f"       ({L['not_run']})")
         elif not res.ok:
-            lines.append(f"       {L['failed']}: {res.detail}")
+            lines.append(f"       {L['failed_md']}{res.detail}")
         elif verbose:
             lines.append(f"       [{res.detail}; {res.seconds:.2f} s]")
     return "\n".join(lines) + "\n"
