@@ -58,10 +58,17 @@ def _selected(only: list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))  # keep order, drop repeats
 
 
-def _write_atomic(path: str, text: str) -> None:
+def _check_output(path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise _input_error(f"--output: directory {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise _input_error(f"--output: {path!r} is a directory; expected a file path")
+    return folder
+
+
+def _write_atomic(path: str, text: str) -> None:
+    folder = _check_output(path)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".prove-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -91,32 +98,36 @@ def handler(args: argparse.Namespace) -> int:
     from proofs.core import run_proof
 
     names = _selected(args.only)
+    if args.output:
+        _check_output(args.output)  # fail before minutes of sympy, not after
     lang = args.lang
     if args.list:
         lines = [f"{n}: {get(n).title(lang)}\n    {', '.join(get(n).justifies)}" for n in names]
         _emit("\n".join(lines) + "\n")
         return 0
 
-    stream = args.format == "text" and not args.output  # print each proof as soon as it is checked
-    chunks = [R.text_header(lang)] if args.format == "text" else []
-    if stream:
-        _emit(chunks.pop())
+    text_mode = args.format == "text"
+    stream = text_mode and not args.output  # print each proof as soon as it is checked
+    chunks: list[str] = []
+
+    def put(chunk: str) -> None:
+        if stream:
+            _emit(chunk)
+        else:
+            chunks.append(chunk)
+
+    if text_mode:
+        put(R.text_header(lang))
     results = []
     start = time.perf_counter()
     for position, name in enumerate(names, 1):
         result = run_proof(get(name))
         results.append(result)
-        if args.format == "text":
-            chunk = "\n" + R.text_proof(result, position, len(names), lang, args.verbose)
-            _emit(chunk) if stream else chunks.append(chunk)
-    seconds = time.perf_counter() - start
-
-    if args.format == "text":
-        tail = "\n" + R.text_summary(results, seconds, lang)
-        _emit(tail) if stream else chunks.append(tail)
-        text = "".join(chunks)
-    else:
-        text = R.markdown(results, lang)
+        if text_mode:
+            put("\n" + R.text_proof(result, position, len(names), lang, args.verbose))
+    if text_mode:
+        put("\n" + R.text_summary(results, time.perf_counter() - start, lang))
+    text = "".join(chunks) if text_mode else R.markdown(results, lang)
     if args.output:
         _write_atomic(args.output, text)
     elif not stream:

@@ -28,7 +28,7 @@ LABELS = {
         "not_run": "not checked (an earlier step failed)",
         "contents": "Contents",
         "run_one": "run it alone: ",
-        "summary_ok": "All {n} proofs hold ({steps} steps checked) in {secs:.1f} s.",
+        "summary_ok": "Every step holds: {n} {proofs}, {steps} steps checked in {secs:.1f} s.",
         "summary_bad": "{bad} of {n} proofs FAILED.",
         "failed_at": "proof '{proof}', step {index} '{step}' failed: {reason}",
         "how_to_read": (
@@ -119,7 +119,8 @@ def text_summary(results: list[ProofResult], seconds: float, lang: str = "en") -
     bad = [r for r in results if not r.ok]
     if not bad:
         steps = sum(len(r.steps) for r in results)
-        return L["summary_ok"].format(n=len(results), steps=steps, secs=seconds) + "\n"
+        word = "proof" if len(results) == 1 else "proofs"
+        return L["summary_ok"].format(n=len(results), proofs=word, steps=steps, secs=seconds) + "\n"
     lines = [L["summary_bad"].format(bad=len(bad), n=len(results))]
     lines += ["  " + line for line in failure_lines(results, lang)]
     return "\n".join(lines) + "\n"
