@@ -92,6 +92,27 @@ def check_logits_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
         raise InputError("logits has an empty vocabulary dimension (V = 0)")
 
 
+def shift_labels(labels: torch.Tensor, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one-token shift: (shifted_labels, mask, target), each `(B, T-1)`.
+
+    Position t (of the logits) scores `shifted_labels[:, t] = labels[:, t+1]`; `mask` marks the scored
+    positions (label != ignore_index) and `target` is the label there (0 elsewhere, a safe index).
+    """
+    shifted_labels = labels[:, 1:]  # (B, T-1)
+    mask = shifted_labels != ignore_index  # (B, T-1)
+    target = torch.where(mask, shifted_labels, torch.zeros_like(shifted_labels))
+    return shifted_labels, mask, target
+
+
+def token_logps(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] per position: logits `(N, V)`, target `(N,)` valid ids -> `(N,)`.
+
+    The memory-bounded kernel of `sequence_logps`, for callers that already selected the scored
+    positions (e.g. applying the output layer only where labels are scored). No validation.
+    """
+    return _TokenLogps.apply(logits.unsqueeze(0), target.unsqueeze(0)).squeeze(0)
+
+
 def sequence_logps(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -117,9 +138,7 @@ def sequence_logps(
     if validate:
         check_logits_labels(logits, labels)
     shifted_logits = logits[:, :-1, :]  # (B, T-1, V), a view: position t scores label t+1
-    shifted_labels = labels[:, 1:]  # (B, T-1)
-    mask = shifted_labels != ignore_index  # (B, T-1)
-    target = torch.where(mask, shifted_labels, torch.zeros_like(shifted_labels))
+    shifted_labels, mask, target = shift_labels(labels, ignore_index)  # (B, T-1) each
     if validate and mask.any():
         vocab = logits.shape[-1]
         bad = mask & ((shifted_labels < 0) | (shifted_labels >= vocab))
