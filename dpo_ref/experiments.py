@@ -327,7 +327,8 @@ def _displacement_handler(args) -> int:
     _write_json(os.path.join(args.out, "displacement.json"), summary)
     for variant, s in summary.items():
         print(
-            f"{variant:<22} chosen log-ratio {s['logratio_chosen_end']:+8.3f}  rejected {s['logratio_rejected_end']:+8.3f}"
+            f"{variant:<22} chosen log-ratio {s['logratio_chosen_end']:+8.3f}"
+            f"  rejected {s['logratio_rejected_end']:+8.3f}"
             f"  generation accuracy {s['generation_accuracy_start']:.3f} -> {s['generation_accuracy_end']:.3f}"
             f"  eval/accuracy {s['eval_accuracy_end']:.3f}"
         )
@@ -364,8 +365,14 @@ def _bandit_handler(args) -> int:
     _write_csv(
         os.path.join(args.out, "bandit.csv"),
         [
-            {"dataset": r["dataset"], "loss": r["loss"], "tau": r["tau"], "action": a, "policy": r["policy"][a],
-             "closed_form": r["closed_form"][a] if r["closed_form"] else ""}  # fmt: skip
+            {
+                "dataset": r["dataset"],
+                "loss": r["loss"],
+                "tau": r["tau"],
+                "action": a,
+                "policy": r["policy"][a],
+                "closed_form": r["closed_form"][a] if r["closed_form"] else "",
+            }  # fmt: skip
             for r in results
             for a in ACTIONS
         ],

@@ -479,7 +479,7 @@ def train(cfg: TrainConfig) -> dict:
             batch = to_device(collate(chunk), device)
             B = len(chunk)
             sync = not distributed or micro == cfg.grad_accum - 1
-            with (scorer.no_sync() if not sync else nullcontext()), autocast(device):
+            with scorer.no_sync() if not sync else nullcontext(), autocast(device):
                 logps, counts = scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])  # (2B,)
                 policy_chosen_logps, policy_rejected_logps = logps[:B], logps[B:]  # (B,), (B,)
                 if ref_logps is not None:
@@ -621,7 +621,9 @@ def _summary_lines(cfg: TrainConfig, summary: dict) -> list[str]:
         lines.append(f"  skipped {summary['skipped_rows']} malformed rows")
     if logged:
         a, b = logged[0], logged[-1]
-        lines.append(f"  loss                     {a['loss']:.4f} (step {a['step']}) -> {b['loss']:.4f} (step {b['step']})")
+        lines.append(
+            f"  loss                     {a['loss']:.4f} (step {a['step']}) -> {b['loss']:.4f} (step {b['step']})"
+        )
         lines.append(f"  rewards/accuracies       {a['rewards/accuracies']:.3f} -> {b['rewards/accuracies']:.3f}")
         lines.append(
             f"  log-ratio chosen         {a['logratio/chosen']:+.3f} -> {b['logratio/chosen']:+.3f}   "
