@@ -172,6 +172,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def frozen_reference(policy: nn.Module) -> nn.Module:
+    """The reference model: a copy of `policy` in eval mode (dropout off) with gradients disabled."""
+    return copy.deepcopy(policy).eval().requires_grad_(False)
+
+
 def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
     """The data order of one epoch: a permutation depending only on (seed, epoch), so resume sees the same."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -387,7 +392,7 @@ def train(cfg: TrainConfig) -> dict:
                 )
 
     # -- 3. reference: a frozen copy of the (warmed-up) policy, or its log-probs only -----------------
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    reference = frozen_reference(policy)
     ref_scorer = SequenceScorer(reference)
     ref_logps = None
     if cfg.precompute_ref:
@@ -442,6 +447,8 @@ def train(cfg: TrainConfig) -> dict:
             metrics = {
                 "eval/loss": result.losses.mean().item(),
                 "eval/accuracy": (result.chosen_rewards > result.rejected_rewards).float().mean().item(),
+                "eval/logps/chosen": pc.mean().item(),
+                "eval/logps/rejected": pr.mean().item(),
             }
         if eval_generation:
             metrics["eval/generation_accuracy"] = generation_accuracy(
