@@ -8,6 +8,7 @@ touching the network; custom modelling code runs only with `trust_remote_code=Tr
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -65,6 +66,8 @@ def load_model_and_tokenizer(path: str | None, *, seed: int = 0, trust_remote_co
     """
     from dpo_ref.tokenizer import build_char_tokenizer
 
+    # transformers may import torchao, which warns about its own build at import time; not our concern
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     if path is None:
         tokenizer = build_char_tokenizer()
         return build_tiny_model(tokenizer, seed), tokenizer

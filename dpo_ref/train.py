@@ -304,9 +304,12 @@ def _keep_metrics_before(path: str, step: int) -> None:
 
 def save_pretrained_atomic(model, tokenizer, directory: str) -> None:
     """`save_pretrained` into a temporary directory, then swap it in place of `directory`."""
+    from transformers.utils import logging as hf_logging
+
     tmp, old = directory + ".tmp", directory + ".old"
     for d in (tmp, old):
         shutil.rmtree(d, ignore_errors=True)
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar for a one-file model
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if os.path.exists(directory):
