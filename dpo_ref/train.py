@@ -66,6 +66,7 @@ class TrainConfig:
     sft_lr: float = 3e-3
     precompute_ref: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # CPU intra-op threads; None = 1 for the built-in tiny model, else torch's
     seed: int = 0
     log_every: int = 10
     eval_every: int = 50
@@ -309,8 +310,13 @@ def save_pretrained_atomic(model, tokenizer, directory: str) -> None:
     tmp, old = directory + ".tmp", directory + ".old"
     for d in (tmp, old):
         shutil.rmtree(d, ignore_errors=True)
+    bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar for a one-file model
-    model.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(tmp)
     if os.path.exists(directory):
         os.replace(directory, old)
@@ -323,6 +329,18 @@ def save_pretrained_atomic(model, tokenizer, directory: str) -> None:
 
 def train(cfg: TrainConfig) -> dict:
     """Run the preference training described by `cfg`; returns a summary dict (also printed by the CLI)."""
+    threads = torch.get_num_threads()
+    wanted = cfg.threads if cfg.threads is not None else (1 if cfg.model is None else threads)
+    # the tiny model's matrices are too small for intra-op threads to pay, and spinning threads on a
+    # busy machine can slow it down many times over; restored afterwards
+    torch.set_num_threads(max(1, wanted))
+    try:
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig) -> dict:
     from tqdm.auto import tqdm
 
     from dpo_ref.checkpoint import atomic_save_tensors, load_checkpoint, load_tensors, save_checkpoint
@@ -707,6 +725,7 @@ def register(subparsers) -> None:
     a("--sft-lr", type=float, default=d.sft_lr)
     a("--precompute-ref", action="store_true", help="compute reference log-probs once, then free the reference")
     a("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    a("--threads", type=int, default=None, help="CPU threads (default 1 for the built-in tiny model)")
     a("--seed", type=int, default=d.seed)
     a("--log-every", type=int, default=d.log_every)
     a("--eval-every", type=int, default=d.eval_every)
