@@ -615,8 +615,10 @@ def supervised_warmup(cfg: TrainConfig, policy, pairs, collate_chosen, device, w
         from torch.nn.parallel import DistributedDataParallel
 
         scorer = DistributedDataParallel(scorer, device_ids=[device.index] if device.type == "cuda" else None)
+    from tqdm.auto import tqdm
+
     first = last = None
-    for step in range(cfg.sft_steps):
+    for step in tqdm(range(cfg.sft_steps), desc="sft", disable=not (cfg.progress and rank == 0), leave=False):
         indices = order(step)[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
         batch = to_device(collate_chosen([pairs[i] for i in indices]), device)
         with autocast(device):
@@ -650,8 +652,10 @@ def _summary_lines(cfg: TrainConfig, summary: dict) -> list[str]:
     if logged:
         a, b = logged[0], logged[-1]
         lines.append(
-            f"  loss                     {a['loss']:.4f} (step {a['step']}) -> {b['loss']:.4f} (step {b['step']})"
+            f"  loss                     {a['loss']:.6f} (step {a['step']}) -> {b['loss']:.4f} (step {b['step']})"
         )
+        if a["step"] == 0 and cfg.loss != "ipo":
+            lines[-1] += f"   |loss - ln 2| at step 0: {abs(a['loss'] - math.log(2)):.1e}"
         lines.append(f"  rewards/accuracies       {a['rewards/accuracies']:.3f} -> {b['rewards/accuracies']:.3f}")
         lines.append(
             f"  log-ratio chosen         {a['logratio/chosen']:+.3f} -> {b['logratio/chosen']:+.3f}   "
