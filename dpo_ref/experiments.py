@@ -80,14 +80,25 @@ def run_overfit(
     taus=(0.05, 0.1),
     epochs: int = 100,
     lr: float = 0.1,
-    max_grad_norm: float | None = 1.0,
+    max_grad_norm: float | None = 0.3,
     seed: int = 0,
 ) -> list[dict]:
     """One preference pair, tiny Llama, plain SGD: per-epoch pi(y_w), pi(y_l), margin h for DPO and IPO.
 
     The reference is the initial model (frozen). Each epoch is one SGD step on the single pair; the
-    recorded values are measured before that step (epoch 0 is the reference itself, h = 0).
+    recorded values are measured before that step (epoch 0 is the reference itself, h = 0). The gradient
+    norm is clipped at `max_grad_norm`: at lr 0.1 IPO's quadratic loss otherwise overshoots and wrecks the
+    tiny model in its first steps.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a single pair: intra-op threads only add overhead
+    try:
+        return _overfit(betas, taus, epochs, lr, max_grad_norm, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _overfit(betas, taus, epochs: int, lr: float, max_grad_norm: float | None, seed: int) -> list[dict]:
     from dpo_ref.data import PreferenceCollator, tokenize_pair
     from dpo_ref.model import build_tiny_model
     from dpo_ref.tokenizer import build_char_tokenizer
@@ -279,27 +290,40 @@ def _adam_bandit(pairs, loss: str, tau: float, steps: int, seeds: int, batch: in
 
 def _overfit_handler(args) -> int:
     os.makedirs(args.out, exist_ok=True)
-    rows = run_overfit(betas=args.betas, taus=args.taus, epochs=args.epochs, lr=args.lr, seed=args.seed)
+    rows = run_overfit(
+        betas=args.betas,
+        taus=args.taus,
+        epochs=args.epochs,
+        lr=args.lr,
+        max_grad_norm=args.max_grad_norm,
+        seed=args.seed,
+    )
     csv_path = os.path.join(args.out, "overfit.csv")
     _write_csv(csv_path, rows)
     final = {}
     for r in rows:
         if r["epoch"] == args.epochs:
-            first = next(x for x in rows if (x["loss_type"], x["param"]) == (r["loss_type"], r["param"]))
+            run = [x for x in rows if (x["loss_type"], x["param"]) == (r["loss_type"], r["param"])]
+            first = run[0]
             final[f"{r['loss_type']}_{r['param']:g}"] = {
                 "p_rejected_start": first["p_rejected"],
                 "p_rejected_end": r["p_rejected"],
                 "p_chosen_end": r["p_chosen"],
                 "margin_end": r["margin"],
+                "margin_mean_last10": sum(x["margin"] for x in run[-10:]) / len(run[-10:]),
                 "sigmoid_beta_margin_end": r["sigmoid_beta_margin"],
                 "target_margin": r["target_margin"] or None,
             }
     _write_json(os.path.join(args.out, "overfit.json"), final)
-    print(f"{'run':<10} {'pi(y_l) start':>14} {'pi(y_l) end':>12} {'h end':>8} {'sigma(beta h)':>14} {'1/(2tau)':>9}")
+    print(
+        f"{'run':<10} {'pi(y_l) start':>14} {'pi(y_l) end':>12} {'h end':>8} {'h last 10':>10} "
+        f"{'sigma(beta h)':>14} {'1/(2tau)':>9}"
+    )
     for name, f in final.items():
         target = f"{f['target_margin']:.3f}" if f["target_margin"] else "-"
         print(
             f"{name:<10} {f['p_rejected_start']:>14.3e} {f['p_rejected_end']:>12.3e} {f['margin_end']:>8.3f} "
+            f"{f['margin_mean_last10']:>10.3f} "
             f"{f['sigmoid_beta_margin_end']:>14.4f} {target:>9}"
         )
     png = os.path.join(args.out, "overfit.png")
@@ -409,6 +433,7 @@ def register(subparsers) -> None:
     o.add_argument("--taus", type=float, nargs="+", default=[0.05, 0.1])
     o.add_argument("--epochs", type=int, default=100)
     o.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
+    o.add_argument("--max-grad-norm", type=float, default=0.3, help="gradient-norm clipping")
     o.add_argument("--seed", type=int, default=0)
     o.set_defaults(func=_overfit_handler)
 

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 from dpo_ref.errors import InputError
 
+# transformers may import torchao, which logs a warning about its own build at import time: not ours to show
+logging.getLogger("torchao").setLevel(logging.ERROR)
+
 
 @dataclass
 class TinyLlamaSize:
@@ -66,8 +69,6 @@ def load_model_and_tokenizer(path: str | None, *, seed: int = 0, trust_remote_co
     """
     from dpo_ref.tokenizer import build_char_tokenizer
 
-    # transformers may import torchao, which warns about its own build at import time; not our concern
-    logging.getLogger("torchao").setLevel(logging.ERROR)
     if path is None:
         tokenizer = build_char_tokenizer()
         return build_tiny_model(tokenizer, seed), tokenizer
