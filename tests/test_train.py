@@ -227,3 +227,43 @@ def test_cuda_precomputed_reference_matches_live_reference(data, tmp_path):
     live = train(small(data, tmp_path / "live", steps=3, device="cuda"))["history"]
     pre = train(small(data, tmp_path / "pre", steps=3, device="cuda", precompute_ref=True))["history"]
     assert [r["loss"] for r in live] == pytest.approx([r["loss"] for r in pre], abs=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- --model DIR
+
+
+@pytest.fixture(scope="module")
+def tied_model_dir(tmp_path_factory):
+    """A local HF directory: a tiny Llama with tied input/output embeddings and the character tokenizer."""
+    from transformers import LlamaForCausalLM
+
+    from dpo_ref.model import tiny_llama_config
+    from dpo_ref.tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    config = tiny_llama_config(tokenizer)
+    config.tie_word_embeddings = True
+    torch.manual_seed(5)
+    directory = str(tmp_path_factory.mktemp("hf") / "tied")
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_local_model_directory_trains_and_resumes(data, tmp_path, tied_model_dir):
+    settings = dict(model=tied_model_dir, steps=4)
+    full = train(small(data, tmp_path / "full", **settings))
+    assert abs(full["history"][0]["loss"] - math.log(2)) < 1e-6
+    train(small(data, tmp_path / "resumed", stop_after=2, **settings))
+    resumed = train(small(data, tmp_path / "resumed", resume=True, **settings))
+    a, b = state(full["policy"]), state(resumed["policy"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    policy = resumed["policy"]
+    assert policy.get_output_embeddings().weight is policy.get_input_embeddings().weight  # still tied
+
+
+def test_missing_model_directory_is_an_input_error(tmp_path, capsys):
+    from dpo_ref.cli import main
+
+    assert main(["train", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
