@@ -87,6 +87,12 @@ _RESUME_KEYS = (
 ).split()
 
 
+# what the SFT warm-up's result depends on: a saved warm-up is reused by --resume only if all match
+_SFT_KEYS = (
+    "model data sft_steps sft_lr seed max_grad_norm max_length max_prompt_length padding_side batch_size"
+).split()
+
+
 def check_config(cfg: TrainConfig) -> TrainConfig:
     """Validate `cfg` (InputError naming the option) and fill the loss-dependent defaults."""
     if cfg.loss not in LOSSES:
@@ -210,8 +216,8 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 @torch.no_grad()
-def reference_logps(scorer: SequenceScorer, pairs: list[TokenizedPair], collate, device, batch_size: int):
-    """(chosen (P,), rejected (P,)) reference log-probs of every pair, indexed by `pair.index`."""
+def pair_logps(scorer: SequenceScorer, pairs: list[TokenizedPair], collate, device, batch_size: int):
+    """(chosen (P,), rejected (P,)) sequence log-probs of every pair under `scorer`, indexed by `pair.index`."""
     chosen = torch.zeros(len(pairs), dtype=torch.float32, device=device)
     rejected = torch.zeros_like(chosen)
     for start in range(0, len(pairs), batch_size):
@@ -343,7 +349,14 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig) -> dict:
     from tqdm.auto import tqdm
 
-    from dpo_ref.checkpoint import atomic_save_tensors, load_checkpoint, load_tensors, save_checkpoint
+    from dpo_ref.checkpoint import (
+        atomic_save_tensors,
+        load_checkpoint,
+        load_model_tensors,
+        load_tensors,
+        model_tensors,
+        save_checkpoint,
+    )
     from dpo_ref.model import load_model_and_tokenizer
     from dpo_ref.tasks import reversal_rows
 
@@ -386,6 +399,7 @@ def _train(cfg: TrainConfig) -> dict:
     collate_chosen = PreferenceCollator(tokenizer.pad_token_id, cfg.padding_side, responses=("chosen",))
     global_batch = cfg.batch_size * cfg.grad_accum * world
     per_rank = cfg.batch_size * cfg.grad_accum
+    run_config = {**asdict(cfg), "global_batch": global_batch}
 
     out = cfg.out
     os.makedirs(out, exist_ok=True)
@@ -393,24 +407,31 @@ def _train(cfg: TrainConfig) -> dict:
     checkpoint_path = os.path.join(out, "checkpoint.safetensors")
     sft_path = os.path.join(out, "sft.safetensors")
     resuming = cfg.resume and os.path.exists(checkpoint_path)
-    if main_process and not resuming and os.path.exists(metrics_path):
-        os.remove(metrics_path)  # a fresh run starts a fresh log
+    if main_process and not cfg.resume:  # a fresh run starts from nothing: no stale log or checkpoints
+        for path in (metrics_path, checkpoint_path, sft_path):
+            if os.path.exists(path):
+                os.remove(path)
+    if distributed:
+        dist.barrier()
     policy.to(device)
     policy.train()
 
     # -- 2. SFT warm-up on the chosen responses (redone if a run stopped during it) -------------------
     sft_summary = {}
     if cfg.sft_steps > 0:
-        if cfg.resume and os.path.exists(sft_path):
-            tensors, _ = load_tensors(sft_path)
-            policy.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=False)
-            policy.tie_weights()
+        sft_key = {k: run_config[k] for k in _SFT_KEYS}
+        sft_key["processes"] = world
+        saved_key = load_tensors(sft_path)[1].get("sft") if cfg.resume and os.path.exists(sft_path) else None
+        if saved_key == sft_key:
+            tensors, meta = load_tensors(sft_path)
+            load_model_tensors(policy, {k: v.to(device) for k, v in tensors.items()}, meta["aliases"])
+            sft_summary = {"steps": cfg.sft_steps, "reused": sft_path}
         else:
             sft_summary = supervised_warmup(cfg, policy, train_pairs, collate_chosen, device, world, rank)
             if main_process:
-                atomic_save_tensors(
-                    {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}, sft_path
-                )
+                tensors, aliases = model_tensors(policy)
+                metadata = {"sft": sft_key, "aliases": aliases}
+                atomic_save_tensors({k: v.cpu() for k, v in tensors.items()}, sft_path, metadata)
 
     # -- 3. reference: a frozen copy of the (warmed-up) policy, or its log-probs only -----------------
     reference = frozen_reference(policy)
@@ -419,10 +440,8 @@ def _train(cfg: TrainConfig) -> dict:
     if cfg.precompute_ref:
         with torch.no_grad():
             ref_logps = {
-                "train": reference_logps(ref_scorer, train_pairs, collate, device, 2 * cfg.batch_size),
-                "eval": reference_logps(ref_scorer, eval_pairs, collate, device, 2 * cfg.batch_size)
-                if eval_pairs
-                else None,
+                "train": pair_logps(ref_scorer, train_pairs, collate, device, 2 * cfg.batch_size),
+                "eval": pair_logps(ref_scorer, eval_pairs, collate, device, 2 * cfg.batch_size) if eval_pairs else None,
             }
         del reference, ref_scorer  # frees the reference's memory
         reference = ref_scorer = None
@@ -432,7 +451,6 @@ def _train(cfg: TrainConfig) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     )
-    run_config = {**asdict(cfg), "global_batch": global_batch}
     start_step = 0
     if resuming:
         meta = load_checkpoint(checkpoint_path, model=policy, optimizer=optimizer, scheduler=scheduler)
@@ -459,11 +477,11 @@ def _train(cfg: TrainConfig) -> dict:
             return {}
         policy.eval()
         with torch.no_grad():
-            pc, pr = reference_logps(SequenceScorer(policy), eval_pairs, collate, device, 2 * cfg.batch_size)
+            pc, pr = pair_logps(SequenceScorer(policy), eval_pairs, collate, device, 2 * cfg.batch_size)
             if ref_logps is not None:
                 rc, rr = ref_logps["eval"]
             else:
-                rc, rr = reference_logps(ref_scorer, eval_pairs, collate, device, 2 * cfg.batch_size)
+                rc, rr = pair_logps(ref_scorer, eval_pairs, collate, device, 2 * cfg.batch_size)
             result = preference_loss(cfg, pc, pr, rc, rr)
             metrics = {
                 "eval/loss": result.losses.mean().item(),
