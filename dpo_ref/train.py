@@ -100,6 +100,9 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     check_positive_scalar(cfg.beta, "--beta")
     check_positive_scalar(cfg.tau, "--tau")
     check_positive_scalar(cfg.lr, "--lr")
+    check_positive_scalar(cfg.max_grad_norm, "--max-grad-norm")
+    if cfg.sft_steps:
+        check_positive_scalar(cfg.sft_lr, "--sft-lr")
     if cfg.label_smoothing is None:
         cfg.label_smoothing = 0.1 if cfg.loss == "cdpo" else 0.0
     cfg.label_smoothing = check_label_smoothing(cfg.label_smoothing)
@@ -177,6 +180,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     return device
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Turn dropout off (modules and attention dropout rates), so the policy at step 0 equals the reference."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    return model
 
 
 def frozen_reference(policy: nn.Module) -> nn.Module:
@@ -413,7 +426,7 @@ def _train(cfg: TrainConfig) -> dict:
                 os.remove(path)
     if distributed:
         dist.barrier()
-    policy.to(device)
+    disable_dropout(policy).to(device)
     policy.train()
 
     # -- 2. SFT warm-up on the chosen responses (redone if a run stopped during it) -------------------
