@@ -216,3 +216,23 @@ def test_left_padding_without_attention_mask_is_caught(model_and_pairs):
         logits = model(input_ids=batch["input_ids"]).logits
     broken = sequence_logps(logits, batch["labels"]).double()
     assert not torch.allclose(broken, expected, atol=2e-4, rtol=1e-5)
+
+
+def test_scored_head_only_matches_full_logits_on_gpt2(tokenizer, model_and_pairs):
+    """Another plain-head family: output layer at the scored positions only == full logits + sequence_logps."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from dpo_ref.logps import sequence_logps
+    from dpo_ref.train import SequenceScorer
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    model = GPT2LMHeadModel(config).eval()
+    _, pairs = model_and_pairs
+    batch = PreferenceCollator(PAD, "right")(pairs)
+    scorer = SequenceScorer(model)
+    assert scorer.scored_head_only
+    with torch.no_grad():
+        fast, _ = scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
+    torch.testing.assert_close(fast.double(), sequence_logps(logits, batch["labels"]), atol=1e-4, rtol=1e-5)

@@ -267,3 +267,32 @@ def test_missing_model_directory_is_an_input_error(tmp_path, capsys):
 
     assert main(["train", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def gpt2_dropout_dir(tmp_path_factory):
+    """A local GPT-2 (another model family) with dropout 0.5 everywhere."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from dpo_ref.tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+        resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(6)
+    directory = str(tmp_path_factory.mktemp("hf") / "gpt2")
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_dropout_is_off_so_a_dropout_model_starts_at_ln2(data, tmp_path, gpt2_dropout_dir, monkeypatch):
+    summary = train(small(data, tmp_path / "off", model=gpt2_dropout_dir, steps=1))
+    assert abs(summary["history"][0]["loss"] - math.log(2)) < 1e-6
+    # the check is sharp: with the policy's dropout left on, step 0 is not ln 2
+    monkeypatch.setattr(train_module, "disable_dropout", lambda model: model)
+    summary = train(small(data, tmp_path / "on", model=gpt2_dropout_dir, steps=1))
+    assert abs(summary["history"][0]["loss"] - math.log(2)) > 1e-3
