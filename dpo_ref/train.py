@@ -368,6 +368,7 @@ def _train(cfg: TrainConfig) -> dict:
         load_model_tensors,
         load_tensors,
         model_tensors,
+        read_metadata,
         save_checkpoint,
     )
     from dpo_ref.model import load_model_and_tokenizer
@@ -434,7 +435,7 @@ def _train(cfg: TrainConfig) -> dict:
     if cfg.sft_steps > 0:
         sft_key = {k: run_config[k] for k in _SFT_KEYS}
         sft_key["processes"] = world
-        saved_key = load_tensors(sft_path)[1].get("sft") if cfg.resume and os.path.exists(sft_path) else None
+        saved_key = read_metadata(sft_path).get("sft") if cfg.resume and os.path.exists(sft_path) else None
         if saved_key == sft_key:
             tensors, meta = load_tensors(sft_path)
             load_model_tensors(policy, {k: v.to(device) for k, v in tensors.items()}, meta["aliases"])
@@ -466,15 +467,14 @@ def _train(cfg: TrainConfig) -> dict:
     )
     start_step = 0
     if resuming:
-        meta = load_checkpoint(checkpoint_path, model=policy, optimizer=optimizer, scheduler=scheduler)
-        saved = meta["config"]
+        saved = read_metadata(checkpoint_path).get("config", {})
         for key in _RESUME_KEYS + ["global_batch"]:
             if saved.get(key) != run_config[key]:
                 raise InputError(
                     f"--resume: the checkpoint in {out!r} was written with {key}={saved.get(key)!r}, "
                     f"this run has {key}={run_config[key]!r}; use the same settings or another --out"
                 )
-        start_step = meta["step"]
+        start_step = load_checkpoint(checkpoint_path, model=policy, optimizer=optimizer, scheduler=scheduler)["step"]
         if main_process:
             _keep_metrics_before(metrics_path, start_step)
 
