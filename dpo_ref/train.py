@@ -570,6 +570,7 @@ def _train(cfg: TrainConfig) -> dict:
                     ]
                 ).double()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this update uses
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -594,7 +595,7 @@ def _train(cfg: TrainConfig) -> dict:
                     "logratio/chosen": s[7],
                     "logratio/rejected": s[8],
                     "grad_norm": float(grad_norm),
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": lr,
                 }
             )
             progress.set_postfix(loss=f"{s[0]:.4f}", acc=f"{s[4]:.2f}")
