@@ -70,6 +70,9 @@ def test_first_step_loss_is_ln2(data, tmp_path, loss, precompute_ref):
     assert first["step"] == 0
     assert abs(first["loss"] - math.log(2)) < 1e-6
     assert first["rewards/margins"] == 0.0 and first["logratio/chosen"] == 0.0
+    required = {"step", "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"}
+    assert required | {"logps/chosen", "logps/rejected", "eval/accuracy"} <= set(first)
+    assert read_metrics(summary["metrics"]) == summary["history"]
 
 
 def test_ipo_first_step_loss_is_its_closed_form(data, tmp_path):
@@ -296,3 +299,14 @@ def test_dropout_is_off_so_a_dropout_model_starts_at_ln2(data, tmp_path, gpt2_dr
     monkeypatch.setattr(train_module, "disable_dropout", lambda model: model)
     summary = train(small(data, tmp_path / "on", model=gpt2_dropout_dir, steps=1))
     assert abs(summary["history"][0]["loss"] - math.log(2)) > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("DPO_REF_DEFAULT_RUN"), reason="set DPO_REF_DEFAULT_RUN=1: about 30 s")
+def test_default_recipe_meets_its_numbers(tmp_path):
+    """`dpo-ref train` with no arguments: ln 2 at step 0, held-out accuracy >= 0.95, generation kept."""
+    history = train(TrainConfig(out=str(tmp_path), progress=False))["history"]
+    evals = [r for r in history if "eval/generation_accuracy" in r]
+    assert abs(history[0]["loss"] - math.log(2)) < 1e-4
+    assert evals[-1]["eval/accuracy"] >= 0.95
+    assert evals[0]["step"] == 0 and evals[-1]["eval/generation_accuracy"] >= evals[0]["eval/generation_accuracy"]
