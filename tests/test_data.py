@@ -6,6 +6,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dpo_ref.cli import main
 from dpo_ref.data import (
@@ -236,3 +238,45 @@ def test_scored_head_only_matches_full_logits_on_gpt2(tokenizer, model_and_pairs
         fast, _ = scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
     torch.testing.assert_close(fast.double(), sequence_logps(logits, batch["labels"]), atol=1e-4, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- truncation property
+
+
+def truncation_violation(pair: TokenizedPair, row: dict, max_length: int, max_prompt_length: int) -> str | None:
+    """What the truncation rule forbids, checked from the untruncated ids (None if the pair obeys it)."""
+    full_prompt = [BOS] + char_ids(row["prompt"])
+    kept = min(len(full_prompt), max_prompt_length)
+    if pair.prompt_ids != full_prompt[len(full_prompt) - kept :]:
+        return "the prompt is not its last max_prompt_length tokens"
+    for field in ("chosen", "rejected"):
+        full = char_ids(row[field]) + [EOS]
+        ids = getattr(pair, f"{field}_ids")
+        if ids != full[: max_length - kept]:
+            return f"{field} is not its first max_length - len(prompt) tokens"
+        if len(pair.prompt_ids) + len(ids) > max_length:
+            return "longer than max_length"
+    return None
+
+
+text = st.text(alphabet="abcxyz", min_size=1, max_size=12)
+
+
+@given(prompt=text, chosen=text, rejected=text, max_length=st.integers(2, 20), max_prompt_length=st.integers(1, 20))
+def test_truncation_rule_holds_for_any_lengths(prompt, chosen, rejected, max_length, max_prompt_length):
+    tokenizer = build_char_tokenizer()
+    row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if min(len(prompt) + 1, max_prompt_length) >= max_length:  # no room for a response: a malformed row
+        with pytest.raises(InputError, match="no room"):
+            tokenize_pair(row, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+        return
+    pair = tokenize_pair(row, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+    assert truncation_violation(pair, row, max_length, max_prompt_length) is None
+
+
+def test_truncation_property_rejects_cutting_the_wrong_side():
+    row = {"prompt": "abcdef", "chosen": "xyz", "rejected": "zyx"}
+    start_kept = TokenizedPair([BOS] + char_ids("abc"), char_ids("xy"), char_ids("zy"))  # prompt start kept
+    assert "prompt" in truncation_violation(start_kept, row, max_length=6, max_prompt_length=4)
+    end_kept = TokenizedPair(char_ids("def"), char_ids("yz"), char_ids("yx"))  # wrong: response end kept
+    assert "chosen" in truncation_violation(end_kept, row, max_length=5, max_prompt_length=3)
