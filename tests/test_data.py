@@ -280,3 +280,29 @@ def test_truncation_property_rejects_cutting_the_wrong_side():
     assert "prompt" in truncation_violation(start_kept, row, max_length=6, max_prompt_length=4)
     end_kept = TokenizedPair(char_ids("def"), char_ids("yz"), char_ids("yx"))  # wrong: response end kept
     assert "chosen" in truncation_violation(end_kept, row, max_length=5, max_prompt_length=3)
+
+
+def test_scored_head_only_gradients_match_full_logits(model_and_pairs):
+    """The backward of the scored-positions path equals autograd through full float64 log_softmax."""
+    from dpo_ref.train import SequenceScorer
+
+    model, pairs = model_and_pairs
+    model = model.double()
+    batch = PreferenceCollator(PAD, "right")(pairs)
+    weights = torch.linspace(-1, 2, 2 * len(pairs), dtype=torch.float64)  # a generic upstream gradient
+
+    def grads(logps):
+        model.zero_grad()
+        (logps * weights).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    scorer = SequenceScorer(model)
+    fast = grads(scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])[0])
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    picked = logits[:, :-1].log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    full = grads((picked * mask).sum(-1))
+    model.float()
+    for name in fast:
+        torch.testing.assert_close(fast[name], full[name], rtol=1e-9, atol=1e-12)
