@@ -34,7 +34,10 @@ def _chunk_len(batch: int, positions: int, vocab: int) -> int:
 
 
 class _ShiftedTokenLogps(torch.autograd.Function):
-    """log softmax(logits[:, t])[target[:, t]] for t < T-1, without a (B, T, V) copy.
+    """log softmax(logits[:, t])[target[:, t]] for t < S, without a (B, T, V) copy.
+
+    S = target.shape[1]: T-1 for `sequence_logps` (the last position scores nothing), T for
+    `token_logps` (every position already selected as scored).
 
     Takes the full logits (not the [:, :-1] view) so that backward allocates the one (B, T, V)
     gradient itself; returning a gradient for a slice would make autograd allocate a second one.
@@ -42,9 +45,9 @@ class _ShiftedTokenLogps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        # logits: (B, T, V); target: (B, T-1) valid token ids for positions 0..T-2
+        # logits: (B, T, V); target: (B, S) valid token ids for positions 0..S-1, S <= T
         B, T, V = logits.shape
-        S = T - 1
+        S = target.shape[1]
         out_dtype = _out_dtype(logits.dtype)
         lse = torch.empty(B, S, dtype=out_dtype, device=logits.device)  # (B, S)
         step = _chunk_len(B, S, V)
@@ -60,9 +63,9 @@ class _ShiftedTokenLogps(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         logits, target, lse = ctx.saved_tensors
         B, T, V = logits.shape
-        S = T - 1
+        S = target.shape[1]
         grad = torch.empty_like(logits)  # (B, T, V), the one full-size tensor autograd needs
-        grad[:, S:].zero_()  # the last position scores nothing
+        grad[:, S:].zero_()  # positions past S (the last one for sequence_logps) score nothing
         for s in range(0, S, ctx.step):
             e = min(s + ctx.step, S)
             g = grad_out[:, s:e].unsqueeze(-1)  # (B, c, 1)
@@ -99,6 +102,27 @@ def check_logits_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
         raise InputError("logits has an empty vocabulary dimension (V = 0)")
 
 
+def shift_labels(labels: torch.Tensor, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one-token shift: (shifted_labels, mask, target), each `(B, T-1)`.
+
+    Position t (of the logits) scores `shifted_labels[:, t] = labels[:, t+1]`; `mask` marks the scored
+    positions (label != ignore_index) and `target` is the label there (0 elsewhere, a safe index).
+    """
+    shifted_labels = labels[:, 1:]  # (B, T-1)
+    mask = shifted_labels != ignore_index  # (B, T-1)
+    target = torch.where(mask, shifted_labels, torch.zeros_like(shifted_labels))
+    return shifted_labels, mask, target
+
+
+def token_logps(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] per position: logits `(N, V)`, target `(N,)` valid ids -> `(N,)`.
+
+    The memory-bounded kernel of `sequence_logps`, for callers that already selected the scored
+    positions (e.g. applying the output layer only where labels are scored). No validation.
+    """
+    return _ShiftedTokenLogps.apply(logits.unsqueeze(0), target.unsqueeze(0)).squeeze(0)  # S = T: no shift
+
+
 def sequence_logps(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -123,9 +147,7 @@ def sequence_logps(
     """
     if validate:
         check_logits_labels(logits, labels)
-    shifted_labels = labels[:, 1:]  # (B, T-1)
-    mask = shifted_labels != ignore_index  # (B, T-1)
-    target = torch.where(mask, shifted_labels, torch.zeros_like(shifted_labels))
+    shifted_labels, mask, target = shift_labels(labels, ignore_index)  # (B, T-1) each
     if validate and mask.any():
         vocab = logits.shape[-1]
         bad = mask & ((shifted_labels < 0) | (shifted_labels >= vocab))

@@ -1,0 +1,264 @@
+"""Preference data: rows, validation, tokenisation and the collator for one concatenated forward.
+
+A row is a mapping with three fields, in either of TRL's two formats:
+
+    standard        {"prompt": str, "chosen": str, "rejected": str}
+    conversational  {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
+
+where a message is {"role": str, "content": str}. Conversational rows are rendered with the
+tokenizer's chat template: the prompt with the generation prompt appended, and each response as the
+text the template adds after it. Rows come from a JSONL file, a list of dicts, or a `datasets.Dataset`.
+
+Tokenisation of one response y to prompt x:
+
+    input_ids = ids(x) + ids(y) + [eos]        labels = [-100] * len(ids(x)) + ids(y) + [eos]
+
+Truncation: the prompt is cut to its LAST `max_prompt_length` tokens (the end of the prompt is what
+the response answers); then the response is cut to its FIRST `max_length - len(prompt)` tokens, EOS
+included (a response cut short loses its EOS). A prompt that leaves no room for a response token is a
+malformed row.
+
+Malformed rows (not an object, missing field, wrong type, empty, chosen identical to rejected, no
+room for a response) raise `InputError` naming the row (1-based; the line number in a JSONL file) and
+the field, or are skipped and counted with `skip_bad_rows=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from dpo_ref.errors import InputError, InputTypeError
+
+FIELDS = ("prompt", "chosen", "rejected")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TokenizedPair:
+    """One preference pair as token ids; `index` is its position in the prepared dataset."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    index: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_rows(source) -> list[tuple[str, object]]:
+    """[(where, row)]: the raw rows of a JSONL path, a list of mappings or a `datasets.Dataset`.
+
+    `where` names the row for error messages: "FILE line N" or "row N" (1-based).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return _read_jsonl(os.fspath(source))
+    if hasattr(source, "column_names") and hasattr(source, "__getitem__"):  # a datasets.Dataset, duck-typed
+        if isinstance(source.column_names, dict):  # a DatasetDict: several splits
+            raise InputError(f"got a DatasetDict with splits {list(source.column_names)}; pass one split")
+        missing = [f for f in FIELDS if f not in source.column_names]
+        if missing:
+            raise InputError(f"the dataset has no column {missing[0]!r}; expected columns {list(FIELDS)}")
+        return [(f"row {i + 1}", row) for i, row in enumerate(source)]
+    if isinstance(source, Sequence) and not isinstance(source, (bytes, bytearray)):
+        return [(f"row {i + 1}", row) for i, row in enumerate(source)]
+    raise InputTypeError(
+        f"preference data must be a JSONL path, a list of dicts or a datasets.Dataset, got {type(source).__name__}"
+    )
+
+
+def _read_jsonl(path: str) -> list[tuple[str, object]]:
+    if not os.path.isfile(path):
+        raise InputError(f"data file {path!r} does not exist")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                rows.append((where, json.loads(line)))
+            except json.JSONDecodeError as err:
+                rows.append((where, _BadJson(err.msg)))
+    if not rows:
+        raise InputError(f"data file {path!r} has no rows; expected one JSON object per line")
+    return rows
+
+
+class _BadJson:
+    def __init__(self, message: str):
+        self.message = message
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+def _message_error(messages: object, field: str) -> str | None:
+    if not isinstance(messages, list) or not messages:
+        return f"field {field!r} must be a non-empty list of messages"
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            return f"field {field!r} message {j} must be an object with string 'role' and 'content'"
+    if field != "prompt" and not any(m["content"].strip() for m in messages):
+        return f"field {field!r} has only empty messages"
+    return None
+
+
+def row_error(row: object) -> str | None:
+    """Why `row` is malformed (naming the field and what was expected), or None if it is well formed."""
+    if isinstance(row, _BadJson):
+        return f"not valid JSON ({row.message})"
+    if not isinstance(row, dict):
+        return f"expected a JSON object with fields {list(FIELDS)}, got {type(row).__name__}"
+    for field in FIELDS:
+        if field not in row or row[field] is None:
+            return f"field {field!r} is missing"
+    conversational = isinstance(row["prompt"], list)
+    for field in FIELDS:
+        value = row[field]
+        if conversational:
+            error = _message_error(value, field)
+            if error:
+                return error
+        elif not isinstance(value, str):
+            kind = type(value).__name__
+            return f"field {field!r} must be a string (or all three fields lists of messages), got {kind}"
+        elif not value.strip():
+            return f"field {field!r} is empty"
+    if row["chosen"] == row["rejected"]:
+        return "fields 'chosen' and 'rejected' are identical; a preference needs two different responses"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- tokenisation
+
+
+def render_texts(row: dict, tokenizer) -> tuple[str, str, str, bool]:
+    """(prompt_text, chosen_text, rejected_text, conversational): the strings that get tokenised."""
+    if not isinstance(row["prompt"], list):
+        return row["prompt"], row["chosen"], row["rejected"], False
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise InputError("conversational rows need a tokenizer with a chat template; this tokenizer has none")
+    prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    responses = []
+    for field in ("chosen", "rejected"):
+        full = tokenizer.apply_chat_template(row["prompt"] + row[field], tokenize=False)
+        if not full.startswith(prompt):
+            raise InputError(f"field {field!r}: the chat template does not render the prompt as a prefix")
+        responses.append(full[len(prompt) :])
+    return prompt, responses[0], responses[1], True
+
+
+def tokenize_pair(
+    row: dict, tokenizer, *, max_length: int | None = None, max_prompt_length: int | None = None
+) -> TokenizedPair:
+    """Token ids of one well-formed row, truncated as the module docstring says (`InputError` if no room)."""
+    prompt, chosen, rejected, conversational = render_texts(row, tokenizer)
+    eos = tokenizer.eos_token_id
+    # plain prompts get the tokenizer's special tokens (BOS); a chat template writes its own
+    prompt_ids = tokenizer(prompt, add_special_tokens=not conversational)["input_ids"]
+    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+        prompt_ids = prompt_ids[-max_prompt_length:]  # keep the end of the prompt
+    responses = []
+    for text in (chosen, rejected):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids or ids[-1] != eos:
+            ids = ids + [eos]
+        if max_length is not None:
+            room = max_length - len(prompt_ids)
+            if room < 1:
+                raise InputError(
+                    f"field 'prompt' has {len(prompt_ids)} tokens, leaving no room for a response within "
+                    f"max_length={max_length} (set max_prompt_length below max_length)"
+                )
+            ids = ids[:room]  # keep the start of the response
+        responses.append(ids)
+    return TokenizedPair(prompt_ids, responses[0], responses[1])
+
+
+def prepare_dataset(
+    source,
+    tokenizer,
+    *,
+    max_length: int | None = None,
+    max_prompt_length: int | None = None,
+    skip_bad_rows: bool = False,
+) -> tuple[list[TokenizedPair], int]:
+    """(pairs, skipped): every row validated and tokenised.
+
+    The first malformed row raises `InputError` ("FILE line N: field 'chosen' is empty ...", with the
+    total count of malformed rows), unless `skip_bad_rows`, which drops them and returns their count.
+    """
+    pairs: list[TokenizedPair] = []
+    bad: list[str] = []
+    for where, row in read_rows(source):
+        error = row_error(row)
+        if error is None:
+            try:
+                pair = tokenize_pair(row, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+            except InputError as err:
+                error = str(err)
+        if error is not None:
+            bad.append(f"{where}: {error}")
+            continue
+        pair.index = len(pairs)
+        pairs.append(pair)
+    if bad and not skip_bad_rows:
+        more = f" ({len(bad)} malformed rows in all; --skip-bad-rows skips them)" if len(bad) > 1 else ""
+        raise InputError(bad[0] + more)
+    if not pairs:
+        raise InputError("no usable preference rows" + (f" ({len(bad)} malformed rows skipped)" if bad else ""))
+    return pairs, len(bad)
+
+
+# ---------------------------------------------------------------------------------------------- collation
+
+
+def pad_sequences(
+    sequences: Sequence[Sequence[int]], value: int, side: str = "right", length: int | None = None
+) -> torch.Tensor:
+    """(N, T) long tensor of `sequences` padded with `value` on `side` to the longest (or `length`)."""
+    T = length if length is not None else max(len(s) for s in sequences)
+    out = torch.full((len(sequences), T), value, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if side == "right":
+            out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        else:
+            out[i, T - len(s) :] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+@dataclass
+class PreferenceCollator:
+    """Pads chosen and rejected sequences to ONE length so a batch is a single (2B, T) forward.
+
+    Rows 0..B-1 are prompt+chosen, rows B..2B-1 prompt+rejected. Returns `input_ids`, `attention_mask`,
+    `labels` (prompt and padding = -100), all (2B, T), and `index` (B,). With `responses=("chosen",)`
+    only the chosen half is built (for the SFT warm-up).
+    """
+
+    pad_token_id: int
+    padding_side: str = "right"
+    responses: tuple[str, ...] = ("chosen", "rejected")
+
+    def __call__(self, pairs: Iterable[TokenizedPair]) -> dict[str, torch.Tensor]:
+        pairs = list(pairs)
+        ids, labels = [], []
+        for field in self.responses:
+            for p in pairs:
+                response = getattr(p, f"{field}_ids")
+                ids.append(p.prompt_ids + response)
+                labels.append([IGNORE_INDEX] * len(p.prompt_ids) + response)
+        input_ids = pad_sequences(ids, self.pad_token_id, self.padding_side)  # (2B, T)
+        attention_mask = pad_sequences([[1] * len(s) for s in ids], 0, self.padding_side)  # (2B, T)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": pad_sequences(labels, IGNORE_INDEX, self.padding_side),  # (2B, T)
+            "index": torch.tensor([p.index for p in pairs], dtype=torch.long),  # (B,)
+        }
