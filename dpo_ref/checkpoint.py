@@ -3,36 +3,64 @@
 Tensors (model weights, AdamW moments, RNG states) go in the safetensors body; everything else (step,
 scheduler state, optimizer hyper-parameters, Python's RNG state, the run's config) goes as JSON in the
 file's metadata. The file is written to a temporary name in the same directory and moved into place
-with `os.replace`, so a crash never leaves a half-written checkpoint.
+with `os.replace`, so a crash never leaves a half-written checkpoint: the previous one stays in place,
+and the orphaned temporary file (`.tmp-*.safetensors`) is removed by the next run (`remove_stray_temp_files`).
+
+Only safetensors is read or written here: loading a checkpoint never unpickles anything.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import random
+import signal
 import tempfile
 
 import torch
 
 from dpo_ref.errors import InputError
 
+TMP_PREFIX = ".tmp-"
+# test hook: SIGKILL this process after the temporary file of the checkpoint of this step is written, before
+# the rename (tests/test_faults.py uses it to crash exactly mid-write); never set outside tests
+KILL_IN_CHECKPOINT_ENV = "DPO_REF_TEST_KILL_IN_CHECKPOINT"
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
+
+def atomic_save_tensors(
+    tensors: dict[str, torch.Tensor], path: str, metadata: dict | None = None, *, _before_replace=None
+) -> None:
     """`save_file` to a temporary file next to `path`, then `os.replace` it into place."""
     from safetensors.torch import save_file
 
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".safetensors")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX, suffix=".safetensors")
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"json": json.dumps(metadata or {})})
+        if _before_replace is not None:
+            _before_replace(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_stray_temp_files(directory: str) -> list[str]:
+    """Delete the temporary files a killed writer left in `directory`; returns their paths."""
+    stray = glob.glob(os.path.join(glob.escape(directory), TMP_PREFIX + "*.safetensors"))
+    for path in stray:
+        os.remove(path)
+    return stray
+
+
+def _kill_hook(step: int):
+    if os.environ.get(KILL_IN_CHECKPOINT_ENV) != str(step):
+        return None
+    return lambda tmp: os.kill(os.getpid(), signal.SIGKILL)
 
 
 def load_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -80,8 +108,11 @@ def load_model_tensors(model: torch.nn.Module, tensors: dict, aliases: dict, pre
     model.load_state_dict(state)
 
 
-def save_checkpoint(path: str, *, model, optimizer, scheduler, step: int, config: dict) -> None:
-    """Everything needed to continue exactly: weights, AdamW state, LR schedule, RNG states, step."""
+def save_checkpoint(
+    path: str, *, model, optimizer, scheduler, step: int, config: dict, extra: dict | None = None
+) -> None:
+    """Everything needed to continue exactly: weights, AdamW state, LR schedule, RNG states, step (and
+    `extra`, JSON counters such as the number of skipped non-finite steps)."""
     tensors, aliases = model_tensors(model, "model/")
     opt = optimizer.state_dict()
     for index, state in opt["state"].items():
@@ -99,8 +130,9 @@ def save_checkpoint(path: str, *, model, optimizer, scheduler, step: int, config
         "scheduler": scheduler.state_dict(),
         "python_random": random.getstate(),
         "config": config,
+        **(extra or {}),
     }
-    atomic_save_tensors({k: v.cpu() for k, v in tensors.items()}, path, metadata)
+    atomic_save_tensors({k: v.cpu() for k, v in tensors.items()}, path, metadata, _before_replace=_kill_hook(step))
 
 
 def load_checkpoint(path: str, *, model, optimizer, scheduler) -> dict:

@@ -21,6 +21,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
@@ -76,6 +77,7 @@ class TrainConfig:
     resume: bool = False
     stop_after: int | None = None  # stop (with a checkpoint) after this many updates, as if interrupted
     skip_bad_rows: bool = False
+    skip_nonfinite: bool = False  # skip (and count) updates whose loss or gradient is not finite, instead of stopping
     trust_remote_code: bool = False
     progress: bool = True
 
@@ -108,6 +110,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     cfg.label_smoothing = check_label_smoothing(cfg.label_smoothing)
     if cfg.loss == "dpo" and cfg.label_smoothing > 0:
         raise InputError("--label-smoothing > 0 is conservative DPO: use --loss cdpo")
+    if cfg.loss == "ipo" and cfg.label_smoothing > 0:
+        raise InputError("--label-smoothing is a (c)DPO option; IPO has none: drop it or use --loss cdpo")
     if cfg.loss == "cdpo" and cfg.label_smoothing == 0:
         raise InputError("--loss cdpo needs --label-smoothing in (0, 0.5)")
     for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "save_every", "max_new_tokens"):
@@ -123,6 +127,23 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.stop_after is not None and cfg.stop_after < 1:
         raise InputError(f"--stop-after must be a positive integer, got {cfg.stop_after}")
     return cfg
+
+
+def check_out_dir(cfg: TrainConfig) -> None:
+    """Refuse an --out that cannot hold the run's files, and --resume with nothing to resume; writes nothing."""
+    out = os.path.abspath(cfg.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"--out {cfg.out!r} exists and is not a directory")
+    existing = out
+    while not os.path.exists(existing):  # the nearest existing ancestor is where the directory gets created
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError(f"--out {cfg.out!r} cannot be created: {existing!r} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--out {cfg.out!r} is not writable ({existing!r} denies writing)")
+    saved = [os.path.join(out, f) for f in ("checkpoint.safetensors", "sft.safetensors")]
+    if cfg.resume and not any(os.path.exists(f) for f in saved):
+        raise InputError(f"--resume: {cfg.out!r} has no checkpoint to resume from; run without --resume")
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -312,10 +333,19 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def _keep_metrics_before(path: str, step: int) -> None:
-    """On resume: drop records the interrupted run wrote after its checkpoint (rewritten atomically)."""
+    """On resume: drop records the interrupted run wrote after its checkpoint (rewritten atomically); a
+    last line cut short by a kill is dropped too."""
     if not os.path.exists(path):
         return
-    kept = [r for r in read_metrics(path) if r["step"] < step]
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # only a killed writer's last line can be partial
+            if record["step"] < step:
+                kept.append(record)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
@@ -369,12 +399,14 @@ def _train(cfg: TrainConfig) -> dict:
         load_tensors,
         model_tensors,
         read_metadata,
+        remove_stray_temp_files,
         save_checkpoint,
     )
     from dpo_ref.model import load_model_and_tokenizer
     from dpo_ref.tasks import reversal_rows
 
     cfg = check_config(cfg)
+    check_out_dir(cfg)
     started = time.perf_counter()
 
     # -- distributed set-up (torchrun sets WORLD_SIZE / RANK / LOCAL_RANK) ---------------------------
@@ -421,10 +453,14 @@ def _train(cfg: TrainConfig) -> dict:
     checkpoint_path = os.path.join(out, "checkpoint.safetensors")
     sft_path = os.path.join(out, "sft.safetensors")
     resuming = cfg.resume and os.path.exists(checkpoint_path)
+    if main_process:
+        remove_stray_temp_files(out)  # left by a writer killed mid-write; the files they replace are intact
     if main_process and not cfg.resume:  # a fresh run starts from nothing: no stale log or checkpoints
         for path in (metrics_path, checkpoint_path, sft_path):
             if os.path.exists(path):
                 os.remove(path)
+    if main_process and cfg.resume and not resuming:  # killed before its first checkpoint: the log restarts
+        _keep_metrics_before(metrics_path, 0)
     if distributed:
         dist.barrier()
     disable_dropout(policy).to(device)
@@ -442,6 +478,8 @@ def _train(cfg: TrainConfig) -> dict:
             sft_summary = {"steps": cfg.sft_steps, "reused": sft_path}
         else:
             sft_summary = supervised_warmup(cfg, policy, train_pairs, collate_chosen, device, world, rank)
+            if not all(torch.isfinite(p).all() for p in policy.parameters()):  # never save a broken warm-up
+                raise FloatingPointError("the SFT warm-up made the weights non-finite; try a lower --sft-lr")
             if main_process:
                 tensors, aliases = model_tensors(policy)
                 metadata = {"sft": sft_key, "aliases": aliases}
@@ -466,6 +504,7 @@ def _train(cfg: TrainConfig) -> dict:
         optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     )
     start_step = 0
+    nonfinite_skipped = 0  # updates skipped with --skip-nonfinite (kept in the checkpoint)
     if resuming:
         saved = read_metadata(checkpoint_path).get("config", {})
         for key in _RESUME_KEYS + ["global_batch"]:
@@ -474,7 +513,8 @@ def _train(cfg: TrainConfig) -> dict:
                     f"--resume: the checkpoint in {out!r} was written with {key}={saved.get(key)!r}, "
                     f"this run has {key}={run_config[key]!r}; use the same settings or another --out"
                 )
-        start_step = load_checkpoint(checkpoint_path, model=policy, optimizer=optimizer, scheduler=scheduler)["step"]
+        meta = load_checkpoint(checkpoint_path, model=policy, optimizer=optimizer, scheduler=scheduler)
+        start_step, nonfinite_skipped = meta["step"], meta.get("nonfinite_skipped", 0)
         if main_process:
             _keep_metrics_before(metrics_path, start_step)
 
@@ -521,6 +561,22 @@ def _train(cfg: TrainConfig) -> dict:
         total=cfg.steps, initial=start_step, desc=cfg.loss, disable=not (cfg.progress and main_process), leave=False
     )
     history: list[dict] = []
+    last_saved = start_step if resuming else None
+    # first step whose loss or gradient was not finite (-1: none), kept on the device so that checking it
+    # costs no host sync; it is read where the loop syncs anyway (logging) and before every checkpoint
+    first_nonfinite = torch.full((), -1, dtype=torch.long, device=device)
+
+    def stop_if_nonfinite() -> None:
+        if distributed:
+            dist.all_reduce(first_nonfinite, op=dist.ReduceOp.MAX)
+        bad = int(first_nonfinite)
+        if bad >= 0:
+            kept = f"{checkpoint_path} (step {last_saved}) is the last good checkpoint" if last_saved else "none saved"
+            raise FloatingPointError(
+                f"non-finite loss or gradient at step {bad}: stopped before saving it; {kept}. "
+                "Lower --lr, or pass --skip-nonfinite to skip such updates"
+            )
+
     for step in range(start_step, end_step):
         log_now = step % cfg.log_every == 0 or step == cfg.steps - 1
         eval_now = step % cfg.eval_every == 0
@@ -571,16 +627,29 @@ def _train(cfg: TrainConfig) -> dict:
                 ).double()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         lr = optimizer.param_groups[0]["lr"]  # the rate this update uses
-        optimizer.step()
+        nonfinite = ~(torch.isfinite(stats[:2]).all() & torch.isfinite(grad_norm))  # () bool, on the device
+        skipped_now = False
+        if cfg.skip_nonfinite:
+            if distributed:  # every process must skip the same updates
+                nonfinite = nonfinite.float()
+                dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
+            skipped_now = bool(nonfinite)  # a host sync every step: the price of --skip-nonfinite
+            nonfinite_skipped += skipped_now
+        else:
+            first_nonfinite = torch.where(nonfinite & (first_nonfinite < 0), step, first_nonfinite)
+        if not skipped_now:  # a skipped update leaves weights and AdamW state as they were
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        if log_now:  # the only host synchronisation of a step
+        if log_now and not cfg.skip_nonfinite:
+            stop_if_nonfinite()
+        if log_now and cfg.skip_nonfinite:
+            record["nonfinite_skipped"] = nonfinite_skipped
+        if log_now and not skipped_now:  # the only host synchronisation of a step
             if distributed:
                 dist.all_reduce(stats)
             s = (stats / global_batch).tolist()
-            if not math.isfinite(s[0]) or not math.isfinite(s[1]):
-                raise FloatingPointError(f"the loss is not finite at step {step} ({s[0]}); try a lower --lr")
             record.update(
                 {
                     "loss": s[0],
@@ -604,9 +673,12 @@ def _train(cfg: TrainConfig) -> dict:
             history.append(record)
         progress.update(1)
         done = step + 1
-        if main_process and (done % cfg.save_every == 0 or done == end_step):
-            save_checkpoint(checkpoint_path, model=policy, optimizer=optimizer, scheduler=scheduler, step=done,
-                            config=run_config)  # fmt: skip
+        if done % cfg.save_every == 0 or done == end_step:
+            stop_if_nonfinite()  # a bad state is never saved
+            if main_process:
+                save_checkpoint(checkpoint_path, model=policy, optimizer=optimizer, scheduler=scheduler, step=done,
+                                config=run_config, extra={"nonfinite_skipped": nonfinite_skipped})  # fmt: skip
+            last_saved = done
     progress.close()
 
     summary = {
@@ -618,6 +690,7 @@ def _train(cfg: TrainConfig) -> dict:
         "train_pairs": len(train_pairs),
         "eval_pairs": len(eval_pairs),
         "skipped_rows": skipped + eval_skipped,
+        "nonfinite_skipped": nonfinite_skipped,
         "sft": sft_summary,
         "stopped": end_step < cfg.steps,
         "history": history,
@@ -681,6 +754,8 @@ def _summary_lines(cfg: TrainConfig, summary: dict) -> list[str]:
     ]
     if summary["skipped_rows"]:
         lines.append(f"  skipped {summary['skipped_rows']} malformed rows")
+    if summary["nonfinite_skipped"]:
+        lines.append(f"  skipped {summary['nonfinite_skipped']} updates with a non-finite loss or gradient")
     if logged:
         a, b = logged[0], logged[-1]
         lines.append(
@@ -716,8 +791,8 @@ def _handler(args) -> int:
     cfg = TrainConfig(**values)
     try:
         summary = train(cfg)
-    except FloatingPointError as err:
-        print(f"dpo-ref train: {err}")
+    except FloatingPointError as err:  # not a usage error (exit 2): the run itself failed
+        print(f"dpo-ref train: {err}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print("\n".join(_summary_lines(cfg, summary)))
@@ -771,6 +846,8 @@ def register(subparsers) -> None:
     a("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors exactly")
     a("--stop-after", type=int, default=None, help="stop after this many updates (checkpointed), as if interrupted")
     a("--skip-bad-rows", action="store_true", help="skip malformed rows (and report their count)")
+    a("--skip-nonfinite", action="store_true", help="skip (and count) updates with a non-finite loss or gradient "
+      "instead of stopping; costs one host sync per step")  # fmt: skip
     a("--trust-remote-code", action="store_true", help="allow custom modelling code in --model")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_handler)
