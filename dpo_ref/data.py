@@ -76,11 +76,16 @@ def _read_jsonl(path: str) -> list[tuple[str, object]]:
     if not os.path.isfile(path):
         raise InputError(f"data file {path!r} does not exist")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:  # bytes, so that a line that is not UTF-8 is reported with its number
+        for number, raw in enumerate(f, start=1):
+            where = f"{path} line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                rows.append((where, _BadJson(f"not UTF-8: byte 0x{raw[err.start]:02x} at column {err.start + 1}")))
+                continue
             if not line.strip():
                 continue
-            where = f"{path} line {number}"
             try:
                 rows.append((where, json.loads(line)))
             except json.JSONDecodeError as err:
@@ -112,7 +117,7 @@ def _message_error(messages: object, field: str) -> str | None:
 def row_error(row: object) -> str | None:
     """Why `row` is malformed (naming the field and what was expected), or None if it is well formed."""
     if isinstance(row, _BadJson):
-        return f"not valid JSON ({row.message})"
+        return row.message if row.message.startswith("not UTF-8") else f"not valid JSON ({row.message})"
     if not isinstance(row, dict):
         return f"expected a JSON object with fields {list(FIELDS)}, got {type(row).__name__}"
     for field in FIELDS:

@@ -77,14 +77,37 @@ def load_model_and_tokenizer(path: str | None, *, seed: int = 0, trust_remote_co
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise InputError(f"--model {path!r} has no config.json; expected a local Hugging Face model directory")
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # quiet while loading: a failure is reported as ONE line below (missing weights included), and the CLI's
+    # stderr stays readable; restored afterwards
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, trust_remote_code=trust_remote_code, dtype="float32"
+        # weights_only: a pytorch_model.bin is read without unpickling arbitrary objects (safetensors preferred)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path,
+            local_files_only=True,
+            trust_remote_code=trust_remote_code,
+            dtype="float32",
+            weights_only=True,
+            output_loading_info=True,
         )
     except (OSError, ValueError) as err:
         raise InputError(f"--model {path!r} could not be loaded: {str(err).splitlines()[0]}") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+    # weights the causal LM needs but the directory lacks would be freshly random: e.g. an encoder-only model
+    absent = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
+    if absent:
+        raise InputError(
+            f"--model {path!r} is not a complete causal-LM checkpoint: {len(absent)} weights of "
+            f"{type(model).__name__} are missing or mis-shaped (first: {sorted(absent)[0]})"
+        )
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise InputError(f"--model {path!r}: the tokenizer has neither a pad nor an EOS token")
