@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dpo_ref.errors import InputError
-from dpo_ref.losses import dpo_loss, ipo_loss
+from dpo_ref.losses import check_positive_scalar, dpo_loss, ipo_loss
 
 ACTIONS = ("a", "b", "c")
 # preference datasets of the bandit, (winner, loser) pairs of action indices
@@ -179,13 +179,17 @@ def _plot_overfit(rows: list[dict], path: str) -> bool:
 
 def run_displacement(out: str, *, rpo_alpha: float | None = None, **overrides) -> list[dict]:
     """Train the built-in task twice, plain DPO (rpo_alpha = 0) and with the chosen-NLL term; rows per step."""
-    from dpo_ref.train import TrainConfig, train
+    from dpo_ref.train import TrainConfig, check_config, check_out_dir, train
 
     default_alpha = TrainConfig().rpo_alpha if rpo_alpha is None else rpo_alpha
-    rows = []
+    runs = []
     for variant, alpha in (("dpo", 0.0), (f"dpo+nll(alpha={default_alpha:g})", default_alpha)):
         cfg = TrainConfig(out=os.path.join(out, "plain" if alpha == 0 else "rpo"), rpo_alpha=alpha, **overrides)
         cfg.log_every = min(cfg.log_every, cfg.eval_every)
+        runs.append((variant, alpha, check_config(cfg)))
+        check_out_dir(cfg)  # both runs' settings are checked before either starts
+    rows = []
+    for variant, alpha, cfg in runs:
         history = train(cfg)["history"]
         for r in history:
             rows.append(
@@ -289,6 +293,16 @@ def _adam_bandit(pairs, loss: str, tau: float, steps: int, seeds: int, batch: in
 
 
 def _overfit_handler(args) -> int:
+    from dpo_ref.train import check_writable_dir
+
+    for name, values in (("--betas", args.betas), ("--taus", args.taus)):
+        for value in values:
+            check_positive_scalar(value, name)
+    check_positive_scalar(args.lr, "--lr")
+    check_positive_scalar(args.max_grad_norm, "--max-grad-norm")
+    if args.epochs < 1:
+        raise InputError(f"--epochs must be a positive integer, got {args.epochs}")
+    check_writable_dir(args.out, "--out")
     os.makedirs(args.out, exist_ok=True)
     rows = run_overfit(
         betas=args.betas,
@@ -367,6 +381,13 @@ def _bandit_handler(args) -> int:
         raise InputError(f"--tau must be a positive finite number, got {args.tau}")
     if args.steps < 1 or args.seeds < 1:
         raise InputError("--steps and --seeds must be positive integers")
+    from dpo_ref.train import check_writable_dir
+
+    check_writable_dir(args.out, "--out")
+    if args.json:  # checked now, not after the runs
+        if os.path.isdir(args.json):
+            raise InputError(f"--json {args.json!r} is a directory; expected a file path")
+        check_writable_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
     results = []
     for dataset in args.datasets:
         for loss in args.losses:

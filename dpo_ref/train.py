@@ -129,18 +129,24 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def check_out_dir(cfg: TrainConfig) -> None:
-    """Refuse an --out that cannot hold the run's files, and --resume with nothing to resume; writes nothing."""
-    out = os.path.abspath(cfg.out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise InputError(f"--out {cfg.out!r} exists and is not a directory")
-    existing = out
+def check_writable_dir(path: str, option: str = "--out") -> None:
+    """InputError unless `path` is, or can be created as, a writable directory; creates nothing."""
+    target = os.path.abspath(path)
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise InputError(f"{option} {path!r} exists and is not a directory")
+    existing = target
     while not os.path.exists(existing):  # the nearest existing ancestor is where the directory gets created
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise InputError(f"--out {cfg.out!r} cannot be created: {existing!r} is not a directory")
+        raise InputError(f"{option} {path!r} cannot be created: {existing!r} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"--out {cfg.out!r} is not writable ({existing!r} denies writing)")
+        raise InputError(f"{option} {path!r} is not writable ({existing!r} denies writing)")
+
+
+def check_out_dir(cfg: TrainConfig) -> None:
+    """Refuse an --out that cannot hold the run's files, and --resume with nothing to resume; writes nothing."""
+    check_writable_dir(cfg.out, "--out")
+    out = os.path.abspath(cfg.out)
     saved = [os.path.join(out, f) for f in ("checkpoint.safetensors", "sft.safetensors")]
     if cfg.resume and not any(os.path.exists(f) for f in saved):
         raise InputError(f"--resume: {cfg.out!r} has no checkpoint to resume from; run without --resume")
