@@ -1,0 +1,418 @@
+"""Every bad input answered clearly: a table of bad inputs to the Python API and to the CLI.
+
+API: each case raises `InputError` (a ValueError) or `InputTypeError` (also a TypeError) whose message
+names the argument, field, file or row. CLI: each case exits 2 with ONE line on stderr naming the
+problem, no traceback, and leaves nothing (new or changed) in the output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dpo_ref import dpo_loss, ipo_loss, sequence_logps
+from dpo_ref.cli import main
+from dpo_ref.errors import InputError, InputTypeError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOOD = {"prompt": "abc>", "chosen": "cba", "rejected": "cbb"}
+
+
+def _four(values=(-1.0, -2.0, -1.5, -1.5)):
+    return tuple(torch.tensor([v]) for v in values)
+
+
+def _logps(**override):
+    args = dict(
+        policy_chosen_logps=torch.zeros(2),
+        policy_rejected_logps=torch.zeros(2),
+        reference_chosen_logps=torch.zeros(2),
+        reference_rejected_logps=torch.zeros(2),
+    )
+    args.update(override)
+    return args
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def _write(path, content: bytes | str) -> str:
+    with open(path, "wb") as f:
+        f.write(content.encode() if isinstance(content, str) else content)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Bad and good data files, model directories that are not causal LMs, and a plain file."""
+    from transformers import BertConfig, BertModel, T5Config
+
+    from dpo_ref.tokenizer import build_char_tokenizer
+
+    root = tmp_path_factory.mktemp("inputs")
+    line = json.dumps(GOOD) + "\n"
+    f = {
+        "good": _write(root / "good.jsonl", line * 4),
+        "broken_json": _write(root / "broken.jsonl", line + '{"prompt": "a", "chosen": \n'),
+        "missing_field": _write(root / "missing.jsonl", json.dumps({"prompt": "a", "chosen": "b"}) + "\n"),
+        "empty_field": _write(root / "empty_field.jsonl", line + json.dumps({**GOOD, "chosen": ""}) + "\n"),
+        "wrong_type": _write(root / "wrong_type.jsonl", json.dumps({**GOOD, "prompt": 3}) + "\n"),
+        "not_object": _write(root / "array.jsonl", line + json.dumps(["abc>", "cba", "cbb"]) + "\n"),
+        "not_utf8": _write(root / "latin1.jsonl", (line + '{"prompt": "caf\xe9>", "chosen": "a", "rejected": "b"}\n').encode("latin-1")),
+        "empty_file": _write(root / "empty.jsonl", b""),
+        "blank_lines": _write(root / "blank.jsonl", "\n  \n\n"),
+        "identical": _write(root / "identical.jsonl", json.dumps({**GOOD, "rejected": GOOD["chosen"]}) + "\n"),
+        "long_prompt": _write(root / "long.jsonl", json.dumps({**GOOD, "prompt": "x" * 40}) + "\n"),
+        "all_bad": _write(root / "all_bad.jsonl", '{"prompt": 1}\n[]\n'),
+        "plain_file": _write(root / "plain.txt", "not a directory"),
+        "missing": str(root / "no_such.jsonl"),
+    }  # fmt: skip
+    tokenizer = build_char_tokenizer()
+    t5 = root / "t5"
+    T5Config(vocab_size=100, d_model=8, d_ff=8, num_layers=1, num_heads=1, d_kv=8).save_pretrained(t5)
+    tokenizer.save_pretrained(t5)
+    bert = root / "bert"  # an encoder: transformers maps it to BertLMHeadModel, whose LM head is absent
+    torch.manual_seed(0)
+    BertModel(
+        BertConfig(vocab_size=100, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
+    ).save_pretrained(bert)
+    tokenizer.save_pretrained(bert)
+    garbage = root / "garbage"
+    tokenizer.save_pretrained(garbage)
+    _write(garbage / "config.json", "{this is not json")
+    no_config = root / "no_config"
+    tokenizer.save_pretrained(no_config)
+    f.update(
+        t5=str(t5), bert=str(bert), garbage=str(garbage), no_config=str(no_config), model_missing=str(root / "nope")
+    )
+    return f
+
+
+# ---------------------------------------------------------------------------------------------- API matrix
+
+
+def _prepare(key, **kw):
+    def run(f):
+        from dpo_ref.data import prepare_dataset
+        from dpo_ref.tokenizer import build_char_tokenizer
+
+        return prepare_dataset(f[key] if isinstance(key, str) else key, build_char_tokenizer(), **kw)
+
+    return run
+
+
+def _load_model(key):
+    def run(f):
+        from dpo_ref.model import load_model_and_tokenizer
+
+        return load_model_and_tokenizer(f[key])
+
+    return run
+
+
+def _config(**kw):
+    def run(f):
+        from dpo_ref.train import TrainConfig, check_config
+
+        return check_config(TrainConfig(**kw))
+
+    return run
+
+
+def _train(out_key, sub="out", **kw):
+    def run(f):
+        from dpo_ref.train import TrainConfig, train
+
+        out = os.path.join(f[out_key], sub) if sub else f[out_key]
+        return train(TrainConfig(data=f["good"], out=out, sft_steps=0, steps=1, progress=False, **kw))
+
+    return run
+
+
+def _corrupt_checkpoint(f):
+    from dpo_ref.checkpoint import load_tensors
+
+    return load_tensors(f["broken_json"])  # a JSONL file is no safetensors file
+
+
+nan, inf = float("nan"), float("inf")
+t = torch.tensor
+LONG = torch.long
+
+# (id, call taking the `files` dict, expected exception type, regex the message must match)
+API_CASES = [
+    # -- dpo_loss / ipo_loss: log-probs (each also run through ipo_loss below)
+    ("logps shapes differ", lambda f: dpo_loss(**_logps(policy_rejected_logps=torch.zeros(3))), InputError, "policy_rejected_logps"),
+    ("logps not 1-D", lambda f: dpo_loss(**_logps(policy_chosen_logps=torch.zeros(2, 1))), InputError, "policy_chosen_logps"),
+    ("logps empty batch", lambda f: dpo_loss(*(torch.zeros(0),) * 4), InputError, "empty"),
+    ("logps nan", lambda f: dpo_loss(**_logps(reference_chosen_logps=t([0.0, nan]))), InputError, "reference_chosen_logps"),
+    ("logps inf", lambda f: dpo_loss(**_logps(reference_rejected_logps=t([-inf, 0.0]))), InputError, "reference_rejected_logps"),
+    ("logps +inf", lambda f: dpo_loss(**_logps(policy_rejected_logps=t([0.0, inf]))), InputError, "policy_rejected_logps"),
+    ("logps integer dtype", lambda f: dpo_loss(**_logps(policy_chosen_logps=torch.zeros(2, dtype=LONG))), InputTypeError, "policy_chosen_logps"),
+    ("logps bool dtype", lambda f: dpo_loss(**_logps(policy_chosen_logps=torch.zeros(2, dtype=torch.bool))), InputTypeError, "policy_chosen_logps"),
+    ("logps not a tensor", lambda f: dpo_loss(**_logps(policy_chosen_logps=[0.0, 0.0])), InputTypeError, "policy_chosen_logps"),
+    ("logps device differs", lambda f: dpo_loss(**_logps(policy_chosen_logps=torch.zeros(2, device="meta"))), InputError, "policy_chosen_logps"),
+    ("ipo logps shapes differ", lambda f: ipo_loss(**_logps(policy_rejected_logps=torch.zeros(3))), InputError, "policy_rejected_logps"),
+    ("ipo logps nan", lambda f: ipo_loss(**_logps(reference_chosen_logps=t([0.0, nan]))), InputError, "reference_chosen_logps"),
+    ("ipo logps empty", lambda f: ipo_loss(*(torch.zeros(0),) * 4), InputError, "empty"),
+    ("ipo logps not a tensor", lambda f: ipo_loss(**_logps(policy_chosen_logps=(0.0, 0.0))), InputTypeError, "policy_chosen_logps"),
+    ("ipo logps device differs", lambda f: ipo_loss(**_logps(reference_rejected_logps=torch.zeros(2, device="meta"))), InputError, "reference_rejected_logps"),
+    # -- beta, tau, label_smoothing out of range
+    ("beta 0", lambda f: dpo_loss(*_four(), beta=0.0), InputError, "beta"),
+    ("beta negative", lambda f: dpo_loss(*_four(), beta=-0.1), InputError, "beta"),
+    ("beta nan", lambda f: dpo_loss(*_four(), beta=nan), InputError, "beta"),
+    ("beta inf", lambda f: dpo_loss(*_four(), beta=inf), InputError, "beta"),
+    ("beta bool", lambda f: dpo_loss(*_four(), beta=True), InputTypeError, "beta"),
+    ("beta string", lambda f: dpo_loss(*_four(), beta="0.1"), InputTypeError, "beta"),
+    ("beta tensor of 2", lambda f: dpo_loss(*_four(), beta=t([0.1, 0.2])), InputError, "beta"),
+    ("tau 0", lambda f: ipo_loss(*_four(), tau=0.0), InputError, "tau"),
+    ("tau negative", lambda f: ipo_loss(*_four(), tau=-1.0), InputError, "tau"),
+    ("tau nan", lambda f: ipo_loss(*_four(), tau=nan), InputError, "tau"),
+    ("tau inf", lambda f: ipo_loss(*_four(), tau=inf), InputError, "tau"),
+    ("label_smoothing negative", lambda f: dpo_loss(*_four(), label_smoothing=-0.1), InputError, "label_smoothing"),
+    ("label_smoothing 0.5", lambda f: dpo_loss(*_four(), label_smoothing=0.5), InputError, "label_smoothing"),
+    ("label_smoothing 0.7", lambda f: dpo_loss(*_four(), label_smoothing=0.7), InputError, "label_smoothing"),
+    ("label_smoothing nan", lambda f: dpo_loss(*_four(), label_smoothing=nan), InputError, "label_smoothing"),
+    ("label_smoothing string", lambda f: dpo_loss(*_four(), label_smoothing="0.1"), InputTypeError, "label_smoothing"),
+    # -- sequence_logps: logits and labels
+    ("logits 2-D", lambda f: sequence_logps(torch.zeros(2, 5), torch.zeros(2, 5, dtype=LONG)), InputError, "logits"),
+    ("labels 3-D", lambda f: sequence_logps(torch.zeros(2, 5, 3), torch.zeros(2, 5, 1, dtype=LONG)), InputError, "labels"),
+    ("logits/labels shape mismatch", lambda f: sequence_logps(torch.zeros(2, 5, 3), torch.zeros(2, 4, dtype=LONG)), InputError, "labels"),
+    ("logits/labels batch mismatch", lambda f: sequence_logps(torch.zeros(2, 5, 3), torch.zeros(3, 5, dtype=LONG)), InputError, "labels"),
+    ("float labels", lambda f: sequence_logps(torch.zeros(2, 5, 3), torch.zeros(2, 5)), InputTypeError, "labels"),
+    ("integer logits", lambda f: sequence_logps(torch.zeros(2, 5, 3, dtype=LONG), torch.zeros(2, 5, dtype=LONG)), InputTypeError, "logits"),
+    ("logits not a tensor", lambda f: sequence_logps([[[0.0]]], torch.zeros(1, 1, dtype=LONG)), InputTypeError, "logits"),
+    ("labels not a tensor", lambda f: sequence_logps(torch.zeros(1, 2, 3), [[0, 1]]), InputTypeError, "labels"),
+    ("labels on another device", lambda f: sequence_logps(torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=LONG, device="meta")), InputError, "labels"),
+    ("label out of vocabulary", lambda f: sequence_logps(torch.zeros(1, 3, 3), t([[0, 1, 3]])), InputError, r"labels\[0, 2\]"),
+    ("negative label", lambda f: sequence_logps(torch.zeros(1, 3, 3), t([[0, -5, 1]])), InputError, r"labels\[0, 1\]"),
+    ("logits empty batch", lambda f: sequence_logps(torch.zeros(0, 3, 3), torch.zeros(0, 3, dtype=LONG)), InputError, "empty"),
+    ("labels score nothing (average)", lambda f: sequence_logps(torch.zeros(2, 3, 4), t([[1, 2, 3], [1, -100, -100]]), average=True), InputError, "row 1"),
+    ("only the unscored first label (average)", lambda f: sequence_logps(torch.zeros(1, 1, 4), t([[2]]), average=True), InputError, "row 0"),
+    # -- preference data
+    ("data: broken JSON", _prepare("broken_json"), InputError, r"broken\.jsonl line 2: not valid JSON"),
+    ("data: missing field", _prepare("missing_field"), InputError, r"line 1: field 'rejected' is missing"),
+    ("data: empty field", _prepare("empty_field"), InputError, r"line 2: field 'chosen' is empty"),
+    ("data: wrong type", _prepare("wrong_type"), InputError, r"line 1: field 'prompt' must be a string.*got int"),
+    ("data: not an object", _prepare("not_object"), InputError, r"line 2: expected a JSON object"),
+    ("data: not UTF-8", _prepare("not_utf8"), InputError, r"latin1\.jsonl line 2: not UTF-8: byte 0xe9"),
+    ("data: empty file", _prepare("empty_file"), InputError, r"empty\.jsonl' has no rows"),
+    ("data: only blank lines", _prepare("blank_lines"), InputError, r"blank\.jsonl' has no rows"),
+    ("data: chosen == rejected", _prepare("identical"), InputError, r"'chosen' and 'rejected' are identical"),
+    ("data: prompt longer than max_length", _prepare("long_prompt", max_length=16), InputError, r"field 'prompt' has 41 tokens.*max_length=16"),
+    ("data: no usable rows", _prepare("all_bad", skip_bad_rows=True), InputError, r"no usable preference rows \(2 malformed"),
+    ("data: file does not exist", _prepare("missing"), InputError, r"no_such\.jsonl' does not exist"),
+    ("data: not a path or rows", _prepare(42), InputTypeError, r"preference data must be .* got int"),
+    ("data: row is not a mapping", _prepare(["abc"]), InputError, r"row 1: expected a JSON object"),
+    # -- models
+    ("model: path does not exist", _load_model("model_missing"), InputError, r"--model .*nope' is not a directory"),
+    ("model: no config.json", _load_model("no_config"), InputError, r"--model .*no_config' has no config.json"),
+    ("model: not a causal LM (T5)", _load_model("t5"), InputError, r"--model .*t5' could not be loaded.*AutoModelForCausalLM"),
+    ("model: encoder without an LM head", _load_model("bert"), InputError, r"--model .*bert' is not a complete causal-LM checkpoint"),
+    ("model: config.json not JSON", _load_model("garbage"), InputError, r"--model .*garbage' could not be loaded"),
+    # -- trainer configuration and outputs
+    ("config: ipo with label_smoothing", _config(loss="ipo", label_smoothing=0.1), InputError, "--label-smoothing"),
+    ("config: dpo with label_smoothing", _config(loss="dpo", label_smoothing=0.1), InputError, "--loss cdpo"),
+    ("config: cdpo without label_smoothing", _config(loss="cdpo", label_smoothing=0.0), InputError, "--loss cdpo needs"),
+    ("config: unknown loss", _config(loss="kto"), InputError, "--loss must be one of"),
+    ("config: steps 0", _config(steps=0), InputError, "--steps"),
+    ("config: padding side", _config(padding_side="middle"), InputError, "--padding-side"),
+    ("config: negative rpo_alpha", _config(rpo_alpha=-1.0), InputError, "--rpo-alpha"),
+    ("train: out under a file", _train("plain_file"), InputError, r"--out .* cannot be created: .*plain\.txt' is not a directory"),
+    ("train: out is a file", _train("plain_file", sub=None), InputError, r"--out .*plain\.txt' exists and is not a directory"),
+    ("checkpoint: not a safetensors file", _corrupt_checkpoint, InputError, r"checkpoint .*broken\.jsonl' cannot be read"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, call, error, match", API_CASES, ids=[c[0] for c in API_CASES])
+def test_api_bad_input_raises_a_specific_error_naming_the_argument(files, case, call, error, match):
+    with pytest.raises(error, match=match) as info:
+        call(files)
+    # exactly the documented type: InputError is a ValueError; InputTypeError is also a TypeError
+    assert type(info.value) is error
+    assert isinstance(info.value, ValueError)
+
+
+def test_api_resume_without_a_checkpoint_is_refused(files, tmp_path):
+    from dpo_ref.train import TrainConfig, train
+
+    with pytest.raises(InputError, match="--resume: .* has no checkpoint"):
+        train(TrainConfig(data=files["good"], out=str(tmp_path / "fresh"), sft_steps=0, steps=1, resume=True))
+    assert not (tmp_path / "fresh").exists()
+
+
+# ---------------------------------------------------------------------------------------------- CLI matrix
+
+_TRAIN = ["--sft-steps", "0", "--steps", "1", "--no-progress"]
+
+# (id, argv with {placeholders} filled from `files` plus {out}, regex the one stderr line must match)
+CLI_CASES = [
+    # -- dpo-ref train: data
+    ("train: broken JSON", ["train", "--data", "{broken_json}", *_TRAIN], r"broken\.jsonl line 2: not valid JSON"),
+    ("train: missing field", ["train", "--data", "{missing_field}", *_TRAIN], r"missing\.jsonl line 1: field 'rejected' is missing"),
+    ("train: empty field", ["train", "--data", "{empty_field}", *_TRAIN], r"line 2: field 'chosen' is empty"),
+    ("train: wrong type", ["train", "--data", "{wrong_type}", *_TRAIN], r"line 1: field 'prompt' must be a string"),
+    ("train: row not an object", ["train", "--data", "{not_object}", *_TRAIN], r"line 2: expected a JSON object"),
+    ("train: not UTF-8", ["train", "--data", "{not_utf8}", *_TRAIN], r"latin1\.jsonl line 2: not UTF-8"),
+    ("train: empty file", ["train", "--data", "{empty_file}", *_TRAIN], r"empty\.jsonl' has no rows"),
+    ("train: only blank lines", ["train", "--data", "{blank_lines}", *_TRAIN], r"blank\.jsonl' has no rows"),
+    ("train: data does not exist", ["train", "--data", "{missing}", *_TRAIN], r"no_such\.jsonl' does not exist"),
+    ("train: bad eval data", ["train", "--data", "{good}", "--eval-data", "{broken_json}", *_TRAIN], r"broken\.jsonl line 2"),
+    ("train: prompt longer than max-length", ["train", "--data", "{long_prompt}", "--max-length", "16", "--max-prompt-length", "none", *_TRAIN], r"field 'prompt' has 41 tokens.*max_length=16"),
+    ("train: skip-bad-rows leaves none", ["train", "--data", "{all_bad}", "--skip-bad-rows", *_TRAIN], r"no usable preference rows"),
+    # -- dpo-ref train: model
+    ("train: model does not exist", ["train", "--model", "{model_missing}", *_TRAIN], r"--model .*nope' is not a directory"),
+    ("train: model without config.json", ["train", "--model", "{no_config}", *_TRAIN], r"has no config.json"),
+    ("train: model not a causal LM", ["train", "--model", "{t5}", *_TRAIN], r"--model .*t5' could not be loaded"),
+    ("train: encoder-only model", ["train", "--model", "{bert}", *_TRAIN], r"not a complete causal-LM checkpoint"),
+    ("train: model config not JSON", ["train", "--model", "{garbage}", *_TRAIN], r"--model .*garbage' could not be loaded"),
+    # -- dpo-ref train: output directory
+    ("train: out under a file", ["train", "--data", "{good}", *_TRAIN, "--out", "{plain_file}/run"], r"--out .* cannot be created"),
+    ("train: out is a file", ["train", "--data", "{good}", *_TRAIN, "--out", "{plain_file}"], r"--out .* exists and is not a directory"),
+    # -- dpo-ref train: conflicting or out-of-range flags
+    ("train: resume a fresh out", ["train", "--data", "{good}", "--resume", *_TRAIN], r"--resume: .* has no checkpoint"),
+    ("train: label-smoothing with ipo", ["train", "--loss", "ipo", "--label-smoothing", "0.1", *_TRAIN], r"--label-smoothing is a \(c\)DPO option"),
+    ("train: label-smoothing with dpo", ["train", "--loss", "dpo", "--label-smoothing", "0.1", *_TRAIN], r"use --loss cdpo"),
+    ("train: cdpo with label-smoothing 0", ["train", "--loss", "cdpo", "--label-smoothing", "0", *_TRAIN], r"--loss cdpo needs"),
+    ("train: label-smoothing 0.5", ["train", "--loss", "cdpo", "--label-smoothing", "0.5", *_TRAIN], r"label_smoothing must be in \[0, 0.5\)"),
+    ("train: beta 0", ["train", "--beta", "0", *_TRAIN], r"--beta must be a positive finite number"),
+    ("train: beta nan", ["train", "--beta", "nan", *_TRAIN], r"--beta must be a positive finite number, got nan"),
+    ("train: tau negative", ["train", "--loss", "ipo", "--tau", "-1", *_TRAIN], r"--tau must be a positive"),
+    ("train: lr negative", ["train", "--lr", "-1", *_TRAIN], r"--lr must be a positive"),
+    ("train: lr inf", ["train", "--lr", "inf", *_TRAIN], r"--lr must be a positive"),
+    ("train: max-grad-norm 0", ["train", "--max-grad-norm", "0", *_TRAIN], r"--max-grad-norm"),
+    ("train: steps 0", ["train", "--sft-steps", "0", "--steps", "0", "--no-progress"], r"--steps must be a positive integer"),
+    ("train: batch-size 0", ["train", "--batch-size", "0", *_TRAIN], r"--batch-size must be a positive integer"),
+    ("train: grad-accum 0", ["train", "--grad-accum", "0", *_TRAIN], r"--grad-accum must be a positive integer"),
+    ("train: warmup-steps negative", ["train", "--warmup-steps", "-1", *_TRAIN], r"--warmup-steps must be >= 0"),
+    ("train: rpo-alpha negative", ["train", "--rpo-alpha", "-1", *_TRAIN], r"--rpo-alpha must be a finite number >= 0"),
+    ("train: stop-after 0", ["train", "--stop-after", "0", *_TRAIN], r"--stop-after must be a positive integer"),
+    ("train: device not a device", ["train", "--device", "nosuch", *_TRAIN], r"--device 'nosuch' is not a device"),
+    # -- dpo-ref prove
+    ("prove: unknown proof", ["prove", "--only", "nosuch"], r"--only: unknown proof 'nosuch'"),
+    ("prove: output under a file", ["prove", "--only", "init-ln2", "--output", "{plain_file}/x.md"], r"--output: directory"),
+    # -- dpo-ref experiment
+    ("overfit: epochs 0", ["experiment", "overfit", "--epochs", "0"], r"--epochs must be a positive integer"),
+    ("overfit: beta 0", ["experiment", "overfit", "--betas", "0.1", "0"], r"--betas must be a positive finite number, got 0"),
+    ("overfit: tau nan", ["experiment", "overfit", "--taus", "nan"], r"--taus must be a positive finite number"),
+    ("overfit: lr negative", ["experiment", "overfit", "--lr", "-1"], r"--lr must be a positive finite number"),
+    ("overfit: max-grad-norm 0", ["experiment", "overfit", "--max-grad-norm", "0"], r"--max-grad-norm"),
+    ("overfit: out under a file", ["experiment", "overfit", "--epochs", "1", "--out", "{plain_file}/o"], r"--out .* cannot be created"),
+    ("displacement: rpo-alpha negative", ["experiment", "displacement", "--rpo-alpha", "-1"], r"--rpo-alpha must be a finite number >= 0"),
+    ("displacement: steps 0", ["experiment", "displacement", "--steps", "0"], r"--steps must be a positive integer"),
+    ("displacement: out is a file", ["experiment", "displacement", "--steps", "1", "--out", "{plain_file}"], r"--out .* cannot be created"),
+    ("bandit: tau 0", ["experiment", "bandit", "--tau", "0"], r"--tau must be a positive finite number"),
+    ("bandit: seeds 0", ["experiment", "bandit", "--seeds", "0"], r"--steps and --seeds must be positive integers"),
+    ("bandit: json under a file", ["experiment", "bandit", "--steps", "1", "--seeds", "1", "--json", "{plain_file}/b.json"], r"--json .* is not a directory"),
+]  # fmt: skip
+
+
+def _argv(template: list[str], files: dict, out: str) -> list[str]:
+    argv = [a.format(**files, out=out) for a in template]
+    if "--out" not in argv and argv[0] != "prove":
+        argv += ["--out", out]
+    return argv
+
+
+def _snapshot(directory) -> dict[str, tuple[int, bytes]]:
+    """Every file under `directory` (relative path -> (mtime_ns, bytes)); {} if it does not exist."""
+    found = {}
+    for parent, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(parent, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, directory)] = (os.stat(path).st_mtime_ns, f.read())
+    return found
+
+
+def _assert_one_line_exit_2(code, err: str, match: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
+    assert lines[0].startswith("dpo-ref ") and ": error: " in lines[0]
+    import re
+
+    assert re.search(match, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("case, template, match", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, case, template, match):
+    out = str(tmp_path / "out")
+    code = main(_argv(template, files, out))
+    _assert_one_line_exit_2(code, capsys.readouterr().err, match)
+    assert _snapshot(out) == {}  # nothing written, not even a directory's worth
+    assert not os.path.exists(out) or os.listdir(out) == []
+
+
+def test_cli_bad_input_leaves_a_previous_run_untouched(files, tmp_path, capsys):
+    """A failed invocation into an existing output directory changes none of its files."""
+    out = tmp_path / "previous"
+    out.mkdir()
+    for name in ("metrics.jsonl", "checkpoint.safetensors", "sft.safetensors"):
+        (out / name).write_text(f"the previous run's {name}")
+    before = _snapshot(out)
+    for bad in (
+        ["--data", files["broken_json"]],
+        ["--data", files["good"], "--loss", "ipo", "--label-smoothing", "0.2"],
+    ):
+        code = main(["train", *bad, "--out", str(out), *_TRAIN])
+        _assert_one_line_exit_2(code, capsys.readouterr().err, ".")
+        assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["train", "--loss", "kto"], "--loss"),
+        (["train", "--steps", "ten"], "--steps"),
+        (["experiment", "bandit", "--datasets", "D9"], "--datasets"),
+        (["prove", "--format", "pdf"], "--format"),
+    ],
+)
+def test_cli_argparse_errors_exit_2_naming_the_option(argv, option, capsys):
+    """argparse's own errors (unknown choice, not a number): exit 2, last line names the option, no traceback.
+    They also print the usage text above that line (argparse's format, from dpo_ref/cli.py)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    assert option in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "template, match",
+    [
+        (["train", "--data", "{not_utf8}", *_TRAIN], r"not UTF-8"),
+        (["train", "--model", "{bert}", *_TRAIN], r"not a complete causal-LM checkpoint"),
+    ],
+    ids=["bad data", "encoder-only model"],
+)
+def test_cli_bad_input_in_a_real_process_prints_one_line(files, tmp_path, template, match):
+    """The real entry point in a fresh interpreter: nothing else (warnings, progress bars) reaches stderr."""
+    out = str(tmp_path / "out")
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    run = subprocess.run(
+        [sys.executable, "-m", "dpo_ref", *_argv(template, files, out)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    _assert_one_line_exit_2(run.returncode, run.stderr, match)
+    assert not os.path.exists(out)
+
+
+def test_matrix_checks_bite():
+    """The matrix's assertions reject what they must: a traceback, two lines, exit 1, a wrong message."""
+    with pytest.raises(AssertionError):
+        _assert_one_line_exit_2(2, "Traceback (most recent call last):\n  ...\nValueError: x", ".")
+    with pytest.raises(AssertionError):
+        _assert_one_line_exit_2(2, "dpo-ref train: error: a\ndpo-ref train: error: b", ".")
+    with pytest.raises(AssertionError):
+        _assert_one_line_exit_2(1, "dpo-ref train: error: --beta", "--beta")
+    with pytest.raises(AssertionError):
+        _assert_one_line_exit_2(2, "dpo-ref train: error: something else", "--beta")
+    _assert_one_line_exit_2(2, "dpo-ref train: error: --beta must be positive\n", "--beta")
