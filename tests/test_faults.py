@@ -1,0 +1,221 @@
+"""Faults: no work lost to `kill -9`, no bad state saved when the loss or gradient is not finite.
+
+The kill tests run `python -m dpo_ref train` in a real subprocess and SIGKILL it, then `--resume` and
+compare the final weights bit for bit with an uninterrupted run of the same settings (CPU, one thread).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dpo_ref.train as train_module
+from dpo_ref.checkpoint import KILL_IN_CHECKPOINT_ENV, load_tensors, read_metadata
+from dpo_ref.errors import InputError
+from dpo_ref.tasks import ReversalTask, reversal_rows
+from dpo_ref.train import TrainConfig, _keep_metrics_before, read_metrics, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+ENV.pop(KILL_IN_CHECKPOINT_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    rows, _ = reversal_rows(ReversalTask(train_size=48, eval_size=8, max_len=4))
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+# the same run as CLI arguments and as a TrainConfig
+SETTINGS = dict(
+    steps=60, sft_steps=2, batch_size=4, lr=3e-3, rpo_alpha=0.5, warmup_steps=3, log_every=1, eval_every=1000,
+    save_every=5,
+)  # fmt: skip
+
+
+def _argv(data: str, out, **settings) -> list[str]:
+    argv = ["train", "--data", data, "--out", str(out), "--no-progress"]
+    for key, value in settings.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
+
+
+def _start(argv: list[str], env=ENV) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dpo_ref", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _uninterrupted(data: str, out, **settings) -> dict[str, torch.Tensor]:
+    summary = train(TrainConfig(data=data, out=str(out), progress=False, **settings))
+    return load_file(os.path.join(summary["model_dir"], "model.safetensors"))
+
+
+def _resume(data: str, out, **settings) -> None:
+    from dpo_ref.cli import main
+
+    assert main(_argv(data, out, **settings) + ["--resume"]) == 0
+
+
+def _final_weights(out) -> dict[str, torch.Tensor]:
+    return load_file(os.path.join(str(out), "model", "model.safetensors"))
+
+
+def _bitwise_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kill_9_mid_training_then_resume_equals_the_uninterrupted_run(data, tmp_path):
+    out = tmp_path / "killed"
+    metrics = out / "metrics.jsonl"
+    process = _start(_argv(data, out, **SETTINGS))
+    deadline = time.monotonic() + 120
+    # kill once step 11 is logged: past the checkpoint of step 10, with records after it to discard
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.exists() and metrics.read_text().count("\n") >= 12:
+            break
+        time.sleep(0.002)
+    assert process.poll() is None, "the run ended before it could be killed: " + process.communicate()[1][-2000:]
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    saved_step = read_metadata(str(out / "checkpoint.safetensors"))["step"]
+    assert 10 <= saved_step < SETTINGS["steps"] and not (out / "model").exists()  # really killed mid-run
+
+    _resume(data, out, **SETTINGS)  # in this process: the same code as `--resume`, without another start-up
+    expected = _uninterrupted(data, tmp_path / "full", **SETTINGS)
+    assert _bitwise_equal(_final_weights(out), expected)
+    # the log too: the killed run's records after its checkpoint were dropped, none is missing or doubled
+    assert read_metrics(str(metrics)) == read_metrics(str(tmp_path / "full" / "metrics.jsonl"))
+
+
+def test_kill_9_while_a_checkpoint_is_written_keeps_the_previous_one(data, tmp_path):
+    settings = dict(SETTINGS, steps=12)
+    out = tmp_path / "run"
+    # the test hook SIGKILLs the writer after the temporary file of checkpoint 10 is complete, before the rename
+    process = _start(_argv(data, out, **settings), env={**ENV, KILL_IN_CHECKPOINT_ENV: "10"})
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == -signal.SIGKILL, err[-3000:]
+    stray = glob.glob(str(out / ".tmp-*.safetensors"))
+    assert len(stray) == 1 and read_metadata(stray[0])["step"] == 10  # killed exactly mid-write
+    tensors, meta = load_tensors(str(out / "checkpoint.safetensors"))  # the previous checkpoint loads
+    assert meta["step"] == 5 and all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model/"))
+
+    _resume(data, out, **settings)
+    assert glob.glob(str(out / ".tmp-*")) == []  # the stray file is cleaned up
+    assert _bitwise_equal(_final_weights(out), _uninterrupted(data, tmp_path / "full", **settings))
+
+
+def test_a_checkpoint_cut_short_is_refused_not_loaded(data, tmp_path):
+    """What the atomic rename prevents: a checkpoint file cut mid-write is unreadable (a clear InputError)."""
+    train(TrainConfig(data=data, out=str(tmp_path), progress=False, **dict(SETTINGS, steps=2, save_every=2)))
+    path = tmp_path / "checkpoint.safetensors"
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+    with pytest.raises(InputError, match="cannot be read"):
+        load_tensors(str(path))
+    with pytest.raises(InputError, match="cannot be read"):
+        train(TrainConfig(data=data, out=str(tmp_path), progress=False, resume=True, **dict(SETTINGS, steps=2)))
+
+
+def test_resume_drops_a_metrics_line_cut_short_by_a_kill(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0, "loss": 0.69}\n{"step": 1, "loss": 0.68}\n{"step": 2, "lo')
+    _keep_metrics_before(str(path), 2)
+    assert read_metrics(str(path)) == [{"step": 0, "loss": 0.69}, {"step": 1, "loss": 0.68}]
+
+
+# ---------------------------------------------------------------------------------------------- non-finite
+
+
+def _checkpoint_is_finite(out) -> bool:
+    tensors, _ = load_tensors(os.path.join(str(out), "checkpoint.safetensors"))
+    return all(bool(torch.isfinite(v).all()) for k, v in tensors.items() if k.startswith(("model/", "optim/")))
+
+
+EXPLODE = dict(sft_steps=0, steps=6, batch_size=4, lr=1e30, warmup_steps=0, log_every=100, save_every=1)
+
+
+def test_an_exploding_lr_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(data, tmp_path, capsys):
+    """--lr 1e30: the first update is finite but makes the next loss NaN; no NaN state reaches the disk."""
+    from dpo_ref.cli import main
+
+    code = main(_argv(data, tmp_path, **EXPLODE))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert "non-finite loss or gradient at step 1" in err[0] and "(step 1) is the last good checkpoint" in err[0]
+    assert read_metadata(str(tmp_path / "checkpoint.safetensors"))["step"] == 1
+    assert _checkpoint_is_finite(tmp_path)
+    assert not (tmp_path / "model").exists()
+
+
+def test_the_finite_check_bites(data, tmp_path, monkeypatch):
+    """With the guard blinded (isfinite always true) the same run saves a NaN checkpoint and a model."""
+    real = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda x: real(x) | True)
+    summary = train(TrainConfig(data=data, out=str(tmp_path), progress=False, **EXPLODE))
+    monkeypatch.undo()
+    assert "model_dir" in summary and not _checkpoint_is_finite(tmp_path)
+
+
+def _poison_training_step(monkeypatch, bad_steps: set[int]) -> None:
+    """Make the loss (and so the gradient) NaN at the given training steps; evaluation is untouched."""
+    real, calls = train_module.preference_loss, []
+
+    def poisoned(cfg, *logps):
+        result = real(cfg, *logps)
+        if torch.is_grad_enabled():
+            calls.append(None)
+            if len(calls) - 1 in bad_steps:
+                return result._replace(losses=result.losses * float("nan"))
+        return result
+
+    monkeypatch.setattr(train_module, "preference_loss", poisoned)
+
+
+def test_skip_nonfinite_skips_the_update_and_counts_it(data, tmp_path, monkeypatch):
+    common = dict(data=data, progress=False, sft_steps=0, steps=3, batch_size=4, warmup_steps=0, log_every=1)
+    two_steps = train(TrainConfig(out=str(tmp_path / "two"), stop_after=2, **common))["policy"].state_dict()
+    three_steps = train(TrainConfig(out=str(tmp_path / "three"), **common))["policy"].state_dict()
+    assert not _bitwise_equal(two_steps, three_steps)  # the last update does move the weights
+
+    _poison_training_step(monkeypatch, {2})
+    summary = train(TrainConfig(out=str(tmp_path / "skip"), skip_nonfinite=True, **common))
+    assert summary["nonfinite_skipped"] == 1
+    # step 2 was skipped: weights (and AdamW state) stay those after two updates, bit for bit
+    assert _bitwise_equal(summary["policy"].state_dict(), two_steps)
+    last = [r for r in summary["history"] if r["step"] == 2][0]
+    assert last["nonfinite_skipped"] == 1 and "loss" not in last
+    assert "skipped 1 updates with a non-finite" in "\n".join(train_module._summary_lines(summary_cfg(common), summary))
+
+    # without the flag the same fault stops the run, naming the step, and keeps the checkpoint of step 2
+    _poison_training_step(monkeypatch, {2})
+    with pytest.raises(FloatingPointError, match=r"at step 2: .*\(step 2\) is the last good checkpoint"):
+        train(TrainConfig(out=str(tmp_path / "stop"), save_every=1, **common))
+    assert read_metadata(str(tmp_path / "stop" / "checkpoint.safetensors"))["step"] == 2
+    assert _checkpoint_is_finite(tmp_path / "stop")
+
+
+def summary_cfg(common: dict) -> TrainConfig:
+    return train_module.check_config(TrainConfig(skip_nonfinite=True, **common))
+
+
+def test_nonfinite_detection_at_an_unlogged_step_still_precedes_the_checkpoint(data, tmp_path, monkeypatch):
+    """The flag lives on the device between logging steps; a checkpoint step reads it before saving."""
+    _poison_training_step(monkeypatch, {3})
+    common = dict(data=data, progress=False, sft_steps=0, steps=8, batch_size=4, warmup_steps=0)
+    with pytest.raises(FloatingPointError, match=r"at step 3: .*\(step 2\) is the last good checkpoint"):
+        train(TrainConfig(out=str(tmp_path), log_every=100, save_every=2, **common))
+    assert read_metadata(str(tmp_path / "checkpoint.safetensors"))["step"] == 2
+    assert _checkpoint_is_finite(tmp_path)
