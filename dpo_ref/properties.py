@@ -233,7 +233,7 @@ def check_swap(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...]) -> N
     _close(
         out,
         spec.losses(-margin),
-        tolerance(spec, batch, pc.dtype),
+        tolerance(spec, (pr, pc, rr, rc), pc.dtype),  # at the swapped point: the slope there sets the error
         f"{spec.describe()} loss with chosen/rejected swapped",
     )
 

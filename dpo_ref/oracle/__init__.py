@@ -1,8 +1,8 @@
 """The conformance oracle: judge third-party DPO / IPO code against dpo_ref.
 
-    dpo_ref.verify(fn, level="loss" | "logps", variant="dpo" | "cdpo" | "ipo" | "ipo-mean") -> Report
-    dpo-ref verify TARGET ...                       (the command line, `dpo_ref.oracle.cli`)
-    @parametrize_with_dpo_checks(fn, variant=...)    (one pytest test per check)
+dpo_ref.verify(fn, level="loss" | "logps", variant="dpo" | "cdpo" | "ipo" | "ipo-mean") -> Report
+dpo-ref verify TARGET ...                       (the command line, `dpo_ref.oracle.cli`)
+@parametrize_with_dpo_checks(fn, variant=...)    (one pytest test per check)
 """
 
 from dpo_ref.oracle.api import check_names, verify

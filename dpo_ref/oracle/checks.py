@@ -9,6 +9,7 @@ the input to a minimal one and that minimal input is what the reproduction shows
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -521,6 +522,16 @@ def _token_batches(dtype=torch.float64, **kw) -> Callable[[Config], st.SearchStr
     return lambda cfg: st.fixed_dictionaries({"batch": dst.token_batches(**kw), "dtype": st.just(dtype)})
 
 
+def _scaled_token_batches(dtype=torch.float32) -> Callable[[Config], st.SearchStrategy[dict]]:
+    """Token batches whose real logits are also scaled up 10x (|logits| in the hundreds: exp overflows float32)."""
+
+    def scale(ex: dict, k: float) -> dict:
+        b = ex["batch"]
+        return {**ex, "batch": replace(b, rows=[(lab, lg * k) for lab, lg in b.rows])}
+
+    return lambda cfg: st.tuples(_token_batches(dtype)(cfg), st.sampled_from([1.0, 10.0])).map(lambda a: scale(*a))
+
+
 def _last_position(ex: dict) -> dict:
     return {**ex, "batch": replace(ex["batch"], padding_side="left", extra_padding=0)}
 
@@ -537,7 +548,7 @@ LOGPS_CHECKS: tuple[Check, ...] = (
     Check(
         "logps_values_float32",
         "the same within the float32 tolerance (large logits included)",
-        _token_batches(torch.float32),
+        _scaled_token_batches(torch.float32),
         lambda t, cfg, ex: P.check_logps_values(t, ex["batch"], cfg.average, torch.float32),
         _logps_values_snippet,
         inputs=_logps_inputs,
@@ -611,6 +622,24 @@ def describe_error(err: BaseException) -> str:
     return f"the target raised {type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+SHRINK_SECONDS = 2.0  # per failing check; Hypothesis' own default is 300 s
+
+
+@contextlib.contextmanager
+def _shrink_budget(seconds: float):
+    """Cap the time Hypothesis spends shrinking one failure (its documented, monkeypatchable
+    `MAX_SHRINKING_SECONDS`): a verify run stays within seconds even when most checks fail. On a slow
+    machine a reproduction may come out less minimal, never wrong (it is replayed before reporting)."""
+    from hypothesis.internal.conjecture import engine
+
+    saved = engine.MAX_SHRINKING_SECONDS
+    engine.MAX_SHRINKING_SECONDS = seconds
+    try:
+        yield
+    finally:
+        engine.MAX_SHRINKING_SECONDS = saved
+
+
 def run_check(check: Check, target, cfg: Config, header: str) -> CheckResult:
     """Run one check under Hypothesis; on failure return the shrunk example as a reproduction."""
     if cfg.variant not in check.variants:
@@ -629,7 +658,8 @@ def run_check(check: Check, target, cfg: Config, header: str) -> CheckResult:
             raise
 
     try:
-        prop()
+        with _shrink_budget(SHRINK_SECONDS):
+            prop()
     except Exception as err:
         ex, cause = failing.get("ex"), failing.get("err", err)
         message = describe_error(cause)
