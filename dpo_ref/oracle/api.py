@@ -69,7 +69,7 @@ def make_config(
 
 def verify(
     fn: Callable | str,
-    level: str = "loss",
+    level: str | None = None,
     variant: str = "dpo",
     *,
     beta: float | None = None,
@@ -84,7 +84,8 @@ def verify(
 
     Args:
         fn: the callable, or a target string (`file.py:name`, `pkg.mod:name`, `trl`, `torchtune`).
-        level: `loss` or `logps` (adapters: `library` too, their default).
+        level: `loss` (the default for a callable) or `logps`; adapters also `library`, and by default
+            run every level they support.
         variant: `dpo`, `cdpo`, `ipo` (summed log-probs) or `ipo-mean` (length-averaged log-probs).
         beta: fixed coefficient (tau under IPO); by default drawn from 1e-3 to 1e3.
         label_smoothing: fixed cDPO eps; by default drawn from (0, 0.49].
@@ -122,8 +123,9 @@ def _verify(fn, level: str, cfg: Config, checks, name: str | None) -> Report:
     if isinstance(fn, str) and fn in ADAPTERS:
         from dpo_ref.oracle import adapters
 
-        report = adapters.run(fn, None if level in (None, "auto") else level, cfg, only=checks)
+        report = adapters.run(fn, level, cfg, only=checks)
     else:
+        level = level or "loss"
         if level not in LEVELS:
             raise InputError(f"level must be one of {', '.join(LEVELS)} for a callable, got {level!r}")
         if not callable(fn):
