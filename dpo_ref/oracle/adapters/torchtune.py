@@ -141,7 +141,7 @@ def library(cfg) -> Report:
         loss = fn_loss(pc, pr, rc, rr).mean()
         policy.zero_grad()
         loss.backward()
-        return float(loss), [p.grad.detach().clone() for p in policy.parameters()]
+        return float(loss.detach()), [p.grad.detach().clone() for p in policy.parameters()]
 
     tt_value, tt_grads = both(get_batch_log_probs, lambda *x: DPOLoss(beta=beta, label_smoothing=eps)(*x)[0])
     ref_value, ref_grads = both(

@@ -65,19 +65,21 @@ def build(variant: str = "dpo", beta: float = 0.1, label_smoothing: float = 0.0,
     from trl import DPOConfig, DPOTrainer
 
     output_dir = tempfile.mkdtemp(prefix="dpo-ref-trl-")
-    args = DPOConfig(
-        output_dir=output_dir,
-        loss_type=loss_type_for(variant),
-        beta=beta,
-        label_smoothing=label_smoothing,
-        per_device_train_batch_size=len(tiny.ROWS["prompt"]),
-        max_length=None,
-        report_to=[],
-        use_cpu=True,
-        bf16=bf16,
-        logging_steps=1,
-        disable_tqdm=True,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # transformers' deprecation notices about TrainingArguments fields
+        args = DPOConfig(
+            output_dir=output_dir,
+            loss_type=loss_type_for(variant),
+            beta=beta,
+            label_smoothing=label_smoothing,
+            per_device_train_batch_size=len(tiny.ROWS["prompt"]),
+            max_length=None,
+            report_to=[],
+            use_cpu=True,
+            bf16=bf16,
+            logging_steps=1,
+            disable_tqdm=True,
+        )
     quiet = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stderr(quiet), _quiet_logs():
         warnings.simplefilter("ignore")
@@ -205,7 +207,7 @@ def run(cfg, only=None) -> Report:
     bad = []
     for i, ((_, batch, metrics), _) in enumerate(zip(per_example, refs)):
         _, summed, _ = dpo_ref_loss(trainer, batch, "dpo", beta)
-        for key, value in (("logps/chosen", summed[0]), ("logps/rejected", summed[1])):
+        for key, value in (("logps/chosen", summed[0].detach()), ("logps/rejected", summed[1].detach())):
             if not _close(metrics[key], float(value)):
                 bad.append(f"row {i} {key}: TRL {metrics[key]!r}, dpo_ref.sequence_logps {float(value)!r}")
     report.checks.append(
