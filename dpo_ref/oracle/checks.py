@@ -456,8 +456,10 @@ LOSS_CHECKS: tuple[Check, ...] = (
 # Log-prob level
 
 
-def _logps_inputs_from(logits: torch.Tensor, labels: torch.Tensor) -> str:
-    return f"logits = {tensor_src(logits)}  # (B, T, V)\nlabels = {tensor_src(labels)}  # (B, T), -100 = not scored"
+def _logps_inputs_from(logits: torch.Tensor, labels: torch.Tensor, note: str = "") -> str:
+    return (
+        f"logits = {tensor_src(logits)}  # (B, T, V){note}\nlabels = {tensor_src(labels)}  # (B, T), -100 = not scored"
+    )
 
 
 def _logps_inputs(target, cfg: Config, ex: dict) -> str:
@@ -515,7 +517,7 @@ def _logps_unscored_inputs(target, cfg: Config, ex: dict) -> str:
     row = logits[~scored_next]
     row[:, :-1] = -math.inf
     logits[~scored_next] = row
-    return _logps_inputs_from(logits, labels) + "  # -inf logits where nothing is scored"
+    return _logps_inputs_from(logits, labels, note=", -inf where nothing is scored")
 
 
 def _token_batches(dtype=torch.float64, **kw) -> Callable[[Config], st.SearchStrategy[dict]]:

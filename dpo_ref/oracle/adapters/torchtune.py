@@ -12,6 +12,8 @@ torchtune 0.6.1 has no IPO loss: `--variant ipo` checks its log-probs only (and 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 
 import torch
@@ -27,7 +29,12 @@ from dpo_ref.oracle.targets import LogpsTarget, LossTarget
 def import_torchtune():
     """The `torchtune` module, or `InputError` with one line saying why it cannot be imported."""
     try:
-        with warnings.catch_warnings():
+        # torchao prints a notice about its C++ extensions on import: keep the CLI's output to the report
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stderr(io.StringIO()),
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             import torchtune
             from torchtune.rlhf import get_batch_log_probs  # noqa: F401

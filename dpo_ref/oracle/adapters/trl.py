@@ -142,6 +142,10 @@ def dpo_ref_loss(trainer, batch, variant: str, beta: float, label_smoothing: flo
     return losses, policy, reference
 
 
+def _f(t: torch.Tensor) -> float:
+    return float(t.detach())
+
+
 def _close(a: float, b: float, rtol: float = RTOL) -> bool:
     return abs(a - b) <= rtol * (1.0 + abs(b))
 
@@ -224,8 +228,8 @@ def run(cfg, only=None) -> Report:
     # 2. per-example loss values
     bad, hint = [], ""
     for i, ((loss, _, _), (ref, _, _)) in enumerate(zip(per_example, refs)):
-        if not _close(float(loss), float(ref[0])):
-            bad.append(f"row {i}: TRL {float(loss)!r}, dpo_ref {variant} {float(ref[0])!r}")
+        if not _close(_f(loss), _f(ref[0])):
+            bad.append(f"row {i}: TRL {_f(loss)!r}, dpo_ref {variant} {_f(ref[0])!r}")
     if bad:
         hint = _diagnose(trainer, per_example, variant, beta, eps)
     report.checks.append(
@@ -251,7 +255,7 @@ def run(cfg, only=None) -> Report:
     trainer.model.zero_grad()
     num = sum(float((a - b).pow(2).sum()) for a, b in zip(trl_grads, ref_grads)) ** 0.5
     den = sum(float(b.pow(2).sum()) for b in ref_grads) ** 0.5
-    ok = _close(float(loss), float(ref.mean())) and num <= GRAD_RTOL * (den + 1e-12)
+    ok = _close(_f(loss), _f(ref.mean())) and num <= GRAD_RTOL * (den + 1e-12)
     report.checks.append(
         CheckResult(
             "gradients",
@@ -259,7 +263,7 @@ def run(cfg, only=None) -> Report:
             "batch-mean loss and its gradient w.r.t. every model parameter equal dpo_ref's",
             ""
             if ok
-            else f"batch loss TRL {float(loss)!r} vs dpo_ref {float(ref.mean())!r}; "
+            else f"batch loss TRL {_f(loss)!r} vs dpo_ref {_f(ref.mean())!r}; "
             f"relative gradient difference {num / max(den, 1e-300):.3g}",
             None if ok else _repro(variant, beta, eps, "loss"),
             1,
@@ -274,8 +278,7 @@ def _diagnose(trainer, per_example, variant: str, beta: float, eps: float) -> st
     candidates.pop(variant, None)
     for other, words in candidates.items():
         if all(
-            _close(float(loss), float(dpo_ref_loss(trainer, batch, other, beta, eps)[0][0]))
-            for loss, batch, _ in per_example
+            _close(_f(loss), _f(dpo_ref_loss(trainer, batch, other, beta, eps)[0][0])) for loss, batch, _ in per_example
         ):
             return f"TRL's values equal dpo_ref {other}: {words}"
     return "TRL's values match no dpo_ref variant"
