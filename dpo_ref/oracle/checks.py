@@ -253,6 +253,17 @@ def _base(dtype: torch.dtype = torch.float64, **batch_kw) -> Callable[[Config], 
     return strategy
 
 
+LARGE_BATCH = 96
+
+
+def _large(ex: dict) -> dict:
+    """The drawn batch tiled to LARGE_BATCH rows: a batch size no test of a few examples reaches."""
+    b = ex["batch"]
+    reps = -(-LARGE_BATCH // b.size)
+    tiled = type(b)(*(t.repeat(reps)[:LARGE_BATCH] for t in b))
+    return {**ex, "batch": tiled}
+
+
 def _with(base: Callable, extra: Callable[[dict], st.SearchStrategy[dict]]) -> Callable:
     return lambda cfg: base(cfg).flatmap(lambda ex: extra(ex).map(lambda more: {**ex, **more}))
 
@@ -376,6 +387,13 @@ LOSS_CHECKS: tuple[Check, ...] = (
         _base(torch.float32),
         _run_values,
         _values_snippet,
+    ),
+    Check(
+        "large_batch",
+        f"values and gradients for a batch of {LARGE_BATCH} (float32)",
+        lambda cfg: _base(torch.float32)(cfg).map(_large),
+        lambda t, cfg, ex: (_run_values(t, cfg, ex), _run_gradients(t, cfg, ex)),
+        _grad_snippet("sum"),
     ),
     Check("gradients", "autograd gradients equal the closed form dL/dh", _base(), _run_gradients, _grad_snippet("sum")),
     Check(

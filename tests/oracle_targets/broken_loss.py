@@ -112,6 +112,15 @@ def ipo_absolute(pc, pr, rc, rr, beta=0.1):
     return (_h(pc, pr, rc, rr) - 1 / (2 * beta)).abs()
 
 
+def chunked_off_by_chunk(pc, pr, rc, rr, beta=0.1):
+    """Processes the batch in chunks of 64 but indexes the reference of every chunk from the start."""
+    h = []
+    for start in range(0, pc.shape[0], 64):
+        n = min(64, pc.shape[0] - start)
+        h.append((pc[start : start + n] - rc[:n]) - (pr[start : start + n] - rr[:n]))
+    return -F.logsigmoid(beta * torch.cat(h))
+
+
 def raises_always(pc, pr, rc, rr, beta=0.1):
     """Cannot be called at all."""
     raise NotImplementedError("todo")
@@ -140,6 +149,7 @@ EXPECTED = {
     "cdpo_eps_swapped": ("cdpo", "values"),
     "ipo_target_one_over_tau": ("ipo", "values"),
     "ipo_absolute": ("ipo", "gradients"),
+    "chunked_off_by_chunk": ("dpo", "large_batch"),
     "raises_always": ("dpo", "call"),
     "wrong_shape": ("dpo", "call"),
 }
