@@ -60,10 +60,10 @@ def test_plugin_target_fails_with_reproduction_and_xfail_file(pytester, tmp_path
     result.stdout.fnmatch_lines(["*dpo-ref::gradients*", "*Reproduction:*"])
     failed = result.parseoutcomes()["failed"]
     xfail = tmp_path / "xfail.txt"
-    xfail.write_text("gradients\ngradient_signs\ninit\n")
+    xfail.write_text("gradients\ngradient_signs\ninit\nlarge_batch\n")
     again = _run(pytester, "--dpo-target", target, "--dpo-max-examples", "10", "--dpo-xfail", str(xfail))
     assert again.ret == 0, again.stdout.str()
-    assert again.parseoutcomes()["xfailed"] == failed == 3
+    assert again.parseoutcomes()["xfailed"] == failed == 4
 
 
 def test_plugin_bad_target_is_a_usage_error(pytester):

@@ -103,18 +103,18 @@ def _values_snippet(target: LossTarget, cfg: Config, ex: dict) -> str:
 def _grad_snippet(reduce: str) -> Callable:
     def snippet(target: LossTarget, cfg: Config, ex: dict) -> str:
         spec = _spec(cfg, ex)
-        margin = ex["batch"].margin()
-        slope = spec.dloss_dmargin(margin) / (margin.shape[0] if reduce == "mean" else 1)
         red = "" if target.reduction != "per-example" else f".{reduce}()"
+        expected = _expected_src(spec, "*ref")
         return "\n".join(
             [
                 "pc, pr, rc, rr = (t.requires_grad_() for t in (pc, pr, rc, rr))",
                 f"out = {target.call_src(spec)}",
                 "out = out[0] if isinstance(out, tuple) else out",
                 f"out{red}.backward()",
-                "print(pc.grad, pr.grad)  # got",
-                f"# expected dL/d policy_chosen_logps = {_fmt(slope.tolist())}",
-                "# and dL/d policy_rejected_logps = minus that",
+                "print(pc.grad, pr.grad, rc.grad, rr.grad)  # got",
+                "ref = [t.detach().double().requires_grad_() for t in (pc, pr, rc, rr)]",
+                f"{expected}.{reduce}().backward()",
+                "print(*(t.grad for t in ref))  # expected (dpo_ref, float64)",
             ]
         )
 
@@ -261,7 +261,12 @@ def _large(ex: dict) -> dict:
     b = ex["batch"]
     reps = -(-LARGE_BATCH // b.size)
     tiled = type(b)(*(t.repeat(reps)[:LARGE_BATCH] for t in b))
-    return {**ex, "batch": tiled}
+    return {**ex, "batch": tiled, "small": b, "reps": reps}
+
+
+def _large_inputs(target, cfg: Config, ex: dict) -> str:
+    small = ex["small"].tensors(ex.get("dtype", torch.float64))
+    return "\n".join(f"{n} = {tensor_src(t)}.repeat({ex['reps']})[:{LARGE_BATCH}]" for n, t in zip(NAMES, small))
 
 
 def _with(base: Callable, extra: Callable[[dict], st.SearchStrategy[dict]]) -> Callable:
@@ -394,6 +399,7 @@ LOSS_CHECKS: tuple[Check, ...] = (
         lambda cfg: _base(torch.float32)(cfg).map(_large),
         lambda t, cfg, ex: (_run_values(t, cfg, ex), _run_gradients(t, cfg, ex)),
         _grad_snippet("sum"),
+        inputs=_large_inputs,
     ),
     Check("gradients", "autograd gradients equal the closed form dL/dh", _base(), _run_gradients, _grad_snippet("sum")),
     Check(
