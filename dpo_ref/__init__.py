@@ -7,6 +7,7 @@ pytest plugin (`dpo_ref.pytest_plugin`) loads in every pytest run and must stay 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from dpo_ref.errors import InputError, InputTypeError
 
@@ -29,6 +30,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value  # later lookups skip this function
         return value
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: dpo_ref.losses, ...
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'dpo_ref' has no attribute {name!r}")
 
 
