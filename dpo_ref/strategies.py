@@ -188,3 +188,17 @@ def token_batches(
     side = draw(st.sampled_from(["left", "right"]))
     extra = draw(st.sampled_from([0, 0, 1, 3]))
     return TokenBatch(rows=rows, vocab_size=V, padding_side=side, extra_padding=extra, seed=seed)
+
+
+@st.composite
+def loss_specs(draw, variants: tuple[str, ...] = ("dpo", "cdpo", "ipo")):
+    """A `dpo_ref.properties.LossSpec`: a variant with beta, label smoothing and tau drawn from their ranges."""
+    from dpo_ref.properties import LossSpec
+
+    variant = draw(st.sampled_from(variants))
+    return LossSpec(
+        variant,
+        beta=draw(betas()),
+        label_smoothing=draw(label_smoothings()) if variant == "cdpo" else 0.0,
+        tau=draw(taus()),
+    )
