@@ -110,11 +110,14 @@ def _grad_snippet(reduce: str) -> Callable:
                 "pc, pr, rc, rr = (t.requires_grad_() for t in (pc, pr, rc, rr))",
                 f"out = {target.call_src(spec)}",
                 "out = out[0] if isinstance(out, tuple) else out",
-                f"out{red}.backward()",
-                "print(pc.grad, pr.grad, rc.grad, rr.grad)  # got",
                 "ref = [t.detach().double().requires_grad_() for t in (pc, pr, rc, rr)]",
                 f"{expected}.{reduce}().backward()",
                 "print(*(t.grad for t in ref))  # expected (dpo_ref, float64)",
+                "if out.requires_grad:",
+                f"    out{red}.backward()",
+                "    print(pc.grad, pr.grad, rc.grad, rr.grad)  # got",
+                "else:",
+                "    print('got: no gradient reaches the inputs')",
             ]
         )
 
@@ -515,10 +518,14 @@ def _logps_grad_snippet(target: LogpsTarget, cfg: Config, ex: dict) -> str:
     return "\n".join(
         [
             "x = logits.clone().requires_grad_()",
-            f"{target.call_src('x, labels')}.sum().backward()",
+            f"out = {target.call_src('x, labels')}",
             "y = logits.clone().requires_grad_()",
             f"dpo_ref.sequence_logps(y, labels, average={cfg.average!r}).sum().backward()",
-            "print((x.grad - y.grad).abs().max())  # expected 0 (up to rounding)",
+            "if out.requires_grad:",
+            "    out.sum().backward()",
+            "    print((x.grad - y.grad).abs().max())  # expected 0 (up to rounding)",
+            "else:",
+            "    print('got: no gradient reaches the logits')",
         ]
     )
 
