@@ -95,13 +95,16 @@ def run(cfg, level: str | None, only=None) -> Report:
         notes.append(missing + ": only its log-probs were checked.")
     report = Report(f"torchtune {tt.__version__}", "+".join(levels), cfg.variant, notes=notes)
     for lvl in levels:
+        prefix = f"{lvl}:" if len(levels) > 1 else ""
+        sub_only = None if only is None else _only_for(lvl, prefix, only)
+        if sub_only is not None and not sub_only:
+            continue  # --checks names nothing at this level
         if lvl == "loss":
-            sub = verify_loss(loss_target(cfg.variant), cfg, only)
+            sub = verify_loss(loss_target(cfg.variant), cfg, sub_only)
         elif lvl == "logps":
-            sub = verify_logps(logps_target(cfg.average), cfg, only)
+            sub = verify_logps(logps_target(cfg.average), cfg, sub_only)
         else:
             sub = library(cfg)
-        prefix = f"{lvl}:" if len(levels) > 1 else ""
         for c in sub.checks:
             c.name = prefix + c.name
         report.checks += sub.checks
@@ -109,6 +112,15 @@ def run(cfg, level: str | None, only=None) -> Report:
         report.settings.update({f"{prefix}{k}": v for k, v in sub.settings.items()})
         report.detected.update({f"{prefix}{k}": v for k, v in sub.detected.items()})
     return report
+
+
+def _only_for(level: str, prefix: str, only) -> list[str]:
+    """The names in `only` that belong to `level` ("loss:values" or, for a single level, "values")."""
+    from dpo_ref.oracle.api import check_names
+
+    known = set(check_names(level)) if level != "library" else {"pipeline"}
+    names = [n[len(prefix) :] if prefix and n.startswith(prefix) else n for n in only]
+    return [n for n in names if n in known]
 
 
 def library(cfg) -> Report:
