@@ -1,6 +1,8 @@
 """`dpo-ref verify TARGET`: does this code compute DPO / IPO correctly?
 
 Exit status: 0 every check passed, 1 a check failed, 2 a usage or import error (one line on stderr).
+Verifying imports and runs TARGET's code in this process; `--isolate` runs it in a child process with
+a time limit, so a target that hangs or kills the interpreter fails the verification (exit 1).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import tempfile
 from dpo_ref.errors import InputError
 
 LEVELS = ("loss", "logps", "library")
+TIMEOUT = 600.0  # seconds, the default limit of --isolate
 VARIANTS = ("dpo", "cdpo", "ipo", "ipo-mean")
 
 
@@ -45,6 +48,19 @@ def register(subparsers) -> None:
     p.add_argument("--xfail-file", default=None, help="file listing check names expected to fail, one per line")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON to PATH (- for stdout)")
     p.add_argument("-q", "--quiet", action="store_true", help="no reproductions in the text report")
+    p.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run the checks in a child process: a TARGET that hangs (see --timeout) or kills the interpreter "
+        "is reported as a failed verification (exit 1) instead of hanging or crashing this process",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"with --isolate: fail the verification if it has not finished after SECONDS (default {TIMEOUT:g})",
+    )
     p.set_defaults(func=handler)
 
 
@@ -53,6 +69,12 @@ def handler(args: argparse.Namespace) -> int:
 
     if args.max_examples is not None and args.max_examples < 1:
         raise InputError(f"--max-examples must be a positive integer, got {args.max_examples}")
+    if args.timeout is not None and not args.isolate:
+        raise InputError("--timeout needs --isolate (only a child process can be stopped safely)")
+    if args.timeout is not None and not (0 < args.timeout < float("inf")):
+        raise InputError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.isolate:
+        return run_isolated(args)
     if args.level == "library" and args.target not in ("trl", "torchtune"):
         raise InputError("--level library applies to the built-in adapters (trl, torchtune) only")
     xfail = read_xfail_file(args.xfail_file) if args.xfail_file else ()
@@ -75,6 +97,87 @@ def handler(args: argparse.Namespace) -> int:
         if args.json:
             write_atomic(args.json, report.to_json() + "\n")
     return 0 if report.passed else 1
+
+
+def _child_argv(args: argparse.Namespace, json_path: str) -> list[str]:
+    """The same verification as `dpo-ref verify` arguments, its JSON report going to `json_path`."""
+    argv = ["verify", args.target, "--variant", args.variant, "--json", json_path]
+    for flag, value in (
+        ("--level", args.level),
+        ("--beta", args.beta),
+        ("--label-smoothing", args.label_smoothing),
+        ("--max-examples", args.max_examples),
+        ("--checks", args.checks),
+        ("--xfail-file", args.xfail_file),
+    ):
+        if value is not None:
+            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
+    if args.average is not None:
+        argv.append("--average" if args.average else "--no-average")
+    if args.quiet:
+        argv.append("-q")
+    return argv
+
+
+def run_isolated(args: argparse.Namespace) -> int:
+    """`verify` in a child interpreter with a time limit; a hang or a crash is a failed verification (1).
+
+    The child's report is relayed as it is (exit 0, 1, or 2 for a usage error); the child's JSON report
+    is the proof that it finished, so a target that ends the interpreter early (`os._exit`, a signal)
+    cannot pass for a conforming one.
+    """
+    import signal
+    import subprocess
+
+    import dpo_ref
+
+    timeout = TIMEOUT if args.timeout is None else args.timeout
+    if args.json not in (None, "-"):  # checked before the run, not after it
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder):
+            raise InputError(f"--json: directory {folder!r} does not exist")
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(dpo_ref.__file__)))
+    env = {**os.environ, "PYTHONPATH": package_root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with tempfile.TemporaryDirectory(prefix="dpo-ref-verify-") as scratch:
+        report_path = os.path.join(scratch, "report.json")
+        command = [sys.executable, "-m", "dpo_ref", *_child_argv(args, report_path)]
+        # a session of its own, so that a timeout kills whatever the target started too
+        child = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+            print(
+                f"dpo-ref verify: FAILED: {args.target} did not finish within {timeout:g} s (a hang?); "
+                "the child process was killed (--timeout sets the limit)",
+                file=sys.stderr,
+            )
+            return 1
+        finished = os.path.exists(report_path)
+        if child.returncode == 2 and not finished:  # a usage or import error, already one line
+            sys.stderr.write(err)
+            return 2
+        if child.returncode not in (0, 1) or not finished:
+            code = child.returncode
+            how = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            last = f"; its last message: {err.strip().splitlines()[-1]}" if err.strip() else ""
+            print(
+                f"dpo-ref verify: FAILED: {args.target} ended the interpreter before the checks finished ({how}{last})",
+                file=sys.stderr,
+            )
+            return 1
+        with open(report_path, encoding="utf-8") as f:
+            report_json = f.read()
+    if args.json == "-":
+        print(report_json.rstrip("\n"))
+    else:
+        sys.stdout.write(out)
+        if args.json:
+            write_atomic(args.json, report_json)
+    return child.returncode
 
 
 def write_atomic(path: str, text: str) -> None:
