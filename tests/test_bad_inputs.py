@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -90,7 +91,39 @@ def files(tmp_path_factory):
     f.update(
         t5=str(t5), bert=str(bert), garbage=str(garbage), no_config=str(no_config), model_missing=str(root / "nope")
     )
+    f["targets"] = _write(root / "targets.py", VERIFY_TARGETS)
+    f["syntax_error"] = _write(root / "syntax_error.py", "def loss(:\n")
+    f["import_error"] = _write(root / "import_error.py", "import no_such_module_for_dpo_ref_tests\n")
     return f
+
+
+# loss-level verify targets that are wrong in one way each
+VERIFY_TARGETS = """
+import torch
+import torch.nn.functional as F
+
+not_callable = 3
+
+
+def no_beta(pc, pr, rc, rr):
+    return -F.logsigmoid((pc - pr) - (rc - rr))
+
+
+def raises(pc, pr, rc, rr, beta=0.1):
+    raise RuntimeError("boom")
+
+
+def wrong_shape(pc, pr, rc, rr, beta=0.1):
+    return torch.zeros(pc.shape[0], 2)
+
+
+def nan(pc, pr, rc, rr, beta=0.1):
+    return torch.full_like(pc, float("nan"))
+
+
+def not_a_tensor(pc, pr, rc, rr, beta=0.1):
+    return [0.0]
+"""
 
 
 # ---------------------------------------------------------------------------------------------- API matrix
@@ -296,6 +329,19 @@ CLI_CASES = [
     # -- dpo-ref prove
     ("prove: unknown proof", ["prove", "--only", "nosuch"], r"--only: unknown proof 'nosuch'"),
     ("prove: output under a file", ["prove", "--only", "init-ln2", "--output", "{plain_file}/x.md"], r"--output: directory"),
+    # -- dpo-ref verify: usage and import problems (a target that runs but computes wrong is exit 1, below)
+    ("verify: file does not exist", ["verify", "{missing}.py:loss"], r"target file .*no_such\.jsonl\.py' does not exist"),
+    ("verify: syntax error", ["verify", "{syntax_error}:loss"], r"importing it raised SyntaxError"),
+    ("verify: import error inside", ["verify", "{import_error}:loss"], r"importing it raised ModuleNotFoundError"),
+    ("verify: module not importable", ["verify", "no_such_pkg_for_dpo_ref.losses:loss"], r"cannot import module 'no_such_pkg_for_dpo_ref.losses'"),
+    ("verify: no such function", ["verify", "{targets}:nope"], r"has no attribute 'nope'"),
+    ("verify: not callable", ["verify", "{targets}:not_callable"], r"'not_callable' is a int, not a callable"),
+    ("verify: wrong signature", ["verify", "{targets}:no_beta"], r"no_beta takes no `beta` keyword argument"),
+    ("verify: target without a name", ["verify", "{targets}"], r"must be path/to/file.py:name"),
+    ("verify: timeout without isolate", ["verify", "{targets}:raises", "--timeout", "5"], r"--timeout needs --isolate"),
+    ("verify: timeout 0", ["verify", "{targets}:raises", "--isolate", "--timeout", "0"], r"--timeout must be a positive number"),
+    ("verify: max-examples 0", ["verify", "{targets}:raises", "--max-examples", "0"], r"--max-examples must be a positive integer"),
+    ("verify: label-smoothing without cdpo", ["verify", "{targets}:raises", "--label-smoothing", "0.1"], r"label_smoothing applies to variant cdpo only"),
     # -- dpo-ref experiment
     ("overfit: epochs 0", ["experiment", "overfit", "--epochs", "0"], r"--epochs must be a positive integer"),
     ("overfit: beta 0", ["experiment", "overfit", "--betas", "0.1", "0"], r"--betas must be a positive finite number, got 0"),
@@ -314,7 +360,7 @@ CLI_CASES = [
 
 def _argv(template: list[str], files: dict, out: str) -> list[str]:
     argv = [a.format(**files, out=out) for a in template]
-    if "--out" not in argv and argv[0] != "prove":
+    if "--out" not in argv and argv[0] not in ("prove", "verify"):
         argv += ["--out", out]
     return argv
 
@@ -336,8 +382,6 @@ def _assert_one_line_exit_2(code, err: str, match: str) -> None:
     assert "Traceback" not in err
     assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
     assert lines[0].startswith("dpo-ref ") and ": error: " in lines[0]
-    import re
-
     assert re.search(match, lines[0]), lines[0]
 
 
@@ -364,6 +408,24 @@ def test_cli_bad_input_leaves_a_previous_run_untouched(files, tmp_path, capsys):
         code = main(["train", *bad, "--out", str(out), *_TRAIN])
         _assert_one_line_exit_2(code, capsys.readouterr().err, ".")
         assert _snapshot(out) == before
+
+
+VERIFY_FINDINGS = [
+    ("raises", r"FAIL call: the target raised RuntimeError: boom"),
+    ("wrong_shape", r"FAIL call: returned shape \(3, 2\) for a batch of 3"),
+    ("not_a_tensor", r"FAIL call: returned list; expected a tensor"),
+    ("nan", r"FAIL finite"),
+]
+
+
+@pytest.mark.parametrize("name, finding", VERIFY_FINDINGS, ids=[c[0] for c in VERIFY_FINDINGS])
+def test_verify_target_that_runs_but_computes_wrong_is_exit_1_with_a_finding(files, capsys, name, finding):
+    """The oracle's semantics: a callable that can be called but answers wrong does not conform (exit 1),
+    and the report names what it did; it is not a usage error."""
+    code = main(["verify", f"{files['targets']}:{name}", "--max-examples", "5", "-q"])
+    captured = capsys.readouterr()
+    assert code == 1 and "Traceback" not in captured.err
+    assert re.search(finding, captured.out) and "DOES NOT CONFORM" in captured.out
 
 
 @pytest.mark.parametrize(

@@ -219,3 +219,69 @@ def test_nonfinite_detection_at_an_unlogged_step_still_precedes_the_checkpoint(d
         train(TrainConfig(out=str(tmp_path), log_every=100, save_every=2, **common))
     assert read_metadata(str(tmp_path / "checkpoint.safetensors"))["step"] == 2
     assert _checkpoint_is_finite(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- verify --isolate
+
+ISOLATE_TARGETS = """
+import os
+import signal
+import time
+
+import torch.nn.functional as F
+
+
+def hangs(pc, pr, rc, rr, beta=0.1):
+    time.sleep(10**6)
+
+
+def exits(pc, pr, rc, rr, beta=0.1):
+    os._exit(1)
+
+
+def kills_the_interpreter(pc, pr, rc, rr, beta=0.1):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def dpo(pc, pr, rc, rr, beta=0.1):
+    return -F.logsigmoid(beta * ((pc - pr) - (rc - rr)))
+"""
+
+
+@pytest.fixture(scope="module")
+def isolate_targets(tmp_path_factory):
+    path = tmp_path_factory.mktemp("targets") / "targets.py"
+    path.write_text(ISOLATE_TARGETS)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "name, timeout, message",
+    [
+        ("hangs", "5", r"did not finish within 5 s \(a hang\?\); the child process was killed"),
+        ("exits", None, r"ended the interpreter before the checks finished \(exit status 1\)"),
+        ("kills_the_interpreter", None, r"ended the interpreter before the checks finished \(killed by signal SIGKILL"),
+    ],
+    ids=["sleeps forever", "os._exit(1)", "SIGKILLs itself"],
+)
+def test_isolate_reports_a_hang_or_a_crash_as_a_failed_verification(isolate_targets, capsys, name, timeout, message):
+    import re
+
+    from dpo_ref.cli import main
+
+    argv = ["verify", f"{isolate_targets}:{name}", "--max-examples", "3", "--isolate"]
+    started = time.monotonic()
+    code = main(argv + (["--timeout", timeout] if timeout else []))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and re.search(message, err[0]), err
+    assert time.monotonic() - started < 120
+
+
+def test_isolate_relays_a_conforming_report_and_its_json(isolate_targets, tmp_path, capsys):
+    from dpo_ref.cli import main
+
+    report = tmp_path / "report.json"
+    argv = ["verify", f"{isolate_targets}:dpo", "--max-examples", "3", "--checks", "values", "--isolate"]
+    assert main(argv + ["--json", str(report)]) == 0
+    assert "CONFORMS" in capsys.readouterr().out
+    assert json.loads(report.read_text())["passed"] is True
