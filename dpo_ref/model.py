@@ -96,7 +96,10 @@ def load_model_and_tokenizer(path: str | None, *, seed: int = 0, trust_remote_co
             output_loading_info=True,
         )
     except (OSError, ValueError) as err:
-        raise InputError(f"--model {path!r} could not be loaded: {str(err).splitlines()[0]}") from err
+        hint = ""
+        if "trust_remote_code" in str(err) and not trust_remote_code:
+            hint = " (its custom code runs only with --trust-remote-code: pass it only if you trust that code)"
+        raise InputError(f"--model {path!r} could not be loaded: {str(err).splitlines()[0]}{hint}") from err
     finally:
         hf_logging.set_verbosity(verbosity)
         if bar:
