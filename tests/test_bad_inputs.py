@@ -447,16 +447,10 @@ def test_cli_argparse_errors_exit_2_naming_the_option(argv, option, capsys):
     assert option in err.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize(
-    "template, match",
-    [
-        (["train", "--data", "{not_utf8}", *_TRAIN], r"not UTF-8"),
-        (["train", "--model", "{bert}", *_TRAIN], r"not a complete causal-LM checkpoint"),
-    ],
-    ids=["bad data", "encoder-only model"],
-)
-def test_cli_bad_input_in_a_real_process_prints_one_line(files, tmp_path, template, match):
-    """The real entry point in a fresh interpreter: nothing else (warnings, progress bars) reaches stderr."""
+def test_cli_bad_input_in_a_real_process_prints_one_line(files, tmp_path):
+    """The real entry point in a fresh interpreter: nothing else (import warnings, transformers' load report
+    and progress bars) reaches stderr."""
+    template, match = ["train", "--model", "{bert}", *_TRAIN], r"not a complete causal-LM checkpoint"
     out = str(tmp_path / "out")
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     run = subprocess.run(
