@@ -128,6 +128,7 @@ def run_isolated(args: argparse.Namespace) -> int:
     """
     import signal
     import subprocess
+    import tempfile
 
     import dpo_ref
 
