@@ -472,3 +472,16 @@ def test_matrix_checks_bite():
     with pytest.raises(AssertionError):
         _assert_one_line_exit_2(2, "dpo-ref train: error: something else", "--beta")
     _assert_one_line_exit_2(2, "dpo-ref train: error: --beta must be positive\n", "--beta")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write to any directory")
+def test_cli_out_in_a_read_only_directory(files, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code = main(["train", "--data", files["good"], "--out", str(locked / "run"), *_TRAIN])
+        _assert_one_line_exit_2(code, capsys.readouterr().err, r"--out .* is not writable")
+        assert os.listdir(locked) == []
+    finally:
+        locked.chmod(0o700)
