@@ -285,3 +285,9 @@ def test_isolate_relays_a_conforming_report_and_its_json(isolate_targets, tmp_pa
     assert main(argv + ["--json", str(report)]) == 0
     assert "CONFORMS" in capsys.readouterr().out
     assert json.loads(report.read_text())["passed"] is True
+
+
+def test_a_non_finite_sft_warm_up_is_not_saved(data, tmp_path):
+    with pytest.raises(FloatingPointError, match="SFT warm-up made the weights non-finite"):
+        train(TrainConfig(data=data, out=str(tmp_path), progress=False, **dict(EXPLODE, sft_steps=3, sft_lr=1e30)))
+    assert not (tmp_path / "sft.safetensors").exists() and not (tmp_path / "checkpoint.safetensors").exists()
