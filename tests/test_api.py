@@ -12,10 +12,6 @@ from dpo_ref import dpo_loss, ipo_loss, sequence_logps
 from dpo_ref import strategies as dst
 
 
-def _four(values=(-1.0, -2.0, -1.5, -1.5), dtype=torch.float32, **kw):
-    return tuple(torch.tensor([v], dtype=dtype, **kw) for v in values)
-
-
 def test_outputs_are_per_example_losses_and_detached_rewards():
     pc, pr, rc, rr = (
         torch.tensor(v, requires_grad=True) for v in ([-1.0, -3.0], [-2.0, -1.0], [-1.5, -2.0], [-1.5, -2.0])
