@@ -14,7 +14,9 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+_common = dict(
+    deadline=None, report_multiple_bugs=False, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 settings.register_profile("ci", max_examples=30, derandomize=True, print_blob=True, **_common)
 settings.register_profile("dev", max_examples=100, print_blob=True, **_common)
 settings.register_profile("thorough", max_examples=1000, print_blob=True, **_common)

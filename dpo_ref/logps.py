@@ -33,20 +33,28 @@ def _chunk_len(batch: int, positions: int, vocab: int) -> int:
     return max(1, min(positions, budget // per_position))
 
 
-class _TokenLogps(torch.autograd.Function):
-    """log softmax(logits[:, t])[target[:, t]] for every position t, without a (B, T, V) copy."""
+class _ShiftedTokenLogps(torch.autograd.Function):
+    """log softmax(logits[:, t])[target[:, t]] for t < S, without a (B, T, V) copy.
+
+    S = target.shape[1]: T-1 for `sequence_logps` (the last position scores nothing), T for
+    `token_logps` (every position already selected as scored).
+
+    Takes the full logits (not the [:, :-1] view) so that backward allocates the one (B, T, V)
+    gradient itself; returning a gradient for a slice would make autograd allocate a second one.
+    """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        # logits: (B, S, V) (a view, possibly non-contiguous); target: (B, S) valid indices
-        B, S, V = logits.shape
+        # logits: (B, T, V); target: (B, S) valid token ids for positions 0..S-1, S <= T
+        B, T, V = logits.shape
+        S = target.shape[1]
         out_dtype = _out_dtype(logits.dtype)
         lse = torch.empty(B, S, dtype=out_dtype, device=logits.device)  # (B, S)
         step = _chunk_len(B, S, V)
         for s in range(0, S, step):
-            chunk = logits[:, s : s + step].to(out_dtype)  # (B, c, V), a copy only for half inputs
+            chunk = logits[:, s : min(s + step, S)].to(out_dtype)  # (B, c, V); a copy only for half inputs
             lse[:, s : s + step] = torch.logsumexp(chunk, dim=-1)
-        picked = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1).to(out_dtype)  # (B, S)
+        picked = logits[:, :S].gather(-1, target.unsqueeze(-1)).squeeze(-1).to(out_dtype)  # (B, S)
         ctx.save_for_backward(logits, target, lse)
         ctx.step = step
         return picked - lse
@@ -54,14 +62,16 @@ class _TokenLogps(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         logits, target, lse = ctx.saved_tensors
-        B, S, V = logits.shape
-        grad = torch.empty_like(logits)  # (B, S, V), the one full-size tensor autograd needs
-        step = ctx.step
-        for s in range(0, S, step):
-            g = grad_out[:, s : s + step].unsqueeze(-1)  # (B, c, 1)
-            probs = torch.exp(logits[:, s : s + step].to(lse.dtype) - lse[:, s : s + step].unsqueeze(-1))
-            grad[:, s : s + step] = (-g * probs).to(grad.dtype)  # d/dz of -lse
-        grad.scatter_add_(-1, target.unsqueeze(-1), grad_out.unsqueeze(-1).to(grad.dtype))  # d/dz of z[target]
+        B, T, V = logits.shape
+        S = target.shape[1]
+        grad = torch.empty_like(logits)  # (B, T, V), the one full-size tensor autograd needs
+        grad[:, S:].zero_()  # positions past S (the last one for sequence_logps) score nothing
+        for s in range(0, S, ctx.step):
+            e = min(s + ctx.step, S)
+            g = grad_out[:, s:e].unsqueeze(-1)  # (B, c, 1)
+            probs = torch.exp(logits[:, s:e].to(lse.dtype) - lse[:, s:e].unsqueeze(-1))  # (B, c, V)
+            grad[:, s:e] = (-g * probs).to(grad.dtype)  # d/dz of -logsumexp(z)
+        grad[:, :S].scatter_add_(-1, target.unsqueeze(-1), grad_out.unsqueeze(-1).to(grad.dtype))  # d/dz of z[y]
         return grad, None
 
 
@@ -110,7 +120,7 @@ def token_logps(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     The memory-bounded kernel of `sequence_logps`, for callers that already selected the scored
     positions (e.g. applying the output layer only where labels are scored). No validation.
     """
-    return _TokenLogps.apply(logits.unsqueeze(0), target.unsqueeze(0)).squeeze(0)
+    return _ShiftedTokenLogps.apply(logits.unsqueeze(0), target.unsqueeze(0)).squeeze(0)  # S = T: no shift
 
 
 def sequence_logps(
@@ -137,7 +147,6 @@ def sequence_logps(
     """
     if validate:
         check_logits_labels(logits, labels)
-    shifted_logits = logits[:, :-1, :]  # (B, T-1, V), a view: position t scores label t+1
     shifted_labels, mask, target = shift_labels(labels, ignore_index)  # (B, T-1) each
     if validate and mask.any():
         vocab = logits.shape[-1]
@@ -148,7 +157,7 @@ def sequence_logps(
                 f"labels[{b}, {t + 1}] = {int(shifted_labels[b, t])} is not a token id in [0, {vocab}) "
                 f"nor ignore_index={ignore_index}"
             )
-    token_logps = _TokenLogps.apply(shifted_logits, target)  # (B, T-1)
+    token_logps = _ShiftedTokenLogps.apply(logits, target)  # (B, T-1): position t scores label t+1
     token_logps = torch.where(mask, token_logps, torch.zeros_like(token_logps))
     total = token_logps.sum(-1)  # (B,)
     if not average:

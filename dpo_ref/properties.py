@@ -1,0 +1,419 @@
+"""The mathematical properties of DPO / cDPO / IPO as checks on any loss implementation.
+
+Each `check_*` takes a *per-example loss function* `fn(pc, pr, rc, rr) -> (B,)` (coefficients already
+bound), a `LossSpec` saying which loss it claims to be, and concrete inputs; it returns None or raises
+`PropertyViolation` (an AssertionError) saying what was expected and what came out. The test suite
+drives these checks with Hypothesis over `dpo_ref.strategies`; the conformance oracle runs the same
+checks on third-party code.
+
+Expected values come from the closed forms in float64 (`LossSpec.losses`, `LossSpec.dloss_dmargin`),
+which use the one definition of each formula in `dpo_ref.losses`; gradients are compared with their
+closed form, derived in `proofs/` (dL/dh):
+
+    DPO/cDPO  dL/dh = -beta [(1 - eps) sigma(-beta h) - eps sigma(beta h)]
+    IPO       dL/dh = 2 (h - 1/(2 tau))
+
+and dL/d log pi(y_w) = dL/dh, dL/d log pi(y_l) = -dL/dh.
+
+Tolerance (per input dtype, eps_d its machine epsilon): an implementation computing in the input
+dtype rounds each input once (relative eps_d), so h is off by at most ~4 eps_d S with S = sum of the
+|inputs|; the loss then moves by |dL/dh| times that, plus its own rounding. We allow
+    |L - L_expected| <= K eps_d (|dL/dh| S + |L_expected| + 1),   K = 16,
+which any correct implementation in that dtype meets and which a formula error (a missing beta, a
+wrong sign, a lost reference) exceeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from dpo_ref.losses import dpo_losses_from_margin, ipo_losses_from_margin, preference_margin
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+TOLERANCE_K = 16.0
+
+
+class PropertyViolation(AssertionError):
+    """A loss implementation broke a property; the message says which and how."""
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """Which loss an implementation claims to compute: `variant` in {dpo, cdpo, ipo} and its coefficients."""
+
+    variant: str
+    beta: float = 0.1  # KL coefficient (dpo, cdpo)
+    label_smoothing: float = 0.0  # eps (cdpo)
+    tau: float = 0.1  # IPO regularisation
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("dpo", "cdpo", "ipo"):
+            raise ValueError(f"variant must be one of dpo, cdpo, ipo, got {self.variant!r}")
+
+    @property
+    def coefficient(self) -> float:
+        """The scale of the margin inside the loss: beta, or tau for IPO (the `beta` argument of most APIs)."""
+        return self.tau if self.variant == "ipo" else self.beta
+
+    @property
+    def eps(self) -> float:
+        return self.label_smoothing if self.variant == "cdpo" else 0.0
+
+    def losses(self, margin: torch.Tensor) -> torch.Tensor:
+        """Expected per-example loss as a function of the margin h (float64)."""
+        margin = margin.double()
+        if self.variant == "ipo":
+            return ipo_losses_from_margin(margin, self.tau)
+        return dpo_losses_from_margin(margin, self.beta, self.eps)
+
+    def dloss_dmargin(self, margin: torch.Tensor) -> torch.Tensor:
+        """Closed-form dL/dh (float64)."""
+        margin = margin.double()
+        if self.variant == "ipo":
+            return 2.0 * (margin - 1.0 / (2.0 * self.tau))
+        b, e = self.beta, self.eps
+        return -b * ((1.0 - e) * torch.sigmoid(-b * margin) - e * torch.sigmoid(b * margin))
+
+    def optimum(self) -> float | None:
+        """The finite per-pair minimiser h*, or None for DPO (L decreases to 0 as h -> inf)."""
+        if self.variant == "ipo":
+            return 1.0 / (2.0 * self.tau)
+        if self.variant == "cdpo" and self.eps > 0:
+            return math.log((1.0 - self.eps) / self.eps) / self.beta
+        return None
+
+    def value_at_init(self) -> float:
+        """L at pi = pi_ref (h = 0): ln 2 for DPO and cDPO, 1/(4 tau^2) for IPO."""
+        return 1.0 / (4.0 * self.tau**2) if self.variant == "ipo" else math.log(2.0)
+
+    def describe(self) -> str:
+        if self.variant == "ipo":
+            return f"ipo(tau={self.tau!r})"
+        if self.variant == "cdpo":
+            return f"cdpo(beta={self.beta!r}, label_smoothing={self.label_smoothing!r})"
+        return f"dpo(beta={self.beta!r})"
+
+
+def _eps(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps
+
+
+def tolerance(spec: LossSpec, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Per-example absolute tolerance for an implementation computing in `dtype` (see module docstring)."""
+    x = [t.detach().double() for t in inputs]
+    scale = sum(t.abs() for t in x)  # (B,)
+    margin = preference_margin(*x)
+    expected = spec.losses(margin)
+    slope = spec.dloss_dmargin(margin).abs()
+    return TOLERANCE_K * _eps(dtype) * (slope * scale + expected.abs() + 1.0)
+
+
+def _as_vector(out: object, size: int, what: str) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise PropertyViolation(f"{what}: expected a tensor of per-example losses, got {type(out).__name__}")
+    if out.shape != (size,):
+        raise PropertyViolation(f"{what}: expected per-example losses of shape ({size},), got {tuple(out.shape)}")
+    return out
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, tol: torch.Tensor, what: str) -> None:
+    actual = actual.detach().double()
+    bad = ~((actual - expected).abs() <= tol)  # NaN counts as bad
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise PropertyViolation(
+            f"{what}: at index {i} got {actual[i].item()!r}, expected {expected[i].item()!r} "
+            f"(|diff| {abs(actual[i].item() - expected[i].item()):.3g} > tolerance {tol[i].item():.3g})"
+        )
+
+
+def _losses_and_grads(fn: LossFn, inputs: tuple[torch.Tensor, ...], what: str) -> tuple[torch.Tensor, ...]:
+    """Per-example losses and d(sum of losses)/d(each input)."""
+    leaves = tuple(t.detach().clone().requires_grad_(True) for t in inputs)
+    out = _as_vector(fn(*leaves), leaves[0].shape[0], what)
+    if not out.requires_grad:
+        raise PropertyViolation(f"{what}: the losses do not depend differentiably on the policy log-probs")
+    grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+    grads = tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves))
+    return (out, *grads)
+
+
+def check_values(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...]) -> None:
+    """L_i equals the closed form of the margin h_i, within the dtype's tolerance."""
+    dtype = batch[0].dtype
+    out = _as_vector(fn(*batch), batch[0].shape[0], f"{spec.describe()} values")
+    margin = preference_margin(*(t.double() for t in batch))
+    _close(out, spec.losses(margin), tolerance(spec, batch, dtype), f"{spec.describe()} loss value")
+
+
+def check_gradients(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...]) -> None:
+    """Autograd gradients equal the closed form: dL/dpc = dL/dh = -dL/dpr = -dL/drc = dL/drr."""
+    dtype = batch[0].dtype
+    _, gpc, gpr, grc, grr = _losses_and_grads(fn, batch, f"{spec.describe()} gradients")
+    margin = preference_margin(*(t.double() for t in batch))
+    slope = spec.dloss_dmargin(margin)
+    curvature = spec.beta**2 / 4 if spec.variant != "ipo" else 2.0
+    tol = TOLERANCE_K * _eps(dtype) * (slope.abs() + curvature * sum(t.detach().double().abs() for t in batch) + 1e-3)
+    for grad, sign, name in ((gpc, 1, "policy_chosen"), (gpr, -1, "policy_rejected")):
+        _close(grad, sign * slope, tol, f"{spec.describe()} dL/d{name}_logps")
+    for grad, sign, name in ((grc, -1, "reference_chosen"), (grr, 1, "reference_rejected")):
+        if grad.abs().sum() > 0:  # a reference passed without grad support may legitimately give None
+            _close(grad, sign * slope, tol, f"{spec.describe()} dL/d{name}_logps")
+
+
+def check_gradient_signs(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...]) -> None:
+    """DPO: dL/d log pi(y_w) < 0 < dL/d log pi(y_l), equal in size, = beta sigma(-beta h) / B for the mean."""
+    B = batch[0].shape[0]
+    leaves = tuple(t.detach().clone().requires_grad_(True) for t in batch)
+    out = _as_vector(fn(*leaves), B, f"{spec.describe()} gradient signs")
+    gpc, gpr = torch.autograd.grad(out.mean(), leaves[:2])
+    margin = preference_margin(*(t.double() for t in batch))
+    expected = spec.beta * torch.sigmoid(-spec.beta * margin) / B  # (B,)
+    tol = TOLERANCE_K * _eps(batch[0].dtype) * (expected + spec.beta**2 * sum(t.double().abs() for t in batch) / B)
+    visible = expected > tol  # sigma(-beta h) underflows for large beta h: the sign is then unobservable
+    if bool((gpc.double()[visible] >= 0).any()) or bool((gpr.double()[visible] <= 0).any()):
+        i = int((visible & ((gpc.double() >= 0) | (gpr.double() <= 0))).nonzero()[0, 0])
+        raise PropertyViolation(
+            f"{spec.describe()} gradient signs: at index {i} dL/d policy_chosen = {gpc[i].item()!r} "
+            f"(must be < 0) and dL/d policy_rejected = {gpr[i].item()!r} (must be > 0)"
+        )
+    _close(-gpc, expected, tol, f"{spec.describe()} -dL/d policy_chosen_logps under mean reduction")
+    _close(gpr, expected, tol, f"{spec.describe()} dL/d policy_rejected_logps under mean reduction")
+
+
+def check_z_cancellation(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...], shift: torch.Tensor) -> None:
+    """Adding a per-prompt constant f(x) to both rewards (both policy log-probs) changes nothing.
+
+    r(x, y) and r(x, y) + f(x) induce the same Bradley-Terry preferences, so Z(x) (and any f(x))
+    must cancel: losses and gradients at (pc + f, pr + f, rc, rr) equal those at (pc, pr, rc, rr).
+    """
+    pc, pr, rc, rr = batch
+    shifted = (pc + shift.to(pc.dtype), pr + shift.to(pr.dtype), rc, rr)
+    base = _losses_and_grads(fn, batch, f"{spec.describe()} Z(x) cancellation")
+    moved = _losses_and_grads(fn, shifted, f"{spec.describe()} Z(x) cancellation")
+    dtype = batch[0].dtype
+    tol = tolerance(spec, shifted, dtype) + tolerance(spec, batch, dtype)
+    _close(moved[0], base[0].detach().double(), tol, f"{spec.describe()} loss after adding f(x) to both rewards")
+    gtol = (
+        TOLERANCE_K
+        * _eps(dtype)
+        * (
+            spec.dloss_dmargin(preference_margin(*(t.double() for t in batch))).abs()
+            + (spec.beta**2 if spec.variant != "ipo" else 2.0) * sum(t.double().abs() for t in shifted)
+            + 1e-3
+        )
+    )
+    for k, name in ((1, "policy_chosen"), (2, "policy_rejected")):
+        _close(moved[k], base[k].double(), gtol, f"{spec.describe()} dL/d{name}_logps after adding f(x)")
+
+
+def check_init(fn: LossFn, spec: LossSpec, policy_chosen: torch.Tensor, policy_rejected: torch.Tensor) -> None:
+    """At pi = pi_ref: L = ln 2 (DPO, cDPO) or 1/(4 tau^2) (IPO), and dL/dh = -beta/2 (DPO)."""
+    batch = (policy_chosen, policy_rejected, policy_chosen.clone(), policy_rejected.clone())
+    out, gpc, gpr, *_ = _losses_and_grads(fn, batch, f"{spec.describe()} at initialisation")
+    dtype = policy_chosen.dtype
+    expected = torch.full_like(out.detach().double(), spec.value_at_init())
+    tol = TOLERANCE_K * _eps(dtype) * (expected + 1.0)
+    _close(out, expected, tol, f"{spec.describe()} loss at pi = pi_ref")
+    slope = torch.full_like(expected, float(spec.dloss_dmargin(torch.zeros(1))[0]))
+    stol = TOLERANCE_K * _eps(dtype) * (slope.abs() + 1e-3)
+    _close(gpc, slope, stol, f"{spec.describe()} dL/dh at pi = pi_ref")
+    _close(-gpr, slope, stol, f"{spec.describe()} -dL/d policy_rejected at pi = pi_ref")
+
+
+def check_swap(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...]) -> None:
+    """Swapping chosen and rejected maps h to -h: L(swapped) equals the closed form at -h."""
+    pc, pr, rc, rr = batch
+    out = _as_vector(fn(pr, pc, rr, rc), pc.shape[0], f"{spec.describe()} swap")
+    margin = preference_margin(*(t.double() for t in batch))
+    _close(
+        out,
+        spec.losses(-margin),
+        tolerance(spec, batch, pc.dtype),
+        f"{spec.describe()} loss with chosen/rejected swapped",
+    )
+
+
+def check_monotone(fn: LossFn, spec: LossSpec, margins: torch.Tensor, dtype: torch.dtype = torch.float64) -> None:
+    """DPO: the loss does not increase as h grows, and strictly falls where the closed form visibly does."""
+    h = torch.sort(margins.double()).values
+    zeros = torch.zeros_like(h)
+    out = _as_vector(fn(h.to(dtype), zeros.to(dtype), zeros.to(dtype), zeros.to(dtype)), h.shape[0], "monotone")
+    out = out.detach().double()
+    expected = spec.losses(h)
+    tol = TOLERANCE_K * _eps(dtype) * (spec.dloss_dmargin(h).abs() * h.abs() + expected + 1.0)
+    for i in range(h.shape[0] - 1):
+        if out[i + 1] > out[i] + tol[i] + tol[i + 1]:
+            raise PropertyViolation(
+                f"{spec.describe()} loss increased with the margin: L(h={h[i].item()!r}) = {out[i].item()!r} "
+                f"< L(h={h[i + 1].item()!r}) = {out[i + 1].item()!r}"
+            )
+        if expected[i] - expected[i + 1] > 2 * (tol[i] + tol[i + 1]) and not out[i + 1] < out[i]:
+            raise PropertyViolation(
+                f"{spec.describe()} loss did not fall from h={h[i].item()!r} to h={h[i + 1].item()!r}: "
+                f"{out[i].item()!r} -> {out[i + 1].item()!r}"
+            )
+
+
+def check_optimum(fn: LossFn, spec: LossSpec, reference: tuple[torch.Tensor, torch.Tensor], delta: float) -> None:
+    """IPO / cDPO: at h = h* the gradient vanishes, and L(h* +- delta) > L(h*) (a strict minimum)."""
+    h_star = spec.optimum()
+    if h_star is None:
+        return
+    rc, rr = (t.double() for t in reference)
+    B = rc.shape[0]
+
+    def at(h: float) -> tuple[torch.Tensor, torch.Tensor]:
+        pc = (rc + h).requires_grad_(True)  # policy_rejected = reference_rejected, so margin = h
+        out = _as_vector(fn(pc, rr.clone(), rc, rr), B, f"{spec.describe()} optimum")
+        (g,) = torch.autograd.grad(out.sum(), pc)
+        return out.detach(), g
+
+    out_star, g_star = at(h_star)
+    gtol = (
+        TOLERANCE_K
+        * _eps(torch.float64)
+        * (1.0 + (spec.beta**2 if spec.variant != "ipo" else 2.0))
+        * (rc.abs() + rr.abs() + abs(h_star) + 1.0)
+    )
+    _close(g_star, torch.zeros(B, dtype=torch.float64), gtol, f"{spec.describe()} dL/dh at h* = {h_star!r}")
+    for h in (h_star - delta, h_star + delta):
+        out_h, _ = at(h)
+        if not bool((out_h > out_star).all()):
+            i = int((~(out_h > out_star)).nonzero()[0, 0])
+            raise PropertyViolation(
+                f"{spec.describe()}: h* = {h_star!r} is not a strict minimum: L(h*) = {out_star[i].item()!r} "
+                f"but L({h!r}) = {out_h[i].item()!r} at index {i}"
+            )
+
+
+def check_permutation(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...], perm: torch.Tensor) -> None:
+    """Permuting the batch permutes the per-example losses the same way."""
+    out = _as_vector(fn(*batch), batch[0].shape[0], f"{spec.describe()} permutation")
+    permuted = _as_vector(fn(*(t[perm] for t in batch)), batch[0].shape[0], f"{spec.describe()} permutation")
+    tol = tolerance(spec, batch, batch[0].dtype)[perm]
+    _close(permuted, out.detach().double()[perm], 2 * tol, f"{spec.describe()} loss of the permuted batch")
+
+
+def check_independence(
+    fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...], other: tuple[torch.Tensor, ...], index: int
+) -> None:
+    """Changing example `index` leaves every other example's loss unchanged."""
+    out = _as_vector(fn(*batch), batch[0].shape[0], f"{spec.describe()} independence")
+    changed = tuple(t.clone() for t in batch)
+    for t, o in zip(changed, other):
+        t[index] = o[index % o.shape[0]].to(t.dtype)
+    out2 = _as_vector(fn(*changed), batch[0].shape[0], f"{spec.describe()} independence").detach().double()
+    keep = torch.ones(batch[0].shape[0], dtype=torch.bool)
+    keep[index] = False
+    tol = 2 * tolerance(spec, batch, batch[0].dtype)
+    _close(
+        out2[keep], out.detach().double()[keep], tol[keep], f"{spec.describe()} loss of other examples when one changes"
+    )
+
+
+def check_finite(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...]) -> None:
+    """Values and gradients are finite wherever the inputs are (no log(sigmoid(x)) underflow)."""
+    out, *grads = _losses_and_grads(fn, batch, f"{spec.describe()} finiteness")
+    for t, name in zip((out, *grads), ("loss", "dL/dpc", "dL/dpr", "dL/drc", "dL/drr")):
+        if not bool(torch.isfinite(t).all()):
+            i = int((~torch.isfinite(t)).nonzero()[0, 0])
+            raise PropertyViolation(
+                f"{spec.describe()} {name} is not finite at index {i}: {t[i].item()!r} "
+                f"(margin h = {preference_margin(*(x.double() for x in batch))[i].item()!r})"
+            )
+
+
+def check_inputs_unmodified(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...]) -> None:
+    """The implementation does not write into its inputs."""
+    copies = tuple(t.detach().clone() for t in batch)
+    fn(*batch)
+    for t, c, name in zip(
+        batch, copies, ("policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected")
+    ):
+        if not torch.equal(t.detach(), c):
+            raise PropertyViolation(f"{spec.describe()} modified its input {name}_logps in place")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Log-prob level: fn(logits (B, T, V), labels (B, T)) -> (B,)
+
+LogpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def loop_sequence_logps(rows: list[tuple[torch.Tensor, torch.Tensor]], average: bool = False) -> torch.Tensor:
+    """Independent float64 reference: a plain loop over the unpadded rows and their scored tokens.
+
+    For each row (labels (L,), logits (L, V)) sum, over t >= 1 with labels[t] scored, of
+    logits[t-1, labels[t]] - log(sum_v exp(logits[t-1, v])), with the log-sum-exp done by `math`.
+    """
+    out = []
+    for labels, logits in rows:
+        total, count = 0.0, 0
+        for t in range(1, labels.shape[0]):
+            y = int(labels[t])
+            if y == -100:
+                continue
+            z = [float(v) for v in logits[t - 1]]
+            m = max(z)
+            total += z[y] - (m + math.log(sum(math.exp(v - m) for v in z)))
+            count += 1
+        out.append(total / count if average else total)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def logps_tolerance(rows: list[tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype) -> torch.Tensor:
+    """Per-row tolerance: K eps_d (sum over scored tokens of (max |logit| + 1) + 1)."""
+    tol = []
+    for labels, logits in rows:
+        scored = int((labels[1:] != -100).sum())
+        tol.append(TOLERANCE_K * _eps(dtype) * (scored * (float(logits.abs().max()) + 1.0) * 4 + 1.0))
+    return torch.tensor(tol, dtype=torch.float64)
+
+
+def check_logps_values(fn: LogpsFn, batch, average: bool = False, dtype: torch.dtype = torch.float64) -> None:
+    """fn(logits, labels) equals the loop reference (shift by one, prompt and padding masked)."""
+    logits, labels = batch.padded(dtype=dtype)
+    out = _as_vector(fn(logits, labels), logits.shape[0], "sequence log-probs")
+    rows = [(lab, lg.to(dtype).double()) for lab, lg in batch.rows]
+    _close(out, loop_sequence_logps(rows, average), logps_tolerance(rows, dtype), "sequence log-prob")
+
+
+def check_logps_padding(fn: LogpsFn, batch, dtype: torch.dtype = torch.float64) -> None:
+    """Left padding, right padding and extra padding all give the same log-probs."""
+    results = {}
+    for side in ("left", "right"):
+        for extra in (0, 2):
+            logits, labels = batch.padded(side, extra, dtype=dtype)
+            results[(side, extra)] = _as_vector(fn(logits, labels), logits.shape[0], "sequence log-probs")
+    base = results[("right", 0)].detach().double()
+    tol = 2 * logps_tolerance(batch.rows, dtype)
+    for (side, extra), out in results.items():
+        _close(out, base, tol, f"sequence log-prob with {side} padding and {extra} extra pad positions vs right/0")
+
+
+def check_logps_gradients(fn: LogpsFn, batch) -> None:
+    """d logps[b] / d logits[b, t, v] = [v == y_{t+1}] - softmax(logits[b, t])_v on scored positions, else 0."""
+    logits, labels = batch.padded()
+    logits = logits.requires_grad_(True)
+    out = _as_vector(fn(logits, labels), logits.shape[0], "sequence log-prob gradients")
+    if not out.requires_grad:
+        raise PropertyViolation("sequence log-probs do not depend differentiably on the logits")
+    (grad,) = torch.autograd.grad(out.sum(), logits, allow_unused=True)
+    grad = torch.zeros_like(logits) if grad is None else grad
+    expected = torch.zeros_like(logits, dtype=torch.float64)
+    probs = torch.softmax(logits.detach().double(), dim=-1)
+    B, T, _ = logits.shape
+    for b in range(B):
+        for t in range(T - 1):
+            y = int(labels[b, t + 1])
+            if y != -100:
+                expected[b, t] = -probs[b, t]
+                expected[b, t, y] += 1.0
+    diff = (grad.double() - expected).abs().max().item()
+    if not diff <= 1e-9:
+        raise PropertyViolation(f"sequence log-prob gradient differs from one-hot minus softmax by {diff:.3g}")

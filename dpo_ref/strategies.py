@@ -1,0 +1,204 @@
+"""Public Hypothesis strategies for testing DPO / IPO code (yours or ours).
+
+    from hypothesis import given
+    from dpo_ref import strategies as dst
+
+    @given(batch=dst.preference_batches(), beta=dst.betas())
+    def test_my_loss(batch, beta):
+        losses = my_dpo_loss(*batch.tensors(torch.float32), beta=beta)
+        ...
+
+Log-prob batches (`preference_batches`) cover ties (policy equal to reference, chosen equal to
+rejected), log-probs from 0 down to -1e4, and batch sizes from 1 up. `betas`, `taus` and
+`label_smoothings` cover tiny and large coefficients. Token batches (`token_batches`) hold prompts of
+different lengths, responses of different lengths (some reaching the last position), left or right
+padding, and random logits per real token, so one batch can be re-padded and re-scored: padding side
+and extra padding must not change a correct `sequence_logps`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from hypothesis import strategies as st
+
+IGNORE_INDEX = -100
+
+
+class PreferenceBatch(NamedTuple):
+    """Four float64 tensors of shape (B,): the inputs of a DPO/IPO loss, in the standard order."""
+
+    policy_chosen_logps: torch.Tensor
+    policy_rejected_logps: torch.Tensor
+    reference_chosen_logps: torch.Tensor
+    reference_rejected_logps: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return self.policy_chosen_logps.shape[0]
+
+    def tensors(self, dtype: torch.dtype = torch.float64, requires_grad: bool = False) -> tuple[torch.Tensor, ...]:
+        """Fresh copies in `dtype` (leaves with `requires_grad` if asked)."""
+        return tuple(t.detach().to(dtype).clone().requires_grad_(requires_grad) for t in self)
+
+    def margin(self) -> torch.Tensor:
+        """h in float64: (pc - rc) - (pr - rr)."""
+        pc, pr, rc, rr = (t.double() for t in self)
+        return (pc - rc) - (pr - rr)
+
+    def __repr__(self) -> str:
+        body = ", ".join(
+            f"{name}=torch.tensor({t.tolist()!r}, dtype=torch.float64)" for name, t in self._asdict().items()
+        )
+        return f"PreferenceBatch({body})"
+
+
+def log_probs(min_value: float = -1e4, max_value: float = 0.0) -> st.SearchStrategy[float]:
+    """Sequence log-probs: mostly moderate values, with 0, tiny and huge magnitudes mixed in."""
+    specials = [v for v in (0.0, -1e-12, -1.0, min_value, max_value) if min_value <= v <= max_value]
+    return st.one_of(
+        st.sampled_from(specials),
+        st.floats(max(min_value, -60.0), min(max_value, 0.0) if max_value >= -60.0 else max_value),
+        st.floats(min_value, max_value),
+    ).filter(lambda v: min_value <= v <= max_value)
+
+
+@st.composite
+def _preference_row(draw, values: st.SearchStrategy[float], ties: bool) -> tuple[float, float, float, float]:
+    pc, pr, rc, rr = (draw(values) for _ in range(4))
+    if ties:
+        kind = draw(st.sampled_from(["free", "free", "free", "policy=reference", "chosen=rejected", "all-equal"]))
+        if kind == "policy=reference":
+            pc, pr = rc, rr
+        elif kind == "chosen=rejected":
+            pr, rr = pc, rc
+        elif kind == "all-equal":
+            pr = rc = rr = pc
+    return pc, pr, rc, rr
+
+
+@st.composite
+def preference_batches(
+    draw,
+    min_size: int = 1,
+    max_size: int = 8,
+    *,
+    min_value: float = -1e4,
+    max_value: float = 0.0,
+    ties: bool = True,
+) -> PreferenceBatch:
+    """Batches of (policy_chosen, policy_rejected, reference_chosen, reference_rejected) log-probs.
+
+    Values lie in [min_value, max_value]; with `ties`, some rows have policy equal to reference
+    (margin 0) or chosen equal to rejected.
+    """
+    rows = draw(st.lists(_preference_row(log_probs(min_value, max_value), ties), min_size=min_size, max_size=max_size))
+    columns = zip(*rows)
+    return PreferenceBatch(*(torch.tensor(list(c), dtype=torch.float64) for c in columns))
+
+
+def betas(min_value: float = 1e-3, max_value: float = 1e3) -> st.SearchStrategy[float]:
+    """KL coefficients beta > 0, log-uniform-ish from tiny to large, with the usual 0.1 and 0.5."""
+    return st.one_of(
+        st.sampled_from([v for v in (0.1, 0.5, 1.0, min_value, max_value) if min_value <= v <= max_value]),
+        st.floats(min_value, max_value, exclude_min=min_value <= 0),
+        st.integers(-3, 3).map(lambda k: 10.0**k).filter(lambda v: min_value <= v <= max_value),
+    )
+
+
+def taus(min_value: float = 1e-3, max_value: float = 1e3) -> st.SearchStrategy[float]:
+    """IPO regularisation strengths tau > 0 (same range as `betas`)."""
+    return betas(min_value, max_value)
+
+
+def label_smoothings(max_value: float = 0.49) -> st.SearchStrategy[float]:
+    """cDPO label-flip probabilities eps in (0, max_value]."""
+    return st.one_of(st.sampled_from([0.1, 0.25, 1e-3, max_value]), st.floats(1e-4, max_value))
+
+
+@dataclass
+class TokenBatch:
+    """Token sequences with their own random logits, ready to be padded either way.
+
+    `rows[i]` is `(labels, logits)` for one unpadded sequence of length L_i: labels `(L_i,)` with
+    IGNORE_INDEX on the prompt, logits `(L_i, V)` float64 as a model would give them, aligned with
+    the input ids. `padded()` places the rows in a (B, T) batch; pad positions get label IGNORE_INDEX
+    and arbitrary (random) logits, which a correct implementation never reads.
+    """
+
+    rows: list[tuple[torch.Tensor, torch.Tensor]]
+    vocab_size: int
+    padding_side: str
+    extra_padding: int
+    seed: int
+
+    @property
+    def lengths(self) -> list[int]:
+        return [labels.shape[0] for labels, _ in self.rows]
+
+    def padded(
+        self, padding_side: str | None = None, extra_padding: int | None = None, dtype: torch.dtype = torch.float64
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(logits (B, T, V), labels (B, T))` with T = max length + extra padding."""
+        side = padding_side or self.padding_side
+        extra = self.extra_padding if extra_padding is None else extra_padding
+        T = max(self.lengths) + extra
+        B, V = len(self.rows), self.vocab_size
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        logits = torch.randn(B, T, V, generator=gen, dtype=torch.float64) * 7.0  # (B, T, V) pad filler
+        labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+        for b, (row_labels, row_logits) in enumerate(self.rows):
+            L = row_labels.shape[0]
+            start = 0 if side == "right" else T - L
+            labels[b, start : start + L] = row_labels
+            logits[b, start : start + L] = row_logits
+        return logits.to(dtype), labels
+
+
+@st.composite
+def token_batches(
+    draw,
+    max_batch: int = 4,
+    max_prompt: int = 5,
+    max_response: int = 6,
+    max_vocab: int = 23,
+    allow_empty_response: bool = False,
+) -> TokenBatch:
+    """Token batches with prompts and responses of different lengths, left or right padding.
+
+    Every row is `prompt + response`; the prompt's labels are IGNORE_INDEX. With `extra_padding == 0`
+    the longest row reaches the last position. `allow_empty_response` adds rows with nothing to score.
+    """
+    B = draw(st.integers(1, max_batch))
+    V = draw(st.integers(2, max_vocab))
+    seed = draw(st.integers(0, 2**31 - 1))
+    scale = draw(st.sampled_from([0.1, 1.0, 5.0, 30.0]))  # peaky or flat distributions
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(B):
+        p = draw(st.integers(1, max_prompt))
+        r = draw(st.integers(0 if allow_empty_response else 1, max_response))
+        ids = torch.randint(0, V, (p + r,), generator=gen)
+        labels = ids.clone()
+        labels[:p] = IGNORE_INDEX
+        logits = torch.randn(p + r, V, generator=gen, dtype=torch.float64) * scale
+        rows.append((labels, logits))
+    side = draw(st.sampled_from(["left", "right"]))
+    extra = draw(st.sampled_from([0, 0, 1, 3]))
+    return TokenBatch(rows=rows, vocab_size=V, padding_side=side, extra_padding=extra, seed=seed)
+
+
+@st.composite
+def loss_specs(draw, variants: tuple[str, ...] = ("dpo", "cdpo", "ipo")):
+    """A `dpo_ref.properties.LossSpec`: a variant with beta, label smoothing and tau drawn from their ranges."""
+    from dpo_ref.properties import LossSpec
+
+    variant = draw(st.sampled_from(variants))
+    return LossSpec(
+        variant,
+        beta=draw(betas()),
+        label_smoothing=draw(label_smoothings()) if variant == "cdpo" else 0.0,
+        tau=draw(taus()),
+    )
