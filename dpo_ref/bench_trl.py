@@ -1,0 +1,125 @@
+"""TRL's side of `dpo-ref bench`: `trl.DPOTrainer` driven through its public API, timed per step.
+
+The same model, weights, rows, batch, dtype, optimizer (AdamW, constant learning rate, clipping at
+1.0) and thread count as dpo-ref's side (`dpo_ref.bench.dpo_ref_worker`); no gradient checkpointing,
+no logging, evaluation or saving. Step time is the interval between consecutive `on_step_end`
+callbacks, so it includes TRL's data loader. In the precomputed setting the reference model is dropped
+after `DPOTrainer` has computed its log-probs, as dpo-ref does.
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+import time
+
+from dpo_ref.bench import (
+    BenchSize,
+    _import_common,
+    _sync,
+    _worker_setup,
+    bench_model,
+    bench_rows,
+    bench_tokenizer,
+    memory_probe,
+    param_checksum,
+)
+
+
+def trl_worker(spec: dict) -> dict:
+    import torch
+    from datasets import Dataset, disable_progress_bars
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    disable_progress_bars()
+    base_rss = _import_common()  # after TRL's imports too: "train MB" excludes them
+    device, size = _worker_setup(spec)
+    size: BenchSize
+    tokenizer = bench_tokenizer(size.vocab)
+    dataset = Dataset.from_list(bench_rows(size, spec["seed"]))
+    policy = bench_model(size, spec["seed"])
+    checksum = param_checksum(policy)
+    reference = bench_model(size, spec["seed"] + 1).eval().requires_grad_(False)
+    on_cuda = device.type == "cuda"
+
+    class StepClock(TrainerCallback):
+        """Timestamps at the end of every optimizer step (after a device synchronisation)."""
+
+        def __init__(self):
+            self.ends = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            _sync(device)
+            if on_cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            self.ends.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            _sync(device)
+            self.ends.append(time.perf_counter())
+
+    class RecordingDPOTrainer(DPOTrainer):
+        """Records each step's loss tensor (no host sync) and the first batch's tokens per sequence."""
+
+        def __init__(self, *args, **kwargs):
+            self.losses, self.tokens = [], None
+            super().__init__(*args, **kwargs)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self.tokens is None:
+                self.tokens = inputs["attention_mask"].sum(-1).tolist()
+            self.losses.append((out[0] if return_outputs else out).detach())
+            return out
+
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as out:
+        args = DPOConfig(
+            output_dir=out,
+            per_device_train_batch_size=size.batch,
+            max_steps=spec["warmup"] + spec["steps"],
+            learning_rate=spec["lr"],
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            optim="adamw_torch",
+            beta=spec["beta"],
+            loss_type=["sigmoid"],
+            max_length=None,
+            precompute_ref_log_probs=spec["ref"] == "precomputed_ref",
+            gradient_checkpointing=False,
+            bf16=on_cuda,
+            fp16=False,
+            use_cpu=not on_cuda,
+            report_to=[],
+            logging_strategy="no",
+            save_strategy="no",
+            eval_strategy="no",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            seed=spec["seed"],
+        )
+        trainer = RecordingDPOTrainer(
+            model=policy,
+            ref_model=reference,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[clock],
+        )
+        if spec["ref"] == "precomputed_ref":  # TRL keeps a ref_model it was given; free it as dpo-ref does
+            trainer.ref_model = None
+            del reference
+            gc.collect()
+        trainer.train()
+    ends = clock.ends
+    return {
+        "step_s": [b - a for a, b in zip(ends[:-1], ends[1:])][spec["warmup"] :],
+        "first_loss": float(trainer.losses[0]),
+        "tokens_per_sequence": trainer.tokens,
+        "param_checksum": checksum,
+        "base_rss_mb": base_rss,
+        **memory_probe(device),
+    }
