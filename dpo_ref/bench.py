@@ -498,6 +498,7 @@ def run_bench(
     steps: int = 3,
     warmup: int = 1,
     repeats: int = 2,
+    settings: tuple[str, ...] = REF_SETTINGS,
     logps: bool = True,
     verify: bool = True,
     log=print,
@@ -517,8 +518,9 @@ def run_bench(
         f"tokens, {device}"
     )
     result["train_step"] = bench_train_step(
-        size, device=device, threads=threads, steps=steps, warmup=warmup, repeats=repeats, log=log
+        size, device=device, threads=threads, steps=steps, warmup=warmup, repeats=repeats, settings=settings, log=log
     )
+    result["load_average"] = [round(x, 2) for x in os.getloadavg()]  # 1/5/15-min, at the end of the train steps
     if device.startswith("cuda"):
         peak = next((v for k, v in PEAK_TFLOPS.items() if k in result["device"]), None)
         for entry in result["train_step"].values():
@@ -544,7 +546,8 @@ def format_table(r: dict) -> str:
         f"dpo-ref bench  |  {r['device']}  |  torch {r['torch']}, transformers {r['transformers']}, TRL {r['trl']}",
         f"model: Llama {r['size']['hidden']} hidden x {r['size']['layers']} layers, vocab {r['size']['vocab']} "
         f"({r['params'] / 1e6:.1f} M params); {r['size']['batch']} pairs x {r['size']['seq_len']} tokens per step; "
-        f"median of {r['steps']} steps x {r['repeats']} processes per side after {r['warmup']} warm-up",
+        f"median of {r['steps']} steps x {r['repeats']} processes per side after {r['warmup']} warm-up; "
+        f"load average {r['load_average'][1]:.1f} (5 min)",
         "",
         f"{'train step':16}{'dpo-ref':>11}{'TRL':>11}{'ratio':>8}{'dpo-ref MB':>12}{'TRL MB':>9}{'ratio':>8}"
         f"{'train MB ratio':>16}{'first-step loss (rel diff)':>34}",
@@ -652,6 +655,7 @@ def register(subparsers) -> None:
     a("--steps", type=int, default=3, help="timed steps per process (default 3)")
     a("--warmup", type=int, default=1, help="untimed steps first (default 1; step 1 is the loss check)")
     a("--repeats", type=int, default=2, help="processes per side and setting, interleaved (default 2)")
+    a("--settings", default="both", choices=("both",) + REF_SETTINGS, help="reference settings to run (default both)")
     a("--no-logps", action="store_true", help="skip the log-prob benchmark")
     a("--no-verify", action="store_true", help="skip the verify timing")
     a("--json", metavar="PATH", help="also write the results as JSON")

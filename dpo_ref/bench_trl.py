@@ -9,6 +9,7 @@ after `DPOTrainer` has computed its log-probs, as dpo-ref does.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import tempfile
 import time
@@ -74,6 +75,7 @@ def trl_worker(spec: dict) -> dict:
             return out
 
     clock = StepClock()
+    fields = {f.name for f in dataclasses.fields(DPOConfig)}
     with tempfile.TemporaryDirectory() as out:
         args = DPOConfig(
             output_dir=out,
@@ -89,7 +91,6 @@ def trl_worker(spec: dict) -> dict:
             loss_type=["sigmoid"],
             max_length=None,
             precompute_ref_log_probs=spec["ref"] == "precomputed_ref",
-            gradient_checkpointing=False,
             bf16=on_cuda,
             fp16=False,
             use_cpu=not on_cuda,
@@ -100,6 +101,12 @@ def trl_worker(spec: dict) -> dict:
             disable_tqdm=True,
             dataloader_num_workers=0,
             seed=spec["seed"],
+            # no activation (gradient) checkpointing, which TRL turns on by default; transformers 5 renamed it
+            **{
+                (
+                    "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+                ): False
+            },
         )
         trainer = RecordingDPOTrainer(
             model=policy,
@@ -110,9 +117,12 @@ def trl_worker(spec: dict) -> dict:
             callbacks=[clock],
         )
         if spec["ref"] == "precomputed_ref":  # TRL keeps a ref_model it was given; free it as dpo-ref does
+            trainer.accelerator._models = [m for m in trainer.accelerator._models if m is not trainer.ref_model]
             trainer.ref_model = None
             del reference
             gc.collect()
+        if getattr(trainer.model, "is_gradient_checkpointing", False):
+            raise RuntimeError("TRL's model has gradient checkpointing on; the bench compares without it")
         trainer.train()
     ends = clock.ends
     return {
