@@ -121,7 +121,13 @@ def trl_worker(spec: dict) -> dict:
             trainer.ref_model = None
             del reference
             gc.collect()
-        if getattr(trainer.model, "is_gradient_checkpointing", False):
+        model = trainer.model
+        name = (
+            "is_activation_checkpointing"
+            if hasattr(type(model), "is_activation_checkpointing")
+            else "is_gradient_checkpointing"
+        )
+        if getattr(model, name, False):
             raise RuntimeError("TRL's model has gradient checkpointing on; the bench compares without it")
         trainer.train()
     ends = clock.ends
