@@ -219,6 +219,27 @@ def _worker_setup(spec: dict):
     return device, BenchSize(**spec["size"])
 
 
+class StepGate:
+    """Lock-step with the parent: a gated worker announces READY after its set-up, then runs each step only
+    after reading GO on stdin and reports STEP <seconds> after it, so the two sides' steps alternate
+    A B A B ... while each keeps its own process (and peak RSS). Ungated (in-process use): no-ops."""
+
+    def __init__(self, gated: bool):
+        self.gated = gated
+
+    def ready(self) -> None:
+        if self.gated:
+            print("BENCH_READY", flush=True)
+
+    def wait(self) -> None:
+        if self.gated and sys.stdin.readline().strip() != "GO":
+            raise SystemExit("bench worker: the parent went away")
+
+    def done(self, seconds: float) -> None:
+        if self.gated:
+            print(f"BENCH_STEP {seconds!r}", flush=True)
+
+
 def dpo_ref_worker(spec: dict) -> dict:
     """dpo-ref's side: the trainer's scorer, collator, loss and reference handling, timed per step."""
     import gc
@@ -248,16 +269,21 @@ def dpo_ref_worker(spec: dict) -> dict:
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    ends, losses, tokens = [time.perf_counter()], [], None
+    gate = StepGate(spec.get("gated", False))
+    gate.ready()
+    times, losses, tokens = [], [], None
     for _ in range(spec["warmup"] + spec["steps"]):
+        gate.wait()
+        started = time.perf_counter()
         batch = to_device(collate(pairs), device)
-        if tokens is None:
-            tokens = batch["attention_mask"].sum(-1).tolist()
         losses.append(step_fn(batch))
         _sync(device)
-        ends.append(time.perf_counter())
+        times.append(time.perf_counter() - started)
+        gate.done(times[-1])
+        if tokens is None:
+            tokens = batch["attention_mask"].sum(-1).tolist()
     return {
-        "step_s": [b - a for a, b in zip(ends[:-1], ends[1:])][spec["warmup"] :],
+        "step_s": times[spec["warmup"] :],
         "first_loss": float(losses[0]),
         "tokens_per_sequence": tokens,
         "param_checksum": checksum,
@@ -323,24 +349,75 @@ def _package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(dpo_ref.__file__)))
 
 
-def spawn_worker(spec: dict, timeout: float | None = None) -> dict:
-    """Run one measurement in a fresh Python process (same interpreter, this dpo_ref first on the path)."""
+def _worker_env(threads: int) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = _package_root() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update({"TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"})
-    env.update({"OMP_NUM_THREADS": str(spec["threads"]), "TRANSFORMERS_VERBOSITY": "error"})
-    code = "import sys; from dpo_ref.bench import run_worker; run_worker(sys.argv[1])"
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env, timeout=timeout
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise BenchError(f"bench worker {spec['side']}/{spec['ref']} failed (exit {proc.returncode}):\n{tail}")
-    result = json.loads(lines[-1][len("BENCH_RESULT ") :])
-    result["process_s"] = time.perf_counter() - started
-    return result
+    env.update({"OMP_NUM_THREADS": str(threads), "TRANSFORMERS_VERBOSITY": "error"})
+    return env
+
+
+class Worker:
+    """One side's measurement in a fresh Python process (same interpreter, this dpo_ref first on the path)."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        code = "import sys; from dpo_ref.bench import run_worker; run_worker(sys.argv[1])"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, json.dumps({**spec, "gated": True})],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            bufsize=1,
+            env=_worker_env(spec["threads"]),
+        )
+
+    def _read_until(self, prefix: str) -> str:
+        for line in self.proc.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
+        self.proc.wait()
+        self.stderr.seek(0)
+        tail = "\n".join(self.stderr.read().strip().splitlines()[-15:])
+        raise BenchError(
+            f"bench worker {self.spec['side']}/{self.spec['ref']} failed (exit {self.proc.returncode}):\n{tail}"
+        )
+
+    def ready(self) -> None:
+        self._read_until("BENCH_READY")
+
+    def step(self) -> float:
+        self.proc.stdin.write("GO\n")
+        self.proc.stdin.flush()
+        return float(self._read_until("BENCH_STEP "))
+
+    def result(self) -> dict:
+        result = json.loads(self._read_until("BENCH_RESULT "))
+        self.proc.wait()
+        self.stderr.close()
+        return result
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_pair(specs: list[dict]) -> list[dict]:
+    """Start one worker per spec, then run their steps alternately (spec 0, spec 1, spec 0, ...)."""
+    workers = [Worker(spec) for spec in specs]
+    try:
+        for w in workers:
+            w.ready()
+        for _ in range(specs[0]["warmup"] + specs[0]["steps"]):
+            for w in workers:
+                w.step()
+        return [w.result() for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
 
 
 def check_agreement(setting: str, a: dict, b: dict) -> dict:
@@ -382,21 +459,13 @@ def bench_train_step(
     for setting in settings:
         runs: dict[str, list[dict]] = {side: [] for side in SIDES}
         for r in range(repeats):
-            order = SIDES if r % 2 == 0 else SIDES[::-1]  # A B, B A, ...: neither side always goes first
-            for side in order:
-                spec = {
-                    "side": side,
-                    "ref": setting,
-                    "size": asdict(size),
-                    "device": device,
-                    "threads": threads,
-                    "steps": steps,
-                    "warmup": warmup,
-                    "lr": lr,
-                    "beta": beta,
-                    "seed": seed,
-                }
-                result = spawn_worker(spec)
+            order = SIDES if r % 2 == 0 else SIDES[::-1]  # A B, then B A: neither side always steps first
+            specs = [
+                {"side": side, "ref": setting, "size": asdict(size), "device": device, "threads": threads,
+                 "steps": steps, "warmup": warmup, "lr": lr, "beta": beta, "seed": seed}
+                for side in order
+            ]  # fmt: skip
+            for side, result in zip(order, run_pair(specs)):
                 runs[side].append(result)
                 log(
                     f"  {setting:15} {side:7} repeat {r + 1}/{repeats}: median step "
@@ -651,7 +720,13 @@ def register(subparsers) -> None:
     a("--prompt-len", type=int, help="override the prompt tokens per sequence (BOS included)")
     a("--batch", type=int, help="override the preference pairs per step")
     a("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    a("--threads", type=int, default=None, help="torch threads on both sides (default: all cores)")
+    a(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, the same on both sides (default 1: on a busy machine, "
+        "multi-threaded steps stall at OpenMP barriers; use more on an idle machine)",
+    )
     a("--steps", type=int, default=3, help="timed steps per process (default 3)")
     a("--warmup", type=int, default=1, help="untimed steps first (default 1; step 1 is the loss check)")
     a("--repeats", type=int, default=2, help="processes per side and setting, interleaved (default 2)")

@@ -16,6 +16,7 @@ import time
 
 from dpo_ref.bench import (
     BenchSize,
+    StepGate,
     _import_common,
     _sync,
     _worker_setup,
@@ -45,20 +46,29 @@ def trl_worker(spec: dict) -> dict:
     on_cuda = device.type == "cuda"
 
     class StepClock(TrainerCallback):
-        """Timestamps at the end of every optimizer step (after a device synchronisation)."""
+        """Times each optimizer step from the parent's GO (given at the end of the previous step, so the
+        interval includes TRL's data loading) to `on_step_end`, after a device synchronisation."""
 
         def __init__(self):
-            self.ends = []
+            self.times, self.started = [], None
+
+        def _go(self):
+            gate.wait()
+            self.started = time.perf_counter()
 
         def on_train_begin(self, args, state, control, **kwargs):
             _sync(device)
             if on_cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            self.ends.append(time.perf_counter())
+            gate.ready()
+            self._go()
 
         def on_step_end(self, args, state, control, **kwargs):
             _sync(device)
-            self.ends.append(time.perf_counter())
+            self.times.append(time.perf_counter() - self.started)
+            gate.done(self.times[-1])
+            if len(self.times) < args.max_steps:
+                self._go()
 
     class RecordingDPOTrainer(DPOTrainer):
         """Records each step's loss tensor (no host sync) and the first batch's tokens per sequence."""
@@ -74,6 +84,7 @@ def trl_worker(spec: dict) -> dict:
             self.losses.append((out[0] if return_outputs else out).detach())
             return out
 
+    gate = StepGate(spec.get("gated", False))
     clock = StepClock()
     fields = {f.name for f in dataclasses.fields(DPOConfig)}
     with tempfile.TemporaryDirectory() as out:
@@ -130,9 +141,8 @@ def trl_worker(spec: dict) -> dict:
         if getattr(model, name, False):
             raise RuntimeError("TRL's model has gradient checkpointing on; the bench compares without it")
         trainer.train()
-    ends = clock.ends
     return {
-        "step_s": [b - a for a, b in zip(ends[:-1], ends[1:])][spec["warmup"] :],
+        "step_s": clock.times[spec["warmup"] :],
         "first_loss": float(trainer.losses[0]),
         "tokens_per_sequence": trainer.tokens,
         "param_checksum": checksum,
