@@ -48,6 +48,17 @@ def load_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, metadata
 
 
+def read_metadata(path: str) -> dict:
+    """The JSON metadata of a file written by `atomic_save_tensors`, without reading its tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("json", "{}"))
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        raise InputError(f"checkpoint {path!r} cannot be read: {err}") from err
+
+
 def model_tensors(model: torch.nn.Module, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, aliases): the state dict with tied (storage-sharing) entries stored once."""
     tensors, aliases, seen = {}, {}, {}

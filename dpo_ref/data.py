@@ -59,6 +59,8 @@ def read_rows(source) -> list[tuple[str, object]]:
     if isinstance(source, (str, os.PathLike)):
         return _read_jsonl(os.fspath(source))
     if hasattr(source, "column_names") and hasattr(source, "__getitem__"):  # a datasets.Dataset, duck-typed
+        if isinstance(source.column_names, dict):  # a DatasetDict: several splits
+            raise InputError(f"got a DatasetDict with splits {list(source.column_names)}; pass one split")
         missing = [f for f in FIELDS if f not in source.column_names]
         if missing:
             raise InputError(f"the dataset has no column {missing[0]!r}; expected columns {list(FIELDS)}")

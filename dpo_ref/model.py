@@ -8,10 +8,14 @@ touching the network; custom modelling code runs only with `trust_remote_code=Tr
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 from dpo_ref.errors import InputError
+
+# transformers may import torchao, which logs a warning about its own build at import time: not ours to show
+logging.getLogger("torchao").setLevel(logging.ERROR)
 
 
 @dataclass

@@ -1,0 +1,7 @@
+"""`python -m proofs`: run the executable derivations (the same as `dpo-ref prove`)."""
+
+import sys
+
+from proofs.cli import main
+
+sys.exit(main())

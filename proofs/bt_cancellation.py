@@ -1,0 +1,129 @@
+"""3. The partition function cancels in Bradley-Terry and Plackett-Luce (Rafailov et al. 2023, Eq. 6, App. A.3)."""
+
+from __future__ import annotations
+
+import itertools
+
+import sympy as sp
+
+from proofs.common import Z, beta, bradley_terry, plackett_luce, sigma
+from proofs.core import Equal, FreeOf, Proof, Step, Text
+
+r_w, r_l = sp.symbols("r_w r_l", real=True)
+# policy and reference probabilities of the chosen (w) and rejected (l) responses
+pi_w, pi_l, ref_w, ref_l = sp.symbols("pi_w pi_l pi^ref_w pi^ref_l", positive=True)
+
+
+def reparam(pol: sp.Expr, ref: sp.Expr) -> sp.Expr:
+    """r = beta log(pi/pi_ref) + beta log Z (proof reward-reparam)."""
+    return beta * sp.log(pol / ref) + beta * sp.log(Z)
+
+
+BT_REPARAM = bradley_terry(reparam(pi_w, ref_w), reparam(pi_l, ref_l))
+H = sp.log(pi_w) - sp.log(ref_w) - (sp.log(pi_l) - sp.log(ref_l))  # the margin, as preference_margin groups it
+
+# Plackett-Luce over K = 3 responses, written with the implicit rewards r_hat_i = beta log(pi_i / pi_ref_i)
+r3 = sp.symbols("r_1:4", real=True)
+rhat3 = sp.symbols("rhat_1:4", real=True)
+RANKINGS = list(itertools.permutations(range(3)))
+PL_REPARAM = plackett_luce([rh + beta * sp.log(Z) for rh in rhat3], (0, 1, 2))
+PL_REPARAM_ALL = sp.Matrix([plackett_luce([rh + beta * sp.log(Z) for rh in rhat3], rk) for rk in RANKINGS])
+PL_POLICY_ALL = sp.Matrix([plackett_luce(list(rhat3), rk) for rk in RANKINGS])
+
+PROOF = Proof(
+    name="bt-cancellation",
+    title=Text(
+        "The partition function cancels in Bradley–Terry and Plackett–Luce",
+        "配分函数在布拉德利-特里模型与普拉克特-卢斯模型中相互抵消",
+    ),
+    intro=Text(
+        "Preference models compare responses to the same prompt. Substituting the reparameterised reward "
+        "into them, the intractable $Z(x)$ (a sum over every possible response) appears in every term "
+        "and cancels, leaving only policy log-ratios that we can compute.",
+        "偏好模型比较的是同一提示下的不同回答。把重参数化后的奖励代入这些模型，难以计算的 $Z(x)$"
+        "（对所有可能回答求和）出现在每一项中并相互抵消，只剩下可以计算的策略对数比值。",
+    ),
+    justifies=("dpo_ref.losses.preference_margin", "dpo_ref.losses.dpo_losses_from_margin"),
+    steps=[
+        Step(
+            Text(
+                "Bradley–Terry is a logistic model of the reward difference", "布拉德利-特里模型是奖励差的逻辑斯谛模型"
+            ),
+            Text(
+                "Dividing numerator and denominator by $e^{r_w}$ shows that only $r_w - r_l$ matters.",
+                "分子分母同除以 $e^{r_w}$，可见只有 $r_w - r_l$ 起作用。",
+            ),
+            r"p(y_w \succ y_l) = \frac{e^{r_w}}{e^{r_w} + e^{r_l}} = \sigma(r_w - r_l)",
+            Equal(bradley_terry(r_w, r_l), sigma(r_w - r_l), via=("expand", "cancel")),
+        ),
+        Step(
+            Text("Substitute the reparameterised reward", "代入重参数化的奖励"),
+            Text(
+                "With $r = \\beta\\log(\\pi/\\pi_{\\mathrm{ref}}) + \\beta\\log Z$ the preference probability "
+                "becomes the logistic function of $\\beta h$, where $h$ is the preference margin.",
+                "代入 $r = \\beta\\log(\\pi/\\pi_{\\mathrm{ref}}) + \\beta\\log Z$ 后，偏好概率变成 $\\beta h$ "
+                "的逻辑斯谛函数，其中 $h$ 是偏好间隔（margin）。",
+            ),
+            r"\frac{e^{\beta\log\frac{\pi_w}{\pi^{\mathrm{ref}}_w} + \beta\log Z}}"
+            r"{e^{\beta\log\frac{\pi_w}{\pi^{\mathrm{ref}}_w} + "
+            r"\beta\log Z} + e^{\beta\log\frac{\pi_l}{\pi^{\mathrm{ref}}_l}"
+            r" + \beta\log Z}} = \sigma\!\Big(\beta\Big[\big(\log\pi_w - \log\pi^{\mathrm{ref}}_w\big)"
+            r" - \big(\log\pi_l - \log\pi^{\mathrm{ref}}_l\big)\Big]\Big)",
+            Equal(BT_REPARAM, sigma(beta * H), via=("expand_log", "expand", "cancel")),
+        ),
+        Step(
+            Text("The partition function cancels", "配分函数相互抵消"),
+            Text(
+                "Although the left-hand side above is written with $Z$, its derivative in $Z$ is zero: "
+                "the preference probability does not depend on the partition function.",
+                "虽然上式左边写着 $Z$，它对 $Z$ 的导数却为零：偏好概率与配分函数无关。",
+            ),
+            r"\frac{\partial}{\partial Z}\, p(y_w \succ y_l) = 0",
+            FreeOf(BT_REPARAM, Z, via=("expand", "powsimp", "cancel")),
+        ),
+        Step(
+            Text("Plackett–Luce is a distribution over rankings (K = 3)", "普拉克特-卢斯模型是排序上的分布（K = 3）"),
+            Text(
+                "The Plackett–Luce model picks the best response, then the best of the rest, and so on. "
+                "Its probabilities over the $3! = 6$ rankings sum to one.",
+                "普拉克特-卢斯模型先选出最好的回答，再从剩下的回答中选出最好的，依此类推。"
+                "它在 $3! = 6$ 种排序上的概率之和为 1。",
+            ),
+            r"\sum_{\tau \in S_3} \prod_{k=1}^{3} \frac{e^{r_{\tau(k)}}}{\sum_{j=k}^{3} e^{r_{\tau(j)}}} = 1",
+            Equal(sp.Add(*[plackett_luce(list(r3), rk) for rk in RANKINGS]), 1, via=("cancel",)),
+        ),
+        Step(
+            Text("Substitute the reparameterised reward into Plackett–Luce", "把重参数化奖励代入普拉克特-卢斯模型"),
+            Text(
+                "Write $r_i = \\hat r_i + \\beta\\log Z$ with the implicit reward "
+                "$\\hat r_i = \\beta\\log(\\pi_i/\\pi^{\\mathrm{ref}}_i)$. Every exponential gains the same "
+                "factor $Z^\\beta$, which cancels within each fraction; checked for all $3! = 6$ rankings.",
+                "记 $r_i = \\hat r_i + \\beta\\log Z$，其中隐式奖励 $\\hat "
+                "r_i = \\beta\\log(\\pi_i/\\pi^{\\mathrm{ref}}_i)$。"
+                "每个指数项都多出同一个因子 $Z^\\beta$，在每个分式内约去；对全部 $3! = 6$ 种排序逐一检验。",
+            ),
+            r"\prod_{k=1}^{3} \frac{e^{\hat r_{\tau(k)} + \beta\log "
+            r"Z}}{\sum_{j=k}^{3} e^{\hat r_{\tau(j)} + \beta\log Z}}"
+            r" = \prod_{k=1}^{3} \frac{e^{\hat r_{\tau(k)}}}{\sum_{j=k}^{3} e^{\hat r_{\tau(j)}}}"
+            r"\qquad \forall\, \tau \in S_3",
+            Equal(PL_REPARAM_ALL, PL_POLICY_ALL, via=("expand", "cancel")),
+        ),
+        Step(
+            Text("Plackett–Luce does not depend on Z either", "普拉克特-卢斯概率同样与 Z 无关"),
+            Text(
+                "The derivative in $Z$ of the substituted ranking probability is zero.",
+                "代入后的排序概率对 $Z$ 的导数为零。",
+            ),
+            r"\frac{\partial}{\partial Z}\, p(y_1 \succ y_2 \succ y_3) = 0",
+            FreeOf(PL_REPARAM, Z, via=("expand", "cancel")),
+        ),
+    ],
+    conclusion=Text(
+        "The preference probability is $\\sigma(\\beta h)$ with "
+        "$h = (\\log\\pi(y_w) - \\log\\pi_{\\mathrm{ref}}(y_w)) - (\\log\\pi(y_l) - \\log\\pi_{\\mathrm{ref}}(y_l))$, "
+        "exactly what `preference_margin` computes and `dpo_losses_from_margin` feeds to the logistic function.",
+        "偏好概率为 $\\sigma(\\beta h)$，其中 "
+        "$h = (\\log\\pi(y_w) - \\log\\pi_{\\mathrm{ref}}(y_w)) - (\\log\\pi(y_l) - \\log\\pi_{\\mathrm{ref}}(y_l))$，"
+        "这正是 `preference_margin` 计算的量，也是 `dpo_losses_from_margin` 送入逻辑斯谛函数的量。",
+    ),
+)

@@ -1,0 +1,155 @@
+"""`dpo-ref prove` and `python -m proofs`: run the derivations and print them as text or a Markdown lesson.
+
+Exit status: 0 if every step of every selected proof holds, 1 if a step fails (named on stderr),
+2 for bad usage (unknown proof name, unwritable output path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+
+def _input_error(message: str) -> Exception:
+    # imported here: dpo_ref's package imports torch, which `python -m proofs` does not otherwise need
+    from dpo_ref.errors import InputError
+
+    return InputError(message)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--only",
+        metavar="NAME",
+        action="append",
+        help="run only this proof (repeatable, or comma-separated); see --list for the names",
+    )
+    parser.add_argument("--format", choices=("text", "markdown"), default="text", help="output format (default: text)")
+    parser.add_argument("--lang", choices=("en", "zh"), default="en", help="language of names and prose (default: en)")
+    parser.add_argument("--output", metavar="FILE", help="write to FILE (atomically) instead of standard output")
+    parser.add_argument("--list", action="store_true", help="list the proofs and the code each justifies, then exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="text format: show how each step was checked")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "prove",
+        help="run the executable derivations of DPO, IPO and cDPO",
+        description="Run the sympy derivations of DPO, IPO and cDPO; every step is checked. "
+        "Exit 0 if all steps hold, 1 if one fails (it is named), 2 on bad usage.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=handler)
+
+
+def _selected(only: list[str] | None) -> list[str]:
+    from proofs import MODULES
+
+    if not only:
+        return list(MODULES)
+    names = [n.strip() for item in only for n in item.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODULES]
+    if unknown or not names:
+        bad = ", ".join(map(repr, unknown)) or "''"
+        raise _input_error(f"--only: unknown proof {bad}; choose from {', '.join(MODULES)}")
+    return list(dict.fromkeys(names))  # keep order, drop repeats
+
+
+def _check_output(path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise _input_error(f"--output: directory {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise _input_error(f"--output: {path!r} is a directory; expected a file path")
+    return folder
+
+
+def _write_atomic(path: str, text: str) -> None:
+    folder = _check_output(path)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".prove-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _emit(text: str) -> None:
+    try:
+        try:
+            sys.stdout.write(text)
+        except UnicodeEncodeError:  # a terminal that cannot show ✓ or Chinese: degrade, do not crash
+            enc = sys.stdout.encoding or "ascii"
+            sys.stdout.write(text.encode(enc, "backslashreplace").decode(enc))
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (`| head`): drop the rest quietly, keep the exit status
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def handler(args: argparse.Namespace) -> int:
+    from proofs import get
+    from proofs import render as R
+    from proofs.core import run_proof
+
+    names = _selected(args.only)
+    if args.output:
+        _check_output(args.output)  # fail before minutes of sympy, not after
+    lang = args.lang
+    if args.list:
+        lines = [f"{n}: {get(n).title(lang)}\n    {', '.join(get(n).justifies)}" for n in names]
+        _emit("\n".join(lines) + "\n")
+        return 0
+
+    text_mode = args.format == "text"
+    stream = text_mode and not args.output  # print each proof as soon as it is checked
+    chunks: list[str] = []
+
+    def put(chunk: str) -> None:
+        if stream:
+            _emit(chunk)
+        else:
+            chunks.append(chunk)
+
+    if text_mode:
+        put(R.text_header(lang))
+    results = []
+    start = time.perf_counter()
+    for position, name in enumerate(names, 1):
+        result = run_proof(get(name))
+        results.append(result)
+        if text_mode:
+            put("\n" + R.text_proof(result, position, len(names), lang, args.verbose))
+    if text_mode:
+        put("\n" + R.text_summary(results, time.perf_counter() - start, lang))
+    text = "".join(chunks) if text_mode else R.markdown(results, lang)
+    if args.output:
+        _write_atomic(args.output, text)
+    elif not stream:
+        _emit(text)
+
+    failures = R.failure_lines(results, "en")
+    for line in failures:
+        print(f"dpo-ref prove: {line}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m proofs`; the same options as `dpo-ref prove`."""
+    parser = argparse.ArgumentParser(prog="python -m proofs", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return handler(args)
+    except ValueError as err:
+        from dpo_ref.errors import InputError
+
+        if not isinstance(err, InputError):
+            raise
+        print(f"python -m proofs: error: {err}", file=sys.stderr)
+        return 2

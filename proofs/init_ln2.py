@@ -1,0 +1,106 @@
+"""6. The loss at initialisation is ln 2, its slope -beta/2 and its curvature at most beta^2/4."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from proofs.common import beta, h, sigma, z
+from proofs.core import Equal, Nonnegative, Positive, Proof, Step, Text
+
+LOSS_H = -sp.log(sigma(beta * h))  # per-pair DPO loss as a function of the margin
+INIT_LOSS = sp.log(2)
+INIT_SLOPE = -beta / 2
+CURVATURE = beta**2 * sigma(beta * h) * sigma(-beta * h)  # the claimed d^2 L / dh^2
+CURVATURE_MAX = beta**2 / 4
+
+PROOF = Proof(
+    name="init-ln2",
+    title=Text("The loss at initialisation: ln 2", "初始化时的损失：ln 2"),
+    intro=Text(
+        "Training starts from $\\pi_\\theta = \\pi_{\\mathrm{ref}}$, where every log-ratio is zero and so is "
+        "the margin $h$. The first logged loss is therefore a fixed number, $\\ln 2 \\approx 0.693$, for "
+        "every $\\beta$: a quick sanity check that a DPO implementation is wired up correctly.",
+        "训练从 $\\pi_\\theta = \\pi_{\\mathrm{ref}}$ 开始，此时所有对数比值为零，间隔 $h$ 也为零。"
+        "因此第一次记录的损失是一个固定的数 $\\ln 2 \\approx 0.693$，与 $\\beta$ 无关："
+        "这是检查 DPO 实现是否接线正确的一个快速办法。",
+    ),
+    justifies=("dpo_ref.losses.dpo_losses_from_margin", "dpo_ref.losses.dpo_loss"),
+    steps=[
+        Step(
+            Text("The loss at zero margin", "间隔为零时的损失"),
+            Text(
+                "Substituting $h = 0$: $\\sigma(0) = \\tfrac12$.",
+                "代入 $h = 0$：$\\sigma(0) = \\tfrac12$。",
+            ),
+            r"-\log\sigma(\beta h)\big|_{h=0} = \ln 2",
+            Equal(LOSS_H, INIT_LOSS, given={h: 0}),
+        ),
+        Step(
+            Text("The slope at initialisation", "初始化时的斜率"),
+            Text(
+                "The derivative of the loss in $h$, evaluated at $h = 0$: the first step pushes the margin "
+                "up at rate $\\beta/2$, whatever the data.",
+                "损失对 $h$ 的导数在 $h = 0$ 处的值：无论数据如何，第一步都以 $\\beta/2$ 的速率推高间隔。",
+            ),
+            r"\frac{d\mathcal{L}}{dh}\Big|_{h=0} = -\frac{\beta}{2}",
+            Equal(sp.diff(LOSS_H, h), INIT_SLOPE, given={h: 0}),
+        ),
+        Step(
+            Text("The curvature", "曲率"),
+            Text(
+                "Differentiating twice:",
+                "求二阶导数：",
+            ),
+            r"\frac{d^2\mathcal{L}}{dh^2} = \beta^2\,\sigma(\beta h)\,\sigma(-\beta h)",
+            Equal(sp.diff(LOSS_H, h, 2), CURVATURE, via=("simplify",)),
+        ),
+        Step(
+            Text("A hyperbolic form of σ(z)σ(−z)", "σ(z)σ(−z) 的双曲函数形式"),
+            Text(
+                "Multiplying out the two logistic functions:",
+                "把两个逻辑斯谛函数乘开：",
+            ),
+            r"\sigma(z)\,\sigma(-z) = \frac{1}{4\cosh^2(z/2)}",
+            Equal(sigma(z) * sigma(-z), 1 / (4 * sp.cosh(z / 2) ** 2), via=("exp", "simplify")),
+        ),
+        Step(
+            Text("The curvature is positive", "曲率为正"),
+            Text(
+                "In the hyperbolic form the curvature is manifestly positive: the loss is strictly convex in $h$.",
+                "在双曲函数形式下曲率显然为正：损失关于 $h$ 严格凸。",
+            ),
+            r"\beta^2\,\sigma(\beta h)\,\sigma(-\beta h) = \frac{\beta^2}{4\cosh^2(\beta h/2)} > 0",
+            Positive(CURVATURE, manifest=beta**2 / (4 * sp.cosh(beta * h / 2) ** 2), via=("exp", "simplify")),
+        ),
+        Step(
+            Text("The curvature is at most β²/4", "曲率至多为 β²/4"),
+            Text(
+                "The gap to $\\beta^2/4$ is a square: $1 - 1/\\cosh^2 = \\tanh^2$.",
+                "与 $\\beta^2/4$ 的差是一个平方：$1 - 1/\\cosh^2 = \\tanh^2$。",
+            ),
+            r"\frac{\beta^2}{4} - \beta^2\,\sigma(\beta h)\,\sigma(-\beta h) "
+            r"= \frac{\beta^2}{4}\tanh^2\!\Big(\frac{\beta h}{2}\Big) \ge 0",
+            Nonnegative(
+                CURVATURE_MAX - CURVATURE, manifest=beta**2 * sp.tanh(beta * h / 2) ** 2 / 4, via=("exp", "simplify")
+            ),
+        ),
+        Step(
+            Text("The maximum curvature is reached at initialisation", "最大曲率在初始化时取得"),
+            Text(
+                "At $h = 0$ the bound is attained, so the curvature lies in $(0, \\beta^2/4]$ and is largest "
+                "at the start of training.",
+                "在 $h = 0$ 处取到上界，因此曲率位于 $(0, \\beta^2/4]$ 内，并在训练开始时最大。",
+            ),
+            r"\beta^2\,\sigma(0)\,\sigma(0) = \frac{\beta^2}{4}",
+            Equal(CURVATURE, CURVATURE_MAX, given={h: 0}),
+        ),
+    ],
+    conclusion=Text(
+        "At $\\pi_\\theta = \\pi_{\\mathrm{ref}}$: $\\mathcal{L} = \\ln 2$, $d\\mathcal{L}/dh = -\\beta/2$, and "
+        "$d^2\\mathcal{L}/dh^2 \\in (0, \\beta^2/4]$ everywhere. The linked tests check all three on "
+        "`dpo_loss` with torch autograd (first and second derivatives).",
+        "在 $\\pi_\\theta = \\pi_{\\mathrm{ref}}$ 处：$\\mathcal{L} = \\ln 2$，$d\\mathcal{L}/dh = -\\beta/2$，"
+        "且处处有 $d^2\\mathcal{L}/dh^2 \\in (0, \\beta^2/4]$。关联测试用 torch 自动微分（一阶和二阶导数）"
+        "在 `dpo_loss` 上检验这三点。",
+    ),
+)

@@ -1,0 +1,244 @@
+"""1. The KL-regularised RL objective and its optimal policy (Rafailov et al. 2023, Eq. 3-4, App. A.1)."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from proofs.common import Z, beta
+from proofs.core import Equal, GlobalMinimum, PositiveDefinite, Proof, Solutions, Step, Text
+
+# A response space of n = 3 with symbolic probabilities: reference p_i, policy q_i, rewards r_i.
+p = sp.symbols("p_1:4", positive=True)
+q = sp.symbols("q_1:4", positive=True)
+r = sp.symbols("r_1:4", real=True)
+Z3 = sp.Add(*[pi * sp.exp(ri / beta) for pi, ri in zip(p, r)])  # Z(x) written out for n = 3
+pistar = [pi * sp.exp(ri / beta) / Z3 for pi, ri in zip(p, r)]
+simplex_q = {q[2]: 1 - q[0] - q[1]}  # the policy's probabilities sum to one
+
+
+def kl(a: list, b: list) -> sp.Expr:
+    return sp.Add(*[ai * sp.log(ai / bi) for ai, bi in zip(a, b)])
+
+
+objective = sp.Add(*[qi * ri for qi, ri in zip(q, r)]) - beta * kl(q, p)  # E_pi[r] - beta KL(pi || pi_ref)
+
+# Any n: IndexedBase sums over i = 1..n with symbolic n, Z(x) written as such a sum.
+n = sp.Symbol("n", integer=True, positive=True)
+i = sp.Symbol("i", integer=True, positive=True)
+P, Q, RHO = (sp.IndexedBase(name, positive=True) for name in ("p", "q", "rho"))
+R = sp.IndexedBase("r", real=True)
+
+
+def S(term: sp.Expr) -> sp.Sum:
+    return sp.Sum(term, (i, 1, n))
+
+
+Zn = S(P[i] * sp.exp(R[i] / beta))
+pistar_n = P[i] * sp.exp(R[i] / beta) / Zn
+
+
+def objective_of(q_i: sp.Expr) -> sp.Expr:
+    """E_pi[r] - beta KL(pi || pi_ref) for the policy whose i-th probability is q_i (any n)."""
+    return S(q_i * R[i]) - beta * S(q_i * sp.log(q_i / P[i]))
+
+
+objective_n = objective_of(Q[i])
+simplex_n = {S(Q[i]): 1}
+simplex_n_rho = {S(Q[i]): 1, S(RHO[i]): 1}
+
+# One generic term i: q_i, p_i, r_i with Z a positive symbol.
+qi, pi_, ri = sp.Symbol("q_i", positive=True), sp.Symbol("p_i", positive=True), sp.Symbol("r_i", real=True)
+rho_i = sp.Symbol("rho_i", positive=True)
+x = sp.Symbol("x", positive=True)
+lam = sp.Symbol("lambda", real=True)
+C = sp.Symbol("C", positive=True)
+gibbs_f = x - 1 - sp.log(x)
+
+PROOF = Proof(
+    name="optimal-policy",
+    title=Text(
+        "The optimal policy of KL-regularised reward maximisation",
+        "KL 正则化奖励最大化的最优策略",
+    ),
+    intro=Text(
+        "RLHF maximises the expected reward while a KL penalty keeps the policy near the reference: "
+        "$\\max_\\pi \\mathbb{E}_{y\\sim\\pi}[r(x,y)] - \\beta\\,\\mathrm{KL}(\\pi\\,\\Vert\\,\\pi_{\\mathrm{ref}})$. "
+        "We show that the maximiser has a closed form, $\\pi^*(y|x) "
+        "= \\pi_{\\mathrm{ref}}(y|x)\\,e^{r(x,y)/\\beta}/Z(x)$, "
+        "in two ways: by rewriting the objective as a KL divergence to $\\pi^*$ (Gibbs' inequality), and by "
+        "Lagrange multipliers. The response space is finite with $n$ responses: sums over $i = 1..n$ are "
+        "checked with symbolic $n$, and a few steps are also written out in full at $n = 3$.",
+        "RLHF 在最大化期望奖励的同时，用 KL 惩罚把策略约束在参考策略附近："
+        "$\\max_\\pi \\mathbb{E}_{y\\sim\\pi}[r(x,y)] - \\beta\\,\\mathrm{KL}(\\pi\\,\\Vert\\,\\pi_{\\mathrm{ref}})$。"
+        "我们用两种方法证明其最优解有闭式形式 "
+        "$\\pi^*(y|x) = \\pi_{\\mathrm{ref}}(y|x)\\,e^{r(x,y)/\\beta}/Z(x)$："
+        "一是把目标函数改写成到 $\\pi^*$ 的 KL 散度（吉布斯不等式），二是拉格朗日乘子法。"
+        "回答空间有限，共 $n$ 个回答：对 $i = 1..n$ 的求和在 $n$ 为符号变量时检验，"
+        "另有几步在 $n = 3$ 时完整展开检验。",
+    ),
+    justifies=("dpo_ref.losses.dpo_loss",),
+    steps=[
+        Step(
+            Text("The optimal policy is a probability distribution (any n)", "最优策略是一个概率分布（任意 n）"),
+            Text(
+                "The partition function $Z(x) = \\sum_y \\pi_{\\mathrm{ref}}(y|x)e^{r(x,y)/\\beta}$ is exactly the "
+                "normaliser that makes $\\pi^*$ sum to one.",
+                "配分函数 $Z(x) = \\sum_y \\pi_{\\mathrm{ref}}(y|x)e^{r(x,y)/\\beta}$ "
+                "恰好是使 $\\pi^*$ 之和为 1 的归一化常数。",
+            ),
+            r"\sum_{i=1}^{n} \frac{p_i e^{r_i/\beta}}{\sum_{j=1}^{n} p_j e^{r_j/\beta}} = 1",
+            Equal(S(pistar_n), 1, via=("simplify",)),
+        ),
+        Step(
+            Text("Logarithm of the optimal policy", "最优策略的对数"),
+            Text(
+                "Taking logs turns the product into a sum; this is the form every later step uses.",
+                "取对数把乘积变成求和；后面的每一步都用这个形式。",
+            ),
+            r"\log \frac{p_i e^{r_i/\beta}}{Z} = \log p_i + \frac{r_i}{\beta} - \log Z",
+            Equal(sp.log(pi_ * sp.exp(ri / beta) / Z), sp.log(pi_) + ri / beta - sp.log(Z), via=("expand_log",)),
+        ),
+        Step(
+            Text(
+                "The objective is a KL divergence to the optimal policy (any n)",
+                "目标函数是到最优策略的 KL 散度（任意 n）",
+            ),
+            Text(
+                "Insert $\\log\\pi^*_i = \\log p_i + r_i/\\beta - \\log Z$ into "
+                "$\\mathrm{KL}(\\pi\\Vert\\pi^*)$: the reward terms cancel and what is left is "
+                "$\\beta\\log Z\\,(1 - \\sum_i q_i)$, which is 0 because $\\pi$ is a distribution.",
+                "把 $\\log\\pi^*_i = \\log p_i + r_i/\\beta - \\log Z$ 代入 $\\mathrm{KL}(\\pi\\Vert\\pi^*)$："
+                "奖励项相互抵消，剩下 $\\beta\\log Z\\,(1 - \\sum_i q_i)$，因为 $\\pi$ 是概率分布，它等于 0。",
+            ),
+            r"\sum_{i=1}^{n} q_i r_i - \beta\sum_{i=1}^{n} q_i\log\frac{q_i}{p_i}"
+            r" = -\beta\sum_{i=1}^{n} q_i\log\frac{q_i}{\pi^*_i} + \beta\log Z"
+            r"\qquad \Big(\sum_{i=1}^{n} q_i = 1\Big)",
+            Equal(
+                objective_n,
+                -beta * S(Q[i] * sp.log(Q[i] / pistar_n)) + beta * sp.log(Zn),
+                ("expand_log", "simplify"),
+                simplex_n,
+            ),
+        ),
+        Step(
+            Text("The same identity written out for n = 3", "同一恒等式在 n = 3 时的完整展开"),
+            Text(
+                "As a concrete instance, with every term written out and $q_3 = 1 - q_1 - q_2$: the objective "
+                "equals $\\beta\\log Z$ minus $\\beta$ times the KL divergence from $\\pi$ to $\\pi^*$.",
+                "作为具体例子，把每一项都写出来并代入 $q_3 = 1 - q_1 - q_2$：目标函数等于 $\\beta\\log Z$ "
+                "减去 $\\beta$ 乘以 $\\pi$ 到 $\\pi^*$ 的 KL 散度。",
+            ),
+            r"\mathbb{E}_{\pi}[r] - \beta\,\mathrm{KL}(\pi\,\Vert\,\pi_{\mathrm{ref}})"
+            r" = -\beta\,\mathrm{KL}(\pi\,\Vert\,\pi^*) + \beta \log Z",
+            Equal(objective, -beta * kl(q, pistar) + beta * sp.log(Z3), via=("expand_log",), given=simplex_q),
+        ),
+        Step(
+            Text("Gibbs' lemma: log x ≤ x − 1", "吉布斯引理：log x ≤ x − 1"),
+            Text(
+                "$f(x) = x - 1 - \\log x$ has $f''(x) = 1/x^2 > 0$ and $f'(1) = 0$, so $x = 1$ is its unique "
+                "minimiser on $x > 0$ and $f \\ge f(1) = 0$, with equality only at $x = 1$.",
+                "$f(x) = x - 1 - \\log x$ 满足 $f''(x) = 1/x^2 > 0$ 且 $f'(1) = 0$，因此在 $x > 0$ 上 $x = 1$ "
+                "是唯一的最小值点，$f \\ge f(1) = 0$，当且仅当 $x = 1$ 时取等号。",
+            ),
+            r"\operatorname*{arg\,min}_{x>0}\, (x - 1 - \log x) = \{1\}, \qquad \min_{x>0}\, (x - 1 - \log x) = 0",
+            GlobalMinimum(gibbs_f, x, 1, value=0),
+        ),
+        Step(
+            Text("KL divergence as a sum of Gibbs terms (any n)", "KL 散度写成吉布斯项之和（任意 n）"),
+            Text(
+                "Term by term $q_i\\log(q_i/\\rho_i) = q_i f(\\rho_i/q_i) + q_i - \\rho_i$; summed over $i$ "
+                "the last two give $1 - 1 = 0$ for two distributions $\\pi = (q_i)$ and $\\rho = (\\rho_i)$.",
+                "逐项有 $q_i\\log(q_i/\\rho_i) = q_i f(\\rho_i/q_i) + q_i - \\rho_i$；对 $i$ 求和后，"
+                "对两个分布 $\\pi = (q_i)$ 与 $\\rho = (\\rho_i)$，后两项之和为 $1 - 1 = 0$。",
+            ),
+            r"\mathrm{KL}(\pi\,\Vert\,\rho) = \sum_{i=1}^{n} q_i\log\frac{q_i}{\rho_i}"
+            r" = \sum_{i=1}^{n} q_i\, f\!\Big(\frac{\rho_i}{q_i}\Big), \quad f(x) = x - 1 - \log x",
+            Equal(
+                S(Q[i] * sp.log(Q[i] / RHO[i])),
+                S(Q[i] * gibbs_f.subs(x, RHO[i] / Q[i])),
+                ("expand_log", "simplify", "sums"),
+                simplex_n_rho,
+            ),
+        ),
+        Step(
+            Text(
+                "Gibbs' inequality: KL ≥ 0, with equality only at π = ρ", "吉布斯不等式：KL ≥ 0，当且仅当 π = ρ 时取等"
+            ),
+            Text(
+                "Each term $g(\\rho_i) = q_i f(\\rho_i/q_i) = \\rho_i - q_i - q_i\\log(\\rho_i/q_i)$ is strictly "
+                "convex in $\\rho_i$ with its minimum 0 at $\\rho_i = q_i$. A sum of nonnegative terms is "
+                "nonnegative, and it is zero only if every term is: $\\mathrm{KL}(\\pi\\Vert\\rho) \\ge 0$, "
+                "with equality iff $\\pi = \\rho$.",
+                "每一项 $g(\\rho_i) = q_i f(\\rho_i/q_i) = \\rho_i - q_i - q_i\\log(\\rho_i/q_i)$ 关于 $\\rho_i$ "
+                "严格凸，在 $\\rho_i = q_i$ 处取得最小值 0。非负项之和非负，且仅当每一项都为零时和为零："
+                "$\\mathrm{KL}(\\pi\\Vert\\rho) \\ge 0$，当且仅当 $\\pi = \\rho$ 时取等号。",
+            ),
+            r"\operatorname*{arg\,min}_{\rho_i > 0}\, q_i f(\rho_i/q_i) "
+            r"= \{q_i\}, \qquad \min_{\rho_i > 0}\, q_i f(\rho_i/q_i) = 0",
+            GlobalMinimum(qi * gibbs_f.subs(x, rho_i / qi), rho_i, qi, value=0),
+        ),
+        Step(
+            Text("The optimal policy attains the upper bound (any n)", "最优策略达到上界（任意 n）"),
+            Text(
+                "By the last two steps the objective is at most $\\beta\\log Z$, with equality only when "
+                "$\\mathrm{KL}(\\pi\\Vert\\pi^*) = 0$, i.e. $\\pi = \\pi^*$. Evaluating the objective at "
+                "$\\pi^*$ indeed gives $\\beta\\log Z$.",
+                "由前两步，目标函数至多为 $\\beta\\log Z$，且仅当 $\\mathrm{KL}(\\pi\\Vert\\pi^*) = 0$，"
+                "即 $\\pi = \\pi^*$ 时取等号。把 $\\pi^*$ 代入目标函数，确实得到 $\\beta\\log Z$。",
+            ),
+            r"\mathbb{E}_{\pi^*}[r] - \beta\,\mathrm{KL}(\pi^*\,\Vert\,\pi_{\mathrm{ref}}) = \beta\log Z",
+            Equal(objective_of(pistar_n), beta * sp.log(Zn), via=("expand_log", "simplify")),
+        ),
+        Step(
+            Text("Lagrangian stationarity", "拉格朗日函数的驻点条件"),
+            Text(
+                "Second route: add a multiplier $\\lambda$ for $\\sum_i q_i = 1$. Term $i$ of the Lagrangian "
+                "is $q_i r_i - \\beta q_i\\log(q_i/p_i) + \\lambda q_i$; setting its derivative in $q_i$ to "
+                "zero has exactly one solution.",
+                "第二种方法：为约束 $\\sum_i q_i = 1$ 引入乘子 $\\lambda$。拉格朗日函数的第 $i$ 项为 "
+                "$q_i r_i - \\beta q_i\\log(q_i/p_i) + \\lambda q_i$；令它对 $q_i$ 的导数为零，恰有一个解。",
+            ),
+            r"\frac{\partial}{\partial q_i}\Big[q_i r_i - \beta q_i \log\frac{q_i}{p_i} + \lambda q_i\Big] = 0"
+            r"\iff q_i = p_i\, e^{r_i/\beta}\, e^{\lambda/\beta - 1}",
+            Solutions(
+                sp.diff(qi * ri - beta * qi * sp.log(qi / pi_) + lam * qi, qi),
+                qi,
+                [pi_ * sp.exp(ri / beta) * sp.exp(lam / beta - 1)],
+            ),
+        ),
+        Step(
+            Text("The multiplier is fixed by normalisation", "乘子由归一化条件确定"),
+            Text(
+                "Write $C = e^{\\lambda/\\beta - 1}$, the same for every $i$. The constraint "
+                "$C\\sum_i p_i e^{r_i/\\beta} = 1$ has the single "
+                "solution $C = 1/Z$, so the stationary point is $\\pi^*$.",
+                "记 $C = e^{\\lambda/\\beta - 1}$，它对所有 $i$ 都相同。约束 $C\\sum_i p_i e^{r_i/\\beta} = 1$ "
+                "只有一个解 $C = 1/Z$，因此驻点正是 $\\pi^*$。",
+            ),
+            r"C\sum_{i=1}^{n} p_i e^{r_i/\beta} = 1 \iff C = \frac{1}{Z}",
+            Solutions(sp.Eq(C * Zn, 1), C, [1 / Zn]),
+        ),
+        Step(
+            Text("Second-order condition: the objective is strictly concave", "二阶条件：目标函数严格凹"),
+            Text(
+                "Checked at $n = 3$ (for any $n$ the objective is a sum of one-variable terms, so the Hessian "
+                "is diagonal in the same way). The Hessian of the objective "
+                "in $(q_1, q_2, q_3)$ is $-\\beta\\,\\mathrm{diag}(1/q_i)$, so "
+                "its negative is positive definite: the objective is strictly concave, and the stationary "
+                "point on the simplex is the unique maximiser.",
+                "在 $n = 3$ 时检验（对任意 $n$，目标函数是若干单变量项之和，黑塞矩阵同样是对角的）。"
+                "目标函数关于 $(q_1, q_2, q_3)$ 的黑塞矩阵为 $-\\beta\\,\\mathrm{diag}(1/q_i)$，其相反数正定："
+                "目标函数严格凹，单纯形上的驻点就是唯一的最大值点。",
+            ),
+            r"-\nabla^2_q\Big[\sum_i q_i r_i - \beta \sum_i q_i\log\frac{q_i}{p_i}\Big]"
+            r" = \beta\,\mathrm{diag}\!\left(\tfrac{1}{q_1}, \tfrac{1}{q_2}, \tfrac{1}{q_3}\right) \succ 0",
+            PositiveDefinite(-sp.hessian(objective, q)),
+        ),
+    ],
+    conclusion=Text(
+        "Both routes give the same answer: $\\pi^*(y|x) = \\pi_{\\mathrm{ref}}(y|x)\\exp(r(x,y)/\\beta)/Z(x)$ "
+        "is the unique maximiser, and $\\beta$ is the KL coefficient that `dpo_loss` takes as `beta`.",
+        "两种方法得到同一个答案：$\\pi^*(y|x) = \\pi_{\\mathrm{ref}}(y|x)\\exp(r(x,y)/\\beta)/Z(x)$ 是唯一的最大值点，"
+        "而 $\\beta$ 就是 `dpo_loss` 的参数 `beta` 所表示的 KL 系数。",
+    ),
+)

@@ -1,0 +1,97 @@
+"""8. Rewards that differ by a function of the prompt are equivalent (Rafailov et al. 2023, Sec. 5, Lemma 1-2)."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from proofs.common import beta, bradley_terry, plackett_luce
+from proofs.core import Equal, Proof, Step, Text
+
+r_w, r_l = sp.symbols("r_w r_l", real=True)
+f = sp.Symbol("f", real=True)  # f(x): any function of the prompt only
+p = sp.symbols("p_1:4", positive=True)
+r = sp.symbols("r_1:4", real=True)
+
+
+def optimal(rewards: list) -> list:
+    Z = sp.Add(*[pi * sp.exp(ri / beta) for pi, ri in zip(p, rewards)])
+    return [pi * sp.exp(ri / beta) / Z for pi, ri in zip(p, rewards)]
+
+
+shifted = [ri + f for ri in r]
+Z3 = sp.Add(*[pi * sp.exp(ri / beta) for pi, ri in zip(p, r)])
+Z3_shifted = sp.Add(*[pi * sp.exp(ri / beta) for pi, ri in zip(p, shifted)])
+pistar = optimal(list(r))
+
+PROOF = Proof(
+    name="reward-equivalence",
+    title=Text("Equivalent rewards", "等价的奖励函数"),
+    intro=Text(
+        "Two rewards $r$ and $r'(x,y) = r(x,y) + f(x)$ that differ by a function of the prompt alone "
+        "cannot be told apart from preferences, and they induce the same optimal policy. So the "
+        "reparameterisation loses nothing: DPO identifies the reward exactly up to this equivalence, "
+        "and the implicit rewards it reports are meaningful only through their differences.",
+        "两个奖励 $r$ 与 $r'(x,y) = r(x,y) + f(x)$ 只相差一个仅依赖于提示的函数，它们无法通过偏好数据区分，"
+        "并且诱导出同一个最优策略。所以重参数化没有损失任何信息：DPO 恰好把奖励确定到这一等价类，"
+        "它报告的隐式奖励只有差值才有意义。",
+    ),
+    justifies=("dpo_ref.losses.dpo_loss", "dpo_ref.losses.preference_margin"),
+    steps=[
+        Step(
+            Text("Bradley–Terry ignores a prompt-only shift", "布拉德利-特里模型不受仅依赖提示的平移影响"),
+            Text(
+                "Adding $f(x)$ to both rewards multiplies numerator and denominator by $e^{f(x)}$.",
+                "两个奖励都加上 $f(x)$，相当于分子和分母同乘 $e^{f(x)}$。",
+            ),
+            r"\frac{e^{r_w + f}}{e^{r_w + f} + e^{r_l + f}} = \frac{e^{r_w}}{e^{r_w} + e^{r_l}}",
+            Equal(bradley_terry(r_w + f, r_l + f), bradley_terry(r_w, r_l), via=("expand", "cancel")),
+        ),
+        Step(
+            Text("So does Plackett–Luce (K = 3)", "普拉克特-卢斯模型也是如此（K = 3）"),
+            Text(
+                "The same factor cancels in every stage of the ranking.",
+                "同一个因子在排序的每一阶段都约去。",
+            ),
+            r"p_{r+f}(y_1 \succ y_2 \succ y_3) = p_{r}(y_1 \succ y_2 \succ y_3)",
+            Equal(plackett_luce(shifted, (0, 1, 2)), plackett_luce(list(r), (0, 1, 2)), via=("expand", "cancel")),
+        ),
+        Step(
+            Text("The partition function absorbs the shift", "配分函数吸收了平移"),
+            Text(
+                "$Z'(x) = e^{f(x)/\\beta} Z(x)$ ($n = 3$, written out).",
+                "$Z'(x) = e^{f(x)/\\beta} Z(x)$（$n = 3$，完整展开）。",
+            ),
+            r"\sum_{i=1}^{3} p_i e^{(r_i + f)/\beta} = e^{f/\beta}\sum_{i=1}^{3} p_i e^{r_i/\beta}",
+            Equal(Z3_shifted, sp.exp(f / beta) * Z3, via=("expand",)),
+        ),
+        Step(
+            Text("Equivalent rewards have the same optimal policy", "等价的奖励有相同的最优策略"),
+            Text(
+                "The factor $e^{f/\\beta}$ cancels between numerator and partition function, for each response.",
+                "因子 $e^{f/\\beta}$ 在分子与配分函数之间约去，对每个回答都成立。",
+            ),
+            r"\frac{p_i e^{(r_i + f)/\beta}}{\sum_j p_j e^{(r_j + f)/\beta}} "
+            r"= \frac{p_i e^{r_i/\beta}}{\sum_j p_j e^{r_j/\beta}},"
+            r"\quad i = 1, 2, 3",
+            Equal(sp.Matrix(optimal(shifted)), sp.Matrix(pistar), via=("expand", "cancel")),
+        ),
+        Step(
+            Text("Implicit reward differences are reward differences", "隐式奖励之差等于奖励之差"),
+            Text(
+                "For the optimal policy, the difference of implicit rewards "
+                "$\\beta\\log(\\pi^*/\\pi_{\\mathrm{ref}})$ between two responses is exactly the difference "
+                "of the true rewards: the $\\beta\\log Z$ offset is the equivalence class.",
+                "对于最优策略，两个回答的隐式奖励 $\\beta\\log(\\pi^*/\\pi_{\\mathrm{ref}})$ 之差恰好等于真实奖励之差："
+                "偏移量 $\\beta\\log Z$ 就是等价类本身。",
+            ),
+            r"\beta\log\frac{\pi^*_1}{p_1} - \beta\log\frac{\pi^*_2}{p_2} = r_1 - r_2",
+            Equal(beta * sp.log(pistar[0] / p[0]) - beta * sp.log(pistar[1] / p[1]), r[0] - r[1], via=("expand_log",)),
+        ),
+    ],
+    conclusion=Text(
+        "Compare `chosen_rewards - rejected_rewards` across pairs, never a single reward across prompts: "
+        "each prompt's implicit rewards carry their own unknown offset $\\beta\\log Z(x)$.",
+        "应当比较 `chosen_rewards - rejected_rewards`（同一对内的差），而不要跨提示比较单个奖励："
+        "每个提示的隐式奖励都带有各自未知的偏移 $\\beta\\log Z(x)$。",
+    ),
+)

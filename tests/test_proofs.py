@@ -1,0 +1,228 @@
+"""The proofs hold, the checker rejects false and tautological steps, and `dpo-ref prove` reports both."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sympy as sp
+
+import proofs
+from proofs import cli, render
+from proofs.common import beta, h, sigma, z
+from proofs.core import (
+    Equal,
+    FreeOf,
+    GlobalMinimum,
+    Limit,
+    Negative,
+    Nonnegative,
+    Positive,
+    PositiveDefinite,
+    Proof,
+    ProofResult,
+    Solutions,
+    Step,
+    StepFailed,
+    StepResult,
+    SystemSolution,
+    Text,
+    check_proof,
+    run_proof,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+@functools.cache
+def result(name: str):
+    """Each proof is run at most once per xdist worker."""
+    return run_proof(proofs.get(name))
+
+
+@pytest.mark.parametrize("name", list(proofs.MODULES))
+def test_proof_holds(name):
+    r = result(name)
+    r.raise_for_failure()  # names the failing step if any
+    assert r.ok and len(r.steps) == len(r.proof.steps) >= 3
+
+
+def test_at_least_the_ten_derivations_of_the_issue():
+    expected = {
+        "optimal-policy",
+        "reward-reparam",
+        "bt-cancellation",
+        "dpo-loss",
+        "dpo-gradient",
+        "init-ln2",
+        "deterministic-preference",
+        "reward-equivalence",
+        "ipo",
+        "cdpo",
+    }
+    assert expected <= set(proofs.MODULES)
+    assert [p.name for p in proofs.all_proofs()] == list(proofs.MODULES)
+
+
+@pytest.mark.parametrize("name", list(proofs.MODULES))
+def test_every_justified_name_is_real_code(name):
+    proof = proofs.get(name)
+    assert proof.justifies
+    for dotted in proof.justifies:
+        module, _, attr = dotted.rpartition(".")
+        obj = getattr(importlib.import_module(module), attr)  # AttributeError names it
+        assert callable(obj), dotted
+
+
+@pytest.mark.parametrize("name", list(proofs.MODULES))
+def test_every_step_is_written_in_both_languages(name):
+    proof = proofs.get(name)
+    texts = [proof.title, proof.intro] + [t for s in proof.steps for t in (s.name, s.explain)]
+    for t in texts:
+        assert t.en.strip() and t.zh.strip()
+        assert CJK.search(t.zh), f"not Chinese: {t.zh!r}"
+        assert not CJK.search(t.en), f"not English: {t.en!r}"
+    assert len({s.name.en for s in proof.steps}) == len(proof.steps), "step names must be unique"
+
+
+# ---- the checker can fail ------------------------------------------------------------------------------
+
+
+def _step(name, claim):
+    return Step(Text(name, name + "（中文）"), Text("", ""), "", claim)
+
+
+def test_a_false_step_stops_the_proof_and_names_itself():
+    good = _step("derivative of log-sigmoid", Equal(sp.diff(sp.log(sigma(z)), z), sigma(-z), via=("simplify",)))
+    # false: sigma(z) sigma(-z) = 1 / (4 cosh^2(z/2)), not 1 / (2 cosh^2(z/2))
+    bad = _step(
+        "a wrong hyperbolic form", Equal(sigma(z) * sigma(-z), 1 / (2 * sp.cosh(z / 2) ** 2), ("exp", "simplify"))
+    )
+    after = _step("never reached", Equal(sp.Integer(1) + 1, 2))
+    proof = Proof("toy", Text("t", "t"), Text("i", "i"), ("dpo_ref.losses.dpo_loss",), [good, bad, after])
+    r = run_proof(proof)
+    assert not r.ok and [s.ok for s in r.steps] == [True, False]  # the third step did not run
+    with pytest.raises(StepFailed, match=r"proof 'toy', step 2 'a wrong hyperbolic form' failed") as info:
+        check_proof(proof)
+    assert info.value.index == 2 and info.value.step == "a wrong hyperbolic form"
+
+
+x = sp.Symbol("x", real=True)
+xp = sp.Symbol("x", positive=True)
+
+FALSE_CLAIMS = {
+    "equal": Equal(sp.log(2 * xp), 2 * sp.log(xp), via=("expand_log", "simplify")),
+    "tautology-same-expression": Equal(sigma(z), sigma(z)),
+    "tautology-auto-evaluated": Equal(x + beta - beta, x),
+    "positive": Positive(sp.tanh(x)),
+    "nonnegative": Nonnegative(x**3),
+    "negative": Negative(sp.exp(-x) - 1),
+    "limit": Limit(sp.log(1 + sp.exp(-beta * h)), h, sp.oo, sp.log(2)),
+    "solutions": Solutions(sp.Eq(sigma(beta * h), sp.Rational(1, 3)), h, [sp.log(2) / beta]),
+    "solutions-not-empty": Solutions(sp.Eq(sigma(beta * h), sp.Rational(1, 3)), h, []),
+    "system": SystemSolution([x - 1], [x], {x: 2}),
+    "minimum-wrong-point": GlobalMinimum((h - 1 / (2 * beta)) ** 2, h, 1 / (3 * beta)),
+    "minimum-not-convex": GlobalMinimum(-(h**2), h, 0),
+    "positive-definite": PositiveDefinite(sp.Matrix([[1, 2], [2, 1]])),
+    "free-of": FreeOf(sp.exp(x) / (sp.exp(x) + 1), x),
+    "free-of-tautology": FreeOf(sp.exp(h), x),
+}
+
+
+@pytest.mark.parametrize("kind", list(FALSE_CLAIMS))
+def test_each_claim_kind_rejects_a_false_claim(kind):
+    r = run_proof(Proof("toy", Text("t", "t"), Text("i", "i"), (), [_step(kind, FALSE_CLAIMS[kind])]))
+    assert not r.ok, f"{kind}: {r.steps[0].detail}"
+    if kind.startswith(("tautology", "free-of-tautology")):
+        assert "tautology" in r.steps[0].detail
+
+
+GIVEN_STEPS = [
+    (p.name, k)
+    for p in proofs.all_proofs()
+    for k, s in enumerate(p.steps, 1)
+    if isinstance(s.claim, Equal) and s.claim.given
+]
+
+
+@pytest.mark.parametrize("name,index", GIVEN_STEPS)
+def test_the_hypothesis_of_a_step_is_needed(name, index):
+    """A step's `given` (e.g. sum_i q_i = 1, or h = 0) does real work: without it the step must fail."""
+    claim = proofs.get(name).steps[index - 1].claim
+    stripped = Equal(claim.lhs, claim.rhs, claim.via)
+    r = run_proof(Proof("toy", Text("t", "t"), Text("i", "i"), (), [_step("without its hypothesis", stripped)]))
+    assert not r.ok, f"{name} step {index} holds without its hypothesis {claim.given}"
+
+
+# ---- the command line ----------------------------------------------------------------------------------
+
+
+def test_prove_prints_steps_with_check_marks_and_exits_0(capsys):
+    assert cli.main(["--only", "ipo,cdpo"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("✓") == len(proofs.get("ipo").steps) + len(proofs.get("cdpo").steps)
+    assert "dpo_ref.losses.ipo_losses_from_margin" in out and "The optimal margin" in out
+
+
+def test_dpo_ref_dispatches_to_prove(capsys):
+    from dpo_ref import cli as main_cli
+
+    assert main_cli.main(["prove", "--only", "ipo", "--lang", "zh"]) == 0
+    out = capsys.readouterr().out
+    assert "单个样本对的最小值点" in out
+
+
+def test_a_failing_step_exits_1_and_is_named(monkeypatch, capsys):
+    proof = proofs.get("ipo")
+    bad = _step("a false parabola minimum", GlobalMinimum(sp.Symbol("h", real=True) ** 2, h, 1))
+    monkeypatch.setattr(proof, "steps", [proof.steps[0], bad])
+    assert cli.main(["--only", "ipo"]) == 1
+    captured = capsys.readouterr()
+    assert "✗ 2. a false parabola minimum" in captured.out
+    assert "proof 'ipo', step 2 'a false parabola minimum' failed" in captured.err
+
+
+def test_bad_usage_exits_2(capsys):
+    assert cli.main(["--only", "no-such-proof"]) == 2
+    assert "no-such-proof" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--format", "pdf"])
+    assert info.value.code == 2
+
+
+def test_markdown_output_is_written_atomically(tmp_path):
+    target = tmp_path / "lesson.md"
+    assert cli.main(["--only", "init-ln2", "--format", "markdown", "--output", str(target)]) == 0
+    text = target.read_text(encoding="utf-8")
+    assert '<a id="init-ln2"></a>' in text and text.count("```math") == len(proofs.get("init-ln2").steps)
+    assert [p.name for p in tmp_path.iterdir()] == ["lesson.md"]  # no temporary file left behind
+    assert cli.main(["--only", "ipo", "--output", str(tmp_path / "missing" / "x.md")]) == 2
+
+
+def test_python_dash_m_proofs_runs():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run(
+        [sys.executable, "-m", "proofs", "--only", "reward-equivalence"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "✓ 5." in done.stdout
+
+
+def _all_steps_hold(proof: Proof) -> ProofResult:
+    # The lesson's text depends on the proofs' text only once every step holds (test_proof_holds checks
+    # that), so the freshness check renders without re-running sympy.
+    return ProofResult(proof, [StepResult(s, k, True, "", 0.0) for k, s in enumerate(proof.steps, 1)])
+
+
+@pytest.mark.parametrize("lang,path", [("en", "docs/lesson.md"), ("zh", "docs/lesson.zh.md")])
+def test_committed_lesson_is_current(lang, path):
+    """docs/ holds exactly what the tool renders now (regenerate with the command in the file's footer)."""
+    committed = (ROOT / path).read_text(encoding="utf-8")
+    assert committed == render.markdown([_all_steps_hold(p) for p in proofs.all_proofs()], lang)
