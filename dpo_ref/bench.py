@@ -247,7 +247,7 @@ def dpo_ref_worker(spec: dict) -> dict:
     import torch
 
     from dpo_ref.data import PreferenceCollator, prepare_dataset
-    from dpo_ref.train import SequenceScorer, TrainConfig, check_config, reference_logps, to_device
+    from dpo_ref.train import SequenceScorer, TrainConfig, check_config, pair_logps, to_device
 
     base_rss = _import_common()
     device, size = _worker_setup(spec)
@@ -262,7 +262,7 @@ def dpo_ref_worker(spec: dict) -> dict:
     ref_logps = None
     ref_scorer = SequenceScorer(reference)
     if spec["ref"] == "precomputed_ref":
-        ref_logps = reference_logps(ref_scorer, pairs, collate, device, size.batch)
+        ref_logps = pair_logps(ref_scorer, pairs, collate, device, size.batch)
         del ref_scorer, reference
         gc.collect()
     step_fn = preference_step_fn(cfg, policy, ref_logps, None if ref_logps is not None else ref_scorer, device)
@@ -293,34 +293,23 @@ def dpo_ref_worker(spec: dict) -> dict:
 
 
 def preference_step_fn(cfg, policy, ref_logps, ref_scorer, device):
-    """One DPO update as `dpo_ref.train.train` does it (plain DPO, no gradient accumulation): returns
-    step(batch) -> loss tensor (no host synchronisation)."""
+    """One update of `dpo_ref.train`'s preference loop (one micro-batch): its `preference_micro_batch`,
+    clipping, `adamw`, the schedule and zero_grad. Returns step(batch) -> loss tensor (no host sync)."""
     import torch
 
-    from dpo_ref.train import SequenceScorer, autocast, preference_loss
+    from dpo_ref.train import SequenceScorer, adamw, autocast, preference_micro_batch
 
     scorer = SequenceScorer(policy)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)  # constant, as on TRL's side
 
     def step(batch: dict) -> torch.Tensor:
-        B = batch["index"].shape[0]
         with autocast(device):
-            logps, _ = scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])  # (2B,)
-            policy_chosen_logps, policy_rejected_logps = logps[:B], logps[B:]
-            if ref_logps is not None:
-                reference_chosen_logps = ref_logps[0][batch["index"]]
-                reference_rejected_logps = ref_logps[1][batch["index"]]
-            else:
-                with torch.no_grad():
-                    ref, _ = ref_scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])
-                reference_chosen_logps, reference_rejected_logps = ref[:B], ref[B:]
-            result = preference_loss(
-                cfg, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
-            )
-            loss = result.losses.mean()
-        loss.backward()
+            loss, _ = preference_micro_batch(cfg, scorer, batch, ref_scorer, ref_logps)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
@@ -596,8 +585,11 @@ def run_bench(
             for side in SIDES:
                 entry[f"{side}_mfu"] = entry["flops_per_step"] / entry[f"{side}_s"] / (peak * 1e12) if peak else None
     if logps:
+        import torch
+
         from dpo_ref import bench_logps
 
+        torch.set_num_threads(threads)  # its timing runs in this process
         B, T, V = 2 * size.batch, size.seq_len, size.vocab
         log(f"log-probs: sequence_logps vs naive, logits ({B}, {T}, {V})")
         r = bench_logps.run(B, T, V, device, repeats=5)
