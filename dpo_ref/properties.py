@@ -233,7 +233,7 @@ def check_swap(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...]) -> N
     _close(
         out,
         spec.losses(-margin),
-        tolerance(spec, batch, pc.dtype),
+        tolerance(spec, (pr, pc, rr, rc), pc.dtype),  # at the swapped point: the slope there sets the error
         f"{spec.describe()} loss with chosen/rejected swapped",
     )
 
@@ -396,8 +396,11 @@ def check_logps_padding(fn: LogpsFn, batch, dtype: torch.dtype = torch.float64) 
         _close(out, base, tol, f"sequence log-prob with {side} padding and {extra} extra pad positions vs right/0")
 
 
-def check_logps_gradients(fn: LogpsFn, batch) -> None:
-    """d logps[b] / d logits[b, t, v] = [v == y_{t+1}] - softmax(logits[b, t])_v on scored positions, else 0."""
+def check_logps_gradients(fn: LogpsFn, batch, average: bool = False) -> None:
+    """d logps[b] / d logits[b, t, v] = [v == y_{t+1}] - softmax(logits[b, t])_v on scored positions, else 0.
+
+    With `average`, divided by the row's number of scored tokens.
+    """
     logits, labels = batch.padded()
     logits = logits.requires_grad_(True)
     out = _as_vector(fn(logits, labels), logits.shape[0], "sequence log-prob gradients")
@@ -414,6 +417,75 @@ def check_logps_gradients(fn: LogpsFn, batch) -> None:
             if y != -100:
                 expected[b, t] = -probs[b, t]
                 expected[b, t, y] += 1.0
+        if average:
+            expected[b] /= max(1, int((labels[b, 1:] != -100).sum()))
     diff = (grad.double() - expected).abs().max().item()
     if not diff <= 1e-9:
         raise PropertyViolation(f"sequence log-prob gradient differs from one-hot minus softmax by {diff:.3g}")
+
+
+def check_reduction(
+    fn: Callable[..., torch.Tensor], spec: LossSpec, batch: tuple[torch.Tensor, ...], reduction: str
+) -> None:
+    """A loss reduced to a scalar equals the mean (or sum) of the closed-form per-example losses, with the
+    gradients of that mean (slope / B) or sum (slope); `fn(pc, pr, rc, rr)` returns the scalar."""
+    B = batch[0].shape[0]
+    leaves = tuple(t.detach().clone().requires_grad_(True) for t in batch)
+    out = fn(*leaves)
+    if not isinstance(out, torch.Tensor) or out.numel() != 1:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PropertyViolation(f"{spec.describe()} {reduction} reduction: expected a scalar, got {shape}")
+    scale = 1.0 / B if reduction == "mean" else 1.0
+    margin = preference_margin(*(t.double() for t in batch))
+    expected = spec.losses(margin).sum().reshape(1) * scale
+    tol = tolerance(spec, batch, batch[0].dtype).sum().reshape(1) * scale
+    _close(out.reshape(1), expected, tol, f"{spec.describe()} {reduction} of the per-example losses over the batch")
+    if not out.requires_grad:
+        raise PropertyViolation(f"{spec.describe()}: the reduced loss does not depend differentiably on the inputs")
+    gpc, gpr = (
+        torch.zeros_like(t) if g is None else g
+        for g, t in zip(torch.autograd.grad(out.reshape(()), leaves[:2], allow_unused=True), leaves[:2])
+    )
+    slope = spec.dloss_dmargin(margin) * scale
+    curvature = spec.beta**2 / 4 if spec.variant != "ipo" else 2.0
+    gtol = (
+        TOLERANCE_K
+        * _eps(batch[0].dtype)
+        * (slope.abs() + scale * curvature * sum(t.double().abs() for t in batch) + 1e-3 * scale)
+    )
+    _close(gpc, slope, gtol, f"{spec.describe()} d({reduction} loss)/d policy_chosen_logps")
+    _close(gpr, -slope, gtol, f"{spec.describe()} d({reduction} loss)/d policy_rejected_logps")
+
+
+def check_logps_inputs_unmodified(fn: LogpsFn, batch) -> None:
+    """The log-prob implementation does not write into `logits` or `labels`."""
+    logits, labels = batch.padded()
+    copies = (logits.clone(), labels.clone())
+    fn(logits, labels)
+    for t, c, name in zip((logits, labels), copies, ("logits", "labels")):
+        if not torch.equal(t, c):
+            raise PropertyViolation(f"sequence log-probs modified its input {name} in place")
+
+
+def check_logps_ignores_unscored(fn: LogpsFn, batch, average: bool = False, fill: float = -math.inf) -> None:
+    """Logits at positions that score nothing (prompt, padding, the last position) are never read.
+
+    Every vocabulary entry of every such position but one is set to `fill` (-inf by default: some models
+    mask vocabulary entries that way); the result must equal the loop reference on the real logits.
+    """
+    logits, labels = batch.padded()
+    logits = logits.clone()
+    scored_next = torch.zeros_like(labels, dtype=torch.bool)  # (B, T): position t scores labels[t + 1]
+    scored_next[:, :-1] = labels[:, 1:] != -100
+    unscored = ~scored_next  # (B, T)
+    row = logits[unscored]  # (N, V)
+    row[:, :-1] = fill  # keep the last entry finite so each row is still a distribution
+    logits[unscored] = row
+    out = _as_vector(fn(logits, labels), logits.shape[0], "sequence log-probs")
+    rows = [(lab, lg.double()) for lab, lg in batch.rows]
+    _close(
+        out,
+        loop_sequence_logps(rows, average),
+        logps_tolerance(rows, logits.dtype),
+        f"sequence log-prob with {fill!r} logits at the unscored (prompt, padding, last) positions",
+    )

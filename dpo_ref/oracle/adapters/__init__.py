@@ -1,0 +1,24 @@
+"""Built-in adapters: verify real libraries (`trl`, `torchtune`) through their public APIs."""
+
+from __future__ import annotations
+
+from dpo_ref.errors import InputError
+from dpo_ref.oracle.report import Report
+
+
+def run(name: str, level: str | None, cfg, only=None) -> Report:
+    """The report for adapter `name` at `level` (None: every level it supports)."""
+    if name == "trl":
+        if level not in (None, "library"):
+            raise InputError(
+                "trl has no standalone loss or log-prob function (DPOTrainer computes both inline); "
+                "verify it with --level library (the default for trl)"
+            )
+        from dpo_ref.oracle.adapters import trl
+
+        return trl.run(cfg, only)
+    if name == "torchtune":
+        from dpo_ref.oracle.adapters import torchtune
+
+        return torchtune.run(cfg, level, only)
+    raise InputError(f"unknown adapter {name!r}; built-in adapters: trl, torchtune")

@@ -1,0 +1,88 @@
+"""Broken sequence log-prob functions, one realistic mistake each: the oracle must reject every one."""
+
+import torch
+
+
+def _token_logps(logits, labels):
+    mask = labels != -100
+    lp = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(mask, lp, torch.zeros_like(lp))
+
+
+def no_shift(logits, labels):
+    """Scores label t with the logits at t (no one-token shift)."""
+    return _token_logps(logits, labels).sum(-1)
+
+
+def shift_wrong_way(logits, labels):
+    """Scores label t with the logits at t + 1."""
+    return _token_logps(logits[:, 1:], labels[:, :-1]).sum(-1)
+
+
+def no_mask(logits, labels):
+    """Scores the prompt and the padding too (treats -100 as token 0)."""
+    lp = torch.gather(logits[:, :-1].log_softmax(-1), 2, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return lp.sum(-1)
+
+
+def mean_not_sum(logits, labels):
+    """Averages over the scored tokens where the sum is expected."""
+    mask = labels[:, 1:] != -100
+    return _token_logps(logits[:, :-1], labels[:, 1:]).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def drops_last_position(logits, labels):
+    """Off by one at the end: never scores a response token at the last position."""
+    return _token_logps(logits[:, :-2], labels[:, 1:-1]).sum(-1)
+
+
+def naive_softmax(logits, labels):
+    """log(exp(z) / sum exp(z)): overflows to NaN for large logits in float32."""
+    probs = logits.exp() / logits.exp().sum(-1, keepdim=True)
+    lp = torch.gather(probs[:, :-1].log(), 2, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(labels[:, 1:] != -100, lp, torch.zeros_like(lp)).sum(-1)
+
+
+def inplace_labels(logits, labels):
+    """Replaces -100 by 0 in the caller's labels tensor."""
+    mask = labels[:, 1:] != -100
+    labels[labels == -100] = 0
+    lp = torch.gather(logits[:, :-1].log_softmax(-1), 2, labels[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (lp * mask).sum(-1)
+
+
+def detached_logits(logits, labels):
+    """Computes the log-probs under no_grad: no gradient reaches the model."""
+    with torch.no_grad():
+        return _token_logps(logits[:, :-1], labels[:, 1:]).sum(-1)
+
+
+def mask_by_multiplying(logits, labels):
+    """Masks by multiplying with the mask: -inf * 0 = NaN when an unscored position has -inf logits."""
+    mask = labels[:, 1:] != -100
+    lp = torch.gather(logits[:, :-1].log_softmax(-1), 2, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (lp * mask).sum(-1)
+
+
+def assumes_left_padding(logits, labels):
+    """Scores the last n positions of each row, n its number of scored tokens: right only if left padded."""
+    B, T, _ = logits.shape
+    n = (labels[:, 1:] != -100).sum(-1)  # (B,)
+    lp = torch.gather(logits[:, :-1].log_softmax(-1), 2, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    keep = torch.arange(T - 1).unsqueeze(0) >= (T - 1 - n).unsqueeze(1)  # (B, T - 1): the last n positions
+    return (lp * keep).sum(-1)
+
+
+# name -> (average convention, a check that must fail)
+EXPECTED = {
+    "no_shift": (False, "logps_values"),
+    "shift_wrong_way": (False, "logps_values"),
+    "no_mask": (False, "logps_values"),
+    "mean_not_sum": (False, "logps_values"),
+    "drops_last_position": (False, "logps_last_position"),
+    "naive_softmax": (False, "logps_values_float32"),
+    "inplace_labels": (False, "logps_inputs_unmodified"),
+    "detached_logits": (False, "logps_gradients"),
+    "mask_by_multiplying": (False, "logps_unscored_ignored"),
+    "assumes_left_padding": (False, "logps_padding"),
+}

@@ -1,0 +1,233 @@
+"""Meta-tests of the conformance oracle: it rejects every broken implementation and accepts every correct one.
+
+The implementations live in tests/oracle_targets/ and are written in the user-facing (third-party)
+signature; they are loaded by path, exactly as `dpo-ref verify path/to/file.py:name` loads them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import dpo_ref
+from dpo_ref.errors import InputError
+from dpo_ref.oracle import load_target, verify
+from dpo_ref.oracle.report import FAILED, PASSED, SKIPPED, XFAILED
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = Path(__file__).resolve().parent / "oracle_targets"
+EXAMPLES = 20  # per check, for the broken targets: each is caught well within it
+ACCEPT_EXAMPLES = 10  # per check, for the correct targets (every check runs)
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"_oracle_targets_{name}", TARGETS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BROKEN_LOSS = _module("broken_loss").EXPECTED
+BROKEN_LOGPS = _module("broken_logps").EXPECTED
+CORRECT_LOSS = {
+    "per_example": "dpo",
+    "scalar_mean": "dpo",
+    "scalar_sum": "dpo",
+    "tuple_with_rewards": "dpo",
+    "softplus_form": "dpo",
+    "float32_internal": "dpo",
+    "cdpo": "cdpo",
+    "ipo": "ipo",
+    "ipo_tau_mean": "ipo",
+}
+CORRECT_LOGPS = {"gather_log_softmax": False, "cross_entropy_based": False, "per_row_loop": False, "averaged": True}
+
+
+def target(file: str, name: str) -> str:
+    return f"{os.path.relpath(TARGETS / file, ROOT)}:{name}"
+
+
+@pytest.fixture(autouse=True)
+def _at_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # reproductions load targets by their relative path
+
+
+def _run_reproduction(result) -> None:
+    """Reproductions are copy-pasteable: they execute as they are (or raise what the check reported)."""
+    try:
+        exec(compile(result.reproduction, "<reproduction>", "exec"), {})
+    except Exception as err:
+        assert f"raised {type(err).__name__}" in result.message, (err, result.message)
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_LOSS))
+def test_broken_loss_is_rejected(name):
+    variant, check = BROKEN_LOSS[name]
+    report = verify(target("broken_loss.py", name), variant=variant, checks=[check], max_examples=EXAMPLES)
+    assert not report.passed
+    result = report[check]
+    assert result.status == FAILED, result
+    assert result.message and result.reproduction
+    if check != "call":
+        _run_reproduction(result)
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_LOGPS))
+def test_broken_logps_is_rejected(name):
+    average, check = BROKEN_LOGPS[name]
+    report = verify(
+        target("broken_logps.py", name), level="logps", average=average, checks=[check], max_examples=EXAMPLES
+    )
+    assert not report.passed
+    assert report[check].status == FAILED, report[check]
+    _run_reproduction(report[check])
+
+
+def test_enough_broken_and_correct_targets():
+    assert len(BROKEN_LOSS) + len(BROKEN_LOGPS) >= 15
+    assert len(CORRECT_LOSS) + len(CORRECT_LOGPS) >= 5
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT_LOSS))
+def test_correct_loss_is_accepted(name):
+    report = verify(target("correct_loss.py", name), variant=CORRECT_LOSS[name], max_examples=ACCEPT_EXAMPLES)
+    assert report.passed, report.to_text()
+    assert all(c.status in (PASSED, SKIPPED) for c in report.checks)
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT_LOGPS))
+def test_correct_logps_is_accepted(name):
+    report = verify(
+        target("correct_logps.py", name), level="logps", average=CORRECT_LOGPS[name], max_examples=ACCEPT_EXAMPLES
+    )
+    assert report.passed, report.to_text()
+
+
+def test_dpo_refs_own_functions_conform():
+    assert verify(dpo_ref.dpo_loss, variant="cdpo", max_examples=ACCEPT_EXAMPLES).passed
+    assert verify(dpo_ref.ipo_loss, variant="ipo", max_examples=ACCEPT_EXAMPLES).passed  # called with tau=
+    assert verify(dpo_ref.sequence_logps, level="logps", max_examples=ACCEPT_EXAMPLES).passed
+
+
+@pytest.mark.parametrize(
+    "name, reduction",
+    [("per_example", "per-example"), ("scalar_mean", "mean"), ("scalar_sum", "sum"), ("tuple_with_rewards", "per")],
+)
+def test_reduction_is_detected_and_reported(name, reduction):
+    report = verify(target("correct_loss.py", name), checks=["values"], max_examples=5)
+    assert report.detected["reduction"].startswith(reduction)
+    assert f"reduction: {report.detected['reduction']}" in report.to_text()
+
+
+def test_wrong_reduction_is_reported_as_neither():
+    report = verify(target("broken_loss.py", "divides_by_fixed_batch"), checks=["reduction"], max_examples=5)
+    assert "neither" in report.detected["reduction"]
+    assert report["reduction"].status == FAILED
+
+
+def test_ipo_mean_and_ipo_judge_the_same_loss_function():
+    # at the loss level the two differ only in the log-probs fed; ipo-mean says so
+    report = verify(target("correct_loss.py", "ipo"), variant="ipo-mean", max_examples=5)
+    assert report.passed
+    assert any("ipo-mean" in n for n in report.notes)
+
+
+def test_reproduction_is_shrunk_and_deterministic():
+    first = verify(target("broken_loss.py", "no_reference"), checks=["values"], max_examples=EXAMPLES)
+    second = verify(target("broken_loss.py", "no_reference"), checks=["values"], max_examples=EXAMPLES)
+    assert first["values"].reproduction == second["values"].reproduction
+    # shrunk: the generated batches hold up to 8 examples of arbitrary values; the reproduction is tiny
+    line = next(ln for ln in first["values"].reproduction.splitlines() if ln.startswith("pc = "))
+    assert line.count(",") <= 2, line  # at most two values, then the dtype
+
+
+def test_gradient_mismatch_reproduction_shows_expected_gradient():
+    report = verify(target("broken_loss.py", "wrong_custom_backward"), checks=["gradients"], max_examples=EXAMPLES)
+    repro = report["gradients"].reproduction
+    assert ".backward()" in repro and "# expected (dpo_ref, float64)" in repro
+
+
+def test_xfail_turns_a_known_failure_into_xfailed():
+    report = verify(target("broken_loss.py", "no_reference"), checks=["values"], xfail=["values"], max_examples=5)
+    assert report["values"].status == XFAILED
+    assert report.passed
+
+
+def test_call_failure_skips_the_rest():
+    report = verify(target("broken_loss.py", "raises_always"), max_examples=5)
+    assert report["call"].status == FAILED
+    assert "NotImplementedError" in report["call"].message
+    assert all(c.status == SKIPPED for c in report.checks if c.name != "call")
+
+
+def test_nan_output_is_reported():
+    def nan_loss(pc, pr, rc, rr, beta=0.1):
+        return torch.full_like(pc, float("nan"))
+
+    report = verify(nan_loss, checks=["values", "finite"], max_examples=5)
+    assert report["values"].status == FAILED and "nan" in report["values"].message
+    assert report["finite"].status == FAILED
+
+
+def test_report_serialises():
+    report = verify(target("correct_loss.py", "per_example"), checks=["values"], max_examples=5)
+    data = report.to_dict()
+    assert data["passed"] is True
+    assert data["counts"]["passed"] == 2  # call and values
+    assert '"level": "loss"' in report.to_json()
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(variant="kto"), "variant must be one of"),
+        (dict(variant="dpo", label_smoothing=0.1), "cdpo only"),
+        (dict(variant="cdpo", label_smoothing=0.7), "label_smoothing must be in"),
+        (dict(beta=-1.0), "beta must be a positive"),
+        (dict(max_examples=0), "max_examples"),
+        (dict(level="tokens"), "level must be one of"),
+        (dict(checks=["nope"]), "unknown check"),
+        (dict(xfail=["nope"], checks=["values"]), "xfail names unknown"),
+    ],
+)
+def test_bad_arguments_raise_input_error(kwargs, words):
+    with pytest.raises(InputError, match=words):
+        verify(target("correct_loss.py", "per_example"), max_examples=kwargs.pop("max_examples", 5), **kwargs)
+
+
+def test_signature_problems_are_input_errors():
+    def no_beta(pc, pr, rc, rr):
+        return pc
+
+    def no_eps(pc, pr, rc, rr, beta=0.1):
+        return pc
+
+    with pytest.raises(InputError, match="no `beta` keyword"):
+        verify(no_beta)
+    with pytest.raises(InputError, match="label_smoothing"):
+        verify(no_eps, variant="cdpo")
+
+
+def test_load_target_errors(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise RuntimeError('boom')\n")
+    ok = tmp_path / "ok.py"
+    ok.write_text("VALUE = 3\ndef f(*a, **k):\n    return 0\n")
+    cases = [
+        ("nothing_here.py:f", "does not exist"),
+        (f"{bad}:f", "RuntimeError: boom"),
+        (f"{ok}:g", "has no attribute 'g'"),
+        (f"{ok}:VALUE", "not a callable"),
+        ("no_such_module_xyz:f", "cannot import module"),
+        ("just_a_name", "must be path/to/file.py:name"),
+    ]
+    for spec, words in cases:
+        with pytest.raises(InputError, match=words):
+            load_target(spec)
+    assert callable(load_target(f"{ok}:f"))
+    assert load_target("dpo_ref.losses:dpo_loss") is dpo_ref.dpo_loss
+    assert load_target("trl") == "trl"

@@ -1,0 +1,99 @@
+"""The pytest integration: the `pytest11` plugin (`--dpo-target`) and `parametrize_with_dpo_checks`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = Path(__file__).resolve().parent / "oracle_targets"
+
+
+def _plugin_args() -> list[str]:
+    """`-p dpo_ref.pytest_plugin` unless the installed package already registers it as an entry point."""
+    registered = any(ep.value == "dpo_ref.pytest_plugin" for ep in entry_points(group="pytest11"))
+    return [] if registered else ["-p", "dpo_ref.pytest_plugin"]
+
+
+def _run(pytester, *args):
+    return pytester.runpytest_inprocess(*_plugin_args(), "-p", "no:randomly", "-p", "no:cacheprovider", *args)
+
+
+def test_plugin_loads_without_torch():
+    code = "import sys, dpo_ref.pytest_plugin; assert 'torch' not in sys.modules, 'torch imported'"
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
+
+
+def test_plugin_is_inert_without_a_target(pytester):
+    pytester.makepyfile("def test_nothing():\n    assert True\n")
+    result = _run(pytester)
+    result.assert_outcomes(passed=1)
+
+
+def test_plugin_target_passes(pytester):
+    result = _run(
+        pytester,
+        "--dpo-target",
+        f"{TARGETS / 'correct_loss.py'}:cdpo",
+        "--dpo-variant",
+        "cdpo",
+        "--dpo-max-examples",
+        "5",
+    )
+    assert result.ret == 0
+    outcomes = result.parseoutcomes()
+    assert outcomes["passed"] >= 12 and "failed" not in outcomes
+
+
+def test_plugin_target_fails_with_reproduction_and_xfail_file(pytester, tmp_path):
+    target = f"{TARGETS / 'broken_loss.py'}:detached_policy"
+    result = _run(pytester, "--dpo-target", target, "--dpo-max-examples", "10")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*dpo-ref::gradients*", "*Reproduction:*"])
+    failed = result.parseoutcomes()["failed"]
+    xfail = tmp_path / "xfail.txt"
+    xfail.write_text("gradients\ngradient_signs\ninit\nlarge_batch\n")
+    again = _run(pytester, "--dpo-target", target, "--dpo-max-examples", "10", "--dpo-xfail", str(xfail))
+    assert again.ret == 0, again.stdout.str()
+    assert again.parseoutcomes()["xfailed"] == failed == 4
+
+
+def test_plugin_bad_target_is_a_usage_error(pytester):
+    result = _run(pytester, "--dpo-target", "missing.py:f")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*dpo-ref: target file 'missing.py' does not exist*"])
+
+
+def test_decorator_gives_one_test_per_check(pytester):
+    pytester.makepyfile(
+        test_mine=f"""
+import sys
+sys.path.insert(0, {str(TARGETS)!r})
+from broken_logps import no_mask
+from correct_logps import gather_log_softmax
+from dpo_ref import parametrize_with_dpo_checks
+
+@parametrize_with_dpo_checks(gather_log_softmax, level="logps", max_examples=5)
+def test_good(dpo_check):
+    dpo_check()
+
+@parametrize_with_dpo_checks(no_mask, level="logps", max_examples=5, xfail=["logps_gradients"])
+def test_bad(dpo_check):
+    dpo_check()
+"""
+    )
+    result = _run(pytester, "-v")
+    assert result.ret == 1  # regression gating: a failing check fails the run
+    result.stdout.fnmatch_lines(["*test_good?logps_values? PASSED*", "*test_bad?logps_values? FAILED*"])
+    outcomes = result.parseoutcomes()
+    assert outcomes["passed"] == 8 + 2  # every check of the good one; call and inputs_unmodified of the bad one
+    assert outcomes["xfailed"] == 1
+    assert outcomes["failed"] == 5
