@@ -39,10 +39,11 @@ class _ShiftedTokenLogps(torch.autograd.Function):
     S = target.shape[1]: T-1 for `sequence_logps` (the last position scores nothing), T for
     `token_logps` (every position already selected as scored).
 
-    Forward, chunk by chunk of positions: a fused `log_softmax` (one chunk-sized temporary) and a
-    gather. Backward: d/dz log softmax(z)[y] = onehot(y) - softmax(z), the softmax recomputed per chunk
-    (fused) and written straight into the one gradient tensor. Fused kernels, not a hand-written
-    logsumexp: on CPU they are several times faster for the same memory bound.
+    Forward, chunk by chunk of positions within one row (a contiguous slice, so the fused kernel
+    copies nothing): a fused `log_softmax` (one chunk-sized temporary) and a gather. Backward:
+    d/dz log softmax(z)[y] = onehot(y) - softmax(z), the softmax recomputed per chunk (fused) and
+    written straight into the one gradient tensor. Chunks hold at most as many elements as
+    `_chunk_len` positions of all rows, so the extra memory stays about 1/_CHUNKS of the logits.
 
     Takes the full logits (not the [:, :-1] view) so that backward allocates the one (B, T, V)
     gradient itself; returning a gradient for a slice would make autograd allocate a second one.
@@ -55,11 +56,13 @@ class _ShiftedTokenLogps(torch.autograd.Function):
         S = target.shape[1]
         out_dtype = _out_dtype(logits.dtype)
         out = torch.empty(B, S, dtype=out_dtype, device=logits.device)  # (B, S)
-        step = _chunk_len(B, S, V)
-        for s in range(0, S, step):
-            e = min(s + step, S)
-            chunk_logps = logits[:, s:e].log_softmax(-1, dtype=out_dtype)  # (B, c, V): the chunk temporary
-            out[:, s:e] = chunk_logps.gather(-1, target[:, s:e].unsqueeze(-1)).squeeze(-1)
+        step = min(S, B * _chunk_len(B, S, V))  # positions of ONE row per chunk: a contiguous (c, V) slice
+        for b in range(B):
+            for s in range(0, S, step):
+                e = min(s + step, S)
+                chunk_logps = logits[b, s:e].log_softmax(-1, dtype=out_dtype)  # (c, V): the chunk temporary
+                out[b, s:e] = chunk_logps.gather(-1, target[b, s:e].unsqueeze(-1)).squeeze(-1)
+                del chunk_logps  # freed before the next chunk is allocated: one temporary at a time
         ctx.save_for_backward(logits, target)
         ctx.step = step
         return out
@@ -71,10 +74,12 @@ class _ShiftedTokenLogps(torch.autograd.Function):
         grad_out = grad_out.to(_out_dtype(logits.dtype))  # (B, S)
         grad = torch.empty_like(logits)  # (B, T, V), the one full-size tensor autograd needs
         grad[:, S:].zero_()  # positions past S (the last one for sequence_logps) score nothing
-        for s in range(0, S, ctx.step):
-            e = min(s + ctx.step, S)
-            probs = logits[:, s:e].softmax(-1, dtype=grad_out.dtype)  # (B, c, V)
-            torch.mul(probs, -grad_out[:, s:e].unsqueeze(-1), out=grad[:, s:e])  # d/dz of -logsumexp(z)
+        for b in range(grad.shape[0]):
+            for s in range(0, S, ctx.step):
+                e = min(s + ctx.step, S)
+                probs = logits[b, s:e].softmax(-1, dtype=grad_out.dtype)  # (c, V)
+                torch.mul(probs, -grad_out[b, s:e].unsqueeze(-1), out=grad[b, s:e])  # d/dz of -logsumexp(z)
+                del probs
         grad[:, :S].scatter_add_(-1, target.unsqueeze(-1), grad_out.unsqueeze(-1).to(grad.dtype))  # d/dz of z[y]
         return grad, None
 

@@ -132,20 +132,20 @@ def test_cli_runs_at_tiny_size_and_writes_the_json_keys(tmp_path):
         "--settings",
         "ref_model",
         "--no-verify",
+        "--no-logps",
         "--json",
         str(out),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "ref_model" in proc.stdout and "log-probs" in proc.stdout
+    assert "ref_model" in proc.stdout and "first-step loss" in proc.stdout
     result = json.loads(out.read_text())
     entry = result["train_step"]["ref_model"]
     for key in ("dpo_ref_s", "trl_s", "ratio", "dpo_ref_peak_mb", "trl_peak_mb"):
         assert entry[key] > 0, key
     assert entry["ratio"] == pytest.approx(entry["dpo_ref_s"] / entry["trl_s"])
     assert entry["first_loss_rel_diff"] <= bench.LOSS_RTOL
-    assert {"time_ratio", "extra_memory_ratio"} <= set(result["logps"])
-    assert "verify_s" not in result  # --no-verify
+    assert "logps" not in result and "verify_s" not in result  # --no-logps, --no-verify
     for key in ("torch", "transformers", "trl", "device"):
         assert result[key]
 
