@@ -10,16 +10,17 @@ What is measured (see README, "Performance"):
     log-probs    `sequence_logps` vs naive log_softmax + gather (`dpo_ref.bench_logps.run`).
     verify       wall time of `dpo-ref verify ... --level loss` on a correct implementation.
 
-Fairness: every measurement runs in its own fresh subprocess (so CPU peak RSS is per side), the
-sides alternate A B A B over the repeats so machine drift cancels, warm-up steps are excluded, and the
-reference model has different weights from the policy so that the first-step loss is not trivially
-ln 2: the bench fails loudly unless both sides' first-step losses agree (relative 1e-5), their initial
-weights are identical and each sequence has the same number of tokens on both sides.
+Fairness: each side runs in its own fresh subprocess (so CPU peak RSS is per side); the two live
+processes take turns step by step, A B A B ... (who goes first alternates between repeats), so machine
+drift hits both alike; warm-up steps are excluded; the reference model has different weights from the
+policy so that the first-step loss is not trivially ln 2, and the bench fails loudly unless both sides'
+first-step losses agree (relative 1e-5 in float32), their initial weights are identical and each
+sequence has the same number of tokens on both sides.
 
-Step time is the interval between consecutive step ends (so it includes the data loader / collation of
-each side). CPU memory: peak RSS (VmHWM) of the worker process, and the same minus the RSS after the
-imports ("train MB": weights, optimizer, activations, reference). CUDA: `torch.cuda.max_memory_allocated`
-over the timed steps, bf16 autocast on both sides.
+Step time runs from the parent's GO to the end of the optimizer step (after a device sync), so it
+includes each side's collation / data loader. CPU memory: peak RSS (VmHWM) of the worker process, and
+the same minus the RSS after the imports ("train MB": weights, optimizer, activations, reference).
+CUDA: `torch.cuda.max_memory_allocated` over the timed steps, bf16 autocast on both sides.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ from dataclasses import asdict, dataclass
 
 from dpo_ref.errors import InputError
 
-LOSS_RTOL = 1e-5  # first-step loss agreement required between the two sides
+LOSS_RTOL = 1e-5  # first-step loss agreement required between the two sides (float32)
+# under bf16 autocast (CUDA) the two LM heads round differently (TRL accumulates its tiles in fp32, dpo-ref
+# scores bf16 logits in fp32): a looser bound, not yet checked on a GPU
+LOSS_RTOL_BF16 = 5e-2
 REF_SETTINGS = ("ref_model", "precomputed_ref")
 SIDES = ("dpo_ref", "trl")
 
@@ -409,7 +413,7 @@ def run_pair(specs: list[dict]) -> list[dict]:
             w.kill()
 
 
-def check_agreement(setting: str, a: dict, b: dict) -> dict:
+def check_agreement(setting: str, a: dict, b: dict, rtol: float = LOSS_RTOL) -> dict:
     """The correctness guard: same initial weights, same tokens per sequence, first-step losses within LOSS_RTOL."""
     if abs(a["param_checksum"] - b["param_checksum"]) > 1e-9 * abs(a["param_checksum"]):
         raise BenchError(
@@ -422,9 +426,9 @@ def check_agreement(setting: str, a: dict, b: dict) -> dict:
         )
     la, lb = a["first_loss"], b["first_loss"]
     rel = abs(la - lb) / max(abs(lb), 1e-12)
-    if not rel <= LOSS_RTOL:
+    if not rel <= rtol:
         raise BenchError(
-            f"{setting}: first-step losses disagree: dpo-ref {la!r} vs TRL {lb!r} (relative {rel:.2e} > {LOSS_RTOL})"
+            f"{setting}: first-step losses disagree: dpo-ref {la!r} vs TRL {lb!r} (relative {rel:.2e} > {rtol})"
         )
     return {"dpo_ref_first_loss": la, "trl_first_loss": lb, "first_loss_rel_diff": rel}
 
@@ -460,7 +464,8 @@ def bench_train_step(
                     f"  {setting:15} {side:7} repeat {r + 1}/{repeats}: median step "
                     f"{statistics.median(result['step_s']) * 1e3:8.1f} ms, peak {result['peak_mb']:7.0f} MB"
                 )
-        guard = check_agreement(setting, runs["dpo_ref"][0], runs["trl"][0])
+        rtol = LOSS_RTOL_BF16 if device.startswith("cuda") else LOSS_RTOL
+        guard = check_agreement(setting, runs["dpo_ref"][0], runs["trl"][0], rtol)
         entry = {}
         for side in SIDES:
             times = [t for run in runs[side] for t in run["step_s"]]

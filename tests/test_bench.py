@@ -161,3 +161,21 @@ def test_cli_rejects_bad_sizes_with_one_line():
     )
     assert proc.returncode == 2
     assert "--prompt-len" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@needs_trl
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_cuda_path_at_tiny_size(tmp_path):
+    """The CUDA path (bf16 autocast on both sides, max-allocated memory, MFU); skipped without a GPU."""
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "dpo_ref", "bench", "--size", "tiny", "--device", "cuda", "--steps", "2",
+           "--repeats", "1", "--no-verify", "--no-logps", "--json", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    for setting in bench.REF_SETTINGS:
+        entry = result["train_step"][setting]
+        assert entry["dpo_ref_peak_mb"] > 0 and entry["trl_peak_mb"] > 0
+        assert entry["first_loss_rel_diff"] <= bench.LOSS_RTOL_BF16
