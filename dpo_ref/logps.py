@@ -28,9 +28,16 @@ def _out_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _chunk_len(batch: int, positions: int, vocab: int) -> int:
-    per_position = max(1, batch * vocab)
+    """Positions per chunk of ONE row: a (c, V) chunk holds at most 1/_CHUNKS of the (B, T, V) logits
+    (or _MIN_CHUNK_ELEMENTS, whichever is larger)."""
     budget = max(_MIN_CHUNK_ELEMENTS, batch * positions * vocab // _CHUNKS)
-    return max(1, min(positions, budget // per_position))
+    return max(1, min(positions, budget // max(1, vocab)))
+
+
+def _row_groups(batch: int, positions: int, vocab: int):
+    """Row indices to chunk over: each row alone (contiguous slices), or all rows at once when the input is
+    small (below _MIN_CHUNK_ELEMENTS the per-row loop costs more than it saves)."""
+    return [slice(None)] if batch * positions * vocab <= _MIN_CHUNK_ELEMENTS else range(batch)
 
 
 class _ShiftedTokenLogps(torch.autograd.Function):
@@ -56,8 +63,8 @@ class _ShiftedTokenLogps(torch.autograd.Function):
         S = target.shape[1]
         out_dtype = _out_dtype(logits.dtype)
         out = torch.empty(B, S, dtype=out_dtype, device=logits.device)  # (B, S)
-        step = min(S, B * _chunk_len(B, S, V))  # positions of ONE row per chunk: a contiguous (c, V) slice
-        for b in range(B):
+        step = _chunk_len(B, S, V)  # positions of one row per chunk: a contiguous (c, V) slice
+        for b in _row_groups(B, S, V):
             for s in range(0, S, step):
                 e = min(s + step, S)
                 chunk_logps = logits[b, s:e].log_softmax(-1, dtype=out_dtype)  # (c, V): the chunk temporary
@@ -74,7 +81,7 @@ class _ShiftedTokenLogps(torch.autograd.Function):
         grad_out = grad_out.to(_out_dtype(logits.dtype))  # (B, S)
         grad = torch.empty_like(logits)  # (B, T, V), the one full-size tensor autograd needs
         grad[:, S:].zero_()  # positions past S (the last one for sequence_logps) score nothing
-        for b in range(grad.shape[0]):
+        for b in _row_groups(logits.shape[0], S, logits.shape[2]):
             for s in range(0, S, ctx.step):
                 e = min(s + ctx.step, S)
                 probs = logits[b, s:e].softmax(-1, dtype=grad_out.dtype)  # (c, V)
