@@ -13,6 +13,7 @@ Each writes CSV and JSON to --out and, when matplotlib is installed (`pip instal
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import os
 import numpy as np
 import torch
 
+from dpo_ref.atomic import atomic_path, write_text_atomic
 from dpo_ref.errors import InputError
 from dpo_ref.losses import dpo_loss, ipo_loss
 
@@ -35,21 +37,16 @@ BANDIT_DATASETS = {
 
 
 def _write_csv(path: str, rows: list[dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
 
 
 def _write_json(path: str, obj) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _pyplot():
@@ -65,10 +62,8 @@ def _pyplot():
 
 
 def _save_figure(fig, path: str) -> None:
-    root, ext = os.path.splitext(path)
-    tmp = root + ".tmp" + ext
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=os.path.splitext(path)[1]) as tmp:  # the suffix tells savefig the format
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
 
 
 # ---------------------------------------------------------------------------------------------- overfit

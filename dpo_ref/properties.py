@@ -38,7 +38,16 @@ TOLERANCE_K = 16.0
 
 
 class PropertyViolation(AssertionError):
-    """A loss implementation broke a property; the message says which and how."""
+    """A loss implementation broke a property; the message says which and how.
+
+    `disagreement` is the relative size of a numeric miss, |got - expected| / max(|expected|, tolerance)
+    (infinite for a wrong sign, shape, NaN or other qualitative failure): the oracle uses it to prefer
+    a reproduction on which the disagreement is plain to see.
+    """
+
+    def __init__(self, message: str, disagreement: float = math.inf):
+        super().__init__(message)
+        self.disagreement = disagreement
 
 
 @dataclass(frozen=True)
@@ -125,9 +134,12 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, tol: torch.Tensor, what
     bad = ~((actual - expected).abs() <= tol)  # NaN counts as bad
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
+        got, want, t = actual[i].item(), expected[i].item(), tol[i].item()
+        diff = abs(got - want)
+        disagreement = diff / max(abs(want), t) if math.isfinite(diff) else math.inf
         raise PropertyViolation(
-            f"{what}: at index {i} got {actual[i].item()!r}, expected {expected[i].item()!r} "
-            f"(|diff| {abs(actual[i].item() - expected[i].item()):.3g} > tolerance {tol[i].item():.3g})"
+            f"{what}: at index {i} got {got!r}, expected {want!r} (|diff| {diff:.3g} > tolerance {t:.3g})",
+            disagreement,
         )
 
 

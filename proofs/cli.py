@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 
@@ -68,16 +67,10 @@ def _check_output(path: str) -> str:
 
 
 def _write_atomic(path: str, text: str) -> None:
-    folder = _check_output(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".prove-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from dpo_ref.atomic import write_text_atomic  # no torch import
+
+    _check_output(path)
+    write_text_atomic(path, text)
 
 
 def _emit(text: str) -> None:

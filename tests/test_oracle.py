@@ -231,3 +231,18 @@ def test_load_target_errors(tmp_path):
     assert callable(load_target(f"{ok}:f"))
     assert load_target("dpo_ref.losses:dpo_loss") is dpo_ref.dpo_loss
     assert load_target("trl") == "trl"
+
+
+@pytest.mark.parametrize("name", ["no_reference", "beta_divides", "reference_added"])
+def test_reproduction_shows_a_plain_disagreement(name):
+    """Shrinking alone can shrink the miss too (1e-13 near h = 0); the reported example must show a
+    relative miss of at least CLEAR_DISAGREEMENT, on a single row, when such an example exists."""
+    import re
+
+    from dpo_ref.oracle.checks import CLEAR_DISAGREEMENT
+
+    result = verify(target("broken_loss.py", name), checks=["values"], max_examples=EXAMPLES)["values"]
+    got, want = (float(v) for v in re.search(r"got (\S+), expected (\S+) ", result.message).groups())
+    assert abs(got - want) >= CLEAR_DISAGREEMENT * abs(want), result.message
+    line = next(ln for ln in result.reproduction.splitlines() if ln.startswith("pc = "))
+    assert line.count(",") == 1, line  # one value, then the dtype

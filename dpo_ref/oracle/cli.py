@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
+from dpo_ref.atomic import write_text_atomic
 from dpo_ref.errors import InputError
 
 LEVELS = ("loss", "logps", "library")
@@ -78,19 +78,11 @@ def handler(args: argparse.Namespace) -> int:
 
 
 def write_atomic(path: str, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same directory, so nothing is half-written."""
+    """Write `text` to `path` without ever leaving it half-written."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise InputError(f"--json: directory {folder!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".dpo-ref-verify-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, text)
 
 
 if __name__ == "__main__":  # pragma: no cover
