@@ -669,6 +669,8 @@ def _handler(args) -> int:
             raise InputError(f"--{name} must be a positive integer, got {getattr(args, name)}")
     if args.warmup < 1:
         raise InputError(f"--warmup must be >= 1 (the first step is the loss-agreement check), got {args.warmup}")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise InputError(f"--json {args.json!r}: its directory does not exist")
     try:
         import trl  # noqa: F401
     except ImportError as err:
@@ -691,11 +693,9 @@ def _handler(args) -> int:
         return 1
     print(format_table(result))
     if args.json:
-        directory = os.path.dirname(os.path.abspath(args.json))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bench-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, args.json)
+        from dpo_ref.atomic import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 
