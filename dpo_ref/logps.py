@@ -5,9 +5,9 @@ at position t score the label at position t+1. Positions whose label is `ignore_
 padding) are not scored, and the first label is never scored (nothing predicts it).
 
 Memory: a naive `logits.log_softmax(-1).gather(...)` allocates a second (B, T, V) tensor. Here the
-log-normaliser is computed in chunks of positions, so the extra memory is bounded by a fraction of
-the logits (about 1/16, see `_CHUNKS`), and the backward pass writes the softmax gradient chunk by
-chunk into the one gradient tensor autograd needs anyway.
+log-softmax is computed in chunks of positions and only the label's entry is kept, so the extra
+memory is bounded by a fraction of the logits (about 1/16, see `_CHUNKS`), and the backward pass
+writes the softmax gradient chunk by chunk into the one gradient tensor autograd needs anyway.
 
 Output dtype: float32 for bfloat16/float16 logits (accumulated in float32), otherwise the logits'
 dtype.
@@ -28,9 +28,16 @@ def _out_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _chunk_len(batch: int, positions: int, vocab: int) -> int:
-    per_position = max(1, batch * vocab)
+    """Positions per chunk of ONE row: a (c, V) chunk holds at most 1/_CHUNKS of the (B, T, V) logits
+    (or _MIN_CHUNK_ELEMENTS, whichever is larger)."""
     budget = max(_MIN_CHUNK_ELEMENTS, batch * positions * vocab // _CHUNKS)
-    return max(1, min(positions, budget // per_position))
+    return max(1, min(positions, budget // max(1, vocab)))
+
+
+def _row_groups(batch: int, positions: int, vocab: int):
+    """Row indices to chunk over: each row alone (contiguous slices), or all rows at once when the input is
+    small (below _MIN_CHUNK_ELEMENTS the per-row loop costs more than it saves)."""
+    return [slice(None)] if batch * positions * vocab <= _MIN_CHUNK_ELEMENTS else range(batch)
 
 
 class _ShiftedTokenLogps(torch.autograd.Function):
@@ -38,6 +45,12 @@ class _ShiftedTokenLogps(torch.autograd.Function):
 
     S = target.shape[1]: T-1 for `sequence_logps` (the last position scores nothing), T for
     `token_logps` (every position already selected as scored).
+
+    Forward, chunk by chunk of positions within one row (a contiguous slice, so the fused kernel
+    copies nothing): a fused `log_softmax` (one chunk-sized temporary) and a gather. Backward:
+    d/dz log softmax(z)[y] = onehot(y) - softmax(z), the softmax recomputed per chunk (fused) and
+    written straight into the one gradient tensor. Chunks hold at most as many elements as
+    `_chunk_len` positions of all rows, so the extra memory stays about 1/_CHUNKS of the logits.
 
     Takes the full logits (not the [:, :-1] view) so that backward allocates the one (B, T, V)
     gradient itself; returning a gradient for a slice would make autograd allocate a second one.
@@ -49,28 +62,31 @@ class _ShiftedTokenLogps(torch.autograd.Function):
         B, T, V = logits.shape
         S = target.shape[1]
         out_dtype = _out_dtype(logits.dtype)
-        lse = torch.empty(B, S, dtype=out_dtype, device=logits.device)  # (B, S)
-        step = _chunk_len(B, S, V)
-        for s in range(0, S, step):
-            chunk = logits[:, s : min(s + step, S)].to(out_dtype)  # (B, c, V); a copy only for half inputs
-            lse[:, s : s + step] = torch.logsumexp(chunk, dim=-1)
-        picked = logits[:, :S].gather(-1, target.unsqueeze(-1)).squeeze(-1).to(out_dtype)  # (B, S)
-        ctx.save_for_backward(logits, target, lse)
+        out = torch.empty(B, S, dtype=out_dtype, device=logits.device)  # (B, S)
+        step = _chunk_len(B, S, V)  # positions of one row per chunk: a contiguous (c, V) slice
+        for b in _row_groups(B, S, V):
+            for s in range(0, S, step):
+                e = min(s + step, S)
+                chunk_logps = logits[b, s:e].log_softmax(-1, dtype=out_dtype)  # (c, V): the chunk temporary
+                out[b, s:e] = chunk_logps.gather(-1, target[b, s:e].unsqueeze(-1)).squeeze(-1)
+                del chunk_logps  # freed before the next chunk is allocated: one temporary at a time
+        ctx.save_for_backward(logits, target)
         ctx.step = step
-        return picked - lse
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        logits, target, lse = ctx.saved_tensors
-        B, T, V = logits.shape
+        logits, target = ctx.saved_tensors
         S = target.shape[1]
+        grad_out = grad_out.to(_out_dtype(logits.dtype))  # (B, S)
         grad = torch.empty_like(logits)  # (B, T, V), the one full-size tensor autograd needs
         grad[:, S:].zero_()  # positions past S (the last one for sequence_logps) score nothing
-        for s in range(0, S, ctx.step):
-            e = min(s + ctx.step, S)
-            g = grad_out[:, s:e].unsqueeze(-1)  # (B, c, 1)
-            probs = torch.exp(logits[:, s:e].to(lse.dtype) - lse[:, s:e].unsqueeze(-1))  # (B, c, V)
-            grad[:, s:e] = (-g * probs).to(grad.dtype)  # d/dz of -logsumexp(z)
+        for b in _row_groups(logits.shape[0], S, logits.shape[2]):
+            for s in range(0, S, ctx.step):
+                e = min(s + ctx.step, S)
+                probs = logits[b, s:e].softmax(-1, dtype=grad_out.dtype)  # (c, V)
+                torch.mul(probs, -grad_out[b, s:e].unsqueeze(-1), out=grad[b, s:e])  # d/dz of -logsumexp(z)
+                del probs
         grad[:, :S].scatter_add_(-1, target.unsqueeze(-1), grad_out.unsqueeze(-1).to(grad.dtype))  # d/dz of z[y]
         return grad, None
 

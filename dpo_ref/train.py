@@ -327,6 +327,53 @@ def preference_loss(cfg: TrainConfig, pc, pr, rc, rr):
     return dpo_loss(pc, pr, rc, rr, beta=cfg.beta, label_smoothing=cfg.label_smoothing, validate=False)
 
 
+def preference_micro_batch(cfg: TrainConfig, scorer, batch: dict, ref_scorer=None, ref_logps=None):
+    """(loss, stats) of one micro-batch of B pairs, the body of the preference loop (no host sync).
+
+    One concatenated forward of the policy over the (2B, T) chosen+rejected rows; the reference
+    log-probs from a forward of `ref_scorer` under no_grad, or looked up by `batch["index"]` in the
+    precomputed `ref_logps` = (chosen (P,), rejected (P,)). loss = mean preference loss + rpo_alpha x
+    the mean per-token NLL of the chosen responses (RPO, against likelihood displacement). `stats` (9,)
+    float64 holds sums over the pairs, in the order the loop logs them: loss, chosen NLL, chosen and
+    rejected rewards, reward accuracy, chosen and rejected logps, chosen and rejected log-ratios.
+    """
+    B = batch["index"].shape[0]
+    logps, counts = scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])  # (2B,)
+    policy_chosen_logps, policy_rejected_logps = logps[:B], logps[B:]  # (B,), (B,)
+    if ref_logps is not None:
+        reference_chosen_logps = ref_logps[0][batch["index"]]  # (B,)
+        reference_rejected_logps = ref_logps[1][batch["index"]]
+    else:
+        with torch.no_grad():
+            ref, _ = ref_scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])  # (2B,)
+        reference_chosen_logps, reference_rejected_logps = ref[:B], ref[B:]
+    result = preference_loss(
+        cfg, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
+    )
+    nll_chosen = -(policy_chosen_logps / counts[:B].clamp(min=1)).float()  # (B,)
+    loss = result.losses.mean() + cfg.rpo_alpha * nll_chosen.mean()
+    with torch.no_grad():
+        stats = torch.stack(
+            [
+                result.losses.sum(),
+                nll_chosen.sum(),
+                result.chosen_rewards.sum(),
+                result.rejected_rewards.sum(),
+                (result.chosen_rewards > result.rejected_rewards).sum(),
+                policy_chosen_logps.sum(),
+                policy_rejected_logps.sum(),
+                (policy_chosen_logps - reference_chosen_logps).sum(),
+                (policy_rejected_logps - reference_rejected_logps).sum(),
+            ]
+        ).double()
+    return loss, stats
+
+
+def adamw(params, *, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; on CUDA the fused kernel (one launch for all parameters), elsewhere torch's default (foreach)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if device.type == "cuda" else None)
+
+
 def write_metrics(path: str, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
@@ -505,7 +552,7 @@ def _train(cfg: TrainConfig) -> dict:
         reference = ref_scorer = None
 
     # -- 4. optimizer, schedule, resume ---------------------------------------------------------------
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     )
@@ -598,39 +645,12 @@ def _train(cfg: TrainConfig) -> dict:
         for micro in range(cfg.grad_accum):
             chunk = [train_pairs[i] for i in indices[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]]
             batch = to_device(collate(chunk), device)
-            B = len(chunk)
             sync = not distributed or micro == cfg.grad_accum - 1
             with scorer.no_sync() if not sync else nullcontext(), autocast(device):
-                logps, counts = scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])  # (2B,)
-                policy_chosen_logps, policy_rejected_logps = logps[:B], logps[B:]  # (B,), (B,)
-                if ref_logps is not None:
-                    reference_chosen_logps = ref_logps["train"][0][batch["index"]]  # (B,)
-                    reference_rejected_logps = ref_logps["train"][1][batch["index"]]
-                else:
-                    with torch.no_grad():
-                        ref, _ = ref_scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])
-                    reference_chosen_logps, reference_rejected_logps = ref[:B], ref[B:]
-                result = preference_loss(
-                    cfg, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
-                )
-                # RPO: NLL of the chosen response per token, counters likelihood displacement
-                nll_chosen = -(policy_chosen_logps / counts[:B].clamp(min=1)).float()  # (B,)
-                loss = result.losses.mean() + cfg.rpo_alpha * nll_chosen.mean()
+                train_ref = ref_logps["train"] if ref_logps is not None else None
+                loss, micro_stats = preference_micro_batch(cfg, scorer, batch, ref_scorer, train_ref)
                 (loss / cfg.grad_accum).backward()
-            with torch.no_grad():
-                stats += torch.stack(
-                    [
-                        result.losses.sum(),
-                        nll_chosen.sum(),
-                        result.chosen_rewards.sum(),
-                        result.rejected_rewards.sum(),
-                        (result.chosen_rewards > result.rejected_rewards).sum(),
-                        policy_chosen_logps.sum(),
-                        policy_rejected_logps.sum(),
-                        (policy_chosen_logps - reference_chosen_logps).sum(),
-                        (policy_rejected_logps - reference_rejected_logps).sum(),
-                    ]
-                ).double()
+            stats += micro_stats
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         lr = optimizer.param_groups[0]["lr"]  # the rate this update uses
         nonfinite = ~(torch.isfinite(stats[:2]).all() & torch.isfinite(grad_norm))  # () bool, on the device
@@ -720,7 +740,7 @@ def supervised_warmup(cfg: TrainConfig, policy, pairs, collate_chosen, device, w
     """SFT on the chosen responses: per-token NLL, AdamW at `sft_lr`, `sft_steps` updates (data-parallel
     by averaging gradients with torch.distributed when under torchrun)."""
     scorer = SequenceScorer(policy)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.sft_lr)
+    optimizer = adamw(policy.parameters(), lr=cfg.sft_lr, weight_decay=0.0, device=device)
     order = BatchOrder(len(pairs), cfg.batch_size * world, cfg.seed + 1)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel

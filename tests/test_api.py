@@ -106,4 +106,4 @@ def test_chunk_length_bounds_extra_memory():
 
     B, T, V = 8, 512, 32000
     c = _chunk_len(B, T - 1, V)
-    assert B * c * V <= B * T * V / 16  # a logsumexp chunk is at most 1/16 of the logits
+    assert c * V <= B * T * V / 16  # a chunk (c positions of one row) is at most 1/16 of the logits
