@@ -342,6 +342,12 @@ CLI_CASES = [
     ("verify: timeout 0", ["verify", "{targets}:raises", "--isolate", "--timeout", "0"], r"--timeout must be a positive number"),
     ("verify: max-examples 0", ["verify", "{targets}:raises", "--max-examples", "0"], r"--max-examples must be a positive integer"),
     ("verify: label-smoothing without cdpo", ["verify", "{targets}:raises", "--label-smoothing", "0.1"], r"label_smoothing applies to variant cdpo only"),
+    # -- dpo-ref bench (all checked before the bench imports TRL or starts a process)
+    ("bench: batch 0", ["bench", "--batch", "0"], r"--batch must be a positive integer"),
+    ("bench: steps 0", ["bench", "--steps", "0"], r"--steps must be a positive integer"),
+    ("bench: warmup 0", ["bench", "--warmup", "0"], r"--warmup must be >= 1"),
+    ("bench: prompt-len too long", ["bench", "--seq-len", "8", "--prompt-len", "8"], r"--prompt-len must be in \[2, seq_len - 1\)"),
+    ("bench: json under a file", ["bench", "--json", "{plain_file}/b.json"], r"--json .*: its directory does not exist"),
     # -- dpo-ref experiment
     ("overfit: epochs 0", ["experiment", "overfit", "--epochs", "0"], r"--epochs must be a positive integer"),
     ("overfit: beta 0", ["experiment", "overfit", "--betas", "0.1", "0"], r"--betas must be a positive finite number, got 0"),
@@ -360,7 +366,7 @@ CLI_CASES = [
 
 def _argv(template: list[str], files: dict, out: str) -> list[str]:
     argv = [a.format(**files, out=out) for a in template]
-    if "--out" not in argv and argv[0] not in ("prove", "verify"):
+    if "--out" not in argv and argv[0] not in ("prove", "verify", "bench"):
         argv += ["--out", out]
     return argv
 
