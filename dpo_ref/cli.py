@@ -31,8 +31,18 @@ def _available(module: str) -> bool:
         return False
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`dpo-ref train: error: ...`) and exit status 2.
+
+    `--help` still prints the full usage; subcommand parsers inherit this class.
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dpo-ref", description="Reference DPO / cDPO / IPO: train, verify others' code, prove the math."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
