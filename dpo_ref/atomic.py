@@ -14,10 +14,15 @@ from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(path: str, suffix: str = ".tmp") -> Iterator[str]:
-    """Yield a temporary path next to `path`; on normal exit move it onto `path`, else delete it."""
+def atomic_path(path: str, suffix: str = ".tmp", prefix: str | None = None) -> Iterator[str]:
+    """Yield a temporary path next to `path`; on normal exit move it onto `path`, else delete it.
+
+    `prefix` names the temporary file (default `.<name>.`), e.g. so that a later run can find and
+    remove what a killed writer left behind.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=suffix)
+    prefix = f".{os.path.basename(path)}." if prefix is None else prefix
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
     os.close(fd)
     try:
         yield tmp

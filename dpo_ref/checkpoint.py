@@ -16,10 +16,10 @@ import json
 import os
 import random
 import signal
-import tempfile
 
 import torch
 
+from dpo_ref.atomic import atomic_path
 from dpo_ref.errors import InputError
 
 TMP_PREFIX = ".tmp-"
@@ -34,19 +34,11 @@ def atomic_save_tensors(
     """`save_file` to a temporary file next to `path`, then `os.replace` it into place."""
     from safetensors.torch import save_file
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX, suffix=".safetensors")
-    os.close(fd)
-    try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path, suffix=".safetensors", prefix=TMP_PREFIX) as tmp:
         save_file(tensors, tmp, metadata={"json": json.dumps(metadata or {})})
         if _before_replace is not None:
             _before_replace(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def remove_stray_temp_files(directory: str) -> list[str]:

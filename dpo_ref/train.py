@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 
+from dpo_ref.atomic import write_text_atomic
 from dpo_ref.data import IGNORE_INDEX, PreferenceCollator, TokenizedPair, pad_sequences, prepare_dataset
 from dpo_ref.errors import InputError
 from dpo_ref.logps import sequence_logps, shift_labels, token_logps
@@ -399,10 +400,7 @@ def _keep_metrics_before(path: str, step: int) -> None:
                 continue  # only a killed writer's last line can be partial
             if record["step"] < step:
                 kept.append(record)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def save_pretrained_atomic(model, tokenizer, directory: str) -> None:
