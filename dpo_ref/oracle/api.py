@@ -186,21 +186,18 @@ def verify_loss(target: LossTarget, cfg: Config, only: Iterable[str] | None = No
             "unknown": "a scalar that is neither the mean nor the sum of the expected losses",
         }[reduction]
     except Exception as err:
-        call.status, call.message = FAILED, describe_error(err)
-        call.reproduction = "\n".join(
+        return _basic_call_failed(
+            report,
+            call,
+            err,
+            selected,
             [
-                HEADER,
                 target.import_src,
                 "pc, pr = torch.tensor([-3.0, -10.0, -1.5]), torch.tensor([-5.0, -2.0, -7.0])",
                 "rc, rr = torch.tensor([-4.0, -6.0, -2.0]), torch.tensor([-4.5, -3.0, -6.5])",
                 f"print({target.call_src(spec)})",
-            ]
+            ],
         )
-        report.checks.append(call)
-        report.checks += [
-            CheckResult(c.name, SKIPPED, c.description, "not run: the target fails the basic call") for c in selected
-        ]
-        return report
     report.checks.append(call)
     if cfg.variant == "ipo-mean":
         report.notes.append(
@@ -211,6 +208,17 @@ def verify_loss(target: LossTarget, cfg: Config, only: Iterable[str] | None = No
             report.checks.append(CheckResult(check.name, SKIPPED, check.description, "returns per-example losses"))
             continue
         report.checks.append(run_check(check, target, cfg, HEADER))
+    return report
+
+
+def _basic_call_failed(report: Report, call: CheckResult, err: BaseException, selected, lines: list[str]) -> Report:
+    """The target fails on a plain batch: report that with a reproduction and skip every other check."""
+    call.status, call.message = FAILED, describe_error(err)
+    call.reproduction = "\n".join([HEADER, *lines])
+    report.checks.append(call)
+    report.checks += [
+        CheckResult(c.name, SKIPPED, c.description, "not run: the target fails the basic call") for c in selected
+    ]
     return report
 
 
@@ -227,21 +235,18 @@ def verify_logps(target: LogpsTarget, cfg: Config, only: Iterable[str] | None = 
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise AssertionError(f"returned {shape} for a batch of 2; expected a tensor of shape (2,)")
     except Exception as err:
-        call.status, call.message = FAILED, describe_error(err)
-        call.reproduction = "\n".join(
+        return _basic_call_failed(
+            report,
+            call,
+            err,
+            selected,
             [
-                HEADER,
                 target.import_src,
                 "logits = torch.zeros(2, 4, 3, dtype=torch.float64)",
                 "labels = torch.tensor([[-100, 1, 2, -100], [-100, -100, 0, 1]])",
                 f"print({target.call_src()})  # expected log(1/3) * [2, 1]",
-            ]
+            ],
         )
-        report.checks.append(call)
-        report.checks += [
-            CheckResult(c.name, SKIPPED, c.description, "not run: the target fails the basic call") for c in selected
-        ]
-        return report
     report.checks.append(call)
     for check in selected:
         report.checks.append(run_check(check, target, cfg, HEADER))
