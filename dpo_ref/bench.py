@@ -606,6 +606,9 @@ def run_bench(
     return result
 
 
+SMALL_LOGITS_MB = 16.0  # below this, RSS granularity and call overheads swamp the log-prob ratios
+
+
 def format_table(r: dict) -> str:
     """The human-readable report."""
     lines = [
@@ -637,6 +640,12 @@ def format_table(r: dict) -> str:
             f"log-probs: sequence_logps / naive time {lp['time_ratio']:.2f} (target <= 1.2); extra peak memory "
             f"{lp['extra_memory_ratio']:.3f} x logits (target <= 0.25)"
         )
+        logits_mb = lp.get("detail", {}).get("logits_mb")
+        if logits_mb is not None and logits_mb < SMALL_LOGITS_MB:
+            lines.append(
+                f"  (logits of {logits_mb:.2f} MiB are too small for these ratios to mean much: page-sized RSS steps "
+                "and fixed per-call costs dominate; the default size measures them)"
+            )
     if "verify_s" in r:
         lines.append(f"verify: {r['verify_s']:.1f} s" if r["verify_s"] is not None else r["verify_note"])
     return "\n".join(lines)

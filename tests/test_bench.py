@@ -179,3 +179,22 @@ def test_cuda_path_at_tiny_size(tmp_path):
         entry = result["train_step"][setting]
         assert entry["dpo_ref_peak_mb"] > 0 and entry["trl_peak_mb"] > 0
         assert entry["first_loss_rel_diff"] <= bench.LOSS_RTOL_BF16
+
+
+def test_table_says_when_the_logits_are_too_small_for_the_log_prob_ratios():
+    """At the default size (128 MiB of logits) the ratios stand alone; at a smoke-test size the table
+    must say they mean little, instead of printing a scary 3x against a 0.25 target."""
+    import copy
+    import json
+    import os
+
+    from dpo_ref.bench import SMALL_LOGITS_MB, format_table
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "bench-cpu.json")
+    with open(path) as f:
+        result = json.load(f)
+    assert result["logps"]["detail"]["logits_mb"] >= SMALL_LOGITS_MB
+    assert "too small" not in format_table(result)
+    tiny = copy.deepcopy(result)
+    tiny["logps"]["detail"]["logits_mb"] = 0.25
+    assert "too small" in format_table(tiny)
