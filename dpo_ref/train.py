@@ -53,11 +53,11 @@ class TrainConfig:
     beta: float = 0.1  # DPO/cDPO KL coefficient
     label_smoothing: float | None = None  # cDPO flip probability (default 0.1 for cdpo, must be 0 for dpo)
     tau: float = 0.1  # IPO regularisation; the per-pair target margin is 1/(2 tau)
-    rpo_alpha: float = 1.0  # weight of the chosen-response NLL (RPO); 0 = plain DPO
+    rpo_alpha: float = 2.0  # weight of the chosen-response NLL (RPO); 0 = plain DPO
     steps: int = 150  # optimizer updates of the preference phase
     batch_size: int = 32  # pairs per micro-batch per process
     grad_accum: int = 1  # micro-batches per update; global batch = batch_size * grad_accum * processes
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 0.0
     warmup_steps: int = 10
     max_grad_norm: float = 1.0

@@ -302,9 +302,11 @@ def test_dropout_is_off_so_a_dropout_model_starts_at_ln2(data, tmp_path, gpt2_dr
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("DPO_REF_DEFAULT_RUN"), reason="set DPO_REF_DEFAULT_RUN=1: about 30 s")
 def test_default_recipe_meets_its_numbers(tmp_path):
-    """`dpo-ref train` with no arguments: ln 2 at step 0, held-out accuracy >= 0.95, generation kept."""
+    """`dpo-ref train` with no arguments: ln 2 at step 0, held-out accuracy >= 0.95, generation kept.
+
+    In the normal suite on purpose (about 15 s): while it was opt-in, a kernel change moved the SFT
+    result and the old recipe (lr 1e-3, rpo-alpha 1) ended at generation accuracy 0.990 < 1.000."""
     history = train(TrainConfig(out=str(tmp_path), progress=False))["history"]
     evals = [r for r in history if "eval/generation_accuracy" in r]
     assert abs(history[0]["loss"] - math.log(2)) < 1e-4
