@@ -15,18 +15,30 @@ closed form, derived in `proofs/` (dL/dh):
 
 and dL/d log pi(y_w) = dL/dh, dL/d log pi(y_l) = -dL/dh.
 
-Tolerance (per input dtype, eps_d its machine epsilon): an implementation computing in the input
-dtype rounds each input once (relative eps_d), so h is off by at most ~4 eps_d S with S = sum of the
-|inputs|; the loss then moves by |dL/dh| times that, plus its own rounding. We allow
-    |L - L_expected| <= K eps_d (|dL/dh| S + |L_expected| + 1),   K = 16,
-which any correct implementation in that dtype meets and which a formula error (a missing beta, a
-wrong sign, a lost reference) exceeds.
+Tolerance. The verdict asks "does it compute the stated formula?", not "in which precision?": an
+implementation may legitimately compute in float32 even when handed float64 (a fused LM head, a
+`.float()` cast), so the rounding unit allowed is u = max(eps_dtype, eps_float32), and eps_dtype alone
+under `strictness(True)` (the oracle's --strict). From first principles, with S = sum of the |inputs|:
+  - rounding the four inputs and forming h costs at most ~4 u S in h, hence |dL/dh| 4 u S in L;
+  - the loss's own rounding costs u |L|, plus an absolute u for values near 0;
+  - exact rewritings that form the two implicit rewards beta (log pi - log pi_ref) and then combine
+    them (two-class cross-entropy, logaddexp, BCE with soft targets 1 - eps) lose u times their size,
+    beta (|pc - rc| + |pr - rr|), which also bounds eps's conditioning |dL/d eps| = beta |h|;
+  - standard approximations stay inside: F.softplus's threshold 20 errs by < e^-20 |L| / 20.
+We allow
+    |L - L_expected| <= K u (|dL/dh| S + |L_expected| + 1 + beta (|pc - rc| + |pr - rr|)),   K = 16
+(the reward term is absent for IPO), which a formula error (a missing beta, a wrong sign, a lost
+reference, half-precision margins) exceeds. How close to float64 an implementation actually is gets
+measured separately (`Precision`): the worst error in units of the float64 bound (K eps_float64 times
+the same scale), reported by the oracle as a grade.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +47,60 @@ from dpo_ref.losses import dpo_losses_from_margin, ipo_losses_from_margin, prefe
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 TOLERANCE_K = 16.0
+EPS_FLOAT32 = torch.finfo(torch.float32).eps
+EPS_FLOAT64 = torch.finfo(torch.float64).eps
+_STRICT: contextvars.ContextVar[bool] = contextvars.ContextVar("dpo_ref_strict", default=False)
+
+
+@contextlib.contextmanager
+def strictness(strict: bool) -> Iterator[None]:
+    """Within the block, tolerances use the input dtype's own eps (float64-exact arithmetic demanded)."""
+    token = _STRICT.set(bool(strict))
+    try:
+        yield
+    finally:
+        _STRICT.reset(token)
+
+
+def verdict_eps(dtype: torch.dtype) -> float:
+    """The rounding unit a conforming implementation may work at (see the module docstring)."""
+    eps = torch.finfo(dtype).eps
+    return eps if _STRICT.get() else max(eps, EPS_FLOAT32)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How far from the closed form an implementation was, measured on float64 inputs.
+
+    `units`: the worst |L - L_expected| in units of the float64 bound K eps_float64 (scale); <= 1 is
+    float64-exact, <= eps_float32 / eps_float64 (2^29) is float32-level. `relative`: the worst
+    |L - L_expected| / max(|L_expected|, 1) (absolute for values below 1, where a relative error means little).
+    """
+
+    units: float = 0.0
+    relative: float = 0.0
+
+    def worst(self, other: Precision | None) -> Precision:
+        if other is None:
+            return self
+        return Precision(max(self.units, other.units), max(self.relative, other.relative))
+
+    @property
+    def grade(self) -> str:
+        if self.units <= 1.0:
+            return "float64-exact"
+        if self.units <= EPS_FLOAT32 / EPS_FLOAT64:
+            return "float32-level"
+        return "worse than float32"
+
+
+def measure(actual: torch.Tensor, expected: torch.Tensor, scale: torch.Tensor) -> Precision:
+    """The `Precision` of `actual` against float64 `expected`, given the per-example tolerance scale."""
+    diff = (actual.detach().double() - expected).abs()
+    diff = torch.where(actual.detach().double() == expected, torch.zeros_like(diff), diff)  # equal infinities
+    units = diff / (TOLERANCE_K * EPS_FLOAT64 * scale)
+    relative = diff / expected.abs().clamp_min(1.0)
+    return Precision(float(units.max()), float(relative.max()))
 
 
 class PropertyViolation(AssertionError):
@@ -45,9 +111,11 @@ class PropertyViolation(AssertionError):
     a reproduction on which the disagreement is plain to see.
     """
 
-    def __init__(self, message: str, disagreement: float = math.inf):
+    def __init__(self, message: str, disagreement: float = math.inf, index: int | None = None, tol: float = 0.0):
         super().__init__(message)
         self.disagreement = disagreement
+        self.index = index  # the failing example (or row), when one is singled out
+        self.tol = tol  # the tolerance it missed, for a reproduction's own assertion
 
 
 @dataclass(frozen=True)
@@ -107,18 +175,21 @@ class LossSpec:
         return f"dpo(beta={self.beta!r})"
 
 
-def _eps(dtype: torch.dtype) -> float:
-    return torch.finfo(dtype).eps
+def tolerance_scale(spec: LossSpec, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Per-example scale of the rounding error a correct implementation may make (module docstring), (B,)."""
+    x = [t.detach().double() for t in inputs]
+    total = sum(t.abs() for t in x)  # (B,)
+    margin = preference_margin(*x)
+    scale = spec.dloss_dmargin(margin).abs() * total + spec.losses(margin).abs() + 1.0
+    if spec.variant != "ipo":
+        pc, pr, rc, rr = x
+        scale = scale + spec.beta * ((pc - rc).abs() + (pr - rr).abs())
+    return scale
 
 
 def tolerance(spec: LossSpec, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
-    """Per-example absolute tolerance for an implementation computing in `dtype` (see module docstring)."""
-    x = [t.detach().double() for t in inputs]
-    scale = sum(t.abs() for t in x)  # (B,)
-    margin = preference_margin(*x)
-    expected = spec.losses(margin)
-    slope = spec.dloss_dmargin(margin).abs()
-    return TOLERANCE_K * _eps(dtype) * (slope * scale + expected.abs() + 1.0)
+    """Per-example absolute tolerance for an implementation handed `dtype` inputs (see module docstring)."""
+    return TOLERANCE_K * verdict_eps(dtype) * tolerance_scale(spec, inputs)
 
 
 def _as_vector(out: object, size: int, what: str) -> torch.Tensor:
@@ -131,7 +202,7 @@ def _as_vector(out: object, size: int, what: str) -> torch.Tensor:
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, tol: torch.Tensor, what: str) -> None:
     actual = actual.detach().double()
-    bad = ~((actual - expected).abs() <= tol)  # NaN counts as bad
+    bad = ~((actual == expected) | ((actual - expected).abs() <= tol))  # equal infinities agree; NaN is bad
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
         got, want, t = actual[i].item(), expected[i].item(), tol[i].item()
@@ -140,6 +211,8 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, tol: torch.Tensor, what
         raise PropertyViolation(
             f"{what}: at index {i} got {got!r}, expected {want!r} (|diff| {diff:.3g} > tolerance {t:.3g})",
             disagreement,
+            i,
+            t,
         )
 
 
@@ -154,12 +227,14 @@ def _losses_and_grads(fn: LossFn, inputs: tuple[torch.Tensor, ...], what: str) -
     return (out, *grads)
 
 
-def check_values(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...]) -> None:
-    """L_i equals the closed form of the margin h_i, within the dtype's tolerance."""
+def check_values(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...]) -> Precision:
+    """L_i equals the closed form of the margin h_i, within the dtype's tolerance; returns the precision seen."""
     dtype = batch[0].dtype
     out = _as_vector(fn(*batch), batch[0].shape[0], f"{spec.describe()} values")
     margin = preference_margin(*(t.double() for t in batch))
-    _close(out, spec.losses(margin), tolerance(spec, batch, dtype), f"{spec.describe()} loss value")
+    expected = spec.losses(margin)
+    _close(out, expected, tolerance(spec, batch, dtype), f"{spec.describe()} loss value")
+    return measure(out, expected, tolerance_scale(spec, batch))
 
 
 def check_gradients(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...]) -> None:
@@ -169,7 +244,11 @@ def check_gradients(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...])
     margin = preference_margin(*(t.double() for t in batch))
     slope = spec.dloss_dmargin(margin)
     curvature = spec.beta**2 / 4 if spec.variant != "ipo" else 2.0
-    tol = TOLERANCE_K * _eps(dtype) * (slope.abs() + curvature * sum(t.detach().double().abs() for t in batch) + 1e-3)
+    tol = (
+        TOLERANCE_K
+        * verdict_eps(dtype)
+        * (slope.abs() + curvature * sum(t.detach().double().abs() for t in batch) + 1e-3)
+    )
     for grad, sign, name in ((gpc, 1, "policy_chosen"), (gpr, -1, "policy_rejected")):
         _close(grad, sign * slope, tol, f"{spec.describe()} dL/d{name}_logps")
     for grad, sign, name in ((grc, -1, "reference_chosen"), (grr, 1, "reference_rejected")):
@@ -185,7 +264,9 @@ def check_gradient_signs(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, 
     gpc, gpr = torch.autograd.grad(out.mean(), leaves[:2])
     margin = preference_margin(*(t.double() for t in batch))
     expected = spec.beta * torch.sigmoid(-spec.beta * margin) / B  # (B,)
-    tol = TOLERANCE_K * _eps(batch[0].dtype) * (expected + spec.beta**2 * sum(t.double().abs() for t in batch) / B)
+    tol = (
+        TOLERANCE_K * verdict_eps(batch[0].dtype) * (expected + spec.beta**2 * sum(t.double().abs() for t in batch) / B)
+    )
     visible = expected > tol  # sigma(-beta h) underflows for large beta h: the sign is then unobservable
     if bool((gpc.double()[visible] >= 0).any()) or bool((gpr.double()[visible] <= 0).any()):
         i = int((visible & ((gpc.double() >= 0) | (gpr.double() <= 0))).nonzero()[0, 0])
@@ -212,7 +293,7 @@ def check_z_cancellation(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, 
     _close(moved[0], base[0].detach().double(), tol, f"{spec.describe()} loss after adding f(x) to both rewards")
     gtol = (
         TOLERANCE_K
-        * _eps(dtype)
+        * verdict_eps(dtype)
         * (
             spec.dloss_dmargin(preference_margin(*(t.double() for t in batch))).abs()
             + (spec.beta**2 if spec.variant != "ipo" else 2.0) * sum(t.double().abs() for t in shifted)
@@ -229,10 +310,10 @@ def check_init(fn: LossFn, spec: LossSpec, policy_chosen: torch.Tensor, policy_r
     out, gpc, gpr, *_ = _losses_and_grads(fn, batch, f"{spec.describe()} at initialisation")
     dtype = policy_chosen.dtype
     expected = torch.full_like(out.detach().double(), spec.value_at_init())
-    tol = TOLERANCE_K * _eps(dtype) * (expected + 1.0)
+    tol = TOLERANCE_K * verdict_eps(dtype) * (expected + 1.0)
     _close(out, expected, tol, f"{spec.describe()} loss at pi = pi_ref")
     slope = torch.full_like(expected, float(spec.dloss_dmargin(torch.zeros(1))[0]))
-    stol = TOLERANCE_K * _eps(dtype) * (slope.abs() + 1e-3)
+    stol = TOLERANCE_K * verdict_eps(dtype) * (slope.abs() + 1e-3)
     _close(gpc, slope, stol, f"{spec.describe()} dL/dh at pi = pi_ref")
     _close(-gpr, slope, stol, f"{spec.describe()} -dL/d policy_rejected at pi = pi_ref")
 
@@ -257,7 +338,7 @@ def check_monotone(fn: LossFn, spec: LossSpec, margins: torch.Tensor, dtype: tor
     out = _as_vector(fn(h.to(dtype), zeros.to(dtype), zeros.to(dtype), zeros.to(dtype)), h.shape[0], "monotone")
     out = out.detach().double()
     expected = spec.losses(h)
-    tol = TOLERANCE_K * _eps(dtype) * (spec.dloss_dmargin(h).abs() * h.abs() + expected + 1.0)
+    tol = TOLERANCE_K * verdict_eps(dtype) * (spec.dloss_dmargin(h).abs() * h.abs() + expected + 1.0)
     for i in range(h.shape[0] - 1):
         if out[i + 1] > out[i] + tol[i] + tol[i + 1]:
             raise PropertyViolation(
@@ -288,7 +369,7 @@ def check_optimum(fn: LossFn, spec: LossSpec, reference: tuple[torch.Tensor, tor
     out_star, g_star = at(h_star)
     gtol = (
         TOLERANCE_K
-        * _eps(torch.float64)
+        * verdict_eps(torch.float64)
         * (1.0 + (spec.beta**2 if spec.variant != "ipo" else 2.0))
         * (rc.abs() + rr.abs() + abs(h_star) + 1.0)
     )
@@ -378,21 +459,33 @@ def loop_sequence_logps(rows: list[tuple[torch.Tensor, torch.Tensor]], average: 
     return torch.tensor(out, dtype=torch.float64)
 
 
-def logps_tolerance(rows: list[tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype) -> torch.Tensor:
-    """Per-row tolerance: K eps_d (sum over scored tokens of (max |logit| + 1) + 1)."""
-    tol = []
+def logps_tolerance_scale(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Per-row error scale of a correct scorer: 4 n (max |logit| + 1) + 1 for n scored tokens, (B,).
+
+    Each token's log-softmax rounds at the size of the logits (x - logsumexp(x): a few roundings of
+    max |logit| + log V, bounded by 4 (max |logit| + 1) for the vocabularies drawn), and the sum of n of
+    them adds n such errors; an average divides value and error alike, so the same bound holds.
+    """
+    scale = []
     for labels, logits in rows:
         scored = int((labels[1:] != -100).sum())
-        tol.append(TOLERANCE_K * _eps(dtype) * (scored * (float(logits.abs().max()) + 1.0) * 4 + 1.0))
-    return torch.tensor(tol, dtype=torch.float64)
+        scale.append(scored * (float(logits.abs().max()) + 1.0) * 4 + 1.0)
+    return torch.tensor(scale, dtype=torch.float64)
 
 
-def check_logps_values(fn: LogpsFn, batch, average: bool = False, dtype: torch.dtype = torch.float64) -> None:
+def logps_tolerance(rows: list[tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype) -> torch.Tensor:
+    """Per-row tolerance: K u (4 n (max |logit| + 1) + 1), u as for the losses (float32 unless strict)."""
+    return TOLERANCE_K * verdict_eps(dtype) * logps_tolerance_scale(rows)
+
+
+def check_logps_values(fn: LogpsFn, batch, average: bool = False, dtype: torch.dtype = torch.float64) -> Precision:
     """fn(logits, labels) equals the loop reference (shift by one, prompt and padding masked)."""
     logits, labels = batch.padded(dtype=dtype)
     out = _as_vector(fn(logits, labels), logits.shape[0], "sequence log-probs")
     rows = [(lab, lg.to(dtype).double()) for lab, lg in batch.rows]
-    _close(out, loop_sequence_logps(rows, average), logps_tolerance(rows, dtype), "sequence log-prob")
+    expected = loop_sequence_logps(rows, average)
+    _close(out, expected, logps_tolerance(rows, dtype), "sequence log-prob")
+    return measure(out, expected, logps_tolerance_scale(rows))
 
 
 def check_logps_padding(fn: LogpsFn, batch, dtype: torch.dtype = torch.float64) -> None:
@@ -431,9 +524,17 @@ def check_logps_gradients(fn: LogpsFn, batch, average: bool = False) -> None:
                 expected[b, t, y] += 1.0
         if average:
             expected[b] /= max(1, int((labels[b, 1:] != -100).sum()))
-    diff = (grad.double() - expected).abs().max().item()
-    if not diff <= 1e-9:
-        raise PropertyViolation(f"sequence log-prob gradient differs from one-hot minus softmax by {diff:.3g}")
+    # softmax(x)_v = exp(x_v - logsumexp(x)) rounds at the size of its exponent: relative u (max|x| + 1)
+    tol = TOLERANCE_K * verdict_eps(logits.dtype) * (logits.detach().double().abs().amax(dim=(1, 2)) + 1.0)  # (B,)
+    diff = (grad.double() - expected).abs().amax(dim=(1, 2))  # (B,)
+    bad = ~(diff <= tol)
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0, 0])
+        raise PropertyViolation(
+            f"sequence log-prob gradient of row {b} differs from one-hot minus softmax by {diff[b].item():.3g} "
+            f"(tolerance {tol[b].item():.3g})",
+            diff[b].item() / max(float(expected[b].abs().max()), tol[b].item()),
+        )
 
 
 def check_reduction(
@@ -462,11 +563,61 @@ def check_reduction(
     curvature = spec.beta**2 / 4 if spec.variant != "ipo" else 2.0
     gtol = (
         TOLERANCE_K
-        * _eps(batch[0].dtype)
+        * verdict_eps(batch[0].dtype)
         * (slope.abs() + scale * curvature * sum(t.double().abs() for t in batch) + 1e-3 * scale)
     )
     _close(gpc, slope, gtol, f"{spec.describe()} d({reduction} loss)/d policy_chosen_logps")
     _close(gpr, -slope, gtol, f"{spec.describe()} d({reduction} loss)/d policy_rejected_logps")
+
+
+def check_rewards(fn: Callable, spec: LossSpec, batch: tuple[torch.Tensor, ...]) -> None:
+    """Implicit rewards returned beside the loss: c (log pi - log pi_ref) for chosen and rejected, detached.
+
+    `fn(pc, pr, rc, rr) -> (chosen_rewards, rejected_rewards)`; c is beta (tau for IPO, as TRL reports).
+    When they differ, the message says what they are instead (no coefficient, policy only, swapped).
+    """
+    B = batch[0].shape[0]
+    leaves = tuple(t.detach().clone().requires_grad_(True) for t in batch)
+    chosen, rejected = fn(*leaves)
+    x = [t.detach().double() for t in batch]
+    c = spec.coefficient
+    expected = torch.stack([c * (x[0] - x[2]), c * (x[1] - x[3])])  # (2, B)
+    got = []
+    for r, name in ((chosen, "chosen_rewards"), (rejected, "rejected_rewards")):
+        if not isinstance(r, torch.Tensor) or r.numel() != B:
+            shape = tuple(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__
+            raise PropertyViolation(f"{name}: expected a tensor of {B} rewards, got {shape}")
+        got.append(r.detach().double().reshape(B))
+    got = torch.stack(got)  # (2, B)
+    tol = (
+        TOLERANCE_K
+        * verdict_eps(batch[0].dtype)
+        * (c * torch.stack([x[0].abs() + x[2].abs(), x[1].abs() + x[3].abs()]) + 1)
+    )
+    bad = ~((got - expected).abs() <= tol)
+    if bool(bad.any()):
+        alternatives = {
+            "log pi - log pi_ref without the coefficient": expected / c,
+            "coefficient * log pi (no reference)": torch.stack([c * x[0], c * x[1]]),
+            "chosen and rejected exchanged": expected.flip(0),
+        }
+        what = next(
+            (name for name, alt in alternatives.items() if bool(((got - alt).abs() <= tol).all())),
+            "none of the usual alternatives",
+        )
+        k, i = (int(v) for v in bad.nonzero()[0])
+        raise PropertyViolation(
+            f"{('chosen', 'rejected')[k]}_rewards at index {i}: got {got[k, i].item()!r}, expected "
+            f"{expected[k, i].item()!r} = {c!r} * (log pi - log pi_ref); the rewards are {what}",
+            float((got[k, i] - expected[k, i]).abs() / max(abs(expected[k, i].item()), tol[k, i].item())),
+            k * B + i,
+            tol[k, i].item(),
+        )
+    for r, name in ((chosen, "chosen_rewards"), (rejected, "rejected_rewards")):
+        if r.requires_grad:
+            raise PropertyViolation(
+                f"{name} carry a gradient: implicit rewards are metrics and should be detached (.detach())"
+            )
 
 
 def check_logps_inputs_unmodified(fn: LogpsFn, batch) -> None:
@@ -479,20 +630,30 @@ def check_logps_inputs_unmodified(fn: LogpsFn, batch) -> None:
             raise PropertyViolation(f"sequence log-probs modified its input {name} in place")
 
 
-def check_logps_ignores_unscored(fn: LogpsFn, batch, average: bool = False, fill: float = -math.inf) -> None:
-    """Logits at positions that score nothing (prompt, padding, the last position) are never read.
-
-    Every vocabulary entry of every such position but one is set to `fill` (-inf by default: some models
-    mask vocabulary entries that way); the result must equal the loop reference on the real logits.
-    """
+def unscored_filled(batch, fill: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch.padded()` with every vocabulary entry but the last set to `fill` wherever nothing is scored."""
     logits, labels = batch.padded()
     logits = logits.clone()
     scored_next = torch.zeros_like(labels, dtype=torch.bool)  # (B, T): position t scores labels[t + 1]
     scored_next[:, :-1] = labels[:, 1:] != -100
-    unscored = ~scored_next  # (B, T)
-    row = logits[unscored]  # (N, V)
+    row = logits[~scored_next]  # (N, V)
     row[:, :-1] = fill  # keep the last entry finite so each row is still a distribution
-    logits[unscored] = row
+    logits[~scored_next] = row
+    return logits, labels
+
+
+UNSCORED_FILL = -1e4  # finite and extreme: an implementation that reads these positions shows it plainly
+
+
+def check_logps_ignores_unscored(fn: LogpsFn, batch, average: bool = False, fill: float = UNSCORED_FILL) -> None:
+    """Logits at positions that score nothing (prompt, padding, the last position) do not change the result.
+
+    Every vocabulary entry of every such position but one is set to `fill`; the result must equal the
+    loop reference on the real logits. The default fill is finite: masking by multiplying
+    (`(per_token * mask).sum(-1)`) is correct there. With `fill=-inf` (how some models mask vocabulary
+    entries) multiplying gives 0 * -inf = NaN: the oracle reports that as advice, not as a failure.
+    """
+    logits, labels = unscored_filled(batch, fill)
     out = _as_vector(fn(logits, labels), logits.shape[0], "sequence log-probs")
     rows = [(lab, lg.double()) for lab, lg in batch.rows]
     _close(

@@ -36,7 +36,6 @@ BROKEN_LOGPS = _module("broken_logps").EXPECTED
 CORRECT_LOSS = {
     "per_example": "dpo",
     "scalar_mean": "dpo",
-    "scalar_sum": "dpo",
     "tuple_with_rewards": "dpo",
     "softplus_form": "dpo",
     "float32_internal": "dpo",
@@ -44,7 +43,13 @@ CORRECT_LOSS = {
     "ipo": "ipo",
     "ipo_tau_mean": "ipo",
 }
-CORRECT_LOGPS = {"gather_log_softmax": False, "cross_entropy_based": False, "per_row_loop": False, "averaged": True}
+CORRECT_LOGPS = {
+    "gather_log_softmax": False,
+    "cross_entropy_based": False,
+    "per_row_loop": False,
+    "averaged": True,
+    "mask_by_multiplying": False,
+}
 
 
 def target(file: str, name: str) -> str:
@@ -57,11 +62,20 @@ def _at_root(monkeypatch):
 
 
 def _run_reproduction(result) -> None:
-    """Reproductions are copy-pasteable: they execute as they are (or raise what the check reported)."""
-    try:
+    """Reproductions reproduce: run as they are, they end in the AssertionError of their own last lines (the
+    disagreement, at the tolerance the oracle applied), or raise what the check reported the target raising."""
+    with pytest.raises(Exception) as raised:
         exec(compile(result.reproduction, "<reproduction>", "exec"), {})
-    except Exception as err:
+    err = raised.value
+    if not (isinstance(err, AssertionError) and "<reproduction>" in _where(err)):
         assert f"raised {type(err).__name__}" in result.message, (err, result.message)
+
+
+def _where(err: BaseException) -> str:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename if tb is not None else ""
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN_LOSS))
@@ -96,7 +110,7 @@ def test_enough_broken_and_correct_targets():
 def test_correct_loss_is_accepted(name):
     report = verify(target("correct_loss.py", name), variant=CORRECT_LOSS[name], max_examples=ACCEPT_EXAMPLES)
     assert report.passed, report.to_text()
-    assert all(c.status in (PASSED, SKIPPED) for c in report.checks)
+    assert all(c.status in (PASSED, SKIPPED) for c in report.checks), report.to_text()
 
 
 @pytest.mark.parametrize("name", sorted(CORRECT_LOGPS))
@@ -148,7 +162,31 @@ def test_reproduction_is_shrunk_and_deterministic():
 def test_gradient_mismatch_reproduction_shows_expected_gradient():
     report = verify(target("broken_loss.py", "wrong_custom_backward"), checks=["gradients"], max_examples=EXAMPLES)
     repro = report["gradients"].reproduction
-    assert ".backward()" in repro and "# expected (dpo_ref, float64)" in repro
+    assert ".backward()" in repro and "(dpo_ref, float64)" in repro
+
+
+def test_batch_sum_fails_unless_declared():
+    report = verify(target("correct_loss.py", "scalar_sum"), max_examples=5)
+    assert not report.passed and report["call"].status == FAILED
+    assert "gradient grows with the batch size" in report["call"].message
+    assert any(d.startswith("batch-sum") for d in report.diagnosis)
+    declared = verify(target("correct_loss.py", "scalar_sum"), reduction="sum", max_examples=5)
+    assert declared.passed, declared.to_text()
+    wrong = verify(target("correct_loss.py", "scalar_mean"), reduction="sum", max_examples=5)
+    assert not wrong.passed and "declared reduction 'sum'" in wrong["call"].message
+
+
+def test_multiplying_mask_is_advice_not_failure():
+    report = verify(target("correct_logps.py", "mask_by_multiplying"), level="logps", max_examples=10)
+    assert report.passed, report.to_text()
+    assert report["logps_neg_inf_unscored"].status == "advice"
+    assert any("masks by multiplying" in a for a in report.advice)
+    assert "Advice" in report.to_text()
+    strict = verify(target("correct_logps.py", "mask_by_multiplying"), level="logps", max_examples=10, strict=True)
+    assert not strict.passed and strict["logps_neg_inf_unscored"].status == FAILED
+    # with -inf only where dpo_ref never looks, a where-style implementation has nothing to advise
+    clean = verify(target("correct_logps.py", "gather_log_softmax"), level="logps", max_examples=10)
+    assert clean["logps_neg_inf_unscored"].status == PASSED
 
 
 def test_xfail_turns_a_known_failure_into_xfailed():
@@ -239,7 +277,7 @@ def test_reproduction_shows_a_plain_disagreement(name):
     relative miss of at least CLEAR_DISAGREEMENT, on a single row, when such an example exists."""
     import re
 
-    from dpo_ref.oracle.checks import CLEAR_DISAGREEMENT
+    from dpo_ref.oracle.runner import CLEAR_DISAGREEMENT
 
     result = verify(target("broken_loss.py", name), checks=["values"], max_examples=EXAMPLES)["values"]
     got, want = (float(v) for v in re.search(r"got (\S+), expected (\S+) ", result.message).groups())

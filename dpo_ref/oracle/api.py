@@ -6,10 +6,16 @@
     assert report.passed
 
 Loss level: `fn(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
-reference_rejected_logps, beta=...)` returning per-example losses `(B,)`, their mean or sum, or a
-tuple whose first item is one of those (the reduction is detected and reported). Log-prob level:
-`fn(logits (B, T, V), labels (B, T)) -> (B,)`, labels aligned with the input ids, -100 not scored,
-summed log-probs (or averaged with `average=True`, the default for `ipo-mean`).
+reference_rejected_logps, beta=...)` returning per-example losses `(B,)` or their mean (a sum only if
+declared with `reduction="sum"`), or a tuple / named tuple / dict holding them, with the implicit rewards
+beside them if it returns those (they are checked too). Parameters named after the four log-probs are
+passed by name whatever their order. Log-prob level: `fn(logits (B, T, V), labels (B, T)) -> (B,)`,
+labels aligned with the input ids, -100 not scored, summed log-probs (or averaged with `average=True`,
+the default for `ipo-mean`); `dpo_ref.oracle.adapters` wraps functions of other shapes.
+
+The verdict asks whether the target computes the stated formula and convention: float32 arithmetic and
+exact rewritings pass, and the precision actually reached is reported as a grade beside it;
+`strict=True` makes float64 exactness (and the advisory robustness checks) part of the verdict.
 """
 
 from __future__ import annotations
@@ -22,19 +28,23 @@ from collections.abc import Callable, Iterable
 import torch
 
 from dpo_ref.errors import InputError
-from dpo_ref.oracle.checks import LOGPS_CHECKS, LOSS_CHECKS, VARIANTS, Config, describe_error, run_check
-from dpo_ref.oracle.report import FAILED, PASSED, SKIPPED, XFAILED, XPASSED, CheckResult, Report
-from dpo_ref.oracle.targets import ADAPTERS, LogpsTarget, LossTarget, import_source, load_target
-from dpo_ref.properties import TOLERANCE_K
+from dpo_ref.oracle.catalogue import REDUCTIONS, VARIANTS, Config
+from dpo_ref.oracle.levels import Progress, check_names, probe_spec, verify_logps, verify_loss
+from dpo_ref.oracle.report import FAILED, PASSED, XFAILED, XPASSED, CheckResult, Report
+from dpo_ref.oracle.targets import (
+    ADAPTERS,
+    LogpsTarget,
+    LossTarget,
+    TargetImportFailed,
+    check_logps_signature,
+    import_source,
+    load_target,
+)
 
 LEVELS = ("loss", "logps")
 DEFAULT_MAX_EXAMPLES = 100
-HEADER = "import torch\nimport dpo_ref"
 
-
-def check_names(level: str) -> list[str]:
-    """The names of the checks run at `level` (what an xfail file may list)."""
-    return ["call"] + [c.name for c in (LOSS_CHECKS if level == "loss" else LOGPS_CHECKS)]
+__all__ = ["DEFAULT_MAX_EXAMPLES", "check_names", "make_config", "read_xfail_file", "verify"]
 
 
 def make_config(
@@ -43,6 +53,8 @@ def make_config(
     label_smoothing: float | None = None,
     average: bool | None = None,
     max_examples: int = DEFAULT_MAX_EXAMPLES,
+    strict: bool = False,
+    reduction: str = "auto",
 ) -> Config:
     """Validated settings; `InputError` naming the bad argument."""
     if variant not in VARIANTS:
@@ -58,13 +70,29 @@ def make_config(
             raise InputError(f"label_smoothing must be in (0, 0.5), got {label_smoothing!r}")
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
         raise InputError(f"max_examples must be a positive integer, got {max_examples!r}")
+    if reduction not in REDUCTIONS:
+        raise InputError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     return Config(
         variant=variant,
         beta=None if beta is None else float(beta),
         label_smoothing=None if label_smoothing is None else float(label_smoothing),
         average=(variant == "ipo-mean") if average is None else bool(average),
         max_examples=max_examples,
+        strict=bool(strict),
+        reduction=reduction,
     )
+
+
+def _names(value: Iterable[str] | str | None, what: str) -> list[str] | None:
+    """A list of check names; a single string is one name (not its characters)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    names = list(value)
+    if not all(isinstance(n, str) for n in names):
+        raise InputError(f"{what} must be check names (strings), got {names!r}")
+    return names
 
 
 def verify(
@@ -76,9 +104,12 @@ def verify(
     label_smoothing: float | None = None,
     average: bool | None = None,
     max_examples: int = DEFAULT_MAX_EXAMPLES,
-    checks: Iterable[str] | None = None,
-    xfail: Iterable[str] = (),
+    checks: Iterable[str] | str | None = None,
+    xfail: Iterable[str] | str = (),
     name: str | None = None,
+    strict: bool = False,
+    reduction: str = "auto",
+    progress: Progress = None,
 ) -> Report:
     """Run the conformance checks on `fn` and return a `Report` (see the module docstring).
 
@@ -91,14 +122,20 @@ def verify(
         label_smoothing: fixed cDPO eps; by default drawn from (0, 0.49].
         average: log-prob level, the averaged convention (default: True for `ipo-mean`).
         max_examples: Hypothesis examples per check.
-        checks: run only these checks (names as in the report).
+        checks: run only these checks (names as in the report; one name may be given as a string).
         xfail: checks expected to fail: their failure is reported as xfailed.
-    Raises `InputError` for a bad argument or a target that cannot be imported.
+        strict: float64 inputs must give float64-exact results, and advisory checks count in the verdict.
+        reduction: what the loss returns: `auto` (per-example losses or the batch mean), `none`, `mean`,
+            or `sum` (a batch sum fails unless declared: its gradient grows with the batch size).
+        progress: called with each `CheckResult` as soon as the check has run.
+    Raises `InputError` for a bad argument, a target that cannot be imported, or a signature that cannot
+    be called the way the level needs (with a hint).
     """
     start = time.perf_counter()
-    cfg = make_config(variant, beta, label_smoothing, average, max_examples)
+    cfg = make_config(variant, beta, label_smoothing, average, max_examples, strict, reduction)
+    checks, xfail = _names(checks, "checks"), _names(xfail, "xfail") or []
     with _one_thread():
-        report = _verify(fn, level, cfg, checks, name)
+        report = _verify(fn, level, cfg, checks, name, progress)
     apply_xfail(report, xfail)
     report.seconds = time.perf_counter() - start
     return report
@@ -116,141 +153,31 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-def _verify(fn, level: str, cfg: Config, checks, name: str | None) -> Report:
+def _verify(fn, level: str, cfg: Config, checks, name: str | None, progress: Progress) -> Report:
     spec_str = fn if isinstance(fn, str) else None
     if isinstance(fn, str):
-        fn = load_target(fn)
+        try:
+            fn = load_target(fn)
+        except TargetImportFailed as err:
+            report = Report(spec_str, level or "loss", cfg.variant)
+            report.checks.append(CheckResult("call", FAILED, "the target can be imported", f"{err}: it cannot pass"))
+            return report
     if isinstance(fn, str) and fn in ADAPTERS:
         from dpo_ref.oracle import adapters
 
-        report = adapters.run(fn, level, cfg, only=checks)
-    else:
-        level = level or "loss"
-        if level not in LEVELS:
-            raise InputError(f"level must be one of {', '.join(LEVELS)} for a callable, got {level!r}")
-        if not callable(fn):
-            raise InputError(f"the target must be callable, got {type(fn).__name__}")
-        target_name = name or spec_str or getattr(fn, "__qualname__", None) or repr(fn)
-        import_src = import_source(fn, spec_str)
-        if level == "loss":
-            report = verify_loss(LossTarget.from_callable(fn, _probe_spec(cfg), target_name, import_src), cfg, checks)
-        else:
-            report = verify_logps(LogpsTarget(fn, target_name, import_src), cfg, checks)
-    return report
-
-
-def _probe_spec(cfg: Config):
-    coef = cfg.beta if cfg.beta is not None else 0.5
-    eps = (cfg.label_smoothing or 0.1) if cfg.loss_variant == "cdpo" else 0.0
-    return cfg.spec(coef, eps)
-
-
-def _settings(cfg: Config, level: str) -> dict:
-    coef = "tau" if cfg.loss_variant == "ipo" else "beta"
-    out = {"max_examples per check": cfg.max_examples}
+        return adapters.run(fn, level, cfg, only=checks)
+    level = level or "loss"
+    if level not in LEVELS:
+        raise InputError(f"level must be one of {', '.join(LEVELS)} for a callable, got {level!r}")
+    if not callable(fn):
+        raise InputError(f"the target must be callable, got {type(fn).__name__}")
+    target_name = name or spec_str or getattr(fn, "__qualname__", None) or repr(fn)
+    import_src = import_source(fn, spec_str)
     if level == "loss":
-        out[coef] = cfg.beta if cfg.beta is not None else "drawn from 1e-3 to 1e3"
-        if cfg.loss_variant == "cdpo":
-            out["label_smoothing"] = cfg.label_smoothing if cfg.label_smoothing is not None else "drawn from (0, 0.49]"
-        out["tolerance"] = f"|L - L_ref| <= {TOLERANCE_K:g} eps_dtype (|dL/dh| sum|inputs| + |L_ref| + 1)"
-    else:
-        out["convention"] = "mean over scored tokens" if cfg.average else "sum over scored tokens"
-        out["tolerance"] = f"{TOLERANCE_K:g} eps_dtype (4 n_tokens (max|logit| + 1) + 1)"
-    return out
-
-
-def _select(all_checks, only: Iterable[str] | None, level: str):
-    if only is None:
-        return list(all_checks)
-    only = set(only)
-    unknown = only - set(check_names(level))
-    if unknown:
-        raise InputError(
-            f"unknown check(s) {', '.join(sorted(unknown))}; {level} checks: {', '.join(check_names(level))}"
-        )
-    return [c for c in all_checks if c.name in only]
-
-
-def verify_loss(target: LossTarget, cfg: Config, only: Iterable[str] | None = None) -> Report:
-    """All loss-level checks on a normalised target."""
-    report = Report(target.name, "loss", cfg.variant, settings=_settings(cfg, "loss"))
-    selected = _select(LOSS_CHECKS, only, "loss")
-    spec = _probe_spec(cfg)
-    call = CheckResult("call", PASSED, "accepts (pc, pr, rc, rr, beta=...) and returns losses (B,) or a scalar")
-    try:
-        reduction = target.detect_reduction(spec)
-        report.detected["reduction"] = {
-            "per-example": "per-example losses (B,)",
-            "mean": "mean over the batch (scalar)",
-            "sum": "sum over the batch (scalar)",
-            "unknown": "a scalar that is neither the mean nor the sum of the expected losses",
-        }[reduction]
-    except Exception as err:
-        return _basic_call_failed(
-            report,
-            call,
-            err,
-            selected,
-            [
-                target.import_src,
-                "pc, pr = torch.tensor([-3.0, -10.0, -1.5]), torch.tensor([-5.0, -2.0, -7.0])",
-                "rc, rr = torch.tensor([-4.0, -6.0, -2.0]), torch.tensor([-4.5, -3.0, -6.5])",
-                f"print({target.call_src(spec)})",
-            ],
-        )
-    report.checks.append(call)
-    if cfg.variant == "ipo-mean":
-        report.notes.append(
-            "at the loss level ipo and ipo-mean are the same function; they differ in the log-probs fed"
-        )
-    for check in selected:
-        if check.name == "reduction" and target.reduction == "per-example":
-            report.checks.append(CheckResult(check.name, SKIPPED, check.description, "returns per-example losses"))
-            continue
-        report.checks.append(run_check(check, target, cfg, HEADER))
-    return report
-
-
-def _basic_call_failed(report: Report, call: CheckResult, err: BaseException, selected, lines: list[str]) -> Report:
-    """The target fails on a plain batch: report that with a reproduction and skip every other check."""
-    call.status, call.message = FAILED, describe_error(err)
-    call.reproduction = "\n".join([HEADER, *lines])
-    report.checks.append(call)
-    report.checks += [
-        CheckResult(c.name, SKIPPED, c.description, "not run: the target fails the basic call") for c in selected
-    ]
-    return report
-
-
-def verify_logps(target: LogpsTarget, cfg: Config, only: Iterable[str] | None = None) -> Report:
-    """All log-prob-level checks on a target fn(logits, labels) -> (B,)."""
-    report = Report(target.name, "logps", cfg.variant, settings=_settings(cfg, "logps"))
-    selected = _select(LOGPS_CHECKS, only, "logps")
-    call = CheckResult("call", PASSED, "accepts (logits (B, T, V), labels (B, T)) and returns (B,)")
-    logits = torch.zeros(2, 4, 3, dtype=torch.float64)
-    labels = torch.tensor([[-100, 1, 2, -100], [-100, -100, 0, 1]])
-    try:
-        out = target(logits, labels)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2,):
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise AssertionError(f"returned {shape} for a batch of 2; expected a tensor of shape (2,)")
-    except Exception as err:
-        return _basic_call_failed(
-            report,
-            call,
-            err,
-            selected,
-            [
-                target.import_src,
-                "logits = torch.zeros(2, 4, 3, dtype=torch.float64)",
-                "labels = torch.tensor([[-100, 1, 2, -100], [-100, -100, 0, 1]])",
-                f"print({target.call_src()})  # expected log(1/3) * [2, 1]",
-            ],
-        )
-    report.checks.append(call)
-    for check in selected:
-        report.checks.append(run_check(check, target, cfg, HEADER))
-    return report
+        target = LossTarget.from_callable(fn, probe_spec(cfg), target_name, import_src)
+        return verify_loss(target, cfg, checks, progress)
+    check_logps_signature(fn, target_name)
+    return verify_logps(LogpsTarget(fn, target_name, import_src), cfg, checks, progress)
 
 
 def apply_xfail(report: Report, xfail: Iterable[str]) -> None:

@@ -8,8 +8,10 @@ a time limit, so a target that hangs or kills the interpreter fails the verifica
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import uuid
 
 from dpo_ref.atomic import write_text_atomic
 from dpo_ref.errors import InputError
@@ -42,6 +44,18 @@ def register(subparsers) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="log-prob level: length-averaged log-probs (default: on for ipo-mean, off otherwise)",
+    )
+    p.add_argument(
+        "--reduction",
+        choices=("auto", "none", "mean", "sum"),
+        default="auto",
+        help="what a loss-level TARGET returns: auto accepts per-example losses or their batch mean; a batch sum "
+        "fails unless declared with --reduction sum (default: auto)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="also demand float64-exact results on float64 inputs and count the advisory (robustness) checks",
     )
     p.add_argument("--max-examples", type=int, default=None, help="Hypothesis examples per check (default 100)")
     p.add_argument("--checks", default=None, help="comma-separated check names to run (default: all)")
@@ -79,24 +93,61 @@ def handler(args: argparse.Namespace) -> int:
         raise InputError("--level library applies to the built-in adapters (trl, torchtune) only")
     xfail = read_xfail_file(args.xfail_file) if args.xfail_file else ()
     checks = [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None
-    report = verify(
-        args.target,
-        level=args.level or ("loss" if args.target not in ("trl", "torchtune") else None),
-        variant=args.variant,
-        beta=args.beta,
-        label_smoothing=args.label_smoothing,
-        average=args.average,
-        max_examples=args.max_examples or DEFAULT_MAX_EXAMPLES,
-        checks=checks,
-        xfail=xfail,
-    )
-    if args.json == "-":
+    if args.json not in (None, "-"):
+        check_json_path(args.json)
+    to_json = args.json == "-"
+    stream = sys.stderr if to_json else sys.stdout  # progress never mixes with a JSON report on stdout
+
+    def progress(result) -> None:
+        if not progress.started:
+            print(
+                f"dpo-ref verify: {args.target}  (level={args.level or 'default'}, variant={args.variant})", file=stream
+            )
+            progress.started = True
+        print(result.line(24), file=stream, flush=True)
+
+    progress.started = False
+    with _target_output_to_stderr(to_json):
+        report = verify(
+            args.target,
+            level=args.level or ("loss" if args.target not in ("trl", "torchtune") else None),
+            variant=args.variant,
+            beta=args.beta,
+            label_smoothing=args.label_smoothing,
+            average=args.average,
+            max_examples=args.max_examples or DEFAULT_MAX_EXAMPLES,
+            checks=checks,
+            xfail=xfail,
+            strict=args.strict,
+            reduction=args.reduction,
+            progress=progress,
+        )
+    if to_json:
         print(report.to_json())
     else:
-        print(report.to_text(reproductions=not args.quiet))
+        print("")
+        print(report.to_text(reproductions=not args.quiet, check_lines=not progress.started))
         if args.json:
             write_atomic(args.json, report.to_json() + "\n")
     return 0 if report.passed else 1
+
+
+@contextlib.contextmanager
+def _target_output_to_stderr(active: bool):
+    """While the target runs, what it prints (Python or C level, fd 1) goes to stderr, so `--json -` stays JSON."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _child_argv(args: argparse.Namespace, json_path: str) -> list[str]:
@@ -114,9 +165,16 @@ def _child_argv(args: argparse.Namespace, json_path: str) -> list[str]:
             argv += [flag, repr(value) if isinstance(value, float) else str(value)]
     if args.average is not None:
         argv.append("--average" if args.average else "--no-average")
+    if args.strict:
+        argv.append("--strict")
+    if args.reduction != "auto":
+        argv += ["--reduction", args.reduction]
     if args.quiet:
         argv.append("-q")
     return argv
+
+
+TOKEN_VAR = "DPO_REF_VERIFY_TOKEN"
 
 
 def run_isolated(args: argparse.Namespace) -> int:
@@ -124,7 +182,10 @@ def run_isolated(args: argparse.Namespace) -> int:
 
     The child's report is relayed as it is (exit 0, 1, or 2 for a usage error); the child's JSON report
     is the proof that it finished, so a target that ends the interpreter early (`os._exit`, a signal)
-    cannot pass for a conforming one.
+    cannot pass for a conforming one. The child runs in a process group of its own and its output goes
+    to files, not pipes, so a process it leaves running cannot keep this one waiting; on timeout, on
+    Ctrl-C and when the child ends, every process carrying this run's token in its environment (the child
+    and all it started, even in a session of its own) is killed.
     """
     import signal
     import subprocess
@@ -134,29 +195,39 @@ def run_isolated(args: argparse.Namespace) -> int:
 
     timeout = TIMEOUT if args.timeout is None else args.timeout
     if args.json not in (None, "-"):  # checked before the run, not after it
-        folder = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(folder):
-            raise InputError(f"--json: directory {folder!r} does not exist")
+        check_json_path(args.json)
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(dpo_ref.__file__)))
-    env = {**os.environ, "PYTHONPATH": package_root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    token = uuid.uuid4().hex
+    env = {
+        **os.environ,
+        "PYTHONPATH": package_root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        TOKEN_VAR: token,
+    }
     with tempfile.TemporaryDirectory(prefix="dpo-ref-verify-") as scratch:
         report_path = os.path.join(scratch, "report.json")
+        out_path, err_path = os.path.join(scratch, "stdout"), os.path.join(scratch, "stderr")
         command = [sys.executable, "-m", "dpo_ref", *_child_argv(args, report_path)]
-        # a session of its own, so that a timeout kills whatever the target started too
-        child = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-        )
-        try:
-            out, err = child.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.communicate()
-            print(
-                f"dpo-ref verify: FAILED: {args.target} did not finish within {timeout:g} s (a hang?); "
-                "the child process was killed (--timeout sets the limit)",
-                file=sys.stderr,
-            )
-            return 1
+        with open(out_path, "w") as out_f, open(err_path, "w") as err_f:
+            child = subprocess.Popen(command, env=env, stdout=out_f, stderr=err_f, start_new_session=True)
+            try:
+                child.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_run(child, token)
+                print(
+                    f"dpo-ref verify: FAILED: {args.target} did not finish within {timeout:g} s (a hang?); "
+                    "the child process was killed (--timeout sets the limit)",
+                    file=sys.stderr,
+                )
+                return 1
+            except KeyboardInterrupt:
+                _kill_run(child, token)
+                raise
+            finally:
+                _kill_run(child, token)  # whatever the target left running
+        with open(out_path, encoding="utf-8", errors="replace") as f:
+            out = f.read()
+        with open(err_path, encoding="utf-8", errors="replace") as f:
+            err = f.read()
         finished = os.path.exists(report_path)
         if child.returncode == 2 and not finished:  # a usage or import error, already one line
             sys.stderr.write(err)
@@ -173,12 +244,44 @@ def run_isolated(args: argparse.Namespace) -> int:
         with open(report_path, encoding="utf-8") as f:
             report_json = f.read()
     if args.json == "-":
+        sys.stderr.write(err)
         print(report_json.rstrip("\n"))
     else:
         sys.stdout.write(out)
+        sys.stderr.write(err)
         if args.json:
             write_atomic(args.json, report_json)
     return child.returncode
+
+
+def _kill_run(child, token: str) -> None:
+    """Kill the child's process group and every process whose environment carries `token` (Linux: /proc)."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+    marker = f"{TOKEN_VAR}={token}".encode()
+    if os.path.isdir("/proc"):
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    if marker in f.read().split(b"\0"):
+                        os.kill(int(pid), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
+    with contextlib.suppress(Exception):
+        child.wait(timeout=5)
+
+
+def check_json_path(path: str) -> None:
+    """`--json PATH` must name a file in an existing directory (checked before anything runs)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"--json: directory {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise InputError(f"--json: {path!r} is a directory; give a file path")
 
 
 def write_atomic(path: str, text: str) -> None:

@@ -28,6 +28,14 @@ from dpo_ref.properties import LossSpec, preference_margin
 ADAPTERS = ("trl", "torchtune")
 
 
+class TargetImportFailed(Exception):
+    """Importing the target raised `SystemExit` or another non-`Exception`: a failed verification, not a usage error."""
+
+
+def _code(err: BaseException) -> str:
+    return f"({err.code!r})" if isinstance(err, SystemExit) else ""
+
+
 def load_target(spec: str) -> Callable | str:
     """The callable named by `spec` (`file.py:name` or `pkg.mod:name`), or the adapter name itself.
 
@@ -52,6 +60,10 @@ def load_target(spec: str) -> Callable | str:
             raise InputError(f"target {spec!r}: cannot import module {where!r} ({err})") from None
         except Exception as err:  # an error raised while importing the user's module
             raise InputError(f"target {spec!r}: importing {where!r} raised {type(err).__name__}: {err}") from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # SystemExit & co: a target must not end the verification
+            raise TargetImportFailed(f"importing {where!r} raised {type(err).__name__}{_code(err)}") from None
     obj = module
     for part in name.split("."):
         if not hasattr(obj, part):
@@ -79,6 +91,11 @@ def _import_file(path: str):
     except Exception as err:
         del sys.modules[mod_name]
         raise InputError(f"target file {path!r}: importing it raised {type(err).__name__}: {err}") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # SystemExit & co: a target must not end the verification
+        del sys.modules[mod_name]
+        raise TargetImportFailed(f"importing {path!r} raised {type(err).__name__}{_code(err)}") from None
     return module
 
 
@@ -93,9 +110,125 @@ def import_source(fn: Callable, spec: str | None) -> str:
     return "fn = ...  # the function you passed to dpo_ref.verify"
 
 
+LOSS_KEYS = ("loss", "losses")
+COEFFICIENT_NAMES = ("beta", "tau", "label_smoothing")
+
+
 def first_item(out: object) -> object:
-    """The loss part of a return value: a tuple's (or named tuple's) first item, else the value itself."""
+    """The loss part of a return value: a tuple's (or named tuple's) first item, a dict's "loss"/"losses", else
+    the value itself."""
+    if isinstance(out, dict):
+        for key in LOSS_KEYS:
+            if key in out:
+                return out[key]
+        return next(iter(out.values()), out)
     return out[0] if isinstance(out, tuple) and len(out) > 0 else out
+
+
+def _reward_key(key: str, side: str) -> bool:
+    key = key.lower()
+    return side in key and "reward" in key
+
+
+def find_rewards(out: object) -> tuple[str, str] | None:
+    """Where a return value keeps chosen and rejected implicit rewards, as two access expressions on `out`.
+
+    Recognised: a dict or named tuple with keys/fields naming "chosen"/"rejected" and "reward", or a plain
+    tuple `(losses, chosen_rewards, rejected_rewards, ...)` (the original DPO code's and TRL's order).
+    """
+    if isinstance(out, dict):
+        keys = [k for k in out if isinstance(k, str)]
+    elif isinstance(out, tuple) and hasattr(out, "_fields"):
+        keys = list(out._fields)
+    else:
+        keys = []
+    chosen = [k for k in keys if _reward_key(k, "chosen")]
+    rejected = [k for k in keys if _reward_key(k, "rejected")]
+    if len(chosen) == 1 and len(rejected) == 1:
+        if isinstance(out, dict):
+            return f"[{chosen[0]!r}]", f"[{rejected[0]!r}]"
+        return f".{chosen[0]}", f".{rejected[0]}"
+    if isinstance(out, tuple) and not hasattr(out, "_fields") and len(out) >= 3:
+        if all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in out[1:3]):
+            return "[1]", "[2]"
+    return None
+
+
+# Which of the four log-probs a parameter name means: (policy or reference, chosen or rejected).
+_ROLE_ORDER = (("policy", "chosen"), ("policy", "rejected"), ("reference", "chosen"), ("reference", "rejected"))
+
+
+def _role(name: str) -> tuple[str, str] | None:
+    n = name.lower()
+    side = (
+        "chosen"
+        if ("chosen" in n or n.endswith("_w"))
+        else "rejected"
+        if ("rejected" in n or n.endswith("_l"))
+        else None
+    )
+    if side is None:
+        return None
+    model = "reference" if ("ref" in n) else "policy"
+    return model, side
+
+
+def map_by_name(fn: Callable) -> tuple[list[str] | None, str | None]:
+    """The names of fn's first four parameters in the standard order (policy chosen, policy rejected, reference
+    chosen, reference rejected) when their names say which is which, and a note when that is not the order
+    they are declared in. (None, None) when the names do not say."""
+    try:
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return None, None
+    if len(params) < 4 or any(p.kind is inspect.Parameter.POSITIONAL_ONLY for p in params[:4]):
+        return None, None
+    names = [p.name for p in params[:4]]
+    roles = [_role(n) for n in names]
+    if None in roles or len(set(roles)) != 4:
+        return None, None
+    ordered = [names[roles.index(r)] for r in _ROLE_ORDER]
+    if ordered == names:
+        return None, None  # already the standard order: call positionally
+    return ordered, "arguments passed by name (their order differs from the standard one): " + ", ".join(
+        f"{n}={s}"
+        for n, s in zip(ordered, ("policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected"))
+    )
+
+
+def check_loss_signature(fn: Callable, name: str) -> None:
+    """`InputError` (a usage error) when fn cannot be called as fn(pc, pr, rc, rr, beta=...)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    params = list(sig.parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return
+    positional = [
+        p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    required = [p for p in positional if p.default is inspect.Parameter.empty]
+    required_kw = [
+        p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+    ]
+    hint = (
+        "a loss-level target is called as fn(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, "
+        "reference_rejected_logps, beta=...); wrap yours in a small function with that signature"
+    )
+    if len(positional) < 4:
+        raise InputError(f"{name} takes {len(positional)} positional argument(s), not the four log-probs: {hint}")
+    extra_required = [p.name for p in required[4:] if p.name not in COEFFICIENT_NAMES]
+    if extra_required:
+        extra = ", ".join(extra_required)
+        raise InputError(f"{name} requires more than the four log-probs ({extra}): {hint}")
+    unknown_kw = [k for k in required_kw if k not in COEFFICIENT_NAMES]
+    if unknown_kw:
+        raise InputError(f"{name} requires keyword argument(s) {', '.join(unknown_kw)}: {hint}")
 
 
 @dataclass
@@ -109,9 +242,12 @@ class LossTarget:
     takes_label_smoothing: bool = False
     reduction: str = "per-example"  # per-example | mean | sum | unknown
     call_src_template: str | None = None  # e.g. "DPOLoss({kwargs})({args})" for adapters
+    arg_names: list[str] | None = None  # keyword names of the four log-probs, when mapped by name
+    reward_access: tuple[str, str] | None = None  # where the return value keeps the rewards
 
     @classmethod
     def from_callable(cls, fn: Callable, spec: LossSpec, name: str, import_src: str) -> LossTarget:
+        check_loss_signature(fn, name)
         params, var_kw = _parameters(fn)
         beta_name = "beta"
         if params is not None and "beta" not in params and not var_kw:
@@ -126,7 +262,12 @@ class LossTarget:
         takes_eps = params is None or var_kw or "label_smoothing" in params
         if spec.variant == "cdpo" and not takes_eps:
             raise InputError(f"{name} takes no `label_smoothing` keyword argument, which variant cdpo needs")
-        return cls(fn, name, import_src, beta_name, bool(takes_eps and spec.variant == "cdpo"))
+        arg_names, _ = map_by_name(fn)
+        return cls(fn, name, import_src, beta_name, bool(takes_eps and spec.variant == "cdpo"), arg_names=arg_names)
+
+    @property
+    def mapping_note(self) -> str | None:
+        return map_by_name(self.fn)[1] if self.arg_names else None
 
     def kwargs(self, spec: LossSpec) -> dict:
         kw = {self.beta_name: spec.coefficient}
@@ -134,10 +275,36 @@ class LossTarget:
             kw["label_smoothing"] = spec.label_smoothing
         return kw
 
+    def call(self, spec: LossSpec, pc, pr, rc, rr) -> object:
+        """What the target returns for these inputs, the log-probs passed by name if it was mapped by name."""
+        if self.arg_names:
+            return self.fn(**dict(zip(self.arg_names, (pc, pr, rc, rr))), **self.kwargs(spec))
+        return self.fn(pc, pr, rc, rr, **self.kwargs(spec))
+
     def raw(self, spec: LossSpec) -> Callable[..., torch.Tensor]:
-        """fn(pc, pr, rc, rr) -> what the target returns (its first item if a tuple), coefficients bound."""
-        kw = self.kwargs(spec)
-        return lambda pc, pr, rc, rr: first_item(self.fn(pc, pr, rc, rr, **kw))
+        """fn(pc, pr, rc, rr) -> what the target returns (its loss item if a tuple or dict), coefficients bound."""
+        return lambda pc, pr, rc, rr: first_item(self.call(spec, pc, pr, rc, rr))
+
+    def rewards(self, spec: LossSpec) -> Callable[..., tuple]:
+        """fn(pc, pr, rc, rr) -> (chosen_rewards, rejected_rewards) from the target's return value."""
+        chosen, rejected = self.reward_access or ("[1]", "[2]")
+
+        def get(out, access: str):
+            return (
+                out[access[2:-2]]
+                if access.startswith("['")
+                else getattr(out, access[1:])
+                if access.startswith(".")
+                else out[int(access[1:-1])]
+            )
+
+        return lambda pc, pr, rc, rr: (lambda out: (get(out, chosen), get(out, rejected)))(
+            self.call(spec, pc, pr, rc, rr)
+        )
+
+    def rewards_src(self) -> str:
+        chosen, rejected = self.reward_access or ("[1]", "[2]")
+        return f"(out{chosen}, out{rejected})"
 
     def per_example(self, spec: LossSpec) -> Callable[..., torch.Tensor]:
         """fn(pc, pr, rc, rr) -> (B,). A reducing target is called on one example at a time."""
@@ -156,12 +323,16 @@ class LossTarget:
 
     def call_src(self, spec: LossSpec, args: str = "pc, pr, rc, rr") -> str:
         kw = ", ".join(f"{k}={v!r}" for k, v in self.kwargs(spec).items())
+        if self.arg_names:
+            values = [a.strip() for a in args.split(",")]
+            args = ", ".join(f"{n}={v}" for n, v in zip(self.arg_names, values))
         if self.call_src_template:
             return self.call_src_template.format(args=args, kwargs=kw)
         return f"fn({args}, {kw})"
 
     def detect_reduction(self, spec: LossSpec) -> str:
-        """Call the target on a probe batch of 3 and decide: per-example, mean, sum or unknown.
+        """Call the target on a probe batch of 3 and decide: per-example, mean, sum or unknown; also find
+        where it returns implicit rewards, if it does.
 
         Raises `PropertyViolation`-style `AssertionError` if it cannot be called or returns no tensor.
         """
@@ -169,9 +340,13 @@ class LossTarget:
             torch.tensor(v, dtype=torch.float64)
             for v in ([-3.0, -10.0, -1.5], [-5.0, -2.0, -7.0], [-4.0, -6.0, -2.0], [-4.5, -3.0, -6.5])
         )
-        out = self.raw(spec)(*probe)
+        full = self.call(spec, *probe)
+        self.reward_access = find_rewards(full)
+        out = first_item(full)
         if not isinstance(out, torch.Tensor):
-            raise AssertionError(f"returned {type(out).__name__}; expected a tensor of losses (or a tuple of them)")
+            raise AssertionError(
+                f"returned {type(out).__name__}; expected a tensor of losses (or a tuple or dict holding them)"
+            )
         if tuple(out.shape) == (3,):
             self.reduction = "per-example"
         elif out.numel() == 1:
@@ -198,6 +373,37 @@ def _parameters(fn: Callable) -> tuple[set[str] | None, bool]:
     names = {p.name for p in sig.parameters.values()}
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
     return names, var_kw
+
+
+LOGPS_HINT = (
+    "a log-prob-level target is called as fn(logits (B, T, V), labels (B, T)) with -100 = not scored; "
+    "for other shapes wrap it with dpo_ref.oracle.adapters: from_loss_mask(fn) for fn(logits, labels, loss_mask), "
+    "from_input_ids_mask(fn) for fn(logits, input_ids, mask), from_concatenated(fn) for chosen and rejected "
+    "concatenated, from_hidden_states(fn, lm_head_weight) for fn(hidden_states, weight, labels)"
+)
+
+
+def check_logps_signature(fn: Callable, name: str) -> None:
+    """`InputError` (a usage error, with a hint) when fn cannot be called as fn(logits, labels)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    params = list(sig.parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return
+    positional = [
+        p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    required = [p.name for p in positional if p.default is inspect.Parameter.empty]
+    required_kw = [
+        p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+    ]
+    if len(positional) < 2:
+        raise InputError(f"{name} takes {len(positional)} positional argument(s), not (logits, labels): {LOGPS_HINT}")
+    if len(required) > 2 or required_kw:
+        extra = ", ".join(required[2:] + required_kw)
+        raise InputError(f"{name} requires more than (logits, labels) ({extra}): {LOGPS_HINT}")
 
 
 @dataclass

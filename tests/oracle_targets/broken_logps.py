@@ -57,13 +57,6 @@ def detached_logits(logits, labels):
         return _token_logps(logits[:, :-1], labels[:, 1:]).sum(-1)
 
 
-def mask_by_multiplying(logits, labels):
-    """Masks by multiplying with the mask: -inf * 0 = NaN when an unscored position has -inf logits."""
-    mask = labels[:, 1:] != -100
-    lp = torch.gather(logits[:, :-1].log_softmax(-1), 2, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (lp * mask).sum(-1)
-
-
 def assumes_left_padding(logits, labels):
     """Scores the last n positions of each row, n its number of scored tokens: right only if left padded."""
     B, T, _ = logits.shape
@@ -83,6 +76,5 @@ EXPECTED = {
     "naive_softmax": (False, "logps_values_float32"),
     "inplace_labels": (False, "logps_inputs_unmodified"),
     "detached_logits": (False, "logps_gradients"),
-    "mask_by_multiplying": (False, "logps_unscored_ignored"),
     "assumes_left_padding": (False, "logps_padding"),
 }

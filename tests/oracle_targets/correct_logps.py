@@ -43,3 +43,11 @@ def averaged(logits, labels):
     token_logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     token_logps = torch.where(mask, token_logps, torch.zeros_like(token_logps))
     return token_logps.sum(-1) / mask.sum(-1)
+
+
+def mask_by_multiplying(logits, labels):
+    """The original DPO repository's style: (per_token * mask).sum(-1). Correct; only -inf logits at unscored
+    positions (0 * -inf = NaN) break it, which the oracle reports as advice."""
+    mask = labels[:, 1:] != -100
+    lp = torch.gather(logits[:, :-1].log_softmax(-1), 2, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (lp * mask).sum(-1)

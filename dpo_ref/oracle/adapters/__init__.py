@@ -1,9 +1,13 @@
-"""Built-in adapters: verify real libraries (`trl`, `torchtune`) through their public APIs."""
+"""Adapters: verify real libraries (`trl`, `torchtune`) through their public APIs, and log-prob functions of
+other shapes (`from_loss_mask`, `from_input_ids_mask`, `from_concatenated`, `from_hidden_states`)."""
 
 from __future__ import annotations
 
 from dpo_ref.errors import InputError
+from dpo_ref.oracle.adapters.shapes import from_concatenated, from_hidden_states, from_input_ids_mask, from_loss_mask
 from dpo_ref.oracle.report import Report
+
+__all__ = ["from_concatenated", "from_hidden_states", "from_input_ids_mask", "from_loss_mask", "run"]
 
 
 def run(name: str, level: str | None, cfg, only=None) -> Report:

@@ -76,7 +76,7 @@ def logps_target(average: bool) -> LogpsTarget:
 
 
 def run(cfg, level: str | None, only=None) -> Report:
-    from dpo_ref.oracle.api import verify_logps, verify_loss
+    from dpo_ref.oracle.levels import verify_logps, verify_loss
 
     tt = import_torchtune()
     from torchtune.rlhf import loss as tt_loss
@@ -116,7 +116,7 @@ def run(cfg, level: str | None, only=None) -> Report:
 
 def _only_for(level: str, prefix: str, only) -> list[str]:
     """The names in `only` that belong to `level` ("loss:values" or, for a single level, "values")."""
-    from dpo_ref.oracle.api import check_names
+    from dpo_ref.oracle.levels import check_names
 
     known = set(check_names(level)) if level != "library" else {"pipeline"}
     names = [n[len(prefix) :] if prefix and n.startswith(prefix) else n for n in only]

@@ -1,0 +1,306 @@
+"""Diagnoses: when a target disagrees, name what it computes instead.
+
+One catalogue of known alternatives per level, each a float64 formula of the same inputs. The target is
+evaluated on fixed diagnostic inputs (moderate values on which the alternatives differ from each other
+and from the claimed formula) and compared with each alternative at the verdict tolerance; every
+alternative it matches, and the claimed formula does not, is named. Used by every interface (API, CLI,
+pytest plugin, library adapters) through `diagnose_loss` / `diagnose_logps`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dpo_ref import properties as P
+from dpo_ref.losses import dpo_losses_from_margin, ipo_losses_from_margin, preference_margin
+from dpo_ref.strategies import IGNORE_INDEX, TokenBatch
+
+HALF_EPS = torch.finfo(torch.bfloat16).eps  # the coarser of the two half precisions
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """A known way to get the formula wrong: `losses(spec, pc, pr, rc, rr)` in float64, per example."""
+
+    name: str
+    says: str
+    claims: tuple[str, ...]  # the claimed (loss-level) variants it is a plausible mistake for
+    losses: Callable[..., torch.Tensor]
+
+
+def _h(pc, pr, rc, rr):
+    return preference_margin(pc, pr, rc, rr)
+
+
+def _dpo(h, beta, eps=0.0):
+    return dpo_losses_from_margin(h, beta, eps)
+
+
+def _robust(spec, pc, pr, rc, rr):
+    h, b, e = _h(pc, pr, rc, rr), spec.beta, spec.eps
+    return ((1 - e) * -F.logsigmoid(b * h) - e * -F.logsigmoid(-b * h)) / (1 - 2 * e)
+
+
+LOSS_ALTERNATIVES: tuple[Alternative, ...] = (
+    Alternative(
+        "plain-dpo",
+        "plain DPO: label_smoothing is ignored",
+        ("cdpo",),
+        lambda s, *x: _dpo(_h(*x), s.beta),
+    ),
+    Alternative(
+        "robust-dpo",
+        "robust DPO (rDPO, Chowdhury et al. 2024): ((1-eps) l(h) - eps l(-h)) / (1 - 2 eps), not cDPO",
+        ("cdpo",),
+        _robust,
+    ),
+    Alternative(
+        "cdpo-weights-exchanged",
+        "cDPO with the weights exchanged: eps on the preferred order, 1 - eps on the flipped one",
+        ("cdpo",),
+        lambda s, *x: _dpo(_h(*x), s.beta, 1.0 - s.eps),
+    ),
+    Alternative(
+        "ipo-target-1/tau",
+        "IPO with target 1/tau instead of 1/(2 tau): (h - 1/tau)^2",
+        ("ipo",),
+        lambda s, *x: (_h(*x) - 1.0 / s.tau) ** 2,
+    ),
+    Alternative(
+        "ipo-times-tau-squared",
+        "IPO scaled by tau^2: (tau h - 1/2)^2 (same minimiser, gradients tau^2 times too small)",
+        ("ipo",),
+        lambda s, *x: (s.tau * _h(*x) - 0.5) ** 2,
+    ),
+    Alternative(
+        "chosen-rejected-swapped",
+        "the loss with chosen and rejected swapped (the sign of the margin flipped)",
+        ("dpo", "cdpo", "ipo"),
+        lambda s, pc, pr, rc, rr: s.losses(_h(pr, pc, rr, rc)),
+    ),
+    Alternative(
+        "beta-ignored",
+        "the coefficient ignored (taken as 1)",
+        ("dpo", "cdpo", "ipo"),
+        lambda s, *x: P.LossSpec(s.variant, 1.0, s.label_smoothing, 1.0).losses(_h(*x)),
+    ),
+    Alternative(
+        "beta-squared",
+        "the coefficient squared",
+        ("dpo", "cdpo", "ipo"),
+        lambda s, *x: P.LossSpec(s.variant, s.beta**2, s.label_smoothing, s.tau**2).losses(_h(*x)),
+    ),
+    Alternative(
+        "beta-outside",
+        "the coefficient multiplying the loss instead of the margin: -beta log sigma(h)",
+        ("dpo",),
+        lambda s, *x: s.beta * _dpo(_h(*x), 1.0),
+    ),
+    Alternative(
+        "beta-divides",
+        "the margin divided by beta (beta used as a temperature)",
+        ("dpo", "cdpo"),
+        lambda s, *x: _dpo(_h(*x), 1.0 / s.beta, s.eps),
+    ),
+    Alternative(
+        "no-reference",
+        "no reference model: the margin is log pi(y_w) - log pi(y_l)",
+        ("dpo", "cdpo", "ipo"),
+        lambda s, pc, pr, rc, rr: s.losses(pc - pr),
+    ),
+    Alternative(
+        "reference-sign",
+        "the reference log-ratio added instead of subtracted",
+        ("dpo", "cdpo", "ipo"),
+        lambda s, pc, pr, rc, rr: s.losses((pc - pr) + (rc - rr)),
+    ),
+    Alternative(
+        "ipo-not-dpo",
+        "IPO (h - 1/(2 tau))^2 with tau = beta, not DPO",
+        ("dpo", "cdpo"),
+        lambda s, *x: ipo_losses_from_margin(_h(*x), s.beta),
+    ),
+    Alternative(
+        "dpo-not-ipo",
+        "DPO -log sigma(beta h) with beta = tau, not IPO",
+        ("ipo",),
+        lambda s, *x: _dpo(_h(*x), s.tau),
+    ),
+)
+
+ALTERNATIVE_NAMES = tuple(a.name for a in LOSS_ALTERNATIVES) + ("batch-sum", "half-precision")
+
+
+def _diagnostic_batches() -> list[tuple[torch.Tensor, ...]]:
+    """Fixed inputs with moderate margins, on which the alternatives all differ from each other."""
+    gen = torch.Generator().manual_seed(20231129)
+    out = []
+    for lo in (-8.0, -40.0):
+        x = torch.rand(4, 6, generator=gen, dtype=torch.float64) * lo - 0.5  # (4, B) log-probs in [lo, -0.5]
+        out.append(tuple(x))
+    return out
+
+
+def _coefficients(variant: str, beta: float | None, eps: float | None) -> list[tuple[float, float]]:
+    coefs = [beta] if beta is not None else [0.3, 2.5]
+    epss = [eps] if eps is not None else [0.15, 0.35]
+    return [(c, e) for c in coefs for e in (epss if variant == "cdpo" else [0.0])]
+
+
+def diagnose_loss(
+    per_example: Callable[[P.LossSpec], Callable], variant: str, beta: float | None, eps: float | None
+) -> list[str]:
+    """Name the alternatives the target's per-example losses match (and the claimed formula does not).
+
+    `per_example(spec)` returns the target as fn(pc, pr, rc, rr) -> (B,). Returns one sentence per match;
+    [] when none matches (or the target cannot be evaluated on the diagnostic inputs).
+    """
+    matches: dict[str, bool] = {a.name: True for a in LOSS_ALTERNATIVES if variant in a.claims}
+    claimed_matches, half_matches = True, True
+    try:
+        for coef, e in _coefficients(variant, beta, eps):
+            spec = P.LossSpec(variant, beta=coef, label_smoothing=e, tau=coef)
+            fn = per_example(spec)
+            for batch in _diagnostic_batches():
+                with torch.no_grad():
+                    got = fn(*(t.clone() for t in batch))
+                if not isinstance(got, torch.Tensor) or got.shape != batch[0].shape:
+                    return []
+                got = got.detach().double()
+                scale = P.tolerance_scale(spec, batch)
+                tol = P.TOLERANCE_K * P.EPS_FLOAT32 * scale
+                expected = spec.losses(_h(*batch))
+                claimed_matches &= bool(((got - expected).abs() <= tol).all())
+                half_matches &= bool(((got - expected).abs() <= P.TOLERANCE_K * HALF_EPS * scale).all())
+                for a in LOSS_ALTERNATIVES:
+                    if matches.get(a.name):
+                        alt = a.losses(spec, *batch)
+                        matches[a.name] = bool(((got - alt).abs() <= tol + 1e-6 * alt.abs()).all())
+    except Exception:
+        return []
+    if claimed_matches:
+        return []
+    found = [f"{a.name}: its values are {a.says}" for a in LOSS_ALTERNATIVES if matches.get(a.name)]
+    if not found and half_matches:
+        found = ["half-precision: its values match the formula only to half-precision (float16/bfloat16) rounding"]
+    return found
+
+
+def batch_sum_diagnosis() -> str:
+    return (
+        "batch-sum: returns the sum of the per-example losses over the batch, so its gradient grows with the "
+        "batch size; return the mean (or per-example losses), or declare reduction='sum' (--reduction sum)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Log-prob level
+
+
+def _row_logps(labels, logits, *, shift=True, drop_last=False, counted=(), dtype=torch.float64) -> list[float]:
+    """Per-token log-probs of one unpadded row under a convention; `counted` adds unscored positions as id 0."""
+    lp = torch.log_softmax(logits.to(dtype), dim=-1).double()  # (L, V)
+    L = labels.shape[0]
+    scored = [t for t in range(1, L) if int(labels[t]) != IGNORE_INDEX]
+    if drop_last and scored:
+        scored = scored[:-1]
+    vals = [float(lp[t - 1 if shift else t, int(labels[t])]) for t in scored]
+    vals += [float(lp[t - 1 if shift else t, 0]) for t in counted]
+    return vals
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / max(len(values), 1)
+
+
+def _unscored_in_row(labels: torch.Tensor) -> list[int]:
+    return [t for t in range(1, labels.shape[0]) if int(labels[t]) == IGNORE_INDEX]
+
+
+def _logps_alternatives(average: bool) -> dict[str, tuple[str, Callable]]:
+    """name -> (what it is, per_row(labels, logits) -> float)."""
+    agg = _mean if average else sum
+    alts = {
+        "no-shift": (
+            "scored without the one-token shift (position t's logits score token t)",
+            lambda lab, lg: agg(_row_logps(lab, lg, shift=False)),
+        ),
+        "last-token-dropped": (
+            "missing the last scored token of each row",
+            lambda lab, lg: agg(_row_logps(lab, lg, drop_last=True)),
+        ),
+        "prompt-counted": (
+            "counting the prompt's positions too (as token 0: -100 replaced but not masked)",
+            lambda lab, lg: agg(_row_logps(lab, lg, counted=_unscored_in_row(lab))),
+        ),
+        "float16-scoring": (
+            "a log-softmax computed in float16",
+            lambda lab, lg: agg(_row_logps(lab, lg, dtype=torch.float16)),
+        ),
+        "bfloat16-scoring": (
+            "a log-softmax computed in bfloat16",
+            lambda lab, lg: agg(_row_logps(lab, lg, dtype=torch.bfloat16)),
+        ),
+    }
+    if average:
+        alts["sum-not-mean"] = ("the sum over scored tokens, not their mean", lambda lab, lg: sum(_row_logps(lab, lg)))
+    else:
+        alts["mean-not-sum"] = (
+            "the mean over scored tokens, not their sum",
+            lambda lab, lg: _mean(_row_logps(lab, lg)),
+        )
+    return alts
+
+
+def _diagnostic_token_batch() -> TokenBatch:
+    gen = torch.Generator().manual_seed(7)
+    V, rows = 11, []
+    for p, r in ((2, 3), (3, 2), (1, 4)):
+        labels = torch.randint(1, V, (p + r,), generator=gen)
+        labels[:p] = IGNORE_INDEX
+        rows.append((labels, torch.randn(p + r, V, generator=gen, dtype=torch.float64) * 3.0))
+    return TokenBatch(rows=rows, vocab_size=V, padding_side="right", extra_padding=2, seed=3)
+
+
+def diagnose_logps(fn: Callable, average: bool) -> list[str]:
+    """Name the log-prob conventions the target's values match (and the claimed one does not)."""
+    batch = _diagnostic_token_batch()
+    try:
+        logits, labels = batch.padded()
+        with torch.no_grad():
+            got = fn(logits, labels)
+        if not isinstance(got, torch.Tensor) or got.shape != (len(batch.rows),):
+            return []
+        got = got.detach().double()
+    except Exception:
+        return []
+    tol = P.TOLERANCE_K * P.EPS_FLOAT32 * P.logps_tolerance_scale(batch.rows)
+    expected = P.loop_sequence_logps(batch.rows, average)
+    if bool(((got - expected).abs() <= tol).all()):
+        return []
+    found = []
+    for name, (says, per_row) in _logps_alternatives(average).items():
+        alt = torch.tensor([per_row(lab, lg) for lab, lg in batch.rows], dtype=torch.float64)
+        slack = 4 * HALF_EPS * alt.abs() if name.endswith("scoring") else 0.0  # half rounding is not reproducible
+        if bool(((got - alt).abs() <= tol + slack).all()):
+            found.append(f"{name}: its values are {says}")
+    # padding counted: every position whose label is -100 (prompt and padding) scored as token 0
+    full = torch.log_softmax(logits.double(), dim=-1)[:, :-1]  # (B, T-1, V)
+    target_ids = labels[:, 1:]  # (B, T-1)
+    scored = target_ids != IGNORE_INDEX
+    token = torch.gather(full, 2, target_ids.clamp_min(0)[..., None])[..., 0]  # (B, T-1), -100 read as 0
+    counts = [scored.sum(-1).double(), torch.full((len(batch.rows),), float(target_ids.shape[1]), dtype=torch.float64)]
+    for n in counts if average else [torch.ones(len(batch.rows), dtype=torch.float64)]:
+        if bool(((got - token.sum(-1) / n).abs() <= tol).all()):
+            found.append(
+                "padding-counted: its values score the padding (and prompt) positions as token 0: "
+                "-100 labels replaced but not masked"
+            )
+            break
+    if not found and bool(((got - expected).abs() <= tol / P.EPS_FLOAT32 * HALF_EPS).all()):
+        found.append("half-precision: its values match only to half-precision (float16/bfloat16) rounding")
+    return found

@@ -1,0 +1,191 @@
+"""Verify one normalised target at one level: the `call` check, then every catalogue check, then a diagnosis.
+
+`verify_loss` and `verify_logps` are what `dpo_ref.verify` and the library adapters (`dpo_ref.oracle.adapters`)
+call; they depend on the catalogue, the runner and the diagnoses, never on the API module (no import cycle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+from dpo_ref.errors import InputError
+from dpo_ref.oracle import diagnosis
+from dpo_ref.oracle.catalogue import ADVICE, LOGPS_CHECKS, LOSS_CHECKS, Config
+from dpo_ref.oracle.report import ADVICE as ADVICE_STATUS
+from dpo_ref.oracle.report import FAILED, PASSED, SKIPPED, CheckResult, Report
+from dpo_ref.oracle.runner import describe_error, guarded, run_check
+from dpo_ref.oracle.snippets import HEADER
+from dpo_ref.oracle.targets import LogpsTarget, LossTarget
+from dpo_ref.properties import TOLERANCE_K
+
+Progress = Callable[[CheckResult], None] | None
+
+# Checks whose failure means the values (not only robustness) differ: a diagnosis is worth trying.
+VALUE_CHECKS = {"values", "values_float32", "large_batch", "gradients", "init", "swap", "optimum", "reduction"}
+LOGPS_VALUE_CHECKS = {"logps_values", "logps_values_float32", "logps_last_position", "logps_unscored_ignored"}
+
+
+def check_names(level: str) -> list[str]:
+    """The names of the checks run at `level` (what an xfail file may list)."""
+    return ["call"] + [c.name for c in (LOSS_CHECKS if level == "loss" else LOGPS_CHECKS)]
+
+
+def probe_spec(cfg: Config):
+    coef = cfg.beta if cfg.beta is not None else 0.5
+    eps = (cfg.label_smoothing or 0.1) if cfg.loss_variant == "cdpo" else 0.0
+    return cfg.spec(coef, eps)
+
+
+def settings_for(cfg: Config, level: str) -> dict:
+    coef = "tau" if cfg.loss_variant == "ipo" else "beta"
+    unit = "eps_dtype (float64-exact demanded: --strict)" if cfg.strict else "max(eps_dtype, eps_float32)"
+    out = {"max_examples per check": cfg.max_examples}
+    if level == "loss":
+        out[coef] = cfg.beta if cfg.beta is not None else "drawn from 1e-3 to 1e3"
+        if cfg.loss_variant == "cdpo":
+            out["label_smoothing"] = cfg.label_smoothing if cfg.label_smoothing is not None else "drawn from (0, 0.49]"
+        out["reduction"] = {"auto": "per-example or batch mean"}.get(cfg.reduction, f"declared: {cfg.reduction}")
+        out["tolerance"] = (
+            f"|L - L_ref| <= {TOLERANCE_K:g} u (|dL/dh| sum|inputs| + |L_ref| + 1 + beta sum|log-ratios|), u = {unit}"
+        )
+    else:
+        out["convention"] = "mean over scored tokens" if cfg.average else "sum over scored tokens"
+        out["tolerance"] = f"{TOLERANCE_K:g} u (4 n_tokens (max|logit| + 1) + 1), u = {unit}"
+    return out
+
+
+def select(all_checks, only: Iterable[str] | None, level: str):
+    if only is None:
+        return list(all_checks)
+    only = set(only)
+    unknown = only - set(check_names(level))
+    if unknown:
+        raise InputError(
+            f"unknown check(s) {', '.join(sorted(unknown))}; {level} checks: {', '.join(check_names(level))}"
+        )
+    return [c for c in all_checks if c.name in only]
+
+
+def _emit(report: Report, result: CheckResult, progress: Progress) -> None:
+    report.checks.append(result)
+    if progress is not None:
+        progress(result)
+
+
+def _basic_call_failed(report, call, err, selected, lines: list[str], progress: Progress) -> Report:
+    """The target fails on a plain batch: report that with a reproduction and skip every other check."""
+    call.status, call.message = FAILED, describe_error(err)
+    call.reproduction = "\n".join([HEADER, *lines])
+    _emit(report, call, progress)
+    for c in selected:
+        _emit(report, CheckResult(c.name, SKIPPED, c.description, "not run: the target fails the basic call"), progress)
+    return report
+
+
+def _run_all(report: Report, selected, target, cfg: Config, progress: Progress, skip: dict[str, str]) -> None:
+    for check in selected:
+        if check.name in skip:
+            _emit(report, CheckResult(check.name, SKIPPED, check.description, skip[check.name]), progress)
+            continue
+        _emit(report, run_check(check, target, cfg), progress)
+        if report.checks[-1].status == ADVICE_STATUS or (cfg.strict and check.advisory and report.checks[-1].failed):
+            report.advice.append(ADVICE.get(check.name, report.checks[-1].message))
+
+
+def verify_loss(
+    target: LossTarget, cfg: Config, only: Iterable[str] | None = None, progress: Progress = None
+) -> Report:
+    """All loss-level checks on a normalised target."""
+    report = Report(target.name, "loss", cfg.variant, settings=settings_for(cfg, "loss"))
+    selected = select(LOSS_CHECKS, only, "loss")
+    spec = probe_spec(cfg)
+    call = CheckResult("call", PASSED, "accepts (pc, pr, rc, rr, beta=...) and returns losses (B,) or a scalar")
+    try:
+        reduction = guarded(lambda: target.detect_reduction(spec))
+    except Exception as err:
+        return _basic_call_failed(
+            report,
+            call,
+            err,
+            selected,
+            [
+                target.import_src,
+                "pc, pr = torch.tensor([-3.0, -10.0, -1.5]), torch.tensor([-5.0, -2.0, -7.0])",
+                "rc, rr = torch.tensor([-4.0, -6.0, -2.0]), torch.tensor([-4.5, -3.0, -6.5])",
+                f"print({target.call_src(spec)})",
+            ],
+            progress,
+        )
+    report.detected["reduction"] = {
+        "per-example": "per-example losses (B,)",
+        "mean": "mean over the batch (scalar)",
+        "sum": "sum over the batch (scalar)",
+        "unknown": "a scalar that is neither the mean nor the sum of the expected losses",
+    }[reduction]
+    if target.reward_access:
+        report.detected["rewards"] = "returned: out{} and out{}".format(*target.reward_access)
+    if target.mapping_note:
+        report.notes.append(target.mapping_note)
+    declared = cfg.reduction
+    if declared not in ("auto", {"per-example": "none"}.get(reduction, reduction)) and reduction != "unknown":
+        call.status = FAILED
+        call.message = f"declared reduction {declared!r}, but the target returns {report.detected['reduction']}"
+    elif reduction == "sum" and declared != "sum":
+        call.status = FAILED
+        call.message = diagnosis.batch_sum_diagnosis()
+        report.diagnosis.append(diagnosis.batch_sum_diagnosis())
+    _emit(report, call, progress)
+    if cfg.variant == "ipo-mean":
+        report.notes.append(
+            "at the loss level ipo and ipo-mean are the same function; they differ in the log-probs fed"
+        )
+    skip = {}
+    if target.reduction == "per-example":
+        skip["reduction"] = "returns per-example losses"
+    if target.reward_access is None:
+        skip["rewards"] = "returns no implicit rewards"
+    _run_all(report, selected, target, cfg, progress, skip)
+    if any(c.failed and c.name in VALUE_CHECKS for c in report.checks) and not report.diagnosis:
+        report.diagnosis += diagnosis.diagnose_loss(target.per_example, cfg.loss_variant, cfg.beta, cfg.label_smoothing)
+    return report
+
+
+def verify_logps(
+    target: LogpsTarget, cfg: Config, only: Iterable[str] | None = None, progress: Progress = None
+) -> Report:
+    """All log-prob-level checks on a target fn(logits, labels) -> (B,)."""
+    report = Report(target.name, "logps", cfg.variant, settings=settings_for(cfg, "logps"))
+    selected = select(LOGPS_CHECKS, only, "logps")
+    call = CheckResult("call", PASSED, "accepts (logits (B, T, V), labels (B, T)) and returns (B,)")
+    logits = torch.zeros(2, 4, 3, dtype=torch.float64)
+    labels = torch.tensor([[-100, 1, 2, -100], [-100, -100, 0, 1]])
+
+    def basic():
+        out = target(logits, labels)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2,):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise AssertionError(f"returned {shape} for a batch of 2; expected a tensor of shape (2,)")
+
+    try:
+        guarded(basic)
+    except Exception as err:
+        return _basic_call_failed(
+            report,
+            call,
+            err,
+            selected,
+            [
+                target.import_src,
+                "logits = torch.zeros(2, 4, 3, dtype=torch.float64)",
+                "labels = torch.tensor([[-100, 1, 2, -100], [-100, -100, 0, 1]])",
+                f"print({target.call_src()})  # expected log(1/3) * [2, 1]",
+            ],
+            progress,
+        )
+    _emit(report, call, progress)
+    _run_all(report, selected, target, cfg, progress, {})
+    if any(c.failed and c.name in LOGPS_VALUE_CHECKS for c in report.checks):
+        report.diagnosis += diagnosis.diagnose_logps(target, cfg.average)
+    return report
