@@ -351,6 +351,15 @@ def loss_gradient_ok(case: Case, fn, x, beta: float, eps: float) -> bool:
     return True
 
 
+def test_reordered_parameters_need_name_mapping():
+    """The reordered case tests mapping by name: called by position it computes chosen-rejected-swapped."""
+    case = next(c for c in CASES if c.name == "reordered_parameters")
+    fn = load(case.target)
+    x = loss_batches()[1]
+    assert matches_loss(case, fn, None, x, 0.1, 0.0)
+    assert matches_loss(case, fn, "chosen-rejected-swapped", x, 0.1, 0.0, fn(*x, beta=0.1))
+
+
 def rewards_detached(case: Case, fn) -> bool:
     """Rewards returned beside the loss (if any) carry no graph, with inputs that require grad."""
     x = tuple(v.clone().requires_grad_(True) for v in loss_batches()[0])

@@ -101,7 +101,7 @@ CASES: list[Case] = [
     _lc("declared_sum", "dpo", "returns the batch sum, declared with reduction='sum'", reduction="sum"),
     _lc("tuple_with_rewards", "dpo", "plain tuple (mean loss, chosen_rewards, rejected_rewards), rewards detached"),
     _lc("dict_return", "dpo", 'dict with "losses" (per example) and detached rewards'),
-    _lc("reordered_parameters", "dpo", "standard names in the order (pc, rc, pr, rr): must be called by name"),
+    _lc("reordered_parameters", "dpo", "standard names in the order (rc, rr, pc, pr): must be called by name"),
     _lc("module_named_tuple", "dpo", "nn.LogSigmoid module, **kwargs, NamedTuple(losses, rewards)"),
     _lc("cdpo_softplus", "cdpo", "(1 - eps) softplus(-z) + eps softplus(z)"),
     _lc("cdpo_bce_soft_targets", "cdpo", "binary_cross_entropy_with_logits against soft targets 1 - eps"),

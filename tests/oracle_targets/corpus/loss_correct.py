@@ -105,9 +105,10 @@ def dict_return(pc, pr, rc, rr, beta=0.1):
 
 
 def reordered_parameters(
-    policy_chosen_logps, reference_chosen_logps, policy_rejected_logps, reference_rejected_logps, beta=0.1
+    reference_chosen_logps, reference_rejected_logps, policy_chosen_logps, policy_rejected_logps, beta=0.1
 ):
-    """Standard names in the order (pc, rc, pr, rr): right when called by name, which the oracle must do."""
+    """Standard names, references first: right when called by name (which the oracle must do); called by
+    position with (pc, pr, rc, rr) it would compute the loss at -h."""
     chosen_logratio = policy_chosen_logps - reference_chosen_logps
     rejected_logratio = policy_rejected_logps - reference_rejected_logps
     return -F.logsigmoid(beta * (chosen_logratio - rejected_logratio))
