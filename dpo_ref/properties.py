@@ -155,6 +155,15 @@ class LossSpec:
         b, e = self.beta, self.eps
         return -b * ((1.0 - e) * torch.sigmoid(-b * margin) - e * torch.sigmoid(b * margin))
 
+    def dloss_dmargin_scale(self, margin: torch.Tensor) -> torch.Tensor:
+        """The size of the terms dL/dh is computed from (float64): where they cancel (cDPO near h*, IPO near
+        1/(2 tau)) a correct implementation's error is relative to these, not to dL/dh itself."""
+        margin = margin.double()
+        if self.variant == "ipo":
+            return 2.0 * (margin.abs() + 1.0 / (2.0 * self.tau))
+        b, e = self.beta, self.eps
+        return b * ((1.0 - e) * torch.sigmoid(-b * margin) + e * torch.sigmoid(b * margin))
+
     def optimum(self) -> float | None:
         """The finite per-pair minimiser h*, or None for DPO (L decreases to 0 as h -> inf)."""
         if self.variant == "ipo":
@@ -247,7 +256,7 @@ def check_gradients(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...])
     tol = (
         TOLERANCE_K
         * verdict_eps(dtype)
-        * (slope.abs() + curvature * sum(t.detach().double().abs() for t in batch) + 1e-3)
+        * (spec.dloss_dmargin_scale(margin) + curvature * sum(t.detach().double().abs() for t in batch) + 1e-3)
     )
     for grad, sign, name in ((gpc, 1, "policy_chosen"), (gpr, -1, "policy_rejected")):
         _close(grad, sign * slope, tol, f"{spec.describe()} dL/d{name}_logps")
@@ -295,7 +304,7 @@ def check_z_cancellation(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, 
         TOLERANCE_K
         * verdict_eps(dtype)
         * (
-            spec.dloss_dmargin(preference_margin(*(t.double() for t in batch))).abs()
+            spec.dloss_dmargin_scale(preference_margin(*(t.double() for t in batch)))
             + (spec.beta**2 if spec.variant != "ipo" else 2.0) * sum(t.double().abs() for t in shifted)
             + 1e-3
         )
@@ -313,7 +322,7 @@ def check_init(fn: LossFn, spec: LossSpec, policy_chosen: torch.Tensor, policy_r
     tol = TOLERANCE_K * verdict_eps(dtype) * (expected + 1.0)
     _close(out, expected, tol, f"{spec.describe()} loss at pi = pi_ref")
     slope = torch.full_like(expected, float(spec.dloss_dmargin(torch.zeros(1))[0]))
-    stol = TOLERANCE_K * verdict_eps(dtype) * (slope.abs() + 1e-3)
+    stol = TOLERANCE_K * verdict_eps(dtype) * (spec.dloss_dmargin_scale(torch.zeros_like(expected)) + 1e-3)
     _close(gpc, slope, stol, f"{spec.describe()} dL/dh at pi = pi_ref")
     _close(-gpr, slope, stol, f"{spec.describe()} -dL/d policy_rejected at pi = pi_ref")
 
@@ -564,7 +573,11 @@ def check_reduction(
     gtol = (
         TOLERANCE_K
         * verdict_eps(batch[0].dtype)
-        * (slope.abs() + scale * curvature * sum(t.double().abs() for t in batch) + 1e-3 * scale)
+        * (
+            spec.dloss_dmargin_scale(margin) * scale
+            + scale * curvature * sum(t.double().abs() for t in batch)
+            + 1e-3 * scale
+        )
     )
     _close(gpc, slope, gtol, f"{spec.describe()} d({reduction} loss)/d policy_chosen_logps")
     _close(gpr, -slope, gtol, f"{spec.describe()} d({reduction} loss)/d policy_rejected_logps")

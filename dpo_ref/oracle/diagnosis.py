@@ -78,7 +78,8 @@ LOSS_ALTERNATIVES: tuple[Alternative, ...] = (
     ),
     Alternative(
         "chosen-rejected-swapped",
-        "the loss with chosen and rejected swapped (the sign of the margin flipped)",
+        "the loss with chosen and rejected swapped (the sign of the margin flipped; for cDPO the same function "
+        "as the weights exchanged)",
         ("dpo", "cdpo", "ipo"),
         lambda s, pc, pr, rc, rr: s.losses(_h(pr, pc, rr, rc)),
     ),
@@ -105,6 +106,12 @@ LOSS_ALTERNATIVES: tuple[Alternative, ...] = (
         "the margin divided by beta (beta used as a temperature)",
         ("dpo", "cdpo"),
         lambda s, *x: _dpo(_h(*x), 1.0 / s.beta, s.eps),
+    ),
+    Alternative(
+        "hinge",
+        "the hinge loss max(0, 1 - beta h) (RSO / SLiC), not the log-sigmoid of DPO",
+        ("dpo", "cdpo"),
+        lambda s, *x: torch.relu(1.0 - s.beta * _h(*x)),
     ),
     Alternative(
         "no-reference",
@@ -198,81 +205,74 @@ def batch_sum_diagnosis() -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Log-prob level
-
-
-def _row_logps(labels, logits, *, shift=True, drop_last=False, counted=(), dtype=torch.float64) -> list[float]:
-    """Per-token log-probs of one unpadded row under a convention; `counted` adds unscored positions as id 0."""
-    lp = torch.log_softmax(logits.to(dtype), dim=-1).double()  # (L, V)
-    L = labels.shape[0]
-    scored = [t for t in range(1, L) if int(labels[t]) != IGNORE_INDEX]
-    if drop_last and scored:
-        scored = scored[:-1]
-    vals = [float(lp[t - 1 if shift else t, int(labels[t])]) for t in scored]
-    vals += [float(lp[t - 1 if shift else t, 0]) for t in counted]
-    return vals
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / max(len(values), 1)
-
-
-def _unscored_in_row(labels: torch.Tensor) -> list[int]:
-    return [t for t in range(1, labels.shape[0]) if int(labels[t]) == IGNORE_INDEX]
-
-
-def _logps_alternatives(average: bool) -> dict[str, tuple[str, Callable]]:
-    """name -> (what it is, per_row(labels, logits) -> float)."""
-    agg = _mean if average else sum
-    alts = {
-        "no-shift": (
-            "scored without the one-token shift (position t's logits score token t)",
-            lambda lab, lg: agg(_row_logps(lab, lg, shift=False)),
-        ),
-        "last-token-dropped": (
-            "missing the last scored token of each row",
-            lambda lab, lg: agg(_row_logps(lab, lg, drop_last=True)),
-        ),
-        "prompt-counted": (
-            "counting the prompt's positions too (as token 0: -100 replaced but not masked)",
-            lambda lab, lg: agg(_row_logps(lab, lg, counted=_unscored_in_row(lab))),
-        ),
-        "float16-scoring": (
-            "a log-softmax computed in float16",
-            lambda lab, lg: agg(_row_logps(lab, lg, dtype=torch.float16)),
-        ),
-        "bfloat16-scoring": (
-            "a log-softmax computed in bfloat16",
-            lambda lab, lg: agg(_row_logps(lab, lg, dtype=torch.bfloat16)),
-        ),
-    }
-    if average:
-        alts["sum-not-mean"] = ("the sum over scored tokens, not their mean", lambda lab, lg: sum(_row_logps(lab, lg)))
-    else:
-        alts["mean-not-sum"] = (
-            "the mean over scored tokens, not their sum",
-            lambda lab, lg: _mean(_row_logps(lab, lg)),
-        )
-    return alts
+# Log-prob level: alternatives on the padded batch, j indexing the scored label labels[:, j + 1]
 
 
 def _diagnostic_token_batch() -> TokenBatch:
+    """Right padding, no extra: the longest row reaches the last position, the others end in padding."""
     gen = torch.Generator().manual_seed(7)
     V, rows = 11, []
-    for p, r in ((2, 3), (3, 2), (1, 4)):
+    for p, r in ((2, 3), (3, 4), (1, 2)):
         labels = torch.randint(1, V, (p + r,), generator=gen)
         labels[:p] = IGNORE_INDEX
         rows.append((labels, torch.randn(p + r, V, generator=gen, dtype=torch.float64) * 3.0))
-    return TokenBatch(rows=rows, vocab_size=V, padding_side="right", extra_padding=2, seed=3)
+    return TokenBatch(rows=rows, vocab_size=V, padding_side="right", extra_padding=0, seed=3)
+
+
+def _logps_alternatives(
+    logits: torch.Tensor, labels: torch.Tensor, average: bool
+) -> list[tuple[str, str, torch.Tensor]]:
+    """(name, what it is, per-row values) for each known log-prob mistake, on padded (B, T, V) / (B, T)."""
+    target = labels[:, 1:]  # (B, T-1)
+    scored = target != IGNORE_INDEX
+    ids = target.clamp_min(0)[..., None]  # -100 read as token 0
+
+    def token(lp: torch.Tensor) -> torch.Tensor:  # (B, T-1) log-prob of labels[:, j+1] at position j
+        return torch.gather(lp[:, :-1], 2, ids)[..., 0].double()
+
+    def reduce(values: torch.Tensor, mask: torch.Tensor, mean: bool = average) -> torch.Tensor:
+        total = (values * mask).sum(-1)
+        return total / mask.sum(-1).clamp_min(1) if mean else total
+
+    lp = torch.log_softmax(logits.double(), dim=-1)
+    tok = token(lp)
+    j = torch.arange(target.shape[1])[None, :]  # (1, T-1)
+    first = torch.where(scored, j, target.shape[1]).amin(-1, keepdim=True)  # (B, 1) first scored label
+    last = torch.where(scored, j, -1).amax(-1, keepdim=True)  # (B, 1) last scored label
+    no_shift = torch.gather(lp[:, 1:], 2, ids)[..., 0]
+    out = [
+        (
+            "no-shift",
+            "scored without the one-token shift (position t's logits score token t)",
+            reduce(no_shift, scored),
+        ),
+        ("last-token-dropped", "missing the last scored token of each row", reduce(tok, scored & (j != last))),
+        ("last-token-dropped", "missing the last position's token", reduce(tok, scored & (j != target.shape[1] - 1))),
+        ("prompt-counted", "counting the prompt's positions too (as token 0)", reduce(tok, scored | (j < first))),
+        (
+            "padding-counted",
+            "counting the padding after the response too (as token 0)",
+            reduce(tok, scored | (j > first)),
+        ),
+        ("padding-counted", "counting every unscored position (prompt and padding) as token 0", reduce(tok, j >= 0)),
+    ]
+    for dtype, name in ((torch.float16, "float16-scoring"), (torch.bfloat16, "bfloat16-scoring")):
+        half = token(torch.log_softmax(logits.to(dtype), dim=-1))
+        out.append((name, f"a log-softmax computed in {str(dtype)[6:]}", reduce(half, scored)))
+    if average:
+        out.append(("sum-not-mean", "the sum over scored tokens, not their mean", reduce(tok, scored, mean=False)))
+    else:
+        out.append(("mean-not-sum", "the mean over scored tokens, not their sum", reduce(tok, scored, mean=True)))
+    return out
 
 
 def diagnose_logps(fn: Callable, average: bool) -> list[str]:
     """Name the log-prob conventions the target's values match (and the claimed one does not)."""
     batch = _diagnostic_token_batch()
+    logits, labels = batch.padded()
     try:
-        logits, labels = batch.padded()
         with torch.no_grad():
-            got = fn(logits, labels)
+            got = fn(logits.clone(), labels.clone())
         if not isinstance(got, torch.Tensor) or got.shape != (len(batch.rows),):
             return []
         got = got.detach().double()
@@ -282,25 +282,11 @@ def diagnose_logps(fn: Callable, average: bool) -> list[str]:
     expected = P.loop_sequence_logps(batch.rows, average)
     if bool(((got - expected).abs() <= tol).all()):
         return []
-    found = []
-    for name, (says, per_row) in _logps_alternatives(average).items():
-        alt = torch.tensor([per_row(lab, lg) for lab, lg in batch.rows], dtype=torch.float64)
+    found: dict[str, str] = {}
+    for name, says, alt in _logps_alternatives(logits, labels, average):
         slack = 4 * HALF_EPS * alt.abs() if name.endswith("scoring") else 0.0  # half rounding is not reproducible
-        if bool(((got - alt).abs() <= tol + slack).all()):
-            found.append(f"{name}: its values are {says}")
-    # padding counted: every position whose label is -100 (prompt and padding) scored as token 0
-    full = torch.log_softmax(logits.double(), dim=-1)[:, :-1]  # (B, T-1, V)
-    target_ids = labels[:, 1:]  # (B, T-1)
-    scored = target_ids != IGNORE_INDEX
-    token = torch.gather(full, 2, target_ids.clamp_min(0)[..., None])[..., 0]  # (B, T-1), -100 read as 0
-    counts = [scored.sum(-1).double(), torch.full((len(batch.rows),), float(target_ids.shape[1]), dtype=torch.float64)]
-    for n in counts if average else [torch.ones(len(batch.rows), dtype=torch.float64)]:
-        if bool(((got - token.sum(-1) / n).abs() <= tol).all()):
-            found.append(
-                "padding-counted: its values score the padding (and prompt) positions as token 0: "
-                "-100 labels replaced but not masked"
-            )
-            break
+        if name not in found and bool(((got - alt).abs() <= tol + slack).all()):
+            found[name] = f"{name}: its values are {says}"
     if not found and bool(((got - expected).abs() <= tol / P.EPS_FLOAT32 * HALF_EPS).all()):
-        found.append("half-precision: its values match only to half-precision (float16/bfloat16) rounding")
-    return found
+        found["half-precision"] = "half-precision: its values match only to half-precision (float16/bfloat16) rounding"
+    return list(found.values())

@@ -1,0 +1,64 @@
+"""The oracle on code nobody here wrote: every correct implementation in the corpus conforms, every broken one
+is rejected with the right diagnosis named.
+
+The corpus (`tests/oracle_targets/corpus/`) was written by a separate session in its own styles, labelled
+independently of the oracle (`tests/test_corpus_selfcheck.py` proves each label against closed forms), before
+the oracle's diagnoses were implemented.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dpo_ref.oracle import adapters, load_target, verify
+from tests.oracle_targets.corpus import CASES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = 15  # per check: the broken ones are caught well within it; the correct ones face every check
+
+ADAPT = {
+    "loss_mask": adapters.from_loss_mask,
+    "input_ids_mask": adapters.from_input_ids_mask,
+    "concatenated": adapters.from_concatenated,
+    "hidden_states": adapters.from_hidden_states,
+}
+
+
+def _run(case):
+    options = dict(case.options)
+    adapter = options.pop("adapter", None)
+    fn = case.target
+    if adapter:
+        fn = ADAPT[adapter](load_target(os.path.join(ROOT, case.target.split(":")[0]) + ":" + case.target.split(":")[1]))
+    else:
+        fn = os.path.relpath(os.path.join(ROOT, case.target.split(":")[0]), os.getcwd()) + ":" + case.target.split(":")[1]
+    return verify(fn, level=case.level, variant=case.variant, max_examples=EXAMPLES, **options)
+
+
+def _id(case) -> str:
+    return case.target.rsplit("/", 1)[-1]
+
+
+def test_corpus_is_large_and_varied():
+    correct = [c for c in CASES if c.conforms]
+    broken = [c for c in CASES if not c.conforms]
+    assert len(correct) >= 15 and len(broken) >= 30
+    assert {c.level for c in correct} == {"loss", "logps"} == {c.level for c in broken}
+    assert len({c.diagnosis for c in broken if c.diagnosis}) >= 15
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.conforms], ids=_id)
+def test_correct_implementation_conforms(case):
+    report = _run(case)
+    assert report.passed, report.to_text()
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.conforms], ids=_id)
+def test_broken_implementation_is_rejected_with_its_diagnosis(case):
+    report = _run(case)
+    assert not report.passed, f"{case.style}\n{report.to_text()}"
+    if case.diagnosis:
+        named = [d.split(":", 1)[0] for d in report.diagnosis]
+        assert case.diagnosis in named, f"{case.style}: expected diagnosis {case.diagnosis!r}, got {report.diagnosis}"
