@@ -99,7 +99,8 @@ class _Stub(metaclass=_StubMeta):
 
 
 def _stub_class(name: str) -> type:
-    return _StubMeta(name, (_Stub,), {})
+    # its own __init__, so that code doing `del Base.__init__` (ms-swift does, on TRL's DPOTrainer) runs
+    return _StubMeta(name, (_Stub,), {"__init__": _Stub.__init__})
 
 
 class _StubModule(types.ModuleType):
@@ -119,10 +120,21 @@ class _WheelFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname in self.real:
-            return importlib.util.spec_from_loader(fullname, self, origin=f"{self.archive.filename}/{self.real[fullname]}")
-        if fullname.split(".")[0] in self.stub_tops:
+            return importlib.util.spec_from_loader(
+                fullname, self, origin=f"{self.archive.filename}/{self.real[fullname]}"
+            )
+        parent_of_real = any(mod.startswith(fullname + ".") for mod in self.real)
+        if fullname.split(".")[0] in self.stub_tops and (parent_of_real or self._asked_by_the_wheel()):
             return importlib.util.spec_from_loader(fullname, self, is_package=True)
         return None
+
+    def _asked_by_the_wheel(self) -> bool:
+        """Only an import statement in a module from the wheel gets a stub. A probe such as transformers'
+        `importlib.util.find_spec("peft")` (is_peft_available, cached for the process) must see the truth."""
+        frame = sys._getframe(2)
+        while frame is not None and frame.f_code.co_filename.startswith("<frozen"):
+            frame = frame.f_back
+        return frame is not None and frame.f_code.co_filename.startswith(self.archive.filename)
 
     def create_module(self, spec):
         return None if spec.name in self.real else _StubModule(spec.name)
@@ -146,6 +158,7 @@ def load_from_wheel(whl: Path, modules: list[str], stub_tops: set[str]) -> dict[
             if not hits:
                 raise Unavailable(f"{whl.name} has no {suffix}")
             real[mod] = hits[0]
+        _settle_availability_probes(stub_tops)
         hidden = {k: v for k, v in sys.modules.items() if k.split(".")[0] in stub_tops}
         for k in hidden:
             del sys.modules[k]
@@ -158,6 +171,17 @@ def load_from_wheel(whl: Path, modules: list[str], stub_tops: set[str]) -> dict[
             for k in [k for k in sys.modules if k.split(".")[0] in stub_tops]:
                 del sys.modules[k]
             sys.modules.update(hidden)
+
+
+def _settle_availability_probes(stub_tops: set[str]) -> None:
+    """transformers caches `is_peft_available()` etc. for the process, and `importlib.util.find_spec` answers from
+    sys.modules: asked while a stub `peft` is loaded, it would say True forever. Ask before the stubs exist."""
+    from transformers.utils import import_utils
+
+    for top in stub_tops:
+        probe = getattr(import_utils, f"is_{top}_available", None)
+        if callable(probe):
+            probe()
 
 
 @contextlib.contextmanager
@@ -202,7 +226,9 @@ def trl_version() -> str:
         with _quiet():
             import trl
     except Exception as err:
-        raise Unavailable(f"trl is not installed ({type(err).__name__}: {err}); pip install 'dpo-ref[compare]'") from err
+        raise Unavailable(
+            f"trl is not installed ({type(err).__name__}: {err}); pip install 'dpo-ref[compare]'"
+        ) from err
     return trl.__version__
 
 
@@ -334,3 +360,132 @@ def openrlhf_logps(logits, labels):
     log_probs = lib.Actor.forward(actor, labels.clamp(min=0), attention_mask=attention_mask, return_logprobs=True)
     sums, _means = lib.DPOTrainer._get_batch_logps(None, log_probs, attention_mask, first.tolist())
     return sums
+
+
+# ---- TRL 0.24.0, the newest TRL that LLaMA-Factory 0.9.5 and ms-swift 4.6.0 accept (wheel: TRL 1.16 is installed) --
+
+
+@functools.cache
+def trl_pinned():
+    mods = load_from_wheel(
+        wheel(*TRL_PINNED),
+        ["trl.trainer.dpo_config", "trl.trainer.utils", "trl.trainer.dpo_trainer"],
+        {"trl", "peft", "mergekit", "deepspeed"},
+    )
+    return SimpleNamespace(
+        DPOTrainer=mods["trl.trainer.dpo_trainer"].DPOTrainer,
+        selective_log_softmax=mods["trl.trainer.utils"].selective_log_softmax,
+    )
+
+
+def _cpu_accelerator():
+    return SimpleNamespace(device=torch.device("cpu"))
+
+
+# ---- LLaMA-Factory 0.9.5 (wheel: pins trl<=0.24 and transformers<=5.6, needs peft) -----------------------------
+
+
+@functools.cache
+def llamafactory():
+    mods = load_from_wheel(
+        wheel(*LLAMAFACTORY),
+        ["llamafactory.extras.constants", "llamafactory.train.trainer_utils", "llamafactory.train.dpo.trainer"],
+        {"llamafactory", "trl", "peft"},
+    )
+    return mods["llamafactory.train.dpo.trainer"].CustomDPOTrainer
+
+
+def _llamafactory_self(loss_type: str, beta: float, label_smoothing: float):
+    """The attributes CustomDPOTrainer.__init__ sets (llamafactory/train/dpo/trainer.py:45-125), with TRL 0.24's
+    DPOTrainer.dpo_loss as its inherited `dpo_loss`."""
+    me = SimpleNamespace(
+        finetuning_args=SimpleNamespace(use_ref_model=True),
+        f_divergence_type="reverse_kl",
+        reference_free=False,
+        label_pad_token_id=-100,
+        beta=beta,
+        loss_type=loss_type,
+        ftx_gamma=0.0,
+        bco_gemma=0.0,
+        label_smoothing=label_smoothing,
+        simpo_gamma=0.5,
+        ld_alpha=None,
+        accelerator=_cpu_accelerator(),
+    )
+    me.dpo_loss = functools.partial(trl_pinned().DPOTrainer.dpo_loss, me)
+    return me
+
+
+def llamafactory_loss(pc, pr, rc, rr, beta, label_smoothing=0.0, loss_type="sigmoid"):
+    """CustomDPOTrainer.compute_preference_loss -> TRL 0.24 dpo_loss -> (losses, chosen_rewards, rejected_rewards)."""
+    me = _llamafactory_self(loss_type, beta, label_smoothing)
+    return llamafactory().compute_preference_loss(me, pc, pr, rc, rr)
+
+
+def llamafactory_logps(logits, labels, loss_type="sigmoid"):
+    """CustomDPOTrainer.concatenated_forward on a model that returns `logits`: `.to(torch.float32)`,
+    `get_batch_logps` (shift, mask multiplied, summed), divided by the length for loss_type ipo/orpo/simpo."""
+    me = _llamafactory_self(loss_type, 0.1, 0.0)
+    me.finetuning_args.use_ref_model = False  # only clones the batch
+    model = lambda **batch: SimpleNamespace(logits=logits)  # noqa: E731
+    out = llamafactory().concatenated_forward(me, model, {"input_ids": labels.clamp(min=0), "labels": labels})
+    return torch.cat([out["chosen_logps"], out["rejected_logps"]])
+
+
+# ---- ms-swift 4.6.0 (wheel: pins trl<1.0 and transformers<5.20, needs peft, modelscope) ------------------------
+
+
+@functools.cache
+def swift():
+    mods = load_from_wheel(
+        wheel(*MS_SWIFT),
+        ["swift.rlhf_trainers.rlhf_mixin", "swift.rlhf_trainers.dpo_trainer"],
+        {"swift", "trl", "peft"},
+    )
+    # rlhf_mixin.py does `from trl.trainer.utils import selective_log_softmax`: give it the pinned TRL's
+    mods["swift.rlhf_trainers.rlhf_mixin"].selective_log_softmax = trl_pinned().selective_log_softmax
+    return SimpleNamespace(
+        DPOTrainer=mods["swift.rlhf_trainers.dpo_trainer"].DPOTrainer,
+        RLHFTrainerMixin=mods["swift.rlhf_trainers.rlhf_mixin"].RLHFTrainerMixin,
+    )
+
+
+def _swift_self(loss_type: str, beta: float, label_smoothing: float):
+    lib = swift()
+    me = SimpleNamespace(
+        beta=beta,
+        label_smoothing=label_smoothing,
+        loss_type=loss_type,
+        reference_free=False,
+        f_divergence_type="reverse_kl",
+        f_divergence_params=None,
+        accelerator=_cpu_accelerator(),
+        aux_loss_enabled=False,
+        is_encoder_decoder=False,
+        label_pad_token_id=-100,
+        template=SimpleNamespace(sequence_parallel_size=1, padding_free=False),
+        args=SimpleNamespace(ld_alpha=None),
+        get_use_logits_to_keep=lambda default: False,
+    )
+    me.get_per_token_logps = functools.partial(lib.RLHFTrainerMixin.get_per_token_logps, me)
+    return me
+
+
+def swift_loss(pc, pr, rc, rr, beta, label_smoothing=0.0, loss_type="sigmoid"):
+    """swift DPOTrainer.dpo_loss (its own, not TRL's) -> (losses, chosen_rewards, rejected_rewards)."""
+    return swift().DPOTrainer.dpo_loss(_swift_self(loss_type, beta, label_smoothing), pc, pr, rc, rr, loss_type)
+
+
+def swift_logps(logits, labels, average=False):
+    """swift DPOTrainer.concatenated_forward on a model that returns `logits` (labels rolled by one, `get_per_token_logps`
+    = TRL 0.24 selective_log_softmax, unscored set to 0 by index, summed); for loss_type ipo, get_batch_loss_metrics
+    then divides by the completion token counts (`_get_ipo_sequence_logps`)."""
+    lib = swift()
+    me = _swift_self("ipo" if average else "sigmoid", 0.1, 0.0)
+    model = lambda **batch: SimpleNamespace(logits=logits)  # noqa: E731
+    out = lib.DPOTrainer.concatenated_forward(me, model, {"input_ids": labels.clamp(min=0), "labels": labels})
+    logps = torch.cat([out["chosen_logps"], out["rejected_logps"]])
+    if not average:
+        return logps
+    counts = torch.cat([out["chosen_completion_token_counts"], out["rejected_completion_token_counts"]])
+    return lib.DPOTrainer._get_ipo_sequence_logps(logps, counts)
