@@ -427,9 +427,12 @@ def llamafactory_logps(logits, labels, loss_type="sigmoid"):
     `get_batch_logps` (shift, mask multiplied, summed), divided by the length for loss_type ipo/orpo/simpo."""
     me = _llamafactory_self(loss_type, 0.1, 0.0)
     me.finetuning_args.use_ref_model = False  # only clones the batch
-    model = lambda **batch: SimpleNamespace(logits=logits)  # noqa: E731
-    out = llamafactory().concatenated_forward(me, model, {"input_ids": labels.clamp(min=0), "labels": labels})
-    return torch.cat([out["chosen_logps"], out["rejected_logps"]])
+    # it splits the batch at B // 2 into chosen and rejected (B = 1 fails): give it the rows as both halves
+    both = torch.cat([logits, logits])
+    model = lambda **batch: SimpleNamespace(logits=both)  # noqa: E731
+    labels2 = torch.cat([labels, labels])
+    out = llamafactory().concatenated_forward(me, model, {"input_ids": labels2.clamp(min=0), "labels": labels2})
+    return out["chosen_logps"]
 
 
 # ---- ms-swift 4.6.0 (wheel: pins trl<1.0 and transformers<5.20, needs peft, modelscope) ------------------------
@@ -477,9 +480,9 @@ def swift_loss(pc, pr, rc, rr, beta, label_smoothing=0.0, loss_type="sigmoid"):
 
 
 def swift_logps(logits, labels, average=False):
-    """swift DPOTrainer.concatenated_forward on a model that returns `logits` (labels rolled by one, `get_per_token_logps`
-    = TRL 0.24 selective_log_softmax, unscored set to 0 by index, summed); for loss_type ipo, get_batch_loss_metrics
-    then divides by the completion token counts (`_get_ipo_sequence_logps`)."""
+    """swift DPOTrainer.concatenated_forward on a model that returns `logits` (labels rolled by one,
+    `get_per_token_logps` = TRL 0.24 selective_log_softmax, unscored set to 0 by index, summed); for loss_type ipo,
+    get_batch_loss_metrics then divides by the completion token counts (`_get_ipo_sequence_logps`)."""
     lib = swift()
     me = _swift_self("ipo" if average else "sigmoid", 0.1, 0.0)
     model = lambda **batch: SimpleNamespace(logits=logits)  # noqa: E731
