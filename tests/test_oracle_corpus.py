@@ -31,9 +31,15 @@ def _run(case):
     adapter = options.pop("adapter", None)
     fn = case.target
     if adapter:
-        fn = ADAPT[adapter](load_target(os.path.join(ROOT, case.target.split(":")[0]) + ":" + case.target.split(":")[1]))
+        fn = ADAPT[adapter](
+            load_target(os.path.join(ROOT, case.target.split(":")[0]) + ":" + case.target.split(":")[1])
+        )
     else:
-        fn = os.path.relpath(os.path.join(ROOT, case.target.split(":")[0]), os.getcwd()) + ":" + case.target.split(":")[1]
+        fn = (
+            os.path.relpath(os.path.join(ROOT, case.target.split(":")[0]), os.getcwd())
+            + ":"
+            + case.target.split(":")[1]
+        )
     return verify(fn, level=case.level, variant=case.variant, max_examples=EXAMPLES, **options)
 
 

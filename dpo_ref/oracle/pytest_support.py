@@ -16,6 +16,7 @@ From the command line, with the plugin that dpo-ref registers (`pytest11` entry 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 
 import pytest
@@ -38,9 +39,11 @@ class DpoCheck:
         return self._result
 
     def __call__(self) -> None:
-        from dpo_ref.oracle.report import FAILED, SKIPPED, XFAILED
+        from dpo_ref.oracle.report import ADVICE, FAILED, SKIPPED, XFAILED
 
         r = self.result()
+        if r.status == ADVICE:
+            warnings.warn(f"dpo-ref advice from {r.name!r}: {r.message}", UserWarning, stacklevel=2)
         if r.status == SKIPPED:
             pytest.skip(f"{r.name}: {r.message}")
         if r.status == XFAILED:

@@ -109,6 +109,8 @@ def run(cfg, level: str | None, only=None) -> Report:
             c.name = prefix + c.name
         report.checks += sub.checks
         report.notes += sub.notes
+        report.advice += sub.advice
+        report.diagnosis += sub.diagnosis
         report.settings.update({f"{prefix}{k}": v for k, v in sub.settings.items()})
         report.detected.update({f"{prefix}{k}": v for k, v in sub.detected.items()})
     return report
