@@ -584,7 +584,7 @@ def check_reduction(
 
 
 def check_rewards(fn: Callable, spec: LossSpec, batch: tuple[torch.Tensor, ...]) -> None:
-    """Implicit rewards returned beside the loss: c (log pi - log pi_ref) for chosen and rejected, detached.
+    """Implicit rewards returned beside the loss: c (log pi - log pi_ref) for chosen and rejected.
 
     `fn(pc, pr, rc, rr) -> (chosen_rewards, rejected_rewards)`; c is beta (tau for IPO, as TRL reports).
     When they differ, the message says what they are instead (no coefficient, policy only, swapped).
@@ -626,8 +626,13 @@ def check_rewards(fn: Callable, spec: LossSpec, batch: tuple[torch.Tensor, ...])
             k * B + i,
             tol[k, i].item(),
         )
-    for r, name in ((chosen, "chosen_rewards"), (rejected, "rejected_rewards")):
-        if r.requires_grad:
+
+
+def check_rewards_detached(fn: Callable, spec: LossSpec, batch: tuple[torch.Tensor, ...]) -> None:
+    """Returned implicit rewards carry no autograd graph (they are metrics: logging them must not keep it alive)."""
+    leaves = tuple(t.detach().clone().requires_grad_(True) for t in batch)
+    for r, name in zip(fn(*leaves), ("chosen_rewards", "rejected_rewards")):
+        if isinstance(r, torch.Tensor) and r.requires_grad:
             raise PropertyViolation(
                 f"{name} carry a gradient: implicit rewards are metrics and should be detached (.detach())"
             )

@@ -234,6 +234,11 @@ def _run_rewards(target, cfg, ex):
     P.check_rewards(target.rewards(spec), spec, _tensors(ex))
 
 
+def _run_rewards_detached(target, cfg, ex):
+    spec = spec_of(cfg, ex)
+    P.check_rewards_detached(target.rewards(spec), spec, _tensors(ex))
+
+
 LOSS_CHECKS: tuple[Check, ...] = (
     Check(
         "values",
@@ -341,10 +346,18 @@ LOSS_CHECKS: tuple[Check, ...] = (
     ),
     Check(
         "rewards",
-        "returned implicit rewards are coefficient * (log pi - log pi_ref), detached",
+        "returned implicit rewards are coefficient * (log pi - log pi_ref)",
         _base(),
         _run_rewards,
         _loss(S.rewards),
+    ),
+    Check(
+        "rewards_detached",
+        "returned implicit rewards carry no autograd graph",
+        _base(),
+        _run_rewards_detached,
+        _loss(S.rewards_detached),
+        advisory=True,
     ),
 )
 
@@ -452,6 +465,8 @@ LOGPS_CHECKS: tuple[Check, ...] = (
 )
 
 ADVICE = {
+    "rewards_detached": "returns implicit rewards that carry the autograd graph: detach them (.detach()) so "
+    "logging them does not keep the graph alive",
     "logps_neg_inf_unscored": "masks by multiplying: -inf logits at unscored positions give 0 * -inf = NaN; "
     "select with torch.where / masked_fill (or gather only the scored positions) to be robust to them",
 }

@@ -187,7 +187,9 @@ def diagnose_loss(
                     if matches.get(a.name):
                         alt = a.losses(spec, *batch)
                         matches[a.name] = bool(((got - alt).abs() <= tol + 1e-6 * alt.abs()).all())
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # whatever the target raises (SystemExit included), nothing can be diagnosed
         return []
     if claimed_matches:
         return []
@@ -276,7 +278,9 @@ def diagnose_logps(fn: Callable, average: bool) -> list[str]:
         if not isinstance(got, torch.Tensor) or got.shape != (len(batch.rows),):
             return []
         got = got.detach().double()
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # whatever the target raises (SystemExit included), nothing can be diagnosed
         return []
     tol = P.TOLERANCE_K * P.EPS_FLOAT32 * P.logps_tolerance_scale(batch.rows)
     expected = P.loop_sequence_logps(batch.rows, average)

@@ -145,7 +145,7 @@ def verify_loss(
     if target.reduction == "per-example":
         skip["reduction"] = "returns per-example losses"
     if target.reward_access is None:
-        skip["rewards"] = "returns no implicit rewards"
+        skip["rewards"] = skip["rewards_detached"] = "returns no implicit rewards"
     _run_all(report, selected, target, cfg, progress, skip)
     if any(c.failed and c.name in VALUE_CHECKS for c in report.checks) and not report.diagnosis:
         report.diagnosis += diagnosis.diagnose_loss(target.per_example, cfg.loss_variant, cfg.beta, cfg.label_smoothing)

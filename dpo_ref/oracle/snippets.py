@@ -380,3 +380,15 @@ def rewards(target, spec, ex, err) -> str:
             close_assert("got", "expected", err, "the implicit rewards differ"),
         ]
     )
+
+
+def rewards_detached(target, spec, ex, err) -> str:
+    return "\n".join(
+        [
+            "pc, pr, rc, rr = (t.clone().requires_grad_() for t in (pc, pr, rc, rr))",
+            f"out = {target.call_src(spec)}",
+            f"grads = [torch.as_tensor(r).requires_grad for r in {target.rewards_src()}]",
+            "print(grads)  # expected [False, False]",
+            "assert not any(grads), 'the implicit rewards carry the autograd graph'",
+        ]
+    )

@@ -210,8 +210,11 @@ def check_loss_signature(fn: Callable, name: str) -> None:
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
         return
     positional = [
-        p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
+        p
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        and p.name not in COEFFICIENT_NAMES
+    ]  # the slots for the four log-probs (a coefficient may be positional-or-keyword too)
     required = [p for p in positional if p.default is inspect.Parameter.empty]
     required_kw = [
         p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty

@@ -143,7 +143,8 @@ CASES: list[Case] = [
     _lb("detached_policy", "dpo", None, ".detach() on the policy log-probs: no gradient (values right)"),
     _lb("batch_centred_margin", "dpo", None, "subtracts the batch-mean margin: each loss depends on the batch"),
     _lb("naive_log_sigmoid", "dpo", None, "log(sigmoid(z)) underflows: inf for z < -745 (float64)"),
-    _lb("rewards_not_detached", "dpo", None, "returned rewards not detached"),
+    # advice by default (the loss and its gradients are right); rejected when robustness is demanded
+    _lb("rewards_not_detached", "dpo", None, "returned rewards not detached (rejected under strict)", strict=True),
     _lb("rewards_without_beta", "dpo", None, "returned rewards are the raw log-ratios, without beta"),
     # ------------------------------------------------------------------ log-prob level, correct
     _pc("gather_log_softmax", "dpo", "slice shift, gather(log_softmax), torch.where masking"),
