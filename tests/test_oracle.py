@@ -16,7 +16,7 @@ import torch
 import dpo_ref
 from dpo_ref.errors import InputError
 from dpo_ref.oracle import load_target, verify
-from dpo_ref.oracle.report import FAILED, PASSED, SKIPPED, XFAILED
+from dpo_ref.oracle.report import ADVICE, FAILED, PASSED, SKIPPED, XFAILED
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = Path(__file__).resolve().parent / "oracle_targets"
@@ -33,6 +33,8 @@ def _module(name: str):
 
 BROKEN_LOSS = _module("broken_loss").EXPECTED
 BROKEN_LOGPS = _module("broken_logps").EXPECTED
+STRICT_LOSS = _module("broken_loss").STRICT_EXPECTED
+STRICT_LOGPS = _module("broken_logps").STRICT_EXPECTED
 CORRECT_LOSS = {
     "per_example": "dpo",
     "scalar_mean": "dpo",
@@ -78,9 +80,13 @@ def _where(err: BaseException) -> str:
     return tb.tb_frame.f_code.co_filename if tb is not None else ""
 
 
-@pytest.mark.parametrize("name", sorted(BROKEN_LOSS))
-def test_broken_loss_is_rejected(name):
-    variant, check = BROKEN_LOSS[name]
+def _pairs(table: dict) -> list[tuple[str, str]]:
+    return [(name, check) for name, (_, checks) in sorted(table.items()) for check in checks]
+
+
+@pytest.mark.parametrize("name, check", _pairs(BROKEN_LOSS))
+def test_broken_loss_is_rejected(name, check):
+    variant = BROKEN_LOSS[name][0]
     report = verify(target("broken_loss.py", name), variant=variant, checks=[check], max_examples=EXAMPLES)
     assert not report.passed
     result = report[check]
@@ -90,15 +96,28 @@ def test_broken_loss_is_rejected(name):
         _run_reproduction(result)
 
 
-@pytest.mark.parametrize("name", sorted(BROKEN_LOGPS))
-def test_broken_logps_is_rejected(name):
-    average, check = BROKEN_LOGPS[name]
+@pytest.mark.parametrize("name, check", _pairs(BROKEN_LOGPS))
+def test_broken_logps_is_rejected(name, check):
+    average = BROKEN_LOGPS[name][0]
     report = verify(
         target("broken_logps.py", name), level="logps", average=average, checks=[check], max_examples=EXAMPLES
     )
     assert not report.passed
     assert report[check].status == FAILED, report[check]
     _run_reproduction(report[check])
+
+
+@pytest.mark.parametrize(
+    "file, name, level, check",
+    [("broken_loss.py", n, "loss", c) for n, c in _pairs(STRICT_LOSS)]
+    + [("broken_logps.py", n, "logps", c) for n, c in _pairs(STRICT_LOGPS)],
+)
+def test_advisory_check_is_advice_by_default_and_fails_under_strict(file, name, level, check):
+    report = verify(target(file, name), level=level, checks=[check], max_examples=EXAMPLES)
+    assert report.passed and report[check].status == ADVICE, report.to_text()
+    strict = verify(target(file, name), level=level, checks=[check], max_examples=EXAMPLES, strict=True)
+    assert strict[check].status == FAILED
+    _run_reproduction(strict[check])
 
 
 def test_enough_broken_and_correct_targets():

@@ -1,11 +1,98 @@
-"""Every property of the core suite holds for dpo_ref (see `property_suite.py` for the statements)."""
+"""Every property in the oracle's catalogue holds for dpo_ref itself, float64-exact.
+
+The properties are defined once, in `dpo_ref/oracle/catalogue.py` (statement, strategy, check, reproduction),
+and read by every runner: `dpo-ref verify`, `dpo_ref.verify`, the pytest plugin, and this suite, which runs
+each of them on dpo_ref's own functions under `strict=True` (float64 inputs must give float64-exact results)
+with the active Hypothesis profile's number of examples. `test_properties_bite.py` shows each one rejecting a
+deliberately broken implementation (`tests/oracle_targets/broken_*.py`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
 
 import pytest
+import torch
+from hypothesis import settings
 
-from tests.implementations import REFERENCE
-from tests.property_suite import PROPERTIES
+import dpo_ref
+from dpo_ref.oracle import verify
+from dpo_ref.oracle.catalogue import LOGPS_CHECKS, LOSS_CHECKS
+from dpo_ref.oracle.report import FAILED, SKIPPED
+
+OWN = {"dpo": dpo_ref.dpo_loss, "cdpo": dpo_ref.dpo_loss, "ipo": dpo_ref.ipo_loss}
+LOSS_CASES = [(c.name, v) for c in LOSS_CHECKS for v in ("dpo", "cdpo", "ipo") if v in c.variants]
+LOGPS_CASES = [(c.name, average) for c in LOGPS_CHECKS for average in (False, True)]
 
 
-@pytest.mark.parametrize("name", sorted(PROPERTIES))
-def test_property_holds_for_dpo_ref(name):
-    PROPERTIES[name](REFERENCE)()
+def _assert_holds(report, name: str) -> None:
+    result = report[name]
+    assert result.status != FAILED, f"{result.message}\n{result.reproduction}"
+    assert result.status != SKIPPED or name in ("reduction",), result.message  # dpo_ref returns per-example losses
+
+
+@pytest.mark.parametrize("name, variant", LOSS_CASES)
+def test_loss_property_holds_for_dpo_ref(name, variant):
+    report = verify(OWN[variant], variant=variant, checks=[name], strict=True, max_examples=settings().max_examples)
+    _assert_holds(report, name)
+
+
+@pytest.mark.parametrize("name, average", LOGPS_CASES)
+def test_logps_property_holds_for_dpo_ref(name, average):
+    fn = functools.partial(dpo_ref.sequence_logps, average=average)
+    report = verify(
+        fn, level="logps", average=average, checks=[name], strict=True, max_examples=settings().max_examples
+    )
+    _assert_holds(report, name)
+
+
+# --- a property of training dynamics, not of one call: not in the oracle's catalogue ------------------------
+
+
+def tabular_policy_run(loss_fn, steps: int, lr: float) -> tuple[list[float], float]:
+    """Gradient descent on a 4-way softmax policy for one pair (y_w = 0, y_l = 1), uniform reference.
+
+    `loss_fn(pc, pr, rc, rr) -> (B,)`. Returns the trajectory of pi(y_l) and the final margin h.
+    """
+    theta = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    reference = torch.log_softmax(torch.zeros(4, dtype=torch.float64), -1)
+    rejected_probs = []
+    for _ in range(steps):
+        logp = torch.log_softmax(theta, -1)
+        loss = loss_fn(logp[0:1], logp[1:2], reference[0:1], reference[1:2]).mean()
+        (grad,) = torch.autograd.grad(loss, theta)
+        with torch.no_grad():
+            theta -= lr * grad
+        rejected_probs.append(math.exp(float(logp[1].detach())))
+    logp = torch.log_softmax(theta.detach(), -1)
+    return rejected_probs, float((logp[0] - reference[0]) - (logp[1] - reference[1]))
+
+
+def rejected_likelihood_collapses_under_dpo(dpo_fn, ipo_fn) -> None:
+    """Deterministic preference: DPO drives pi(y_l) towards 0 for every beta; IPO's h settles at 1/(2 tau)."""
+    for beta in (0.1, 0.5, 1.0, 5.0):
+        probs, _ = tabular_policy_run(lambda *x, b=beta: dpo_fn(*x, beta=b)[0], steps=1000, lr=10.0 / beta)
+        assert all(b <= a + 1e-12 for a, b in zip(probs, probs[1:])), f"pi(y_l) rose at beta={beta}"
+        assert probs[-1] < 1e-3, f"DPO with beta={beta}: pi(y_l) = {probs[-1]:.3g} did not fall towards 0"
+    for tau in (0.1, 0.5, 1.0):
+        probs, h = tabular_policy_run(lambda *x, t=tau: ipo_fn(*x, tau=t)[0], steps=500, lr=0.1)
+        assert abs(h - 1 / (2 * tau)) < 1e-6, f"IPO with tau={tau}: margin {h} did not settle at {1 / (2 * tau)}"
+        assert probs[-1] > 1e-3, f"IPO with tau={tau}: pi(y_l) = {probs[-1]:.3g} collapsed"
+
+
+def test_rejected_likelihood_collapses_under_dpo_for_dpo_ref():
+    rejected_likelihood_collapses_under_dpo(dpo_ref.dpo_loss, dpo_ref.ipo_loss)
+
+
+def test_rejected_likelihood_collapse_property_bites():
+    def swapped(pc, pr, rc, rr, *, beta):  # chosen and rejected exchanged: pi(y_w) collapses instead
+        return dpo_ref.dpo_loss(pr, pc, rr, rc, beta=beta)
+
+    def ipo_target_one_over_tau(pc, pr, rc, rr, *, tau):
+        return ((((pc - rc) - (pr - rr)) - 1 / tau) ** 2,)
+
+    with pytest.raises(AssertionError):
+        rejected_likelihood_collapses_under_dpo(swapped, dpo_ref.ipo_loss)
+    with pytest.raises(AssertionError):
+        rejected_likelihood_collapses_under_dpo(dpo_ref.dpo_loss, ipo_target_one_over_tau)

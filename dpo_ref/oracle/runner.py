@@ -62,7 +62,7 @@ def describe_error(err: BaseException) -> str:
     return f"the target raised {type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-SHRINK_SECONDS = 30.0  # per failing check, a safety net (typical shrinking takes well under 2 s); Hypothesis: 300 s
+SHRINK_SECONDS = 10.0  # per failing check, a safety net (typical shrinking takes well under 2 s); Hypothesis: 300 s
 
 
 @contextlib.contextmanager

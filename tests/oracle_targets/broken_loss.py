@@ -131,25 +131,70 @@ def wrong_shape(pc, pr, rc, rr, beta=0.1):
     return -F.logsigmoid(beta * _h(pc, pr, rc, rr)).unsqueeze(-1)
 
 
-# name -> (variant, a check that must fail)
+def beta_ignored(pc, pr, rc, rr, beta=0.1):
+    """Accepts beta and never uses it."""
+    return -F.logsigmoid(_h(pc, pr, rc, rr))
+
+
+def only_chosen_reward(pc, pr, rc, rr, beta=0.1):
+    """Drops the rejected reward: the loss of beta (log pi(y_w) - log pi_ref(y_w)) alone."""
+    return -F.logsigmoid(beta * (pc - rc))
+
+
+def batch_sorted(pc, pr, rc, rr, beta=0.1):
+    """Returns the per-example losses sorted (for a 'top-k' log), not in batch order."""
+    return torch.sort(-F.logsigmoid(beta * _h(pc, pr, rc, rr))).values
+
+
+def absolute_margin(pc, pr, rc, rr, beta=0.1):
+    """Uses |h|: any large margin, right or wrong, is rewarded."""
+    return -F.logsigmoid(beta * _h(pc, pr, rc, rr).abs())
+
+
+def ipo_tau_as_beta(pc, pr, rc, rr, beta=0.1):
+    """IPO written as (tau h - 1/2)^2: the right minimiser, but tau^2 times the loss and its gradient."""
+    return (beta * _h(pc, pr, rc, rr) - 0.5) ** 2
+
+
+def rewards_without_beta(pc, pr, rc, rr, beta=0.1):
+    """Right loss; the returned rewards are the raw log-ratios, without beta."""
+    return -F.logsigmoid(beta * _h(pc, pr, rc, rr)), (pc - rc).detach(), (pr - rr).detach()
+
+
+def rewards_with_graph(pc, pr, rc, rr, beta=0.1):
+    """Right loss and rewards, but the rewards keep the autograd graph (advice; a failure under strict)."""
+    return -F.logsigmoid(beta * _h(pc, pr, rc, rr)), beta * (pc - rc), beta * (pr - rr)
+
+
+# name -> (variant, the checks that must fail); every check of the catalogue is in some entry (meta-tested)
 EXPECTED = {
-    "wrong_sign": ("dpo", "values"),
-    "no_reference": ("dpo", "values"),
-    "beta_outside": ("dpo", "values"),
-    "beta_divides": ("dpo", "values"),
-    "reference_added": ("dpo", "values"),
-    "naive_log_sigmoid": ("dpo", "finite"),
-    "clamped_logits": ("dpo", "values"),
-    "half_precision_margin": ("dpo", "values_float32"),
-    "detached_policy": ("dpo", "gradients"),
-    "wrong_custom_backward": ("dpo", "gradients"),
-    "inplace_mutation": ("dpo", "inputs_unmodified"),
-    "batch_centered": ("dpo", "batch_independence"),
-    "divides_by_fixed_batch": ("dpo", "reduction"),
-    "cdpo_eps_swapped": ("cdpo", "values"),
-    "ipo_target_one_over_tau": ("ipo", "values"),
-    "ipo_absolute": ("ipo", "gradients"),
-    "chunked_off_by_chunk": ("dpo", "large_batch"),
-    "raises_always": ("dpo", "call"),
-    "wrong_shape": ("dpo", "call"),
+    "wrong_sign": ("dpo", ("values", "gradient_signs", "swap", "monotone")),
+    "no_reference": ("dpo", ("values", "init")),
+    "beta_outside": ("dpo", ("values", "gradients")),
+    "beta_divides": ("dpo", ("values",)),
+    "beta_ignored": ("dpo", ("values", "gradients")),
+    "reference_added": ("dpo", ("values",)),
+    "naive_log_sigmoid": ("dpo", ("finite",)),
+    "clamped_logits": ("dpo", ("values",)),
+    "half_precision_margin": ("dpo", ("values_float32",)),
+    "detached_policy": ("dpo", ("gradients",)),
+    "wrong_custom_backward": ("dpo", ("gradients",)),
+    "inplace_mutation": ("dpo", ("inputs_unmodified",)),
+    "batch_centered": ("dpo", ("batch_independence",)),
+    "batch_sorted": ("dpo", ("permutation",)),
+    "only_chosen_reward": ("dpo", ("z_cancellation",)),
+    "absolute_margin": ("dpo", ("swap", "monotone")),
+    "divides_by_fixed_batch": ("dpo", ("reduction",)),
+    "cdpo_eps_swapped": ("cdpo", ("values", "optimum")),
+    "ipo_target_one_over_tau": ("ipo", ("values", "optimum")),
+    "ipo_tau_as_beta": ("ipo", ("values", "gradients")),
+    "ipo_absolute": ("ipo", ("gradients",)),
+    "chunked_off_by_chunk": ("dpo", ("large_batch",)),
+    "raises_always": ("dpo", ("call",)),
+    "wrong_shape": ("dpo", ("call",)),
+    "rewards_without_beta": ("dpo", ("rewards",)),
+}
+# advisory checks: fail only under strict
+STRICT_EXPECTED = {
+    "rewards_with_graph": ("dpo", ("rewards_detached",)),
 }
