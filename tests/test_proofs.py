@@ -95,8 +95,8 @@ def test_every_step_is_written_in_both_languages(name):
 # ---- the checker can fail ------------------------------------------------------------------------------
 
 
-def _step(name, claim):
-    return Step(Text(name, name + "（中文）"), Text("", ""), "", claim)
+def _step(name, claim, where=None):
+    return Step(Text(name, name + "（中文）"), Text("", ""), claim, where)
 
 
 def test_a_false_step_stops_the_proof_and_names_itself():
