@@ -305,3 +305,27 @@ def test_committed_lesson_is_current(lang, path):
     """docs/ holds exactly what the tool renders now (regenerate with the command in the file's footer)."""
     committed = (ROOT / path).read_text(encoding="utf-8")
     assert committed == render.markdown([_all_steps_hold(p) for p in proofs.all_proofs()], lang)
+
+
+# ---- packaging -----------------------------------------------------------------------------------------
+
+
+def test_install_claims_no_top_level_proofs_module():
+    """`proofs/` is installed as `dpo_ref.proofs` (a real `pip install .` into a throwaway venv puts only
+    `dpo_ref` in site-packages and runs `dpo-ref prove`), and the package list covers every dpo_ref package."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    assert config["package-dir"] == {"dpo_ref.proofs": "proofs"}
+    assert not any(p == "proofs" or p.startswith("proofs.") for p in config["packages"])
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "dpo_ref").rglob("__init__.py")} | {
+        "dpo_ref.proofs"
+    }
+    assert set(config["packages"]) == on_disk
+
+
+def test_dpo_ref_prove_uses_this_checkouts_proofs():
+    from dpo_ref import cli as main_cli
+
+    assert main_cli._module("prove") == "proofs.cli"  # not another install's dpo_ref.proofs
+    assert importlib.import_module(main_cli._module("prove")) is cli
