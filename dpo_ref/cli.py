@@ -11,6 +11,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
+from pathlib import Path
 
 from dpo_ref.errors import InputError
 
@@ -19,9 +20,24 @@ SUBCOMMANDS = {
     "train": "dpo_ref.train",
     "experiment": "dpo_ref.experiments",
     "verify": "dpo_ref.oracle.cli",
-    "prove": "proofs.cli",
+    "prove": "dpo_ref.proofs.cli",  # `proofs/` of a source checkout, see _module()
     "bench": "dpo_ref.bench",
 }
+
+
+def _module(name: str) -> str:
+    """The module of a subcommand. In a source checkout (proofs/ next to this package, importable as
+    `proofs`) the checkout's own proofs are used, never another install's `dpo_ref.proofs`."""
+    module = SUBCOMMANDS[name]
+    if module.startswith("dpo_ref.proofs"):
+        checkout = Path(__file__).resolve().parent.parent / "proofs" / "__init__.py"
+        try:
+            spec = importlib.util.find_spec("proofs")
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin and Path(spec.origin).resolve() == checkout:
+            return "proofs" + module[len("dpo_ref.proofs") :]
+    return module
 
 
 def _available(module: str) -> bool:
@@ -47,7 +63,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, module in SUBCOMMANDS.items():
+    for name in SUBCOMMANDS:
+        module = _module(name)
         if (only is None or only == name) and _available(module):
             importlib.import_module(module).register(sub)
     return parser

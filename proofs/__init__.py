@@ -1,32 +1,35 @@
 """Executable proofs: the derivations behind DPO, IPO and cDPO, each step checked by sympy.
 
-`all_proofs()` returns them in lesson order; `dpo-ref prove` (or `python -m proofs`) runs and prints them.
+`all_proofs()` returns them in lesson order; `dpo-ref prove` (or `python -m proofs` from the repository) runs
+and prints them. The folder is importable as `proofs` from the repository and is installed as `dpo_ref.proofs`
+(it claims no top-level name in site-packages), so every import inside it is relative. The API for writing a
+proof is documented in `proofs/core.py`.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from proofs.core import Proof, ProofResult, StepFailed, check_proof, run_proof
+from .core import Proof, ProofResult, StepFailed, check_proof, run_proof
 
 # lesson order: slug -> module
 MODULES = {
-    "optimal-policy": "proofs.optimal_policy",
-    "reward-reparam": "proofs.reward_reparam",
-    "bt-cancellation": "proofs.bt_cancellation",
-    "dpo-loss": "proofs.dpo_loss",
-    "dpo-gradient": "proofs.dpo_gradient",
-    "init-ln2": "proofs.init_ln2",
-    "deterministic-preference": "proofs.deterministic_preference",
-    "reward-equivalence": "proofs.reward_equivalence",
-    "ipo": "proofs.ipo",
-    "cdpo": "proofs.cdpo",
+    "optimal-policy": "optimal_policy",
+    "reward-reparam": "reward_reparam",
+    "bt-cancellation": "bt_cancellation",
+    "reward-equivalence": "reward_equivalence",
+    "dpo-loss": "dpo_loss",
+    "dpo-gradient": "dpo_gradient",
+    "init-ln2": "init_ln2",
+    "deterministic-preference": "deterministic_preference",
+    "ipo": "ipo",
+    "cdpo": "cdpo",
 }
 
 
 def get(name: str) -> Proof:
     """The proof with slug `name` (KeyError if there is none)."""
-    proof = importlib.import_module(MODULES[name]).PROOF
+    proof = importlib.import_module("." + MODULES[name], __name__).PROOF
     assert proof.name == name, f"{MODULES[name]} defines proof {proof.name!r}, registered as {name!r}"
     return proof
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from proofs.cli import main
+from .cli import main
 
 sys.exit(main())

@@ -6,8 +6,8 @@ import itertools
 
 import sympy as sp
 
-from proofs.common import Z, beta, bradley_terry, plackett_luce, sigma
-from proofs.core import Equal, FreeOf, Proof, Step, Text
+from .common import Z, beta, bradley_terry, plackett_luce, sigma
+from .core import NAMES, Equal, FreeOf, Proof, Step, Text
 
 r_w, r_l = sp.symbols("r_w r_l", real=True)
 # policy and reference probabilities of the chosen (w) and rejected (l) responses
@@ -27,8 +27,13 @@ r3 = sp.symbols("r_1:4", real=True)
 rhat3 = sp.symbols("rhat_1:4", real=True)
 RANKINGS = list(itertools.permutations(range(3)))
 PL_REPARAM = plackett_luce([rh + beta * sp.log(Z) for rh in rhat3], (0, 1, 2))
-PL_REPARAM_ALL = sp.Matrix([plackett_luce([rh + beta * sp.log(Z) for rh in rhat3], rk) for rk in RANKINGS])
-PL_POLICY_ALL = sp.Matrix([plackett_luce(list(rhat3), rk) for rk in RANKINGS])
+# a ranking (omega_1, omega_2, omega_3): the best response first; every one of the 3! is checked
+omega = sp.symbols("omega_1:4", integer=True, positive=True)
+RH = sp.IndexedBase("rhat", real=True)
+NAMES["rhat"] = (r"\hat r", "r̂")
+PL_RANKED_REPARAM = plackett_luce([RH[o] + beta * sp.log(Z) for o in omega], (0, 1, 2))
+PL_RANKED_POLICY = plackett_luce([RH[o] for o in omega], (0, 1, 2))
+ALL_RANKINGS = [dict(zip(omega, (a + 1 for a in rk))) for rk in RANKINGS]
 
 PROOF = Proof(
     name="bt-cancellation",
@@ -53,7 +58,6 @@ PROOF = Proof(
                 "Dividing numerator and denominator by $e^{r_w}$ shows that only $r_w - r_l$ matters.",
                 "分子分母同除以 $e^{r_w}$，可见只有 $r_w - r_l$ 起作用。",
             ),
-            r"p(y_w \succ y_l) = \frac{e^{r_w}}{e^{r_w} + e^{r_l}} = \sigma(r_w - r_l)",
             Equal(bradley_terry(r_w, r_l), sigma(r_w - r_l), via=("expand", "cancel")),
         ),
         Step(
@@ -64,11 +68,6 @@ PROOF = Proof(
                 "代入 $r = \\beta\\log(\\pi/\\pi_{\\mathrm{ref}}) + \\beta\\log Z$ 后，偏好概率变成 $\\beta h$ "
                 "的逻辑斯谛函数，其中 $h$ 是偏好间隔（margin）。",
             ),
-            r"\frac{e^{\beta\log\frac{\pi_w}{\pi^{\mathrm{ref}}_w} + \beta\log Z}}"
-            r"{e^{\beta\log\frac{\pi_w}{\pi^{\mathrm{ref}}_w} + "
-            r"\beta\log Z} + e^{\beta\log\frac{\pi_l}{\pi^{\mathrm{ref}}_l}"
-            r" + \beta\log Z}} = \sigma\!\Big(\beta\Big[\big(\log\pi_w - \log\pi^{\mathrm{ref}}_w\big)"
-            r" - \big(\log\pi_l - \log\pi^{\mathrm{ref}}_l\big)\Big]\Big)",
             Equal(BT_REPARAM, sigma(beta * H), via=("expand_log", "expand", "cancel")),
         ),
         Step(
@@ -78,7 +77,6 @@ PROOF = Proof(
                 "the preference probability does not depend on the partition function.",
                 "虽然上式左边写着 $Z$，它对 $Z$ 的导数却为零：偏好概率与配分函数无关。",
             ),
-            r"\frac{\partial}{\partial Z}\, p(y_w \succ y_l) = 0",
             FreeOf(BT_REPARAM, Z, via=("expand", "powsimp", "cancel")),
         ),
         Step(
@@ -89,7 +87,6 @@ PROOF = Proof(
                 "普拉克特-卢斯模型先选出最好的回答，再从剩下的回答中选出最好的，依此类推。"
                 "它在 $3! = 6$ 种排序上的概率之和为 1。",
             ),
-            r"\sum_{\tau \in S_3} \prod_{k=1}^{3} \frac{e^{r_{\tau(k)}}}{\sum_{j=k}^{3} e^{r_{\tau(j)}}} = 1",
             Equal(sp.Add(*[plackett_luce(list(r3), rk) for rk in RANKINGS]), 1, via=("cancel",)),
         ),
         Step(
@@ -97,16 +94,14 @@ PROOF = Proof(
             Text(
                 "Write $r_i = \\hat r_i + \\beta\\log Z$ with the implicit reward "
                 "$\\hat r_i = \\beta\\log(\\pi_i/\\pi^{\\mathrm{ref}}_i)$. Every exponential gains the same "
-                "factor $Z^\\beta$, which cancels within each fraction; checked for all $3! = 6$ rankings.",
+                "factor $Z^\\beta$, which cancels within each fraction; checked for all $3! = 6$ rankings "
+                "$(\\omega_1, \\omega_2, \\omega_3)$ (best first).",
                 "记 $r_i = \\hat r_i + \\beta\\log Z$，其中隐式奖励 $\\hat "
                 "r_i = \\beta\\log(\\pi_i/\\pi^{\\mathrm{ref}}_i)$。"
-                "每个指数项都多出同一个因子 $Z^\\beta$，在每个分式内约去；对全部 $3! = 6$ 种排序逐一检验。",
+                "每个指数项都多出同一个因子 $Z^\\beta$，在每个分式内约去；"
+                "对全部 $3! = 6$ 种排序 $(\\omega_1, \\omega_2, \\omega_3)$（最好的在前）逐一检验。",
             ),
-            r"\prod_{k=1}^{3} \frac{e^{\hat r_{\tau(k)} + \beta\log "
-            r"Z}}{\sum_{j=k}^{3} e^{\hat r_{\tau(j)} + \beta\log Z}}"
-            r" = \prod_{k=1}^{3} \frac{e^{\hat r_{\tau(k)}}}{\sum_{j=k}^{3} e^{\hat r_{\tau(j)}}}"
-            r"\qquad \forall\, \tau \in S_3",
-            Equal(PL_REPARAM_ALL, PL_POLICY_ALL, via=("expand", "cancel")),
+            Equal(PL_RANKED_REPARAM, PL_RANKED_POLICY, via=("expand", "cancel"), cases=ALL_RANKINGS),
         ),
         Step(
             Text("Plackett–Luce does not depend on Z either", "普拉克特-卢斯概率同样与 Z 无关"),
@@ -114,7 +109,6 @@ PROOF = Proof(
                 "The derivative in $Z$ of the substituted ranking probability is zero.",
                 "代入后的排序概率对 $Z$ 的导数为零。",
             ),
-            r"\frac{\partial}{\partial Z}\, p(y_1 \succ y_2 \succ y_3) = 0",
             FreeOf(PL_REPARAM, Z, via=("expand", "cancel")),
         ),
     ],

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from proofs.common import beta, eps, h, sigma, z
-from proofs.core import Equal, GlobalMinimum, Limit, Proof, Step, Text
+from .common import beta, eps, h, sigma, z
+from .core import Equal, GlobalMinimum, Limit, Proof, Step, Text
 
 # Labels flipped with probability eps: the expected negative log-likelihood (a cross-entropy with target
 # 1 - eps), straight from the model. The linked tests compare dpo_loss(label_smoothing=eps) with this.
@@ -25,10 +25,12 @@ PROOF = Proof(
         "If each preference label is flipped with probability $\\varepsilon$, the expected "
         "negative log-likelihood is a cross-entropy with a smoothed target $1 - \\varepsilon$. Its optimum "
         "is finite: the model is never asked to be more certain than the labels are. "
-        "(The formulas hold for $0 < \\varepsilon < 1$; `dpo_loss` accepts $0 \\le \\varepsilon < 1/2$.)",
+        "The steps are checked for $0 < \\varepsilon < 1/2$, the range `dpo_loss` accepts besides $\\varepsilon = 0$ "
+        "(plain DPO, proof 8).",
         "如果每个偏好标签以概率 $\\varepsilon$ 被翻转，期望负对数似然就是目标被平滑为 $1 - \\varepsilon$ 的交叉熵。"
         "它的最优点是有限的：模型永远不会被要求比标签本身更确定。"
-        "（公式在 $0 < \\varepsilon < 1$ 时成立；`dpo_loss` 接受 $0 \\le \\varepsilon < 1/2$。）",
+        "各步骤在 $0 < \\varepsilon < 1/2$ 上检验，"
+        "这是 `dpo_loss` 除 $\\varepsilon = 0$（普通 DPO，证明 8）之外接受的范围。",
     ),
     justifies=("dpo_ref.losses.dpo_losses_from_margin", "dpo_ref.losses.dpo_loss"),
     steps=[
@@ -38,7 +40,6 @@ PROOF = Proof(
                 "The probability of the flipped label is $1 - \\sigma(z) = \\sigma(-z)$.",
                 "被翻转的标签的概率为 $1 - \\sigma(z) = \\sigma(-z)$。",
             ),
-            r"1 - \sigma(z) = \sigma(-z)",
             Equal(1 - sigma(z), sigma(-z), via=("simplify",)),
         ),
         Step(
@@ -49,8 +50,6 @@ PROOF = Proof(
                 "标签噪声下的期望负对数似然，等于 `dpo_losses_from_margin` 在 `label_smoothing` $= \\varepsilon$ "
                 "时计算的损失。",
             ),
-            r"-(1-\varepsilon)\log\sigma(\beta h) - \varepsilon\log\big(1 - \sigma(\beta h)\big)"
-            r" = -(1-\varepsilon)\log\sigma(\beta h) - \varepsilon\log\sigma(-\beta h)",
             Equal(SMOOTHED_NLL, CDPO, via=("simplify",)),
         ),
         Step(
@@ -61,7 +60,6 @@ PROOF = Proof(
                 "利用 $\\log\\sigma(z) - \\log\\sigma(-z) = z$，平滑项在 DPO 损失上加了 $\\varepsilon\\beta h$："
                 "一个持续抵抗间隔增大的力。",
             ),
-            r"\mathcal{L}_{\mathrm{cDPO}} = -\log\sigma(\beta h) + \varepsilon\beta h",
             Equal(CDPO, DPO_PLUS, via=("expand_log", "simplify")),
         ),
         Step(
@@ -70,8 +68,7 @@ PROOF = Proof(
                 "Differentiating in $h$:",
                 "对 $h$ 求导：",
             ),
-            r"\frac{d\mathcal{L}_{\mathrm{cDPO}}}{dh} = \beta\big(\sigma(\beta h) - (1 - \varepsilon)\big)",
-            Equal(sp.diff(CDPO, h), GRAD, via=("simplify",)),
+            Equal(sp.Derivative(CDPO, h), GRAD, via=("simplify",)),
         ),
         Step(
             Text("The optimal margin", "最优间隔"),
@@ -82,8 +79,6 @@ PROOF = Proof(
                 "损失严格凸（曲率 $\\beta^2\\sigma(\\beta h)\\sigma(-\\beta h) > 0$），且梯度在 "
                 "$h^* = \\beta^{-1}\\ln\\frac{1-\\varepsilon}{\\varepsilon}$ 处为零，因此它是唯一的最小值点。",
             ),
-            r"\operatorname*{arg\,min}_h \mathcal{L}_{\mathrm{cDPO}} = "
-            r"h^* = \frac{1}{\beta}\ln\frac{1 - \varepsilon}{\varepsilon}",
             GlobalMinimum(CDPO, h, H_STAR),
         ),
         Step(
@@ -92,29 +87,27 @@ PROOF = Proof(
                 "The preference probability the model assigns at $h^*$ is exactly $1 - \\varepsilon$.",
                 "模型在 $h^*$ 处给出的偏好概率恰好是 $1 - \\varepsilon$。",
             ),
-            r"\sigma(\beta h^*) = 1 - \varepsilon",
             Equal(sigma(beta * H_STAR), 1 - eps, via=("simplify",)),
         ),
         Step(
             Text("Without smoothing the optimum escapes to infinity", "不加平滑时最优点逃向无穷"),
             Text(
                 "As $\\varepsilon \\to 0^+$ the optimal margin diverges: plain DPO with a deterministic "
-                "preference (proof 7).",
-                "当 $\\varepsilon \\to 0^+$ 时最优间隔发散：这就回到了确定性偏好下的普通 DPO（证明 7）。",
+                "preference (proof 8).",
+                "当 $\\varepsilon \\to 0^+$ 时最优间隔发散：这就回到了确定性偏好下的普通 DPO（证明 8）。",
             ),
-            r"\lim_{\varepsilon\to 0^+} \frac{1}{\beta}\ln\frac{1 - \varepsilon}{\varepsilon} = \infty",
             Limit(H_STAR, eps, 0, sp.oo, "+"),
         ),
         Step(
             Text("Maximal smoothing removes the preference", "最大平滑消除了偏好"),
             Text(
-                "At $\\varepsilon = 1/2$ the optimal margin is 0: the labels carry no information, which is "
-                "why `dpo_loss` requires $\\varepsilon < 1/2$.",
-                "当 $\\varepsilon = 1/2$ 时最优间隔为 0：标签不含任何信息，这就是 `dpo_loss` 要求 "
-                "$\\varepsilon < 1/2$ 的原因。",
+                "At the boundary $\\varepsilon = 1/2$ (outside the range the other steps assume) the formula "
+                "for $h^*$ gives 0: the labels carry no information, which is why `dpo_loss` requires "
+                "$\\varepsilon < 1/2$.",
+                "在边界 $\\varepsilon = 1/2$（不在其他步骤假设的范围内）处，$h^*$ 的公式给出 0："
+                "标签不含任何信息，这就是 `dpo_loss` 要求 $\\varepsilon < 1/2$ 的原因。",
             ),
-            r"h^*\big|_{\varepsilon = 1/2} = \frac{1}{\beta}\ln 1 = 0",
-            Equal(H_STAR, 0, given={eps: sp.Rational(1, 2)}),
+            Equal(sp.Subs(H_STAR, eps, sp.Rational(1, 2)), 0, via=("simplify",)),
         ),
     ],
     conclusion=Text(

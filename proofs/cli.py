@@ -45,7 +45,7 @@ def register(subparsers) -> None:
 
 
 def _selected(only: list[str] | None) -> list[str]:
-    from proofs import MODULES
+    from . import MODULES
 
     if not only:
         return list(MODULES)
@@ -86,9 +86,9 @@ def _emit(text: str) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from proofs import get
-    from proofs import render as R
-    from proofs.core import run_proof
+    from . import get
+    from . import render as R
+    from .core import run_proof
 
     names = _selected(args.only)
     if args.output:

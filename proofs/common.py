@@ -1,16 +1,18 @@
 """Symbols and small definitions shared by the derivations.
 
-The logistic function is written out as 1 / (1 + e^{-z}) rather than wrapped in an opaque sympy
-Function, so every identity about it is decided by rewriting, not assumed.
+The logistic function is the display function `sigma` of proofs.core: shown as σ(z) and written out as
+1 / (1 + e^{-z}) before any check, so every identity about it is decided by rewriting, not assumed.
 """
 
 from __future__ import annotations
 
 import sympy as sp
 
+from .core import NAMES, bounded, sigma
+
 beta = sp.Symbol("beta", positive=True)  # KL coefficient, beta > 0
 tau = sp.Symbol("tau", positive=True)  # IPO regularisation, tau > 0
-eps = sp.Symbol("epsilon", positive=True)  # cDPO label-flip probability, 0 < eps < 1/2
+eps = bounded(sp.Symbol("epsilon", positive=True), sp.Interval.open(0, sp.Rational(1, 2)))  # label-flip prob.
 h = sp.Symbol("h", real=True)  # preference margin
 z = sp.Symbol("z", real=True)  # a generic logit
 Z = sp.Symbol("Z", positive=True)  # partition function Z(x) > 0, used where its formula does not matter
@@ -20,15 +22,21 @@ Z = sp.Symbol("Z", positive=True)  # partition function Z(x) > 0, used where its
 logp_w, logp_l, logref_w, logref_l = sp.symbols("a_w a_l b_w b_l", real=True)
 LOGPS = (logp_w, logp_l, logref_w, logref_l)
 
+NAMES.update(
+    {
+        "p^*": ("p^*", "p*"),
+        "pi^ref_w": (r"\pi^{\mathrm{ref}}_w", "πʳᵉᶠ_w"),
+        "pi^ref_l": (r"\pi^{\mathrm{ref}}_l", "πʳᵉᶠ_l"),
+    }
+)
 
-def sigma(x: sp.Expr) -> sp.Expr:
-    """The logistic function sigma(x) = 1 / (1 + e^{-x})."""
-    return 1 / (1 + sp.exp(-x))
+__all__ = ["LOGPS", "Z", "beta", "bradley_terry", "eps", "h", "margin", "plackett_luce", "sigma", "tau", "z"]
 
 
 def margin(a_w: sp.Expr, a_l: sp.Expr, b_w: sp.Expr, b_l: sp.Expr) -> sp.Expr:
-    """h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)), grouped as in the code."""
-    return (a_w - b_w) - (a_l - b_l)
+    """h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)), grouped (and shown) as in the code."""
+    diff = sp.Add(a_w, sp.Mul(-1, b_w), evaluate=False), sp.Add(a_l, sp.Mul(-1, b_l), evaluate=False)
+    return sp.Add(diff[0], sp.Mul(-1, diff[1], evaluate=False), evaluate=False)
 
 
 def bradley_terry(r_w: sp.Expr, r_l: sp.Expr) -> sp.Expr:
@@ -37,7 +45,7 @@ def bradley_terry(r_w: sp.Expr, r_l: sp.Expr) -> sp.Expr:
 
 
 def plackett_luce(rewards: list[sp.Expr], ranking: tuple[int, ...]) -> sp.Expr:
-    """p(ranking) = prod_k e^{r_{tau(k)}} / sum_{j >= k} e^{r_{tau(j)}} (best first)."""
+    """p(ranking) = prod_k e^{r_{omega(k)}} / sum_{j >= k} e^{r_{omega(j)}} (best first)."""
     p = sp.Integer(1)
     for k in range(len(ranking)):
         rest = ranking[k:]

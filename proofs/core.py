@@ -1,33 +1,59 @@
-"""Steps, proofs and the checker.
+"""Steps, proofs and the checker: the API every derivation in `proofs/` is written in.
 
-A proof is an ordered list of steps. Each step states one claim in LaTeX (what the reader sees) and
-carries the sympy objects that make the same claim checkable (what the machine runs). Claims come in a
-few kinds, each with one exact decision procedure:
+A proof (`Proof`) is an ordered list of steps (`Step`). A step has a textbook name and an explanation
+(`Text`, English and Chinese) and one claim (`Claim`). The claim is both what the reader sees and what the
+machine checks: its displayed formula is *rendered from the claim's sympy objects* (`Step.latex()` for the
+Markdown lesson and the notebook, `Step.unicode()` for the terminal), never written by hand, so editing what
+a step displays means editing what it checks. Write the claim's objects in the form a reader should see:
 
-    Equal          lhs - rhs rewrites to exactly 0 (a named chain of sympy rewrites)
-    Positive       sympy's assumption system proves expr > 0 (optionally after an Equal to a manifest form)
-    Nonnegative    the same for expr >= 0
-    Limit          sympy.limit(expr, x, point) equals the expected value
-    Solutions      solveset(equation, x, domain) is exactly the expected set
-    SystemSolution solve(equations, unknowns) has exactly the expected single solution
-    GlobalMinimum  f'' > 0 on the (assumed) domain of x and f'(x0) = 0, so x0 is the unique minimiser
-    PositiveDefinite  every leading principal minor is > 0 (Sylvester's criterion)
+    sigma(x)            the logistic function, shown as σ(x) and unfolded to 1 / (1 + e^{-x}) to be checked
+    sp.Derivative(f, x) shown as d/dx f, differentiated when checked
+    sp.Subs(f, x, 0)    shown as f|_{x=0}, substituted when checked
+    sp.Sum(t, (i,1,n))  shown as a sum; symbolic n where sympy can decide the claim
+    Step(..., where={F: expr})
+                        an abbreviation: F (a Symbol or an applied undefined Function) is shown in the claim
+                        and the line "where F = expr" is shown under it; it is replaced by expr when checked
+
+Claims come in a few kinds, each with one exact decision procedure and a tautology guard (a claim that
+holds without the check doing any work is rejected):
+
+    Equal          lhs - rhs rewrites to exactly 0 (a named chain of sympy rewrites); `given` substitutes a
+                   hypothesis (shown in parentheses), `cases` checks every listed substitution (shown as ∀)
+                   guard: the two sides must differ before rewriting
+    Positive       sympy's assumption system proves expr > 0 (optionally after an Equal to a `manifest` form)
+    Nonnegative    the same for expr >= 0          guard: expr must not be (a constant times) one symbol,
+    Negative       the same for expr < 0           i.e. restate a declared assumption, unless via a manifest
+    Limit          sympy.limit(expr, x, point) equals the expected value          guard: expr depends on x
+    Solutions      solveset(equation, x, domain) is exactly the expected set      guard: not already solved
+    SystemSolution solve(equations, unknowns) has exactly the expected single solution   (same guard)
+    GlobalMinimum  x0 is real and in the domain of x, f'' > 0 on that domain and f'(x0) = 0, so x0 is the
+                   unique minimiser                                                guard: f depends on x
+    PositiveDefinite  every leading principal minor is > 0 (Sylvester), optionally after an Equal to a
+                   `manifest` matrix                  guard: not a diagonal of restated assumptions
     FreeOf         d(expr)/d(symbol) rewrites to 0 although expr is written with that symbol
 
-No claim is decided by a float tolerance, and an Equal whose two sides are already the same expression
-before any rewriting is rejected as a tautology: both sides must be built independently (the left from
-the definition, the right from the claimed result), so the check does real work.
+Symbols carry their true domain: sympy assumptions for the sign (`positive=True`), and `bounded(symbol,
+interval)` for a bounded range such as ε ∈ (0, 1/2). Every check decides signs and realness with each
+bounded symbol replaced by a witness that ranges exactly over its interval (a + (b - a)/(1 + u), u > 0),
+and the rendered step shows the range of each bounded symbol it uses. No claim is decided by a float
+tolerance.
 
-A failing step stops its proof and names itself (`StepFailed`).
+A failing step stops its proof and names itself (`StepFailed`). To add a derivation: write a module with a
+`PROOF = Proof(...)`, register its slug in `proofs.MODULES`, and (if it derives code) list the code in
+`justifies` and add a `compare()` to its module that evaluates the derived formula against that code (the
+notebook's closing section calls it); `dpo-ref prove --only SLUG` runs it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import sympy as sp
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.pretty.pretty import PrettyPrinter
+from sympy.printing.pretty.stringpict import prettyForm, stringPict
 
 
 @dataclass(frozen=True)
@@ -58,6 +84,175 @@ def _short(expr: object, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# ---- display objects and their unfolding ---------------------------------------------------------------
+
+
+class sigma(sp.Function):  # noqa: N801 (named after the math)
+    """The logistic function σ(x) = 1 / (1 + e^{-x}): shown as σ, unfolded by `unfold` before any check."""
+
+    nargs = 1
+
+    def _eval_rewrite_as_exp(self, x, **kwargs):
+        return 1 / (1 + sp.exp(-x))
+
+
+def _sigma_def(x: sp.Expr) -> sp.Expr:
+    return 1 / (1 + sp.exp(-x))
+
+
+def _map(value: object, fn: Callable) -> object:
+    if isinstance(value, (sp.Basic, sp.MatrixBase)):
+        return fn(value)
+    if isinstance(value, dict):
+        return {_map(k, fn): _map(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map(v, fn) for v in value)
+    return value
+
+
+def unfold(expr: object, where: dict | None = None, evaluate: bool = True) -> object:
+    """What a displayed expression means: abbreviations expanded, σ written out, d/dx and |_{x=a} evaluated.
+
+    With evaluate=False only the abbreviations and σ are expanded (what the reader could do by substitution).
+    """
+
+    def one(e):
+        if isinstance(e, sp.MatrixBase):
+            return e.applyfunc(one)
+        for _ in range(10):  # abbreviations may refer to each other
+            if not where:
+                break
+            new = e.xreplace(where)
+            if new == e:
+                break
+            e = new
+        e = e.replace(sigma, _sigma_def)
+        if not evaluate:
+            return e
+        return e.replace(lambda a: isinstance(a, (sp.Derivative, sp.Subs)), lambda a: a.doit())
+
+    return _map(expr, one)
+
+
+# ---- bounded symbols -----------------------------------------------------------------------------------
+
+BOUNDED: dict[sp.Symbol, sp.Interval] = {}
+
+
+def bounded(symbol: sp.Symbol, interval: sp.Interval) -> sp.Symbol:
+    """Declare that `symbol` ranges over the open `interval` (its sign assumptions must agree)."""
+    if not interval.left_open or not (interval.right_open or interval.sup is sp.oo) or interval.inf is -sp.oo:
+        raise ValueError(f"bounded({symbol}): only intervals (a, b) and (a, oo) are supported, got {interval}")
+    BOUNDED[symbol] = interval
+    return symbol
+
+
+def witness(expr: object) -> object:
+    """Replace each bounded symbol by a + (b - a)/(1 + u) with u > 0: exactly its interval (a, b)."""
+    subs = {}
+    free = set().union(*(e.free_symbols for e in _flat(expr)))
+    for s in free:
+        if s in BOUNDED:
+            iv = BOUNDED[s]
+            u = sp.Dummy(f"u_{s.name}", positive=True)
+            subs[s] = iv.inf + u if iv.sup is sp.oo else iv.inf + (iv.sup - iv.inf) / (1 + u)
+    return _map(expr, lambda e: e.subs(subs)) if subs else expr
+
+
+def _flat(value: object) -> list:
+    out: list = []
+    _map(value, lambda e: out.append(e) or e)
+    return [e for e in out if isinstance(e, (sp.Basic, sp.MatrixBase))]
+
+
+def _fact(expr: sp.Expr, attr: str) -> bool:
+    """sympy's assumptions decide `attr` of expr (bounded symbols replaced by their witnesses)."""
+    target = witness(expr)
+    return getattr(target, attr) is True or getattr(sp.simplify(target), attr) is True
+
+
+def _restates_assumption(expr: sp.Basic) -> bool:
+    """A number, or a constant times one symbol: its sign is a declared assumption, not a result."""
+    if expr.is_number:
+        return True
+    _, rest = sp.sympify(expr).as_coeff_Mul()
+    return isinstance(rest, (sp.Symbol, sp.Indexed))
+
+
+# ---- rendering -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tok:
+    """A piece of a displayed formula that is not a sympy object: its LaTeX and its Unicode forms."""
+
+    tex: str
+    uni: str
+
+
+EQ, COMMA, IFF = Tok("=", " = "), Tok(",\\;", ", "), Tok("\\iff", "  ⟺  ")
+# Symbol names that sympy's printers would spell awkwardly: name -> (LaTeX, Unicode)
+NAMES: dict[str, tuple[str, str]] = {}
+
+
+def _as_written(expr: sp.Add) -> bool:
+    """An Add built with evaluate=False (e.g. the margin's grouping) is printed in the order it was written."""
+    return sp.Add(*expr.args) != expr
+
+
+class _Tex(LatexPrinter):
+    def _print_Add(self, expr, order=None):
+        return super()._print_Add(expr, "none" if _as_written(expr) else order)
+
+    def _print_Symbol(self, expr, style="plain"):
+        return NAMES[expr.name][0] if expr.name in NAMES else super()._print_Symbol(expr, style)
+
+
+def tex(expr: object) -> str:
+    return _Tex().doprint(expr)
+
+
+class _Uni(PrettyPrinter):
+    def _print_Add(self, expr, order=None):
+        return super()._print_Add(expr, "none" if _as_written(expr) else order)
+
+    def _print_Symbol(self, e, bold_name=False):
+        if e.name in NAMES:
+            return prettyForm(NAMES[e.name][1])
+        return super()._print_Symbol(e, bold_name)
+
+
+def _uni_form(part: object) -> prettyForm:
+    if isinstance(part, Tok):
+        return prettyForm(part.uni)
+    return _Uni({"use_unicode": True, "wrap_line": False})._print(part)
+
+
+def join_tex(parts: Sequence[object]) -> str:
+    return " ".join(p.tex if isinstance(p, Tok) else tex(p) for p in parts)
+
+
+def join_unicode(parts: Sequence[object]) -> str:
+    """The parts side by side as Unicode 2-D math (sympy's pretty printer), lines right-stripped."""
+    pic = prettyForm(*stringPict.next(*[_uni_form(p) for p in parts]))
+    return "\n".join(line.rstrip() for line in pic.render(wrap_line=False).split("\n"))
+
+
+def _rel(word: str) -> Tok:
+    return {"> 0": Tok("> 0", " > 0"), "≥ 0": Tok("\\ge 0", " ≥ 0"), "< 0": Tok("< 0", " < 0")}[word]
+
+
+def _given_parts(given: dict | None) -> list:
+    if not given:
+        return []
+    out: list = [Tok("\\qquad\\Big(", "    (")]
+    for k, (key, value) in enumerate(given.items()):
+        out += ([COMMA] if k else []) + [key, EQ, value]
+    return out + [Tok("\\Big)", ")")]
+
+
+# ---- rewrites ------------------------------------------------------------------------------------------
+
 # Named rewrites. An Equal applies its chain in order to lhs - rhs and succeeds as soon as the result is
 # exactly 0. `force=True` in the log rewrites is sound here because every symbol under a log is declared
 # positive where the claim is made (sympy would do the same without force; force only saves it the search).
@@ -74,17 +269,10 @@ REWRITES: dict[str, Callable[[sp.Expr], sp.Expr]] = {
 }
 
 
-class Claim:
-    """What a step asserts. `check()` returns a short account of how it was verified or raises ClaimError."""
-
-    kind = "claim"
-
-    def check(self) -> str:
-        raise NotImplementedError
-
-    def method(self, lang: str = "en", latex: bool = False) -> str:
-        """A static, human-readable description of the decision procedure (for the rendered lesson)."""
-        raise NotImplementedError
+def _same_object(a: object, b: object) -> bool:
+    if isinstance(a, sp.MatrixBase) or isinstance(b, sp.MatrixBase):
+        return sp.Matrix(a) == sp.Matrix(b)
+    return sp.sympify(a) == sp.sympify(b)
 
 
 def _is_zero(expr: sp.Basic) -> bool:
@@ -113,19 +301,44 @@ def _zero(diff: sp.Basic, via: Sequence[str], given: dict | None = None) -> tupl
     return _is_zero(diff), diff, used
 
 
+# ---- claims --------------------------------------------------------------------------------------------
+
+
+class Claim:
+    """What a step asserts.
+
+    `check()` returns a short account of how it was verified or raises ClaimError; it is called on the
+    unfolded claim (`Step.check`). `parts()` is the displayed formula, built from the same objects.
+    """
+
+    kind = "claim"
+
+    def check(self) -> str:
+        raise NotImplementedError
+
+    def parts(self) -> list:
+        raise NotImplementedError
+
+    def method(self, lang: str = "en", latex: bool = False) -> str:
+        """A static, human-readable description of the decision procedure (for the rendered lesson)."""
+        raise NotImplementedError
+
+
 @dataclass
 class Equal(Claim):
     """lhs = rhs, decided by rewriting lhs - rhs to exactly 0.
 
     `given` is a substitution that encodes a hypothesis of the step (e.g. a probability vector summing to
     one: q_3 = 1 - q_1 - q_2, or sum_i q_i = 1 for symbolic n); it is applied to lhs - rhs before and
-    after each rewrite, and shown with the step.
+    after each rewrite, and shown with the step. `cases` (a list of substitutions) checks the identity for
+    each of them, e.g. every ranking of three responses; shown as "for all".
     """
 
     lhs: object
     rhs: object
     via: Sequence[str] = ("expand", "simplify")
     given: dict | None = None
+    cases: Sequence[dict] | None = None
     kind = "equal"
 
     def check(self) -> str:
@@ -135,21 +348,40 @@ class Equal(Claim):
         diff = lhs - rhs
         if _is_zero(diff):
             raise ClaimError("tautology: lhs - rhs is 0 by sympy's automatic evaluation alone")
-        ok, rest, used = _zero(diff, self.via, self.given)
-        if not ok:
-            raise ClaimError(f"lhs - rhs did not rewrite to 0 (via {' -> '.join(used)}); left with {_short(rest)}")
-        return "lhs - rhs = 0 via " + " -> ".join(used)
+        used: list[str] = []
+        for case in self.cases or [{}]:
+            one = diff.subs(case) if case else diff
+            if _is_zero(one):
+                raise ClaimError(f"tautology: lhs - rhs is 0 in case {case} before any rewriting")
+            ok, rest, used = _zero(one, self.via, self.given)
+            if not ok:
+                where = f" in case {case}" if case else ""
+                raise ClaimError(
+                    f"lhs - rhs did not rewrite to 0{where} (via {' -> '.join(used)}); left with {_short(rest)}"
+                )
+        n = f" in all {len(self.cases)} cases" if self.cases else ""
+        return f"lhs - rhs = 0 via {' -> '.join(used)}{n}"
+
+    def parts(self) -> list:
+        out = [self.lhs, EQ, self.rhs] + _given_parts(self.given)
+        if self.cases:
+            keys = list(self.cases[0])
+            tup = sp.Tuple(*keys) if len(keys) > 1 else keys[0]
+            vals = [sp.Tuple(*[c[k] for k in keys]) if len(keys) > 1 else c[keys[0]] for c in self.cases]
+            out += [Tok("\\qquad\\forall\\,", "    ∀ "), tup, Tok("\\in", " ∈ "), sp.FiniteSet(*vals)]
+        return out
 
     def method(self, lang: str = "en", latex: bool = False) -> str:
         chain = " → ".join(self.via)
+        cases = f", {len(self.cases)} cases" if self.cases else ""
         items = (self.given or {}).items()
         if latex:  # GitHub inline math
-            subs = ", ".join(f"$`{sp.latex(k)} = {sp.latex(v)}`$" for k, v in items)
+            subs = ", ".join(f"$`{tex(k)} = {tex(v)}`$" for k, v in items)
         else:
             subs = ", ".join(f"{k} = {v}" for k, v in items)
         if lang == "zh":
-            return f"左边减右边化简为 0（{chain}）" + (f"，条件 {subs}" if subs else "")
-        return f"lhs − rhs rewrites to 0 ({chain})" + (f", given {subs}" if subs else "")
+            return f"左边减右边化简为 0（{chain}{cases}）" + (f"，条件 {subs}" if subs else "")
+        return f"lhs − rhs rewrites to 0 ({chain}{cases})" + (f", given {subs}" if subs else "")
 
 
 @dataclass
@@ -159,21 +391,26 @@ class Positive(Claim):
     expr: object
     manifest: object | None = None
     via: Sequence[str] = ("expand", "simplify")
+    given: dict | None = None
     kind = "positive"
     _attr = "is_positive"
     _word = "> 0"
 
-    def check(self) -> str:
+    def check(self, guard: bool = True) -> str:
         target = sp.sympify(self.expr)
         note = ""
         if self.manifest is not None:
-            note = Equal(self.expr, self.manifest, self.via).check() + "; then "
+            note = Equal(self.expr, self.manifest, self.via, self.given).check() + "; then "
             target = sp.sympify(self.manifest)
-        if getattr(target, self._attr) is True:
+        elif guard and _restates_assumption(target):
+            raise ClaimError(f"tautology: {target} {self._word} restates a declared assumption (nothing to prove)")
+        if _fact(target, self._attr):
             return note + f"sympy's assumptions give {self._word}"
-        if getattr(sp.simplify(target), self._attr) is True:
-            return note + f"sympy's assumptions give {self._word} after simplify"
         raise ClaimError(f"sympy's assumptions cannot show {_short(target)} {self._word}")
+
+    def parts(self) -> list:
+        out = [self.expr] + ([EQ, self.manifest] if self.manifest is not None else [])
+        return out + [_rel(self._word)] + _given_parts(self.given)
 
     def method(self, lang: str = "en", latex: bool = False) -> str:
         if lang == "zh":
@@ -213,11 +450,17 @@ class Limit(Claim):
     kind = "limit"
 
     def check(self) -> str:
-        got = sp.limit(self.expr, self.var, self.point, self.direction)
+        expr = sp.sympify(self.expr)
+        if not expr.has(self.var):
+            raise ClaimError(f"tautology: the expression does not depend on {self.var}")
+        got = sp.limit(expr, self.var, self.point, self.direction)
         expected = sp.sympify(self.expected)
         if got == expected or (got.is_finite and expected.is_finite and sp.simplify(got - expected) == 0):
             return f"sympy.limit gives {got}"
         raise ClaimError(f"sympy.limit gives {_short(got)}, expected {_short(expected)}")
+
+    def parts(self) -> list:
+        return [sp.Limit(self.expr, self.var, self.point, self.direction), EQ, self.expected]
 
     def method(self, lang: str = "en", latex: bool = False) -> str:
         return "由 sympy.limit 计算" if lang == "zh" else "computed by sympy.limit"
@@ -225,6 +468,24 @@ class Limit(Claim):
 
 def _same(a: sp.Expr, b: sp.Expr) -> bool:
     return a == b or sp.simplify(sp.expand_log(a - b, force=True)) == 0
+
+
+def _solved_form(equation: sp.Basic, unknowns: Sequence[sp.Symbol]) -> bool:
+    """`u = v` with u an unknown and v free of the unknowns, or `u - c` with c a number or one symbol."""
+    if isinstance(equation, sp.Equality):
+        sides = (equation.lhs, equation.rhs)
+        return any(a in unknowns and not b.has(*unknowns) for a, b in (sides, sides[::-1]))
+    expr = sp.expand(equation)
+    for u in unknowns:
+        c = expr.coeff(u)
+        rest = expr - c * u
+        if c in (1, -1) and not rest.has(*unknowns) and _restates_assumption(rest):
+            return True
+    return False
+
+
+def _as_eq(equation: object) -> sp.Basic:
+    return equation if isinstance(equation, sp.Equality) else sp.Eq(equation, 0, evaluate=False)
 
 
 @dataclass
@@ -238,7 +499,12 @@ class Solutions(Claim):
     kind = "solutions"
 
     def check(self) -> str:
-        got = sp.solveset(self.equation, self.var, self.domain)
+        equation = sp.sympify(self.equation)
+        if not equation.has(self.var):
+            raise ClaimError(f"tautology: the equation does not contain {self.var}")
+        if _solved_form(equation, [self.var]):
+            raise ClaimError(f"tautology: the equation is already solved for {self.var}")
+        got = sp.solveset(equation, self.var, self.domain)
         if not isinstance(got, sp.FiniteSet) and got != sp.S.EmptySet:
             raise ClaimError(f"solveset did not return a finite set: {_short(got)}")
         got_list = list(got)
@@ -246,6 +512,11 @@ class Solutions(Claim):
         if len(got_list) != len(expected) or not all(any(_same(g, e) for g in got_list) for e in expected):
             raise ClaimError(f"solveset gives {_short(got)}, expected {_short(expected)}")
         return f"solveset gives {_short(got)}"
+
+    def parts(self) -> list:
+        result = sp.FiniteSet(*self.expected) if self.expected else sp.S.EmptySet
+        return [Tok("\\big\\{", "{"), self.var, Tok("\\in", " ∈ "), self.domain, Tok(":", " : "),
+                _as_eq(self.equation), Tok("\\big\\}", "}"), EQ, result]  # fmt: skip
 
     def method(self, lang: str = "en", latex: bool = False) -> str:
         if lang == "zh":
@@ -263,7 +534,10 @@ class SystemSolution(Claim):
     kind = "system"
 
     def check(self) -> str:
-        sols = sp.solve(list(self.equations), list(self.unknowns), dict=True)
+        eqs = [sp.sympify(e) for e in self.equations]
+        if all(_solved_form(e, self.unknowns) for e in eqs):
+            raise ClaimError("tautology: every equation is already solved for an unknown")
+        sols = sp.solve(eqs, list(self.unknowns), dict=True)
         if len(sols) != 1:
             raise ClaimError(f"solve gives {len(sols)} solutions: {_short(sols)}")
         (sol,) = sols
@@ -272,18 +546,35 @@ class SystemSolution(Claim):
                 raise ClaimError(f"solve gives {_short(sol)}, expected {_short(self.expected)}")
         return f"sympy.solve gives the unique solution {_short(sol)}"
 
+    def parts(self) -> list:
+        out: list = []
+        for k, e in enumerate(self.equations):
+            out += ([COMMA] if k else []) + [_as_eq(e)]
+        out.append(IFF)
+        for k, (u, v) in enumerate(self.expected.items()):
+            out += ([COMMA] if k else []) + [u, EQ, v]
+        return out
+
     def method(self, lang: str = "en", latex: bool = False) -> str:
         return "sympy.solve 恰好返回这一个解" if lang == "zh" else "sympy.solve returns exactly one solution, this one"
+
+
+def _var_domain(var: sp.Symbol) -> sp.Interval:
+    if var in BOUNDED:
+        return BOUNDED[var]
+    if var.is_positive:
+        return sp.Interval.open(0, sp.oo)
+    return sp.S.Reals
 
 
 @dataclass
 class GlobalMinimum(Claim):
     """x0 is the unique global minimiser of f over the domain of x (a real interval given by x's assumptions).
 
-    Checked as: f''(x) > 0 for every x in the domain (sympy's assumptions, optionally via a manifest form
-    `curvature` proved equal to f''), and f'(x0) = 0. A strictly convex differentiable function on an
-    interval has at most one stationary point, and it is the global minimiser. `value` (optional) is
-    checked to equal f(x0).
+    Checked as: x0 is real and inside the domain (sympy's assumptions, with bounded parameters replaced by
+    their witnesses), f''(x) > 0 for every x in the domain (optionally via a manifest form `curvature`
+    proved equal to f''), and f'(x0) = 0. A strictly convex differentiable function on an interval has at
+    most one stationary point, and it is the global minimiser. `value` (optional) is checked to equal f(x0).
     """
 
     f: object
@@ -296,51 +587,106 @@ class GlobalMinimum(Claim):
     def check(self) -> str:
         if not self.var.is_real:
             raise ClaimError(f"{self.var} must be declared real for the convexity argument")
-        f = sp.sympify(self.f)
+        f, x0 = sp.sympify(self.f), sp.sympify(self.x0)
+        if not f.has(self.var):
+            raise ClaimError(f"tautology: f does not depend on {self.var}")
+        dom = _var_domain(self.var)
+        if not _fact(x0, "is_real"):
+            raise ClaimError(f"the minimiser {_short(x0)} is not shown to be real")
+        for side, end, gap in (("lower", dom.inf, x0 - dom.inf), ("upper", dom.sup, dom.sup - x0)):
+            if end.is_infinite:
+                continue
+            if not _fact(gap, "is_positive"):
+                raise ClaimError(f"the minimiser {_short(x0)} is not shown to be inside {dom} ({side} end)")
         second = sp.diff(f, self.var, 2)
-        Positive(second, self.curvature, ("expand", "simplify")).check()
-        slope = sp.simplify(sp.diff(f, self.var).subs(self.var, self.x0))
+        if self.curvature is not None:
+            ok, rest, _ = _zero(second - sp.sympify(self.curvature), ("expand", "simplify"))
+            if not ok:
+                raise ClaimError(f"f'' - curvature did not rewrite to 0; left with {_short(rest)}")
+        if not _fact(sp.sympify(self.curvature if self.curvature is not None else second), "is_positive"):
+            raise ClaimError(f"sympy's assumptions cannot show f'' = {_short(second)} > 0 on {dom}")
+        slope = sp.simplify(sp.diff(f, self.var).subs(self.var, x0))
         if slope != 0:
             raise ClaimError(f"f'(x0) = {_short(slope)}, not 0")
         note = ""
         if self.value is not None:
             # a point evaluation: substituting x0 is the whole check, so no tautology guard here
-            at = sp.simplify(sp.expand_log(f.subs(self.var, self.x0) - sp.sympify(self.value), force=True))
+            at = sp.simplify(sp.expand_log(f.subs(self.var, x0) - sp.sympify(self.value), force=True))
             if at != 0:
                 raise ClaimError(f"f(x0) - value = {_short(at)}, not 0")
             note = ", f(x0) = value"
-        return "f'' > 0 on the domain (sympy's assumptions) and f'(x0) = 0" + note
+        return "x0 real and in the domain, f'' > 0 on the domain (sympy's assumptions) and f'(x0) = 0" + note
+
+    def parts(self) -> list:
+        dom = _var_domain(self.var)
+        head = Tok(
+            f"\\operatorname*{{arg\\,min}}_{{{tex(self.var)} \\in {tex(dom)}}}",
+            f"argmin over {_uni(self.var)} ∈ {_uni(dom)} of ",
+        )
+        out = [head, self.f, EQ, sp.FiniteSet(self.x0)]
+        if self.value is not None:
+            low = Tok(
+                f",\\qquad \\min_{{{tex(self.var)} \\in {tex(dom)}}}",
+                f",    min over {_uni(self.var)} ∈ {_uni(dom)} of ",
+            )
+            out += [low, self.f, EQ, self.value]
+        return out
 
     def method(self, lang: str = "en", latex: bool = False) -> str:
         if lang == "zh":
             value = "，且 f(x₀) 等于所述最小值" if self.value is not None else ""
-            return "在整个定义域上 f″ > 0（sympy 的假设系统）且 f′(x₀) = 0：严格凸，最小值点唯一" + value
+            return (
+                "x₀ 为实数且在定义域内，在整个定义域上 f″ > 0（sympy 的假设系统）且 f′(x₀) = 0：严格凸，最小值点唯一"
+                + value
+            )
         value = "; f(x₀) equals the stated minimum" if self.value is not None else ""
         return (
-            "f″ > 0 on the whole domain (sympy's assumptions) and f′(x₀) = 0: strictly convex, unique minimiser" + value
+            "x₀ is real and in the domain, f″ > 0 on the whole domain (sympy's assumptions) and f′(x₀) = 0: "
+            "strictly convex, unique minimiser" + value
         )
+
+
+def _uni(expr: object) -> str:
+    return join_unicode([expr])
 
 
 @dataclass
 class PositiveDefinite(Claim):
-    """The symmetric matrix is positive definite: all leading principal minors > 0 (Sylvester)."""
+    """The symmetric matrix is positive definite: all leading principal minors > 0 (Sylvester).
 
-    matrix: sp.Matrix
+    With `manifest`, the matrix (e.g. a matrix of unevaluated second derivatives) is first proved equal to
+    the manifest matrix, whose minors are then checked.
+    """
+
+    matrix: object
+    manifest: object | None = None
+    via: Sequence[str] = ("expand", "simplify")
     kind = "positive-definite"
 
-    def check(self) -> str:
+    def check(self, guard: bool = True) -> str:
+        note = ""
         m = sp.Matrix(self.matrix)
+        if self.manifest is not None:
+            note = Equal(m, sp.Matrix(self.manifest), self.via).check() + "; then "
+            m = sp.Matrix(self.manifest)
         if m != m.T:
             raise ClaimError("matrix is not symmetric")
+        if guard and self.manifest is None and m.is_diagonal() and all(_restates_assumption(d) for d in m.diagonal()):
+            raise ClaimError("tautology: a diagonal of numbers or declared-positive symbols (nothing to prove)")
         minors = [sp.simplify(m[:k, :k].det()) for k in range(1, m.rows + 1)]
-        if not all(d.is_positive for d in minors):
+        if not all(_fact(d, "is_positive") for d in minors):
             raise ClaimError(f"leading principal minors {minors} are not all > 0")
-        return f"leading principal minors {minors}"
+        return note + f"leading principal minors {minors}"
+
+    def parts(self) -> list:
+        out = [sp.Matrix(self.matrix)] + ([EQ, sp.Matrix(self.manifest)] if self.manifest is not None else [])
+        return out + [Tok("\\succ 0", " ≻ 0")]
 
     def method(self, lang: str = "en", latex: bool = False) -> str:
+        first = self.manifest is not None
         if lang == "zh":
-            return "各阶顺序主子式均 > 0（西尔维斯特判据）"
-        return "all leading principal minors > 0 (Sylvester's criterion)"
+            return ("先验证两矩阵相等，再" if first else "") + "各阶顺序主子式均 > 0（西尔维斯特判据）"
+        return ("checked equal entrywise, then " if first else "") + "all leading principal minors > 0 (Sylvester)"
 
 
 @dataclass
@@ -361,6 +707,9 @@ class FreeOf(Claim):
             raise ClaimError(f"d/d{self.symbol} did not rewrite to 0; left with {_short(rest)}")
         return f"d/d{self.symbol} = 0 via " + " -> ".join(used)
 
+    def parts(self) -> list:
+        return [sp.Derivative(self.expr, self.symbol), EQ, sp.Integer(0)]
+
     def method(self, lang: str = "en", latex: bool = False) -> str:
         chain = " → ".join(self.via)
         if lang == "zh":
@@ -368,14 +717,89 @@ class FreeOf(Claim):
         return f"its derivative in {self.symbol} rewrites to 0 ({chain})"
 
 
+# ---- steps and proofs ----------------------------------------------------------------------------------
+
+
+def _claim_fields(claim: Claim) -> dict:
+    return {f.name: getattr(claim, f.name) for f in fields(claim)}  # type: ignore[arg-type]
+
+
 @dataclass
 class Step:
-    """One line of a derivation: a textbook name, an explanation, the LaTeX statement and its claim."""
+    """One line of a derivation: a textbook name, an explanation and its claim (displayed as rendered).
+
+    `where` maps abbreviations shown in the claim to what they stand for; it is shown under the formula
+    and substituted before the check.
+    """
 
     name: Text
     explain: Text
-    statement: str
     claim: Claim
+    where: dict | None = None
+
+    def unfolded(self) -> Claim:
+        """The claim with abbreviations, σ, d/dx and |_{x=a} replaced by what they mean: what is checked."""
+        return replace(self.claim, **{k: unfold(v, self.where) for k, v in _claim_fields(self.claim).items()})
+
+    def check(self) -> str:
+        claim = self.unfolded()
+        if isinstance(claim, Equal) and not claim.cases:
+            # A displayed derivative or point evaluation may make the two sides equal by evaluation alone
+            # (e.g. -log σ(βh) at h = 0 is log 2): that computation is the check. It must not be the
+            # abbreviations that make them equal, though.
+            lhs, rhs = (unfold(v, self.where, evaluate=False) for v in (self.claim.lhs, self.claim.rhs))
+            if sp.sympify(lhs) == sp.sympify(rhs):
+                raise ClaimError("tautology: both sides are the same expression once the abbreviations are expanded")
+            diff = sp.sympify(claim.lhs) - sp.sympify(claim.rhs)
+            if _is_zero(diff.subs(claim.given) if claim.given else diff):
+                return "lhs - rhs = 0 by evaluating the displayed derivative or substitution"
+        side = "expr" if isinstance(claim, Positive) else "matrix" if isinstance(claim, PositiveDefinite) else None
+        if side and claim.manifest is not None:
+            # the same for a displayed derivative proved equal to a manifest form by evaluation alone
+            shown = unfold(getattr(self.claim, side), self.where, evaluate=False)
+            if _same_object(shown, unfold(self.claim.manifest, self.where, evaluate=False)):
+                raise ClaimError("tautology: the expression is its manifest form once the abbreviations are expanded")
+            if _same_object(getattr(claim, side), claim.manifest):
+                note = "equal to the manifest form by evaluating the displayed derivative; "
+                return note + replace(claim, **{side: claim.manifest, "manifest": None}).check(guard=False)
+        return claim.check()
+
+    def _bounded_parts(self) -> list:
+        used = set().union(*(e.free_symbols for e in _flat(_claim_fields(self.claim)) + _flat(self.where or {})))
+        out: list = []
+        for s in sorted((s for s in used if s in BOUNDED), key=lambda s: s.name):
+            iv = BOUNDED[s]
+            hi = [Tok("<", " < "), iv.sup] if iv.sup is not sp.oo else []
+            out += [Tok("\\qquad", "    "), iv.inf, Tok("<", " < "), s] + hi
+        return out
+
+    def display_parts(self) -> list[list]:
+        """The displayed lines: the claim (with the range of each bounded symbol), then one per abbreviation."""
+        lines = [self.claim.parts() + self._bounded_parts()]
+        for n, (k, v) in enumerate((self.where or {}).items()):
+            lines.append(
+                [
+                    Tok("\\text{where}\\quad", "where ") if n == 0 else Tok("\\phantom{\\text{where}}\\quad", "      "),
+                    k,
+                    EQ,
+                    v,
+                ]
+            )
+        return lines
+
+    def latex(self) -> str:
+        lines = [join_tex(line) for line in self.display_parts()]
+        if len(lines) == 1:
+            return lines[0]
+        return "\\begin{gathered}\n" + " \\\\\n".join(lines) + "\n\\end{gathered}"
+
+    def unicode(self) -> str:
+        return "\n".join(join_unicode(line) for line in self.display_parts())
+
+    @property
+    def statement(self) -> str:
+        """The displayed LaTeX (rendered from the claim; there is no hand-written statement)."""
+        return self.latex()
 
 
 @dataclass
@@ -419,6 +843,16 @@ class ProofResult:
             raise StepFailed(self.proof.name, bad.index, bad.step.name.en, bad.detail)
 
 
+def check_step(step: Step) -> str:
+    """Check one step; returns how it was verified or raises ClaimError (any sympy error becomes one)."""
+    try:
+        return step.check()
+    except ClaimError:
+        raise
+    except Exception as err:  # a sympy error inside a check is a failed step, not a crash
+        raise ClaimError(f"{type(err).__name__}: {err}") from err
+
+
 def run_proof(proof: Proof) -> ProofResult:
     """Check the steps in order; the first failing step stops the proof (it is the last result)."""
     result = ProofResult(proof)
@@ -426,11 +860,9 @@ def run_proof(proof: Proof) -> ProofResult:
     for index, step in enumerate(proof.steps, 1):
         t0 = time.perf_counter()
         try:
-            detail, ok = step.claim.check(), True
+            detail, ok = check_step(step), True
         except ClaimError as err:
             detail, ok = str(err), False
-        except Exception as err:  # a sympy error inside a check is a failed step, not a crash
-            detail, ok = f"{type(err).__name__}: {err}", False
         result.steps.append(StepResult(step, index, ok, detail, time.perf_counter() - t0))
         if not ok:
             break

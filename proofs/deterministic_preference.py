@@ -1,17 +1,24 @@
-"""7. A deterministic preference has no finite DPO minimiser (Azar et al. 2023, Sec. 4.2)."""
+"""8. A deterministic preference has no finite DPO minimiser (Azar et al. 2023, Sec. 4.2)."""
 
 from __future__ import annotations
 
 import sympy as sp
 
-from proofs.common import LOGPS, beta, h, sigma
-from proofs.core import Equal, Limit, Negative, Nonnegative, Positive, Proof, Solutions, Step, Text
+from .common import LOGPS, beta, h, margin, sigma
+from .core import Equal, GlobalMinimum, Limit, Negative, Nonnegative, Positive, Proof, Solutions, Step, Text, bounded
 
 a_w, a_l, b_w, b_l = LOGPS
 a_w_np = sp.Symbol("a_w", nonpositive=True)  # log pi(y_w) <= 0
-p_star = sp.Symbol("p^*", positive=True)
-# Expected Bradley-Terry negative log-likelihood when y_w is preferred with probability p*.
-POPULATION = -p_star * sp.log(sigma(beta * h)) - (1 - p_star) * sp.log(sigma(-beta * h))
+p_one = sp.Symbol("p^*", nonnegative=True)  # a preference probability, evaluated at 1 below
+p_star = bounded(sp.Symbol("p^*", positive=True), sp.Interval.open(0, 1))  # a preference that is not certain
+
+
+def population(p: sp.Expr) -> sp.Expr:
+    """Expected Bradley-Terry negative log-likelihood when y_w is preferred with probability p."""
+    return -p * sp.log(sigma(beta * h)) - (1 - p) * sp.log(sigma(-beta * h))
+
+
+H_STAR = sp.log(p_star / (1 - p_star)) / beta  # the claimed optimum: beta h* = logit p*
 LOSS_H = sp.log(1 + sp.exp(-beta * h))  # the claimed loss at p* = 1
 SLOPE = -beta / (1 + sp.exp(beta * h))  # the claimed dL/dh, manifestly negative
 
@@ -34,14 +41,36 @@ PROOF = Proof(
     justifies=("dpo_ref.losses.dpo_losses_from_margin",),
     steps=[
         Step(
+            Text("The optimum for an uncertain preference", "不确定偏好下的最优点"),
+            Text(
+                "If $y_w$ is preferred with probability $0 < p^* < 1$, the expected negative log-likelihood "
+                "mixes the two orders with weights $p^*$ and $1 - p^*$. It is strictly convex in $h$ and its "
+                "unique minimiser is $\\beta h^* = \\operatorname{logit} p^* = \\log\\frac{p^*}{1 - p^*}$: "
+                "the model's preference probability $\\sigma(\\beta h^*)$ matches $p^*$.",
+                "若 $y_w$ 以概率 $0 < p^* < 1$ 被偏好，期望负对数似然以权重 $p^*$ 与 $1 - p^*$ 混合两种顺序。"
+                "它关于 $h$ 严格凸，唯一的最小值点满足 $\\beta h^* = \\operatorname{logit} p^* = "
+                "\\log\\frac{p^*}{1 - p^*}$：模型给出的偏好概率 $\\sigma(\\beta h^*)$ 恰好等于 $p^*$。",
+            ),
+            GlobalMinimum(population(p_star), h, H_STAR),
+        ),
+        Step(
+            Text("The optimum escapes as the preference becomes certain", "偏好趋于确定时最优点逃逸"),
+            Text(
+                "As $p^* \\to 1^-$ the optimal margin diverges (Azar et al.'s argument): the closer the data are "
+                "to deterministic, the further DPO's optimum is from the reference, whatever $\\beta$.",
+                "当 $p^* \\to 1^-$ 时最优间隔发散（Azar 等人的论证）：数据越接近确定性，DPO 的最优点离参考策略越远，"
+                "与 $\\beta$ 无关。",
+            ),
+            Limit(H_STAR, p_star, 1, sp.oo, "-"),
+        ),
+        Step(
             Text("The population loss for a certain preference", "确定性偏好下的总体损失"),
             Text(
                 "The expected negative log-likelihood mixes the two orders with weights $p^*$ and "
                 "$1 - p^*$; at $p^* = 1$ only the DPO term remains.",
                 "期望负对数似然以权重 $p^*$ 和 $1 - p^*$ 混合两种顺序；当 $p^* = 1$ 时只剩下 DPO 项。",
             ),
-            r"-p^*\log\sigma(\beta h) - (1 - p^*)\log\sigma(-\beta h)\,\Big|_{p^*=1} = \log\big(1 + e^{-\beta h}\big)",
-            Equal(POPULATION, LOSS_H, via=("expand_log", "simplify"), given={p_star: 1}),
+            Equal(sp.Subs(population(p_one), p_one, 1), LOSS_H, via=("expand_log", "simplify")),
         ),
         Step(
             Text("The loss is positive for every finite margin", "对任何有限间隔损失都为正"),
@@ -49,7 +78,6 @@ PROOF = Proof(
                 "$1 + e^{-\\beta h} > 1$, so its logarithm is positive.",
                 "$1 + e^{-\\beta h} > 1$，所以它的对数为正。",
             ),
-            r"\log\big(1 + e^{-\beta h}\big) > 0 \qquad \forall h \in \mathbb{R}",
             Positive(LOSS_H),
         ),
         Step(
@@ -58,8 +86,7 @@ PROOF = Proof(
                 "The derivative is $-\\beta/(1 + e^{\\beta h})$, strictly negative for every real $h$.",
                 "导数为 $-\\beta/(1 + e^{\\beta h})$，对每个实数 $h$ 都严格为负。",
             ),
-            r"\frac{d}{dh}\log\big(1 + e^{-\beta h}\big) = -\frac{\beta}{1 + e^{\beta h}} < 0",
-            Negative(sp.diff(LOSS_H, h), manifest=SLOPE, via=("simplify",)),
+            Negative(sp.Derivative(LOSS_H, h), manifest=SLOPE, via=("simplify",)),
         ),
         Step(
             Text("No finite stationary point", "没有有限的驻点"),
@@ -67,8 +94,7 @@ PROOF = Proof(
                 "Accordingly the equation $d\\mathcal{L}/dh = 0$ has no real solution.",
                 "相应地，方程 $d\\mathcal{L}/dh = 0$ 没有实数解。",
             ),
-            r"\Big\{h \in \mathbb{R} : \frac{d\mathcal{L}}{dh} = 0\Big\} = \varnothing",
-            Solutions(sp.diff(LOSS_H, h), h, []),
+            Solutions(sp.Derivative(LOSS_H, h), h, []),
         ),
         Step(
             Text("The infimum is reached only at infinity", "下确界只在无穷远处达到"),
@@ -76,7 +102,6 @@ PROOF = Proof(
                 "The loss tends to 0 as $h \\to \\infty$, for every $\\beta > 0$ ...",
                 "当 $h \\to \\infty$ 时损失趋于 0，对每个 $\\beta > 0$ 都如此……",
             ),
-            r"\lim_{h\to\infty}\log\big(1 + e^{-\beta h}\big) = 0",
             Limit(LOSS_H, h, sp.oo, 0),
         ),
         Step(
@@ -85,7 +110,6 @@ PROOF = Proof(
                 "So gradient descent always moves $h$ upward and never stops.",
                 "因此梯度下降总是把 $h$ 往上推，永不停止。",
             ),
-            r"\lim_{h\to-\infty}\log\big(1 + e^{-\beta h}\big) = \infty",
             Limit(LOSS_H, h, -sp.oo, sp.oo),
         ),
         Step(
@@ -96,7 +120,6 @@ PROOF = Proof(
                 "记 $a = \\log\\pi$，$b = \\log\\pi_{\\mathrm{ref}}$。由间隔和另外三个对数概率可以唯一确定 "
                 "$a_l = \\log\\pi(y_l)$。",
             ),
-            r"h = (a_w - b_w) - (a_l - b_l) \iff a_l = a_w - h - b_w + b_l",
             Solutions(sp.Eq(h, (a_w - b_w) - (a_l - b_l)), a_l, [a_w - h - b_w + b_l]),
         ),
         Step(
@@ -108,8 +131,7 @@ PROOF = Proof(
                 "对数概率不超过零：由 $a_w = \\log\\pi(y_w) \\le 0$（声明为非正），$-h + b_l - b_w$ 与 $a_l$ "
                 "之差为 $-a_w \\ge 0$，所以 $\\log\\pi(y_l) \\le -h + b_l - b_w$。",
             ),
-            r"(-h + b_l - b_w) - (a_w - h - b_w + b_l) = -a_w \ge 0",
-            Nonnegative((-h + b_l - b_w) - (a_w_np - h - b_w + b_l)),
+            Nonnegative((-h + b_l - b_w) - a_l, manifest=-a_w_np, given={h: margin(a_w_np, a_l, b_w, b_l)}),
         ),
         Step(
             Text("The rejected response is driven to zero probability", "被拒回答的概率被推向零"),
@@ -118,7 +140,6 @@ PROOF = Proof(
                 "does not appear in it.",
                 "上界 $\\pi(y_l) \\le e^{-h + b_l - b_w}$ 在 $h \\to \\infty$ 时趋于 0，且其中不含 $\\beta$。",
             ),
-            r"\lim_{h\to\infty} e^{-h + b_l - b_w} = 0",
             Limit(sp.exp(-h + b_l - b_w), h, sp.oo, 0),
         ),
     ],

@@ -1,16 +1,16 @@
-"""5. The DPO gradient (Rafailov et al. 2023, Sec. 4, "What does the DPO update do?")."""
+"""6. The DPO gradient (Rafailov et al. 2023, Sec. 4, "What does the DPO update do?")."""
 
 from __future__ import annotations
 
 import sympy as sp
 
-from proofs.common import LOGPS, beta, h, sigma, z
-from proofs.core import Equal, Proof, Step, Text
-from proofs.dpo_loss import LOSS
+from .common import LOGPS, beta, h, margin, sigma, z
+from .core import NAMES, Equal, Proof, Step, Text
 
 a_w, a_l, b_w, b_l = LOGPS
 theta = sp.Symbol("theta", real=True)
 A_w, A_l = sp.Function("a_w")(theta), sp.Function("a_l")(theta)  # log pi_theta(y_w|x), log pi_theta(y_l|x)
+H_theta = sp.Function("h")(theta)  # the margin as a function of the parameters
 
 reward_w = beta * (a_w - b_w)  # implicit rewards r_hat = beta log(pi / pi_ref)
 reward_l = beta * (a_l - b_l)
@@ -20,8 +20,10 @@ WEIGHT = sigma(reward_l - reward_w)  # how wrongly the implicit reward model ord
 GRAD_CHOSEN = -beta * WEIGHT
 GRAD_REJECTED = beta * WEIGHT
 
-LOSS_THETA = LOSS.subs({a_w: A_w, a_l: A_l})
 LOSS_H = -sp.log(sigma(beta * h))
+rhat_w, rhat_l = sp.symbols("rhat_w rhat_l", real=True)  # abbreviations shown in the steps
+NAMES.update({"rhat_w": (r"\hat r_w", "r̂_w"), "rhat_l": (r"\hat r_l", "r̂_l")})
+REWARDS = {rhat_w: reward_w, rhat_l: reward_l, h: margin(a_w, a_l, b_w, b_l)}
 
 PROOF = Proof(
     name="dpo-gradient",
@@ -41,8 +43,7 @@ PROOF = Proof(
                 "The logistic function satisfies $\\sigma'(z) = \\sigma(z)\\sigma(-z)$, hence:",
                 "逻辑斯谛函数满足 $\\sigma'(z) = \\sigma(z)\\sigma(-z)$，因此：",
             ),
-            r"\frac{d}{dz}\log\sigma(z) = \sigma(-z) = 1 - \sigma(z)",
-            Equal(sp.diff(sp.log(sigma(z)), z), 1 - sigma(z), via=("simplify",)),
+            Equal(sp.Derivative(sp.log(sigma(z)), z), 1 - sigma(z), via=("simplify",)),
         ),
         Step(
             Text("Gradient with respect to the margin", "对间隔的梯度"),
@@ -50,8 +51,7 @@ PROOF = Proof(
                 "By the chain rule through $\\beta h$:",
                 "对 $\\beta h$ 用链式法则：",
             ),
-            r"\frac{\partial}{\partial h}\big[-\log\sigma(\beta h)\big] = -\beta\,\sigma(-\beta h)",
-            Equal(sp.diff(LOSS_H, h), -beta * sigma(-beta * h), via=("simplify",)),
+            Equal(sp.Derivative(LOSS_H, h), -beta * sigma(-beta * h), via=("simplify",)),
         ),
         Step(
             Text("Gradient through the policy", "经由策略的梯度"),
@@ -61,14 +61,12 @@ PROOF = Proof(
                 "设策略的对数概率 $a_w(\\theta), a_l(\\theta)$ 依赖于参数 $\\theta$（参考策略的不依赖）。"
                 "对上一个证明中的 DPO 损失求导：",
             ),
-            r"\nabla_\theta\mathcal{L} = -\beta\,\sigma\big(\hat r(y_l) - \hat r(y_w)\big)"
-            r"\big(\nabla_\theta\log\pi_\theta(y_w|x) - \nabla_\theta\log\pi_\theta(y_l|x)\big),"
-            r"\quad \hat r(y) = \beta\log\frac{\pi_\theta(y|x)}{\pi_{\mathrm{ref}}(y|x)}",
             Equal(
-                sp.diff(LOSS_THETA, theta),
-                -beta * WEIGHT.subs({a_w: A_w, a_l: A_l}) * (sp.diff(A_w, theta) - sp.diff(A_l, theta)),
+                sp.Derivative(LOSS_H.subs(h, H_theta), theta),
+                -beta * sigma(rhat_l - rhat_w) * (sp.Derivative(A_w, theta) - sp.Derivative(A_l, theta)),
                 via=("simplify",),
             ),
+            where={H_theta: margin(A_w, A_l, b_w, b_l), rhat_w: beta * (A_w - b_w), rhat_l: beta * (A_l - b_l)},
         ),
         Step(
             Text("Gradient with respect to the chosen log-probability", "对被选回答对数概率的梯度"),
@@ -76,9 +74,8 @@ PROOF = Proof(
                 "The partial derivatives that autograd back-propagates into `policy_chosen_logps` ...",
                 "自动微分传回 `policy_chosen_logps` 的偏导数……",
             ),
-            r"\frac{\partial\mathcal{L}}{\partial\log\pi_\theta(y_w|x)} "
-            r"= -\beta\,\sigma\big(\hat r(y_l) - \hat r(y_w)\big)",
-            Equal(sp.diff(LOSS, a_w), GRAD_CHOSEN, via=("simplify",)),
+            Equal(sp.Derivative(LOSS_H, a_w), -beta * sigma(rhat_l - rhat_w), via=("simplify",)),
+            where=REWARDS,
         ),
         Step(
             Text("Gradient with respect to the rejected log-probability", "对被拒回答对数概率的梯度"),
@@ -86,9 +83,8 @@ PROOF = Proof(
                 "... and into `policy_rejected_logps`: equal in size, opposite in sign.",
                 "……以及传回 `policy_rejected_logps` 的偏导数：大小相等，符号相反。",
             ),
-            r"\frac{\partial\mathcal{L}}{\partial\log\pi_\theta(y_l|x)} "
-            r"= +\beta\,\sigma\big(\hat r(y_l) - \hat r(y_w)\big)",
-            Equal(sp.diff(LOSS, a_l), GRAD_REJECTED, via=("simplify",)),
+            Equal(sp.Derivative(LOSS_H, a_l), beta * sigma(rhat_l - rhat_w), via=("simplify",)),
+            where=REWARDS,
         ),
         Step(
             Text("The weight exceeds ½ exactly when the pair is misordered", "当这一对被排错时权重大于 ½"),
@@ -99,7 +95,6 @@ PROOF = Proof(
                 "$\\sigma(z) - \\tfrac12 = \\tfrac12\\tanh(z/2)$ 与 $z$ 同号，所以当隐式奖励更偏好 $y_l$ 时，"
                 "权重 $\\sigma(\\hat r(y_l) - \\hat r(y_w))$ 大于 ½：被排错的样本对得到更大的更新。",
             ),
-            r"\sigma(z) - \tfrac{1}{2} = \tfrac{1}{2}\tanh\!\big(\tfrac{z}{2}\big)",
             Equal(sigma(z) - sp.Rational(1, 2), sp.tanh(z / 2) / 2, via=("exp", "simplify")),
         ),
     ],

@@ -1,11 +1,11 @@
-"""4. The DPO loss is the negative log-likelihood of the Bradley-Terry model (Rafailov et al. 2023, Eq. 7)."""
+"""5. The DPO loss is the negative log-likelihood of the Bradley-Terry model (Rafailov et al. 2023, Eq. 7)."""
 
 from __future__ import annotations
 
 import sympy as sp
 
-from proofs.common import LOGPS, Z, beta, bradley_terry, margin, sigma, z
-from proofs.core import Equal, Proof, Step, Text
+from .common import LOGPS, Z, beta, bradley_terry, h, margin, sigma, z
+from .core import Equal, Proof, Step, Text
 
 a_w, a_l, b_w, b_l = LOGPS  # log pi(y_w), log pi(y_l), log pi_ref(y_w), log pi_ref(y_l)
 
@@ -19,9 +19,12 @@ NLL = -sp.log(bradley_terry(reward_w, reward_l))
 H = margin(a_w, a_l, b_w, b_l)
 LOSS = sp.log(1 + sp.exp(-beta * H))
 
+r_w, r_l = sp.symbols("r_w r_l", real=True)  # abbreviations shown in the steps
 pw, pl, qw, ql = sp.symbols("pi_w pi_l pi^ref_w pi^ref_l", positive=True)
-tok = sp.symbols("p_1:4", positive=True)  # token probabilities pi(y_t | x, y_<t)
-n_pairs = sp.symbols("P_1:4", positive=True)  # preference probabilities of three independent comparisons
+k, t = sp.symbols("k t", integer=True, positive=True)
+N, T = sp.symbols("N T", integer=True, positive=True)  # number of comparisons, number of tokens
+P = sp.IndexedBase("P", positive=True)  # P_k: the model's probability of the k-th observed comparison
+TOK = sp.IndexedBase("pi", positive=True)  # pi_t = pi(y_t | x, y_<t): the probability of token t
 
 PROOF = Proof(
     name="dpo-loss",
@@ -40,16 +43,19 @@ PROOF = Proof(
     ),
     steps=[
         Step(
-            Text("Independent comparisons: the log-likelihood is a sum", "独立的比较：对数似然是求和"),
             Text(
-                "Comparisons are independent, so the likelihood of a dataset is a product and its negative "
-                "log is the sum of per-pair losses (shown for three pairs). `dpo_loss` returns the "
-                "per-pair terms; the trainer averages them.",
-                "各次比较相互独立，因此数据集的似然是乘积，其负对数是各对损失之和（这里以三对为例）。"
+                "Independent comparisons: the log-likelihood is a sum (any N)", "独立的比较：对数似然是求和（任意 N）"
+            ),
+            Text(
+                "Comparisons are independent, so the likelihood of $N$ comparisons is a product of the "
+                "probabilities $P_k$ the model gives them, and its negative log is the sum of per-pair losses. "
+                "`dpo_loss` returns the per-pair terms; the trainer averages them.",
+                "各次比较相互独立，因此 $N$ 次比较的似然是模型给出的概率 $P_k$ 之积，其负对数是各对损失之和。"
                 "`dpo_loss` 返回每一对的损失项，训练器对它们取平均。",
             ),
-            r"-\log \prod_{k=1}^{3} P_k = \sum_{k=1}^{3} -\log P_k",
-            Equal(-sp.log(n_pairs[0] * n_pairs[1] * n_pairs[2]), sum(-sp.log(P) for P in n_pairs), via=("expand_log",)),
+            Equal(
+                -sp.log(sp.Product(P[k], (k, 1, N))), sp.Sum(-sp.log(P[k]), (k, 1, N)), via=("expand_log", "simplify")
+            ),
         ),
         Step(
             Text("Negative log-likelihood of one comparison", "单次比较的负对数似然"),
@@ -60,9 +66,12 @@ PROOF = Proof(
                 "把（含 $Z$ 的）重参数化奖励代入布拉德利-特里模型并取 $-\\log$，结果是 $-\\beta h$ 的 softplus，"
                 "其中 $h$ 用对数概率 $a = \\log\\pi$、$b = \\log\\pi_{\\mathrm{ref}}$ 表示。",
             ),
-            r"-\log\frac{e^{\beta(a_w - b_w) + \beta\log Z}}{e^{\beta(a_w - b_w) + \beta\log Z} + e^{\beta(a_l - b_l)"
-            r" + \beta\log Z}} = \log\!\left(1 + e^{-\beta[(a_w - b_w) - (a_l - b_l)]}\right)",
-            Equal(NLL, LOSS, via=("expand_log", "expand", "simplify")),
+            Equal(
+                -sp.log(bradley_terry(r_w, r_l)),
+                sp.log(1 + sp.exp(-beta * h)),
+                via=("expand_log", "expand", "simplify"),
+            ),
+            where={r_w: reward_w, r_l: reward_l, h: H},
         ),
         Step(
             Text("A stable form of the softplus", "softplus 的数值稳定形式"),
@@ -74,20 +83,17 @@ PROOF = Proof(
                 "`dpo_losses_from_margin` 调用 `logsigmoid`，它在 $z < 0$ 时使用等价形式 "
                 "$-z + \\log(1 + e^{z})$，其中的指数不会溢出。",
             ),
-            r"\log(1 + e^{-z}) = -z + \log(1 + e^{z})",
             Equal(sp.log(1 + sp.exp(-z)), -z + sp.log(1 + sp.exp(z)), via=("simplify",)),
         ),
         Step(
-            Text("The margin is a log-ratio of log-ratios", "间隔是对数比值之差"),
+            Text("The margin is a difference of log-ratios", "间隔是两个对数比值之差"),
             Text(
-                "$h$ compares how much the policy has moved away from the reference on $y_w$ and on $y_l$. "
-                "`preference_margin` computes it as a difference of two log-ratios, the grouping that loses "
-                "the least precision.",
-                "$h$ 比较的是策略在 $y_w$ 和 $y_l$ 上分别偏离参考策略多少。`preference_margin` "
-                "把它算成两个对数比值之差，这种分组方式损失的精度最少。",
+                "$h$ compares how far the policy has moved away from the reference on $y_w$ and on $y_l$: "
+                "the log of a ratio of ratios is the difference of the two log-ratios, the grouping "
+                "`preference_margin` computes.",
+                "$h$ 比较的是策略在 $y_w$ 和 $y_l$ 上分别偏离参考策略多少：比值之比的对数等于两个对数比值之差，"
+                "`preference_margin` 正是按这种分组计算的。",
             ),
-            r"\log\frac{\pi_w/\pi^{\mathrm{ref}}_w}{\pi_l/\pi^{\mathrm{ref}}_l}"
-            r" = (\log\pi_w - \log\pi^{\mathrm{ref}}_w) - (\log\pi_l - \log\pi^{\mathrm{ref}}_l)",
             Equal(
                 sp.log((pw / qw) / (pl / ql)),
                 margin(sp.log(pw), sp.log(pl), sp.log(qw), sp.log(ql)),
@@ -95,27 +101,29 @@ PROOF = Proof(
             ),
         ),
         Step(
-            Text("Sequence log-probability is a sum over tokens", "序列对数概率是各词元对数概率之和"),
+            Text("Sequence log-probability is a sum over tokens (any T)", "序列对数概率是各词元对数概率之和（任意 T）"),
             Text(
-                "An autoregressive policy factorises $\\pi(y|x) = \\prod_t \\pi(y_t|x, y_{<t})$, so "
-                "$\\log\\pi(y|x)$ is the sum of the token log-probabilities (shown for three tokens): what "
-                "`sequence_logps` computes from the logits.",
-                "自回归策略可分解为 $\\pi(y|x) = \\prod_t \\pi(y_t|x, y_{<t})$，因此 $\\log\\pi(y|x)$ "
-                "是各词元对数概率之和（这里以三个词元为例）：这就是 `sequence_logps` 从 logits 计算的量。",
+                "An autoregressive policy factorises $\\pi(y|x) = \\prod_t \\pi(y_t|x, y_{<t})$; write "
+                "$\\pi_t$ for the probability of token $t$. So $\\log\\pi(y|x)$ is the sum of "
+                "the $T$ token log-probabilities: what `sequence_logps` computes from the logits.",
+                "自回归策略可分解为 $\\pi(y|x) = \\prod_t \\pi(y_t|x, y_{<t})$，记第 $t$ 个词元的概率为 "
+                "$\\pi_t$。因此 $\\log\\pi(y|x)$ 是 $T$ 个词元对数概率之和：这就是 "
+                "`sequence_logps` 从 logits 计算的量。",
             ),
-            r"\log \prod_{t=1}^{3} \pi(y_t \mid x, y_{<t}) = \sum_{t=1}^{3} \log \pi(y_t \mid x, y_{<t})",
-            Equal(sp.log(tok[0] * tok[1] * tok[2]), sum(sp.log(p) for p in tok), via=("expand_log",)),
+            Equal(
+                sp.log(sp.Product(TOK[t], (t, 1, T))), sp.Sum(sp.log(TOK[t]), (t, 1, T)), via=("expand_log", "simplify")
+            ),
         ),
         Step(
             Text("The DPO loss", "DPO 损失"),
             Text(
-                "Putting it together, with $\\sigma(z) = 1/(1 + e^{-z})$ and the margin $h$:",
-                "综合以上各步，记 $\\sigma(z) = 1/(1 + e^{-z})$，间隔为 $h$：",
+                "Putting it together: the per-pair loss is $-\\log\\sigma(\\beta h)$, the negative log of the "
+                "Bradley–Terry probability of the observed order.",
+                "综合以上各步：每一对的损失是 $-\\log\\sigma(\\beta h)$，"
+                "即观测到的顺序在布拉德利-特里模型下概率的负对数。",
             ),
-            r"\mathcal{L}_{\mathrm{DPO}} = -\mathbb{E}_{(x, y_w, "
-            r"y_l)}\Big[\log\sigma\Big(\beta\log\frac{\pi_\theta(y_w|x)}"
-            r"{\pi_{\mathrm{ref}}(y_w|x)} - \beta\log\frac{\pi_\theta(y_l|x)}{\pi_{\mathrm{ref}}(y_l|x)}\Big)\Big]",
-            Equal(-sp.log(sigma(beta * H)), NLL, via=("expand_log", "expand", "simplify")),
+            Equal(-sp.log(sigma(beta * h)), -sp.log(bradley_terry(r_w, r_l)), via=("expand_log", "expand", "simplify")),
+            where={r_w: reward_w, r_l: reward_l, h: H},
         ),
     ],
     conclusion=Text(

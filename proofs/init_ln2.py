@@ -1,11 +1,11 @@
-"""6. The loss at initialisation is ln 2, its slope -beta/2 and its curvature at most beta^2/4."""
+"""7. The loss at initialisation is ln 2, its slope -beta/2 and its curvature at most beta^2/4."""
 
 from __future__ import annotations
 
 import sympy as sp
 
-from proofs.common import beta, h, sigma, z
-from proofs.core import Equal, Nonnegative, Positive, Proof, Step, Text
+from .common import beta, h, sigma, z
+from .core import Equal, Nonnegative, Positive, Proof, Step, Text
 
 LOSS_H = -sp.log(sigma(beta * h))  # per-pair DPO loss as a function of the margin
 INIT_LOSS = sp.log(2)
@@ -32,18 +32,18 @@ PROOF = Proof(
                 "Substituting $h = 0$: $\\sigma(0) = \\tfrac12$.",
                 "代入 $h = 0$：$\\sigma(0) = \\tfrac12$。",
             ),
-            r"-\log\sigma(\beta h)\big|_{h=0} = \ln 2",
-            Equal(LOSS_H, INIT_LOSS, given={h: 0}),
+            Equal(sp.Subs(LOSS_H, h, 0), INIT_LOSS, via=("expand_log", "simplify")),
         ),
         Step(
             Text("The slope at initialisation", "初始化时的斜率"),
             Text(
-                "The derivative of the loss in $h$, evaluated at $h = 0$: the first step pushes the margin "
-                "up at rate $\\beta/2$, whatever the data.",
-                "损失对 $h$ 的导数在 $h = 0$ 处的值：无论数据如何，第一步都以 $\\beta/2$ 的速率推高间隔。",
+                "The derivative of the loss in $h$ at $h = 0$ is $-\\beta/2$ for every pair, whatever the data: "
+                "at the first step every pair carries the same weight $\\beta/2$ in the gradient (how far each "
+                "margin then moves also depends on the model's gradients of the log-probabilities).",
+                "损失对 $h$ 的导数在 $h = 0$ 处对每一对都是 $-\\beta/2$，与数据无关：第一步时每一对在梯度中的权重相同，"
+                "都是 $\\beta/2$（每个间隔实际移动多少，还取决于模型对数概率的梯度）。",
             ),
-            r"\frac{d\mathcal{L}}{dh}\Big|_{h=0} = -\frac{\beta}{2}",
-            Equal(sp.diff(LOSS_H, h), INIT_SLOPE, given={h: 0}),
+            Equal(sp.Subs(sp.Derivative(LOSS_H, h), h, 0), INIT_SLOPE, via=("simplify",)),
         ),
         Step(
             Text("The curvature", "曲率"),
@@ -51,8 +51,7 @@ PROOF = Proof(
                 "Differentiating twice:",
                 "求二阶导数：",
             ),
-            r"\frac{d^2\mathcal{L}}{dh^2} = \beta^2\,\sigma(\beta h)\,\sigma(-\beta h)",
-            Equal(sp.diff(LOSS_H, h, 2), CURVATURE, via=("simplify",)),
+            Equal(sp.Derivative(LOSS_H, (h, 2)), CURVATURE, via=("simplify",)),
         ),
         Step(
             Text("A hyperbolic form of σ(z)σ(−z)", "σ(z)σ(−z) 的双曲函数形式"),
@@ -60,7 +59,6 @@ PROOF = Proof(
                 "Multiplying out the two logistic functions:",
                 "把两个逻辑斯谛函数乘开：",
             ),
-            r"\sigma(z)\,\sigma(-z) = \frac{1}{4\cosh^2(z/2)}",
             Equal(sigma(z) * sigma(-z), 1 / (4 * sp.cosh(z / 2) ** 2), via=("exp", "simplify")),
         ),
         Step(
@@ -69,7 +67,6 @@ PROOF = Proof(
                 "In the hyperbolic form the curvature is manifestly positive: the loss is strictly convex in $h$.",
                 "在双曲函数形式下曲率显然为正：损失关于 $h$ 严格凸。",
             ),
-            r"\beta^2\,\sigma(\beta h)\,\sigma(-\beta h) = \frac{\beta^2}{4\cosh^2(\beta h/2)} > 0",
             Positive(CURVATURE, manifest=beta**2 / (4 * sp.cosh(beta * h / 2) ** 2), via=("exp", "simplify")),
         ),
         Step(
@@ -78,21 +75,19 @@ PROOF = Proof(
                 "The gap to $\\beta^2/4$ is a square: $1 - 1/\\cosh^2 = \\tanh^2$.",
                 "与 $\\beta^2/4$ 的差是一个平方：$1 - 1/\\cosh^2 = \\tanh^2$。",
             ),
-            r"\frac{\beta^2}{4} - \beta^2\,\sigma(\beta h)\,\sigma(-\beta h) "
-            r"= \frac{\beta^2}{4}\tanh^2\!\Big(\frac{\beta h}{2}\Big) \ge 0",
             Nonnegative(
                 CURVATURE_MAX - CURVATURE, manifest=beta**2 * sp.tanh(beta * h / 2) ** 2 / 4, via=("exp", "simplify")
             ),
         ),
         Step(
-            Text("The maximum curvature is reached at initialisation", "最大曲率在初始化时取得"),
+            Text("The maximum curvature is reached at zero margin", "最大曲率在间隔为零处取得"),
             Text(
                 "At $h = 0$ the bound is attained, so the curvature lies in $(0, \\beta^2/4]$ and is largest "
-                "at the start of training.",
-                "在 $h = 0$ 处取到上界，因此曲率位于 $(0, \\beta^2/4]$ 内，并在训练开始时最大。",
+                "at $h = 0$, the margin every pair has at initialisation.",
+                "在 $h = 0$ 处取到上界，因此曲率位于 $(0, \\beta^2/4]$ 内，"
+                "并在 $h = 0$（初始化时每一对的间隔）处最大。",
             ),
-            r"\beta^2\,\sigma(0)\,\sigma(0) = \frac{\beta^2}{4}",
-            Equal(CURVATURE, CURVATURE_MAX, given={h: 0}),
+            Equal(sp.Subs(CURVATURE, h, 0), CURVATURE_MAX, via=("simplify",)),
         ),
     ],
     conclusion=Text(

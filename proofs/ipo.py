@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from proofs.common import h, tau
-from proofs.core import Equal, GlobalMinimum, PositiveDefinite, Proof, Step, SystemSolution, Text
+from .common import h, tau
+from .core import Equal, GlobalMinimum, PositiveDefinite, Proof, Step, SystemSolution, Text
 
 # Each observed pair y_w > y_l is a regression example in both orders: the ordered pair (y_w, y_l) with
 # preference indicator 1 and margin h, and (y_l, y_w) with indicator 0 and margin -h; the target is I / tau.
@@ -32,6 +32,15 @@ LSQ = sp.Add(*[(pair_margin(w, l) - H_STAR) ** 2 for w, l in PAIRS])  # sum of p
 LSQ_SHIFTED = LSQ.subs({th_a: th_c + d1 + d2, th_b: th_c + d2})
 LSQ_GAPS = (d1 - H_STAR) ** 2 + (d2 - H_STAR) ** 2 + (d1 + d2 - H_STAR) ** 2  # the claimed form
 
+# abbreviations shown in the steps: the policy's probabilities, and the objective as a function of the gaps
+pi_k = dict(zip("abc", sp.symbols("pi_a pi_b pi_c", positive=True)))
+SOFTMAX = {pi_k[k]: sp.exp(t) / _norm for k, t in zip("abc", (th_a, th_b, th_c))}
+SHIFT = {th_a: th_c + d1 + d2, th_b: th_c + d2}
+L_GAPS = sp.Function("L")(d1, d2)
+LSQ_SHOWN = sp.Add(
+    *[(sp.log(pi_k[w] / sp.Rational(1, 3)) - sp.log(pi_k[l] / sp.Rational(1, 3)) - H_STAR) ** 2 for w, l in PAIRS]
+)
+
 PROOF = Proof(
     name="ipo",
     title=Text("IPO: identity preference optimisation", "IPO：恒等偏好优化"),
@@ -54,8 +63,6 @@ PROOF = Proof(
                 "这一对以两种顺序出现：$(y_w, y_l)$ 的指示变量为 1、间隔为 $h$；$(y_l, y_w)$ 的指示变量为 0、"
                 "间隔为 $-h$。对两个平方误差取平均并配方，得到 IPO 损失加一个常数。",
             ),
-            r"\tfrac{1}{2}\Big[\big(h - \tfrac{1}{\tau}\big)^2 + h^2\Big] "
-            r"= \Big(h - \frac{1}{2\tau}\Big)^2 + \frac{1}{4\tau^2}",
             Equal(SYMMETRISED, IPO_LOSS + CONSTANT, via=("expand",)),
         ),
         Step(
@@ -66,7 +73,6 @@ PROOF = Proof(
                 "IPO 损失是关于 $h$ 的抛物线，在 $h^* = 1/(2\\tau)$ 处取得最小值 0：对每个 $\\tau > 0$ 都有限，"
                 "正则化越强（$\\tau$ 越大）它越小。",
             ),
-            r"\operatorname*{arg\,min}_h \Big(h - \frac{1}{2\tau}\Big)^2 = \frac{1}{2\tau}",
             GlobalMinimum(IPO_LOSS, h, H_STAR, value=0),
         ),
         Step(
@@ -77,9 +83,12 @@ PROOF = Proof(
                 "对于 $\\{a, b, c\\}$ 上的表格型 softmax 策略 $\\pi(k) \\propto e^{\\theta_k}$ 和均匀的参考策略，"
                 "$(a, b)$ 这一对的间隔就是对数几率之差。",
             ),
-            r"\Big(\log\frac{e^{\theta_a}}{\sum_k e^{\theta_k}} - \log\tfrac13\Big)"
-            r" - \Big(\log\frac{e^{\theta_b}}{\sum_k e^{\theta_k}} - \log\tfrac13\Big) = \theta_a - \theta_b",
-            Equal(pair_margin("a", "b"), th_a - th_b, via=("expand_log",)),
+            Equal(
+                sp.log(pi_k["a"] / sp.Rational(1, 3)) - sp.log(pi_k["b"] / sp.Rational(1, 3)),
+                th_a - th_b,
+                via=("expand_log",),
+            ),
+            where=SOFTMAX,
         ),
         Step(
             Text("Least squares over three pairs depends only on the gaps", "三对样本上的最小二乘只依赖于对数几率差"),
@@ -91,9 +100,8 @@ PROOF = Proof(
                 "$\\theta_b = \\theta_c + d_2$，则 IPO 损失之和是只关于对数几率差的二次函数，"
                 "$\\theta_c$ 消失了（softmax 具有平移不变性）。",
             ),
-            r"\sum_{(w,l)}\Big(h_{wl} - \frac{1}{2\tau}\Big)^2 = \Big(d_1 - \frac{1}{2\tau}\Big)^2"
-            r" + \Big(d_2 - \frac{1}{2\tau}\Big)^2 + \Big(d_1 + d_2 - \frac{1}{2\tau}\Big)^2",
-            Equal(LSQ_SHIFTED, LSQ_GAPS, via=("expand_log", "expand")),
+            Equal(LSQ_SHOWN, LSQ_GAPS, via=("expand_log", "expand")),
+            where={**SOFTMAX, **SHIFT},
         ),
         Step(
             Text("The normal equations", "正规方程"),
@@ -102,8 +110,10 @@ PROOF = Proof(
                 "exactly one solution: both gaps equal $1/(3\\tau)$.",
                 "令这个二次函数的梯度为零，恰有一个解：两个差都等于 $1/(3\\tau)$。",
             ),
-            r"\nabla_{d}\,\mathcal{L} = 0 \iff \theta_a - \theta_b = \theta_b - \theta_c = \frac{1}{3\tau}",
-            SystemSolution([sp.diff(LSQ_GAPS, d1), sp.diff(LSQ_GAPS, d2)], [d1, d2], {d1: GAP_STAR, d2: GAP_STAR}),
+            SystemSolution(
+                [sp.Derivative(L_GAPS, d1), sp.Derivative(L_GAPS, d2)], [d1, d2], {d1: GAP_STAR, d2: GAP_STAR}
+            ),
+            where={L_GAPS: LSQ_GAPS},
         ),
         Step(
             Text("The stationary point is the minimum", "驻点就是最小值点"),
@@ -114,8 +124,11 @@ PROOF = Proof(
                 "关于 $(d_1, d_2)$ 的黑塞矩阵是常数且正定，所以目标函数严格凸，驻点是唯一的最小值点。"
                 "各对的目标相互冲突：$(a, c)$ 最终的间隔是 $2/(3\\tau)$ 而不是 $1/(2\\tau)$，最小二乘在它们之间折中。",
             ),
-            r"\nabla^2_{d}\,\mathcal{L} = \begin{pmatrix} 4 & 2 \\ 2 & 4 \end{pmatrix} \succ 0",
-            PositiveDefinite(sp.hessian(LSQ_GAPS, (d1, d2))),
+            PositiveDefinite(
+                sp.Matrix(2, 2, lambda j, k: sp.Derivative(L_GAPS, (d1, d2)[j], (d1, d2)[k])),
+                manifest=sp.Matrix([[4, 2], [2, 4]]),
+            ),
+            where={L_GAPS: LSQ_GAPS},
         ),
     ],
     conclusion=Text(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from proofs.common import Z, beta
-from proofs.core import Equal, GlobalMinimum, PositiveDefinite, Proof, Solutions, Step, Text
+from .common import Z, beta
+from .core import Equal, GlobalMinimum, Negative, PositiveDefinite, Proof, Solutions, Step, Text
 
 # A response space of n = 3 with symbolic probabilities: reference p_i, policy q_i, rewards r_i.
 p = sp.symbols("p_1:4", positive=True)
@@ -44,6 +44,11 @@ def objective_of(q_i: sp.Expr) -> sp.Expr:
 
 objective_n = objective_of(Q[i])
 simplex_n = {S(Q[i]): 1}
+PIS = sp.IndexedBase("pi^*", positive=True)  # the optimal policy, shown as an abbreviation
+OPT_N = {PIS[i]: P[i] * sp.exp(R[i] / beta) / Z, Z: Zn}  # pi*_i = p_i e^{r_i/beta} / Z, Z = sum_j ...
+pis3 = sp.symbols("pi^*_1:4", positive=True)
+OPT_3 = {**{s: e for s, e in zip(pis3, [pi * sp.exp(ri / beta) / Z for pi, ri in zip(p, r)])}, Z: Z3}
+J = sp.Function("J")(*q)  # the objective at n = 3, as a function of (q_1, q_2, q_3)
 simplex_n_rho = {S(Q[i]): 1, S(RHO[i]): 1}
 
 # One generic term i: q_i, p_i, r_i with Z a positive symbol.
@@ -86,8 +91,8 @@ PROOF = Proof(
                 "配分函数 $Z(x) = \\sum_y \\pi_{\\mathrm{ref}}(y|x)e^{r(x,y)/\\beta}$ "
                 "恰好是使 $\\pi^*$ 之和为 1 的归一化常数。",
             ),
-            r"\sum_{i=1}^{n} \frac{p_i e^{r_i/\beta}}{\sum_{j=1}^{n} p_j e^{r_j/\beta}} = 1",
-            Equal(S(pistar_n), 1, via=("simplify",)),
+            Equal(S(PIS[i]), 1, via=("simplify",)),
+            where=OPT_N,
         ),
         Step(
             Text("Logarithm of the optimal policy", "最优策略的对数"),
@@ -95,7 +100,6 @@ PROOF = Proof(
                 "Taking logs turns the product into a sum; this is the form every later step uses.",
                 "取对数把乘积变成求和；后面的每一步都用这个形式。",
             ),
-            r"\log \frac{p_i e^{r_i/\beta}}{Z} = \log p_i + \frac{r_i}{\beta} - \log Z",
             Equal(sp.log(pi_ * sp.exp(ri / beta) / Z), sp.log(pi_) + ri / beta - sp.log(Z), via=("expand_log",)),
         ),
         Step(
@@ -110,15 +114,13 @@ PROOF = Proof(
                 "把 $\\log\\pi^*_i = \\log p_i + r_i/\\beta - \\log Z$ 代入 $\\mathrm{KL}(\\pi\\Vert\\pi^*)$："
                 "奖励项相互抵消，剩下 $\\beta\\log Z\\,(1 - \\sum_i q_i)$，因为 $\\pi$ 是概率分布，它等于 0。",
             ),
-            r"\sum_{i=1}^{n} q_i r_i - \beta\sum_{i=1}^{n} q_i\log\frac{q_i}{p_i}"
-            r" = -\beta\sum_{i=1}^{n} q_i\log\frac{q_i}{\pi^*_i} + \beta\log Z"
-            r"\qquad \Big(\sum_{i=1}^{n} q_i = 1\Big)",
             Equal(
                 objective_n,
-                -beta * S(Q[i] * sp.log(Q[i] / pistar_n)) + beta * sp.log(Zn),
+                -beta * S(Q[i] * sp.log(Q[i] / PIS[i])) + beta * sp.log(Z),
                 ("expand_log", "simplify"),
                 simplex_n,
             ),
+            where=OPT_N,
         ),
         Step(
             Text("The same identity written out for n = 3", "同一恒等式在 n = 3 时的完整展开"),
@@ -128,9 +130,8 @@ PROOF = Proof(
                 "作为具体例子，把每一项都写出来并代入 $q_3 = 1 - q_1 - q_2$：目标函数等于 $\\beta\\log Z$ "
                 "减去 $\\beta$ 乘以 $\\pi$ 到 $\\pi^*$ 的 KL 散度。",
             ),
-            r"\mathbb{E}_{\pi}[r] - \beta\,\mathrm{KL}(\pi\,\Vert\,\pi_{\mathrm{ref}})"
-            r" = -\beta\,\mathrm{KL}(\pi\,\Vert\,\pi^*) + \beta \log Z",
-            Equal(objective, -beta * kl(q, pistar) + beta * sp.log(Z3), via=("expand_log",), given=simplex_q),
+            Equal(objective, -beta * kl(q, pis3) + beta * sp.log(Z), via=("expand_log",), given=simplex_q),
+            where=OPT_3,
         ),
         Step(
             Text("Gibbs' lemma: log x ≤ x − 1", "吉布斯引理：log x ≤ x − 1"),
@@ -140,7 +141,6 @@ PROOF = Proof(
                 "$f(x) = x - 1 - \\log x$ 满足 $f''(x) = 1/x^2 > 0$ 且 $f'(1) = 0$，因此在 $x > 0$ 上 $x = 1$ "
                 "是唯一的最小值点，$f \\ge f(1) = 0$，当且仅当 $x = 1$ 时取等号。",
             ),
-            r"\operatorname*{arg\,min}_{x>0}\, (x - 1 - \log x) = \{1\}, \qquad \min_{x>0}\, (x - 1 - \log x) = 0",
             GlobalMinimum(gibbs_f, x, 1, value=0),
         ),
         Step(
@@ -151,8 +151,6 @@ PROOF = Proof(
                 "逐项有 $q_i\\log(q_i/\\rho_i) = q_i f(\\rho_i/q_i) + q_i - \\rho_i$；对 $i$ 求和后，"
                 "对两个分布 $\\pi = (q_i)$ 与 $\\rho = (\\rho_i)$，后两项之和为 $1 - 1 = 0$。",
             ),
-            r"\mathrm{KL}(\pi\,\Vert\,\rho) = \sum_{i=1}^{n} q_i\log\frac{q_i}{\rho_i}"
-            r" = \sum_{i=1}^{n} q_i\, f\!\Big(\frac{\rho_i}{q_i}\Big), \quad f(x) = x - 1 - \log x",
             Equal(
                 S(Q[i] * sp.log(Q[i] / RHO[i])),
                 S(Q[i] * gibbs_f.subs(x, RHO[i] / Q[i])),
@@ -173,8 +171,6 @@ PROOF = Proof(
                 "严格凸，在 $\\rho_i = q_i$ 处取得最小值 0。非负项之和非负，且仅当每一项都为零时和为零："
                 "$\\mathrm{KL}(\\pi\\Vert\\rho) \\ge 0$，当且仅当 $\\pi = \\rho$ 时取等号。",
             ),
-            r"\operatorname*{arg\,min}_{\rho_i > 0}\, q_i f(\rho_i/q_i) "
-            r"= \{q_i\}, \qquad \min_{\rho_i > 0}\, q_i f(\rho_i/q_i) = 0",
             GlobalMinimum(qi * gibbs_f.subs(x, rho_i / qi), rho_i, qi, value=0),
         ),
         Step(
@@ -186,8 +182,8 @@ PROOF = Proof(
                 "由前两步，目标函数至多为 $\\beta\\log Z$，且仅当 $\\mathrm{KL}(\\pi\\Vert\\pi^*) = 0$，"
                 "即 $\\pi = \\pi^*$ 时取等号。把 $\\pi^*$ 代入目标函数，确实得到 $\\beta\\log Z$。",
             ),
-            r"\mathbb{E}_{\pi^*}[r] - \beta\,\mathrm{KL}(\pi^*\,\Vert\,\pi_{\mathrm{ref}}) = \beta\log Z",
-            Equal(objective_of(pistar_n), beta * sp.log(Zn), via=("expand_log", "simplify")),
+            Equal(objective_of(PIS[i]), beta * sp.log(Z), via=("expand_log", "simplify")),
+            where=OPT_N,
         ),
         Step(
             Text("Lagrangian stationarity", "拉格朗日函数的驻点条件"),
@@ -198,10 +194,8 @@ PROOF = Proof(
                 "第二种方法：为约束 $\\sum_i q_i = 1$ 引入乘子 $\\lambda$。拉格朗日函数的第 $i$ 项为 "
                 "$q_i r_i - \\beta q_i\\log(q_i/p_i) + \\lambda q_i$；令它对 $q_i$ 的导数为零，恰有一个解。",
             ),
-            r"\frac{\partial}{\partial q_i}\Big[q_i r_i - \beta q_i \log\frac{q_i}{p_i} + \lambda q_i\Big] = 0"
-            r"\iff q_i = p_i\, e^{r_i/\beta}\, e^{\lambda/\beta - 1}",
             Solutions(
-                sp.diff(qi * ri - beta * qi * sp.log(qi / pi_) + lam * qi, qi),
+                sp.Derivative(qi * ri - beta * qi * sp.log(qi / pi_) + lam * qi, qi),
                 qi,
                 [pi_ * sp.exp(ri / beta) * sp.exp(lam / beta - 1)],
             ),
@@ -215,24 +209,37 @@ PROOF = Proof(
                 "记 $C = e^{\\lambda/\\beta - 1}$，它对所有 $i$ 都相同。约束 $C\\sum_i p_i e^{r_i/\\beta} = 1$ "
                 "只有一个解 $C = 1/Z$，因此驻点正是 $\\pi^*$。",
             ),
-            r"C\sum_{i=1}^{n} p_i e^{r_i/\beta} = 1 \iff C = \frac{1}{Z}",
-            Solutions(sp.Eq(C * Zn, 1), C, [1 / Zn]),
+            Solutions(sp.Eq(C * Z, 1), C, [1 / Z]),
+            where={Z: Zn},
         ),
         Step(
-            Text("Second-order condition: the objective is strictly concave", "二阶条件：目标函数严格凹"),
+            Text("Second-order condition: each term is strictly concave (any n)", "二阶条件：每一项严格凹（任意 n）"),
             Text(
-                "Checked at $n = 3$ (for any $n$ the objective is a sum of one-variable terms, so the Hessian "
-                "is diagonal in the same way). The Hessian of the objective "
-                "in $(q_1, q_2, q_3)$ is $-\\beta\\,\\mathrm{diag}(1/q_i)$, so "
-                "its negative is positive definite: the objective is strictly concave, and the stationary "
-                "point on the simplex is the unique maximiser.",
-                "在 $n = 3$ 时检验（对任意 $n$，目标函数是若干单变量项之和，黑塞矩阵同样是对角的）。"
-                "目标函数关于 $(q_1, q_2, q_3)$ 的黑塞矩阵为 $-\\beta\\,\\mathrm{diag}(1/q_i)$，其相反数正定："
-                "目标函数严格凹，单纯形上的驻点就是唯一的最大值点。",
+                "The objective is a sum of terms $q_i r_i - \\beta q_i\\log(q_i/p_i)$, each depending on one "
+                "$q_i$ only, so its Hessian is diagonal with these second derivatives on the diagonal. Each is "
+                "negative:",
+                "目标函数是各项 $q_i r_i - \\beta q_i\\log(q_i/p_i)$ 之和，每一项只依赖一个 $q_i$，"
+                "所以黑塞矩阵是对角的，对角元就是这些二阶导数。每一个都为负：",
             ),
-            r"-\nabla^2_q\Big[\sum_i q_i r_i - \beta \sum_i q_i\log\frac{q_i}{p_i}\Big]"
-            r" = \beta\,\mathrm{diag}\!\left(\tfrac{1}{q_1}, \tfrac{1}{q_2}, \tfrac{1}{q_3}\right) \succ 0",
-            PositiveDefinite(-sp.hessian(objective, q)),
+            Negative(
+                sp.Derivative(qi * ri - beta * qi * sp.log(qi / pi_), (qi, 2)), manifest=-beta / qi, via=("simplify",)
+            ),
+        ),
+        Step(
+            Text("Second-order condition: the Hessian (checked at n = 3)", "二阶条件：黑塞矩阵（在 n = 3 时检验）"),
+            Text(
+                "Written out at $n = 3$: the negative Hessian of the objective in $(q_1, q_2, q_3)$ is "
+                "$\\beta\\,\\mathrm{diag}(1/q_i)$, positive definite, so the objective is strictly concave and "
+                "the stationary point on the simplex is the unique maximiser.",
+                "在 $n = 3$ 时完整写出：目标函数关于 $(q_1, q_2, q_3)$ 的黑塞矩阵的相反数为 "
+                "$\\beta\\,\\mathrm{diag}(1/q_i)$，正定，所以目标函数严格凹，单纯形上的驻点就是唯一的最大值点。",
+            ),
+            PositiveDefinite(
+                sp.Matrix(3, 3, lambda j, k: -sp.Derivative(J, q[j], q[k])),
+                manifest=sp.diag(*[beta / qk for qk in q]),
+                via=("simplify",),
+            ),
+            where={J: objective},
         ),
     ],
     conclusion=Text(

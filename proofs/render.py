@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from proofs.core import ProofResult, StepResult
+from .core import ProofResult, StepResult
 
 _INLINE_MATH = re.compile(r"\$([^$\n]+?)\$")
 
@@ -104,7 +104,7 @@ def text_proof(result: ProofResult, position: int, total: int, lang: str = "en",
         res: StepResult | None = done.get(index)
         mark = "·" if res is None else ("✓" if res.ok else "✗")
         lines.append(f"  {mark} {index}. {step.name(lang)}")
-        lines.append(f"       {step.statement}")
+        lines += ["       " + line for line in step.unicode().split("\n")]
         if res is None:
             lines.append(f"       ({L['not_run']})")
         elif not res.ok:

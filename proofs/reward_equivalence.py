@@ -1,11 +1,11 @@
-"""8. Rewards that differ by a function of the prompt are equivalent (Rafailov et al. 2023, Sec. 5, Lemma 1-2)."""
+"""4. Rewards that differ by a function of the prompt are equivalent (Rafailov et al. 2023, Sec. 5, Lemma 1-2)."""
 
 from __future__ import annotations
 
 import sympy as sp
 
-from proofs.common import beta, bradley_terry, plackett_luce
-from proofs.core import Equal, Proof, Step, Text
+from .common import beta, bradley_terry, plackett_luce
+from .core import Equal, Proof, Step, Text
 
 r_w, r_l = sp.symbols("r_w r_l", real=True)
 f = sp.Symbol("f", real=True)  # f(x): any function of the prompt only
@@ -43,7 +43,6 @@ PROOF = Proof(
                 "Adding $f(x)$ to both rewards multiplies numerator and denominator by $e^{f(x)}$.",
                 "两个奖励都加上 $f(x)$，相当于分子和分母同乘 $e^{f(x)}$。",
             ),
-            r"\frac{e^{r_w + f}}{e^{r_w + f} + e^{r_l + f}} = \frac{e^{r_w}}{e^{r_w} + e^{r_l}}",
             Equal(bradley_terry(r_w + f, r_l + f), bradley_terry(r_w, r_l), via=("expand", "cancel")),
         ),
         Step(
@@ -52,7 +51,6 @@ PROOF = Proof(
                 "The same factor cancels in every stage of the ranking.",
                 "同一个因子在排序的每一阶段都约去。",
             ),
-            r"p_{r+f}(y_1 \succ y_2 \succ y_3) = p_{r}(y_1 \succ y_2 \succ y_3)",
             Equal(plackett_luce(shifted, (0, 1, 2)), plackett_luce(list(r), (0, 1, 2)), via=("expand", "cancel")),
         ),
         Step(
@@ -61,7 +59,6 @@ PROOF = Proof(
                 "$Z'(x) = e^{f(x)/\\beta} Z(x)$ ($n = 3$, written out).",
                 "$Z'(x) = e^{f(x)/\\beta} Z(x)$（$n = 3$，完整展开）。",
             ),
-            r"\sum_{i=1}^{3} p_i e^{(r_i + f)/\beta} = e^{f/\beta}\sum_{i=1}^{3} p_i e^{r_i/\beta}",
             Equal(Z3_shifted, sp.exp(f / beta) * Z3, via=("expand",)),
         ),
         Step(
@@ -70,9 +67,6 @@ PROOF = Proof(
                 "The factor $e^{f/\\beta}$ cancels between numerator and partition function, for each response.",
                 "因子 $e^{f/\\beta}$ 在分子与配分函数之间约去，对每个回答都成立。",
             ),
-            r"\frac{p_i e^{(r_i + f)/\beta}}{\sum_j p_j e^{(r_j + f)/\beta}} "
-            r"= \frac{p_i e^{r_i/\beta}}{\sum_j p_j e^{r_j/\beta}},"
-            r"\quad i = 1, 2, 3",
             Equal(sp.Matrix(optimal(shifted)), sp.Matrix(pistar), via=("expand", "cancel")),
         ),
         Step(
@@ -84,7 +78,6 @@ PROOF = Proof(
                 "对于最优策略，两个回答的隐式奖励 $\\beta\\log(\\pi^*/\\pi_{\\mathrm{ref}})$ 之差恰好等于真实奖励之差："
                 "偏移量 $\\beta\\log Z$ 就是等价类本身。",
             ),
-            r"\beta\log\frac{\pi^*_1}{p_1} - \beta\log\frac{\pi^*_2}{p_2} = r_1 - r_2",
             Equal(beta * sp.log(pistar[0] / p[0]) - beta * sp.log(pistar[1] / p[1]), r[0] - r[1], via=("expand_log",)),
         ),
     ],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from proofs.common import Z, beta
-from proofs.core import Equal, Proof, Solutions, Step, Text
+from .common import Z, beta
+from .core import Equal, Proof, Solutions, Step, Text
 
 p_i, pistar_i = sp.Symbol("p_i", positive=True), sp.Symbol("pi_i^*", positive=True)
 r_i = sp.Symbol("r_i", real=True)
@@ -39,7 +39,6 @@ PROOF = Proof(
                 "solution is unique.",
                 "对 $\\pi^* = \\pi_{\\mathrm{ref}} e^{r/\\beta}/Z$ 取对数并解出 $r$；实数解唯一。",
             ),
-            r"\pi^*_i = \frac{p_i e^{r_i/\beta}}{Z} \iff r_i = \beta\log\frac{\pi^*_i}{p_i} + \beta\log Z",
             Solutions(sp.Eq(pistar_i, p_i * sp.exp(r_i / beta) / Z), r_i, [REPARAM]),
         ),
         Step(
@@ -48,8 +47,6 @@ PROOF = Proof(
                 "Putting the reparameterised reward back into the closed form returns $\\pi^*$.",
                 "把重参数化后的奖励代回闭式形式，得到的正是 $\\pi^*$。",
             ),
-            r"\frac{p_i}{Z}\exp\!\Big(\frac{1}{\beta}\Big[\beta\log\frac{\pi^*_i}{p_i} "
-            r"+ \beta\log Z\Big]\Big) = \pi^*_i",
             Equal(p_i * sp.exp(REPARAM / beta) / Z, pistar_i, via=("expand_log", "powsimp", "simplify")),
         ),
         Step(
@@ -61,7 +58,6 @@ PROOF = Proof(
                 "用奖励 $r$ 构造 $\\pi^*$（$n = 3$，$Z$ 完整展开），则 $r_i - \\beta\\log(\\pi^*_i/p_i)$ "
                 "对 $y_1$ 和 $y_2$ 取值相同（都等于 $\\beta\\log Z(x)$）：奖励只能被还原到相差一个只依赖提示的函数。",
             ),
-            r"r_1 - \beta\log\frac{\pi^*_1}{p_1} = r_2 - \beta\log\frac{\pi^*_2}{p_2}",
             Equal(
                 r[0] - beta * sp.log(pistar[0] / p[0]),
                 r[1] - beta * sp.log(pistar[1] / p[1]),
@@ -79,7 +75,6 @@ PROOF = Proof(
                 "它的配分函数是 $\\sum_y \\pi_\\theta(y|x) = 1$（$n "
                 "= 3$，$t_3 = 1 - t_1 - t_2$），所以 $\\log Z = 0$……",
             ),
-            r"Z_{\hat r_\theta} = \sum_{i=1}^{3} p_i \exp\!\Big(\frac{1}{\beta}\,\beta\log\frac{t_i}{p_i}\Big) = 1",
             Equal(sp.Add(*[pi * sp.exp(ri / beta) for pi, ri in zip(p, implicit)]), 1, given=simplex_t),
         ),
         Step(
@@ -92,7 +87,6 @@ PROOF = Proof(
                 "`chosen_rewards` 与 `rejected_rewards`，即 $\\beta\\log(\\pi_\\theta/\\pi_{\\mathrm{ref}})$，"
                 "是一个使当前策略恰为最优的奖励。",
             ),
-            r"\frac{p_1 e^{\hat r_1/\beta}}{\sum_{j=1}^{3} p_j e^{\hat r_j/\beta}} = t_1",
             Equal(
                 p[0] * sp.exp(implicit[0] / beta) / sp.Add(*[pi * sp.exp(ri / beta) for pi, ri in zip(p, implicit)]),
                 t[0],

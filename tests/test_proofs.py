@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import os
@@ -15,8 +16,9 @@ import sympy as sp
 
 import proofs
 from proofs import cli, render
-from proofs.common import beta, h, sigma, z
+from proofs.common import beta, eps, h, sigma, z
 from proofs.core import (
+    BOUNDED,
     Equal,
     FreeOf,
     GlobalMinimum,
@@ -33,6 +35,7 @@ from proofs.core import (
     StepResult,
     SystemSolution,
     Text,
+    bounded,
     check_proof,
     run_proof,
 )
@@ -95,8 +98,8 @@ def test_every_step_is_written_in_both_languages(name):
 # ---- the checker can fail ------------------------------------------------------------------------------
 
 
-def _step(name, claim):
-    return Step(Text(name, name + "（中文）"), Text("", ""), "", claim)
+def _step(name, claim, where=None):
+    return Step(Text(name, name + "（中文）"), Text("", ""), claim, where)
 
 
 def test_a_false_step_stops_the_proof_and_names_itself():
@@ -116,6 +119,10 @@ def test_a_false_step_stops_the_proof_and_names_itself():
 
 x = sp.Symbol("x", real=True)
 xp = sp.Symbol("x", positive=True)
+x_nonpos = sp.Symbol("a", nonpositive=True)
+eps_pos = sp.Symbol("e", positive=True)  # a label-flip probability declared only positive (no upper bound)
+CDPO_ANY_EPS = -(1 - eps_pos) * sp.log(sigma(beta * h)) - eps_pos * sp.log(sigma(-beta * h))
+x_unit = bounded(sp.Symbol("x_unit", positive=True), sp.Interval.open(0, 1))
 
 FALSE_CLAIMS = {
     "equal": Equal(sp.log(2 * xp), 2 * sp.log(xp), via=("expand_log", "simplify")),
@@ -133,6 +140,23 @@ FALSE_CLAIMS = {
     "positive-definite": PositiveDefinite(sp.Matrix([[1, 2], [2, 1]])),
     "free-of": FreeOf(sp.exp(x) / (sp.exp(x) + 1), x),
     "free-of-tautology": FreeOf(sp.exp(h), x),
+    # subtly false: sigma(z) sigma(-z) = sigma'(z), so this identity is off by a factor of 2 (cf. init-ln2)
+    "equal-subtle": Equal(sigma(z) * sigma(-z), 1 / (2 + 2 * sp.cosh(z)) * 2, ("exp", "simplify")),
+    "equal-cases": Equal(xp**2 - 1, (xp - 1) * (xp + 1) + xp - 1, ("expand",), cases=[{xp: 2}, {xp: 3}]),
+    "positive-subtle": Positive(sp.log(1 + sp.exp(-beta * h)) - sp.exp(-beta * h)),  # log(1+u) < u
+    "tautology-positive": Positive(2 * xp),
+    "tautology-nonnegative": Nonnegative(-x_nonpos),
+    "tautology-negative": Negative(-beta),
+    "tautology-limit": Limit(beta, h, sp.oo, beta),
+    "tautology-solutions": Solutions(sp.Eq(x, beta), x, [beta]),
+    "tautology-system": SystemSolution([sp.Eq(x, 1)], [x], {x: 1}),
+    "tautology-minimum": GlobalMinimum(beta**2, h, 0),
+    "tautology-positive-definite": PositiveDefinite(sp.diag(xp, beta)),
+    "minimum-complex-point": GlobalMinimum((h - 1) ** 2 + 1, h, 1 + sp.I),
+    # cDPO's optimum with epsilon declared only positive: for epsilon >= 1 the minimiser is not real
+    "minimum-outside-domain": GlobalMinimum(CDPO_ANY_EPS, h, sp.log((1 - eps_pos) / eps_pos) / beta),
+    "minimum-outside-bounded-domain": GlobalMinimum((x_unit - 2) ** 2, x_unit, 2),
+    "positive-definite-subtle": PositiveDefinite(sp.Matrix([[2, 3], [3, 4]])),  # det = -1
 }
 
 
@@ -140,8 +164,63 @@ FALSE_CLAIMS = {
 def test_each_claim_kind_rejects_a_false_claim(kind):
     r = run_proof(Proof("toy", Text("t", "t"), Text("i", "i"), (), [_step(kind, FALSE_CLAIMS[kind])]))
     assert not r.ok, f"{kind}: {r.steps[0].detail}"
-    if kind.startswith(("tautology", "free-of-tautology")):
+    if "tautology" in kind:
         assert "tautology" in r.steps[0].detail
+    if kind in ("minimum-complex-point", "minimum-outside-domain", "minimum-outside-bounded-domain"):
+        assert "real" in r.steps[0].detail or "inside" in r.steps[0].detail, r.steps[0].detail
+
+
+def test_every_claim_kind_has_a_false_instance():
+    kinds = {c.kind for c in FALSE_CLAIMS.values()}
+    claim_classes = [Equal, Positive, Nonnegative, Negative, Limit, Solutions, SystemSolution]
+    claim_classes += [GlobalMinimum, PositiveDefinite, FreeOf]
+    assert {c.kind for c in claim_classes} <= kinds
+    for cls in claim_classes:  # and a tautology that is rejected as such
+        assert any(type(c) is cls and "tautology" in k for k, c in FALSE_CLAIMS.items()), cls.__name__
+
+
+def test_cdpo_holds_on_its_true_domain_only():
+    """With epsilon in (0, 1/2) the cDPO minimiser is proved real; the meta-test above shows it is not
+    proved for epsilon declared only positive (for epsilon >= 1 there is no real minimiser)."""
+    step = next(s for s in proofs.get("cdpo").steps if isinstance(s.claim, GlobalMinimum))
+    assert BOUNDED[eps] == sp.Interval.open(0, sp.Rational(1, 2))
+    assert "0 < \\epsilon < \\frac{1}{2}" in step.latex()
+
+
+# ---- what you read is what was checked -------------------------------------------------------------------
+
+
+def test_no_step_has_a_hand_written_formula():
+    """A step's display is rendered from its claim's sympy objects; there is no free-text statement field."""
+    assert [f.name for f in dataclasses.fields(Step)] == ["name", "explain", "claim", "where"]
+    lesson = (ROOT / "docs/lesson.md").read_text(encoding="utf-8")
+    for proof in proofs.all_proofs():
+        for step in proof.steps:
+            assert step.statement == step.latex() and step.latex() in lesson, (proof.name, step.name.en)
+
+
+EDITS = [  # (proof, step index, field of the claim, a false replacement of what is displayed, what then shows)
+    ("init-ln2", 2, "rhs", -beta / 4, "4"),
+    ("cdpo", 5, "x0", sp.log((1 - eps) / eps) / (2 * beta), "2⋅β"),
+    ("ipo", 6, "manifest", sp.Matrix([[4, 2], [2, 3]]), "3"),
+    ("optimal-policy", 10, "expected", [beta / sp.Symbol("Z", positive=True)], "β"),
+]
+
+
+@pytest.mark.parametrize("name,index,attr,value,shown", EDITS, ids=[f"{e[0]}-{e[1]}" for e in EDITS])
+def test_editing_a_displayed_formula_makes_prove_fail_naming_the_step(
+    monkeypatch, capsys, name, index, attr, value, shown
+):
+    proof = proofs.get(name)
+    step = proof.steps[index - 1]
+    before = step.unicode()
+    edited = dataclasses.replace(step, claim=dataclasses.replace(step.claim, **{attr: value}))
+    assert edited.unicode() != before  # the edit is visible in what the reader sees ...
+    monkeypatch.setattr(proof, "steps", proof.steps[: index - 1] + [edited])
+    assert cli.main(["--only", name]) == 1  # ... and what the reader sees is what fails
+    captured = capsys.readouterr()
+    assert f"proof '{name}', step {index} '{step.name.en}' failed" in captured.err
+    assert f"✗ {index}. {step.name.en}" in captured.out
 
 
 GIVEN_STEPS = [
@@ -226,3 +305,27 @@ def test_committed_lesson_is_current(lang, path):
     """docs/ holds exactly what the tool renders now (regenerate with the command in the file's footer)."""
     committed = (ROOT / path).read_text(encoding="utf-8")
     assert committed == render.markdown([_all_steps_hold(p) for p in proofs.all_proofs()], lang)
+
+
+# ---- packaging -----------------------------------------------------------------------------------------
+
+
+def test_install_claims_no_top_level_proofs_module():
+    """`proofs/` is installed as `dpo_ref.proofs` (a real `pip install .` into a throwaway venv puts only
+    `dpo_ref` in site-packages and runs `dpo-ref prove`), and the package list covers every dpo_ref package."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    assert config["package-dir"] == {"dpo_ref.proofs": "proofs"}
+    assert not any(p == "proofs" or p.startswith("proofs.") for p in config["packages"])
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "dpo_ref").rglob("__init__.py")} | {
+        "dpo_ref.proofs"
+    }
+    assert set(config["packages"]) == on_disk
+
+
+def test_dpo_ref_prove_uses_this_checkouts_proofs():
+    from dpo_ref import cli as main_cli
+
+    assert main_cli._module("prove") == "proofs.cli"  # not another install's dpo_ref.proofs
+    assert importlib.import_module(main_cli._module("prove")) is cli

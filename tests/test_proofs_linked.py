@@ -21,13 +21,14 @@ from hypothesis import strategies as st
 import dpo_ref
 from proofs import cdpo, dpo_gradient, dpo_loss, init_ln2, ipo
 from proofs.common import LOGPS, Z, beta, eps, h, tau
+from proofs.core import unfold
 
 F64 = torch.float64
 DPS = 160  # 1 - sigma(x) cancels catastrophically: |beta h| <= 240 here, so sigma(-x) ~ 1e-104 needs > 120 digits
 
 
 def _lambdify(args, expr):
-    return sp.lambdify(args, expr, modules="mpmath")
+    return sp.lambdify(args, unfold(expr), modules="mpmath")  # sigma written out, d/dx evaluated
 
 
 # The derived expressions, as functions. NLL keeps Z: the tests draw it at random, so they also check that
