@@ -100,9 +100,8 @@ def handler(args: argparse.Namespace) -> int:
 
     def progress(result) -> None:
         if not progress.started:
-            print(
-                f"dpo-ref verify: {args.target}  (level={args.level or 'default'}, variant={args.variant})", file=stream
-            )
+            level = args.level or ("loss" if args.target not in ("trl", "torchtune") else "every level it supports")
+            print(f"dpo-ref verify: {args.target}  (level={level}, variant={args.variant})", file=stream)
             progress.started = True
         print(result.line(24), file=stream, flush=True)
 

@@ -105,7 +105,7 @@ class Report:
     def to_text(self, reproductions: bool = True, check_lines: bool = True) -> str:
         """A human-readable report: one line per check (unless already streamed: `check_lines=False`), the
         precision grade, diagnosis and advice, then each failure with its reproduction."""
-        lines = [f"dpo-ref verify: {self.target}  (level={self.level}, variant={self.variant})"]
+        lines = [f"dpo-ref verify: {self.target}  (level={self.level}, variant={self.variant})"] if check_lines else []
         for key, value in {**self.settings, **self.detected}.items():
             lines.append(f"  {key}: {value}")
         if check_lines:
