@@ -58,11 +58,11 @@ class PreferenceBatch(NamedTuple):
 def log_probs(min_value: float = -1e4, max_value: float = 0.0) -> st.SearchStrategy[float]:
     """Sequence log-probs: mostly moderate values, with 0, tiny and huge magnitudes mixed in."""
     specials = [v for v in (0.0, -1e-12, -1.0, min_value, max_value) if min_value <= v <= max_value]
-    return st.one_of(
-        st.sampled_from(specials),
-        st.floats(max(min_value, -60.0), min(max_value, 0.0) if max_value >= -60.0 else max_value),
-        st.floats(min_value, max_value),
-    ).filter(lambda v: min_value <= v <= max_value)
+    moderate = (max(min_value, -60.0), min(max_value, 0.0))  # the usual range, where most of the mass goes
+    parts = [st.sampled_from(specials)] if specials else []
+    if moderate[0] <= moderate[1]:
+        parts.append(st.floats(*moderate))
+    return st.one_of(*parts, st.floats(min_value, max_value))  # every part within [min_value, max_value]
 
 
 @st.composite
