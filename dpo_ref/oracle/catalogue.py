@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 import torch
 from hypothesis import strategies as st
 
+import dpo_ref.oracle.snippets as S
 from dpo_ref import properties as P
 from dpo_ref import strategies as dst
-from dpo_ref.oracle import snippets as S
 
 VARIANTS = ("dpo", "cdpo", "ipo", "ipo-mean")
 REDUCTIONS = ("auto", "none", "mean", "sum")

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+import dpo_ref.oracle.diagnosis as diagnosis
 from dpo_ref.errors import InputError
-from dpo_ref.oracle import diagnosis
 from dpo_ref.oracle.catalogue import ADVICE, LOGPS_CHECKS, LOSS_CHECKS, Config
 from dpo_ref.oracle.report import ADVICE as ADVICE_STATUS
 from dpo_ref.oracle.report import FAILED, PASSED, SKIPPED, CheckResult, Report
