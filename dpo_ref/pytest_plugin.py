@@ -2,6 +2,7 @@
 
     pytest --dpo-target path/to/file.py:my_loss [--dpo-level loss|logps] [--dpo-variant dpo|cdpo|ipo|ipo-mean]
            [--dpo-beta B] [--dpo-label-smoothing E] [--dpo-max-examples N] [--dpo-xfail FILE]
+           [--dpo-strict] [--dpo-reduction auto|none|mean|sum]
 
 adds one test per check (`dpo-ref::values`, ...) to the session; a failing check fails its test with
 the reproduction, so the run exits non-zero. Without `--dpo-target` the plugin does nothing. Loading
@@ -24,6 +25,18 @@ def pytest_addoption(parser) -> None:
     group.addoption("--dpo-label-smoothing", type=float, default=None, help="cdpo eps; default: drawn")
     group.addoption("--dpo-max-examples", type=int, default=None, help="Hypothesis examples per check")
     group.addoption("--dpo-xfail", default=None, help="file listing check names expected to fail, one per line")
+    group.addoption(
+        "--dpo-strict",
+        action="store_true",
+        default=False,
+        help="demand float64-exact results and count the advisory checks (see dpo-ref verify --strict)",
+    )
+    group.addoption(
+        "--dpo-reduction",
+        default="auto",
+        choices=("auto", "none", "mean", "sum"),
+        help="what the loss returns (a batch sum fails unless declared): default auto",
+    )
 
 
 class DpoCheckItem(pytest.Item):
@@ -56,6 +69,8 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     kwargs = {
         "beta": config.getoption("dpo_beta"),
         "label_smoothing": config.getoption("dpo_label_smoothing"),
+        "strict": config.getoption("dpo_strict"),
+        "reduction": config.getoption("dpo_reduction"),
     }
     if config.getoption("dpo_max_examples") is not None:
         kwargs["max_examples"] = config.getoption("dpo_max_examples")

@@ -63,7 +63,7 @@ def _at_root(monkeypatch):
     monkeypatch.chdir(ROOT)  # reproductions load targets by their relative path
 
 
-def _run_reproduction(result) -> None:
+def run_reproduction(result) -> None:
     """Reproductions reproduce: run as they are, they end in the AssertionError of their own last lines (the
     disagreement, at the tolerance the oracle applied), or raise what the check reported the target raising."""
     with pytest.raises(Exception) as raised:
@@ -93,7 +93,7 @@ def test_broken_loss_is_rejected(name, check):
     assert result.status == FAILED, result
     assert result.message and result.reproduction
     if check != "call":
-        _run_reproduction(result)
+        run_reproduction(result)
 
 
 @pytest.mark.parametrize("name, check", _pairs(BROKEN_LOGPS))
@@ -104,7 +104,7 @@ def test_broken_logps_is_rejected(name, check):
     )
     assert not report.passed
     assert report[check].status == FAILED, report[check]
-    _run_reproduction(report[check])
+    run_reproduction(report[check])
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,7 @@ def test_advisory_check_is_advice_by_default_and_fails_under_strict(file, name, 
     assert report.passed and report[check].status == ADVICE, report.to_text()
     strict = verify(target(file, name), level=level, checks=[check], max_examples=EXAMPLES, strict=True)
     assert strict[check].status == FAILED
-    _run_reproduction(strict[check])
+    run_reproduction(strict[check])
 
 
 def test_enough_broken_and_correct_targets():

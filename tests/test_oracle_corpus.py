@@ -14,6 +14,7 @@ import pytest
 
 from dpo_ref.oracle import adapters, load_target, verify
 from tests.oracle_targets.corpus import CASES
+from tests.test_oracle import run_reproduction
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = 15  # per check: the broken ones are caught well within it; the correct ones face every check
@@ -29,17 +30,7 @@ ADAPT = {
 def _run(case):
     options = dict(case.options)
     adapter = options.pop("adapter", None)
-    fn = case.target
-    if adapter:
-        fn = ADAPT[adapter](
-            load_target(os.path.join(ROOT, case.target.split(":")[0]) + ":" + case.target.split(":")[1])
-        )
-    else:
-        fn = (
-            os.path.relpath(os.path.join(ROOT, case.target.split(":")[0]), os.getcwd())
-            + ":"
-            + case.target.split(":")[1]
-        )
+    fn = ADAPT[adapter](load_target(case.target)) if adapter else case.target
     return verify(fn, level=case.level, variant=case.variant, max_examples=EXAMPLES, **options)
 
 
@@ -68,3 +59,11 @@ def test_broken_implementation_is_rejected_with_its_diagnosis(case):
     if case.diagnosis:
         named = [d.split(":", 1)[0] for d in report.diagnosis]
         assert case.diagnosis in named, f"{case.style}: expected diagnosis {case.diagnosis!r}, got {report.diagnosis}"
+    for failure in report.failures:  # every reproduction emitted reproduces what it claims
+        if failure.reproduction and "load_target(" in failure.reproduction:
+            run_reproduction(failure)
+
+
+@pytest.fixture(autouse=True)
+def _at_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # reproductions load targets by their relative path

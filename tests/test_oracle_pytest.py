@@ -99,3 +99,14 @@ def test_bad(dpo_check):
     assert outcomes["passed"] == 9 + 3
     assert outcomes["xfailed"] == 1
     assert outcomes["failed"] == 5
+
+
+def test_plugin_advice_is_a_warning_and_strict_makes_it_a_failure(pytester):
+    target = f"{TARGETS / 'correct_logps.py'}:mask_by_multiplying"
+    args = ("--dpo-target", target, "--dpo-level", "logps", "--dpo-max-examples", "5")
+    relaxed = _run(pytester, *args)
+    assert relaxed.ret == 0
+    relaxed.stdout.fnmatch_lines(["*dpo-ref advice*masks by multiplying*"])
+    strict = _run(pytester, *args, "--dpo-strict")
+    assert strict.ret == 1
+    strict.stdout.fnmatch_lines(["*dpo-ref::logps_neg_inf_unscored*"])

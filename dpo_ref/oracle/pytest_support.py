@@ -43,7 +43,10 @@ class DpoCheck:
 
         r = self.result()
         if r.status == ADVICE:
-            warnings.warn(f"dpo-ref advice from {r.name!r}: {r.message}", UserWarning, stacklevel=2)
+            from dpo_ref.oracle.catalogue import ADVICE as ADVICE_TEXT
+
+            advice = ADVICE_TEXT.get(r.name, "")
+            warnings.warn(f"dpo-ref advice from {r.name!r}: {advice} ({r.message})", UserWarning, stacklevel=2)
         if r.status == SKIPPED:
             pytest.skip(f"{r.name}: {r.message}")
         if r.status == XFAILED:
