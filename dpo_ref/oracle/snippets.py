@@ -142,14 +142,21 @@ def z_cancellation(target, spec, ex, err) -> str:
 
 
 def init(target, spec, ex, err) -> str:
+    slope = float(spec.dloss_dmargin(torch.zeros(1))[0])
+    tol = getattr(err, "tol", 0.0)
     return "\n".join(
         [
             "rc, rr = pc.clone(), pr.clone()  # policy = reference",
-            f"got = {target.call_src(spec)}",
+            "x = pc.clone().requires_grad_()",
+            f"got = {target.call_src(spec, 'x, pr, rc, rr')}",
             "got = got[0] if isinstance(got, tuple) else got",
-            f"expected = torch.full(got.shape, {spec.value_at_init()!r}, dtype=torch.float64)",
-            "print(got)  # expected every value to be " + repr(spec.value_at_init()),
-            close_assert("got", "expected", err, "the loss at pi = pi_ref is wrong"),
+            "slope = torch.autograd.grad(got.sum(), x)[0] if got.requires_grad else torch.zeros_like(x)",
+            f"print(got)    # expected every value to be {spec.value_at_init()!r}",
+            f"print(slope)  # expected every value to be dL/dh(0) = {slope!r}",
+            f"assert torch.allclose(got.detach().double(), torch.full(got.shape, {spec.value_at_init()!r}, "
+            f"dtype=torch.float64), rtol=0, atol={tol!r}), 'the loss at pi = pi_ref is wrong'",
+            f"assert torch.allclose(slope.double(), torch.full(slope.shape, {slope!r}, dtype=torch.float64), "
+            f"rtol=0, atol={tol!r}), 'the slope dL/dh at pi = pi_ref is wrong'",
         ]
     )
 
