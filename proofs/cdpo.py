@@ -121,3 +121,21 @@ PROOF = Proof(
         "$h^* = \\beta^{-1}\\ln((1-\\varepsilon)/\\varepsilon)$。",
     ),
 )
+
+
+def compare() -> list:
+    """dpo_losses_from_margin(label_smoothing=ε) against the label-flip NLL, and its zero slope at h*."""
+    from dpo_ref.losses import dpo_losses_from_margin
+
+    from .numeric import Row, exact, tensors
+
+    beta_, eps_ = 0.5, 0.1
+    rows = []
+    for hv in (-2.0, 1.0, 8.0):
+        (hs,) = tensors(hv)
+        want = exact(SMOOTHED_NLL, {h: hv, beta: beta_, eps: eps_})
+        rows.append(Row(f"loss at h = {hv:g}", want, dpo_losses_from_margin(hs, beta_, eps_).item()))
+    (hs,) = tensors(exact(H_STAR, {beta: beta_, eps: eps_}))
+    dpo_losses_from_margin(hs, beta_, eps_).sum().backward()
+    rows.append(Row("slope at h* = log((1 − ε)/ε)/β", 0.0, hs.grad.item()))
+    return rows

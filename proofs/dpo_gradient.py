@@ -107,3 +107,19 @@ PROOF = Proof(
         "关联测试把经由 `dpo_loss` 的 torch 自动微分结果与这些偏导数逐一比较。",
     ),
 )
+
+
+def compare() -> list:
+    """torch autograd through dpo_loss against the derived ∂L/∂log π(y_w) = −β σ(r̂_l − r̂_w) and its negative."""
+    from dpo_ref.losses import dpo_loss
+
+    from .numeric import Row, exact, tensors
+
+    logps, beta_ = (-10.0, -9.0, -10.5, -8.0), 0.5
+    values = {**dict(zip(LOGPS, logps)), beta: beta_}
+    xs = tensors(*logps)
+    dpo_loss(*xs, beta=beta_).losses.sum().backward()
+    return [
+        Row("∂L/∂log π(y_w)", exact(GRAD_CHOSEN, values), xs[0].grad.item()),
+        Row("∂L/∂log π(y_l)", exact(GRAD_REJECTED, values), xs[1].grad.item()),
+    ]

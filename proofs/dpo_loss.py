@@ -133,3 +133,17 @@ PROOF = Proof(
         "作用于 `preference_margin(...)`，也就是 `dpo_loss` 逐对返回的值。",
     ),
 )
+
+
+def compare() -> list:
+    """dpo_loss against the Bradley-Terry NLL of the reparameterised rewards, written from the model."""
+    from dpo_ref.losses import dpo_loss
+
+    from .numeric import Row, exact, tensors
+
+    rows = []
+    for logps, beta_ in (((-12.0, -15.5, -13.0, -14.0), 0.1), ((-3.25, -2.0, -3.0, -4.0), 1.0)):
+        values = {**dict(zip(LOGPS, logps)), beta: beta_, Z: 7.0}
+        out = dpo_loss(*tensors(*logps), beta=beta_)
+        rows.append(Row(f"loss at log-probs {logps}, β = {beta_:g}", exact(NLL, values), out.losses.item()))
+    return rows

@@ -249,3 +249,23 @@ PROOF = Proof(
         "而 $\\beta$ 就是 `dpo_loss` 的参数 `beta` 所表示的 KL 系数。",
     ),
 )
+
+
+def compare() -> list:
+    """π* (for n = 3) fed to dpo_loss as the policy: the implicit reward gap is r_1 - r_2, Z cancelled."""
+    from dpo_ref.losses import dpo_loss
+
+    from .common import sigma
+    from .numeric import Row, exact, tensors
+
+    values = {beta: 0.5, p[0]: 0.5, p[1]: 0.3, p[2]: 0.2, r[0]: 1.0, r[1]: -0.5, r[2]: 2.0}
+    log_opt = [exact(sp.log(e), values) for e in pistar[:2]]
+    out = dpo_loss(*tensors(*log_opt, float(sp.log(0.5)), float(sp.log(0.3))), beta=0.5)
+    return [
+        Row(
+            "chosen − rejected reward at π* = r₁ − r₂",
+            exact(r[0] - r[1], values),
+            (out.chosen_rewards - out.rejected_rewards).item(),
+        ),
+        Row("loss at π* = −log σ(r₁ − r₂)", exact(-sp.log(sigma(r[0] - r[1])), values), out.losses.item()),
+    ]

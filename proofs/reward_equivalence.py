@@ -88,3 +88,22 @@ PROOF = Proof(
         "每个提示的隐式奖励都带有各自未知的偏移 $\\beta\\log Z(x)$。",
     ),
 )
+
+
+def compare() -> list:
+    """The optimal policies of r and r + f(x) give dpo_loss the same value, for several f."""
+    from dpo_ref.losses import dpo_loss
+
+    from .common import sigma
+    from .numeric import Row, exact, tensors
+
+    base = {beta: 0.5, p[0]: 0.4, p[1]: 0.35, p[2]: 0.25, r[0]: 0.5, r[1]: -1.0, r[2]: 0.0}
+    rows = []
+    for fv in (-3.0, 0.0, 2.5):
+        values = {**base, f: fv}
+        log_opt = [exact(sp.log(e), values) for e in optimal(shifted)[:2]]
+        out = dpo_loss(*tensors(*log_opt, float(sp.log(0.4)), float(sp.log(0.35))), beta=0.5)
+        rows.append(
+            Row(f"loss at π*(r + f), f = {fv:g}", exact(-sp.log(sigma(r[0] - r[1])), values), out.losses.item())
+        )
+    return rows

@@ -103,3 +103,24 @@ PROOF = Proof(
         "$x$，在同一提示下两个回答的任何比较中都会抵消（见下一个证明）。",
     ),
 )
+
+
+def compare() -> list:
+    """dpo_loss's implicit reward of the optimal policy is r_i - β log Z (the reparameterisation, Z moved over)."""
+    from dpo_ref.losses import dpo_loss, preference_margin
+
+    from .numeric import Row, exact, tensors
+
+    values = {beta: 0.25, p[0]: 0.2, p[1]: 0.5, p[2]: 0.3, r[0]: -1.0, r[1]: 0.75, r[2]: 0.5}
+    log_opt = [exact(sp.log(e), values) for e in pistar[:2]]
+    logps = tensors(*log_opt, float(sp.log(0.2)), float(sp.log(0.5)))
+    out = dpo_loss(*logps, beta=0.25)
+    return [
+        Row(
+            "β · margin = r₁ − r₂ (β log Z cancels)",
+            exact(r[0] - r[1], values),
+            0.25 * preference_margin(*logps).item(),
+        ),
+        Row("chosen reward = r₁ − β log Z", exact(r[0] - beta * sp.log(Z3), values), out.chosen_rewards.item()),
+        Row("rejected reward = r₂ − β log Z", exact(r[1] - beta * sp.log(Z3), values), out.rejected_rewards.item()),
+    ]
