@@ -4,15 +4,16 @@ fresh kernel, and each of its check cells can fail."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from pathlib import Path
 
 import nbclient
 import nbformat
 import pytest
+import torch
 import torch.nn.functional as F
 
-import dpo_ref.losses
 import proofs
 from proofs import cli, notebook, numeric
 from proofs.common import beta
@@ -93,21 +94,29 @@ def _reference_added(pc, pr, rc, rr):
     return (pc + rc) - (pr + rr)
 
 
-BROKEN = {  # a wrong version of each function the proofs justify (dpo_loss is built on the first and last)
-    "dpo_losses_from_margin": _dpo_without_beta,
-    "ipo_losses_from_margin": _ipo_target_one_over_tau,
-    "preference_margin": _reference_added,
+def _plackett_luce_wrong_end(policy_logps, reference_logps, beta=0.1):
+    """Accumulates the log-sum-exp from the best response instead of from the worst."""
+    u = beta * (policy_logps - reference_logps)
+    return (torch.logcumsumexp(u, dim=-1) - u).sum(-1)
+
+
+BROKEN = {  # a wrong version of each function the proofs justify (dpo_loss is built on the first and third)
+    "dpo_ref.losses.dpo_losses_from_margin": _dpo_without_beta,
+    "dpo_ref.losses.ipo_losses_from_margin": _ipo_target_one_over_tau,
+    "dpo_ref.losses.preference_margin": _reference_added,
+    "dpo_ref.plackett_luce.plackett_luce_losses": _plackett_luce_wrong_end,
 }
 
 
 @pytest.mark.parametrize("name", list(proofs.MODULES))
 def test_each_comparison_catches_a_broken_implementation(monkeypatch, name, capsys):
     numeric.report(name)  # holds for dpo_ref as it is
-    justified = {j.rpartition(".")[2] for j in proofs.get(name).justifies}
-    targets = [f for f in BROKEN if f in justified] or ["dpo_losses_from_margin"]  # dpo_loss uses it
+    justified = set(proofs.get(name).justifies)
+    targets = [f for f in BROKEN if f in justified] or ["dpo_ref.losses.dpo_losses_from_margin"]  # dpo_loss's
     for target in targets:
+        module, _, attr = target.rpartition(".")
         with monkeypatch.context() as m:
-            m.setattr(dpo_ref.losses, target, BROKEN[target])
+            m.setattr(importlib.import_module(module), attr, BROKEN[target])
             with pytest.raises(AssertionError, match=f"proof '{name}': dpo_ref disagrees"):
                 numeric.report(name)
     assert "✗" in capsys.readouterr().out
