@@ -23,8 +23,11 @@ MODULES = {
     "plackett-luce": "plackett_luce",
     "dpo-gradient": "dpo_gradient",
     "init-ln2": "init_ln2",
+    "implicit-reward-kl": "implicit_reward_kl",
+    "rpo-nll": "rpo_nll",
     "deterministic-preference": "deterministic_preference",
     "ipo": "ipo",
+    "ipo-psi": "ipo_psi",
     "cdpo": "cdpo",
 }
 

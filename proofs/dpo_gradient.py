@@ -57,9 +57,9 @@ PROOF = Proof(
             Text("Gradient through the policy", "经由策略的梯度"),
             Text(
                 "Let the policy log-probabilities $a_w(\\theta), a_l(\\theta)$ depend on the parameters "
-                "$\\theta$ (the reference ones do not). Differentiating the DPO loss of the previous proof:",
+                "$\\theta$ (the reference ones do not). Differentiating the DPO loss of proof 6:",
                 "设策略的对数概率 $a_w(\\theta), a_l(\\theta)$ 依赖于参数 $\\theta$（参考策略的不依赖）。"
-                "对上一个证明中的 DPO 损失求导：",
+                "对证明 6 中的 DPO 损失求导：",
             ),
             Equal(
                 sp.Derivative(LOSS_H.subs(h, H_theta), theta),

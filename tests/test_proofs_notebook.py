@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import dpo_ref.losses
 import proofs
 from proofs import cli, notebook, numeric
 from proofs.common import beta
@@ -100,11 +101,24 @@ def _plackett_luce_wrong_end(policy_logps, reference_logps, beta=0.1):
     return (torch.logcumsumexp(u, dim=-1) - u).sum(-1)
 
 
-BROKEN = {  # a wrong version of each function the proofs justify (dpo_loss is built on the first and third)
+def _dpo_loss_without_beta(pc, pr, rc, rr, *, beta=0.1, label_smoothing=0.0, validate=True):
+    """Forgets beta everywhere: in the sigmoid and in the implicit rewards."""
+    m = (pc - rc) - (pr - rr)
+    return dpo_ref.losses.PreferenceLoss(-F.logsigmoid(m), (pc - rc).detach(), (pr - rr).detach())
+
+
+def _rpo_per_sequence(preference_losses, policy_chosen_logps, chosen_token_counts, rpo_alpha):
+    """Forgets to divide the NLL by the token count."""
+    return preference_losses.mean() + rpo_alpha * (-policy_chosen_logps).mean()
+
+
+BROKEN = {  # a wrong version of each function the proofs justify
+    "dpo_ref.losses.dpo_loss": _dpo_loss_without_beta,
     "dpo_ref.losses.dpo_losses_from_margin": _dpo_without_beta,
     "dpo_ref.losses.ipo_losses_from_margin": _ipo_target_one_over_tau,
     "dpo_ref.losses.preference_margin": _reference_added,
     "dpo_ref.plackett_luce.plackett_luce_losses": _plackett_luce_wrong_end,
+    "dpo_ref.rpo.rpo_objective": _rpo_per_sequence,
 }
 
 
@@ -112,7 +126,8 @@ BROKEN = {  # a wrong version of each function the proofs justify (dpo_loss is b
 def test_each_comparison_catches_a_broken_implementation(monkeypatch, name, capsys):
     numeric.report(name)  # holds for dpo_ref as it is
     justified = set(proofs.get(name).justifies)
-    targets = [f for f in BROKEN if f in justified] or ["dpo_ref.losses.dpo_losses_from_margin"]  # dpo_loss's
+    targets = [f for f in BROKEN if f in justified]
+    assert targets, f"{name} justifies none of the functions with a broken version here"
     for target in targets:
         module, _, attr = target.rpartition(".")
         with monkeypatch.context() as m:
