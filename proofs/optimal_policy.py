@@ -91,7 +91,7 @@ PROOF = Proof(
                 "配分函数 $Z(x) = \\sum_y \\pi_{\\mathrm{ref}}(y|x)e^{r(x,y)/\\beta}$ "
                 "恰好是使 $\\pi^*$ 之和为 1 的归一化常数。",
             ),
-            Equal(S(PIS[i]), 1, via=("simplify",)),
+            Equal(S(PIS[i]), 1, via=("powsimp", "cancel")),
             where=OPT_N,
         ),
         Step(
@@ -117,7 +117,7 @@ PROOF = Proof(
             Equal(
                 objective_n,
                 -beta * S(Q[i] * sp.log(Q[i] / PIS[i])) + beta * sp.log(Z),
-                ("expand_log", "simplify"),
+                ("sums",),
                 simplex_n,
             ),
             where=OPT_N,
@@ -182,7 +182,7 @@ PROOF = Proof(
                 "由前两步，目标函数至多为 $\\beta\\log Z$，且仅当 $\\mathrm{KL}(\\pi\\Vert\\pi^*) = 0$，"
                 "即 $\\pi = \\pi^*$ 时取等号。把 $\\pi^*$ 代入目标函数，确实得到 $\\beta\\log Z$。",
             ),
-            Equal(objective_of(PIS[i]), beta * sp.log(Z), via=("expand_log", "simplify")),
+            Equal(objective_of(PIS[i]), beta * sp.log(Z), via=("sums",)),
             where=OPT_N,
         ),
         Step(
