@@ -25,13 +25,13 @@ a_w, a_l, b_w, b_l = sp.symbols("a_w a_l b_w b_l", real=True)
 
 PROOF = Proof(
     name="plackett-luce",
-    title=Text("The Plackett–Luce DPO loss and its gradient", "Plackett–Luce DPO 损失及其梯度"),
+    title=Text("The Plackett–Luce DPO loss and its gradient", "普拉克特-卢斯（Plackett–Luce）DPO 损失及其梯度"),
     intro=Text(
         "With $K$ ranked responses instead of a pair, the Plackett–Luce model gives the probability of the "
         "whole ranking; with the reparameterised rewards the partition function cancels (proof 3) and the "
         "negative log-likelihood is a loss in the implicit rewards $\\hat r_k = \\beta \\log\\frac{\\pi(y_k)}"
         "{\\pi_{\\mathrm{ref}}(y_k)}$ alone. Checked for $K = 3$, responses numbered best first.",
-        "当有 $K$ 个排好序的回答而不只是一对时，Plackett–Luce 模型给出整个排序的概率；用重参数化的奖励，"
+        "当有 $K$ 个排好序的回答而不只是一对时，普拉克特-卢斯模型给出整个排序的概率；用重参数化的奖励，"
         "配分函数约去（证明 3），负对数似然只是隐式奖励 $\\hat r_k = \\beta \\log\\frac{\\pi(y_k)}"
         "{\\pi_{\\mathrm{ref}}(y_k)}$ 的损失。在 $K = 3$ 时检验，回答按从好到差编号。",
     ),
@@ -44,7 +44,7 @@ PROOF = Proof(
                 "log-likelihood is a sum over positions of a log-sum-exp of the remaining rewards minus the "
                 "reward placed there: what `plackett_luce_losses` computes with a reversed cumulative "
                 "log-sum-exp.",
-                "Plackett–Luce 的每个因子都是对尚未排定的回答做 softmax，所以负对数似然是对各位置求和：剩余奖励的 "
+                "普拉克特-卢斯模型的每个因子都是对尚未排定的回答做 softmax，所以负对数似然是对各位置求和：剩余奖励的 "
                 "log-sum-exp 减去该位置上的奖励。`plackett_luce_losses` 用反向累积 log-sum-exp 计算的正是它。",
             ),
             Equal(PL_LOSS, PL_FORM, via=("expand_log", "simplify")),

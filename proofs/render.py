@@ -68,7 +68,7 @@ LABELS = {
         "failed_at": "证明 '{proof}' 的第 {index} 步 '{step}' 不成立：{reason}",
         "how_to_read": (
             "本讲义从 KL 正则化的强化学习目标出发推导 DPO，并说明重参数化没有损失（定理 1）；然后是损失、"
-            "它的排序（Plackett–Luce）形式、梯度与性质、训练器附加的 RPO 项、DPO 在确定性偏好下的失效，"
+            "它的排序（普拉克特-卢斯）形式、梯度与性质、训练器附加的 RPO 项、DPO 在确定性偏好下的失效，"
             "以及两种修正：IPO（及其背后的 ΨPO 目标）和保守 DPO。可运行并逐步重新检验的版本是 "
             "`docs/lesson.ipynb`（`dpo-ref prove --format notebook`）。"
             "下面每一个展示出来的公式都是一个命题，在用 `dpo-ref prove --format markdown --lang zh` "
