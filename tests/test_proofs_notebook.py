@@ -11,7 +11,6 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pytest
-import torch
 import torch.nn.functional as F
 
 import dpo_ref.losses
@@ -19,6 +18,7 @@ import proofs
 from proofs import cli, notebook, numeric
 from proofs.common import beta
 from proofs.core import ProofResult, StepFailed, StepResult
+from tests.test_proofs_linked import plackett_luce_wrong_end, rpo_per_sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "docs" / "lesson.ipynb"
@@ -95,21 +95,10 @@ def _reference_added(pc, pr, rc, rr):
     return (pc + rc) - (pr + rr)
 
 
-def _plackett_luce_wrong_end(policy_logps, reference_logps, beta=0.1):
-    """Accumulates the log-sum-exp from the best response instead of from the worst."""
-    u = beta * (policy_logps - reference_logps)
-    return (torch.logcumsumexp(u, dim=-1) - u).sum(-1)
-
-
 def _dpo_loss_without_beta(pc, pr, rc, rr, *, beta=0.1, label_smoothing=0.0, validate=True):
     """Forgets beta everywhere: in the sigmoid and in the implicit rewards."""
     m = (pc - rc) - (pr - rr)
     return dpo_ref.losses.PreferenceLoss(-F.logsigmoid(m), (pc - rc).detach(), (pr - rr).detach())
-
-
-def _rpo_per_sequence(preference_losses, policy_chosen_logps, chosen_token_counts, rpo_alpha):
-    """Forgets to divide the NLL by the token count."""
-    return preference_losses.mean() + rpo_alpha * (-policy_chosen_logps).mean()
 
 
 BROKEN = {  # a wrong version of each function the proofs justify
@@ -117,8 +106,8 @@ BROKEN = {  # a wrong version of each function the proofs justify
     "dpo_ref.losses.dpo_losses_from_margin": _dpo_without_beta,
     "dpo_ref.losses.ipo_losses_from_margin": _ipo_target_one_over_tau,
     "dpo_ref.losses.preference_margin": _reference_added,
-    "dpo_ref.plackett_luce.plackett_luce_losses": _plackett_luce_wrong_end,
-    "dpo_ref.rpo.rpo_objective": _rpo_per_sequence,
+    "dpo_ref.plackett_luce.plackett_luce_losses": plackett_luce_wrong_end,
+    "dpo_ref.rpo.rpo_objective": rpo_per_sequence,
 }
 
 
