@@ -18,11 +18,16 @@ MODULES = {
     "reward-reparam": "reward_reparam",
     "bt-cancellation": "bt_cancellation",
     "reward-equivalence": "reward_equivalence",
+    "dpo-theorem-1": "dpo_theorem1",
     "dpo-loss": "dpo_loss",
+    "plackett-luce": "plackett_luce",
     "dpo-gradient": "dpo_gradient",
     "init-ln2": "init_ln2",
+    "implicit-reward-kl": "implicit_reward_kl",
+    "rpo-nll": "rpo_nll",
     "deterministic-preference": "deterministic_preference",
     "ipo": "ipo",
+    "ipo-psi": "ipo_psi",
     "cdpo": "cdpo",
 }
 

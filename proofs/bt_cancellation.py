@@ -121,3 +121,19 @@ PROOF = Proof(
         "这正是 `preference_margin` 计算的量，也是 `dpo_losses_from_margin` 送入逻辑斯谛函数的量。",
     ),
 )
+
+
+def compare() -> list:
+    """-log of Bradley-Terry on the reparameterised rewards, for three very different Z, against
+    dpo_losses_from_margin(preference_margin(...)): the same number, whatever Z."""
+    from dpo_ref.losses import dpo_losses_from_margin, preference_margin
+
+    from .numeric import Row, exact, tensors
+
+    probs = {pi_w: 0.2, pi_l: 0.05, ref_w: 0.1, ref_l: 0.3, beta: 0.5}
+    logs = [float(sp.log(probs[s])) for s in (pi_w, pi_l, ref_w, ref_l)]
+    code = dpo_losses_from_margin(preference_margin(*tensors(*logs)), 0.5).item()
+    return [
+        Row(f"−log BT(reparameterised rewards), Z = {zv:g}", exact(-sp.log(BT_REPARAM), {**probs, Z: zv}), code)
+        for zv in (1e-3, 1.0, 50.0)
+    ]

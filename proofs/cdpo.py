@@ -26,11 +26,11 @@ PROOF = Proof(
         "negative log-likelihood is a cross-entropy with a smoothed target $1 - \\varepsilon$. Its optimum "
         "is finite: the model is never asked to be more certain than the labels are. "
         "The steps are checked for $0 < \\varepsilon < 1/2$, the range `dpo_loss` accepts besides $\\varepsilon = 0$ "
-        "(plain DPO, proof 8).",
+        "(plain DPO, proof 12).",
         "如果每个偏好标签以概率 $\\varepsilon$ 被翻转，期望负对数似然就是目标被平滑为 $1 - \\varepsilon$ 的交叉熵。"
         "它的最优点是有限的：模型永远不会被要求比标签本身更确定。"
         "各步骤在 $0 < \\varepsilon < 1/2$ 上检验，"
-        "这是 `dpo_loss` 除 $\\varepsilon = 0$（普通 DPO，证明 8）之外接受的范围。",
+        "这是 `dpo_loss` 除 $\\varepsilon = 0$（普通 DPO，证明 12）之外接受的范围。",
     ),
     justifies=("dpo_ref.losses.dpo_losses_from_margin", "dpo_ref.losses.dpo_loss"),
     steps=[
@@ -93,8 +93,8 @@ PROOF = Proof(
             Text("Without smoothing the optimum escapes to infinity", "不加平滑时最优点逃向无穷"),
             Text(
                 "As $\\varepsilon \\to 0^+$ the optimal margin diverges: plain DPO with a deterministic "
-                "preference (proof 8).",
-                "当 $\\varepsilon \\to 0^+$ 时最优间隔发散：这就回到了确定性偏好下的普通 DPO（证明 8）。",
+                "preference (proof 12).",
+                "当 $\\varepsilon \\to 0^+$ 时最优间隔发散：这就回到了确定性偏好下的普通 DPO（证明 12）。",
             ),
             Limit(H_STAR, eps, 0, sp.oo, "+"),
         ),
@@ -121,3 +121,29 @@ PROOF = Proof(
         "$h^* = \\beta^{-1}\\ln((1-\\varepsilon)/\\varepsilon)$。",
     ),
 )
+
+
+def compare() -> list:
+    """dpo_losses_from_margin(label_smoothing=ε) against the label-flip NLL, and its zero slope at h*."""
+    from dpo_ref.losses import dpo_loss, dpo_losses_from_margin
+
+    from .numeric import Row, exact, tensors
+
+    beta_, eps_ = 0.5, 0.1
+    logps = (-10.0, -12.5, -11.0, -11.5)  # margin (-10 + 11) - (-12.5 + 11.5) = 2
+    out = dpo_loss(*tensors(*logps), beta=beta_, label_smoothing=eps_)
+    rows = [
+        Row(
+            "dpo_loss(label_smoothing=ε), margin 2",
+            exact(SMOOTHED_NLL, {h: 2.0, beta: beta_, eps: eps_}),
+            out.losses.item(),
+        )
+    ]
+    for hv in (-2.0, 1.0, 8.0):
+        (hs,) = tensors(hv)
+        want = exact(SMOOTHED_NLL, {h: hv, beta: beta_, eps: eps_})
+        rows.append(Row(f"loss at h = {hv:g}", want, dpo_losses_from_margin(hs, beta_, eps_).item()))
+    (hs,) = tensors(exact(H_STAR, {beta: beta_, eps: eps_}))
+    dpo_losses_from_margin(hs, beta_, eps_).sum().backward()
+    rows.append(Row("slope at h* = log((1 − ε)/ε)/β", 0.0, hs.grad.item()))
+    return rows

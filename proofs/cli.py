@@ -1,4 +1,6 @@
-"""`dpo-ref prove` and `python -m proofs`: run the derivations and print them as text or a Markdown lesson.
+"""`dpo-ref prove` / `python -m proofs`: run the derivations; print them as text, Markdown or a notebook.
+
+The notebook (`--format notebook`) re-checks each step when run; see proofs/notebook.py.
 
 Exit status: 0 if every step of every selected proof holds, 1 if a step fails (named on stderr),
 2 for bad usage (unknown proof name, unwritable output path).
@@ -26,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         help="run only this proof (repeatable, or comma-separated); see --list for the names",
     )
-    parser.add_argument("--format", choices=("text", "markdown"), default="text", help="output format (default: text)")
+    parser.add_argument(
+        "--format", choices=("text", "markdown", "notebook"), default="text", help="output format (default: text)"
+    )
     parser.add_argument("--lang", choices=("en", "zh"), default="en", help="language of names and prose (default: en)")
     parser.add_argument("--output", metavar="FILE", help="write to FILE (atomically) instead of standard output")
     parser.add_argument("--list", action="store_true", help="list the proofs and the code each justifies, then exit")
@@ -120,7 +124,14 @@ def handler(args: argparse.Namespace) -> int:
             put("\n" + R.text_proof(result, position, len(names), lang, args.verbose))
     if text_mode:
         put("\n" + R.text_summary(results, time.perf_counter() - start, lang))
-    text = "".join(chunks) if text_mode else R.markdown(results, lang)
+    if text_mode:
+        text = "".join(chunks)
+    elif args.format == "notebook":
+        from .notebook import notebook
+
+        text = notebook(results, lang)
+    else:
+        text = R.markdown(results, lang)
     if args.output:
         _write_atomic(args.output, text)
     elif not stream:

@@ -151,3 +151,21 @@ PROOF = Proof(
         "IPO（有有限目标的平方损失）和 cDPO（标签平滑）都能恢复有限的最优点，见后面的证明。",
     ),
 )
+
+
+def compare() -> list:
+    """The population loss built from dpo_losses_from_margin has zero slope at βh* = logit p* (autograd),
+    and at p* = 1 it is the derived log(1 + e^{-βh})."""
+    from dpo_ref.losses import dpo_losses_from_margin
+
+    from .numeric import Row, exact, tensors
+
+    beta_, p_ = 0.5, 0.8
+    h_star = exact(H_STAR, {beta: beta_, p_star: p_})
+    (hs,) = tensors(h_star)
+    (p_ * dpo_losses_from_margin(hs, beta_) + (1 - p_) * dpo_losses_from_margin(-hs, beta_)).sum().backward()
+    (h3,) = tensors(3.0)
+    return [
+        Row("slope of the population loss at h*", 0.0, hs.grad.item()),
+        Row("loss at p* = 1, h = 3", exact(LOSS_H, {beta: beta_, h: 3.0}), dpo_losses_from_margin(h3, beta_).item()),
+    ]

@@ -57,9 +57,9 @@ PROOF = Proof(
             Text("Gradient through the policy", "经由策略的梯度"),
             Text(
                 "Let the policy log-probabilities $a_w(\\theta), a_l(\\theta)$ depend on the parameters "
-                "$\\theta$ (the reference ones do not). Differentiating the DPO loss of the previous proof:",
+                "$\\theta$ (the reference ones do not). Differentiating the DPO loss of proof 6:",
                 "设策略的对数概率 $a_w(\\theta), a_l(\\theta)$ 依赖于参数 $\\theta$（参考策略的不依赖）。"
-                "对上一个证明中的 DPO 损失求导：",
+                "对证明 6 中的 DPO 损失求导：",
             ),
             Equal(
                 sp.Derivative(LOSS_H.subs(h, H_theta), theta),
@@ -107,3 +107,19 @@ PROOF = Proof(
         "关联测试把经由 `dpo_loss` 的 torch 自动微分结果与这些偏导数逐一比较。",
     ),
 )
+
+
+def compare() -> list:
+    """torch autograd through dpo_loss against the derived ∂L/∂log π(y_w) = −β σ(r̂_l − r̂_w) and its negative."""
+    from dpo_ref.losses import dpo_loss
+
+    from .numeric import Row, exact, tensors
+
+    logps, beta_ = (-10.0, -9.0, -10.5, -8.0), 0.5
+    values = {**dict(zip(LOGPS, logps)), beta: beta_}
+    xs = tensors(*logps)
+    dpo_loss(*xs, beta=beta_).losses.sum().backward()
+    return [
+        Row("∂L/∂log π(y_w)", exact(GRAD_CHOSEN, values), xs[0].grad.item()),
+        Row("∂L/∂log π(y_l)", exact(GRAD_REJECTED, values), xs[1].grad.item()),
+    ]

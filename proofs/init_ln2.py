@@ -99,3 +99,19 @@ PROOF = Proof(
         "在 `dpo_loss` 上检验这三点。",
     ),
 )
+
+
+def compare() -> list:
+    """dpo_loss with the policy equal to the reference: loss ln 2 and slope −β/2 (autograd)."""
+    from dpo_ref.losses import dpo_loss
+
+    from .numeric import Row, exact, tensors
+
+    beta_ = 0.1
+    pol_w, pol_l = tensors(-20.0, -35.5)
+    out = dpo_loss(pol_w, pol_l, pol_w.detach().clone(), pol_l.detach().clone(), beta=beta_)
+    out.losses.sum().backward()
+    return [
+        Row("loss at π = π_ref", exact(INIT_LOSS, {}), out.losses.item()),
+        Row("∂L/∂log π(y_w) at π = π_ref", exact(INIT_SLOPE, {beta: beta_}), pol_w.grad.item()),
+    ]

@@ -139,3 +139,21 @@ PROOF = Proof(
         "即使偏好是确定性的，其最小值点 $h^* = 1/(2\\tau)$ 也是有限的。",
     ),
 )
+
+
+def compare() -> list:
+    """ipo_losses_from_margin against the symmetrised regression loss (minus its constant), and its
+    minimum 0 at h* = 1/(2τ)."""
+    from dpo_ref.losses import ipo_losses_from_margin
+
+    from .numeric import Row, exact, tensors
+
+    tau_ = 0.25
+    rows = []
+    for hv in (-1.0, 0.5, 4.0):
+        (hs,) = tensors(hv)
+        want = exact(SYMMETRISED - CONSTANT, {h: hv, tau: tau_})
+        rows.append(Row(f"loss at h = {hv:g}", want, ipo_losses_from_margin(hs, tau_).item()))
+    (hs,) = tensors(exact(H_STAR, {tau: tau_}))
+    rows.append(Row("loss at h* = 1/(2τ)", 0.0, ipo_losses_from_margin(hs, tau_).item()))
+    return rows

@@ -32,8 +32,12 @@ LABELS = {
         "summary_bad": "{bad} of {n} proofs FAILED.",
         "failed_at": "proof '{proof}', step {index} '{step}' failed: {reason}",
         "how_to_read": (
-            "This lesson derives DPO from the KL-regularised RL objective, then its gradient and behaviour, "
-            "then IPO and conservative DPO. Every displayed formula below is a claim that sympy checked when "
+            "This lesson derives DPO from the KL-regularised RL objective and shows why the reparameterisation "
+            "loses nothing (Theorem 1), then the loss, its ranking (Plackett–Luce) form, its gradient and "
+            "behaviour, the RPO term the trainer adds, DPO's failure on deterministic preferences, and the "
+            "fixes: IPO (with the ΨPO objective behind it) and conservative DPO. A runnable version that "
+            "re-checks every step is `docs/lesson.ipynb` (`dpo-ref prove --format notebook`). "
+            "Every displayed formula below is a claim that sympy checked when "
             "this file was generated with `dpo-ref prove --format markdown`: an identity is accepted only if "
             "the difference of its two sides, built independently, rewrites to exactly 0; an inequality only "
             "if sympy's assumption system proves it (after an identity that puts it in a manifest form); a "
@@ -63,7 +67,10 @@ LABELS = {
         "summary_bad": "{n} 个证明中有 {bad} 个失败。",
         "failed_at": "证明 '{proof}' 的第 {index} 步 '{step}' 不成立：{reason}",
         "how_to_read": (
-            "本讲义从 KL 正则化的强化学习目标出发推导 DPO，然后讨论它的梯度与性质，最后推导 IPO 和保守 DPO。"
+            "本讲义从 KL 正则化的强化学习目标出发推导 DPO，并说明重参数化没有损失（定理 1）；然后是损失、"
+            "它的排序（普拉克特-卢斯）形式、梯度与性质、训练器附加的 RPO 项、DPO 在确定性偏好下的失效，"
+            "以及两种修正：IPO（及其背后的 ΨPO 目标）和保守 DPO。可运行并逐步重新检验的版本是 "
+            "`docs/lesson.ipynb`（`dpo-ref prove --format notebook`）。"
             "下面每一个展示出来的公式都是一个命题，在用 `dpo-ref prove --format markdown --lang zh` "
             "生成本文件时由 sympy 检验过：恒等式只有当两边独立构造、其差恰好化简为 0 时才被接受；"
             "不等式必须由 sympy 的假设系统证明（必要时先用一个恒等式化成显然的形式）；极限由 `sympy.limit` 计算；"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .common import beta, bradley_terry, plackett_luce
+from .common import Z, beta, bradley_terry, plackett_luce
 from .core import Equal, Proof, Step, Text
 
 r_w, r_l = sp.symbols("r_w r_l", real=True)
@@ -19,9 +19,21 @@ def optimal(rewards: list) -> list:
 
 
 shifted = [ri + f for ri in r]
-Z3 = sp.Add(*[pi * sp.exp(ri / beta) for pi, ri in zip(p, r)])
-Z3_shifted = sp.Add(*[pi * sp.exp(ri / beta) for pi, ri in zip(p, shifted)])
-pistar = optimal(list(r))
+pistar = optimal(list(r))  # (n = 3: used by compare())
+
+# Any n: IndexedBase sums over j = 1..n with symbolic n
+n = sp.Symbol("n", integer=True, positive=True)
+i, j, k = sp.symbols("i j k", integer=True, positive=True)
+P, PIS = sp.IndexedBase("p", positive=True), sp.IndexedBase("pi^*", positive=True)
+R = sp.IndexedBase("r", real=True)
+
+
+def S(term: sp.Expr) -> sp.Sum:
+    return sp.Sum(term, (j, 1, n))
+
+
+Zn = S(P[j] * sp.exp(R[j] / beta))
+Zn_shifted = S(P[j] * sp.exp((R[j] + f) / beta))
 
 PROOF = Proof(
     name="reward-equivalence",
@@ -54,23 +66,25 @@ PROOF = Proof(
             Equal(plackett_luce(shifted, (0, 1, 2)), plackett_luce(list(r), (0, 1, 2)), via=("expand", "cancel")),
         ),
         Step(
-            Text("The partition function absorbs the shift", "配分函数吸收了平移"),
+            Text("The partition function absorbs the shift (any n)", "配分函数吸收了平移（任意 n）"),
             Text(
-                "$Z'(x) = e^{f(x)/\\beta} Z(x)$ ($n = 3$, written out).",
-                "$Z'(x) = e^{f(x)/\\beta} Z(x)$（$n = 3$，完整展开）。",
+                "For every number $n$ of responses, $Z'(x) = e^{f(x)/\\beta} Z(x)$.",
+                "对任意回答数 $n$，都有 $Z'(x) = e^{f(x)/\\beta} Z(x)$。",
             ),
-            Equal(Z3_shifted, sp.exp(f / beta) * Z3, via=("expand",)),
+            Equal(Zn_shifted, sp.exp(f / beta) * Zn, via=("sums",)),
         ),
         Step(
-            Text("Equivalent rewards have the same optimal policy", "等价的奖励有相同的最优策略"),
+            Text("Equivalent rewards have the same optimal policy (any n)", "等价的奖励有相同的最优策略（任意 n）"),
             Text(
                 "The factor $e^{f/\\beta}$ cancels between numerator and partition function, for each response.",
                 "因子 $e^{f/\\beta}$ 在分子与配分函数之间约去，对每个回答都成立。",
             ),
-            Equal(sp.Matrix(optimal(shifted)), sp.Matrix(pistar), via=("expand", "cancel")),
+            Equal(
+                P[i] * sp.exp((R[i] + f) / beta) / Zn_shifted, P[i] * sp.exp(R[i] / beta) / Zn, via=("sums", "cancel")
+            ),
         ),
         Step(
-            Text("Implicit reward differences are reward differences", "隐式奖励之差等于奖励之差"),
+            Text("Implicit reward differences are reward differences (any n)", "隐式奖励之差等于奖励之差（任意 n）"),
             Text(
                 "For the optimal policy, the difference of implicit rewards "
                 "$\\beta\\log(\\pi^*/\\pi_{\\mathrm{ref}})$ between two responses is exactly the difference "
@@ -78,7 +92,8 @@ PROOF = Proof(
                 "对于最优策略，两个回答的隐式奖励 $\\beta\\log(\\pi^*/\\pi_{\\mathrm{ref}})$ 之差恰好等于真实奖励之差："
                 "偏移量 $\\beta\\log Z$ 就是等价类本身。",
             ),
-            Equal(beta * sp.log(pistar[0] / p[0]) - beta * sp.log(pistar[1] / p[1]), r[0] - r[1], via=("expand_log",)),
+            Equal(beta * sp.log(PIS[i] / P[i]) - beta * sp.log(PIS[k] / P[k]), R[i] - R[k], via=("expand_log",)),
+            where={PIS[i]: P[i] * sp.exp(R[i] / beta) / Z, PIS[k]: P[k] * sp.exp(R[k] / beta) / Z, Z: Zn},
         ),
     ],
     conclusion=Text(
@@ -88,3 +103,22 @@ PROOF = Proof(
         "每个提示的隐式奖励都带有各自未知的偏移 $\\beta\\log Z(x)$。",
     ),
 )
+
+
+def compare() -> list:
+    """The optimal policies of r and r + f(x) give dpo_loss the same value, for several f."""
+    from dpo_ref.losses import dpo_loss
+
+    from .common import sigma
+    from .numeric import Row, exact, tensors
+
+    base = {beta: 0.5, p[0]: 0.4, p[1]: 0.35, p[2]: 0.25, r[0]: 0.5, r[1]: -1.0, r[2]: 0.0}
+    rows = []
+    for fv in (-3.0, 0.0, 2.5):
+        values = {**base, f: fv}
+        log_opt = [exact(sp.log(e), values) for e in optimal(shifted)[:2]]
+        out = dpo_loss(*tensors(*log_opt, float(sp.log(0.4)), float(sp.log(0.35))), beta=0.5)
+        rows.append(
+            Row(f"loss at π*(r + f), f = {fv:g}", exact(-sp.log(sigma(r[0] - r[1])), values), out.losses.item())
+        )
+    return rows

@@ -5,20 +5,33 @@ from __future__ import annotations
 import sympy as sp
 
 from .common import Z, beta
-from .core import Equal, Proof, Solutions, Step, Text
+from .core import NAMES, Equal, Proof, Solutions, Step, Text
 
 p_i, pistar_i = sp.Symbol("p_i", positive=True), sp.Symbol("pi_i^*", positive=True)
 r_i = sp.Symbol("r_i", real=True)
 REPARAM = beta * sp.log(pistar_i / p_i) + beta * sp.log(Z)  # the claimed reward
 
-# n = 3: reference p, a policy t (summing to one) and rewards r
+# n = 3 (compare() evaluates the optimal policy there): reference p and rewards r
 p = sp.symbols("p_1:4", positive=True)
-t = sp.symbols("t_1:4", positive=True)
 r = sp.symbols("r_1:4", real=True)
-simplex_t = {t[2]: 1 - t[0] - t[1]}
-implicit = [beta * sp.log(ti / pi) for ti, pi in zip(t, p)]  # r_hat_i = beta log(pi_theta / pi_ref)
 Z3 = sp.Add(*[pi * sp.exp(ri / beta) for pi, ri in zip(p, r)])
-pistar = [pi * sp.exp(ri / beta) / Z3 for pi, ri in zip(p, r)]
+pistar = [pi * sp.exp(ri / beta) / Z3 for pi, ri in zip(p, r)]  # (n = 3: used by compare())
+
+# Any n: IndexedBase sums over j = 1..n with symbolic n
+n = sp.Symbol("n", integer=True, positive=True)
+i, j = sp.symbols("i j", integer=True, positive=True)
+P, T = (sp.IndexedBase(name, positive=True) for name in ("p", "t"))  # reference, a policy pi_theta
+R, RH = sp.IndexedBase("r", real=True), sp.IndexedBase("rhat", real=True)
+PIS = sp.IndexedBase("pi^*", positive=True)
+NAMES["rhat"] = (r"\hat r", "r̂")
+
+
+def S(term: sp.Expr) -> sp.Sum:
+    return sp.Sum(term, (j, 1, n))
+
+
+Zn = S(P[j] * sp.exp(R[j] / beta))
+IMPLICIT = {RH[i]: beta * sp.log(T[i] / P[i]), RH[j]: beta * sp.log(T[j] / P[j])}
 
 PROOF = Proof(
     name="reward-reparam",
@@ -50,48 +63,47 @@ PROOF = Proof(
             Equal(p_i * sp.exp(REPARAM / beta) / Z, pistar_i, via=("expand_log", "powsimp", "simplify")),
         ),
         Step(
-            Text("The log-partition term is the same for every response", "对数配分项对所有回答都相同"),
             Text(
-                "With $\\pi^*$ built from a reward $r$ ($n = 3$, $Z$ written out), "
-                "$r_i - \\beta\\log(\\pi^*_i/p_i)$ is the same for $y_1$ and $y_2$ (it is $\\beta\\log Z(x)$): "
-                "the reward is recovered up to a function of the prompt alone.",
-                "用奖励 $r$ 构造 $\\pi^*$（$n = 3$，$Z$ 完整展开），则 $r_i - \\beta\\log(\\pi^*_i/p_i)$ "
-                "对 $y_1$ 和 $y_2$ 取值相同（都等于 $\\beta\\log Z(x)$）：奖励只能被还原到相差一个只依赖提示的函数。",
+                "The log-partition term is the same for every response (any n)", "对数配分项对所有回答都相同（任意 n）"
             ),
-            Equal(
-                r[0] - beta * sp.log(pistar[0] / p[0]),
-                r[1] - beta * sp.log(pistar[1] / p[1]),
-                via=("expand_log",),
+            Text(
+                "With $\\pi^*$ built from a reward $r$, $r_i - \\beta\\log(\\pi^*_i/p_i) = \\beta\\log Z(x)$ "
+                "for every response $i$: the reward is recovered up to a function of the prompt alone.",
+                "用奖励 $r$ 构造 $\\pi^*$，则对每个回答 $i$ 都有 $r_i - \\beta\\log(\\pi^*_i/p_i) = "
+                "\\beta\\log Z(x)$：奖励只能被还原到相差一个只依赖提示的函数。",
             ),
+            Equal(R[i] - beta * sp.log(PIS[i] / P[i]), beta * sp.log(Z), via=("expand_log",)),
+            where={PIS[i]: P[i] * sp.exp(R[i] / beta) / Z, Z: Zn},
         ),
         Step(
-            Text("Implicit reward of a policy", "策略的隐式奖励"),
+            Text("Implicit reward of a policy (any n)", "策略的隐式奖励（任意 n）"),
             Text(
-                "For any policy $\\pi_\\theta$ define the implicit reward "
-                "$\\hat r_\\theta = \\beta\\log(\\pi_\\theta/\\pi_{\\mathrm{ref}})$. Its partition function is "
-                "$\\sum_y \\pi_\\theta(y|x) = 1$ ($n = 3$, $t_3 = 1 - t_1 - t_2$), so $\\log Z = 0$ ...",
-                "对任意策略 $\\pi_\\theta$，定义隐式奖励 $\\hat r_\\theta = "
-                "\\beta\\log(\\pi_\\theta/\\pi_{\\mathrm{ref}})$。"
-                "它的配分函数是 $\\sum_y \\pi_\\theta(y|x) = 1$（$n "
-                "= 3$，$t_3 = 1 - t_1 - t_2$），所以 $\\log Z = 0$……",
+                "For any policy $\\pi_\\theta$, with probabilities $t_j$ summing to one, define the implicit "
+                "reward $\\hat r_j = \\beta\\log(t_j/p_j)$. Its partition function is "
+                "$\\sum_j t_j = 1$, so $\\log Z = 0$ ...",
+                "对任意策略 $\\pi_\\theta$（概率 $t_j$ 之和为一），定义隐式奖励 "
+                "$\\hat r_j = \\beta\\log(t_j/p_j)$。它的配分函数是 $\\sum_j t_j = 1$，所以 $\\log Z = 0$……",
             ),
-            Equal(sp.Add(*[pi * sp.exp(ri / beta) for pi, ri in zip(p, implicit)]), 1, given=simplex_t),
+            Equal(S(P[j] * sp.exp(RH[j] / beta)), 1, via=("sums",), given={S(T[j]): 1}),
+            where={RH[j]: IMPLICIT[RH[j]]},
         ),
         Step(
-            Text("Every policy is optimal for its implicit reward", "每个策略都是其隐式奖励下的最优策略"),
             Text(
-                "... and the optimal policy for $\\hat r_\\theta$ is $\\pi_\\theta$ itself. So "
+                "Every policy is optimal for its implicit reward (any n)",
+                "每个策略都是其隐式奖励下的最优策略（任意 n）",
+            ),
+            Text(
+                "... and the optimal policy for $\\hat r$ is $\\pi_\\theta$ itself. So "
                 "$\\beta\\log(\\pi_\\theta/\\pi_{\\mathrm{ref}})$, the `chosen_rewards` and `rejected_rewards` "
                 "that `dpo_loss` reports, is a reward under which the current policy is exactly optimal.",
-                "……而 $\\hat r_\\theta$ 对应的最优策略就是 $\\pi_\\theta$ 本身。因此 `dpo_loss` 返回的 "
+                "……而 $\\hat r$ 对应的最优策略就是 $\\pi_\\theta$ 本身。因此 `dpo_loss` 返回的 "
                 "`chosen_rewards` 与 `rejected_rewards`，即 $\\beta\\log(\\pi_\\theta/\\pi_{\\mathrm{ref}})$，"
                 "是一个使当前策略恰为最优的奖励。",
             ),
             Equal(
-                p[0] * sp.exp(implicit[0] / beta) / sp.Add(*[pi * sp.exp(ri / beta) for pi, ri in zip(p, implicit)]),
-                t[0],
-                given=simplex_t,
+                P[i] * sp.exp(RH[i] / beta) / S(P[j] * sp.exp(RH[j] / beta)), T[i], via=("sums",), given={S(T[j]): 1}
             ),
+            where=IMPLICIT,
         ),
     ],
     conclusion=Text(
@@ -103,3 +115,24 @@ PROOF = Proof(
         "$x$，在同一提示下两个回答的任何比较中都会抵消（见下一个证明）。",
     ),
 )
+
+
+def compare() -> list:
+    """dpo_loss's implicit reward of the optimal policy is r_i - β log Z (the reparameterisation, Z moved over)."""
+    from dpo_ref.losses import dpo_loss, preference_margin
+
+    from .numeric import Row, exact, tensors
+
+    values = {beta: 0.25, p[0]: 0.2, p[1]: 0.5, p[2]: 0.3, r[0]: -1.0, r[1]: 0.75, r[2]: 0.5}
+    log_opt = [exact(sp.log(e), values) for e in pistar[:2]]
+    logps = tensors(*log_opt, float(sp.log(0.2)), float(sp.log(0.5)))
+    out = dpo_loss(*logps, beta=0.25)
+    return [
+        Row(
+            "β · margin = r₁ − r₂ (β log Z cancels)",
+            exact(r[0] - r[1], values),
+            0.25 * preference_margin(*logps).item(),
+        ),
+        Row("chosen reward = r₁ − β log Z", exact(r[0] - beta * sp.log(Z3), values), out.chosen_rewards.item()),
+        Row("rejected reward = r₂ − β log Z", exact(r[1] - beta * sp.log(Z3), values), out.rejected_rewards.item()),
+    ]

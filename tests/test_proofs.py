@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 import os
 import re
@@ -16,9 +15,11 @@ import sympy as sp
 
 import proofs
 from proofs import cli, render
+from proofs import core as proofs_core
 from proofs.common import beta, eps, h, sigma, z
 from proofs.core import (
     BOUNDED,
+    ClaimError,
     Equal,
     FreeOf,
     GlobalMinimum,
@@ -44,9 +45,35 @@ ROOT = Path(__file__).resolve().parent.parent
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
-@functools.cache
+# Every registered step, kept alive so that its id is a stable key for the session's cache below.
+REGISTERED = {id(s): s for p in proofs.all_proofs() for s in p.steps}
+_CHECKED: dict[int, tuple[bool, str]] = {}
+_check_step = proofs_core.check_step
+
+
+def _check_step_once(step: Step) -> str:
+    """check_step, but each registered (unedited) step is decided by sympy once per test session (per xdist
+    worker): the CLI tests and the edit tests re-run proofs whose other steps are already known. A step
+    built or edited by a test is not in REGISTERED and is always checked."""
+    if id(step) not in REGISTERED:
+        return _check_step(step)
+    if id(step) not in _CHECKED:
+        try:
+            _CHECKED[id(step)] = (True, _check_step(step))
+        except ClaimError as err:
+            _CHECKED[id(step)] = (False, str(err))
+    ok, detail = _CHECKED[id(step)]
+    if not ok:
+        raise ClaimError(detail)
+    return detail
+
+
+@pytest.fixture(autouse=True)
+def _each_step_once(monkeypatch):
+    monkeypatch.setattr(proofs_core, "check_step", _check_step_once)  # run_proof looks it up at call time
+
+
 def result(name: str):
-    """Each proof is run at most once per xdist worker."""
     return run_proof(proofs.get(name))
 
 

@@ -19,7 +19,9 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 import dpo_ref
-from proofs import cdpo, dpo_gradient, dpo_loss, init_ln2, ipo
+from dpo_ref.plackett_luce import plackett_luce_losses
+from dpo_ref.rpo import rpo_objective
+from proofs import cdpo, dpo_gradient, dpo_loss, init_ln2, ipo, plackett_luce, rpo_nll
 from proofs.common import LOGPS, Z, beta, eps, h, tau
 from proofs.core import unfold
 
@@ -46,6 +48,13 @@ IPO_GAP_STAR = _lambdify((tau,), ipo.GAP_STAR)
 INIT_LOSS = float(init_ln2.INIT_LOSS)
 INIT_SLOPE = _lambdify((beta,), init_ln2.INIT_SLOPE)
 CURVATURE = _lambdify((h, beta), init_ln2.CURVATURE)
+PL_LOSS = _lambdify(plackett_luce.u, plackett_luce.PL_LOSS)
+PL_GRAD = [_lambdify((*plackett_luce.u, beta), beta * g) for g in plackett_luce.GRAD]  # d/d log pi = beta d/du
+RPO_J = _lambdify((*LOGPS, beta, rpo_nll.alpha, rpo_nll.T), rpo_nll.OBJECTIVE.subs(rpo_nll.MARGIN))
+RPO_GRAD = [
+    _lambdify((*LOGPS, beta, rpo_nll.alpha, rpo_nll.T), g.subs(rpo_nll.MARGIN))
+    for g in (rpo_nll.GRAD_CHOSEN, rpo_nll.GRAD_REJECTED)
+]
 
 
 def mp(fn, *args) -> float:
@@ -184,6 +193,37 @@ def check_sequence_logps(impl, seq):
         assert_close(got[b].item(), want, f"sequence log-prob, row {b}", rtol=1e-11, atol=1e-11)
 
 
+def check_plackett_luce(impl, rows, beta_):
+    """plackett_luce_losses (K = 3) and its autograd gradient == the derived loss and gradient  [plackett-luce]"""
+    pol = torch.tensor([r[:3] for r in rows], dtype=F64, requires_grad=True)  # (B, 3), best first
+    ref = torch.tensor([r[3:] for r in rows], dtype=F64)  # (B, 3)
+    losses = impl(pol, ref, beta_)
+    losses.sum().backward()
+    for i, row in enumerate(rows):
+        with mpmath.workdps(DPS):
+            u = [mpmath.mpf(beta_) * (mpmath.mpf(a) - mpmath.mpf(b)) for a, b in zip(row[:3], row[3:])]
+            want = float(PL_LOSS(*u))
+            grads = [float(g(*u, mpmath.mpf(beta_))) for g in PL_GRAD]
+        assert_close(losses[i].item(), want, f"Plackett-Luce loss, row {i}")
+        for k in range(3):
+            assert_close(pol.grad[i, k].item(), grads[k], f"dL/dlog pi(y_{k + 1}), row {i}")
+
+
+def check_rpo(impl, rows, beta_, alpha_, counts):
+    """rpo_objective over dpo_loss: value and autograd == J and its derived gradients (batch mean)  [rpo-nll]"""
+    rows = rows[: len(counts)]
+    counts = counts[: len(rows)]
+    xs = leaves(rows)
+    obj = impl(dpo_ref.dpo_loss(*xs, beta=beta_).losses, xs[0], torch.tensor(counts, dtype=F64), alpha_)
+    obj.backward()
+    B = len(rows)
+    want = sum(mp(RPO_J, *row, beta_, alpha_, c) for row, c in zip(rows, counts)) / B
+    assert_close(obj.item(), want, "RPO objective")
+    for i, (row, c) in enumerate(zip(rows, counts)):
+        for x, fn, name in zip(xs[:2], RPO_GRAD, ("chosen", "rejected")):
+            assert_close(x.grad[i].item(), mp(fn, *row, beta_, alpha_, c) / B, f"dJ/dlog pi {name}, row {i}")
+
+
 @st.composite
 def sequences(draw):
     B, T, V = draw(st.integers(1, 3)), draw(st.integers(2, 5)), draw(st.integers(2, 6))
@@ -202,6 +242,9 @@ EPSS = st.floats(0.01, 0.49)
 TAUS = st.floats(0.01, 2.0)
 MARGINS = st.lists(st.floats(-200.0, 200.0), min_size=1, max_size=4)
 LOG_Z = st.floats(-20.0, 20.0)
+ROWS6 = st.lists(st.tuples(*[logp] * 6), min_size=1, max_size=4)
+ALPHAS = st.floats(0.0, 5.0)
+COUNTS = st.lists(st.integers(1, 64).map(float), min_size=1, max_size=4)
 
 PROPERTIES = {
     "dpo_value": (check_dpo_value, dict(rows=ROWS, beta_=BETAS, log_z=LOG_Z)),
@@ -213,6 +256,8 @@ PROPERTIES = {
     "ipo_value": (check_ipo_value, dict(rows=ROWS, tau_=TAUS)),
     "ipo_optimum": (check_ipo_optimum, dict(tau_=TAUS)),
     "sequence_logps": (check_sequence_logps, dict(seq=sequences())),
+    "plackett_luce": (check_plackett_luce, dict(rows=ROWS6, beta_=BETAS)),
+    "rpo": (check_rpo, dict(rows=ROWS, beta_=BETAS, alpha_=ALPHAS, counts=COUNTS)),
 }
 IMPLS = {
     "dpo_value": dpo_ref.dpo_loss,
@@ -224,7 +269,16 @@ IMPLS = {
     "ipo_value": dpo_ref.ipo_loss,
     "ipo_optimum": dpo_ref.ipo_loss,
     "sequence_logps": dpo_ref.sequence_logps,
+    "plackett_luce": plackett_luce_losses,
+    "rpo": rpo_objective,
 }
+
+
+# Each example checks up to four rows in 160-digit mpmath, so the agreement tests draw half the profile's
+# examples (ci 30 -> 15, dev 100 -> 50); the thorough profile keeps its 1000. The meta-tests below keep the
+# full count: they stop at the first counterexample anyway.
+_PROFILE_EXAMPLES = settings.default.max_examples
+AGREEMENT_EXAMPLES = _PROFILE_EXAMPLES if _PROFILE_EXAMPLES >= 1000 else max(10, _PROFILE_EXAMPLES // 2)
 
 
 def run_property(name: str, impl, **overrides) -> None:
@@ -240,7 +294,7 @@ def run_property(name: str, impl, **overrides) -> None:
 
 @pytest.mark.parametrize("name", list(PROPERTIES))
 def test_dpo_ref_matches_the_derivation(name):
-    run_property(name, IMPLS[name])
+    run_property(name, IMPLS[name], max_examples=AGREEMENT_EXAMPLES)
 
 
 # ---- meta-tests: the linked checks reject deliberately wrong implementations ------------------------------
@@ -288,6 +342,26 @@ def sequence_logps_without_shift(logits, labels):
     return (picked * mask).sum(-1)
 
 
+def plackett_luce_wrong_end(policy_logps, reference_logps, beta=0.1):
+    """Accumulates the log-sum-exp from the best response instead of from the worst."""
+    u = beta * (policy_logps - reference_logps)
+    return (torch.logcumsumexp(u, dim=-1) - u).sum(-1)
+
+
+def plackett_luce_missing_beta(policy_logps, reference_logps, beta=0.1):
+    return plackett_luce_losses(policy_logps, reference_logps, 1.0)
+
+
+def rpo_per_sequence(preference_losses, policy_chosen_logps, chosen_token_counts, rpo_alpha):
+    """Forgets to divide the NLL by the token count."""
+    return preference_losses.mean() + rpo_alpha * (-policy_chosen_logps).mean()
+
+
+def rpo_sum_not_mean(preference_losses, policy_chosen_logps, chosen_token_counts, rpo_alpha):
+    """Sums the preference losses over the batch instead of averaging them."""
+    return preference_losses.sum() + rpo_alpha * (-policy_chosen_logps / chosen_token_counts).mean()
+
+
 NO_SHRINK = dict(phases=(Phase.explicit, Phase.generate), report_multiple_bugs=False)
 CAUGHT = [
     ("dpo_value", wrong_reference_sign),
@@ -302,6 +376,10 @@ CAUGHT = [
     ("ipo_value", ipo_target_one_over_tau),
     ("ipo_optimum", ipo_target_one_over_tau),
     ("sequence_logps", sequence_logps_without_shift),
+    ("plackett_luce", plackett_luce_wrong_end),
+    ("plackett_luce", plackett_luce_missing_beta),
+    ("rpo", rpo_per_sequence),
+    ("rpo", rpo_sum_not_mean),
 ]
 
 
@@ -313,5 +391,24 @@ def test_linked_check_catches_a_wrong_implementation(name, broken):
 
 def test_value_checks_alone_miss_a_gradient_bug():
     """Why the gradient checks exist: the half-gradient implementation has the right values."""
-    run_property("dpo_value", right_value_wrong_gradient)
-    run_property("cdpo_value", right_value_wrong_gradient)
+    run_property("dpo_value", right_value_wrong_gradient, max_examples=AGREEMENT_EXAMPLES)
+    run_property("cdpo_value", right_value_wrong_gradient, max_examples=AGREEMENT_EXAMPLES)
+
+
+# ---- the new code modules reject bad input naming the argument ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: plackett_luce_losses(torch.zeros(2, 1), torch.zeros(2, 1)), "policy_logps must have shape"),
+        (lambda: plackett_luce_losses(torch.zeros(2, 3), torch.zeros(2, 4)), "reference_logps has shape"),
+        (lambda: plackett_luce_losses(torch.zeros(2, 3), torch.zeros(2, 3), beta=0.0), "beta"),
+        (lambda: plackett_luce_losses(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3)), "policy_logps"),
+        (lambda: rpo_objective(torch.zeros(2), torch.zeros(2), torch.ones(2), -1.0), "rpo_alpha"),
+        (lambda: rpo_objective(torch.zeros(2), torch.zeros(3), torch.ones(2), 1.0), "same shape"),
+    ],
+)
+def test_new_code_rejects_bad_input(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()

@@ -1,0 +1,154 @@
+"""ΨPO: DPO/RLHF is Ψ = logit (Azar et al. 2023, Prop. 1); IPO's population optimum (Thm. 2) and the D1
+bandit's gaps 1/(3τ)."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from .common import Z, sigma, tau
+from .core import NAMES, Equal, Proof, Step, Text
+
+n = sp.Symbol("n", integer=True, positive=True)
+i, j = sp.symbols("i j", integer=True, positive=True)
+P, Q, MU = (sp.IndexedBase(name, positive=True) for name in ("p", "q", "mu"))
+R = sp.IndexedBase("r", real=True)
+r_y, r_yp, g_y, g_yp = sp.symbols("r_y r_y' g_y g_y'", real=True)
+p_y, p_yp = sp.symbols("p_y p_y'", positive=True)
+pstar = sp.Symbol("p^*", positive=True)  # p*(y > y'), shown as an abbreviation
+rbar = sp.Symbol("rbar", real=True)  # E_{y' ~ mu}[r(y')]
+pi_y, pi_yp = sp.symbols("pi^*_y pi^*_y'", positive=True)
+NAMES.update({"rbar": (r"\bar r", "r̄")})
+mu_a, mu_b, mu_c = sp.symbols("mu_a mu_b mu_c", positive=True)
+g_a, g_b, g_c = sp.symbols("g_a g_b g_c", real=True)
+# the D1 bandit: a > b > c always; p*(y > y) = 1/2. g(y) = p*(y > mu) = sum_y' mu(y') p*(y > y')
+HALF = sp.Rational(1, 2)
+G_D1 = {g_a: mu_a * HALF + mu_b + mu_c, g_b: mu_b * HALF + mu_c, g_c: mu_c * HALF}
+
+
+def S(term: sp.Expr, k: sp.Symbol = i) -> sp.Sum:
+    return sp.Sum(term, (k, 1, n))
+
+
+KL = S(Q[i] * sp.log(Q[i] / P[i]))
+
+PROOF = Proof(
+    name="ipo-psi",
+    title=Text("ΨPO: where DPO and IPO come from", "ΨPO：DPO 与 IPO 从何而来"),
+    intro=Text(
+        "Azar et al. write both methods as one objective over preferences, ΨPO: maximise "
+        "$\\mathbb{E}_{y \\sim \\pi,\\, y' \\sim \\mu}[\\Psi(p^*(y \\succ y'))] - \\tau\\, "
+        "\\mathrm{KL}(\\pi \\,\\|\\, \\pi_{\\mathrm{ref}})$, with $\\mu$ the distribution the comparisons are "
+        "drawn from. With $\\Psi = \\operatorname{logit}$ and Bradley–Terry preferences it is the RLHF "
+        "objective that DPO optimises (Prop. 1); with $\\Psi$ the identity it is IPO, whose population "
+        "optimum is unique (Thm. 2) and explains the gaps $1/(3\\tau)$ found in proof 13. Sums over the "
+        "$n$ responses are checked for symbolic $n$.",
+        "Azar 等人把两种方法写成同一个关于偏好的目标 ΨPO：最大化 "
+        "$\\mathbb{E}_{y \\sim \\pi,\\, y' \\sim \\mu}[\\Psi(p^*(y \\succ y'))] - \\tau\\, "
+        "\\mathrm{KL}(\\pi \\,\\|\\, \\pi_{\\mathrm{ref}})$，其中 $\\mu$ 是比较样本的来源分布。"
+        "取 $\\Psi = \\operatorname{logit}$ 并采用布拉德利-特里偏好时，它就是 DPO 所优化的 RLHF 目标（命题 1）；"
+        "取 $\\Psi$ 为恒等函数时就是 IPO，其总体最优解唯一（定理 2），并解释了证明 13 中的差值 $1/(3\\tau)$。"
+        "对 $n$ 个回答的求和在符号 $n$ 下检验。",
+    ),
+    justifies=("dpo_ref.losses.ipo_loss", "dpo_ref.losses.ipo_losses_from_margin"),
+    steps=[
+        Step(
+            Text("Ψ = logit undoes Bradley–Terry", "Ψ = logit 抵消布拉德利-特里模型"),
+            Text(
+                "Under Bradley–Terry $p^*(y \\succ y') = \\sigma(r_y - r_{y'})$, and the logit of it is the "
+                "reward difference.",
+                "在布拉德利-特里模型下 $p^*(y \\succ y') = \\sigma(r_y - r_{y'})$，它的 logit 就是奖励之差。",
+            ),
+            Equal(sp.log(pstar / (1 - pstar)), r_y - r_yp, via=("exp", "simplify")),
+            where={pstar: sigma(r_y - r_yp)},
+        ),
+        Step(
+            Text("Averaging over the comparison partner (any n)", "对比较对象取平均（任意 n）"),
+            Text(
+                "Averaged over $y' \\sim \\mu$ (weights $\\mu_j$ summing to one), the logit preference of $y$ is "
+                "its reward minus the constant $\\bar r = \\mathbb{E}_\\mu[r]$.",
+                "对 $y' \\sim \\mu$ 取平均（权重 $\\mu_j$ 之和为一），$y$ 的 logit 偏好等于它的奖励减去常数 "
+                "$\\bar r = \\mathbb{E}_\\mu[r]$。",
+            ),
+            Equal(S(MU[j] * (r_y - R[j]), j), r_y - rbar, via=("sums",), given={S(MU[j], j): 1}),
+            where={rbar: S(MU[j] * R[j], j)},
+        ),
+        Step(
+            Text("Prop. 1: Ψ = logit is the RLHF objective (any n)", "命题 1：Ψ = logit 即 RLHF 目标（任意 n）"),
+            Text(
+                "So the ΨPO objective of a policy $q$ is the KL-regularised reward objective of proof 1 with "
+                "$\\beta = \\tau$, minus $\\bar r$, which does not depend on the policy: the two have the same "
+                "maximiser, the one DPO fits.",
+                "因此策略 $q$ 的 ΨPO 目标等于证明 1 中 $\\beta = \\tau$ 的 KL 正则化奖励目标减去 $\\bar r$，"
+                "而 $\\bar r$ 与策略无关：两者的最大值点相同，正是 DPO 所拟合的那个。",
+            ),
+            Equal(
+                S(Q[i] * (R[i] - rbar)) - tau * KL, S(Q[i] * R[i]) - tau * KL - rbar, via=("sums",), given={S(Q[i]): 1}
+            ),
+        ),
+        Step(
+            Text("Thm. 2: with Ψ the identity the optimum is unique", "定理 2：Ψ 取恒等函数时最优解唯一"),
+            Text(
+                "With $\\Psi(q) = q$ the objective is $\\mathbb{E}_\\pi[g] - \\tau\\,\\mathrm{KL}$ with the bounded "
+                "score $g(y) = p^*(y \\succ \\mu) = \\mathbb{E}_{y' \\sim \\mu}[p^*(y \\succ y')]$, so by proof 1 its "
+                "unique maximiser is $\\pi^* \\propto \\pi_{\\mathrm{ref}} e^{g/\\tau}$, and its log-ratio gaps are "
+                "$(g(y) - g(y'))/\\tau$: finite, at most $1/\\tau$, even for deterministic preferences.",
+                "取 $\\Psi(q) = q$ 时目标为 $\\mathbb{E}_\\pi[g] - \\tau\\,\\mathrm{KL}$，其中有界得分 "
+                "$g(y) = p^*(y \\succ \\mu) = \\mathbb{E}_{y' \\sim \\mu}[p^*(y \\succ y')]$，由证明 1 "
+                "其唯一最大值点为 $\\pi^* \\propto \\pi_{\\mathrm{ref}} e^{g/\\tau}$，对数比值之差为 "
+                "$(g(y) - g(y'))/\\tau$：有限，至多为 $1/\\tau$，即使偏好是确定性的。",
+            ),
+            Equal(sp.log(pi_y / p_y) - sp.log(pi_yp / p_yp), (g_y - g_yp) / tau, via=("expand_log", "expand")),
+            where={pi_y: p_y * sp.exp(g_y / tau) / Z, pi_yp: p_yp * sp.exp(g_yp / tau) / Z},
+        ),
+        Step(
+            Text("Uniform comparisons: the gaps are 1/(3τ)", "均匀比较：差值为 1/(3τ)"),
+            Text(
+                "The D1 bandit: three responses with $a \\succ b \\succ c$ always ($p^* = 1$ above, $1/2$ for "
+                "a response against itself, $0$ below), so $g(y) = \\sum_{y'} \\mu(y') p^*(y \\succ y')$ is as "
+                "written under the formula. When every pair is compared equally often ($\\mu$ uniform), the "
+                "optimal log-ratio gaps are $1/(3\\tau)$: exactly the minimiser of the empirical IPO loss on "
+                "the pairs $(a, b), (b, c), (a, c)$ in proof 13. The sampled loss and the population objective "
+                "agree.",
+                "D1 老虎机：三个回答总有 $a \\succ b \\succ c$（在上方时 $p^* = 1$，与自身比较为 $1/2$，"
+                "在下方为 $0$），所以 $g(y) = \\sum_{y'} \\mu(y') p^*(y \\succ y')$ 如公式下方所列。"
+                "当每一对被比较的次数相同（$\\mu$ 均匀）时，最优的对数比值差为 $1/(3\\tau)$：恰是证明 13 中在 "
+                "$(a, b), (b, c), (a, c)$ 上经验 IPO 损失的最小值点。采样损失与总体目标一致。",
+            ),
+            Equal(
+                sp.Matrix([(g_a - g_b) / tau, (g_b - g_c) / tau]),
+                sp.Matrix([1 / (3 * tau), 1 / (3 * tau)]),
+                via=("expand",),
+                given={mu_a: sp.Rational(1, 3), mu_b: sp.Rational(1, 3), mu_c: sp.Rational(1, 3)},
+            ),
+            where=G_D1,
+        ),
+    ],
+    conclusion=Text(
+        "DPO and IPO optimise the same kind of objective with different $\\Psi$. The unbounded logit lets "
+        "DPO's optimum escape for deterministic preferences (proof 12); the identity keeps IPO's at gaps "
+        "$(g(y) - g(y'))/\\tau$, which `ipo_loss` reaches on the D1 bandit.",
+        "DPO 与 IPO 优化的是同一类目标，只是 $\\Psi$ 不同。无界的 logit 使 DPO 的最优点在确定性偏好下逃逸（证明 12）；"
+        "恒等函数则把 IPO 的最优点保持在差值 $(g(y) - g(y'))/\\tau$，`ipo_loss` 在 D1 老虎机上正好达到它。",
+    ),
+)
+
+
+def compare() -> list:
+    """ipo_loss summed over the D1 pairs has zero gradient (autograd) at the population optimum's gaps."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from dpo_ref.losses import ipo_loss
+
+    from .numeric import Row, exact
+
+    tau_ = 0.2
+    gap = exact(1 / (3 * tau), {tau: tau_})
+    theta = torch.tensor([2 * gap, gap, 0.0], dtype=torch.float64, requires_grad=True)  # (3,) logits of a, b, c
+    log_pi = F.log_softmax(theta, dim=0)
+    log_ref = torch.full((3,), math.log(1 / 3), dtype=torch.float64)  # uniform reference
+    w, l = torch.tensor([0, 1, 0]), torch.tensor([1, 2, 2])  # the pairs (a, b), (b, c), (a, c)
+    ipo_loss(log_pi[w], log_pi[l], log_ref[w], log_ref[l], tau=tau_).losses.sum().backward()
+    return [Row(f"∂(Σ IPO loss)/∂θ_{k} at gaps 1/(3τ)", 0.0, theta.grad[n_].item()) for n_, k in enumerate("abc")]
