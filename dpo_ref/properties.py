@@ -297,6 +297,10 @@ def check_z_cancellation(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, 
     shifted = (pc + shift.to(pc.dtype), pr + shift.to(pr.dtype), rc, rr)
     base = _losses_and_grads(fn, batch, f"{spec.describe()} Z(x) cancellation")
     moved = _losses_and_grads(fn, shifted, f"{spec.describe()} Z(x) cancellation")
+    for t, name in zip(base, ("loss", "dL/d policy_chosen_logps", "dL/d policy_rejected_logps")):
+        if not bool(torch.isfinite(t).all()):  # compared with itself, a NaN would read "got nan, expected nan"
+            i = int((~torch.isfinite(t)).nonzero()[0, 0])
+            raise PropertyViolation(f"{spec.describe()} {name} is not finite at index {i} even before adding f(x)")
     dtype = batch[0].dtype
     tol = tolerance(spec, shifted, dtype) + tolerance(spec, batch, dtype)
     _close(moved[0], base[0].detach().double(), tol, f"{spec.describe()} loss after adding f(x) to both rewards")

@@ -18,6 +18,7 @@ and extra padding must not change a correct `sequence_logps`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -100,12 +101,17 @@ def preference_batches(
 
 
 def betas(min_value: float = 1e-3, max_value: float = 1e3) -> st.SearchStrategy[float]:
-    """KL coefficients beta > 0, log-uniform-ish from tiny to large, with the usual 0.1 and 0.5."""
-    return st.one_of(
-        st.sampled_from([v for v in (0.1, 0.5, 1.0, min_value, max_value) if min_value <= v <= max_value]),
-        st.floats(min_value, max_value, exclude_min=min_value <= 0),
-        st.integers(-3, 3).map(lambda k: 10.0**k).filter(lambda v: min_value <= v <= max_value),
-    )
+    """KL coefficients beta > 0 from tiny to large: the usual 0.1 and 0.5, the ends, powers of ten, and a
+    log-uniform draw (a uniform one would almost never give beta < 1, where small-beta bugs show)."""
+    usual = [v for v in (0.1, 0.5, 1.0, min_value, max_value) if min_value <= v <= max_value]
+    powers = [10.0**k for k in range(-3, 4) if min_value <= 10.0**k <= max_value]
+    parts = [st.sampled_from(usual)] + ([st.sampled_from(powers)] if powers else [])
+    if min_value > 0:
+        lo, hi = math.log10(min_value), math.log10(max_value)
+        parts.append(st.floats(lo, hi).map(lambda e: min(max(10.0**e, min_value), max_value)))
+    else:
+        parts.append(st.floats(min_value, max_value, exclude_min=True))
+    return st.one_of(*parts)
 
 
 def taus(min_value: float = 1e-3, max_value: float = 1e3) -> st.SearchStrategy[float]:

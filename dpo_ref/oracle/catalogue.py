@@ -259,7 +259,7 @@ LOSS_CHECKS: tuple[Check, ...] = (
         f"values and gradients for a batch of {LARGE_BATCH} (float32)",
         lambda cfg: _base(torch.float32)(cfg).map(_large),
         _run_large,
-        _loss(S.gradients("sum")),
+        _loss(S.large_batch),
         inputs=S.large_inputs,
     ),
     Check(

@@ -127,16 +127,30 @@ def gradients(reduce: str):
     return body
 
 
+def large_batch(target, spec, ex, err) -> str:
+    """The check compares values, then gradients: the snippet shows whichever was off."""
+    body = gradients("sum") if "dL/d" in str(err) else values
+    return body(target, spec, ex, err)
+
+
 def z_cancellation(target, spec, ex, err) -> str:
     f = torch.tensor(ex["shift"], dtype=ex.get("dtype", torch.float64))
+    tol = getattr(err, "tol", 0.0)
     return "\n".join(
         [
             f"f = {tensor_src(f)}  # a per-prompt constant added to both policy log-probs",
-            f"base = {target.call_src(spec)}",
-            f"moved = {target.call_src(spec, 'pc + f, pr + f, rc, rr')}",
-            "base, moved = (x[0] if isinstance(x, tuple) else x for x in (base, moved))",
-            "print(base)\nprint(moved)  # must be the same (Z(x) cancels)",
-            close_assert("moved", "base", err, "adding f(x) to both policy log-probs changed the loss"),
+            "def loss_and_grads(a, b):",
+            "    a, b = a.clone().requires_grad_(), b.clone().requires_grad_()",
+            f"    out = {target.call_src(spec, 'a, b, rc, rr')}",
+            "    out = out[0] if isinstance(out, tuple) else out",
+            "    grads = torch.autograd.grad(out.sum(), (a, b))",
+            "    return torch.cat([out.detach().double(), *(g.double() for g in grads)])",
+            "base, moved = loss_and_grads(pc, pr), loss_and_grads(pc + f, pr + f)",
+            "print(base)  # losses, then dL/d policy chosen and rejected",
+            "print(moved)  # must be the same: Z(x) cancels",
+            "assert bool(torch.isfinite(base).all()), 'the loss or its gradient is not finite even without f(x)'",
+            f"assert torch.allclose(moved, base, rtol=0, atol={tol!r}), 'adding f(x) to both policy log-probs changed "
+            "the loss or its gradients'",
         ]
     )
 
