@@ -175,8 +175,9 @@ def _plot_overfit(rows: list[dict], path: str) -> bool:
 def run_displacement(out: str, *, rpo_alpha: float | None = None, **overrides) -> list[dict]:
     """Train the built-in task twice, plain DPO (rpo_alpha = 0) and with the chosen-NLL term; rows per step."""
     from dpo_ref.train import TrainConfig, check_config, check_out_dir, train
+    from dpo_ref.train_config import RECIPES
 
-    default_alpha = TrainConfig().rpo_alpha if rpo_alpha is None else rpo_alpha
+    default_alpha = RECIPES["builtin"]["rpo_alpha"] if rpo_alpha is None else rpo_alpha
     runs = []
     for variant, alpha in (("dpo", 0.0), (f"dpo+nll(alpha={default_alpha:g})", default_alpha)):
         cfg = TrainConfig(out=os.path.join(out, "plain" if alpha == 0 else "rpo"), rpo_alpha=alpha, **overrides)

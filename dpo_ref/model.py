@@ -62,6 +62,31 @@ def build_tiny_model(tokenizer, seed: int = 0, size: TinyLlamaSize | None = None
     return model
 
 
+def max_positions(model) -> int | None:
+    """The longest sequence `model` has positions for (`max_position_embeddings` or GPT-2's `n_positions`)."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _check_model_dir(path: str) -> None:
+    """The refusal that needs no loading: a config.json that is not a JSON object."""
+    import json
+
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as err:
+        raise InputError(f"--model {path!r} could not be loaded: config.json is not valid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise InputError(
+            f"--model {path!r} could not be loaded: config.json holds a JSON {type(config).__name__}, not an object"
+        )
+
+
 def load_model_and_tokenizer(path: str | None, *, seed: int = 0, trust_remote_code: bool = False):
     """(model, tokenizer): the tiny default when `path` is None, else a local HF causal-LM directory.
 
@@ -76,6 +101,7 @@ def load_model_and_tokenizer(path: str | None, *, seed: int = 0, trust_remote_co
         raise InputError(f"--model {path!r} is not a directory; expected a local Hugging Face model directory")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise InputError(f"--model {path!r} has no config.json; expected a local Hugging Face model directory")
+    _check_model_dir(path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -95,11 +121,14 @@ def load_model_and_tokenizer(path: str | None, *, seed: int = 0, trust_remote_co
             weights_only=True,
             output_loading_info=True,
         )
-    except (OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - transformers and safetensors raise many types for a bad directory
         hint = ""
         if "trust_remote_code" in str(err) and not trust_remote_code:
             hint = " (its custom code runs only with --trust-remote-code: pass it only if you trust that code)"
-        raise InputError(f"--model {path!r} could not be loaded: {str(err).splitlines()[0]}{hint}") from err
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        if "ignore_mismatched_sizes" in first:
+            first = "weights of a shape other than its config.json gives"
+        raise InputError(f"--model {path!r} could not be loaded: {first}{hint}") from err
     finally:
         hf_logging.set_verbosity(verbosity)
         if bar:

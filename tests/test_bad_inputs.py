@@ -274,7 +274,7 @@ def test_api_bad_input_raises_a_specific_error_naming_the_argument(files, case, 
 def test_api_resume_without_a_checkpoint_is_refused(files, tmp_path):
     from dpo_ref.train import TrainConfig, train
 
-    with pytest.raises(InputError, match="--resume: .* has no checkpoint"):
+    with pytest.raises(InputError, match="--resume: .* has no run to resume"):
         train(TrainConfig(data=files["good"], out=str(tmp_path / "fresh"), sft_steps=0, steps=1, resume=True))
     assert not (tmp_path / "fresh").exists()
 
@@ -308,7 +308,7 @@ CLI_CASES = [
     ("train: out under a file", ["train", "--data", "{good}", *_TRAIN, "--out", "{plain_file}/run"], r"--out .* cannot be created"),
     ("train: out is a file", ["train", "--data", "{good}", *_TRAIN, "--out", "{plain_file}"], r"--out .* exists and is not a directory"),
     # -- dpo-ref train: conflicting or out-of-range flags
-    ("train: resume a fresh out", ["train", "--data", "{good}", "--resume", *_TRAIN], r"--resume: .* has no checkpoint"),
+    ("train: resume a fresh out", ["train", "--data", "{good}", "--resume", *_TRAIN], r"--resume: .* has no run to resume"),
     ("train: label-smoothing with ipo", ["train", "--loss", "ipo", "--label-smoothing", "0.1", *_TRAIN], r"--label-smoothing is a \(c\)DPO option"),
     ("train: label-smoothing with dpo", ["train", "--loss", "dpo", "--label-smoothing", "0.1", *_TRAIN], r"use --loss cdpo"),
     ("train: cdpo with label-smoothing 0", ["train", "--loss", "cdpo", "--label-smoothing", "0", *_TRAIN], r"--loss cdpo needs"),

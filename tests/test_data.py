@@ -88,7 +88,8 @@ def test_jsonl_error_names_line_and_field(tmp_path, tokenizer):
 
 
 def test_prompt_without_room_is_malformed(tokenizer):
-    rows = [GOOD, {**GOOD, "prompt": "abcde"}]  # prompts of 5 and 6 tokens with BOS
+    good = {**GOOD, "rejected": "abc"}  # differs from chosen "cba" in its first token
+    rows = [good, {**good, "prompt": "abcde"}]  # prompts of 5 and 6 tokens with BOS
     with pytest.raises(InputError, match=r"^row 2: field 'prompt' has 6 tokens.*max_length=6"):
         prepare_dataset(rows, tokenizer, max_length=6)
     pairs, skipped = prepare_dataset(rows, tokenizer, max_length=6, skip_bad_rows=True)
@@ -268,6 +269,11 @@ def test_truncation_rule_holds_for_any_lengths(prompt, chosen, rejected, max_len
     row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     if min(len(prompt) + 1, max_prompt_length) >= max_length:  # no room for a response: a malformed row
         with pytest.raises(InputError, match="no room"):
+            tokenize_pair(row, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+        return
+    room = max_length - min(len(prompt) + 1, max_prompt_length)
+    if (char_ids(chosen) + [EOS])[:room] == (char_ids(rejected) + [EOS])[:room]:  # the cut removes the difference
+        with pytest.raises(InputError, match="identical after tokenisation"):
             tokenize_pair(row, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
         return
     pair = tokenize_pair(row, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)

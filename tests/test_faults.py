@@ -21,8 +21,10 @@ from safetensors.torch import load_file
 import dpo_ref.train as train_module
 from dpo_ref.checkpoint import KILL_IN_CHECKPOINT_ENV, load_tensors, read_metadata
 from dpo_ref.errors import InputError
+from dpo_ref.rundir import RunDir
 from dpo_ref.tasks import ReversalTask, reversal_rows
-from dpo_ref.train import TrainConfig, _keep_metrics_before, read_metrics, train
+from dpo_ref.train import TrainConfig, read_metrics, train
+from dpo_ref.train_cli import _summary_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
@@ -132,7 +134,7 @@ def test_a_checkpoint_cut_short_is_refused_not_loaded(data, tmp_path):
 def test_resume_drops_a_metrics_line_cut_short_by_a_kill(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 0, "loss": 0.69}\n{"step": 1, "loss": 0.68}\n{"step": 2, "lo')
-    _keep_metrics_before(str(path), 2)
+    RunDir(str(tmp_path)).keep_metrics_before(2)
     assert read_metrics(str(path)) == [{"step": 0, "loss": 0.69}, {"step": 1, "loss": 0.68}]
 
 
@@ -197,7 +199,7 @@ def test_skip_nonfinite_skips_the_update_and_counts_it(data, tmp_path, monkeypat
     assert _bitwise_equal(summary["policy"].state_dict(), two_steps)
     last = [r for r in summary["history"] if r["step"] == 2][0]
     assert last["nonfinite_skipped"] == 1 and "loss" not in last
-    assert "skipped 1 updates with a non-finite" in "\n".join(train_module._summary_lines(summary_cfg(common), summary))
+    assert "skipped 1 updates with a non-finite" in "\n".join(_summary_lines(summary_cfg(common), summary))
 
     # without the flag the same fault stops the run, naming the step, and keeps the checkpoint of step 2
     _poison_training_step(monkeypatch, {2})
