@@ -678,8 +678,10 @@ def _handler(args) -> int:
             raise InputError(f"--{name} must be a positive integer, got {getattr(args, name)}")
     if args.warmup < 1:
         raise InputError(f"--warmup must be >= 1 (the first step is the loss-agreement check), got {args.warmup}")
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-        raise InputError(f"--json {args.json!r}: its directory does not exist")
+    if args.json:  # checked now, not after the runs: never a FIFO, device or directory
+        from dpo_ref.atomic import check_output_file
+
+        check_output_file(args.json, "--json")
     try:
         import trl  # noqa: F401
     except ImportError as err:

@@ -381,9 +381,9 @@ def _bandit_handler(args) -> int:
 
     check_writable_dir(args.out, "--out")
     if args.json:  # checked now, not after the runs
-        if os.path.isdir(args.json):
-            raise InputError(f"--json {args.json!r} is a directory; expected a file path")
-        check_writable_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
+        from dpo_ref.atomic import check_output_file
+
+        check_writable_dir(os.path.dirname(check_output_file(args.json, "--json")), "--json")
     results = []
     for dataset in args.datasets:
         for loss in args.losses:

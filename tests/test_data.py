@@ -312,3 +312,20 @@ def test_scored_head_only_gradients_match_full_logits(model_and_pairs):
     model.float()
     for name in fast:
         torch.testing.assert_close(fast[name], full[name], rtol=1e-9, atol=1e-12)
+
+
+def test_text_the_built_in_tokenizer_cannot_represent_is_a_malformed_row(tokenizer):
+    row = {"prompt": "abc>", "chosen": "cb\u00e9", "rejected": "cb\u00e8"}  # both become ... <unk> <eos>
+    with pytest.raises(InputError, match=r"field 'chosen' has '\u00e9', which the built-in character tokenizer"):
+        prepare_dataset([row], tokenizer, builtin_tokenizer=True)
+    # without the built-in check, the same row still fails: its two responses tokenise alike
+    with pytest.raises(InputError, match=r"identical after tokenisation \(the tokenizer maps both"):
+        prepare_dataset([row], tokenizer)
+    assert tokenize_pair(GOOD, tokenizer, builtin_tokenizer=True).chosen_ids == char_ids("cba") + [EOS]
+
+
+def test_rows_longer_than_the_models_positions_are_malformed(tokenizer):
+    row = {**GOOD, "prompt": "x" * 10 + ">"}  # 12 prompt tokens with BOS + 4 response tokens
+    with pytest.raises(InputError, match=r"row 1: 16 tokens, more than the model's 15 positions"):
+        prepare_dataset([row], tokenizer, max_positions=15)
+    assert len(prepare_dataset([row], tokenizer, max_positions=16)[0]) == 1

@@ -312,3 +312,40 @@ def test_default_recipe_meets_its_numbers(tmp_path):
     assert abs(history[0]["loss"] - math.log(2)) < 1e-4
     assert evals[-1]["eval/accuracy"] >= 0.95
     assert evals[0]["step"] == 0 and evals[-1]["eval/generation_accuracy"] >= evals[0]["eval/generation_accuracy"]
+
+
+# ---------------------------------------------------------------------------------------------- CLI and defaults
+
+
+def test_a_users_model_gets_its_own_defaults_not_the_built_in_recipe():
+    from dpo_ref.train_config import check_config
+
+    builtin = check_config(TrainConfig())
+    user = check_config(TrainConfig(model="some/dir"))
+    assert (builtin.sft_steps, builtin.sft_lr, builtin.rpo_alpha, builtin.lr) == (600, 3e-3, 2.0, 5e-4)
+    assert (user.sft_steps, user.rpo_alpha, user.lr) == (0, 0.0, 1e-6)
+    # what the user sets is kept
+    assert check_config(TrainConfig(model="some/dir", sft_steps=5, lr=1e-5)).sft_steps == 5
+
+
+def test_every_config_field_is_an_option_with_its_help_and_default(capsys):
+    from dataclasses import fields
+
+    from dpo_ref.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in text
+        assert " ".join(f.metadata["help"].split()) in text
+    assert "(default 150)" in text and "(default 600 for the built-in tiny model, 0 with --model)" in text
+
+
+def test_version(capsys):
+    from dpo_ref import __version__
+    from dpo_ref.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"dpo-ref {__version__}"
