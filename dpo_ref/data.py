@@ -35,9 +35,9 @@ from dataclasses import dataclass
 import torch
 
 from dpo_ref.errors import InputError, InputTypeError
+from dpo_ref.logps import IGNORE_INDEX
 
 FIELDS = ("prompt", "chosen", "rejected")
-IGNORE_INDEX = -100
 
 
 @dataclass

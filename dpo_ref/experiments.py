@@ -23,7 +23,7 @@ import torch
 
 from dpo_ref.atomic import atomic_path, write_text_atomic
 from dpo_ref.errors import InputError
-from dpo_ref.losses import check_positive_scalar, dpo_loss, ipo_loss
+from dpo_ref.losses import check_positive_scalar, dpo_loss, ipo_loss, ipo_target_margin
 
 ACTIONS = ("a", "b", "c")
 # preference datasets of the bandit, (winner, loser) pairs of action indices
@@ -127,7 +127,7 @@ def _overfit(betas, taus, epochs: int, lr: float, max_grad_norm: float | None, s
                     "loss": float(result.losses.detach()),
                     "margin": margin,
                     "sigmoid_beta_margin": 0.5 * (1.0 + math.tanh(0.5 * param * margin)),  # stable sigma
-                    "target_margin": 1.0 / (2.0 * param) if loss_type == "ipo" else "",
+                    "target_margin": ipo_target_margin(param) if loss_type == "ipo" else "",
                     "p_chosen": math.exp(float(lp[0])),
                     "p_rejected": math.exp(float(lp[1])),
                     "logp_chosen": float(lp[0]),
@@ -158,7 +158,7 @@ def _plot_overfit(rows: list[dict], path: str) -> bool:
         if key[0] == "dpo":
             axes[2].plot(epochs, [r["sigmoid_beta_margin"] for r in sel], label=label)
         else:
-            axes[1].axhline(1.0 / (2.0 * key[1]), ls=":", color="grey")
+            axes[1].axhline(ipo_target_margin(key[1]), ls=":", color="grey")
     axes[0].set(title="pi(y_l): probability of the rejected answer", xlabel="epoch", yscale="log")
     axes[1].set(title="margin h (dotted: IPO target 1/(2 tau))", xlabel="epoch")
     axes[2].set(title="DPO: sigma(beta h)", xlabel="epoch")
@@ -238,7 +238,7 @@ def bandit_closed_form(pairs, tau: float) -> np.ndarray:
     A = np.zeros((len(pairs), len(ACTIONS)))
     for row, (w, l) in enumerate(pairs):
         A[row, w], A[row, l] = 1.0, -1.0
-    b = np.full(len(pairs), 1.0 / (2.0 * tau))
+    b = np.full(len(pairs), ipo_target_margin(tau))
     theta, *_ = np.linalg.lstsq(A, b, rcond=None)
     p = np.exp(theta - theta.max())
     return p / p.sum()

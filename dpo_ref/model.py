@@ -20,30 +20,59 @@ logging.getLogger("torchao").setLevel(logging.ERROR)
 
 @dataclass
 class TinyLlamaSize:
-    """Size of the default model; about 0.1 M parameters with the 100-token character vocabulary."""
+    """Size of a Llama built from a config; the defaults are the default model's (about 0.1 M parameters
+    with the 100-token character vocabulary). Also the bench's sizes and the oracle adapters' model."""
 
     hidden_size: int = 64
     intermediate_size: int = 128
     num_hidden_layers: int = 2
     num_attention_heads: int = 4
+    num_key_value_heads: int | None = None  # None = num_attention_heads (no grouped-query attention)
     max_position_embeddings: int = 128
+    initializer_range: float = 0.02  # transformers' default
 
 
-def tiny_llama_config(tokenizer, size: TinyLlamaSize | None = None):
-    """A `LlamaConfig` for `tokenizer`'s vocabulary; dropout 0 so the policy at step 0 equals the reference."""
+def llama_config(vocab_size: int, size: TinyLlamaSize | None = None, *, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                 **overrides):  # fmt: skip
+    """A `LlamaConfig` of `size` for a vocabulary of `vocab_size`; dropout 0 (the policy at step 0 equals the
+    reference), untied input and output embeddings."""
     from transformers import LlamaConfig
 
     size = size or TinyLlamaSize()
     return LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         hidden_size=size.hidden_size,
         intermediate_size=size.intermediate_size,
         num_hidden_layers=size.num_hidden_layers,
         num_attention_heads=size.num_attention_heads,
-        num_key_value_heads=size.num_attention_heads,
+        num_key_value_heads=size.num_key_value_heads or size.num_attention_heads,
         max_position_embeddings=size.max_position_embeddings,
+        initializer_range=size.initializer_range,
         attention_dropout=0.0,
         tie_word_embeddings=False,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        **overrides,
+    )
+
+
+def tiny_llama(config, seed: int):
+    """A freshly initialised `LlamaForCausalLM` of `config` (float32), deterministic given `seed`; the global
+    RNG is left as it was."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+def tiny_llama_config(tokenizer, size: TinyLlamaSize | None = None):
+    """`llama_config` for `tokenizer`'s vocabulary and special tokens."""
+    return llama_config(
+        len(tokenizer),
+        size,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -51,15 +80,8 @@ def tiny_llama_config(tokenizer, size: TinyLlamaSize | None = None):
 
 
 def build_tiny_model(tokenizer, seed: int = 0, size: TinyLlamaSize | None = None):
-    """A freshly initialised tiny `LlamaForCausalLM` (float32), deterministic given `seed`."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    config = tiny_llama_config(tokenizer, size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    return model
+    """The default model: a tiny `LlamaForCausalLM` (float32) for `tokenizer`, deterministic given `seed`."""
+    return tiny_llama(tiny_llama_config(tokenizer, size), seed)
 
 
 def max_positions(model) -> int | None:

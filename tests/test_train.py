@@ -349,3 +349,42 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.strip() == f"dpo-ref {__version__}"
+
+
+def _greedy_without_cache(model, prompts, max_new_tokens, eos_id):
+    """The independent reference: each prompt alone (no padding), the whole sequence re-run per token."""
+    out = []
+    for prompt in prompts:
+        ids = list(prompt)
+        for _ in range(max_new_tokens):
+            with torch.no_grad():
+                token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            ids.append(token)
+            if token == eos_id:
+                break
+        out.append(ids[len(prompt) :])
+    return out
+
+
+def test_greedy_generation_equals_token_by_token_argmax_on_unpadded_prompts(data):
+    from dpo_ref.model import build_tiny_model
+    from dpo_ref.tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(tokenizer, seed=3).eval()
+    prompts = [[1, 69, 70, 34], [1, 70, 34], [1, 71, 72, 73, 74, 34], [1, 34]]  # different lengths: left padding
+    # make EOS win wherever the third token of the first completion would: some completions stop early
+    third = _greedy_without_cache(model, prompts[:1], 3, tokenizer.eos_token_id)[0][2]
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eos_token_id] = 1.5 * model.lm_head.weight[third]
+    expected = _greedy_without_cache(model, prompts, 8, tokenizer.eos_token_id)
+    cpu = torch.device("cpu")
+    got = train_module.greedy_generate(
+        model, prompts, max_new_tokens=8, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, device=cpu
+    )
+    assert got == expected
+    assert any(c[-1] == tokenizer.eos_token_id and len(c) < 8 for c in expected)  # an early stop is exercised
+    # the comparison bites: padding that attention could see (as without the mask) changes the completions
+    longest = max(len(p) for p in prompts)
+    padded = [[tokenizer.pad_token_id] * (longest - len(p)) + p for p in prompts]
+    assert _greedy_without_cache(model, padded, 8, tokenizer.eos_token_id) != expected
