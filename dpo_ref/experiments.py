@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import torch
@@ -180,12 +181,16 @@ def run_displacement(out: str, *, rpo_alpha: float | None = None, **overrides) -
     default_alpha = RECIPES["builtin"]["rpo_alpha"] if rpo_alpha is None else rpo_alpha
     runs = []
     for variant, alpha in (("dpo", 0.0), (f"dpo+nll(alpha={default_alpha:g})", default_alpha)):
-        cfg = TrainConfig(out=os.path.join(out, "plain" if alpha == 0 else "rpo"), rpo_alpha=alpha, **overrides)
+        # the experiment owns its two run directories: a rerun replaces them (--overwrite)
+        out_dir = os.path.join(out, "plain" if alpha == 0 else "rpo")
+        cfg = TrainConfig(out=out_dir, rpo_alpha=alpha, overwrite=True, **overrides)
         cfg.log_every = min(cfg.log_every, cfg.eval_every)
         runs.append((variant, alpha, check_config(cfg)))
         check_out_dir(cfg)  # both runs' settings are checked before either starts
     rows = []
-    for variant, alpha, cfg in runs:
+    for i, (variant, alpha, cfg) in enumerate(runs, start=1):
+        if cfg.progress:  # about 15 s each: say what runs (train itself adds a line or a bar per phase)
+            print(f"dpo-ref experiment displacement: run {i}/{len(runs)}, {variant}", file=sys.stderr, flush=True)
         history = train(cfg)["history"]
         for r in history:
             rows.append(
@@ -342,7 +347,7 @@ def _overfit_handler(args) -> int:
 
 
 def _displacement_handler(args) -> int:
-    overrides = {"steps": args.steps, "sft_steps": args.sft_steps, "eval_every": args.eval_every, "progress": False}
+    overrides = {"steps": args.steps, "sft_steps": args.sft_steps, "eval_every": args.eval_every}
     rows = run_displacement(args.out, rpo_alpha=args.rpo_alpha, **overrides)
     csv_path = os.path.join(args.out, "displacement.csv")
     _write_csv(csv_path, rows)

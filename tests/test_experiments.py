@@ -112,3 +112,7 @@ def test_displacement_cli_writes_both_variants(tmp_path, capsys):
     summary = json.loads((tmp_path / "displacement.json").read_text())
     assert all("generation_accuracy_end" in s for s in summary.values())
     assert (tmp_path / "displacement.png").exists() == HAS_MATPLOTLIB
+    # progress in a log (stderr is not a terminal here): a plain line per run and per phase
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "dpo-ref experiment displacement: run 1/2, dpo" and "dpo-ref train: sft warm-up (5 steps)" in err
+    assert main(args) == 0  # a rerun replaces the experiment's own run directories
