@@ -34,25 +34,31 @@ def _umask() -> int:
     return mask
 
 
+def special_file_kind(path: str) -> str | None:
+    """What `path` is when it exists but is not a regular file ("a directory", "a FIFO (named pipe)", "a
+    device", ...), else None; follows links, never opens the file (opening a FIFO blocks)."""
+    if not os.path.exists(path):
+        return None
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
 def check_output_file(path: str, option: str) -> str:
     """InputError unless `path` can be written as a regular file (absent, a file, or a link to one) in an
     existing directory; returns the path to write (a link's target). Reads only."""
     target = os.path.realpath(path)
-    kind = None
-    if os.path.exists(target):
-        mode = os.stat(target).st_mode
-        if stat.S_ISDIR(mode):
-            kind = "a directory"
-        elif stat.S_ISFIFO(mode):
-            kind = "a FIFO (named pipe)"
-        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            kind = "a device"
-        elif not stat.S_ISREG(mode):
-            kind = "not a regular file"
+    kind = special_file_kind(target)
     if kind:
         raise InputError(f"{option} {path!r} is {kind}; expected a path to a regular file")
-    directory = os.path.dirname(target)
-    if not os.path.isdir(directory):
+    if not os.path.isdir(os.path.dirname(target)):
         raise InputError(f"{option} {path!r}: its directory does not exist")
     return target
 

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from dpo_ref.atomic import special_file_kind
 from dpo_ref.errors import InputError, InputTypeError
 from dpo_ref.logps import IGNORE_INDEX
 
@@ -80,16 +80,7 @@ def check_data_path(path: str, option: str = "data file") -> None:
         raise InputError(f"{option} '-': reading rows from standard input is not supported; give a JSONL file path")
     if not os.path.exists(path):
         raise InputError(f"{option} {path!r} does not exist")
-    mode = os.stat(path).st_mode
-    kind = None
-    if stat.S_ISDIR(mode):
-        kind = "a directory"
-    elif stat.S_ISFIFO(mode):
-        kind = "a FIFO (named pipe)"
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        kind = "a device"
-    elif not stat.S_ISREG(mode):
-        kind = "not a regular file"
+    kind = special_file_kind(path)
     if kind:
         raise InputError(f"{option} {path!r} is {kind}; expected a JSONL file")
 
