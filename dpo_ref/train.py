@@ -4,7 +4,7 @@
 
     1. set_up         settings checked, device and processes (torchrun), the run directory checked
     2. load_data      model, tokenizer, preference rows -> token ids (every input validated; nothing written)
-                      -> the run directory is claimed: the first write of the run (dpo_ref.rundir)
+       claim_run_dir  the first write of the run: lock OUT, clear an overwritten run, write run.json
     3. warm_up        optional SFT warm-up on the chosen responses (reused from OUT/sft.safetensors on resume)
     4. make_reference a frozen copy of the policy after warm-up, or (--precompute-ref) its log-probs only
     5. preference_loop one concatenated chosen+rejected forward per micro-batch, loss from dpo_ref.losses,
@@ -333,10 +333,6 @@ def all_reduce_stats(stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     stacked = torch.stack([stats[k] for k in names])
     dist.all_reduce(stacked)
     return dict(zip(names, stacked.unbind()))
-
-
-def write_metrics(path: str, record: dict) -> None:
-    RunDir(os.path.dirname(path)).append_metrics(record)
 
 
 def read_metrics(path: str) -> list[dict]:
