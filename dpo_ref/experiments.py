@@ -70,6 +70,19 @@ def _save_figure(fig, path: str) -> None:
 # ---------------------------------------------------------------------------------------------- overfit
 
 
+def progress(items, command: str, label=str):
+    """Iterate `items` showing progress: a tqdm bar on a terminal, one plain line per item in a log."""
+    items = list(items)
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        yield from tqdm(items, desc=f"dpo-ref experiment {command}", leave=False)
+        return
+    for i, item in enumerate(items, start=1):
+        print(f"dpo-ref experiment {command}: {i}/{len(items)}, {label(item)}", file=sys.stderr, flush=True)
+        yield item
+
+
 def run_overfit(
     *,
     betas=(0.1, 0.5),
@@ -78,6 +91,7 @@ def run_overfit(
     lr: float = 0.1,
     max_grad_norm: float | None = 0.3,
     seed: int = 0,
+    show_progress: bool = False,
 ) -> list[dict]:
     """One preference pair, tiny Llama, plain SGD: per-epoch pi(y_w), pi(y_l), margin h for DPO and IPO.
 
@@ -89,12 +103,12 @@ def run_overfit(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a single pair: intra-op threads only add overhead
     try:
-        return _overfit(betas, taus, epochs, lr, max_grad_norm, seed)
+        return _overfit(betas, taus, epochs, lr, max_grad_norm, seed, show_progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _overfit(betas, taus, epochs: int, lr: float, max_grad_norm: float | None, seed: int) -> list[dict]:
+def _overfit(betas, taus, epochs: int, lr: float, max_grad_norm: float | None, seed: int, show_progress: bool):
     from dpo_ref.data import PreferenceCollator, tokenize_pair
     from dpo_ref.model import build_tiny_model
     from dpo_ref.tokenizer import build_char_tokenizer
@@ -105,7 +119,7 @@ def _overfit(betas, taus, epochs: int, lr: float, max_grad_norm: float | None, s
     batch = PreferenceCollator(tokenizer.pad_token_id)([pair])
     runs = [("dpo", b) for b in betas] + [("ipo", t) for t in taus]
     rows = []
-    for loss_type, param in runs:
+    for loss_type, param in progress(runs, "overfit", lambda r: f"{r[0]} {r[1]:g}") if show_progress else runs:
         policy = build_tiny_model(tokenizer, seed)
         with torch.no_grad():
             ref_logps, _ = SequenceScorer(policy)(batch["input_ids"], batch["attention_mask"], batch["labels"])
@@ -312,6 +326,7 @@ def _overfit_handler(args) -> int:
         lr=args.lr,
         max_grad_norm=args.max_grad_norm,
         seed=args.seed,
+        show_progress=True,
     )
     csv_path = os.path.join(args.out, "overfit.csv")
     _write_csv(csv_path, rows)
@@ -390,23 +405,24 @@ def _bandit_handler(args) -> int:
 
         check_writable_dir(os.path.dirname(check_output_file(args.json, "--json")), "--json")
     results = []
-    for dataset in args.datasets:
-        for loss in args.losses:
-            probs = run_bandit(BANDIT_DATASETS[dataset], loss=loss, tau=args.tau, steps=args.steps, seeds=args.seeds)
-            mean = probs.mean(0)
-            record = {"dataset": dataset, "loss": loss, "tau": args.tau, "policy": dict(zip(ACTIONS, mean.tolist()))}
-            record["closed_form"] = (
-                dict(zip(ACTIONS, bandit_closed_form(BANDIT_DATASETS[dataset], args.tau).tolist()))
-                if loss == "ipo"
-                else None
-            )
-            results.append(record)
-            cf = record["closed_form"]
-            print(
-                f"{dataset} {loss:<3} tau={args.tau:g}  policy "
-                + " ".join(f"{a}={p:.4f}" for a, p in record["policy"].items())
-                + ("   closed form " + " ".join(f"{a}={p:.4f}" for a, p in cf.items()) if cf else "")
-            )
+    for dataset, loss in progress(
+        [(d, loss) for d in args.datasets for loss in args.losses], "bandit", lambda c: f"{c[0]} {c[1]}"
+    ):
+        probs = run_bandit(BANDIT_DATASETS[dataset], loss=loss, tau=args.tau, steps=args.steps, seeds=args.seeds)
+        mean = probs.mean(0)
+        record = {"dataset": dataset, "loss": loss, "tau": args.tau, "policy": dict(zip(ACTIONS, mean.tolist()))}
+        record["closed_form"] = (
+            dict(zip(ACTIONS, bandit_closed_form(BANDIT_DATASETS[dataset], args.tau).tolist()))
+            if loss == "ipo"
+            else None
+        )
+        results.append(record)
+        cf = record["closed_form"]
+        print(
+            f"{dataset} {loss:<3} tau={args.tau:g}  policy "
+            + " ".join(f"{a}={p:.4f}" for a, p in record["policy"].items())
+            + ("   closed form " + " ".join(f"{a}={p:.4f}" for a, p in cf.items()) if cf else "")
+        )
     os.makedirs(args.out, exist_ok=True)
     _write_csv(
         os.path.join(args.out, "bandit.csv"),
