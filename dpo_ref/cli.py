@@ -59,13 +59,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module in SUBCOMMANDS.items():
-        if (only is None or only == name) and _available(module):  # "" (--version alone): none
+        if (only is None or only == name) and _available(module):
             importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # "--version" alone loads no subcommand ("" matches none)
     only = argv[0] if argv and argv[0] in SUBCOMMANDS else ("" if argv[:1] == ["--version"] else None)
     parser = build_parser(only)
     args = parser.parse_args(argv)
