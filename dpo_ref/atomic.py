@@ -3,14 +3,64 @@
 The content goes to a temporary file in the destination's directory (so the rename stays on one
 filesystem) and is moved into place with `os.replace`, which is atomic on POSIX and Windows. On any
 error the temporary file is removed. No torch import: the proofs CLI uses this too.
+
+The file gets the permissions a plain `open(path, "w")` would give (0666 less the umask), not the 0600
+of `mkstemp`. A symbolic link at `path` is followed (its target is replaced, the link stays); a FIFO,
+device or directory at `path` is refused (`check_output_file`), never replaced by a regular file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
+
+from dpo_ref.errors import InputError
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask can only read by setting)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def special_file_kind(path: str) -> str | None:
+    """What `path` is when it exists but is not a regular file ("a directory", "a FIFO (named pipe)", "a
+    device", ...), else None; follows links, never opens the file (opening a FIFO blocks)."""
+    if not os.path.exists(path):
+        return None
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def check_output_file(path: str, option: str) -> str:
+    """InputError unless `path` can be written as a regular file (absent, a file, or a link to one) in an
+    existing directory; returns the path to write (a link's target). Reads only."""
+    target = os.path.realpath(path)
+    kind = special_file_kind(target)
+    if kind:
+        raise InputError(f"{option} {path!r} is {kind}; expected a path to a regular file")
+    if not os.path.isdir(os.path.dirname(target)):
+        raise InputError(f"{option} {path!r}: its directory does not exist")
+    return target
 
 
 @contextlib.contextmanager
@@ -20,11 +70,13 @@ def atomic_path(path: str, suffix: str = ".tmp", prefix: str | None = None) -> I
     `prefix` names the temporary file (default `.<name>.`), e.g. so that a later run can find and
     remove what a killed writer left behind.
     """
-    directory = os.path.dirname(os.path.abspath(path))
+    path = check_output_file(path, "output")
+    directory = os.path.dirname(path)
     prefix = f".{os.path.basename(path)}." if prefix is None else prefix
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
         os.replace(tmp, path)
     except BaseException:

@@ -95,18 +95,9 @@ def bench_tokenizer(vocab: int):
     Text is whitespace-separated words, so a string of n words is exactly n tokens (plus BOS when the
     tokenizer adds special tokens), whichever side tokenizes it.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from dpo_ref.tokenizer import SPECIAL_TOKENS, build_word_tokenizer
 
-    specials = ["<pad>", "<s>", "</s>", "<unk>"]
-    table = {t: i for i, t in enumerate(specials)} | {f"w{i}": i for i in range(len(specials), vocab)}
-    backend = Tokenizer(models.WordLevel(vocab=table, unk_token="<unk>"))
-    backend.add_special_tokens(specials)
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
+    return build_word_tokenizer([f"w{i}" for i in range(len(SPECIAL_TOKENS), vocab)], add_bos=True)
 
 
 def bench_rows(size: BenchSize, seed: int = 0) -> list[dict]:
@@ -131,27 +122,17 @@ def bench_rows(size: BenchSize, seed: int = 0) -> list[dict]:
 
 def bench_model(size: BenchSize, seed: int):
     """A float32 `LlamaForCausalLM` of `size`, initialised deterministically from `seed` (no dropout)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from dpo_ref.model import TinyLlamaSize, llama_config, tiny_llama
 
-    config = LlamaConfig(
-        vocab_size=size.vocab,
+    shape = TinyLlamaSize(
         hidden_size=size.hidden,
         intermediate_size=size.intermediate,
         num_hidden_layers=size.layers,
         num_attention_heads=size.heads,
         num_key_value_heads=size.kv_heads,
         max_position_embeddings=max(size.seq_len, 128),
-        attention_dropout=0.0,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        use_cache=False,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(config)
+    return tiny_llama(llama_config(size.vocab, shape, use_cache=False), seed)
 
 
 def param_count(size: BenchSize) -> int:
@@ -297,25 +278,25 @@ def dpo_ref_worker(spec: dict) -> dict:
 
 
 def preference_step_fn(cfg, policy, ref_logps, ref_scorer, device):
-    """One update of `dpo_ref.train`'s preference loop (one micro-batch): its `preference_micro_batch`,
-    clipping, `adamw`, the schedule and zero_grad. Returns step(batch) -> loss tensor (no host sync)."""
+    """One update of `dpo_ref.train`'s preference loop (one micro-batch): the trainer's own `update_step`
+    with `preference_micro_batch`, `adamw` and a constant schedule. Returns step(batch) -> the mean
+    preference loss (a tensor, no host sync)."""
+    from functools import partial
+
     import torch
 
-    from dpo_ref.train import SequenceScorer, adamw, autocast, preference_micro_batch
+    from dpo_ref.train import SequenceScorer, adamw, preference_micro_batch, update_step
 
     scorer = SequenceScorer(policy)
     optimizer = adamw(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)  # constant, as on TRL's side
+    loss_fn = partial(preference_micro_batch, cfg, scorer, ref_scorer=ref_scorer, ref_logps=ref_logps)
 
     def step(batch: dict) -> torch.Tensor:
-        with autocast(device):
-            loss, _ = preference_micro_batch(cfg, scorer, batch, ref_scorer, ref_logps)
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        stats, _, _ = update_step(
+            [batch], loss_fn, optimizer=optimizer, scheduler=scheduler, max_grad_norm=cfg.max_grad_norm, device=device
+        )
+        return stats["loss"] / batch["index"].shape[0]
 
     return step
 
@@ -678,8 +659,10 @@ def _handler(args) -> int:
             raise InputError(f"--{name} must be a positive integer, got {getattr(args, name)}")
     if args.warmup < 1:
         raise InputError(f"--warmup must be >= 1 (the first step is the loss-agreement check), got {args.warmup}")
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-        raise InputError(f"--json {args.json!r}: its directory does not exist")
+    if args.json:  # checked now, not after the runs: never a FIFO, device or directory
+        from dpo_ref.atomic import check_output_file
+
+        check_output_file(args.json, "--json")
     try:
         import trl  # noqa: F401
     except ImportError as err:

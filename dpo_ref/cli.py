@@ -17,7 +17,7 @@ from dpo_ref.errors import InputError
 
 # subcommand -> module defining register(subparsers); listed here, loaded lazily
 SUBCOMMANDS = {
-    "train": "dpo_ref.train",
+    "train": "dpo_ref.train_cli",
     "experiment": "dpo_ref.experiments",
     "verify": "dpo_ref.oracle.cli",
     "prove": "dpo_ref.proofs.cli",  # `proofs/` of a source checkout, see _module()
@@ -47,6 +47,16 @@ def _available(module: str) -> bool:
         return False
 
 
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" when run from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dpo-ref")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (`dpo-ref train: error: ...`) and exit status 2.
 
@@ -61,6 +71,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="dpo-ref", description="Reference DPO / cDPO / IPO: train, verify others' code, prove the math."
     )
+    parser.add_argument("--version", action="version", version=f"dpo-ref {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in SUBCOMMANDS:
@@ -72,7 +83,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    only = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    # "--version" alone loads no subcommand ("" matches none)
+    only = argv[0] if argv and argv[0] in SUBCOMMANDS else ("" if argv[:1] == ["--version"] else None)
     parser = build_parser(only)
     args = parser.parse_args(argv)
     try:

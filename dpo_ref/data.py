@@ -18,9 +18,10 @@ the response answers); then the response is cut to its FIRST `max_length - len(p
 included (a response cut short loses its EOS). A prompt that leaves no room for a response token is a
 malformed row.
 
-Malformed rows (not an object, missing field, wrong type, empty, chosen identical to rejected, no
-room for a response) raise `InputError` naming the row (1-based; the line number in a JSONL file) and
-the field, or are skipped and counted with `skip_bad_rows=True`.
+Malformed rows (not an object, missing field, wrong type, empty, chosen identical to rejected before
+or after tokenisation and truncation, no room for a response, longer than the model's positions, text
+the built-in tokenizer cannot represent) raise `InputError` naming the row (1-based; the line number
+in a JSONL file) and the field, or are skipped and counted with `skip_bad_rows=True`.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from dataclasses import dataclass
 
 import torch
 
+from dpo_ref.atomic import special_file_kind
 from dpo_ref.errors import InputError, InputTypeError
+from dpo_ref.logps import IGNORE_INDEX
 
 FIELDS = ("prompt", "chosen", "rejected")
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -72,9 +74,19 @@ def read_rows(source) -> list[tuple[str, object]]:
     )
 
 
+def check_data_path(path: str, option: str = "data file") -> None:
+    """InputError unless `path` is a regular file, naming what it is instead; never opens it (a FIFO blocks)."""
+    if path == "-":
+        raise InputError(f"{option} '-': reading rows from standard input is not supported; give a JSONL file path")
+    if not os.path.exists(path):
+        raise InputError(f"{option} {path!r} does not exist")
+    kind = special_file_kind(path)
+    if kind:
+        raise InputError(f"{option} {path!r} is {kind}; expected a JSONL file")
+
+
 def _read_jsonl(path: str) -> list[tuple[str, object]]:
-    if not os.path.isfile(path):
-        raise InputError(f"data file {path!r} does not exist")
+    check_data_path(path)
     rows = []
     with open(path, "rb") as f:  # bytes, so that a line that is not UTF-8 is reported with its number
         for number, raw in enumerate(f, start=1):
@@ -90,6 +102,10 @@ def _read_jsonl(path: str) -> list[tuple[str, object]]:
                 rows.append((where, json.loads(line)))
             except json.JSONDecodeError as err:
                 rows.append((where, _BadJson(err.msg)))
+            except RecursionError:
+                rows.append((where, _BadJson("nested too deeply")))
+            except ValueError as err:  # e.g. an integer of more digits than Python converts (sys.int_info)
+                rows.append((where, _BadJson(str(err).split(";")[0])))
     if not rows:
         raise InputError(f"data file {path!r} has no rows; expected one JSON object per line")
     return rows
@@ -149,31 +165,67 @@ def render_texts(row: dict, tokenizer) -> tuple[str, str, str, bool]:
         return row["prompt"], row["chosen"], row["rejected"], False
     if getattr(tokenizer, "chat_template", None) is None:
         raise InputError("conversational rows need a tokenizer with a chat template; this tokenizer has none")
-    prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    prompt = _apply_chat_template(tokenizer, row["prompt"], "prompt", add_generation_prompt=True)
     responses = []
     for field in ("chosen", "rejected"):
-        full = tokenizer.apply_chat_template(row["prompt"] + row[field], tokenize=False)
+        full = _apply_chat_template(tokenizer, row["prompt"] + row[field], field)
         if not full.startswith(prompt):
             raise InputError(f"field {field!r}: the chat template does not render the prompt as a prefix")
         responses.append(full[len(prompt) :])
     return prompt, responses[0], responses[1], True
 
 
+def _apply_chat_template(tokenizer, messages: list, field: str, **kwargs) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    except Exception as err:  # a template is code (Jinja): it may raise anything, e.g. raise_exception(...)
+        raise InputError(f"field {field!r}: the tokenizer's chat template raised {type(err).__name__}: {err}") from err
+
+
+def _unrepresentable(text: str) -> str | None:
+    """The first character of `text` the built-in character tokenizer maps to <unk>, or None."""
+    from dpo_ref.tokenizer import CHARACTERS
+
+    known = set(CHARACTERS)
+    return next((c for c in text if c not in known), None)
+
+
 def tokenize_pair(
-    row: dict, tokenizer, *, max_length: int | None = None, max_prompt_length: int | None = None
+    row: dict,
+    tokenizer,
+    *,
+    max_length: int | None = None,
+    max_prompt_length: int | None = None,
+    max_positions: int | None = None,
+    builtin_tokenizer: bool = False,
 ) -> TokenizedPair:
-    """Token ids of one well-formed row, truncated as the module docstring says (`InputError` if no room)."""
+    """Token ids of one well-formed row, truncated as the module docstring says.
+
+    `InputError` if no room is left for a response, if chosen and rejected become identical token ids
+    (truncation cut off where they differ, or the tokenizer cannot tell them apart), if a sequence is
+    longer than the model's `max_positions`, or (`builtin_tokenizer`) if the text holds a character the
+    built-in character tokenizer cannot represent.
+    """
     prompt, chosen, rejected, conversational = render_texts(row, tokenizer)
+    if builtin_tokenizer:
+        for field, text in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
+            char = _unrepresentable(text)
+            if char is not None:
+                raise InputError(
+                    f"field {field!r} has {char!r}, which the built-in character tokenizer cannot represent (it "
+                    "knows printable ASCII and newline): bring a model with its own tokenizer (--model DIR)"
+                )
     eos = tokenizer.eos_token_id
     # plain prompts get the tokenizer's special tokens (BOS); a chat template writes its own
     prompt_ids = tokenizer(prompt, add_special_tokens=not conversational)["input_ids"]
     if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
         prompt_ids = prompt_ids[-max_prompt_length:]  # keep the end of the prompt
-    responses = []
+    responses, full_lengths = [], []
     for text in (chosen, rejected):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids or ids[-1] != eos:
             ids = ids + [eos]
+        full_lengths.append(len(ids))
         if max_length is not None:
             room = max_length - len(prompt_ids)
             if room < 1:
@@ -183,6 +235,18 @@ def tokenize_pair(
                 )
             ids = ids[:room]  # keep the start of the response
         responses.append(ids)
+    if responses[0] == responses[1]:
+        if max_length is not None and len(prompt_ids) + max(full_lengths) > max_length:
+            why = f"max_length={max_length} cuts them off before they differ"
+        else:
+            why = "the tokenizer maps both to the same tokens"
+        raise InputError(f"fields 'chosen' and 'rejected' are identical after tokenisation ({why})")
+    longest = len(prompt_ids) + max(len(r) for r in responses)
+    if max_positions is not None and longest > max_positions:
+        raise InputError(
+            f"{longest} tokens, more than the model's {max_positions} positions (max_position_embeddings): "
+            f"set max_length to at most {max_positions}"
+        )
     return TokenizedPair(prompt_ids, responses[0], responses[1])
 
 
@@ -193,6 +257,8 @@ def prepare_dataset(
     max_length: int | None = None,
     max_prompt_length: int | None = None,
     skip_bad_rows: bool = False,
+    max_positions: int | None = None,
+    builtin_tokenizer: bool = False,
 ) -> tuple[list[TokenizedPair], int]:
     """(pairs, skipped): every row validated and tokenised.
 
@@ -205,7 +271,14 @@ def prepare_dataset(
         error = row_error(row)
         if error is None:
             try:
-                pair = tokenize_pair(row, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+                pair = tokenize_pair(
+                    row,
+                    tokenizer,
+                    max_length=max_length,
+                    max_prompt_length=max_prompt_length,
+                    max_positions=max_positions,
+                    builtin_tokenizer=builtin_tokenizer,
+                )
             except InputError as err:
                 error = str(err)
         if error is not None:

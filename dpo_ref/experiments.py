@@ -17,13 +17,14 @@ import io
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import torch
 
 from dpo_ref.atomic import atomic_path, write_text_atomic
 from dpo_ref.errors import InputError
-from dpo_ref.losses import check_positive_scalar, dpo_loss, ipo_loss
+from dpo_ref.losses import check_positive_scalar, dpo_loss, ipo_loss, ipo_target_margin
 
 ACTIONS = ("a", "b", "c")
 # preference datasets of the bandit, (winner, loser) pairs of action indices
@@ -69,6 +70,19 @@ def _save_figure(fig, path: str) -> None:
 # ---------------------------------------------------------------------------------------------- overfit
 
 
+def progress(items, command: str, label=str):
+    """Iterate `items` showing progress: a tqdm bar on a terminal, one plain line per item in a log."""
+    items = list(items)
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        yield from tqdm(items, desc=f"dpo-ref experiment {command}", leave=False)
+        return
+    for i, item in enumerate(items, start=1):
+        print(f"dpo-ref experiment {command}: {i}/{len(items)}, {label(item)}", file=sys.stderr, flush=True)
+        yield item
+
+
 def run_overfit(
     *,
     betas=(0.1, 0.5),
@@ -77,6 +91,7 @@ def run_overfit(
     lr: float = 0.1,
     max_grad_norm: float | None = 0.3,
     seed: int = 0,
+    show_progress: bool = False,
 ) -> list[dict]:
     """One preference pair, tiny Llama, plain SGD: per-epoch pi(y_w), pi(y_l), margin h for DPO and IPO.
 
@@ -88,12 +103,12 @@ def run_overfit(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a single pair: intra-op threads only add overhead
     try:
-        return _overfit(betas, taus, epochs, lr, max_grad_norm, seed)
+        return _overfit(betas, taus, epochs, lr, max_grad_norm, seed, show_progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _overfit(betas, taus, epochs: int, lr: float, max_grad_norm: float | None, seed: int) -> list[dict]:
+def _overfit(betas, taus, epochs: int, lr: float, max_grad_norm: float | None, seed: int, show_progress: bool):
     from dpo_ref.data import PreferenceCollator, tokenize_pair
     from dpo_ref.model import build_tiny_model
     from dpo_ref.tokenizer import build_char_tokenizer
@@ -104,7 +119,7 @@ def _overfit(betas, taus, epochs: int, lr: float, max_grad_norm: float | None, s
     batch = PreferenceCollator(tokenizer.pad_token_id)([pair])
     runs = [("dpo", b) for b in betas] + [("ipo", t) for t in taus]
     rows = []
-    for loss_type, param in runs:
+    for loss_type, param in progress(runs, "overfit", lambda r: f"{r[0]} {r[1]:g}") if show_progress else runs:
         policy = build_tiny_model(tokenizer, seed)
         with torch.no_grad():
             ref_logps, _ = SequenceScorer(policy)(batch["input_ids"], batch["attention_mask"], batch["labels"])
@@ -127,7 +142,7 @@ def _overfit(betas, taus, epochs: int, lr: float, max_grad_norm: float | None, s
                     "loss": float(result.losses.detach()),
                     "margin": margin,
                     "sigmoid_beta_margin": 0.5 * (1.0 + math.tanh(0.5 * param * margin)),  # stable sigma
-                    "target_margin": 1.0 / (2.0 * param) if loss_type == "ipo" else "",
+                    "target_margin": ipo_target_margin(param) if loss_type == "ipo" else "",
                     "p_chosen": math.exp(float(lp[0])),
                     "p_rejected": math.exp(float(lp[1])),
                     "logp_chosen": float(lp[0]),
@@ -158,7 +173,7 @@ def _plot_overfit(rows: list[dict], path: str) -> bool:
         if key[0] == "dpo":
             axes[2].plot(epochs, [r["sigmoid_beta_margin"] for r in sel], label=label)
         else:
-            axes[1].axhline(1.0 / (2.0 * key[1]), ls=":", color="grey")
+            axes[1].axhline(ipo_target_margin(key[1]), ls=":", color="grey")
     axes[0].set(title="pi(y_l): probability of the rejected answer", xlabel="epoch", yscale="log")
     axes[1].set(title="margin h (dotted: IPO target 1/(2 tau))", xlabel="epoch")
     axes[2].set(title="DPO: sigma(beta h)", xlabel="epoch")
@@ -175,16 +190,21 @@ def _plot_overfit(rows: list[dict], path: str) -> bool:
 def run_displacement(out: str, *, rpo_alpha: float | None = None, **overrides) -> list[dict]:
     """Train the built-in task twice, plain DPO (rpo_alpha = 0) and with the chosen-NLL term; rows per step."""
     from dpo_ref.train import TrainConfig, check_config, check_out_dir, train
+    from dpo_ref.train_config import RECIPES
 
-    default_alpha = TrainConfig().rpo_alpha if rpo_alpha is None else rpo_alpha
+    default_alpha = RECIPES["builtin"]["rpo_alpha"] if rpo_alpha is None else rpo_alpha
     runs = []
     for variant, alpha in (("dpo", 0.0), (f"dpo+nll(alpha={default_alpha:g})", default_alpha)):
-        cfg = TrainConfig(out=os.path.join(out, "plain" if alpha == 0 else "rpo"), rpo_alpha=alpha, **overrides)
+        # the experiment owns its two run directories: a rerun replaces them (--overwrite)
+        out_dir = os.path.join(out, "plain" if alpha == 0 else "rpo")
+        cfg = TrainConfig(out=out_dir, rpo_alpha=alpha, overwrite=True, **overrides)
         cfg.log_every = min(cfg.log_every, cfg.eval_every)
         runs.append((variant, alpha, check_config(cfg)))
         check_out_dir(cfg)  # both runs' settings are checked before either starts
     rows = []
-    for variant, alpha, cfg in runs:
+    for i, (variant, alpha, cfg) in enumerate(runs, start=1):
+        if cfg.progress:  # about 15 s each: say what runs (train itself adds a line or a bar per phase)
+            print(f"dpo-ref experiment displacement: run {i}/{len(runs)}, {variant}", file=sys.stderr, flush=True)
         history = train(cfg)["history"]
         for r in history:
             rows.append(
@@ -237,7 +257,7 @@ def bandit_closed_form(pairs, tau: float) -> np.ndarray:
     A = np.zeros((len(pairs), len(ACTIONS)))
     for row, (w, l) in enumerate(pairs):
         A[row, w], A[row, l] = 1.0, -1.0
-    b = np.full(len(pairs), 1.0 / (2.0 * tau))
+    b = np.full(len(pairs), ipo_target_margin(tau))
     theta, *_ = np.linalg.lstsq(A, b, rcond=None)
     p = np.exp(theta - theta.max())
     return p / p.sum()
@@ -306,6 +326,7 @@ def _overfit_handler(args) -> int:
         lr=args.lr,
         max_grad_norm=args.max_grad_norm,
         seed=args.seed,
+        show_progress=True,
     )
     csv_path = os.path.join(args.out, "overfit.csv")
     _write_csv(csv_path, rows)
@@ -341,7 +362,7 @@ def _overfit_handler(args) -> int:
 
 
 def _displacement_handler(args) -> int:
-    overrides = {"steps": args.steps, "sft_steps": args.sft_steps, "eval_every": args.eval_every, "progress": False}
+    overrides = {"steps": args.steps, "sft_steps": args.sft_steps, "eval_every": args.eval_every}
     rows = run_displacement(args.out, rpo_alpha=args.rpo_alpha, **overrides)
     csv_path = os.path.join(args.out, "displacement.csv")
     _write_csv(csv_path, rows)
@@ -380,27 +401,28 @@ def _bandit_handler(args) -> int:
 
     check_writable_dir(args.out, "--out")
     if args.json:  # checked now, not after the runs
-        if os.path.isdir(args.json):
-            raise InputError(f"--json {args.json!r} is a directory; expected a file path")
-        check_writable_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
+        from dpo_ref.atomic import check_output_file
+
+        check_writable_dir(os.path.dirname(check_output_file(args.json, "--json")), "--json")
     results = []
-    for dataset in args.datasets:
-        for loss in args.losses:
-            probs = run_bandit(BANDIT_DATASETS[dataset], loss=loss, tau=args.tau, steps=args.steps, seeds=args.seeds)
-            mean = probs.mean(0)
-            record = {"dataset": dataset, "loss": loss, "tau": args.tau, "policy": dict(zip(ACTIONS, mean.tolist()))}
-            record["closed_form"] = (
-                dict(zip(ACTIONS, bandit_closed_form(BANDIT_DATASETS[dataset], args.tau).tolist()))
-                if loss == "ipo"
-                else None
-            )
-            results.append(record)
-            cf = record["closed_form"]
-            print(
-                f"{dataset} {loss:<3} tau={args.tau:g}  policy "
-                + " ".join(f"{a}={p:.4f}" for a, p in record["policy"].items())
-                + ("   closed form " + " ".join(f"{a}={p:.4f}" for a, p in cf.items()) if cf else "")
-            )
+    for dataset, loss in progress(
+        [(d, loss) for d in args.datasets for loss in args.losses], "bandit", lambda c: f"{c[0]} {c[1]}"
+    ):
+        probs = run_bandit(BANDIT_DATASETS[dataset], loss=loss, tau=args.tau, steps=args.steps, seeds=args.seeds)
+        mean = probs.mean(0)
+        record = {"dataset": dataset, "loss": loss, "tau": args.tau, "policy": dict(zip(ACTIONS, mean.tolist()))}
+        record["closed_form"] = (
+            dict(zip(ACTIONS, bandit_closed_form(BANDIT_DATASETS[dataset], args.tau).tolist()))
+            if loss == "ipo"
+            else None
+        )
+        results.append(record)
+        cf = record["closed_form"]
+        print(
+            f"{dataset} {loss:<3} tau={args.tau:g}  policy "
+            + " ".join(f"{a}={p:.4f}" for a, p in record["policy"].items())
+            + ("   closed form " + " ".join(f"{a}={p:.4f}" for a, p in cf.items()) if cf else "")
+        )
     os.makedirs(args.out, exist_ok=True)
     _write_csv(
         os.path.join(args.out, "bandit.csv"),

@@ -23,7 +23,11 @@ _CHUNKS = 16  # number of position chunks: the extra memory is about 1/_CHUNKS o
 _MIN_CHUNK_ELEMENTS = 1 << 20  # small inputs are done in one chunk: the absolute saving is nil
 
 
-def _out_dtype(dtype: torch.dtype) -> torch.dtype:
+IGNORE_INDEX = -100  # the label of a position that is not scored (prompt, padding); PyTorch's and HF's convention
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype log-probs and losses are accumulated in: float32 for half precision (bf16, fp16), else `dtype`."""
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
@@ -61,7 +65,7 @@ class _ShiftedTokenLogps(torch.autograd.Function):
         # logits: (B, T, V); target: (B, S) valid token ids for positions 0..S-1, S <= T
         B, T, V = logits.shape
         S = target.shape[1]
-        out_dtype = _out_dtype(logits.dtype)
+        out_dtype = accumulation_dtype(logits.dtype)
         out = torch.empty(B, S, dtype=out_dtype, device=logits.device)  # (B, S)
         step = _chunk_len(B, S, V)  # positions of one row per chunk: a contiguous (c, V) slice
         for b in _row_groups(B, S, V):
@@ -78,7 +82,7 @@ class _ShiftedTokenLogps(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         logits, target = ctx.saved_tensors
         S = target.shape[1]
-        grad_out = grad_out.to(_out_dtype(logits.dtype))  # (B, S)
+        grad_out = grad_out.to(accumulation_dtype(logits.dtype))  # (B, S)
         grad = torch.empty_like(logits)  # (B, T, V), the one full-size tensor autograd needs
         grad[:, S:].zero_()  # positions past S (the last one for sequence_logps) score nothing
         for b in _row_groups(logits.shape[0], S, logits.shape[2]):
@@ -118,7 +122,9 @@ def check_logits_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
         raise InputError("logits has an empty vocabulary dimension (V = 0)")
 
 
-def shift_labels(labels: torch.Tensor, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def shift_labels(
+    labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The one-token shift: (shifted_labels, mask, target), each `(B, T-1)`.
 
     Position t (of the logits) scores `shifted_labels[:, t] = labels[:, t+1]`; `mask` marks the scored
@@ -143,7 +149,7 @@ def sequence_logps(
     logits: torch.Tensor,
     labels: torch.Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     average: bool = False,
     validate: bool = True,
 ) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from dpo_ref.errors import InputError, InputTypeError
+from dpo_ref.logps import accumulation_dtype
 
 LOGPS_NAMES = (
     "policy_chosen_logps",
@@ -44,9 +45,7 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     dtype = tensors[0].dtype
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
-    if dtype in (torch.bfloat16, torch.float16):
-        return torch.float32
-    return dtype
+    return accumulation_dtype(dtype)
 
 
 def check_positive_scalar(value: object, name: str) -> float:
@@ -131,7 +130,12 @@ def dpo_losses_from_margin(margin: torch.Tensor, beta: float, label_smoothing: f
 
 def ipo_losses_from_margin(margin: torch.Tensor, tau: float) -> torch.Tensor:
     """IPO per-example loss from the margin h: L = (h - 1/(2 tau))^2 (Azar et al. 2023, Eq. 17)."""
-    return (margin - 1.0 / (2.0 * tau)) ** 2
+    return (margin - ipo_target_margin(tau)) ** 2
+
+
+def ipo_target_margin(tau: float) -> float:
+    """IPO's per-pair target margin 1/(2 tau): the minimiser of (h - 1/(2 tau))^2 (Azar et al. 2023, Eq. 17)."""
+    return 1.0 / (2.0 * tau)
 
 
 def _prepare(logps: tuple[torch.Tensor, ...], validate: bool) -> tuple[torch.Tensor, ...]:

@@ -20,30 +20,59 @@ logging.getLogger("torchao").setLevel(logging.ERROR)
 
 @dataclass
 class TinyLlamaSize:
-    """Size of the default model; about 0.1 M parameters with the 100-token character vocabulary."""
+    """Size of a Llama built from a config; the defaults are the default model's (about 0.1 M parameters
+    with the 100-token character vocabulary). Also the bench's sizes and the oracle adapters' model."""
 
     hidden_size: int = 64
     intermediate_size: int = 128
     num_hidden_layers: int = 2
     num_attention_heads: int = 4
+    num_key_value_heads: int | None = None  # None = num_attention_heads (no grouped-query attention)
     max_position_embeddings: int = 128
+    initializer_range: float = 0.02  # transformers' default
 
 
-def tiny_llama_config(tokenizer, size: TinyLlamaSize | None = None):
-    """A `LlamaConfig` for `tokenizer`'s vocabulary; dropout 0 so the policy at step 0 equals the reference."""
+def llama_config(vocab_size: int, size: TinyLlamaSize | None = None, *, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                 **overrides):  # fmt: skip
+    """A `LlamaConfig` of `size` for a vocabulary of `vocab_size`; dropout 0 (the policy at step 0 equals the
+    reference), untied input and output embeddings."""
     from transformers import LlamaConfig
 
     size = size or TinyLlamaSize()
     return LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         hidden_size=size.hidden_size,
         intermediate_size=size.intermediate_size,
         num_hidden_layers=size.num_hidden_layers,
         num_attention_heads=size.num_attention_heads,
-        num_key_value_heads=size.num_attention_heads,
+        num_key_value_heads=size.num_key_value_heads or size.num_attention_heads,
         max_position_embeddings=size.max_position_embeddings,
+        initializer_range=size.initializer_range,
         attention_dropout=0.0,
         tie_word_embeddings=False,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        **overrides,
+    )
+
+
+def tiny_llama(config, seed: int):
+    """A freshly initialised `LlamaForCausalLM` of `config` (float32), deterministic given `seed`; the global
+    RNG is left as it was."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+def tiny_llama_config(tokenizer, size: TinyLlamaSize | None = None):
+    """`llama_config` for `tokenizer`'s vocabulary and special tokens."""
+    return llama_config(
+        len(tokenizer),
+        size,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -51,15 +80,33 @@ def tiny_llama_config(tokenizer, size: TinyLlamaSize | None = None):
 
 
 def build_tiny_model(tokenizer, seed: int = 0, size: TinyLlamaSize | None = None):
-    """A freshly initialised tiny `LlamaForCausalLM` (float32), deterministic given `seed`."""
-    import torch
-    from transformers import LlamaForCausalLM
+    """The default model: a tiny `LlamaForCausalLM` (float32) for `tokenizer`, deterministic given `seed`."""
+    return tiny_llama(tiny_llama_config(tokenizer, size), seed)
 
-    config = tiny_llama_config(tokenizer, size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    return model
+
+def max_positions(model) -> int | None:
+    """The longest sequence `model` has positions for (`max_position_embeddings` or GPT-2's `n_positions`)."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _check_model_dir(path: str) -> None:
+    """The refusal that needs no loading: a config.json that is not a JSON object."""
+    import json
+
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as err:
+        raise InputError(f"--model {path!r} could not be loaded: config.json is not valid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise InputError(
+            f"--model {path!r} could not be loaded: config.json holds a JSON {type(config).__name__}, not an object"
+        )
 
 
 def load_model_and_tokenizer(path: str | None, *, seed: int = 0, trust_remote_code: bool = False):
@@ -76,6 +123,7 @@ def load_model_and_tokenizer(path: str | None, *, seed: int = 0, trust_remote_co
         raise InputError(f"--model {path!r} is not a directory; expected a local Hugging Face model directory")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise InputError(f"--model {path!r} has no config.json; expected a local Hugging Face model directory")
+    _check_model_dir(path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -95,11 +143,14 @@ def load_model_and_tokenizer(path: str | None, *, seed: int = 0, trust_remote_co
             weights_only=True,
             output_loading_info=True,
         )
-    except (OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - transformers and safetensors raise many types for a bad directory
         hint = ""
         if "trust_remote_code" in str(err) and not trust_remote_code:
             hint = " (its custom code runs only with --trust-remote-code: pass it only if you trust that code)"
-        raise InputError(f"--model {path!r} could not be loaded: {str(err).splitlines()[0]}{hint}") from err
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        if "ignore_mismatched_sizes" in first:
+            first = "weights of a shape other than its config.json gives"
+        raise InputError(f"--model {path!r} could not be loaded: {first}{hint}") from err
     finally:
         hf_logging.set_verbosity(verbosity)
         if bar:

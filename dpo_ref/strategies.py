@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from hypothesis import strategies as st
 
-IGNORE_INDEX = -100
+from dpo_ref.logps import IGNORE_INDEX
 
 
 class PreferenceBatch(NamedTuple):

@@ -19,6 +19,26 @@ CHAT_TEMPLATE = (
 )
 
 
+def build_word_tokenizer(words, *, add_bos: bool):
+    """A whitespace word-level tokenizer: ids 0..3 special (pad, bos, eos, unk), then `words` in order.
+
+    A string of n words is exactly n tokens (plus BOS with `add_bos` when special tokens are added), so
+    the bench and the oracle adapters control sequence lengths exactly.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(words))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if add_bos:
+        backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
 def build_char_tokenizer():
     """The character-level tokenizer: vocabulary size 100, ids 0..3 special (pad, bos, eos, unk)."""
     from tokenizers import Tokenizer, decoders, models, processors

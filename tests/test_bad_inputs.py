@@ -71,6 +71,11 @@ def files(tmp_path_factory):
         "long_prompt": _write(root / "long.jsonl", json.dumps({**GOOD, "prompt": "x" * 40}) + "\n"),
         "all_bad": _write(root / "all_bad.jsonl", '{"prompt": 1}\n[]\n'),
         "plain_file": _write(root / "plain.txt", "not a directory"),
+        "non_ascii": _write(root / "non_ascii.jsonl", json.dumps({"prompt": "caf\u00e9>", "chosen": "\u00e9fac", "rejected": "\u00e8fac"}) + "\n"),
+        "cut_difference": _write(root / "cut.jsonl", json.dumps({"prompt": "ab>", "chosen": "bax", "rejected": "bay"}) + "\n"),
+        "deep": _write(root / "deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n"),
+        "huge_number": _write(root / "huge.jsonl", '{"prompt": ' + "9" * 5000 + ', "chosen": "a", "rejected": "b"}\n'),
+        "too_long": _write(root / "too_long.jsonl", json.dumps({"prompt": "x" * 200 + ">", "chosen": "ab", "rejected": "ba"}) + "\n"),
         "missing": str(root / "no_such.jsonl"),
     }  # fmt: skip
     tokenizer = build_char_tokenizer()
@@ -88,6 +93,38 @@ def files(tmp_path_factory):
     _write(garbage / "config.json", "{this is not json")
     no_config = root / "no_config"
     tokenizer.save_pretrained(no_config)
+    from dpo_ref.model import build_tiny_model
+
+    tiny = build_tiny_model(tokenizer)
+    for name in ("truncated", "wrong_shape", "config_list", "bad_pickle", "bad_template"):
+        tiny.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        f[name] = str(root / name)
+    weights = (root / "truncated" / "model.safetensors").read_bytes()
+    (root / "truncated" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    config = json.loads((root / "wrong_shape" / "config.json").read_text())
+    _write(root / "wrong_shape" / "config.json", json.dumps({**config, "intermediate_size": 96}))
+    _write(root / "config_list" / "config.json", "[1, 2]")
+    os.remove(root / "bad_pickle" / "model.safetensors")  # only a pickle left, one weights_only refuses to load
+    torch.save({"model": torch.nn.Linear(2, 2)}, root / "bad_pickle" / "pytorch_model.bin")
+    template = json.loads((root / "bad_template" / "tokenizer_config.json").read_text())
+    _write(root / "bad_template" / "chat_template.jinja", "{{ raise_exception('no system role here') }}")
+    del template
+    f["conversational"] = _write(
+        root / "conv.jsonl",
+        json.dumps(
+            {
+                "prompt": [{"role": "user", "content": "ab"}],
+                "chosen": [{"role": "assistant", "content": "ba"}],
+                "rejected": [{"role": "assistant", "content": "ab"}],
+            }
+        )
+        + "\n",
+    )
+    fifo = root / "fifo"
+    os.mkfifo(fifo)
+    f["fifo"] = str(fifo)
+    f["root"] = str(root)
     f.update(
         t5=str(t5), bert=str(bert), garbage=str(garbage), no_config=str(no_config), model_missing=str(root / "nope")
     )
@@ -274,7 +311,7 @@ def test_api_bad_input_raises_a_specific_error_naming_the_argument(files, case, 
 def test_api_resume_without_a_checkpoint_is_refused(files, tmp_path):
     from dpo_ref.train import TrainConfig, train
 
-    with pytest.raises(InputError, match="--resume: .* has no checkpoint"):
+    with pytest.raises(InputError, match="--resume: .* has no run to resume"):
         train(TrainConfig(data=files["good"], out=str(tmp_path / "fresh"), sft_steps=0, steps=1, resume=True))
     assert not (tmp_path / "fresh").exists()
 
@@ -308,7 +345,7 @@ CLI_CASES = [
     ("train: out under a file", ["train", "--data", "{good}", *_TRAIN, "--out", "{plain_file}/run"], r"--out .* cannot be created"),
     ("train: out is a file", ["train", "--data", "{good}", *_TRAIN, "--out", "{plain_file}"], r"--out .* exists and is not a directory"),
     # -- dpo-ref train: conflicting or out-of-range flags
-    ("train: resume a fresh out", ["train", "--data", "{good}", "--resume", *_TRAIN], r"--resume: .* has no checkpoint"),
+    ("train: resume a fresh out", ["train", "--data", "{good}", "--resume", *_TRAIN], r"--resume: .* has no run to resume"),
     ("train: label-smoothing with ipo", ["train", "--loss", "ipo", "--label-smoothing", "0.1", *_TRAIN], r"--label-smoothing is a \(c\)DPO option"),
     ("train: label-smoothing with dpo", ["train", "--loss", "dpo", "--label-smoothing", "0.1", *_TRAIN], r"use --loss cdpo"),
     ("train: cdpo with label-smoothing 0", ["train", "--loss", "cdpo", "--label-smoothing", "0", *_TRAIN], r"--loss cdpo needs"),
@@ -326,6 +363,33 @@ CLI_CASES = [
     ("train: rpo-alpha negative", ["train", "--rpo-alpha", "-1", *_TRAIN], r"--rpo-alpha must be a finite number >= 0"),
     ("train: stop-after 0", ["train", "--stop-after", "0", *_TRAIN], r"--stop-after must be a positive integer"),
     ("train: device not a device", ["train", "--device", "nosuch", *_TRAIN], r"--device 'nosuch' is not a device"),
+    ("train: weight-decay negative", ["train", "--weight-decay", "-1", *_TRAIN], r"--weight-decay must be a finite number >= 0, got -1"),
+    ("train: weight-decay nan", ["train", "--weight-decay", "nan", *_TRAIN], r"--weight-decay must be a finite number >= 0, got nan"),
+    ("train: lr beyond float32", ["train", "--lr", "1e39", *_TRAIN], r"--lr must be at most 3.403e\+38 \(float32's largest"),
+    ("train: device mps", ["train", "--device", "mps", *_TRAIN], r"--device 'mps': dpo-ref trains on cpu or cuda only"),
+    ("train: device meta", ["train", "--device", "meta", *_TRAIN], r"--device 'meta': dpo-ref trains on cpu or cuda only"),
+    ("train: max-prompt-length 0", ["train", "--max-prompt-length", "0", *_TRAIN], r"--max-prompt-length must be a positive integer, got 0"),
+    ("train: max-prompt-length negative", ["train", "--max-prompt-length", "-3", *_TRAIN], r"--max-prompt-length must be a positive integer, got -3"),
+    ("train: max-length 0", ["train", "--max-length", "0", *_TRAIN], r"--max-length must be a positive integer"),
+    ("train: beta with ipo", ["train", "--loss", "ipo", "--beta", "0.5", *_TRAIN], r"--beta is the DPO/cDPO coefficient; IPO's regularisation is --tau .*use --tau 0.5"),
+    ("train: tau with dpo", ["train", "--tau", "0.5", *_TRAIN], r"--tau is IPO's regularisation \(--loss ipo\); dpo uses --beta"),
+    ("train: tau with cdpo", ["train", "--loss", "cdpo", "--tau", "0.5", *_TRAIN], r"--tau is IPO's regularisation"),
+    ("train: resume and overwrite", ["train", "--resume", "--overwrite", *_TRAIN], r"pass one of them"),
+    ("train: data is a directory", ["train", "--data", "{root}", *_TRAIN], r"--data .* is a directory; expected a JSONL file"),
+    ("train: data is a FIFO", ["train", "--data", "{fifo}", *_TRAIN], r"--data .*fifo' is a FIFO \(named pipe\)"),
+    ("train: data is -", ["train", "--data", "-", *_TRAIN], r"--data '-': reading rows from standard input is not supported"),
+    ("train: eval-data is a FIFO", ["train", "--data", "{good}", "--eval-data", "{fifo}", *_TRAIN], r"--eval-data .* is a FIFO"),
+    ("train: out is a FIFO", ["train", "--data", "{good}", *_TRAIN, "--out", "{fifo}"], r"--out .*fifo' exists and is not a directory"),
+    ("train: non-ASCII text, built-in tokenizer", ["train", "--data", "{non_ascii}", *_TRAIN], r"line 1: field 'prompt' has '\u00e9', which the built-in character tokenizer cannot represent.*--model DIR"),
+    ("train: max-length cuts the difference", ["train", "--data", "{cut_difference}", "--max-length", "6", *_TRAIN], r"line 1: fields 'chosen' and 'rejected' are identical after tokenisation \(max_length=6 cuts them off"),
+    ("train: deeply nested JSON", ["train", "--data", "{deep}", *_TRAIN], r"deep\.jsonl line 1: not valid JSON \(nested too deeply\)"),
+    ("train: 5000-digit number", ["train", "--data", "{huge_number}", *_TRAIN], r"huge\.jsonl line 1: not valid JSON \(Exceeds the limit"),
+    ("train: row longer than the model's positions", ["train", "--data", "{too_long}", "--max-length", "none", "--max-prompt-length", "none", *_TRAIN], r"line 1: 205 tokens, more than the model's 128 positions"),
+    ("train: truncated model.safetensors", ["train", "--model", "{truncated}", *_TRAIN], r"--model .*truncated' could not be loaded: .*incomplete"),
+    ("train: weights of the wrong shape", ["train", "--model", "{wrong_shape}", *_TRAIN], r"--model .*wrong_shape' could not be loaded: weights of a shape other than its config.json"),
+    ("train: config.json not an object", ["train", "--model", "{config_list}", *_TRAIN], r"config.json holds a JSON list, not an object"),
+    ("train: a pickle weights_only refuses", ["train", "--model", "{bad_pickle}", *_TRAIN], r"--model .*bad_pickle' could not be loaded"),
+    ("train: chat template raises", ["train", "--model", "{bad_template}", "--data", "{conversational}", *_TRAIN], r"line 1: field 'prompt': the tokenizer's chat template raised TemplateError: no system role here"),
     # -- dpo-ref prove
     ("prove: unknown proof", ["prove", "--only", "nosuch"], r"--only: unknown proof 'nosuch'"),
     ("prove: output under a file", ["prove", "--only", "init-ln2", "--output", "{plain_file}/x.md"], r"--output: directory"),
@@ -348,6 +412,8 @@ CLI_CASES = [
     ("bench: warmup 0", ["bench", "--warmup", "0"], r"--warmup must be >= 1"),
     ("bench: prompt-len too long", ["bench", "--seq-len", "8", "--prompt-len", "8"], r"--prompt-len must be in \[2, seq_len - 1\)"),
     ("bench: json under a file", ["bench", "--json", "{plain_file}/b.json"], r"--json .*: its directory does not exist"),
+    ("bench: json is a FIFO", ["bench", "--json", "{fifo}"], r"--json .*fifo' is a FIFO \(named pipe\); expected a path to a regular file"),
+    ("bench: json is a directory", ["bench", "--json", "{root}"], r"--json .* is a directory; expected a path to a regular file"),
     # -- dpo-ref experiment
     ("overfit: epochs 0", ["experiment", "overfit", "--epochs", "0"], r"--epochs must be a positive integer"),
     ("overfit: beta 0", ["experiment", "overfit", "--betas", "0.1", "0"], r"--betas must be a positive finite number, got 0"),
@@ -360,7 +426,8 @@ CLI_CASES = [
     ("displacement: out is a file", ["experiment", "displacement", "--steps", "1", "--out", "{plain_file}"], r"--out .* cannot be created"),
     ("bandit: tau 0", ["experiment", "bandit", "--tau", "0"], r"--tau must be a positive finite number"),
     ("bandit: seeds 0", ["experiment", "bandit", "--seeds", "0"], r"--steps and --seeds must be positive integers"),
-    ("bandit: json under a file", ["experiment", "bandit", "--steps", "1", "--seeds", "1", "--json", "{plain_file}/b.json"], r"--json .* is not a directory"),
+    ("bandit: json under a file", ["experiment", "bandit", "--steps", "1", "--seeds", "1", "--json", "{plain_file}/b.json"], r"--json .* its directory does not exist"),
+    ("bandit: json is a FIFO", ["experiment", "bandit", "--steps", "1", "--seeds", "1", "--json", "{fifo}"], r"--json .*fifo' is a FIFO"),
 ]  # fmt: skip
 
 
@@ -410,6 +477,14 @@ def test_cli_bad_input_leaves_a_previous_run_untouched(files, tmp_path, capsys):
     for bad in (
         ["--data", files["broken_json"]],
         ["--data", files["good"], "--loss", "ipo", "--label-smoothing", "0.2"],
+        # each of these deleted the previous run's files, then crashed with a traceback
+        ["--data", files["good"], "--weight-decay", "-1"],
+        ["--data", files["good"], "--weight-decay", "nan"],
+        ["--data", files["good"], "--lr", "1e39"],
+        ["--data", files["good"], "--device", "mps"],
+        ["--data", files["good"], "--device", "meta"],
+        ["--data", files["good"]],  # a rerun without --resume or --overwrite
+        ["--data", files["good"], "--resume"],  # metrics and checkpoints but no run.json: nothing resumable
     ):
         code = main(["train", *bad, "--out", str(out), *_TRAIN])
         _assert_one_line_exit_2(code, capsys.readouterr().err, ".")

@@ -198,3 +198,24 @@ def test_table_says_when_the_logits_are_too_small_for_the_log_prob_ratios():
     tiny = copy.deepcopy(result)
     tiny["logps"]["detail"]["logits_mb"] = 0.25
     assert "too small" in format_table(tiny)
+
+
+def test_gpu_check_script_parses_and_stops_cleanly_without_a_gpu(tmp_path):
+    """benchmarks/gpu_check.sh is prepared for a GPU; here it must parse and, with no GPU, stop with one
+    line, exit status 3 and nothing written."""
+    import shutil
+    import subprocess
+
+    import torch
+
+    script = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
+    assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: run the script itself")
+    out = tmp_path / "gpu"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run([script, str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 3 and run.stderr.strip().splitlines() == [
+        "gpu_check: no CUDA device is visible to torch; nothing was run"
+    ]
+    assert not out.exists() and shutil.which("bash")

@@ -88,7 +88,8 @@ def test_jsonl_error_names_line_and_field(tmp_path, tokenizer):
 
 
 def test_prompt_without_room_is_malformed(tokenizer):
-    rows = [GOOD, {**GOOD, "prompt": "abcde"}]  # prompts of 5 and 6 tokens with BOS
+    good = {**GOOD, "rejected": "abc"}  # differs from chosen "cba" in its first token
+    rows = [good, {**good, "prompt": "abcde"}]  # prompts of 5 and 6 tokens with BOS
     with pytest.raises(InputError, match=r"^row 2: field 'prompt' has 6 tokens.*max_length=6"):
         prepare_dataset(rows, tokenizer, max_length=6)
     pairs, skipped = prepare_dataset(rows, tokenizer, max_length=6, skip_bad_rows=True)
@@ -270,6 +271,11 @@ def test_truncation_rule_holds_for_any_lengths(prompt, chosen, rejected, max_len
         with pytest.raises(InputError, match="no room"):
             tokenize_pair(row, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
         return
+    room = max_length - min(len(prompt) + 1, max_prompt_length)
+    if (char_ids(chosen) + [EOS])[:room] == (char_ids(rejected) + [EOS])[:room]:  # the cut removes the difference
+        with pytest.raises(InputError, match="identical after tokenisation"):
+            tokenize_pair(row, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+        return
     pair = tokenize_pair(row, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
     assert truncation_violation(pair, row, max_length, max_prompt_length) is None
 
@@ -306,3 +312,20 @@ def test_scored_head_only_gradients_match_full_logits(model_and_pairs):
     model.float()
     for name in fast:
         torch.testing.assert_close(fast[name], full[name], rtol=1e-9, atol=1e-12)
+
+
+def test_text_the_built_in_tokenizer_cannot_represent_is_a_malformed_row(tokenizer):
+    row = {"prompt": "abc>", "chosen": "cb\u00e9", "rejected": "cb\u00e8"}  # both become ... <unk> <eos>
+    with pytest.raises(InputError, match=r"field 'chosen' has '\u00e9', which the built-in character tokenizer"):
+        prepare_dataset([row], tokenizer, builtin_tokenizer=True)
+    # without the built-in check, the same row still fails: its two responses tokenise alike
+    with pytest.raises(InputError, match=r"identical after tokenisation \(the tokenizer maps both"):
+        prepare_dataset([row], tokenizer)
+    assert tokenize_pair(GOOD, tokenizer, builtin_tokenizer=True).chosen_ids == char_ids("cba") + [EOS]
+
+
+def test_rows_longer_than_the_models_positions_are_malformed(tokenizer):
+    row = {**GOOD, "prompt": "x" * 10 + ">"}  # 12 prompt tokens with BOS + 4 response tokens
+    with pytest.raises(InputError, match=r"row 1: 16 tokens, more than the model's 15 positions"):
+        prepare_dataset([row], tokenizer, max_positions=15)
+    assert len(prepare_dataset([row], tokenizer, max_positions=16)[0]) == 1

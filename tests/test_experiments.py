@@ -45,6 +45,7 @@ def test_bandit_ipo_converges_to_its_closed_form_and_dpo_does_not(tmp_path, caps
         path = tmp_path / f"{dataset}.json"
         args = ["experiment", "bandit", "--datasets", dataset, "--losses", "ipo", "--tau", str(tau)]
         assert main(args + ["--steps", "2000", "--seeds", "32", "--out", str(tmp_path), "--json", str(path)]) == 0
+        assert capsys.readouterr().err.splitlines() == [f"dpo-ref experiment bandit: 1/1, {dataset} ipo"]
         result = json.loads(path.read_text())
         assert set(result) == {"dataset", "loss", "tau", "policy", "closed_form"}
         policy = np.array([result["policy"][a] for a in "abc"])
@@ -97,6 +98,9 @@ def test_overfit_cli_writes_csv_json_and_png(tmp_path, capsys):
     final = json.loads((tmp_path / "overfit.json").read_text())
     assert set(final) == {"dpo_0.1", "ipo_0.1"}
     assert (tmp_path / "overfit.png").exists() == HAS_MATPLOTLIB
+    # progress in a log (stderr is not a terminal here): one plain line per configuration
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["dpo-ref experiment overfit: 1/2, dpo 0.1", "dpo-ref experiment overfit: 2/2, ipo 0.1"]
 
 
 @pytest.mark.slow
@@ -112,3 +116,7 @@ def test_displacement_cli_writes_both_variants(tmp_path, capsys):
     summary = json.loads((tmp_path / "displacement.json").read_text())
     assert all("generation_accuracy_end" in s for s in summary.values())
     assert (tmp_path / "displacement.png").exists() == HAS_MATPLOTLIB
+    # progress in a log (stderr is not a terminal here): a plain line per run and per phase
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "dpo-ref experiment displacement: run 1/2, dpo" and "dpo-ref train: sft warm-up (5 steps)" in err
+    assert main(args) == 0  # a rerun replaces the experiment's own run directories

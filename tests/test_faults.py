@@ -21,8 +21,10 @@ from safetensors.torch import load_file
 import dpo_ref.train as train_module
 from dpo_ref.checkpoint import KILL_IN_CHECKPOINT_ENV, load_tensors, read_metadata
 from dpo_ref.errors import InputError
+from dpo_ref.rundir import RunDir
 from dpo_ref.tasks import ReversalTask, reversal_rows
-from dpo_ref.train import TrainConfig, _keep_metrics_before, read_metrics, train
+from dpo_ref.train import TrainConfig, read_metrics, train
+from dpo_ref.train_cli import _summary_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
@@ -132,7 +134,7 @@ def test_a_checkpoint_cut_short_is_refused_not_loaded(data, tmp_path):
 def test_resume_drops_a_metrics_line_cut_short_by_a_kill(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 0, "loss": 0.69}\n{"step": 1, "loss": 0.68}\n{"step": 2, "lo')
-    _keep_metrics_before(str(path), 2)
+    RunDir(str(tmp_path)).keep_metrics_before(2)
     assert read_metrics(str(path)) == [{"step": 0, "loss": 0.69}, {"step": 1, "loss": 0.68}]
 
 
@@ -197,7 +199,7 @@ def test_skip_nonfinite_skips_the_update_and_counts_it(data, tmp_path, monkeypat
     assert _bitwise_equal(summary["policy"].state_dict(), two_steps)
     last = [r for r in summary["history"] if r["step"] == 2][0]
     assert last["nonfinite_skipped"] == 1 and "loss" not in last
-    assert "skipped 1 updates with a non-finite" in "\n".join(train_module._summary_lines(summary_cfg(common), summary))
+    assert "skipped 1 updates with a non-finite" in "\n".join(_summary_lines(summary_cfg(common), summary))
 
     # without the flag the same fault stops the run, naming the step, and keeps the checkpoint of step 2
     _poison_training_step(monkeypatch, {2})
@@ -289,3 +291,167 @@ def test_a_non_finite_sft_warm_up_is_not_saved(data, tmp_path):
     with pytest.raises(FloatingPointError, match="SFT warm-up made the weights non-finite"):
         train(TrainConfig(data=data, out=str(tmp_path), progress=False, **dict(EXPLODE, sft_steps=3, sft_lr=1e30)))
     assert not (tmp_path / "sft.safetensors").exists() and not (tmp_path / "checkpoint.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------- the run directory
+
+QUICK = dict(sft_steps=0, steps=2, batch_size=4, lr=3e-3, warmup_steps=0, log_every=1, eval_every=1000, save_every=1)
+
+
+def _files(directory) -> dict[str, bytes]:
+    """Every file under `directory`: relative path -> bytes."""
+    found = {}
+    for parent, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(parent, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, directory)] = f.read()
+    return found
+
+
+def _one_line_exit_2(code: int, err: str) -> str:
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+HOLD_LOCK = """
+import sys, time
+from dpo_ref.rundir import RunDir
+RunDir(sys.argv[1]).claim({}, resume=False, overwrite=False, resume_keys=[])
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_run_on_a_directory_in_use_is_refused_naming_the_other_process(data, tmp_path, capsys):
+    from dpo_ref.cli import main
+
+    out = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = _files(out)
+        code = main(_argv(data, out, **QUICK) + ["--overwrite"])
+        line = _one_line_exit_2(code, capsys.readouterr().err)
+        assert f"is in use by another run (pid {holder.pid} on " in line
+        assert _files(out) == before  # nothing of the other run touched
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder was killed (its lock file stays behind, stale): the directory is free again
+    assert (out / ".lock").exists()
+    assert main(_argv(data, out, **QUICK) + ["--overwrite"]) == 0
+    assert not (out / ".lock").exists()  # a finished run removes its lock
+
+
+def test_a_rerun_is_refused_without_overwrite_and_overwrite_leaves_no_old_files(data, tmp_path, capsys):
+    from dpo_ref.cli import main
+
+    assert main(_argv(data, tmp_path, **QUICK)) == 0
+    assert (tmp_path / "model").is_dir()
+    capsys.readouterr()
+    before = _files(tmp_path)
+    line = _one_line_exit_2(main(_argv(data, tmp_path, **QUICK)), capsys.readouterr().err)
+    assert "already holds a run (run.json, metrics.jsonl, checkpoint.safetensors, model)" in line
+    assert "--resume" in line and "--overwrite" in line
+    assert _files(tmp_path) == before
+    # --overwrite: a fresh run that stops early leaves none of the old run's files (no model/ beside it)
+    assert main(_argv(data, tmp_path, **dict(QUICK, stop_after=1)) + ["--overwrite"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.safetensors", "metrics.jsonl", "run.json"]
+
+
+def test_a_refused_resume_names_every_mismatch_and_runs_no_warm_up(data, tmp_path):
+    settings = dict(QUICK, sft_steps=2, steps=3)
+    train(TrainConfig(data=data, out=str(tmp_path), progress=False, stop_after=1, **settings))
+    before = _files(tmp_path)
+    changed = dict(settings, lr=1e-4, steps=4, sft_steps=3)
+    with pytest.raises(InputError) as info:
+        train(TrainConfig(data=data, out=str(tmp_path), progress=False, resume=True, **changed))
+    message = str(info.value)
+    for expected in ("lr=0.003 (this run: 0.0001)", "steps=3 (this run: 4)", "sft_steps=2 (this run: 3)"):
+        assert expected in message
+    assert _files(tmp_path) == before  # no warm-up ran: sft.safetensors and everything else unchanged
+
+
+def test_resume_checks_the_data_by_content_not_by_the_spelling_of_its_path(data, tmp_path, monkeypatch):
+    copy = tmp_path / "d.jsonl"
+    copy.write_bytes(open(data, "rb").read())
+    out = str(tmp_path / "run")
+    full = train(TrainConfig(data=str(copy), out=str(tmp_path / "full"), progress=False, **dict(QUICK, steps=3)))
+    train(TrainConfig(data=str(copy), out=out, progress=False, stop_after=1, **dict(QUICK, steps=3)))
+    monkeypatch.chdir(tmp_path)
+    resumed = train(TrainConfig(data="./d.jsonl", out=out, progress=False, resume=True, **dict(QUICK, steps=3)))
+    assert _bitwise_equal(resumed["policy"].state_dict(), full["policy"].state_dict())
+    # an edited file is other data, whatever its name
+    copy.write_text(copy.read_text() + json.dumps({"prompt": "ab>", "chosen": "ba", "rejected": "bb"}) + "\n")
+    with pytest.raises(InputError, match=r"--resume: .*other settings: data_sha256="):
+        train(TrainConfig(data="d.jsonl", out=out, progress=False, resume=True, **dict(QUICK, steps=4)))
+
+
+def test_another_batch_split_at_the_same_global_batch_reuses_the_warm_up(data, tmp_path, monkeypatch):
+    settings = dict(QUICK, sft_steps=2, steps=3)
+    train(TrainConfig(data=data, out=str(tmp_path), progress=False, stop_after=1, **settings))
+    sft = (tmp_path / "sft.safetensors").read_bytes()
+    calls = []
+    real = train_module.sft_micro_batch
+    monkeypatch.setattr(train_module, "sft_micro_batch", lambda *a: calls.append(1) or real(*a))
+    split = dict(settings, batch_size=2, grad_accum=2)  # the same global batch of 4
+    summary = train(TrainConfig(data=data, out=str(tmp_path), progress=False, resume=True, **split))
+    assert summary["sft"]["reused"] and calls == [] and (tmp_path / "sft.safetensors").read_bytes() == sft
+    # the check bites: another global batch is another run
+    with pytest.raises(InputError, match=r"global_batch=4 \(this run: 8\)"):
+        train(TrainConfig(data=data, out=str(tmp_path), progress=False, resume=True, **dict(split, grad_accum=4)))
+
+
+def test_ctrl_c_during_the_warm_up_then_resume_equals_the_uninterrupted_run(data, tmp_path, monkeypatch):
+    settings = dict(QUICK, sft_steps=3, steps=2)
+    full = train(TrainConfig(data=data, out=str(tmp_path / "full"), progress=False, **settings))
+    real, calls = train_module.sft_micro_batch, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(train_module, "sft_micro_batch", interrupted)
+    out = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(data=data, out=str(out), progress=False, **settings))
+    monkeypatch.undo()
+    assert sorted(os.listdir(out)) == ["run.json"]  # no warm-up saved, the lock released
+    resumed = train(TrainConfig(data=data, out=str(out), progress=False, resume=True, **settings))
+    assert _bitwise_equal(resumed["policy"].state_dict(), full["policy"].state_dict())
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import safetensors.torch
+
+    from dpo_ref.cli import main
+
+    real, saves = safetensors.torch.save_file, []
+
+    def fills_the_disk(tensors, path, metadata=None):
+        saves.append(path)
+        if len(saves) == 2:  # the checkpoint of step 2: the one of step 1 is on disk
+            with open(path, "wb") as f:
+                f.write(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fills_the_disk)
+    line = _one_line_exit_2(main(_argv(data, tmp_path, **QUICK)), capsys.readouterr().err)
+    assert "checkpoint.safetensors'" in line and "the disk is full" in line
+    assert read_metadata(str(tmp_path / "checkpoint.safetensors"))["step"] == 1  # intact
+    assert glob.glob(str(tmp_path / ".tmp-*")) == [] and not (tmp_path / ".lock").exists()
+
+
+def test_progress_is_one_plain_line_per_phase_when_not_on_a_terminal(data, tmp_path, capsys):
+    train(TrainConfig(data=data, out=str(tmp_path), **dict(QUICK, sft_steps=2)))
+    assert capsys.readouterr().err.splitlines() == [
+        "dpo-ref train: sft warm-up (2 steps)",
+        "dpo-ref train: dpo (2 steps)",
+    ]

@@ -312,3 +312,79 @@ def test_default_recipe_meets_its_numbers(tmp_path):
     assert abs(history[0]["loss"] - math.log(2)) < 1e-4
     assert evals[-1]["eval/accuracy"] >= 0.95
     assert evals[0]["step"] == 0 and evals[-1]["eval/generation_accuracy"] >= evals[0]["eval/generation_accuracy"]
+
+
+# ---------------------------------------------------------------------------------------------- CLI and defaults
+
+
+def test_a_users_model_gets_its_own_defaults_not_the_built_in_recipe():
+    from dpo_ref.train_config import check_config
+
+    builtin = check_config(TrainConfig())
+    user = check_config(TrainConfig(model="some/dir"))
+    assert (builtin.sft_steps, builtin.sft_lr, builtin.rpo_alpha, builtin.lr) == (600, 3e-3, 2.0, 5e-4)
+    assert (user.sft_steps, user.rpo_alpha, user.lr) == (0, 0.0, 1e-6)
+    # what the user sets is kept
+    assert check_config(TrainConfig(model="some/dir", sft_steps=5, lr=1e-5)).sft_steps == 5
+
+
+def test_every_config_field_is_an_option_with_its_help_and_default(capsys):
+    from dataclasses import fields
+
+    from dpo_ref.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in text
+        assert " ".join(f.metadata["help"].split()) in text
+    assert "(default 150)" in text and "(default 600 for the built-in tiny model, 0 with --model)" in text
+
+
+def test_version(capsys):
+    from dpo_ref import __version__
+    from dpo_ref.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"dpo-ref {__version__}"
+
+
+def _greedy_without_cache(model, prompts, max_new_tokens, eos_id):
+    """The independent reference: each prompt alone (no padding), the whole sequence re-run per token."""
+    out = []
+    for prompt in prompts:
+        ids = list(prompt)
+        for _ in range(max_new_tokens):
+            with torch.no_grad():
+                token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            ids.append(token)
+            if token == eos_id:
+                break
+        out.append(ids[len(prompt) :])
+    return out
+
+
+def test_greedy_generation_equals_token_by_token_argmax_on_unpadded_prompts(data):
+    from dpo_ref.model import build_tiny_model
+    from dpo_ref.tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(tokenizer, seed=3).eval()
+    prompts = [[1, 69, 70, 34], [1, 70, 34], [1, 71, 72, 73, 74, 34], [1, 34]]  # different lengths: left padding
+    # make EOS win wherever the third token of the first completion would: some completions stop early
+    third = _greedy_without_cache(model, prompts[:1], 3, tokenizer.eos_token_id)[0][2]
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eos_token_id] = 1.5 * model.lm_head.weight[third]
+    expected = _greedy_without_cache(model, prompts, 8, tokenizer.eos_token_id)
+    cpu = torch.device("cpu")
+    got = train_module.greedy_generate(
+        model, prompts, max_new_tokens=8, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, device=cpu
+    )
+    assert got == expected
+    assert any(c[-1] == tokenizer.eos_token_id and len(c) < 8 for c in expected)  # an early stop is exercised
+    # the comparison bites: padding that attention could see (as without the mask) changes the completions
+    longest = max(len(p) for p in prompts)
+    padded = [[tokenizer.pad_token_id] * (longest - len(p)) + p for p in prompts]
+    assert _greedy_without_cache(model, padded, 8, tokenizer.eos_token_id) != expected

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Everything GPU-specific in one call (about 6 minutes on an H100/H200-class GPU; each part has its own
+# time limit so the whole stays under 8):
+#
+#   1. the CUDA tests            pytest -m gpu (bf16 step 0 = ln 2, live vs precomputed reference, bench path)
+#   2. a bf16 training smoke run  dpo-ref train --device cuda on the built-in task; step 0 must be ln 2
+#   3. dpo-ref bench on CUDA      a Qwen2.5-0.5B-shaped Llama, 1024 tokens, 8 pairs, against TRL's DPOTrainer:
+#                                 step time, tokens/s, peak memory, their ratios and model FLOPs utilisation
+#
+# Usage: benchmarks/gpu_check.sh [OUTDIR]   (default gpu_check_out; results in OUTDIR/*.json and *.log)
+# Needs the test and bench extras: pip install -e ".[test,bench]". Exit status: 0 all passed, 3 no GPU
+# (nothing run), otherwise the status of the first part that failed. Put the printed numbers, with the GPU
+# named, in the README ("Performance").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-gpu_check_out}"
+PY="${PYTHON:-python}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    echo "gpu_check: no CUDA device is visible to torch; nothing was run" >&2
+    exit 3
+fi
+mkdir -p "$OUT"
+"$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(f'gpu_check: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}')" | tee "$OUT/device.log"
+
+echo "== 1/3 CUDA tests" | tee -a "$OUT/device.log"
+timeout 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$OUT/tests.log" | tail -5
+
+echo "== 2/3 bf16 training smoke run (built-in task, 100 SFT + 40 DPO steps)" | tee -a "$OUT/device.log"
+timeout 150 "$PY" -m dpo_ref train --device cuda --sft-steps 100 --steps 40 --eval-every 20 --out "$OUT/smoke" \
+    --overwrite --no-progress 2>&1 | tee "$OUT/smoke.log"
+"$PY" - "$OUT/smoke/metrics.jsonl" <<'PY'
+import json, math, sys
+records = [json.loads(line) for line in open(sys.argv[1])]
+first = records[0]["loss"]
+print(f"gpu_check: bf16 step-0 loss {first:.8f}, |loss - ln 2| = {abs(first - math.log(2)):.1e}")
+sys.exit(0 if abs(first - math.log(2)) < 1e-6 else 1)
+PY
+
+echo "== 3/3 dpo-ref bench --size 0.5b on CUDA against TRL" | tee -a "$OUT/device.log"
+timeout 300 "$PY" -m dpo_ref bench --size 0.5b --device cuda --threads 4 --steps 5 --warmup 2 --repeats 1 \
+    --no-verify --json "$OUT/bench_0.5b.json" 2>&1 | tee "$OUT/bench.log"
+echo "gpu_check: all passed; results in $OUT/"

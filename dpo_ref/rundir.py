@@ -1,0 +1,284 @@
+"""The run directory (`--out`): every file a training run reads or writes, its lock, and the resume check.
+
+    OUT/run.json                the run's settings (with the data's SHA-256), written when the run starts
+    OUT/metrics.jsonl           one JSON object per logged or evaluated step
+    OUT/sft.safetensors         the policy after the SFT warm-up (the reference), reused by --resume
+    OUT/checkpoint.safetensors  everything needed to continue exactly (dpo_ref.checkpoint)
+    OUT/model/                  the final model and tokenizer (save_pretrained)
+    OUT/.lock                   held (flock) by the process writing the run; names it (pid, host)
+
+Life of a run: `check` (read only: the directory can be written, no other process holds it, a run
+already there is refused unless resumed or overwritten, a resume has the same settings) before anything
+is loaded; `claim` (the first write: take the lock, check again, remove stray temporary files, clear an
+overwritten run, write run.json) once every input has been read and validated; `release` at the end.
+The lock is an `flock` on OUT/.lock: the kernel drops it when its process dies, so a killed run never
+blocks the next one. Every file is written atomically (temporary file + rename) with the permissions the
+umask gives. A failed write (e.g. a full disk) is an InputError naming the file; the previous version
+of the file stays intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+
+from dpo_ref.atomic import write_text_atomic
+from dpo_ref.errors import InputError
+
+RUN_FILES = ("run.json", "metrics.jsonl", "sft.safetensors", "checkpoint.safetensors", "model")
+
+
+def check_writable_dir(path: str, option: str = "--out") -> None:
+    """InputError unless `path` is, or can be created as, a writable directory; creates nothing."""
+    target = os.path.abspath(path)
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise InputError(f"{option} {path!r} exists and is not a directory")
+    existing = target
+    while not os.path.exists(existing):  # the nearest existing ancestor is where the directory gets created
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError(f"{option} {path!r} cannot be created: {existing!r} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path!r} is not writable ({existing!r} denies writing)")
+
+
+def _format(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else repr(value)
+
+
+class RunDir:
+    """The files of one run under `path`; see the module docstring."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.run_json = os.path.join(path, "run.json")
+        self.metrics = os.path.join(path, "metrics.jsonl")
+        self.sft = os.path.join(path, "sft.safetensors")
+        self.checkpoint = os.path.join(path, "checkpoint.safetensors")
+        self.model = os.path.join(path, "model")
+        self.lock = os.path.join(path, ".lock")
+        self._lock_fd: int | None = None
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def existing_run_files(self) -> list[str]:
+        return [name for name in RUN_FILES if os.path.lexists(os.path.join(self.path, name))]
+
+    def lock_holder(self) -> str | None:
+        """'pid N on HOST' of the live process holding the lock, or None (no lock, or a stale one)."""
+        try:
+            fd = os.open(self.lock, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return self._read_holder(fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)  # nobody holds it: a killed run's stale file
+            return None
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _read_holder(fd: int) -> str:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 4096).decode("utf-8", "replace").strip()
+        return text or "a process that has not yet written its id"
+
+    def saved_config(self) -> dict | None:
+        """The settings the run in this directory started with (run.json), or None."""
+        if not os.path.exists(self.run_json):
+            return None
+        try:
+            with open(self.run_json, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as err:
+            raise InputError(f"--resume: {self.run_json!r} cannot be read: {err}") from err
+        if not isinstance(saved, dict):
+            raise InputError(f"--resume: {self.run_json!r} is not a JSON object")
+        return saved
+
+    def check(self, run_config: dict, *, resume: bool, overwrite: bool, resume_keys) -> None:
+        """Everything about --out that can be refused, read only: InputError naming the problem."""
+        check_writable_dir(self.path, "--out")
+        holder = None if self._lock_fd is not None else self.lock_holder()  # our own lock is not another run
+        if holder is not None:
+            raise InputError(
+                f"--out {self.path!r} is in use by another run ({holder}); wait for it to end or choose another --out"
+            )
+        found = self.existing_run_files()
+        if resume:
+            saved = self.saved_config()
+            if saved is None:
+                what = (
+                    f"has no run to resume ({', '.join(found)} without run.json)" if found else "has no run to resume"
+                )
+                raise InputError(f"--resume: {self.path!r} {what}; run without --resume")
+            mismatched = [k for k in resume_keys if saved.get(k) != run_config.get(k)]
+            if mismatched:
+                diffs = ", ".join(
+                    f"{k}={_format(saved.get(k))} (this run: {_format(run_config.get(k))})" for k in mismatched
+                )
+                raise InputError(
+                    f"--resume: the run in {self.path!r} was started with other settings: {diffs}; "
+                    "use the same settings or another --out"
+                )
+        elif found and not overwrite:
+            raise InputError(
+                f"--out {self.path!r} already holds a run ({', '.join(found)}): continue it with --resume, "
+                "replace it with --overwrite, or choose another --out"
+            )
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def claim(self, run_config: dict, *, resume: bool, overwrite: bool, resume_keys) -> None:
+        """Take the lock, check again under it, clean up, and (fresh run) clear the old run and write run.json."""
+        from dpo_ref.checkpoint import remove_stray_temp_files
+
+        os.makedirs(self.path, exist_ok=True)
+        self._acquire()
+        try:
+            self.check(run_config, resume=resume, overwrite=overwrite, resume_keys=resume_keys)
+            remove_stray_temp_files(self.path)  # left by a writer killed mid-write; the files they replace are intact
+            for stray in (self.model + ".tmp", self.model + ".old"):
+                shutil.rmtree(stray, ignore_errors=True)
+            if not resume:
+                for name in RUN_FILES:
+                    self._remove(os.path.join(self.path, name))
+                self.write_text(self.run_json, json.dumps(run_config, indent=1, sort_keys=True) + "\n")
+        except BaseException:
+            self.release()
+            raise
+
+    def _acquire(self) -> None:
+        while True:
+            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._read_holder(fd)
+                os.close(fd)
+                raise InputError(
+                    f"--out {self.path!r} is in use by another run ({holder}); wait for it to end or choose "
+                    "another --out"
+                ) from None
+            # the previous holder may have removed the file between our open and flock: lock the live file
+            try:
+                same = os.stat(self.lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (and its file); a no-op when not held."""
+        if self._lock_fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.lock)
+        os.close(self._lock_fd)  # closing the descriptor releases the flock
+        self._lock_fd = None
+
+    @staticmethod
+    def _remove(path: str) -> None:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+
+    @contextlib.contextmanager
+    def writing(self, path: str):
+        """Turn a failed write (full disk, quota, permissions) into one InputError naming the file."""
+        try:
+            yield
+        except OSError as err:
+            reason = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else err.strerror or str(err)
+            raise InputError(f"cannot write {path!r}: {reason}; its previous version (if any) is intact") from err
+
+    def write_text(self, path: str, text: str) -> None:
+        with self.writing(path):
+            write_text_atomic(path, text)
+
+    def append_metrics(self, record: dict) -> None:
+        with self.writing(self.metrics), open(self.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def keep_metrics_before(self, step: int) -> None:
+        """On resume: drop records the interrupted run wrote after its checkpoint (rewritten atomically); a
+        last line cut short by a kill is dropped too."""
+        if not os.path.exists(self.metrics):
+            return
+        kept = []
+        with open(self.metrics, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # only a killed writer's last line can be partial
+                if record["step"] < step:
+                    kept.append(record)
+        self.write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def save_checkpoint(self, **kwargs) -> None:
+        from dpo_ref.checkpoint import save_checkpoint
+
+        with self.writing(self.checkpoint):
+            save_checkpoint(self.checkpoint, **kwargs)
+
+    def load_checkpoint(self, **kwargs) -> dict:
+        from dpo_ref.checkpoint import load_checkpoint
+
+        return load_checkpoint(self.checkpoint, **kwargs)
+
+    def has_checkpoint(self) -> bool:
+        return os.path.exists(self.checkpoint)
+
+    def save_sft(self, model, sft_key: dict) -> None:
+        from dpo_ref.checkpoint import atomic_save_tensors, model_tensors
+
+        tensors, aliases = model_tensors(model)
+        with self.writing(self.sft):
+            atomic_save_tensors(
+                {k: v.cpu() for k, v in tensors.items()}, self.sft, {"sft": sft_key, "aliases": aliases}
+            )
+
+    def load_sft(self, model, sft_key: dict, device) -> bool:
+        """Load the saved warm-up into `model` if it was made with `sft_key`; whether it was."""
+        from dpo_ref.checkpoint import load_model_tensors, load_tensors, read_metadata
+
+        if not os.path.exists(self.sft) or read_metadata(self.sft).get("sft") != sft_key:
+            return False
+        tensors, meta = load_tensors(self.sft)
+        load_model_tensors(model, {k: v.to(device) for k, v in tensors.items()}, meta["aliases"])
+        return True
+
+    def save_model(self, model, tokenizer) -> None:
+        """`save_pretrained` into OUT/model.tmp, then swap it in place of OUT/model."""
+        from transformers.utils import logging as hf_logging
+
+        tmp, old = self.model + ".tmp", self.model + ".old"
+        with self.writing(self.model):
+            for d in (tmp, old):
+                shutil.rmtree(d, ignore_errors=True)
+            bar = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # no "Writing model shards" bar for a one-file model
+            try:
+                model.save_pretrained(tmp)
+            finally:
+                if bar:
+                    hf_logging.enable_progress_bar()
+            tokenizer.save_pretrained(tmp)
+            if os.path.exists(self.model):
+                os.replace(self.model, old)
+            os.replace(tmp, self.model)
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,185 @@
+"""`TrainConfig`: every setting of `dpo-ref train`, its documentation (the CLI's help) and its checks.
+
+The CLI's options are generated from this dataclass (`dpo_ref.train_cli`): one field, one option, its
+`help` metadata the help text. Settings whose default depends on the model are `None` here and filled by
+`check_config`: the built-in tiny model gets the recipe that meets the README's numbers on the built-in
+task; a user's `--model` gets the defaults a pretrained model wants (no warm-up, no NLL term, TRL's lr).
+`check_config` is pure: it validates every setting without touching the disk, so a bad setting is
+refused before anything of a previous run is changed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from dpo_ref.errors import InputError
+from dpo_ref.losses import check_label_smoothing, check_positive_scalar
+
+LOSSES = ("dpo", "cdpo", "ipo")
+DEVICE_TYPES = ("cpu", "cuda")
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: AdamW multiplies float32 weights by lr
+
+# the defaults that depend on the model: (built-in tiny model, a user's --model)
+RECIPES = {
+    # tuned on the built-in reversal task (README, "Train"): a from-scratch model needs a warm-up
+    "builtin": dict(lr=5e-4, sft_steps=600, sft_lr=3e-3, rpo_alpha=2.0),
+    # a pretrained model: TRL's DPOConfig learning rate, no warm-up and no NLL term unless asked for
+    "model": dict(lr=1e-6, sft_steps=0, sft_lr=1e-5, rpo_alpha=0.0),
+}
+BETA_DEFAULT = 0.1  # DPO/cDPO
+TAU_DEFAULT = 0.1  # IPO
+CDPO_LABEL_SMOOTHING_DEFAULT = 0.1
+
+
+def _opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def _recipe_help(name: str, text: str) -> str:
+    built, user = RECIPES["builtin"][name], RECIPES["model"][name]
+    return f"{text} (default {built:g} for the built-in tiny model, {user:g} with --model)"
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run; `None` means "the default for this model / loss", filled by `check_config`."""
+
+    data: str | None = _opt(None, "JSONL of preference rows {prompt, chosen, rejected} (default: the built-in task)")
+    eval_data: str | None = _opt(None, "held-out JSONL for eval/accuracy (the built-in task has its own)")
+    model: str | None = _opt(None, "local Hugging Face causal-LM directory (default: a tiny Llama built from a config)")
+    out: str = _opt("runs/dpo", "output directory")
+    overwrite: bool = _opt(False, "replace the run already in --out (without it, such a run is refused)")
+    loss: str = _opt("dpo", "preference loss", choices=LOSSES)
+    beta: float | None = _opt(None, f"DPO/cDPO KL coefficient beta (default {BETA_DEFAULT}); not for ipo")
+    label_smoothing: float | None = _opt(
+        None, f"cDPO flip probability in (0, 0.5) (default {CDPO_LABEL_SMOOTHING_DEFAULT} with cdpo)"
+    )
+    tau: float | None = _opt(None, f"IPO regularisation tau, target margin 1/(2 tau) (default {TAU_DEFAULT}); ipo only")
+    rpo_alpha: float | None = _opt(None, _recipe_help("rpo_alpha", "weight of the chosen-response NLL (RPO)"))
+    steps: int = _opt(150, "preference optimizer updates")
+    batch_size: int = _opt(32, "pairs per micro-batch per process")
+    grad_accum: int = _opt(1, "micro-batches per update; global batch = batch-size x grad-accum x processes")
+    lr: float | None = _opt(None, _recipe_help("lr", "learning rate of the preference phase"))
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    warmup_steps: int = _opt(10, "linear learning-rate warmup, then constant")
+    max_grad_norm: float = _opt(1.0, "gradient norm clipping")
+    max_length: int | None = _opt(1024, "prompt + response tokens kept; 'none' = no cut")
+    max_prompt_length: int | None = _opt(512, "prompt tokens kept (its end); 'none' = no cut")
+    padding_side: str = _opt("right", "padding side of the batches", choices=("left", "right"))
+    sft_steps: int | None = _opt(None, _recipe_help("sft_steps", "SFT warm-up updates on the chosen responses"))
+    sft_lr: float | None = _opt(None, _recipe_help("sft_lr", "learning rate of the SFT warm-up"))
+    precompute_ref: bool = _opt(False, "compute the reference log-probs once, then free the reference model")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    threads: int | None = _opt(None, "CPU intra-op threads (default 1 for the built-in tiny model, else torch's)")
+    seed: int = _opt(0, "seed of the weights (built-in model), the data order and every RNG")
+    log_every: int = _opt(10, "log the training statistics every N updates")
+    eval_every: int = _opt(50, "evaluate on the held-out data every N updates")
+    save_every: int = _opt(50, "write the checkpoint every N updates")
+    eval_generation: bool | None = _opt(
+        None, "greedy-decode accuracy on the eval set (default on for the built-in task)"
+    )
+    max_new_tokens: int = _opt(32, "longest greedy completion in the generation evaluation")
+    resume: bool = _opt(False, "continue the run in --out exactly (from its checkpoint, or redo its warm-up)")
+    stop_after: int | None = _opt(None, "stop (with a checkpoint) after this many updates, as if interrupted")
+    skip_bad_rows: bool = _opt(False, "skip malformed rows (and report their count) instead of stopping")
+    skip_nonfinite: bool = _opt(
+        False, "skip (and count) updates with a non-finite loss or gradient instead of stopping; one host sync a step"
+    )
+    trust_remote_code: bool = _opt(False, "allow the custom modelling code of --model to run")
+    progress: bool = _opt(True, "progress bar on a terminal, one plain line per phase otherwise")
+
+
+# the settings a resumed run must share with the run it continues (data by content, not by path spelling);
+# the batch split (batch_size, grad_accum, processes) may change at the same global batch
+RESUME_KEYS = (
+    "model data_sha256 eval_data_sha256 loss beta label_smoothing tau rpo_alpha steps lr weight_decay warmup_steps "
+    "max_grad_norm max_length max_prompt_length padding_side sft_steps sft_lr precompute_ref seed global_batch"
+).split()
+
+# what the SFT warm-up's result depends on: a saved warm-up is reused only if all of these match
+SFT_KEYS = (
+    "model data_sha256 sft_steps sft_lr seed max_grad_norm max_length max_prompt_length padding_side global_batch"
+).split()
+
+
+def check_rate(value, option: str) -> float:
+    """A learning rate: positive, finite, and representable in float32 (AdamW scales float32 weights by it)."""
+    check_positive_scalar(value, option)
+    if value > FLOAT32_MAX:
+        raise InputError(f"{option} must be at most {FLOAT32_MAX:.4g} (float32's largest number), got {value:g}")
+    return float(value)
+
+
+def check_device(name: str) -> str:
+    """The device name if dpo-ref trains on it (auto, cpu, cuda, cuda:N), else InputError; nothing allocated."""
+    import torch
+
+    if name == "auto":
+        return name
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"--device {name!r} is not a device (expected auto, cpu, cuda or cuda:N)") from err
+    if device.type not in DEVICE_TYPES:
+        raise InputError(f"--device {name!r}: dpo-ref trains on cpu or cuda only (expected auto, cpu, cuda or cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
+    return name
+
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """Validate every setting of `cfg` (InputError naming the option) and fill the defaults; touches no file."""
+    if cfg.loss not in LOSSES:
+        raise InputError(f"--loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    if cfg.loss == "ipo" and cfg.beta is not None:
+        raise InputError(
+            f"--beta is the DPO/cDPO coefficient; IPO's regularisation is --tau (TRL passes IPO's tau as `beta`: "
+            f"use --tau {cfg.beta:g})"
+        )
+    if cfg.loss != "ipo" and cfg.tau is not None:
+        raise InputError(f"--tau is IPO's regularisation (--loss ipo); {cfg.loss} uses --beta (--beta {cfg.tau:g})")
+    if cfg.loss == "ipo":
+        cfg.tau = check_positive_scalar(TAU_DEFAULT if cfg.tau is None else cfg.tau, "--tau")
+    else:
+        cfg.beta = check_positive_scalar(BETA_DEFAULT if cfg.beta is None else cfg.beta, "--beta")
+    recipe = RECIPES["builtin" if cfg.model is None else "model"]
+    for name, value in recipe.items():
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, value)
+    cfg.lr = check_rate(cfg.lr, "--lr")
+    if cfg.sft_steps:
+        cfg.sft_lr = check_rate(cfg.sft_lr, "--sft-lr")
+    cfg.max_grad_norm = check_positive_scalar(cfg.max_grad_norm, "--max-grad-norm")
+    wd = cfg.weight_decay
+    if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not (wd >= 0 and math.isfinite(wd)):
+        raise InputError(f"--weight-decay must be a finite number >= 0, got {wd}")
+    if cfg.label_smoothing is None:
+        cfg.label_smoothing = CDPO_LABEL_SMOOTHING_DEFAULT if cfg.loss == "cdpo" else 0.0
+    cfg.label_smoothing = check_label_smoothing(cfg.label_smoothing)
+    if cfg.loss == "dpo" and cfg.label_smoothing > 0:
+        raise InputError("--label-smoothing > 0 is conservative DPO: use --loss cdpo")
+    if cfg.loss == "ipo" and cfg.label_smoothing > 0:
+        raise InputError("--label-smoothing is a (c)DPO option; IPO has none: drop it or use --loss cdpo")
+    if cfg.loss == "cdpo" and cfg.label_smoothing == 0:
+        raise InputError("--loss cdpo needs --label-smoothing in (0, 0.5)")
+    for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "save_every", "max_new_tokens"):
+        if int(getattr(cfg, name)) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(cfg, name)}")
+    for name in ("sft_steps", "warmup_steps"):
+        if int(getattr(cfg, name)) < 0:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("max_length", "max_prompt_length", "threads", "stop_after"):
+        value = getattr(cfg, name)
+        if value is not None and int(value) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if cfg.rpo_alpha < 0 or not math.isfinite(cfg.rpo_alpha):
+        raise InputError(f"--rpo-alpha must be a finite number >= 0, got {cfg.rpo_alpha}")
+    if cfg.padding_side not in ("left", "right"):
+        raise InputError(f"--padding-side must be left or right, got {cfg.padding_side!r}")
+    if cfg.resume and cfg.overwrite:
+        raise InputError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    check_device(cfg.device)
+    return cfg
