@@ -43,7 +43,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dpo_ref.losses import dpo_losses_from_margin, ipo_losses_from_margin, preference_margin
+from dpo_ref.logps import IGNORE_INDEX
+from dpo_ref.losses import dpo_losses_from_margin, ipo_losses_from_margin, ipo_target_margin, preference_margin
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 TOLERANCE_K = 16.0
@@ -151,7 +152,7 @@ class LossSpec:
         """Closed-form dL/dh (float64)."""
         margin = margin.double()
         if self.variant == "ipo":
-            return 2.0 * (margin - 1.0 / (2.0 * self.tau))
+            return 2.0 * (margin - ipo_target_margin(self.tau))
         b, e = self.beta, self.eps
         return -b * ((1.0 - e) * torch.sigmoid(-b * margin) - e * torch.sigmoid(b * margin))
 
@@ -160,14 +161,14 @@ class LossSpec:
         1/(2 tau)) a correct implementation's error is relative to these, not to dL/dh itself."""
         margin = margin.double()
         if self.variant == "ipo":
-            return 2.0 * (margin.abs() + 1.0 / (2.0 * self.tau))
+            return 2.0 * (margin.abs() + ipo_target_margin(self.tau))
         b, e = self.beta, self.eps
         return b * ((1.0 - e) * torch.sigmoid(-b * margin) + e * torch.sigmoid(b * margin))
 
     def optimum(self) -> float | None:
         """The finite per-pair minimiser h*, or None for DPO (L decreases to 0 as h -> inf)."""
         if self.variant == "ipo":
-            return 1.0 / (2.0 * self.tau)
+            return ipo_target_margin(self.tau)
         if self.variant == "cdpo" and self.eps > 0:
             return math.log((1.0 - self.eps) / self.eps) / self.beta
         return None
@@ -462,7 +463,7 @@ def loop_sequence_logps(rows: list[tuple[torch.Tensor, torch.Tensor]], average: 
         total, count = 0.0, 0
         for t in range(1, labels.shape[0]):
             y = int(labels[t])
-            if y == -100:
+            if y == IGNORE_INDEX:
                 continue
             z = [float(v) for v in logits[t - 1]]
             m = max(z)
@@ -481,7 +482,7 @@ def logps_tolerance_scale(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> torc
     """
     scale = []
     for labels, logits in rows:
-        scored = int((labels[1:] != -100).sum())
+        scored = int((labels[1:] != IGNORE_INDEX).sum())
         scale.append(scored * (float(logits.abs().max()) + 1.0) * 4 + 1.0)
     return torch.tensor(scale, dtype=torch.float64)
 
@@ -532,11 +533,11 @@ def check_logps_gradients(fn: LogpsFn, batch, average: bool = False) -> None:
     for b in range(B):
         for t in range(T - 1):
             y = int(labels[b, t + 1])
-            if y != -100:
+            if y != IGNORE_INDEX:
                 expected[b, t] = -probs[b, t]
                 expected[b, t, y] += 1.0
         if average:
-            expected[b] /= max(1, int((labels[b, 1:] != -100).sum()))
+            expected[b] /= max(1, int((labels[b, 1:] != IGNORE_INDEX).sum()))
     # softmax(x)_v = exp(x_v - logsumexp(x)) rounds at the size of its exponent: relative u (max|x| + 1)
     tol = TOLERANCE_K * verdict_eps(logits.dtype) * (logits.detach().double().abs().amax(dim=(1, 2)) + 1.0)  # (B,)
     diff = (grad.double() - expected).abs().amax(dim=(1, 2))  # (B,)
@@ -657,7 +658,7 @@ def unscored_filled(batch, fill: float) -> tuple[torch.Tensor, torch.Tensor]:
     logits, labels = batch.padded()
     logits = logits.clone()
     scored_next = torch.zeros_like(labels, dtype=torch.bool)  # (B, T): position t scores labels[t + 1]
-    scored_next[:, :-1] = labels[:, 1:] != -100
+    scored_next[:, :-1] = labels[:, 1:] != IGNORE_INDEX
     row = logits[~scored_next]  # (N, V)
     row[:, :-1] = fill  # keep the last entry finite so each row is still a distribution
     logits[~scored_next] = row

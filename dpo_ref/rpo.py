@@ -17,6 +17,11 @@ import torch
 from dpo_ref.errors import InputError
 
 
+def per_token_nll(logps: torch.Tensor, token_counts: torch.Tensor) -> torch.Tensor:
+    """-log pi(y | x) / |y| per row, `(B,)`: the NLL per token (a row with no tokens counts as one)."""
+    return -logps / token_counts.clamp(min=1)
+
+
 def rpo_objective(
     preference_losses: torch.Tensor,
     policy_chosen_logps: torch.Tensor,
@@ -31,5 +36,4 @@ def rpo_objective(
             "preference_losses, policy_chosen_logps and chosen_token_counts must have the same shape (B,), got "
             f"{tuple(preference_losses.shape)}, {tuple(policy_chosen_logps.shape)}, {tuple(chosen_token_counts.shape)}"
         )
-    nll_chosen = -policy_chosen_logps / chosen_token_counts.clamp(min=1)  # (B,) per-token NLL
-    return preference_losses.mean() + rpo_alpha * nll_chosen.mean()
+    return preference_losses.mean() + rpo_alpha * per_token_nll(policy_chosen_logps, chosen_token_counts).mean()

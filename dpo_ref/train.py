@@ -38,6 +38,7 @@ import torch.nn as nn
 from dpo_ref.data import IGNORE_INDEX, PreferenceCollator, TokenizedPair, pad_sequences, prepare_dataset
 from dpo_ref.logps import sequence_logps, shift_labels, token_logps
 from dpo_ref.losses import dpo_loss, ipo_loss
+from dpo_ref.rpo import per_token_nll, rpo_objective
 from dpo_ref.rundir import RunDir, check_writable_dir
 from dpo_ref.train_config import LOSSES, RESUME_KEYS, SFT_KEYS, TrainConfig, check_config, check_device
 
@@ -256,8 +257,8 @@ def preference_micro_batch(cfg: TrainConfig, scorer, batch: dict, ref_scorer=Non
     result = preference_loss(
         cfg, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
     )
-    nll_chosen = -(policy_chosen_logps / counts[:B].clamp(min=1)).float()  # (B,)
-    loss = result.losses.mean() + cfg.rpo_alpha * nll_chosen.mean()
+    nll_chosen = per_token_nll(policy_chosen_logps.float(), counts[:B])  # (B,)
+    loss = rpo_objective(result.losses, policy_chosen_logps.float(), counts[:B], cfg.rpo_alpha)  # the RPO objective
     with torch.no_grad():
         values = {
             "loss": result.losses,
@@ -277,7 +278,7 @@ def preference_micro_batch(cfg: TrainConfig, scorer, batch: dict, ref_scorer=Non
 def sft_micro_batch(scorer, batch: dict):
     """(loss, stats) of one SFT micro-batch: the mean over rows of the per-token NLL of the response."""
     logps, counts = scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])  # (B,)
-    nll = -(logps / counts.clamp(min=1)).float()  # (B,)
+    nll = per_token_nll(logps.float(), counts)  # (B,)
     return nll.mean(), {"nll": nll.detach().sum().double()}
 
 
