@@ -71,10 +71,17 @@ def spec_of(cfg: Config, ex: dict) -> P.LossSpec:
 # Strategies
 
 
+COEF_RANGE = (1e-3, 1e3)  # the coefficients drawn when none is fixed
+
+
 def _coef(cfg: Config) -> st.SearchStrategy[float]:
+    """The coefficient: fixed, or drawn over COEF_RANGE with its two ends drawn often (a quarter of the time):
+    coefficient bugs (a floored or capped beta, a beta that overflows) live there, and a verdict must not
+    depend on whether a few dozen draws happened to reach them."""
     if cfg.beta is not None:
         return st.just(float(cfg.beta))
-    return dst.taus() if cfg.loss_variant == "ipo" else dst.betas()
+    drawn = dst.taus(*COEF_RANGE) if cfg.loss_variant == "ipo" else dst.betas(*COEF_RANGE)
+    return st.one_of(st.sampled_from(COEF_RANGE), drawn)
 
 
 def _eps(cfg: Config) -> st.SearchStrategy[float]:
