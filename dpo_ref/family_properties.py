@@ -6,7 +6,7 @@ Like `dpo_ref.properties`: each `check_*(fn, spec, ...)` takes a per-example los
 the variant and its coefficients, and concrete inputs; it returns None or raises `PropertyViolation`.
 
 Expected values are computed independently of `dpo_ref.family`: each variant's formula is written out
-again below (`_REFERENCE`) from its paper, evaluated in mpmath at 40 significant digits on the exact
+again below (`_REFERENCE`) from its paper, evaluated in mpmath at 30 significant digits on the exact
 float64 inputs; gradients are mpmath derivatives of that formula (`mpmath.diff`), not autograd.
 
 Tolerance (eps_d the machine epsilon of the implementation's dtype, K = 16 as in `dpo_ref.properties`).
@@ -19,9 +19,11 @@ units (|log eps| for EXO, gamma for SimPO, |delta| for BCO). So
 
     |L - L_ref| <= K eps_d (G (S + C_h) + |L_ref| + C_L + 1).
 
-For gradients the same argument with H = max_k |d^2 L/dx_k^2| (mpmath, at the row) in place of G:
+For gradients the same argument with H = max_k |d^2 L/dx_k^2| (mpmath, at the row) in place of G, and
+T the size of the terms the chain rule adds up (beta; DiscoPOP beta (1 + 1/tau)(|L| + 1); EXO
+beta (|log eps| + 1); robust beta/(1 - 2 eps)), each rounded once:
 
-    |g - g_ref| <= K eps_d (|g_ref| + H (S + C_h) + 1e-3).
+    |g - g_ref| <= K eps_d (|g_ref| + T + H (S + C_h) + 1e-3).
 
 Where the gradient jumps within that distance (the hinge's kink at beta h = 1, two sorted keys of AOT
 closer than the rounding) the pointwise gradient is not determined by the inputs: hinge rows that close
@@ -40,7 +42,7 @@ import torch
 
 from dpo_ref.properties import TOLERANCE_K, PropertyViolation
 
-mp.mp.dps = 40
+mp.mp.dps = 30
 FamilyFn = Callable[..., torch.Tensor]
 Row = tuple  # (pc, pr, rc, rr, nc, nr) as mpf
 
@@ -199,6 +201,19 @@ class FamilySpec:
             return 0.0, abs(k["delta"])
         return 0.0, 0.0
 
+    def gradient_terms(self, loss: float) -> float:
+        """T of the module docstring: the size of the terms autograd adds up into dL/dx (the chain rule
+        through beta; DiscoPOP's 1/tau branch and its exp term; EXO's log eps; robust's 1/(1 - 2 eps))."""
+        k = self.coefficients
+        beta = k.get("beta", 1.0)
+        if self.variant == "discopop":
+            return beta * (1 + 1 / k["tau"]) * (abs(loss) + 1)
+        if self.variant == "exo_pair":
+            return beta * (abs(math.log(k["label_smoothing"])) + 1)
+        if self.variant == "robust":
+            return beta / (1 - 2 * k["label_smoothing"])
+        return beta
+
     # reference values and derivatives ------------------------------------------------------------
 
     def losses(self, rows: list[Row]) -> list:
@@ -206,6 +221,11 @@ class FamilySpec:
 
     def directional(self, rows: list[Row], direction: list[tuple], order: int = 1, which: int | None = None):
         """d^order/dt^order of sum_i L_i (or of L_which) at rows + t * direction (direction per row, 6 entries)."""
+
+        if self.variant not in BATCH_COUPLED:  # per-example: only the rows the direction touches matter
+            touched = [i for i, d in enumerate(direction) if any(d)] if which is None else [which]
+            rows, direction = [rows[i] for i in touched], [direction[i] for i in touched]
+            which = None
 
         def f(t):
             moved = [tuple(x + t * d for x, d in zip(r, dr)) for r, dr in zip(rows, direction)]
@@ -271,9 +291,7 @@ def _scales(spec: FamilySpec, rows: list[Row]) -> tuple[list[float], list[float]
 def value_tolerance(spec: FamilySpec, rows: list[Row], expected: list, dtype: torch.dtype) -> list[float]:
     S, G = _scales(spec, rows)
     c_h, c_l = spec.constants()
-    return [
-        TOLERANCE_K * _eps(dtype) * (g * (s + c_h) + abs(float(e)) + c_l + 1.0) for s, g, e in zip(S, G, expected)
-    ]
+    return [TOLERANCE_K * _eps(dtype) * (g * (s + c_h) + abs(float(e)) + c_l + 1.0) for s, g, e in zip(S, G, expected)]
 
 
 def _call(fn: FamilyFn, batch, lengths, what: str) -> torch.Tensor:
@@ -285,7 +303,7 @@ def _call(fn: FamilyFn, batch, lengths, what: str) -> torch.Tensor:
 
 
 def check_values(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, ...], lengths=None) -> None:
-    """L_i equals the variant's formula (mpmath at 40 digits), within the dtype's tolerance."""
+    """L_i equals the variant's formula (mpmath at 30 digits), within the dtype's tolerance."""
     dtype = batch[0].dtype
     out = _call(fn, batch, lengths, f"{spec.describe()} values").detach().double().tolist()
     rows = _rows(batch, lengths)
@@ -326,6 +344,7 @@ def check_gradients(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, .
     rows = _rows(batch, lengths)
     B = len(rows)
     S = [float(sum(abs(x) for x in r[:4])) for r in rows]
+    losses = spec.losses(rows)
     c_h, _ = spec.constants()
     eps = _eps(dtype)
     names = ("policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected")
@@ -353,7 +372,8 @@ def check_gradients(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, .
                 if abs(bh - 1.0) <= TOLERANCE_K * eps * spec.coefficients["beta"] * (S[i] + c_h):
                     continue  # at the kink within rounding: the pointwise gradient is not determined
             got = sum(g[j] for j in group)
-            tol = TOLERANCE_K * eps * (abs(want) + curv * (max(S[j] for j in group) + c_h) + 1e-3)
+            terms = spec.gradient_terms(float(losses[i]))
+            tol = TOLERANCE_K * eps * (abs(want) + terms + curv * (max(S[j] for j in group) + c_h) + 1e-3)
             if not abs(got - want) <= tol:
                 label = f"rows {group}" if len(group) > 1 else f"index {i}"
                 raise PropertyViolation(
@@ -442,7 +462,8 @@ def check_optimum(fn: FamilyFn, spec: FamilySpec, optimum: dict | None, referenc
     else:
         w_star = optimum["chosen_logratio"] * ones
         free_l = "rejected_logratio" not in optimum
-        l_star = (-1.0 if free_l else optimum["rejected_logratio"]) * ones
+        # a free rejected side sits at beta r_l = -1, where its push (beta sigma(beta r_l)/2) is visible
+        l_star = (-1.0 / spec.coefficients.get("beta", 1.0) if free_l else optimum["rejected_logratio"]) * ones
         move_w, move_l = ones, (0.0 if free_l else 1.0) * ones
     out_star, gpc, gpr = _at(fn, spec, reference, lengths, w_star, l_star)
     scale = rc.abs().double() + rr.abs().double() + w_star.abs() + l_star.abs() + 1.0
@@ -485,7 +506,9 @@ def check_noisy_ipo_optimum(fn: FamilyFn, spec: FamilySpec, eps: float, referenc
     _compare(g.tolist(), [0.0] * B, tol.tolist(), f"{spec.describe()} d/dh of the eps={eps} flip-noise IPO loss at h*")
     for h in (h_star - delta, h_star + delta):
         if not bool((noisy(h)[0] > at_star).all()):
-            raise PropertyViolation(f"{spec.describe()}: flip-noise IPO loss at h* = {h_star!r} is not a strict minimum")
+            raise PropertyViolation(
+                f"{spec.describe()}: flip-noise IPO loss at h* = {h_star!r} is not a strict minimum"
+            )
 
 
 def check_hinge_margin(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, ...]) -> None:
@@ -524,12 +547,16 @@ def check_robust_unbiased(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Ten
     expected = [-_logsig(beta * _h(*r[:4])) for r in rows]
     tol = value_tolerance(spec, rows, spec.losses(rows), pc.dtype)
     tol = [t * (1 + 2 * e) / (1 - 2 * e) + 2 * TOLERANCE_K * _eps(pc.dtype) for t in tol]
-    _compare(mix, [float(x) for x in expected], tol, f"{spec.describe()} (1-eps) L(h) + eps L(-h) vs -log sigma(beta h)")
+    _compare(
+        mix, [float(x) for x in expected], tol, f"{spec.describe()} (1-eps) L(h) + eps L(-h) vs -log sigma(beta h)"
+    )
     ahead = _call(fn, (pc + step, pr, rc, rr), None, "robust").detach().double()
     fall = [float(a - b) for a, b in zip(spec.losses(_rows((pc + step, pr, rc, rr), None)), spec.losses(rows))]
     for i, (a, b, f) in enumerate(zip(ahead.tolist(), clean.tolist(), fall)):
         if -f > 4 * tol[i] and not a < b:
-            raise PropertyViolation(f"{spec.describe()}: L did not fall from h to h + {step!r} at index {i}: {b} -> {a}")
+            raise PropertyViolation(
+                f"{spec.describe()}: L did not fall from h to h + {step!r} at index {i}: {b} -> {a}"
+            )
 
 
 def check_bounds(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, ...], lengths=None) -> None:
