@@ -98,7 +98,9 @@ def _sft(rows, c):
 
 _REFERENCE: dict[str, Callable] = {
     "sigmoid": _pairwise(lambda pc, pr, rc, rr, nc, nr, c: -_logsig(c["beta"] * _h(pc, pr, rc, rr))),
-    "cdpo": _pairwise(lambda pc, pr, rc, rr, nc, nr, c: _smoothed(c["beta"] * _h(pc, pr, rc, rr), c["label_smoothing"])),
+    "cdpo": _pairwise(
+        lambda pc, pr, rc, rr, nc, nr, c: _smoothed(c["beta"] * _h(pc, pr, rc, rr), c["label_smoothing"])
+    ),
     "ipo_sum": _pairwise(lambda pc, pr, rc, rr, nc, nr, c: (_h(pc, pr, rc, rr) - 1 / (2 * c["tau"])) ** 2),
     "hinge": _pairwise(lambda pc, pr, rc, rr, nc, nr, c: max(mp.mpf(0), 1 - c["beta"] * _h(pc, pr, rc, rr))),
     "ipo": _pairwise(lambda pc, pr, rc, rr, nc, nr, c: (_hbar(pc, pr, rc, rr, nc, nr) - 1 / (2 * c["tau"])) ** 2),
@@ -122,7 +124,9 @@ _REFERENCE: dict[str, Callable] = {
     "sppo_hard": _pairwise(
         lambda pc, pr, rc, rr, nc, nr, c: (pc - rc - 1 / (2 * c["beta"])) ** 2 + (pr - rr + 1 / (2 * c["beta"])) ** 2
     ),
-    "aot": lambda rows, c: _aot(rows, c, lambda pc, pr, rc, rr, nc, nr: pc - pr, lambda pc, pr, rc, rr, nc, nr: rc - rr),
+    "aot": lambda rows, c: _aot(
+        rows, c, lambda pc, pr, rc, rr, nc, nr: pc - pr, lambda pc, pr, rc, rr, nc, nr: rc - rr
+    ),
     "aot_unpaired": lambda rows, c: _aot(
         rows, c, lambda pc, pr, rc, rr, nc, nr: pc - rc, lambda pc, pr, rc, rr, nc, nr: pr - rr
     ),
