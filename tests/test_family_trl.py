@@ -1,6 +1,6 @@
 """dpo_ref.family against TRL 1.16's own loss computation, for every TRL loss type (the `compare` extra).
 
-One `DPOTrainer` on the tiny local model (`dpo_ref.oracle.adapters.tiny`, float64); for each loss type
+One `DPOTrainer` from the TRL adapter's `build` (tiny local model, float64); for each loss type
 TRL's `compute_loss` on the collated batch of the three tiny rows is compared with the mean of the
 family's losses on log-probs dpo_ref computes itself from the same model (`sequence_logps`), with the
 scored-token counts for the length-normalised losses. TRL's fused LM head computes log-probs in float32
@@ -13,9 +13,6 @@ attributes, which `_compute_loss` reads) keeps this to one trainer build.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import tempfile
 import warnings
 
 import pytest
@@ -31,37 +28,11 @@ TRL_EXTRA = {"exo_pair": {"label_smoothing": 1e-3}, "discopop": {"tau": 0.05}}
 @pytest.fixture(scope="module")
 def trainer_and_batch():
     trl = pytest.importorskip("trl")
-    pytest.importorskip("datasets")
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
-    from dpo_ref.oracle.adapters import tiny
+    from dpo_ref.oracle.adapters.trl import build
 
     assert trl.__version__.startswith("1.16"), trl.__version__
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        args = DPOConfig(
-            output_dir=tempfile.mkdtemp(prefix="dpo-ref-family-trl-"),
-            beta=0.5,
-            label_smoothing=0.1,
-            per_device_train_batch_size=3,
-            max_length=None,
-            report_to=[],
-            use_cpu=True,
-            bf16=False,
-            disable_tqdm=True,
-        )
-        trainer = DPOTrainer(
-            model=tiny.model(0),
-            ref_model=tiny.model(1),
-            args=args,
-            train_dataset=Dataset.from_dict(tiny.ROWS),
-            processing_class=tiny.tokenizer(),
-        )
-    trainer.model.to(torch.float64).train()
-    trainer.ref_model.to(torch.float64)
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
-    return trainer, batch
+    trainer, examples = build("dpo", beta=0.5, label_smoothing=0.1)  # float64 tiny model, loss type set per test
+    return trainer, trainer.data_collator(examples)
 
 
 def _ours(trainer, batch, name: str, coefficients: dict) -> torch.Tensor:
