@@ -33,6 +33,8 @@ derivative along the group is well defined).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +42,7 @@ from dataclasses import dataclass, field
 import mpmath as mp
 import torch
 
-from dpo_ref.properties import TOLERANCE_K, PropertyViolation
+from dpo_ref.properties import TOLERANCE_K, PropertyViolation, strictness, verdict_eps
 
 mp.mp.dps = 30
 FamilyFn = Callable[..., torch.Tensor]
@@ -253,8 +255,24 @@ def _unit(B: int, i: int, k: int) -> list[tuple]:
     return [tuple(1 if (j == i and m == k) else 0 for m in range(6)) for j in range(B)]
 
 
+_ORACLE: contextvars.ContextVar[bool] = contextvars.ContextVar("dpo_ref_family_oracle", default=False)
+
+
+@contextlib.contextmanager
+def oracle_tolerance(strict: bool = False):
+    """Within the block, eps_d is the rounding unit the oracle's verdict allows (`dpo_ref.properties.verdict_eps`:
+    float32 arithmetic on float64 inputs passes, unless `strict`); outside it, the input dtype's own eps (the
+    suite's own checks of dpo_ref.family demand float64 exactness)."""
+    token = _ORACLE.set(True)
+    try:
+        with strictness(strict):
+            yield
+    finally:
+        _ORACLE.reset(token)
+
+
 def _eps(dtype: torch.dtype) -> float:
-    return torch.finfo(dtype).eps
+    return verdict_eps(dtype) if _ORACLE.get() else torch.finfo(dtype).eps
 
 
 def _as_vector(out: object, size: int, what: str) -> torch.Tensor:
@@ -314,6 +332,18 @@ def check_values(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, ...]
     expected = spec.losses(rows)
     tol = value_tolerance(spec, rows, expected, dtype)
     _compare(out, [float(e) for e in expected], tol, f"{spec.describe()} loss value")
+
+
+def check_mean_value(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, ...], lengths=None) -> None:
+    """A target returning the batch mean (a batch-coupled loss cannot be called one example at a time): each
+    entry of `fn`'s output is the mean, and it equals the mean of the formula's losses."""
+    dtype = batch[0].dtype
+    out = _call(fn, batch, lengths, f"{spec.describe()} batch mean").detach().double().tolist()
+    rows = _rows(batch, lengths)
+    expected = spec.losses(rows)
+    mean = float(mp.fsum(expected) / len(expected))
+    tol = max(value_tolerance(spec, rows, expected, dtype))
+    _compare(out, [mean] * len(out), [tol] * len(out), f"{spec.describe()} batch-mean loss")
 
 
 def _grads(fn: FamilyFn, batch, lengths, what: str) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-VARIANTS = ("dpo", "cdpo", "ipo", "ipo-mean")
+from dpo_ref.variant_names import VARIANTS
 
 
 def pytest_addoption(parser) -> None:
