@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "train": "dpo_ref.train",
     "experiment": "dpo_ref.experiments",
     "verify": "dpo_ref.oracle.cli",
+    "matrix": "dpo_ref.oracle.matrix",
     "prove": "proofs.cli",
     "bench": "dpo_ref.bench",
 }

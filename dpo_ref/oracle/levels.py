@@ -78,6 +78,13 @@ def select(all_checks, only: Iterable[str] | None, level: str, variant: str = "d
     return [c for c in all_checks if c.name in only]
 
 
+def _probe_lines() -> list[str]:
+    from dpo_ref.oracle.targets import PROBE_LOGPS
+
+    pc, pr, rc, rr = (f"torch.tensor({v}, dtype=torch.float64)" for v in PROBE_LOGPS)
+    return [f"pc, pr = {pc}, {pr}", f"rc, rr = {rc}, {rr}"]
+
+
 def _emit(report: Report, result: CheckResult, progress: Progress) -> None:
     report.checks.append(result)
     if progress is not None:
@@ -122,8 +129,7 @@ def verify_loss(
             selected,
             [
                 target.import_src,
-                "pc, pr = torch.tensor([-3.0, -10.0, -1.5]), torch.tensor([-5.0, -2.0, -7.0])",
-                "rc, rr = torch.tensor([-4.0, -6.0, -2.0]), torch.tensor([-4.5, -3.0, -6.5])",
+                *_probe_lines(),
                 f"print({target.call_src(spec)})",
             ],
             progress,
@@ -173,7 +179,6 @@ def verify_family_loss(
     try:
         reduction = guarded(lambda: target.detect_reduction(coefficients))
     except Exception as err:
-        lengths = "nc, nr = torch.tensor([2, 5, 1]), torch.tensor([3, 1, 4])"
         return _basic_call_failed(
             report,
             call,
@@ -181,11 +186,8 @@ def verify_family_loss(
             selected,
             [
                 target.import_src,
-                "pc, pr = torch.tensor([-3.0, -10.0, -1.5], dtype=torch.float64), "
-                "torch.tensor([-5.0, -2.0, -7.0], dtype=torch.float64)",
-                "rc, rr = torch.tensor([-4.0, -6.0, -2.0], dtype=torch.float64), "
-                "torch.tensor([-4.5, -3.0, -6.5], dtype=torch.float64)",
-                lengths,
+                *_probe_lines(),
+                "nc, nr = torch.tensor([2, 5, 1]), torch.tensor([3, 1, 4])",
                 f"print({target.call_src(coefficients)})",
             ],
             progress,

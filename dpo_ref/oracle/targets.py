@@ -246,6 +246,49 @@ def check_loss_signature(fn: Callable, name: str, extra: tuple[str, ...] = ()) -
         raise InputError(f"{name} requires keyword argument(s) {', '.join(unknown_kw)}: {hint}")
 
 
+PROBE_LOGPS = ([-3.0, -10.0, -1.5], [-5.0, -2.0, -7.0], [-4.0, -6.0, -2.0], [-4.5, -3.0, -6.5])  # pc, pr, rc, rr
+
+
+def _probe() -> tuple[torch.Tensor, ...]:
+    return tuple(torch.tensor(v, dtype=torch.float64) for v in PROBE_LOGPS)
+
+
+def _reduction_of(out: object, expected: Callable[[], torch.Tensor]) -> str:
+    """per-example, mean, sum or unknown: what a target's loss item `out` on the probe batch of 3 is, given the
+    expected per-example losses; `AssertionError` when it is no tensor or has another shape."""
+    if not isinstance(out, torch.Tensor):
+        raise AssertionError(
+            f"returned {type(out).__name__}; expected a tensor of losses (or a tuple or dict holding them)"
+        )
+    if tuple(out.shape) == (3,):
+        return "per-example"
+    if out.numel() != 1:
+        raise AssertionError(
+            f"returned shape {tuple(out.shape)} for a batch of 3; expected per-example losses (3,) or a scalar"
+        )
+    ref = expected()
+    value = float(out.detach().double().reshape(()))
+    for reduction, r in (("mean", ref.mean()), ("sum", ref.sum())):
+        if abs(value - float(r)) <= 1e-4 * (1.0 + abs(float(r))):
+            return reduction
+    return "unknown"  # a scalar that is neither: the value checks will say how it is off
+
+
+def _format_call(arg_names: list[str] | None, template: str | None, args: str, kw: str) -> str:
+    """The source of a call to the target, log-probs passed by name when it was mapped by name."""
+    if arg_names:
+        values = [a.strip() for a in args.split(",")]
+        args = ", ".join(f"{n}={v}" for n, v in zip(arg_names, values))
+    if template:
+        return template.format(args=args, kwargs=kw)
+    return f"fn({args}, {kw})"
+
+
+def _stack(outs: list) -> torch.Tensor:
+    """One-example outputs (scalars or (1,) tensors) stacked into (B,)."""
+    return torch.stack([o.reshape(()) if isinstance(o, torch.Tensor) and o.numel() == 1 else o for o in outs])
+
+
 @dataclass
 class LossTarget:
     """A loss-level callable and how to call it: the coefficient keywords it takes and its reduction."""
@@ -328,22 +371,13 @@ class LossTarget:
             return raw
 
         def one_at_a_time(pc, pr, rc, rr):
-            outs = []
-            for i in range(pc.shape[0]):
-                out = raw(pc[i : i + 1], pr[i : i + 1], rc[i : i + 1], rr[i : i + 1])
-                outs.append(out.reshape(()) if isinstance(out, torch.Tensor) and out.numel() == 1 else out)
-            return torch.stack(outs)
+            return _stack([raw(pc[i : i + 1], pr[i : i + 1], rc[i : i + 1], rr[i : i + 1]) for i in range(pc.shape[0])])
 
         return one_at_a_time
 
     def call_src(self, spec: LossSpec, args: str = "pc, pr, rc, rr") -> str:
         kw = ", ".join(f"{k}={v!r}" for k, v in self.kwargs(spec).items())
-        if self.arg_names:
-            values = [a.strip() for a in args.split(",")]
-            args = ", ".join(f"{n}={v}" for n, v in zip(self.arg_names, values))
-        if self.call_src_template:
-            return self.call_src_template.format(args=args, kwargs=kw)
-        return f"fn({args}, {kw})"
+        return _format_call(self.arg_names, self.call_src_template, args, kw)
 
     def detect_reduction(self, spec: LossSpec) -> str:
         """Call the target on a probe batch of 3 and decide: per-example, mean, sum or unknown; also find
@@ -351,32 +385,10 @@ class LossTarget:
 
         Raises `PropertyViolation`-style `AssertionError` if it cannot be called or returns no tensor.
         """
-        probe = tuple(
-            torch.tensor(v, dtype=torch.float64)
-            for v in ([-3.0, -10.0, -1.5], [-5.0, -2.0, -7.0], [-4.0, -6.0, -2.0], [-4.5, -3.0, -6.5])
-        )
+        probe = _probe()
         full = self.call(spec, *probe)
         self.reward_access = find_rewards(full)
-        out = first_item(full)
-        if not isinstance(out, torch.Tensor):
-            raise AssertionError(
-                f"returned {type(out).__name__}; expected a tensor of losses (or a tuple or dict holding them)"
-            )
-        if tuple(out.shape) == (3,):
-            self.reduction = "per-example"
-        elif out.numel() == 1:
-            expected = spec.losses(preference_margin(*probe))
-            value = float(out.detach().double().reshape(()))
-            for reduction, ref in (("mean", expected.mean()), ("sum", expected.sum())):
-                if abs(value - float(ref)) <= 1e-4 * (1.0 + abs(float(ref))):
-                    self.reduction = reduction
-                    break
-            else:
-                self.reduction = "unknown"  # a scalar that is neither: the value checks will say how it is off
-        else:
-            raise AssertionError(
-                f"returned shape {tuple(out.shape)} for a batch of 3; expected per-example losses (3,) or a scalar"
-            )
+        self.reduction = _reduction_of(first_item(full), lambda: spec.losses(preference_margin(*probe)))
         return self.reduction
 
 
@@ -464,12 +476,8 @@ class FamilyTarget:
             return lambda pc, *rest: torch.as_tensor(raw(pc, *rest)).reshape(()).expand(pc.shape[0])
 
         def one_at_a_time(pc, pr, rc, rr, nc=None, nr=None):
-            outs = []
-            for i in range(pc.shape[0]):
-                row = [t[i : i + 1] if t is not None else None for t in (pc, pr, rc, rr, nc, nr)]
-                out = raw(*row)
-                outs.append(out.reshape(()) if isinstance(out, torch.Tensor) and out.numel() == 1 else out)
-            return torch.stack(outs)
+            rows = [[t[i : i + 1] if t is not None else None for t in (pc, pr, rc, rr, nc, nr)] for i in range(len(pc))]
+            return _stack([raw(*row) for row in rows])
 
         return one_at_a_time
 
@@ -477,42 +485,15 @@ class FamilyTarget:
         kw = ", ".join(f"{self.keywords[c]}={v!r}" for c, v in coefficients.items() if c in self.keywords)
         if self.lengths:
             kw += ", chosen_lengths=nc, rejected_lengths=nr"
-        if self.arg_names:
-            values = [a.strip() for a in args.split(",")]
-            args = ", ".join(f"{n}={v}" for n, v in zip(self.arg_names, values))
-        if self.call_src_template:
-            return self.call_src_template.format(args=args, kwargs=kw)
-        return f"fn({args}, {kw})"
+        return _format_call(self.arg_names, self.call_src_template, args, kw)
 
     def detect_reduction(self, coefficients: dict) -> str:
         """Call the target on a probe batch of 3: per-example, mean, sum or unknown (as `LossTarget`)."""
         from dpo_ref.family import LOSS_FAMILY
 
-        probe = tuple(
-            torch.tensor(v, dtype=torch.float64)
-            for v in ([-3.0, -10.0, -1.5], [-5.0, -2.0, -7.0], [-4.0, -6.0, -2.0], [-4.5, -3.0, -6.5])
-        )
-        nc, nr = torch.tensor([2, 5, 1]), torch.tensor([3, 1, 4])
+        probe, nc, nr = _probe(), torch.tensor([2, 5, 1]), torch.tensor([3, 1, 4])
         out = first_item(self.call(coefficients, *probe, nc, nr))
-        if not isinstance(out, torch.Tensor):
-            raise AssertionError(
-                f"returned {type(out).__name__}; expected a tensor of losses (or a tuple or dict holding them)"
-            )
-        if tuple(out.shape) == (3,):
-            self.reduction = "per-example"
-        elif out.numel() == 1:
-            expected = LOSS_FAMILY[self.key].bind(**coefficients)(*probe, nc, nr)
-            value = float(out.detach().double().reshape(()))
-            for reduction, ref in (("mean", expected.mean()), ("sum", expected.sum())):
-                if abs(value - float(ref)) <= 1e-4 * (1.0 + abs(float(ref))):
-                    self.reduction = reduction
-                    break
-            else:
-                self.reduction = "unknown"
-        else:
-            raise AssertionError(
-                f"returned shape {tuple(out.shape)} for a batch of 3; expected per-example losses (3,) or a scalar"
-            )
+        self.reduction = _reduction_of(out, lambda: LOSS_FAMILY[self.key].bind(**coefficients)(*probe, nc, nr))
         return self.reduction
 
 
