@@ -20,7 +20,9 @@ from dpo_ref.family import LOSS_FAMILY
 from dpo_ref.variant_names import CLASSIC_VARIANTS, FAMILY_VARIANTS, ORACLE_NAME, VARIANTS
 from tests.family_impls import BROKEN, CORRECT
 
-FEW = 3  # examples per check: each check draws batches of up to 4 pairs and coefficients over their full range
+pytest_plugins = ["pytester"]
+
+FEW = 2  # examples per check: each check draws batches of up to 4 pairs and coefficients over their full range
 
 
 def test_every_family_member_is_an_oracle_variant():
@@ -117,3 +119,21 @@ def test_checks_bite_through_the_family_tolerance():
         return CORRECT["nca_pair"](pc, pr, rc, rr, float(torch.tensor(beta).half()))
 
     assert not dpo_ref.verify(beta_in_half, variant="nca_pair", max_examples=10, checks=["values"]).passed
+
+
+def test_pytest_plugin_runs_a_family_variant(pytester):
+    from tests.test_oracle_pytest import _run
+
+    target = os.path.join(os.path.dirname(os.path.abspath(__file__)), "family_impls.py")
+    result = _run(pytester, "--dpo-target", f"{target}:simpo_rewards", "--dpo-variant", "simpo", "--dpo-coef",
+                  "gamma=0.5", "--dpo-max-examples", "2")  # fmt: skip
+    assert result.ret == 0
+    assert result.parseoutcomes()["passed"] >= 7
+
+
+def test_parametrize_with_dpo_checks_names_the_family_checks():
+    from dpo_ref.oracle.pytest_support import checks_for
+
+    names = [c.name for c in checks_for(CORRECT["hinge"], variant="hinge", max_examples=2)]
+    assert {"call", "values", "gradients", "shift", "hinge_margin"} <= set(names)
+    assert "robust_unbiased" not in names
