@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "train": "dpo_ref.train_cli",
     "experiment": "dpo_ref.experiments",
     "verify": "dpo_ref.oracle.cli",
+    "matrix": "dpo_ref.oracle.matrix",
     "prove": "dpo_ref.proofs.cli",  # `proofs/` of a source checkout, see _module()
     "bench": "dpo_ref.bench",
 }

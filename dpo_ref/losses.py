@@ -72,6 +72,52 @@ def check_label_smoothing(value: object) -> float:
     return value
 
 
+def check_probability(value: object, name: str, *, low_inclusive: bool = True, high: float = 0.5) -> float:
+    """`value` as a float; `InputError` naming `name` unless it lies in [0, high) (or (0, high) without
+    `low_inclusive`). The preference-noise coefficients (cDPO/robust flip rates, EXO's eps) all live here."""
+    interval = f"{'[' if low_inclusive else '('}0, {high!r})"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputTypeError(f"{name} must be a number in {interval}, got {type(value).__name__}")
+    value = float(value)
+    if not ((0.0 <= value if low_inclusive else 0.0 < value) and value < high):
+        raise InputError(f"{name} must be in {interval}, got {value!r}")
+    return value
+
+
+def check_finite_scalar(value: object, name: str, *, nonnegative: bool = False) -> float:
+    """`value` as a float; `InputError` naming `name` unless it is a finite real number (>= 0 if asked)."""
+    what = "a non-negative finite number" if nonnegative else "a finite number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputTypeError(f"{name} must be {what}, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or (nonnegative and value < 0):
+        raise InputError(f"{name} must be {what}, got {value!r}")
+    return value
+
+
+def check_lengths(lengths: object, name: str, like: torch.Tensor) -> None:
+    """Validate a scored-token count tensor: 1-D like `like` (same shape and device), every entry >= 1.
+
+    Counts of 0 are refused rather than clamped: a pair with nothing scored has no per-token average, and
+    silently clamping it to 1 is how an off-by-one in a count goes unnoticed.
+    """
+    if not isinstance(lengths, torch.Tensor):
+        raise InputTypeError(f"{name} must be a torch.Tensor of token counts, got {type(lengths).__name__}")
+    if lengths.dtype == torch.bool or lengths.is_complex():
+        raise InputTypeError(f"{name} must hold integer or floating token counts, got dtype {lengths.dtype}")
+    if lengths.shape != like.shape:
+        raise InputError(f"{name} has shape {tuple(lengths.shape)} but the log-probs have shape {tuple(like.shape)}")
+    if lengths.device != like.device:
+        raise InputError(f"{name} is on {lengths.device} but the log-probs are on {like.device}")
+    ok = lengths >= 1
+    if lengths.is_floating_point():
+        ok &= torch.isfinite(lengths)
+    bad = ~ok
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise InputError(f"{name} must be >= 1 (scored tokens per completion), got {lengths[i].item()!r} at index {i}")
+
+
 def check_logps(*logps: torch.Tensor, names: tuple[str, ...] = LOGPS_NAMES, finite: bool = True) -> None:
     """Validate log-prob tensors: floating, 1-D, non-empty, same shape, same device, finite."""
     for t, name in zip(logps, names):

@@ -1,7 +1,7 @@
 """pytest plugin (registered as the `pytest11` entry point `dpo_ref`): conformance checks as tests.
 
-    pytest --dpo-target path/to/file.py:my_loss [--dpo-level loss|logps] [--dpo-variant dpo|cdpo|ipo|ipo-mean]
-           [--dpo-beta B] [--dpo-label-smoothing E] [--dpo-max-examples N] [--dpo-xfail FILE]
+    pytest --dpo-target path/to/file.py:my_loss [--dpo-level loss|logps] [--dpo-variant dpo|cdpo|ipo|ipo-mean|hinge|...]
+           [--dpo-beta B] [--dpo-label-smoothing E] [--dpo-coef NAME=VALUE] [--dpo-max-examples N] [--dpo-xfail FILE]
            [--dpo-strict] [--dpo-reduction auto|none|mean|sum]
 
 adds one test per check (`dpo-ref::values`, ...) to the session; a failing check fails its test with
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-VARIANTS = ("dpo", "cdpo", "ipo", "ipo-mean")
+from dpo_ref.variant_names import VARIANTS
 
 
 def pytest_addoption(parser) -> None:
@@ -23,6 +23,9 @@ def pytest_addoption(parser) -> None:
     group.addoption("--dpo-variant", default="dpo", choices=VARIANTS, help="the loss the target claims to compute")
     group.addoption("--dpo-beta", type=float, default=None, help="fixed beta (tau for IPO); default: drawn")
     group.addoption("--dpo-label-smoothing", type=float, default=None, help="cdpo eps; default: drawn")
+    group.addoption(
+        "--dpo-coef", action="append", default=[], help="a family variant's fixed coefficient NAME=VALUE (repeatable)"
+    )
     group.addoption("--dpo-max-examples", type=int, default=None, help="Hypothesis examples per check")
     group.addoption("--dpo-xfail", default=None, help="file listing check names expected to fail, one per line")
     group.addoption(
@@ -72,6 +75,13 @@ def pytest_collection_modifyitems(session, config, items) -> None:
         "strict": config.getoption("dpo_strict"),
         "reduction": config.getoption("dpo_reduction"),
     }
+    if config.getoption("dpo_coef"):
+        from dpo_ref.oracle.cli import parse_coefficients
+
+        try:
+            kwargs["coefficients"] = parse_coefficients(config.getoption("dpo_coef"))
+        except InputError as err:
+            raise pytest.UsageError(f"dpo-ref: {err}") from None
     if config.getoption("dpo_max_examples") is not None:
         kwargs["max_examples"] = config.getoption("dpo_max_examples")
     try:

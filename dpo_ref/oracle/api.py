@@ -28,11 +28,19 @@ from collections.abc import Callable, Iterable
 import torch
 
 from dpo_ref.errors import InputError
-from dpo_ref.oracle.catalogue import REDUCTIONS, VARIANTS, Config
-from dpo_ref.oracle.levels import Progress, check_names, probe_spec, verify_logps, verify_loss
+from dpo_ref.oracle.catalogue import REDUCTIONS, Config
+from dpo_ref.oracle.levels import (
+    Progress,
+    check_names,
+    probe_spec,
+    verify_family_loss,
+    verify_logps,
+    verify_loss,
+)
 from dpo_ref.oracle.report import FAILED, PASSED, XFAILED, XPASSED, CheckResult, Report
 from dpo_ref.oracle.targets import (
     ADAPTERS,
+    FamilyTarget,
     LogpsTarget,
     LossTarget,
     TargetImportFailed,
@@ -40,6 +48,7 @@ from dpo_ref.oracle.targets import (
     import_source,
     load_target,
 )
+from dpo_ref.variant_names import FAMILY_MAX_EXAMPLES, FAMILY_VARIANTS, VARIANTS
 
 LEVELS = ("loss", "logps")
 DEFAULT_MAX_EXAMPLES = 100
@@ -52,17 +61,27 @@ def make_config(
     beta: float | None = None,
     label_smoothing: float | None = None,
     average: bool | None = None,
-    max_examples: int = DEFAULT_MAX_EXAMPLES,
+    max_examples: int | None = None,
     strict: bool = False,
     reduction: str = "auto",
+    coefficients: dict | None = None,
 ) -> Config:
     """Validated settings; `InputError` naming the bad argument."""
     if variant not in VARIANTS:
         raise InputError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    if max_examples is None:
+        max_examples = DEFAULT_MAX_EXAMPLES if variant not in FAMILY_VARIANTS else FAMILY_MAX_EXAMPLES
     if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0):
         raise InputError(f"beta must be a positive number, got {beta!r}")
     if beta is not None and not math.isfinite(beta):
         raise InputError(f"beta must be finite, got {beta!r}")
+    if variant in FAMILY_VARIANTS:
+        fixed = family_coefficients(variant, beta, label_smoothing, coefficients)
+        beta = label_smoothing = None
+    elif coefficients:
+        raise InputError(f"coefficients apply to the family variants, not {variant!r}; use beta / label_smoothing")
+    else:
+        fixed = {}
     if label_smoothing is not None:
         if variant != "cdpo":
             raise InputError(f"label_smoothing applies to variant cdpo only (got variant {variant!r})")
@@ -80,7 +99,35 @@ def make_config(
         max_examples=max_examples,
         strict=bool(strict),
         reduction=reduction,
+        coefficients=tuple(sorted(fixed.items())),
     )
+
+
+def family_coefficients(variant: str, beta, label_smoothing, coefficients: dict | None) -> dict:
+    """The fixed coefficients of family variant `variant` (beta standing for tau where it has no beta), each
+    validated by the family's own function (`InputError` naming it); the others are drawn."""
+    from dpo_ref.family import LOSS_FAMILY
+
+    v = LOSS_FAMILY[FAMILY_VARIANTS[variant]]
+    fixed = dict(coefficients or {})
+    if not all(isinstance(k, str) for k in fixed):
+        raise InputError(f"coefficients must be a dict of names to numbers, got {coefficients!r}")
+    if beta is not None:
+        fixed["beta" if "beta" in v.coefficients or "tau" not in v.coefficients else "tau"] = beta
+    if label_smoothing is not None:
+        fixed["label_smoothing"] = label_smoothing
+    unknown = set(fixed) - set(v.coefficients)
+    if unknown:
+        takes = ", ".join(v.coefficients) or "none"
+        raise InputError(f"variant {variant} takes coefficients {takes}; got {', '.join(sorted(unknown))}")
+    for k, value in fixed.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{k} must be a number, got {value!r}")
+    x = torch.tensor([-1.0, -2.0], dtype=torch.float64)
+    n = torch.tensor([1, 2])
+    lengths = {"chosen_lengths": n, "rejected_lengths": n} if v.needs_lengths else {}
+    v.fn(x, x, x, x, **lengths, **fixed)  # InputError naming a coefficient out of its range
+    return {k: float(value) for k, value in fixed.items()}
 
 
 def _names(value: Iterable[str] | str | None, what: str) -> list[str] | None:
@@ -103,12 +150,13 @@ def verify(
     beta: float | None = None,
     label_smoothing: float | None = None,
     average: bool | None = None,
-    max_examples: int = DEFAULT_MAX_EXAMPLES,
+    max_examples: int | None = None,
     checks: Iterable[str] | str | None = None,
     xfail: Iterable[str] | str = (),
     name: str | None = None,
     strict: bool = False,
     reduction: str = "auto",
+    coefficients: dict | None = None,
     progress: Progress = None,
 ) -> Report:
     """Run the conformance checks on `fn` and return a `Report` (see the module docstring).
@@ -117,22 +165,27 @@ def verify(
         fn: the callable, or a target string (`file.py:name`, `pkg.mod:name`, `trl`, `torchtune`).
         level: `loss` (the default for a callable) or `logps`; adapters also `library`, and by default
             run every level they support.
-        variant: `dpo`, `cdpo`, `ipo` (summed log-probs) or `ipo-mean` (length-averaged log-probs).
+        variant: `dpo`, `cdpo`, `ipo` (summed log-probs) or `ipo-mean` (length-averaged log-probs), or a
+            family variant at the loss level (`dpo_ref.variant_names.FAMILY_VARIANTS`: hinge, ipo-norm,
+            exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop,
+            sft, sigmoid_norm, simpo), called with its coefficients and, if length-normalised,
+            `chosen_lengths=`, `rejected_lengths=` (`dpo_ref.oracle.targets`).
         beta: fixed coefficient (tau under IPO); by default drawn from 1e-3 to 1e3.
         label_smoothing: fixed cDPO eps; by default drawn from (0, 0.49].
         average: log-prob level, the averaged convention (default: True for `ipo-mean`).
-        max_examples: Hypothesis examples per check.
+        max_examples: Hypothesis examples per check (default 100; 25 for a family variant).
         checks: run only these checks (names as in the report; one name may be given as a string).
         xfail: checks expected to fail: their failure is reported as xfailed.
         strict: float64 inputs must give float64-exact results, and advisory checks count in the verdict.
         reduction: what the loss returns: `auto` (per-example losses or the batch mean), `none`, `mean`,
             or `sum` (a batch sum fails unless declared: its gradient grows with the batch size).
+        coefficients: family variants: fixed coefficients by name (e.g. {"gamma": 0.5}); others are drawn.
         progress: called with each `CheckResult` as soon as the check has run.
     Raises `InputError` for a bad argument, a target that cannot be imported, or a signature that cannot
     be called the way the level needs (with a hint).
     """
     start = time.perf_counter()
-    cfg = make_config(variant, beta, label_smoothing, average, max_examples, strict, reduction)
+    cfg = make_config(variant, beta, label_smoothing, average, max_examples, strict, reduction, coefficients)
     checks, xfail = _names(checks, "checks"), _names(xfail, "xfail") or []
     expected_to_fail = set(xfail)
 
@@ -181,6 +234,9 @@ def _verify(fn, level: str, cfg: Config, checks, name: str | None, progress: Pro
         raise InputError(f"the target must be callable, got {type(fn).__name__}")
     target_name = name or spec_str or getattr(fn, "__qualname__", None) or repr(fn)
     import_src = import_source(fn, spec_str)
+    if level == "loss" and cfg.family is not None:
+        target = FamilyTarget.from_callable(fn, cfg.family, target_name, import_src)
+        return verify_family_loss(target, cfg, checks, progress)
     if level == "loss":
         target = LossTarget.from_callable(fn, probe_spec(cfg), target_name, import_src)
         return verify_loss(target, cfg, checks, progress)

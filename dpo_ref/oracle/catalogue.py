@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 import dpo_ref.oracle.snippets as S
 from dpo_ref import properties as P
 from dpo_ref import strategies as dst
+from dpo_ref.variant_names import CLASSIC_VARIANTS, FAMILY_VARIANTS
 
-VARIANTS = ("dpo", "cdpo", "ipo", "ipo-mean")
+VARIANTS = CLASSIC_VARIANTS  # the variants the checks below apply to; the family's: dpo_ref.oracle.family_checks
 REDUCTIONS = ("auto", "none", "mean", "sum")
 
 
@@ -37,6 +38,12 @@ class Config:
     max_examples: int = 100
     strict: bool = False  # float64 exactness and the advisory checks count in the verdict
     reduction: str = "auto"  # declared batch reduction: auto accepts per-example losses or the batch mean
+    coefficients: tuple[tuple[str, float], ...] = ()  # family variants: fixed coefficients (others are drawn)
+
+    @property
+    def family(self) -> str | None:
+        """The `dpo_ref.family` key of a family variant, None for dpo/cdpo/ipo/ipo-mean."""
+        return FAMILY_VARIANTS.get(self.variant)
 
     @property
     def loss_variant(self) -> str:

@@ -15,10 +15,10 @@ import uuid
 
 from dpo_ref.atomic import write_text_atomic
 from dpo_ref.errors import InputError
+from dpo_ref.variant_names import VARIANTS
 
 LEVELS = ("loss", "logps", "library")
 TIMEOUT = 600.0  # seconds, the default limit of --isolate
-VARIANTS = ("dpo", "cdpo", "ipo", "ipo-mean")
 
 
 def register(subparsers) -> None:
@@ -36,7 +36,22 @@ def register(subparsers) -> None:
         help="loss: fn(pc, pr, rc, rr, beta=) -> losses; logps: fn(logits, labels) -> (B,); "
         "library: an adapter's end-to-end run (default: loss, or every level an adapter supports)",
     )
-    p.add_argument("--variant", choices=VARIANTS, default="dpo", help="the loss TARGET claims to compute")
+    p.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="dpo",
+        metavar="VARIANT",
+        help="the loss TARGET claims to compute: dpo, cdpo, ipo, ipo-mean, or at the loss level a family variant "
+        "(hinge, ipo-norm, exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, "
+        "discopop, sft, sigmoid_norm, simpo; length-normalised ones get chosen_lengths=, rejected_lengths=)",
+    )
+    p.add_argument(
+        "--coef",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a family variant's fixed coefficient (tau, gamma, delta, ...); repeatable; default: drawn",
+    )
     p.add_argument("--beta", type=float, default=None, help="fixed beta (tau for IPO); default: drawn from 1e-3 to 1e3")
     p.add_argument("--label-smoothing", type=float, default=None, help="cdpo's eps; default: drawn from (0, 0.49]")
     p.add_argument(
@@ -57,7 +72,9 @@ def register(subparsers) -> None:
         action="store_true",
         help="also demand float64-exact results on float64 inputs and count the advisory (robustness) checks",
     )
-    p.add_argument("--max-examples", type=int, default=None, help="Hypothesis examples per check (default 100)")
+    p.add_argument(
+        "--max-examples", type=int, default=None, help="Hypothesis examples per check (default 100; family: 25)"
+    )
     p.add_argument("--checks", default=None, help="comma-separated check names to run (default: all)")
     p.add_argument("--xfail-file", default=None, help="file listing check names expected to fail, one per line")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON to PATH (- for stdout)")
@@ -79,7 +96,7 @@ def register(subparsers) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from dpo_ref.oracle.api import DEFAULT_MAX_EXAMPLES, read_xfail_file, verify
+    from dpo_ref.oracle.api import read_xfail_file, verify
 
     if args.max_examples is not None and args.max_examples < 1:
         raise InputError(f"--max-examples must be a positive integer, got {args.max_examples}")
@@ -87,6 +104,7 @@ def handler(args: argparse.Namespace) -> int:
         raise InputError("--timeout needs --isolate (only a child process can be stopped safely)")
     if args.timeout is not None and not (0 < args.timeout < float("inf")):
         raise InputError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    coefficients = parse_coefficients(args.coef)
     if args.isolate:
         return run_isolated(args)
     if args.level == "library" and args.target not in ("trl", "torchtune"):
@@ -114,11 +132,12 @@ def handler(args: argparse.Namespace) -> int:
             beta=args.beta,
             label_smoothing=args.label_smoothing,
             average=args.average,
-            max_examples=args.max_examples or DEFAULT_MAX_EXAMPLES,
+            max_examples=args.max_examples,
             checks=checks,
             xfail=xfail,
             strict=args.strict,
             reduction=args.reduction,
+            coefficients=coefficients or None,
             progress=progress,
         )
     if to_json:
@@ -170,7 +189,23 @@ def _child_argv(args: argparse.Namespace, json_path: str) -> list[str]:
         argv += ["--reduction", args.reduction]
     if args.quiet:
         argv.append("-q")
+    for coef in args.coef:
+        argv += ["--coef", coef]
     return argv
+
+
+def parse_coefficients(items: list[str]) -> dict:
+    """`--coef NAME=VALUE` pairs as a dict; `InputError` naming a malformed one."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise InputError(f"--coef {item!r}: expected NAME=VALUE with a number, e.g. --coef gamma=0.5")
+    return out
 
 
 TOKEN_VAR = "DPO_REF_VERIFY_TOKEN"

@@ -194,9 +194,179 @@ def diagnose_loss(
     if claimed_matches:
         return []
     found = [f"{a.name}: its values are {a.says}" for a in LOSS_ALTERNATIVES if matches.get(a.name)]
+    if not found:
+        found = _classic_as_family(per_example, variant, beta, eps)
     if not found and half_matches:
         found = ["half-precision: its values match the formula only to half-precision (float16/bfloat16) rounding"]
     return found
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loss family: every member is a candidate for every claimed variant
+
+DIAGNOSTIC_LENGTHS = (torch.tensor([3, 1, 7, 2, 5, 4]), torch.tensor([1, 4, 2, 6, 3, 8]))  # unequal, so h_bar != h
+
+
+def _defaults(key: str) -> dict:
+    import inspect
+
+    from dpo_ref.family import LOSS_FAMILY
+
+    v = LOSS_FAMILY[key]
+    return {n: p.default for n, p in inspect.signature(v.fn).parameters.items() if n in v.coefficients}
+
+
+def coefficients_for(key: str, claimed: dict) -> dict:
+    """The coefficients family member `key` is evaluated with when a target claiming `claimed` is compared with
+    it: the same name when claimed, beta and tau standing for each other (TRL's convention), else `key`'s own
+    default (what a library falls back to)."""
+    out = {}
+    for name, default in _defaults(key).items():
+        if name in claimed:
+            out[name] = claimed[name]
+        elif name == "beta" and "tau" in claimed:
+            out[name] = claimed["tau"]
+        elif name == "tau" and "beta" in claimed and "beta" not in _defaults(key):
+            out[name] = claimed["beta"]
+        else:
+            out[name] = default
+    return out
+
+
+def family_alternatives(key: str, claimed: dict, lengths: bool) -> list[tuple[str, str, Callable]]:
+    """(name, what it is, fn(pc, pr, rc, rr, nc, nr) -> (B,) float64) for every other family member and the
+    common mistakes in `key` itself (chosen/rejected swapped, coefficient ignored, no reference; for the
+    length-normalised: counts one too many, no normalisation). Members needing lengths only when `lengths`."""
+    from dpo_ref.family import LOSS_FAMILY
+    from dpo_ref.variant_names import ORACLE_NAME
+
+    claimed_name = ORACLE_NAME[key]
+    out = []
+    for other, v in LOSS_FAMILY.items():
+        if other == key or (v.needs_lengths and not lengths):
+            continue
+        coefs = coefficients_for(other, claimed)
+        if other in ("cdpo", "robust") and coefs.get("label_smoothing") == 0.0:
+            continue  # at eps = 0 both are plain DPO, already a candidate
+        shown = ", ".join(f"{k}={x!r}" for k, x in coefs.items())
+        out.append(
+            (
+                ORACLE_NAME[other],
+                f"{ORACLE_NAME[other]}({shown}) ({v.paper}), not {claimed_name}",
+                v.bind(**coefs),
+            )
+        )
+    own = LOSS_FAMILY[key]
+    fn = own.bind(**claimed)
+    out.append(
+        (
+            "chosen-rejected-swapped",
+            f"{claimed_name} with chosen and rejected swapped",
+            lambda pc, pr, rc, rr, nc, nr: fn(pr, pc, rr, rc, nr, nc),
+        )
+    )
+    for coef in ("beta", "tau"):
+        if coef in claimed and claimed[coef] != 1.0:
+            ignored = own.bind(**{**claimed, coef: 1.0})
+            out.append(("beta-ignored", f"{claimed_name} with {coef} ignored (taken as 1)", ignored))
+    if key != "simpo":
+        out.append(
+            (
+                "no-reference",
+                f"{claimed_name} without the reference model (reference log-probs taken as 0)",
+                lambda pc, pr, rc, rr, nc, nr: fn(pc, pr, 0 * rc, 0 * rr, nc, nr),
+            )
+        )
+    if own.needs_lengths:
+        out.append(
+            (
+                "count-plus-one",
+                f"{claimed_name} with every token count one too many (n + 1: the unshifted completion mask, "
+                "which counts a first token that has no log-prob)",
+                lambda pc, pr, rc, rr, nc, nr: fn(pc, pr, rc, rr, nc + 1, nr + 1),
+            )
+        )
+        out.append(
+            (
+                "not-length-normalised",
+                f"{claimed_name} on summed log-probs (no division by the token counts)",
+                lambda pc, pr, rc, rr, nc, nr: fn(pc, pr, rc, rr, torch.ones_like(nc), torch.ones_like(nr)),
+            )
+        )
+    return out
+
+
+def _family_tolerance(expected: torch.Tensor, batch) -> torch.Tensor:
+    """A diagnosis tolerance (not the verdict's): float32-level rounding of the inputs' size times a generous
+    slope, plus relative 1e-6. The alternatives differ from each other by far more on the diagnostic inputs."""
+    size = sum(t.abs() for t in batch)  # (B,)
+    return P.TOLERANCE_K * P.EPS_FLOAT32 * (expected.abs() + 1.0) * (size + 1.0) + 1e-6 * expected.abs()
+
+
+def _target_outputs(fn, batches, lengths) -> list[torch.Tensor] | None:
+    """The target's float64 outputs on the diagnostic batches; None if it raises or returns the wrong shape."""
+    outs = []
+    try:
+        for batch in batches:
+            with torch.no_grad():
+                got = fn(*(t.clone() for t in batch), *(n.clone() for n in lengths))
+            if not isinstance(got, torch.Tensor) or got.shape != batch[0].shape:
+                return None
+            outs.append(got.detach().double())
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # whatever the target raises (SystemExit included), nothing can be diagnosed
+        return None
+    return outs
+
+
+def _matching(outs, batches, alternatives, mean_only: bool) -> list[str]:
+    """The sentences of the alternatives every output matches (one whose coefficients are invalid is skipped)."""
+    found = []
+    for name, says, alt_fn in alternatives:
+        try:
+            alts = [alt_fn(*batch, *DIAGNOSTIC_LENGTHS) for batch in batches]
+        except Exception:  # e.g. EXO with label_smoothing 0: not a candidate at these coefficients
+            continue
+        if mean_only:
+            alts = [a.mean().expand_as(a) for a in alts]
+        if all(bool(((g - a).abs() <= _family_tolerance(a, b)).all()) for g, a, b in zip(outs, alts, batches)):
+            found.append(f"{name}: its values are {says}")
+    return found
+
+
+def diagnose_family(target, key: str, claimed: dict) -> list[str]:
+    """Name the family members (and mistakes) whose values a target claiming family variant `key` matches.
+
+    `target` is a `FamilyTarget`; [] when its values match the claim or nothing, or it cannot be evaluated."""
+    from dpo_ref.family import LOSS_FAMILY
+
+    batches = _diagnostic_batches()
+    outs = _target_outputs(target.per_example(claimed), batches, DIAGNOSTIC_LENGTHS)
+    if outs is None:
+        return []
+    mean_only = not LOSS_FAMILY[key].per_example and target.reduction != "per-example"
+    claim = [(key, "", LOSS_FAMILY[key].bind(**claimed))]
+    if _matching(outs, batches, claim, mean_only):
+        return []
+    return _matching(outs, batches, family_alternatives(key, claimed, lengths=target.lengths), mean_only)
+
+
+def _classic_as_family(per_example, variant: str, beta: float | None, eps: float | None) -> list[str]:
+    """For a dpo/cdpo/ipo claim no classic alternative explains: the family members (without lengths) it matches."""
+    key = {"dpo": "sigmoid", "cdpo": "cdpo", "ipo": "ipo_sum"}[variant]
+    coef = beta if beta is not None else 0.5
+    claimed = {"ipo": {"tau": coef}, "cdpo": {"beta": coef, "label_smoothing": eps or 0.15}}
+    claimed = claimed.get(variant, {"beta": coef})
+    spec = P.LossSpec(variant, beta=coef, label_smoothing=claimed.get("label_smoothing", 0.0), tau=coef)
+    fn = per_example(spec)
+    batches = _diagnostic_batches()
+    outs = _target_outputs(lambda pc, pr, rc, rr, nc, nr: fn(pc, pr, rc, rr), batches, DIAGNOSTIC_LENGTHS)
+    if outs is None:
+        return []
+    classic = ("chosen-rejected-swapped", "beta-ignored", "no-reference") + ALTERNATIVE_NAMES
+    members = [a for a in family_alternatives(key, claimed, lengths=False) if a[0] not in classic]
+    return _matching(outs, batches, members, mean_only=False)
 
 
 def batch_sum_diagnosis() -> str:

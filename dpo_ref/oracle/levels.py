@@ -17,8 +17,9 @@ from dpo_ref.oracle.report import ADVICE as ADVICE_STATUS
 from dpo_ref.oracle.report import FAILED, PASSED, SKIPPED, CheckResult, Report
 from dpo_ref.oracle.runner import describe_error, guarded, run_check
 from dpo_ref.oracle.snippets import HEADER
-from dpo_ref.oracle.targets import LogpsTarget, LossTarget
+from dpo_ref.oracle.targets import FamilyTarget, LogpsTarget, LossTarget
 from dpo_ref.properties import TOLERANCE_K
+from dpo_ref.variant_names import FAMILY_VARIANTS
 
 Progress = Callable[[CheckResult], None] | None
 
@@ -27,9 +28,18 @@ VALUE_CHECKS = {"values", "values_float32", "large_batch", "gradients", "init", 
 LOGPS_VALUE_CHECKS = {"logps_values", "logps_values_float32", "logps_last_position", "logps_unscored_ignored"}
 
 
-def check_names(level: str) -> list[str]:
-    """The names of the checks run at `level` (what an xfail file may list)."""
-    return ["call"] + [c.name for c in (LOSS_CHECKS if level == "loss" else LOGPS_CHECKS)]
+def loss_checks(variant: str = "dpo") -> tuple:
+    """The loss-level catalogue for `variant`: the classic checks, or the family's."""
+    if variant in FAMILY_VARIANTS:
+        from dpo_ref.oracle.family_checks import FAMILY_CHECKS
+
+        return tuple(c for c in FAMILY_CHECKS if variant in c.variants)
+    return LOSS_CHECKS
+
+
+def check_names(level: str, variant: str = "dpo") -> list[str]:
+    """The names of the checks run at `level` for `variant` (what an xfail file may list)."""
+    return ["call"] + [c.name for c in (loss_checks(variant) if level == "loss" else LOGPS_CHECKS)]
 
 
 def probe_spec(cfg: Config):
@@ -56,16 +66,23 @@ def settings_for(cfg: Config, level: str) -> dict:
     return out
 
 
-def select(all_checks, only: Iterable[str] | None, level: str):
+def select(all_checks, only: Iterable[str] | None, level: str, variant: str = "dpo"):
     if only is None:
         return list(all_checks)
     only = set(only)
-    unknown = only - set(check_names(level))
+    unknown = only - set(check_names(level, variant))
     if unknown:
         raise InputError(
-            f"unknown check(s) {', '.join(sorted(unknown))}; {level} checks: {', '.join(check_names(level))}"
+            f"unknown check(s) {', '.join(sorted(unknown))}; {level} checks: {', '.join(check_names(level, variant))}"
         )
     return [c for c in all_checks if c.name in only]
+
+
+def _probe_lines() -> list[str]:
+    from dpo_ref.oracle.targets import PROBE_LOGPS
+
+    pc, pr, rc, rr = (f"torch.tensor({v}, dtype=torch.float64)" for v in PROBE_LOGPS)
+    return [f"pc, pr = {pc}, {pr}", f"rc, rr = {rc}, {rr}"]
 
 
 def _emit(report: Report, result: CheckResult, progress: Progress) -> None:
@@ -112,30 +129,16 @@ def verify_loss(
             selected,
             [
                 target.import_src,
-                "pc, pr = torch.tensor([-3.0, -10.0, -1.5]), torch.tensor([-5.0, -2.0, -7.0])",
-                "rc, rr = torch.tensor([-4.0, -6.0, -2.0]), torch.tensor([-4.5, -3.0, -6.5])",
+                *_probe_lines(),
                 f"print({target.call_src(spec)})",
             ],
             progress,
         )
-    report.detected["reduction"] = {
-        "per-example": "per-example losses (B,)",
-        "mean": "mean over the batch (scalar)",
-        "sum": "sum over the batch (scalar)",
-        "unknown": "a scalar that is neither the mean nor the sum of the expected losses",
-    }[reduction]
+    _reduction_verdict(report, call, reduction, cfg.reduction)
     if target.reward_access:
         report.detected["rewards"] = "returned: out{} and out{}".format(*target.reward_access)
     if target.mapping_note:
         report.notes.append(target.mapping_note)
-    declared = cfg.reduction
-    if declared not in ("auto", {"per-example": "none"}.get(reduction, reduction)) and reduction != "unknown":
-        call.status = FAILED
-        call.message = f"declared reduction {declared!r}, but the target returns {report.detected['reduction']}"
-    elif reduction == "sum" and declared != "sum":
-        call.status = FAILED
-        call.message = diagnosis.batch_sum_diagnosis()
-        report.diagnosis.append(diagnosis.batch_sum_diagnosis())
     _emit(report, call, progress)
     if cfg.variant == "ipo-mean":
         report.notes.append(
@@ -150,6 +153,98 @@ def verify_loss(
     if any(c.failed and c.name in VALUE_CHECKS for c in report.checks) and not report.diagnosis:
         report.diagnosis += diagnosis.diagnose_loss(target.per_example, cfg.loss_variant, cfg.beta, cfg.label_smoothing)
     return report
+
+
+def family_probe(cfg: Config) -> dict:
+    """Coefficients for the `call` probe and the diagnosis: the fixed ones, else the variant's defaults."""
+    import inspect
+
+    from dpo_ref.family import LOSS_FAMILY
+
+    variant = LOSS_FAMILY[cfg.family]
+    defaults = {n: p.default for n, p in inspect.signature(variant.fn).parameters.items() if n in variant.coefficients}
+    return {**defaults, **dict(cfg.coefficients)}
+
+
+def verify_family_loss(
+    target: FamilyTarget, cfg: Config, only: Iterable[str] | None = None, progress: Progress = None
+) -> Report:
+    """All loss-level checks of a family variant (`dpo_ref.oracle.family_checks`) on a normalised target."""
+    from dpo_ref.oracle.family_checks import MEAN_ONLY_SKIPS
+
+    report = Report(target.name, "loss", cfg.variant, settings=family_settings(cfg))
+    selected = select(loss_checks(cfg.variant), only, "loss", cfg.variant)
+    coefficients = family_probe(cfg)
+    call = CheckResult("call", PASSED, "accepts (pc, pr, rc, rr, <coefficients>[, lengths]) and returns losses")
+    try:
+        reduction = guarded(lambda: target.detect_reduction(coefficients))
+    except Exception as err:
+        return _basic_call_failed(
+            report,
+            call,
+            err,
+            selected,
+            [
+                target.import_src,
+                *_probe_lines(),
+                "nc, nr = torch.tensor([2, 5, 1]), torch.tensor([3, 1, 4])",
+                f"print({target.call_src(coefficients)})",
+            ],
+            progress,
+        )
+    _reduction_verdict(report, call, reduction, cfg.reduction)
+    if target.mapping_note:
+        report.notes.append(target.mapping_note)
+    _emit(report, call, progress)
+    skip = dict(MEAN_ONLY_SKIPS) if reduction != "per-example" and not _per_example(cfg) else {}
+    _run_all(report, selected, target, cfg, progress, skip)
+    if any(c.failed and c.name in FAMILY_VALUE_CHECKS for c in report.checks) and not report.diagnosis:
+        report.diagnosis += diagnosis.diagnose_family(target, cfg.family, coefficients)
+    return report
+
+
+FAMILY_VALUE_CHECKS = {"values", "values_float32", "gradients", "hinge_margin", "robust_unbiased", "optimum"}
+
+
+def _per_example(cfg: Config) -> bool:
+    from dpo_ref.family import LOSS_FAMILY
+
+    return LOSS_FAMILY[cfg.family].per_example
+
+
+def family_settings(cfg: Config) -> dict:
+    from dpo_ref.family import LOSS_FAMILY
+    from dpo_ref.oracle.family_checks import FAMILY_BATCH
+
+    fixed = dict(cfg.coefficients)
+    variant = LOSS_FAMILY[cfg.family]
+    out = {"max_examples per check": cfg.max_examples, "formula": f"dpo_ref.family {cfg.family} ({variant.paper})"}
+    for c in variant.coefficients:
+        out[c] = fixed.get(c, "drawn from its valid range")
+    if variant.needs_lengths:
+        out["lengths"] = "chosen_lengths=, rejected_lengths= (int64 scored-token counts, drawn from 1 to 64)"
+    out["batch"] = f"up to {FAMILY_BATCH} pairs"
+    out["reduction"] = {"auto": "per-example or batch mean"}.get(cfg.reduction, f"declared: {cfg.reduction}")
+    unit = "eps_dtype (--strict)" if cfg.strict else "max(eps_dtype, eps_float32)"
+    out["tolerance"] = f"{TOLERANCE_K:g} u (G (S + C_h) + |L| + C_L + 1) (dpo_ref.family_properties), u = {unit}"
+    return out
+
+
+def _reduction_verdict(report: Report, call: CheckResult, reduction: str, declared: str) -> None:
+    """Record the detected reduction; a batch sum (undeclared) or a reduction other than the declared one fails."""
+    report.detected["reduction"] = {
+        "per-example": "per-example losses (B,)",
+        "mean": "mean over the batch (scalar)",
+        "sum": "sum over the batch (scalar)",
+        "unknown": "a scalar that is neither the mean nor the sum of the expected losses",
+    }[reduction]
+    if declared not in ("auto", {"per-example": "none"}.get(reduction, reduction)) and reduction != "unknown":
+        call.status = FAILED
+        call.message = f"declared reduction {declared!r}, but the target returns {report.detected['reduction']}"
+    elif reduction == "sum" and declared != "sum":
+        call.status = FAILED
+        call.message = diagnosis.batch_sum_diagnosis()
+        report.diagnosis.append(diagnosis.batch_sum_diagnosis())
 
 
 def verify_logps(

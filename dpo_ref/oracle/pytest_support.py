@@ -80,7 +80,7 @@ def checks_for(
 
         return [DpoCheck(c.name, lambda n=c.name: whole()[n]) for c in whole().checks]
     xfail = set(xfail)
-    names = check_names(level or "loss")
+    names = check_names(level or "loss", variant)
     verify(fn, level, variant, checks=[], **verify_kwargs)  # bad arguments or target: InputError now, not per test
     if xfail - set(names):
         from dpo_ref.errors import InputError

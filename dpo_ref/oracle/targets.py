@@ -8,6 +8,17 @@ or a built-in adapter name (`trl`, `torchtune`). Loss-level callables are called
 (plus `label_smoothing=` for cdpo; a function taking `tau` instead of `beta` gets `tau=` for IPO) and
 may return per-example losses `(B,)`, their mean or sum as a scalar, or a tuple / named tuple whose
 first item is one of those. `LossTarget.detect_reduction` finds out which on a probe batch.
+
+A family variant (`dpo_ref.variant_names.FAMILY_VARIANTS`: hinge, robust, simpo, ...) is called the same
+way with its own coefficients as keywords, named as in `dpo_ref.family.LOSS_FAMILY[variant].coefficients`
+(`beta`, `tau`, `label_smoothing`, `gamma`, `delta`; a target without `tau` gets it as `beta`, TRL's
+convention), and, for the length-normalised ones (ipo-norm, sigmoid_norm, simpo, sft), the scored-token
+counts as keywords:
+
+    fn(pc, pr, rc, rr, beta=..., chosen_lengths=n_w, rejected_lengths=n_l)
+
+n_w, n_l: int64 tensors (B,), the number of completion tokens that carry a log-prob (>= 1). See
+`FamilyTarget`.
 """
 
 from __future__ import annotations
@@ -200,8 +211,9 @@ def map_by_name(fn: Callable) -> tuple[list[str] | None, str | None]:
     )
 
 
-def check_loss_signature(fn: Callable, name: str) -> None:
-    """`InputError` (a usage error) when fn cannot be called as fn(pc, pr, rc, rr, beta=...)."""
+def check_loss_signature(fn: Callable, name: str, extra: tuple[str, ...] = ()) -> None:
+    """`InputError` (a usage error) when fn cannot be called as fn(pc, pr, rc, rr, beta=...) (plus the keywords
+    `extra`, which a family variant passes)."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -213,7 +225,7 @@ def check_loss_signature(fn: Callable, name: str) -> None:
         p
         for p in params
         if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        and p.name not in COEFFICIENT_NAMES
+        and p.name not in COEFFICIENT_NAMES + extra
     ]  # the slots for the four log-probs (a coefficient may be positional-or-keyword too)
     required = [p for p in positional if p.default is inspect.Parameter.empty]
     required_kw = [
@@ -225,13 +237,56 @@ def check_loss_signature(fn: Callable, name: str) -> None:
     )
     if len(positional) < 4:
         raise InputError(f"{name} takes {len(positional)} positional argument(s), not the four log-probs: {hint}")
-    extra_required = [p.name for p in required[4:] if p.name not in COEFFICIENT_NAMES]
+    extra_required = [p.name for p in required[4:] if p.name not in COEFFICIENT_NAMES + extra]
     if extra_required:
         extra = ", ".join(extra_required)
         raise InputError(f"{name} requires more than the four log-probs ({extra}): {hint}")
-    unknown_kw = [k for k in required_kw if k not in COEFFICIENT_NAMES]
+    unknown_kw = [k for k in required_kw if k not in COEFFICIENT_NAMES + extra]
     if unknown_kw:
         raise InputError(f"{name} requires keyword argument(s) {', '.join(unknown_kw)}: {hint}")
+
+
+PROBE_LOGPS = ([-3.0, -10.0, -1.5], [-5.0, -2.0, -7.0], [-4.0, -6.0, -2.0], [-4.5, -3.0, -6.5])  # pc, pr, rc, rr
+
+
+def _probe() -> tuple[torch.Tensor, ...]:
+    return tuple(torch.tensor(v, dtype=torch.float64) for v in PROBE_LOGPS)
+
+
+def _reduction_of(out: object, expected: Callable[[], torch.Tensor]) -> str:
+    """per-example, mean, sum or unknown: what a target's loss item `out` on the probe batch of 3 is, given the
+    expected per-example losses; `AssertionError` when it is no tensor or has another shape."""
+    if not isinstance(out, torch.Tensor):
+        raise AssertionError(
+            f"returned {type(out).__name__}; expected a tensor of losses (or a tuple or dict holding them)"
+        )
+    if tuple(out.shape) == (3,):
+        return "per-example"
+    if out.numel() != 1:
+        raise AssertionError(
+            f"returned shape {tuple(out.shape)} for a batch of 3; expected per-example losses (3,) or a scalar"
+        )
+    ref = expected()
+    value = float(out.detach().double().reshape(()))
+    for reduction, r in (("mean", ref.mean()), ("sum", ref.sum())):
+        if abs(value - float(r)) <= 1e-4 * (1.0 + abs(float(r))):
+            return reduction
+    return "unknown"  # a scalar that is neither: the value checks will say how it is off
+
+
+def _format_call(arg_names: list[str] | None, template: str | None, args: str, kw: str) -> str:
+    """The source of a call to the target, log-probs passed by name when it was mapped by name."""
+    if arg_names:
+        values = [a.strip() for a in args.split(",")]
+        args = ", ".join(f"{n}={v}" for n, v in zip(arg_names, values))
+    if template:
+        return template.format(args=args, kwargs=kw)
+    return f"fn({args}, {kw})"
+
+
+def _stack(outs: list) -> torch.Tensor:
+    """One-example outputs (scalars or (1,) tensors) stacked into (B,)."""
+    return torch.stack([o.reshape(()) if isinstance(o, torch.Tensor) and o.numel() == 1 else o for o in outs])
 
 
 @dataclass
@@ -316,22 +371,13 @@ class LossTarget:
             return raw
 
         def one_at_a_time(pc, pr, rc, rr):
-            outs = []
-            for i in range(pc.shape[0]):
-                out = raw(pc[i : i + 1], pr[i : i + 1], rc[i : i + 1], rr[i : i + 1])
-                outs.append(out.reshape(()) if isinstance(out, torch.Tensor) and out.numel() == 1 else out)
-            return torch.stack(outs)
+            return _stack([raw(pc[i : i + 1], pr[i : i + 1], rc[i : i + 1], rr[i : i + 1]) for i in range(pc.shape[0])])
 
         return one_at_a_time
 
     def call_src(self, spec: LossSpec, args: str = "pc, pr, rc, rr") -> str:
         kw = ", ".join(f"{k}={v!r}" for k, v in self.kwargs(spec).items())
-        if self.arg_names:
-            values = [a.strip() for a in args.split(",")]
-            args = ", ".join(f"{n}={v}" for n, v in zip(self.arg_names, values))
-        if self.call_src_template:
-            return self.call_src_template.format(args=args, kwargs=kw)
-        return f"fn({args}, {kw})"
+        return _format_call(self.arg_names, self.call_src_template, args, kw)
 
     def detect_reduction(self, spec: LossSpec) -> str:
         """Call the target on a probe batch of 3 and decide: per-example, mean, sum or unknown; also find
@@ -339,32 +385,115 @@ class LossTarget:
 
         Raises `PropertyViolation`-style `AssertionError` if it cannot be called or returns no tensor.
         """
-        probe = tuple(
-            torch.tensor(v, dtype=torch.float64)
-            for v in ([-3.0, -10.0, -1.5], [-5.0, -2.0, -7.0], [-4.0, -6.0, -2.0], [-4.5, -3.0, -6.5])
-        )
+        probe = _probe()
         full = self.call(spec, *probe)
         self.reward_access = find_rewards(full)
-        out = first_item(full)
-        if not isinstance(out, torch.Tensor):
-            raise AssertionError(
-                f"returned {type(out).__name__}; expected a tensor of losses (or a tuple or dict holding them)"
-            )
-        if tuple(out.shape) == (3,):
-            self.reduction = "per-example"
-        elif out.numel() == 1:
-            expected = spec.losses(preference_margin(*probe))
-            value = float(out.detach().double().reshape(()))
-            for reduction, ref in (("mean", expected.mean()), ("sum", expected.sum())):
-                if abs(value - float(ref)) <= 1e-4 * (1.0 + abs(float(ref))):
-                    self.reduction = reduction
-                    break
+        self.reduction = _reduction_of(first_item(full), lambda: spec.losses(preference_margin(*probe)))
+        return self.reduction
+
+
+LENGTH_KEYWORDS = ("chosen_lengths", "rejected_lengths")
+
+
+@dataclass
+class FamilyTarget:
+    """A loss-level callable claiming a family variant (`dpo_ref.family` key `key`) and how to call it.
+
+    `keywords` maps each coefficient of the variant to the keyword the target takes for it; `lengths`
+    says whether the scored-token counts are passed (`chosen_lengths=`, `rejected_lengths=`).
+    """
+
+    fn: Callable
+    name: str
+    import_src: str
+    key: str
+    keywords: dict
+    lengths: bool
+    arg_names: list[str] | None = None
+    reduction: str = "per-example"
+    call_src_template: str | None = None
+
+    @classmethod
+    def from_callable(cls, fn: Callable, key: str, name: str, import_src: str) -> FamilyTarget:
+        """`InputError` (a usage error, with a hint) when fn cannot be called with the variant's keywords."""
+        from dpo_ref.family import LOSS_FAMILY
+
+        variant = LOSS_FAMILY[key]
+        check_loss_signature(fn, name, extra=LENGTH_KEYWORDS + variant.coefficients)
+        params, var_kw = _parameters(fn)
+        hint = (
+            f"the loss-level convention for {key} is fn(pc, pr, rc, rr, "
+            + ", ".join(f"{c}=..." for c in variant.coefficients)
+            + (", chosen_lengths=n_w, rejected_lengths=n_l" if variant.needs_lengths else "")
+            + ")"
+        )
+        keywords = {}
+        for c in variant.coefficients:
+            if params is None or var_kw or c in params:
+                keywords[c] = c
+            elif c == "tau" and "beta" in params and "beta" not in variant.coefficients:
+                keywords[c] = "beta"  # beta standing for tau (TRL's convention for IPO)
             else:
-                self.reduction = "unknown"  # a scalar that is neither: the value checks will say how it is off
-        else:
-            raise AssertionError(
-                f"returned shape {tuple(out.shape)} for a batch of 3; expected per-example losses (3,) or a scalar"
+                raise InputError(f"{name} takes no `{c}` keyword argument, which {key} needs: {hint}")
+        if variant.needs_lengths and not (params is None or var_kw or set(LENGTH_KEYWORDS) <= params):
+            raise InputError(
+                f"{name} takes no chosen_lengths/rejected_lengths keywords, which the length-normalised {key} "
+                f"needs (the scored-token counts): {hint}"
             )
+        arg_names, _ = map_by_name(fn)
+        return cls(fn, name, import_src, key, keywords, variant.needs_lengths, arg_names)
+
+    @property
+    def mapping_note(self) -> str | None:
+        return map_by_name(self.fn)[1] if self.arg_names else None
+
+    def kwargs(self, coefficients: dict, nc=None, nr=None) -> dict:
+        kw = {self.keywords[c]: v for c, v in coefficients.items() if c in self.keywords}
+        if self.lengths:
+            kw.update(chosen_lengths=nc, rejected_lengths=nr)
+        return kw
+
+    def call(self, coefficients: dict, pc, pr, rc, rr, nc=None, nr=None) -> object:
+        kw = self.kwargs(coefficients, nc, nr)
+        if self.arg_names:
+            return self.fn(**dict(zip(self.arg_names, (pc, pr, rc, rr))), **kw)
+        return self.fn(pc, pr, rc, rr, **kw)
+
+    def raw(self, coefficients: dict) -> Callable[..., object]:
+        """fn(pc, pr, rc, rr, nc, nr) -> the target's loss item, coefficients bound."""
+        return lambda pc, pr, rc, rr, nc=None, nr=None: first_item(self.call(coefficients, pc, pr, rc, rr, nc, nr))
+
+    def per_example(self, coefficients: dict) -> Callable[..., torch.Tensor]:
+        """fn(pc, pr, rc, rr, nc, nr) -> (B,). A reducing target of a per-example loss is called one example at a
+        time; a reducing target of a batch-coupled loss (aot, aot_unpaired, sft) gives its batch mean repeated B
+        times (the gradient of their sum is then the gradient of the summed losses; values are checked on the mean)."""
+        from dpo_ref.family import LOSS_FAMILY
+
+        raw = self.raw(coefficients)
+        if self.reduction == "per-example":
+            return raw
+        if not LOSS_FAMILY[self.key].per_example:
+            return lambda pc, *rest: torch.as_tensor(raw(pc, *rest)).reshape(()).expand(pc.shape[0])
+
+        def one_at_a_time(pc, pr, rc, rr, nc=None, nr=None):
+            rows = [[t[i : i + 1] if t is not None else None for t in (pc, pr, rc, rr, nc, nr)] for i in range(len(pc))]
+            return _stack([raw(*row) for row in rows])
+
+        return one_at_a_time
+
+    def call_src(self, coefficients: dict, args: str = "pc, pr, rc, rr") -> str:
+        kw = ", ".join(f"{self.keywords[c]}={v!r}" for c, v in coefficients.items() if c in self.keywords)
+        if self.lengths:
+            kw += ", chosen_lengths=nc, rejected_lengths=nr"
+        return _format_call(self.arg_names, self.call_src_template, args, kw)
+
+    def detect_reduction(self, coefficients: dict) -> str:
+        """Call the target on a probe batch of 3: per-example, mean, sum or unknown (as `LossTarget`)."""
+        from dpo_ref.family import LOSS_FAMILY
+
+        probe, nc, nr = _probe(), torch.tensor([2, 5, 1]), torch.tensor([3, 1, 4])
+        out = first_item(self.call(coefficients, *probe, nc, nr))
+        self.reduction = _reduction_of(out, lambda: LOSS_FAMILY[self.key].bind(**coefficients)(*probe, nc, nr))
         return self.reduction
 
 

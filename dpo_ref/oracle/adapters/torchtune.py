@@ -54,6 +54,14 @@ def _dpo_loss(pc, pr, rc, rr, beta, label_smoothing=0.0):
     return DPOLoss(beta=beta, label_smoothing=label_smoothing)(pc, pr, rc, rr)
 
 
+def rso_loss(pc, pr, rc, rr, beta=0.1):
+    """torchtune's `RSOLoss` (the hinge loss) in the oracle's loss-level convention: its `gamma` is the hinge's
+    beta, L = max(0, 1 - gamma h); returns (losses, chosen_rewards, rejected_rewards)."""
+    from torchtune.rlhf.loss import RSOLoss
+
+    return RSOLoss(gamma=beta)(pc, pr, rc, rr)
+
+
 def loss_target(variant: str) -> LossTarget:
     return LossTarget(
         _dpo_loss,

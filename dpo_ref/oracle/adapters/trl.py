@@ -173,6 +173,8 @@ def run(cfg, only=None) -> Report:
     """The library-level checks on TRL for `cfg.variant` (beta = cfg.beta or 0.1, eps = cfg.label_smoothing or 0.1)."""
     trl = import_trl()
     variant = cfg.variant
+    if cfg.family is not None:
+        return _run_family(cfg, trl.__version__)
     beta = cfg.beta if cfg.beta is not None else 0.1
     eps = (cfg.label_smoothing if cfg.label_smoothing is not None else 0.1) if variant == "cdpo" else 0.0
     report = Report(f"trl {trl.__version__} DPOTrainer", "library", variant)
@@ -270,6 +272,26 @@ def run(cfg, only=None) -> Report:
             1,
         )
     )
+    return report
+
+
+def _run_family(cfg, version: str) -> Report:
+    """A family variant: TRL's loss type for it, searched through TRL's own tokenisation (`trl_search`)."""
+    from dpo_ref.family import LOSS_FAMILY
+    from dpo_ref.oracle.adapters import trl_search
+
+    loss_type = LOSS_FAMILY[cfg.family].trl
+    if loss_type is None:
+        raise InputError(f"trl {version} has no loss_type computing {cfg.variant}")
+    report = Report(f"trl {version} DPOTrainer", "library", cfg.variant)
+    report.settings = {
+        "loss_type": loss_type,
+        "coefficients": {k: v for k, v in trl_search.COEFFICIENTS.items() if k in LOSS_FAMILY[cfg.family].coefficients},
+        "rows": "searched (Hypothesis) through TRL's _prepare_dataset and DataCollatorForPreference",
+        "tolerance": f"relative {trl_search.RTOL:g}",
+    }
+    examples = min(cfg.max_examples, 8)
+    report.checks.append(trl_search.search(trl_search.build_search(), ((loss_type, 1.0),), examples))
     return report
 
 

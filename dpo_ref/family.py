@@ -1,0 +1,453 @@
+"""The preference-loss family: every loss type of TRL 1.16, robust DPO and SimPO, one definition each.
+
+Notation (all per example, shape `(B,)`): the implicit log-ratios
+
+    r_w = log pi(y_w|x) - log pi_ref(y_w|x),    r_l = log pi(y_l|x) - log pi_ref(y_l|x),
+
+the preference margin h = r_w - r_l (`dpo_ref.losses.preference_margin`), the scored-token counts
+n_w, n_l of the two completions, and the length-normalised margin h_bar = r_w / n_w - r_l / n_l.
+sigma is the logistic function; every log sigma is evaluated with `logsigmoid` (never log(sigmoid)).
+
+DPO (`sigmoid`), cDPO and paper IPO keep their one definition in `dpo_ref.losses`; this module adds the
+rest and the `LOSS_FAMILY` registry that names them all. Every function takes the four sequence
+log-probs (summed over the scored tokens, as the trainer has them), the token counts where the loss
+needs them (`chosen_lengths`, `rejected_lengths`: the number of *scored* completion tokens, >= 1), its
+coefficients (validated like beta), and returns `PreferenceLoss(losses, chosen_rewards,
+rejected_rewards)`. Dtype: as in `dpo_ref.losses` (half precision is computed in float32).
+
+Three losses couple the batch (TRL defines them so): `aot` and `aot_unpaired` sort the batch and return
+one loss per *quantile*, not per example; `sft` returns each example's share of the batch's token-mean
+NLL. `LOSS_FAMILY[name].per_example` says which.
+
+TRL references are to trl/trainer/dpo_trainer.py of TRL 1.16.0 (`DPOTrainer._compute_loss`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dpo_ref.errors import InputError
+from dpo_ref.losses import (
+    PreferenceLoss,
+    _prepare,
+    _rewards,
+    check_finite_scalar,
+    check_lengths,
+    check_positive_scalar,
+    check_probability,
+    dpo_loss,
+    dpo_losses_from_margin,
+    ipo_loss,
+    ipo_losses_from_margin,
+    preference_margin,
+)
+
+LossFn = Callable[..., PreferenceLoss]
+
+
+# --- inputs ------------------------------------------------------------------------------------------
+
+
+def _logps(pc, pr, rc, rr, validate: bool) -> tuple[torch.Tensor, ...]:
+    return _prepare((pc, pr, rc, rr), validate)
+
+
+def _lengths(chosen_lengths, rejected_lengths, like: torch.Tensor, validate: bool, name: str):
+    """The token counts in the compute dtype; both are required by a length-normalised loss."""
+    out = []
+    for lengths, arg in ((chosen_lengths, "chosen_lengths"), (rejected_lengths, "rejected_lengths")):
+        if lengths is None:
+            raise InputError(f"{name} needs {arg} (the number of scored completion tokens per example)")
+        if validate:
+            check_lengths(lengths, arg, like)
+        out.append(lengths.to(like.dtype))
+    return out
+
+
+def logratios(pc, pr, rc, rr) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r_w, r_l) = (log pi(y_w) - log pi_ref(y_w), log pi(y_l) - log pi_ref(y_l))."""
+    return pc - rc, pr - rr
+
+
+def normalised_margin(pc, pr, rc, rr, chosen_lengths, rejected_lengths) -> torch.Tensor:
+    """h_bar = r_w / n_w - r_l / n_l: the margin of the per-token average log-ratios."""
+    r_w, r_l = logratios(pc, pr, rc, rr)
+    return r_w / chosen_lengths - r_l / rejected_lengths
+
+
+# --- margin losses -----------------------------------------------------------------------------------
+
+
+def hinge_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -> PreferenceLoss:
+    """Hinge loss on the normalised likelihood (RSO, Liu et al. 2023, hinge-norm; SLiC's hinge).
+
+        L = max(0, 1 - beta h)
+
+    1/beta is the margin: loss and gradient are exactly zero once beta h >= 1. TRL: dpo_trainer.py:1390-1391.
+    Rewards: beta r_w, beta r_l.
+    """
+    beta = check_positive_scalar(beta, "beta")
+    pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
+    losses = torch.relu(1.0 - beta * preference_margin(pc, pr, rc, rr))
+    return PreferenceLoss(losses, *_rewards(beta, pc, pr, rc, rr))
+
+
+def ipo_norm_loss(
+    pc, pr, rc, rr, *, chosen_lengths, rejected_lengths, tau: float = 0.1, validate: bool = True
+) -> PreferenceLoss:
+    """IPO on per-token average log-ratios (TRL's `loss_type="ipo"`, beta standing for tau).
+
+        L = (h_bar - 1/(2 tau))^2                      (Azar et al. 2023, Eq. 17, on h_bar instead of h)
+
+    The paper's IPO uses the sequence margin h (`dpo_ref.losses.ipo_loss`); TRL divides each log-ratio by
+    the completion's token count (dpo_trainer.py:1393-1404, citing the authors). Minimiser h_bar* = 1/(2 tau).
+    Rewards: tau r_w / n_w, tau r_l / n_l.
+    """
+    tau = check_positive_scalar(tau, "tau")
+    pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
+    nc, nr = _lengths(chosen_lengths, rejected_lengths, pc, validate, "ipo (length-normalised)")
+    losses = ipo_losses_from_margin(normalised_margin(pc, pr, rc, rr, nc, nr), tau)
+    rw, rl = _rewards(tau, pc, pr, rc, rr)
+    return PreferenceLoss(losses, rw / nc, rl / nr)
+
+
+def exo_pair_loss(pc, pr, rc, rr, *, beta: float = 0.1, label_smoothing: float = 1e-3, validate: bool = True):
+    """Pairwise EXO: the reverse KL from the model's pair distribution to the smoothed label (Ji et al. 2024, Eq. 16).
+
+        q = sigma(beta h),  p = 1 - eps
+        L = KL(Bern(q) || Bern(p)) = q (log q - log(1 - eps)) + (1 - q) (log(1 - q) - log eps)
+
+    eps in (0, 0.5) (the paper recommends 1e-3). L >= 0, with equality exactly at sigma(beta h*) = 1 - eps,
+    the same fixed point as cDPO; L <= -log eps. TRL: dpo_trainer.py:1406-1417. Rewards: beta r_w, beta r_l.
+    """
+    beta = check_positive_scalar(beta, "beta")
+    eps = check_probability(label_smoothing, "label_smoothing", low_inclusive=False)
+    pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
+    z = beta * preference_margin(pc, pr, rc, rr)
+    log_q, log_q_l = F.logsigmoid(z), F.logsigmoid(-z)
+    losses = torch.sigmoid(z) * (log_q - math.log1p(-eps)) + torch.sigmoid(-z) * (log_q_l - math.log(eps))
+    return PreferenceLoss(losses, *_rewards(beta, pc, pr, rc, rr))
+
+
+def robust_loss(pc, pr, rc, rr, *, beta: float = 0.1, label_smoothing: float = 0.1, validate: bool = True):
+    """Robust DPO: the unbiased loss under preference flips with probability eps (Chowdhury et al. 2024, the rDPO loss).
+
+        l(h) = -log sigma(beta h)
+        L(h) = [(1 - eps) l(h) - eps l(-h)] / (1 - 2 eps)
+
+    so that (1 - eps) L(h) + eps L(-h) = l(h): in expectation over the flips it is the clean DPO loss. It
+    falls strictly in h and, for eps > 0, without bound (no finite minimiser). eps in [0, 0.5); eps = 0
+    is DPO. Not cDPO (`dpo_ref.losses.dpo_loss` with label_smoothing), which *adds* eps l(-h).
+    TRL: dpo_trainer.py:1428-1431 (`loss_type="robust"`). Rewards: beta r_w, beta r_l.
+    """
+    beta = check_positive_scalar(beta, "beta")
+    eps = check_probability(label_smoothing, "label_smoothing")
+    pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
+    z = beta * preference_margin(pc, pr, rc, rr)
+    losses = ((1.0 - eps) * -F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1.0 - 2.0 * eps)
+    return PreferenceLoss(losses, *_rewards(beta, pc, pr, rc, rr))
+
+
+def discopop_loss(pc, pr, rc, rr, *, beta: float = 0.1, tau: float = 0.05, validate: bool = True):
+    """DiscoPOP, the log-ratio modulated loss (Lu et al. 2024, Eq. 5), with rho = beta h:
+
+        L = (1 - sigma(rho / tau)) (-log sigma(rho)) + sigma(rho / tau) exp(-rho)
+
+    tau > 0 (the paper uses 0.05). The second term is evaluated as exp(log sigma(rho/tau) - rho), which
+    stays finite where sigma(rho/tau) underflows to 0 and exp(-rho) overflows (0 * inf would be NaN);
+    TRL multiplies the two factors (dpo_trainer.py:1483-1493). Rewards: beta r_w, beta r_l.
+    """
+    beta = check_positive_scalar(beta, "beta")
+    tau = check_positive_scalar(tau, "tau")
+    pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
+    rho = beta * preference_margin(pc, pr, rc, rr)
+    losses = torch.sigmoid(-rho / tau) * -F.logsigmoid(rho) + torch.exp(F.logsigmoid(rho / tau) - rho)
+    return PreferenceLoss(losses, *_rewards(beta, pc, pr, rc, rr))
+
+
+def sigmoid_norm_loss(pc, pr, rc, rr, *, chosen_lengths, rejected_lengths, beta: float = 0.1, validate: bool = True):
+    """Length-normalised DPO: L = -log sigma(beta h_bar) (DPO's Eq. 7 on per-token average log-ratios).
+
+    TRL's `loss_type="sigmoid_norm"` (dpo_trainer.py:1504-1510; TRL cites no paper, the form is Tulu 3's
+    length-normalised DPO). Rewards: beta r_w / n_w, beta r_l / n_l.
+    """
+    beta = check_positive_scalar(beta, "beta")
+    pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
+    nc, nr = _lengths(chosen_lengths, rejected_lengths, pc, validate, "sigmoid_norm")
+    losses = dpo_losses_from_margin(normalised_margin(pc, pr, rc, rr, nc, nr), beta)
+    rw, rl = _rewards(beta, pc, pr, rc, rr)
+    return PreferenceLoss(losses, rw / nc, rl / nr)
+
+
+def simpo_loss(
+    pc, pr, rc, rr, *, chosen_lengths, rejected_lengths, beta: float = 2.0, gamma: float = 0.5, validate: bool = True
+) -> PreferenceLoss:
+    """SimPO, reference-free and length-normalised (Meng et al. 2024, Eq. 6):
+
+        L = -log sigma(beta log pi(y_w)/n_w - beta log pi(y_l)/n_l - gamma)
+
+    The reference log-probs are accepted (and validated) for a uniform signature but do not enter.
+    beta > 0, target reward margin gamma >= 0. Rewards: beta log pi(y)/n (the paper's Eq. 4).
+    """
+    beta = check_positive_scalar(beta, "beta")
+    gamma = check_finite_scalar(gamma, "gamma", nonnegative=True)
+    pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
+    nc, nr = _lengths(chosen_lengths, rejected_lengths, pc, validate, "simpo")
+    chosen, rejected = beta * pc / nc, beta * pr / nr
+    losses = -F.logsigmoid(chosen - rejected - gamma)
+    return PreferenceLoss(losses, chosen.detach(), rejected.detach())
+
+
+# --- losses on the two log-ratios separately (not invariant under adding f(x)) -----------------------
+
+
+def nca_pair_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -> PreferenceLoss:
+    """Pairwise NCA (Chen et al. 2024, noise contrastive alignment, K = 2 responses):
+
+        L = -log sigma(beta r_w) - 1/2 log sigma(-beta r_w) - 1/2 log sigma(-beta r_l)
+
+    Each log-ratio is scored on its own, so adding f(x) to both policy log-probs changes L. The chosen
+    term is stationary at sigma(beta r_w) = 2/3, i.e. r_w* = ln 2 / beta; the rejected term falls as
+    r_l -> -inf. TRL: dpo_trainer.py:1419-1426. Rewards: beta r_w, beta r_l.
+    """
+    beta = check_positive_scalar(beta, "beta")
+    pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
+    r_w, r_l = logratios(pc, pr, rc, rr)
+    losses = -F.logsigmoid(beta * r_w) - 0.5 * F.logsigmoid(-beta * r_w) - 0.5 * F.logsigmoid(-beta * r_l)
+    return PreferenceLoss(losses, *_rewards(beta, pc, pr, rc, rr))
+
+
+def bco_pair_loss(pc, pr, rc, rr, *, beta: float = 0.1, delta: float = 0.0, validate: bool = True):
+    """Pairwise BCO, a binary classifier on the implicit rewards (Jung et al. 2024, BCO with paired data):
+
+        L = -log sigma(beta r_w - delta) - log sigma(-(beta r_l - delta))
+
+    delta is the paper's reward shift, a running mean of the rewards beta r over past batches, kept by the
+    caller and passed in (it is a constant for the gradient). TRL 1.16 sets delta = 0: dpo_trainer.py:1433-1436
+    has no running mean. Rewards: beta r_w, beta r_l.
+    """
+    beta = check_positive_scalar(beta, "beta")
+    delta = check_finite_scalar(delta, "delta")
+    pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
+    r_w, r_l = logratios(pc, pr, rc, rr)
+    losses = -F.logsigmoid(beta * r_w - delta) - F.logsigmoid(-(beta * r_l - delta))
+    return PreferenceLoss(losses, *_rewards(beta, pc, pr, rc, rr))
+
+
+def sppo_hard_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -> PreferenceLoss:
+    """SPPO with hard win probabilities (Wu et al. 2024, Eq. 4.7 with P(y_w > pi) = 1, P(y_l > pi) = 0, eta = 1/beta):
+
+        L = (r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2
+
+    minimised exactly at r_w = 1/(2 beta), r_l = -1/(2 beta). TRL: dpo_trainer.py:1438-1445.
+    Rewards: beta r_w, beta r_l (so the optimum has rewards +-1/2).
+    """
+    beta = check_positive_scalar(beta, "beta")
+    pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
+    r_w, r_l = logratios(pc, pr, rc, rr)
+    target = 0.5 / beta
+    losses = (r_w - target) ** 2 + (r_l + target) ** 2
+    return PreferenceLoss(losses, *_rewards(beta, pc, pr, rc, rr))
+
+
+def apo_zero_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -> PreferenceLoss:
+    """APO-zero (D'Oosterlinck et al. 2024, Eq. 7): raise the chosen, lower the rejected likelihood.
+
+        L = 1 - sigma(beta r_w) + sigma(beta r_l),   0 < L < 2
+
+    TRL: dpo_trainer.py:1467-1473 (the paper's form plus the constant 1). Rewards: beta r_w, beta r_l.
+    """
+    beta = check_positive_scalar(beta, "beta")
+    pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
+    r_w, r_l = logratios(pc, pr, rc, rr)
+    losses = 1.0 - torch.sigmoid(beta * r_w) + torch.sigmoid(beta * r_l)
+    return PreferenceLoss(losses, *_rewards(beta, pc, pr, rc, rr))
+
+
+def apo_down_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -> PreferenceLoss:
+    """APO-down (D'Oosterlinck et al. 2024, Eq. 8): lower both likelihoods, the rejected one more.
+
+        L = sigma(beta r_w) + 1 - sigma(beta h),   0 < L < 2
+
+    TRL: dpo_trainer.py:1475-1481. Rewards: beta r_w, beta r_l.
+    """
+    beta = check_positive_scalar(beta, "beta")
+    pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
+    r_w, _ = logratios(pc, pr, rc, rr)
+    losses = torch.sigmoid(beta * r_w) + 1.0 - torch.sigmoid(beta * preference_margin(pc, pr, rc, rr))
+    return PreferenceLoss(losses, *_rewards(beta, pc, pr, rc, rr))
+
+
+# --- batch-coupled losses ----------------------------------------------------------------------------
+
+
+def aot_loss(pc, pr, rc, rr, *, beta: float = 0.1, label_smoothing: float = 0.0, validate: bool = True):
+    """AOT, paired (Melnyk et al. 2024): the policy's log-likelihood ratios should dominate the reference's.
+
+        u = sort(log pi(y_w) - log pi(y_l)),  v = sort(log pi_ref(y_w) - log pi_ref(y_l))   (over the batch)
+        L_i = -(1 - eps) log sigma(beta (u_i - v_i)) - eps log sigma(-beta (u_i - v_i))
+
+    One loss per quantile i (not per example); permuting the batch leaves them unchanged. eps in [0, 0.5)
+    (TRL applies `label_smoothing` here although its documentation names only robust and EXO).
+    TRL: dpo_trainer.py:1447-1456. Rewards: beta r_w, beta r_l per example.
+    """
+    beta = check_positive_scalar(beta, "beta")
+    eps = check_probability(label_smoothing, "label_smoothing")
+    pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
+    u = torch.sort(pc - pr).values  # (B,) policy log-likelihood ratios, ascending
+    v = torch.sort(rc - rr).values  # (B,) reference ones
+    return PreferenceLoss(dpo_losses_from_margin(u - v, beta, eps), *_rewards(beta, pc, pr, rc, rr))
+
+
+def aot_unpaired_loss(pc, pr, rc, rr, *, beta: float = 0.1, label_smoothing: float = 0.0, validate: bool = True):
+    """AOT, unpaired (Melnyk et al. 2024): the chosen log-ratio distribution should dominate the rejected one.
+
+        L_i = -(1 - eps) log sigma(beta (sort(r_w)_i - sort(r_l)_i)) - eps log sigma(-beta (...))
+
+    One loss per quantile. Adding f(x) to both policy log-probs changes the sorted pairing unless f is the
+    same for the whole batch. TRL: dpo_trainer.py:1458-1465. Rewards: beta r_w, beta r_l per example.
+    """
+    beta = check_positive_scalar(beta, "beta")
+    eps = check_probability(label_smoothing, "label_smoothing")
+    pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
+    r_w, r_l = logratios(pc, pr, rc, rr)
+    delta = torch.sort(r_w).values - torch.sort(r_l).values  # (B,) quantile differences
+    return PreferenceLoss(dpo_losses_from_margin(delta, beta, eps), *_rewards(beta, pc, pr, rc, rr))
+
+
+def sft_loss(pc, pr, rc, rr, *, chosen_lengths, rejected_lengths=None, validate: bool = True) -> PreferenceLoss:
+    """SFT term: the token-mean negative log-likelihood of the chosen completions over the batch.
+
+        L_i = -log pi(y_w^i) / n_bar,   n_bar = (1/B) sum_j n_w^j,   so  mean_i L_i = -sum_i log pi(y_w^i) / sum_i n_w^i
+
+    TRL (dpo_trainer.py:1495-1502) takes the mean of the per-token log-probs over every chosen token in
+    the batch and copies that scalar to every row; these per-example shares have the same mean and the
+    same gradient. Neither the rejected completion nor the reference enters (`rejected_lengths` unused).
+    No implicit reward: the policy sequence log-probs are returned in its place.
+    """
+    pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
+    if chosen_lengths is None:
+        raise InputError("sft needs chosen_lengths (the number of scored completion tokens per example)")
+    if validate:
+        check_lengths(chosen_lengths, "chosen_lengths", pc)
+    n_bar = chosen_lengths.to(pc.dtype).mean()
+    return PreferenceLoss(-pc / n_bar, pc.detach(), pr.detach())
+
+
+# --- the registry ------------------------------------------------------------------------------------
+
+YES, NO, EQUAL_LENGTHS, BATCH_CONSTANT = "yes", "no", "equal_lengths", "batch_constant"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One member of the family and the facts about it the checks iterate over.
+
+    `shift_invariant`: whether adding f(x) to both policy log-probs of a pair leaves the loss unchanged:
+    "yes", "no", "equal_lengths" (only when n_w = n_l) or "batch_constant" (only when f is the same for
+    every pair of the batch). `optimum(**coefficients)` gives the finite optimum as a dict (keys "margin"
+    — h, or h_bar for a length-normalised loss —, "margin_at_least", "chosen_logratio",
+    "rejected_logratio"), or None when the loss has no finite minimiser.
+    """
+
+    name: str
+    fn: LossFn
+    coefficients: tuple[str, ...]
+    needs_lengths: bool
+    per_example: bool
+    shift_invariant: str
+    optimum: Callable[..., dict[str, float] | None]
+    paper: str
+    trl: str | None  # the TRL 1.16 loss_type computing it, or None
+
+    def bind(self, **coefficients: float) -> Callable[..., torch.Tensor]:
+        """`fn(pc, pr, rc, rr, chosen_lengths, rejected_lengths) -> losses (B,)` with the coefficients bound."""
+        unknown = set(coefficients) - set(self.coefficients)
+        if unknown:
+            raise InputError(f"{self.name} takes coefficients {self.coefficients}, not {sorted(unknown)}")
+
+        def losses(pc, pr, rc, rr, chosen_lengths=None, rejected_lengths=None) -> torch.Tensor:
+            kw = dict(coefficients)
+            if self.needs_lengths:
+                kw.update(chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+            return self.fn(pc, pr, rc, rr, **kw).losses
+
+        return losses
+
+
+def _none(**_: float) -> None:
+    return None
+
+
+def _cdpo_optimum(beta: float = 0.1, label_smoothing: float = 0.0, **_: float) -> dict[str, float] | None:
+    if label_smoothing <= 0:
+        return None
+    return {"margin": math.log((1.0 - label_smoothing) / label_smoothing) / beta}
+
+
+def _exo_optimum(beta: float = 0.1, label_smoothing: float = 1e-3, **_: float) -> dict[str, float]:
+    return {"margin": math.log((1.0 - label_smoothing) / label_smoothing) / beta}
+
+
+def _ipo_optimum(tau: float = 0.1, **_: float) -> dict[str, float]:
+    return {"margin": 1.0 / (2.0 * tau)}
+
+
+def _hinge_optimum(beta: float = 0.1, **_: float) -> dict[str, float]:
+    return {"margin_at_least": 1.0 / beta}
+
+
+def _nca_optimum(beta: float = 0.1, **_: float) -> dict[str, float]:
+    return {"chosen_logratio": math.log(2.0) / beta}
+
+
+def _sppo_optimum(beta: float = 0.1, **_: float) -> dict[str, float]:
+    return {"chosen_logratio": 0.5 / beta, "rejected_logratio": -0.5 / beta}
+
+
+def _variants() -> dict[str, Variant]:
+    V = Variant
+    table = [
+        V("sigmoid", dpo_loss, ("beta",), False, True, YES, _none, "Rafailov et al. 2023, Eq. 7", "sigmoid"),
+        V("cdpo", dpo_loss, ("beta", "label_smoothing"), False, True, YES, _cdpo_optimum,
+          "Mitchell 2023 (cDPO note)", None),
+        V("ipo_sum", ipo_loss, ("tau",), False, True, YES, _ipo_optimum, "Azar et al. 2023, Eq. 17", None),
+        V("hinge", hinge_loss, ("beta",), False, True, YES, _hinge_optimum, "Liu et al. 2023 (RSO), hinge-norm",
+          "hinge"),
+        V("ipo", ipo_norm_loss, ("tau",), True, True, EQUAL_LENGTHS, _ipo_optimum,
+          "Azar et al. 2023, Eq. 17 on per-token averages", "ipo"),
+        V("exo_pair", exo_pair_loss, ("beta", "label_smoothing"), False, True, YES, _exo_optimum,
+          "Ji et al. 2024, Eq. 16", "exo_pair"),
+        V("nca_pair", nca_pair_loss, ("beta",), False, True, NO, _nca_optimum, "Chen et al. 2024 (NCA)", "nca_pair"),
+        V("robust", robust_loss, ("beta", "label_smoothing"), False, True, YES, _none,
+          "Chowdhury et al. 2024, rDPO", "robust"),
+        V("bco_pair", bco_pair_loss, ("beta", "delta"), False, True, NO, _none, "Jung et al. 2024 (BCO)",
+          "bco_pair"),
+        V("sppo_hard", sppo_hard_loss, ("beta",), False, True, NO, _sppo_optimum, "Wu et al. 2024, Eq. 4.7",
+          "sppo_hard"),
+        V("aot", aot_loss, ("beta", "label_smoothing"), False, False, YES, _none, "Melnyk et al. 2024 (paired)",
+          "aot"),
+        V("aot_unpaired", aot_unpaired_loss, ("beta", "label_smoothing"), False, False, BATCH_CONSTANT, _none,
+          "Melnyk et al. 2024 (unpaired)", "aot_unpaired"),
+        V("apo_zero", apo_zero_loss, ("beta",), False, True, NO, _none, "D'Oosterlinck et al. 2024, Eq. 7",
+          "apo_zero"),
+        V("apo_down", apo_down_loss, ("beta",), False, True, NO, _none, "D'Oosterlinck et al. 2024, Eq. 8",
+          "apo_down"),
+        V("discopop", discopop_loss, ("beta", "tau"), False, True, YES, _none, "Lu et al. 2024, Eq. 5",
+          "discopop"),
+        V("sft", sft_loss, (), True, False, NO, _none, "negative log-likelihood (token mean)", "sft"),
+        V("sigmoid_norm", sigmoid_norm_loss, ("beta",), True, True, EQUAL_LENGTHS, _none,
+          "Rafailov et al. 2023, Eq. 7 on per-token averages", "sigmoid_norm"),
+        V("simpo", simpo_loss, ("beta", "gamma"), True, True, EQUAL_LENGTHS, _none, "Meng et al. 2024, Eq. 6",
+          None),
+    ]  # fmt: skip
+    return {v.name: v for v in table}
+
+
+LOSS_FAMILY: dict[str, Variant] = _variants()
+TRL_LOSS_TYPES = tuple(v.trl for v in LOSS_FAMILY.values() if v.trl)

@@ -1,0 +1,327 @@
+"""The oracle's checks for the family variants (hinge, robust, simpo, ...): catalogue `Check`s over the family.
+
+Each check draws a batch of up to FAMILY_BATCH pairs, the variant's coefficients (fixed ones from the
+`Config`, the others from their valid ranges: `dpo_ref.strategies.family_coefficients`) and scored-token
+counts, and runs one property of `dpo_ref.family_properties` (values and gradients against an mpmath
+reference, invariance under f(x) or its absence, batch structure, bounds, optima, the variant's own
+identities) on the target through `FamilyTarget` (`dpo_ref.oracle.targets`). The runner, reports,
+diagnoses and interfaces are the classic variants' (`dpo_ref.oracle.runner`, `levels`, `diagnosis`).
+
+Tolerance: `family_properties`' first-principles bound with eps_d the verdict's rounding unit
+(`family_properties.oracle_tolerance`: float32 arithmetic passes unless strict).
+
+A reproduction re-runs the failing property on the shrunk input through the same `FamilyTarget`; the
+property raises the `PropertyViolation` the report shows, so running it shows the disagreement.
+"""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+from dpo_ref import family_properties as FP
+from dpo_ref import properties as P
+from dpo_ref import strategies as dst
+from dpo_ref.family import LOSS_FAMILY
+from dpo_ref.oracle.catalogue import Check, Config
+from dpo_ref.oracle.snippets import tensor_src
+from dpo_ref.variant_names import FAMILY_VARIANTS
+
+FAMILY_BATCH = 4  # pairs per drawn batch: the mpmath reference costs ~10 ms a row
+ALL = tuple(FAMILY_VARIANTS)
+
+
+def _variants(pred) -> tuple[str, ...]:
+    return tuple(name for name, key in FAMILY_VARIANTS.items() if pred(LOSS_FAMILY[key]))
+
+
+def _coefficients(cfg: Config) -> st.SearchStrategy[dict]:
+    fixed = dict(cfg.coefficients)
+    return dst.family_coefficients(cfg.family).map(lambda c: {**c, **{k: v for k, v in fixed.items() if k in c}})
+
+
+def _base(dtype: torch.dtype = torch.float64, **batch_kw):
+    def strategy(cfg: Config) -> st.SearchStrategy[dict]:
+        ex = st.fixed_dictionaries(
+            {
+                "batch": dst.preference_batches(max_size=FAMILY_BATCH, **batch_kw),
+                "coefficients": _coefficients(cfg),
+                "dtype": st.just(dtype),
+            }
+        )
+        return ex.flatmap(lambda e: dst.scored_token_counts(e["batch"].size).map(lambda n: {**e, "lengths": n}))
+
+    return strategy
+
+
+def _with(base, extra):
+    return lambda cfg: base(cfg).flatmap(lambda ex: extra(ex).map(lambda more: {**ex, **more}))
+
+
+def _shift(ex: dict) -> st.SearchStrategy[dict]:
+    n = ex["batch"].size
+    values = st.lists(st.floats(-50.0, 50.0), min_size=n, max_size=n)
+    return st.tuples(values, st.booleans()).map(lambda a: {"shift": [a[0][0]] * n if a[1] else a[0], "same": a[1]})
+
+
+def _perm(ex: dict) -> st.SearchStrategy[dict]:
+    return st.permutations(list(range(ex["batch"].size))).map(lambda p: {"perm": p})
+
+
+def _step(ex: dict) -> st.SearchStrategy[dict]:
+    return st.fixed_dictionaries({"rel": st.floats(0.05, 1.0), "flip": st.floats(0.0, 0.45)})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runners: (target, cfg, example) -> None, raising PropertyViolation
+
+
+def _oracle(run):
+    """The runner within the verdict's tolerance (float32 arithmetic allowed unless strict)."""
+
+    def wrapped(target, cfg: Config, ex: dict) -> None:
+        with FP.oracle_tolerance(cfg.strict):
+            run(target, cfg, ex)
+
+    return wrapped
+
+
+def _inputs(ex: dict):
+    batch = ex["batch"].tensors(ex["dtype"])
+    lengths = tuple(t.long() for t in ex["lengths"])  # (B,) int64 scored-token counts, as targets receive them
+    if ex.get("same"):
+        lengths = (lengths[0], lengths[0].clone())
+    return batch, lengths
+
+
+def _mean_only(target, cfg: Config) -> bool:
+    return target.reduction != "per-example" and not LOSS_FAMILY[cfg.family].per_example
+
+
+def _setup(target, cfg: Config, ex: dict):
+    spec = FP.FamilySpec(cfg.family, ex["coefficients"])
+    return target.per_example(ex["coefficients"]), spec, *_inputs(ex)
+
+
+def _run_values(target, cfg, ex):
+    fn, spec, batch, lengths = _setup(target, cfg, ex)
+    (FP.check_mean_value if _mean_only(target, cfg) else FP.check_values)(fn, spec, batch, lengths)
+
+
+def _run_gradients(target, cfg, ex):
+    fn, spec, batch, lengths = _setup(target, cfg, ex)
+    FP.check_gradients(fn, spec, batch, lengths)
+
+
+def _run_shift(target, cfg, ex):
+    fn, spec, batch, lengths = _setup(target, cfg, ex)
+    claim = LOSS_FAMILY[cfg.family].shift_invariant
+    FP.check_shift(fn, spec, claim, batch, lengths, torch.tensor(ex["shift"], dtype=torch.float64))
+    FP.check_not_invariant(fn, spec, claim)
+
+
+def _run_batch(target, cfg, ex):
+    fn, spec, batch, lengths = _setup(target, cfg, ex)
+    FP.check_batch_structure(fn, spec, batch, lengths, torch.tensor(ex["perm"]))
+
+
+def _run_bounds(target, cfg, ex):
+    fn, spec, batch, lengths = _setup(target, cfg, ex)
+    FP.check_bounds(fn, spec, batch, lengths)
+    FP.check_finite(fn, spec, batch, lengths)
+
+
+def _scale(ex: dict) -> float:
+    c = ex["coefficients"]
+    return c.get("beta", c.get("tau", 1.0))
+
+
+def _run_optimum(target, cfg, ex):
+    fn, spec, batch, lengths = _setup(target, cfg, ex)
+    optimum = LOSS_FAMILY[cfg.family].optimum(**ex["coefficients"])
+    FP.check_optimum(fn, spec, optimum, batch[2:], lengths, ex["rel"] / _scale(ex))
+
+
+def _run_hinge(target, cfg, ex):
+    fn, spec, batch, _ = _setup(target, cfg, ex)
+    FP.check_hinge_margin(fn, spec, batch)
+
+
+def _run_robust(target, cfg, ex):
+    fn, spec, batch, _ = _setup(target, cfg, ex)
+    FP.check_robust_unbiased(fn, spec, batch, ex["rel"] / _scale(ex))
+
+
+def _run_flip_noise(target, cfg, ex):
+    fn, spec, batch, lengths = _setup(target, cfg, ex)
+    FP.check_noisy_ipo_optimum(fn, spec, ex["flip"], batch[2:], lengths, ex["rel"] / _scale(ex))
+
+
+def _run_unmodified(target, cfg, ex):
+    fn, spec, batch, lengths = _setup(target, cfg, ex)
+    P.check_inputs_unmodified(lambda *x: fn(*x, *lengths), spec, batch)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reproductions: the inputs, then the failing property re-run on the target
+
+
+def family_inputs(target, cfg: Config, ex: dict) -> str:
+    batch, lengths = _inputs(ex)
+    lines = [f"{n} = {tensor_src(t)}" for n, t in zip(("pc", "pr", "rc", "rr"), batch)]
+    lines.append(f"nc, nr = {tensor_src(lengths[0])}, {tensor_src(lengths[1])}  # scored-token counts")
+    return "\n".join(lines)
+
+
+def _snippet(call: str, module: str = "FP."):
+    """Lines that rebuild the target as the oracle called it and re-run `call` (FP.<check>(...)) on it."""
+
+    def body(target, cfg: Config, ex: dict, err) -> str:
+        c = ex["coefficients"]
+        extra = {"shift": "shift", "perm": "perm"}
+        lines = [f"{name} = {ex[key]!r}" for key, name in extra.items() if key in ex]
+        message = str(err).splitlines()[0] if err is not None else ""
+        return "\n".join(
+            lines
+            + [
+                "from dpo_ref import family_properties as FP",
+                "from dpo_ref.oracle.targets import FamilyTarget",
+                f"target = FamilyTarget.from_callable(fn, {cfg.family!r}, 'fn', '')",
+                f"target.detect_reduction({c!r})",
+                f"per_example = target.per_example({c!r})  # fn(pc, pr, rc, rr, nc, nr) -> (B,)",
+                f"spec = FP.FamilySpec({cfg.family!r}, {c!r})",
+                f"with FP.oracle_tolerance(strict={cfg.strict!r}):",
+                f"    {module}{call.format(**_format_args(target, cfg, ex))}",
+                f"# raises: {message}",
+            ]
+        )
+
+    return body
+
+
+def _format_args(target, cfg: Config, ex: dict) -> dict:
+    c = ex["coefficients"]
+    return {
+        "claim": repr(LOSS_FAMILY[cfg.family].shift_invariant),
+        "optimum": repr(LOSS_FAMILY[cfg.family].optimum(**c)),
+        "delta": repr(ex.get("rel", 0.0) / _scale(ex)),
+        "flip": repr(ex.get("flip", 0.0)),
+        "values": "check_mean_value" if _mean_only(target, cfg) else "check_values",
+    }
+
+
+FAMILY_CHECKS: tuple[Check, ...] = (
+    Check(
+        "values",
+        "loss values equal the variant's formula (mpmath reference; float64 inputs)",
+        _base(),
+        _oracle(_run_values),
+        _snippet("{values}(per_example, spec, (pc, pr, rc, rr), (nc, nr))"),
+        ALL,
+        family_inputs,
+    ),
+    Check(
+        "values_float32",
+        "loss values within the float32 tolerance (float32 inputs)",
+        _base(torch.float32),
+        _oracle(_run_values),
+        _snippet("{values}(per_example, spec, (pc, pr, rc, rr), (nc, nr))"),
+        ALL,
+        family_inputs,
+    ),
+    Check(
+        "gradients",
+        "autograd gradients equal the formula's derivatives (mpmath)",
+        _base(),
+        _oracle(_run_gradients),
+        _snippet("check_gradients(per_example, spec, (pc, pr, rc, rr), (nc, nr))"),
+        ALL,
+        family_inputs,
+    ),
+    Check(
+        "shift",
+        "adding f(x) to both policy log-probs: unchanged where the variant is invariant, else the formula's move",
+        _with(_base(min_value=-100.0), _shift),
+        _oracle(_run_shift),
+        _snippet(
+            "check_shift(per_example, spec, {claim}, (pc, pr, rc, rr), (nc, nr), torch.tensor(shift, "
+            "dtype=torch.float64)); FP.check_not_invariant(per_example, spec, {claim})"
+        ),
+        ALL,
+        family_inputs,
+    ),
+    Check(
+        "batch_structure",
+        "permuting the batch permutes per-example losses (AOT: quantile losses unchanged)",
+        _with(_base(), _perm),
+        _oracle(_run_batch),
+        _snippet("check_batch_structure(per_example, spec, (pc, pr, rc, rr), (nc, nr), torch.tensor(perm))"),
+        ALL,
+        family_inputs,
+    ),
+    Check(
+        "bounds_finite",
+        "within the variant's bounds, finite values and gradients (float32, log-probs down to -1e4)",
+        _base(torch.float32),
+        _oracle(_run_bounds),
+        _snippet(
+            "check_bounds(per_example, spec, (pc, pr, rc, rr), (nc, nr)); "
+            "FP.check_finite(per_example, spec, (pc, pr, rc, rr), (nc, nr))"
+        ),
+        ALL,
+        family_inputs,
+    ),
+    Check(
+        "optimum",
+        "zero gradient and a strict minimum at the variant's optimum (EXO, IPO, SPPO, NCA)",
+        _with(_base(min_value=-100.0), _step),
+        _oracle(_run_optimum),
+        _snippet("check_optimum(per_example, spec, {optimum}, (rc, rr), (nc, nr), {delta})"),
+        _variants(lambda v: v.optimum.__name__ not in ("_none", "_hinge_optimum")),
+        family_inputs,
+    ),
+    Check(
+        "hinge_margin",
+        "loss and gradient exactly 0 where beta h >= 1, L = 1 - beta h and dL/dpc = -beta below",
+        _base(),
+        _oracle(_run_hinge),
+        _snippet("check_hinge_margin(per_example, spec, (pc, pr, rc, rr))"),
+        ("hinge",),
+        family_inputs,
+    ),
+    Check(
+        "robust_unbiased",
+        "(1 - eps) L(h) + eps L(-h) = -log sigma(beta h); L falls strictly in h",
+        _with(_base(min_value=-100.0), _step),
+        _oracle(_run_robust),
+        _snippet("check_robust_unbiased(per_example, spec, (pc, pr, rc, rr), {delta})"),
+        ("robust",),
+        family_inputs,
+    ),
+    Check(
+        "flip_noise_optimum",
+        "with flip noise eps the expected loss is minimised at h_bar* = (1 - 2 eps)/(2 tau)",
+        _with(_base(min_value=-100.0), _step),
+        _oracle(_run_flip_noise),
+        _snippet("check_noisy_ipo_optimum(per_example, spec, {flip}, (rc, rr), (nc, nr), {delta})"),
+        ("ipo-norm",),
+        family_inputs,
+    ),
+    Check(
+        "inputs_unmodified",
+        "the four input tensors are not written to",
+        _base(),
+        _oracle(_run_unmodified),
+        _snippet(
+            "check_inputs_unmodified(lambda *x: per_example(*x, nc, nr), spec, (pc, pr, rc, rr))",
+            "dpo_ref.properties.",
+        ),
+        ALL,
+        family_inputs,
+    ),
+)
+
+# A reducing target of a batch-coupled loss returns only the mean: the shift property (per-example values
+# at moved inputs) cannot be observed on it.
+MEAN_ONLY_SKIPS = {"shift": "the target returns the batch mean of a batch-coupled loss: its values are checked "
+                   "on the mean"}  # fmt: skip

@@ -1,0 +1,256 @@
+"""`dpo-ref matrix`: every installed library adapter over every variant it claims, as a compliance table.
+
+    dpo-ref matrix [--out docs] [--max-examples 25] [--search-examples 8] [--readme README.md]
+
+Libraries and what each claims:
+  TRL (DPOTrainer)          its 15 loss types and a `loss_weights` combination, searched through its own
+                            tokenisation and collation (`adapters.trl_search`); cDPO as it was configured
+                            (`loss_type="sigmoid"` + `label_smoothing`, `adapters.trl`); gradient accumulation
+                            and padding (`adapters.trl_batch`)
+  torchtune                 DPOLoss as dpo and cdpo, RSOLoss as hinge (loss level, the full catalogue);
+                            get_batch_log_probs (log-prob level); the collate -> model -> loss pipeline
+  Liger-Kernel              reported as not installed when it cannot be imported
+
+Writes `<out>/compliance.md` and `<out>/compliance.json` (library x version x variant x check, each failing
+check's message and reproduction, torch/transformers versions, the date), each atomically, after every
+run has finished; prints one line per check as it goes. With `--readme`, replaces the block between
+`<!-- compliance-summary:start -->` and `<!-- compliance-summary:end -->` in that file with `summary()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+from dpo_ref.atomic import write_text_atomic
+from dpo_ref.errors import InputError
+
+START, END = "<!-- compliance-summary:start -->", "<!-- compliance-summary:end -->"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "matrix",
+        help="run every installed library adapter over every variant it claims; write docs/compliance.{md,json}",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("--out", default="docs", help="directory for compliance.md and compliance.json (default docs)")
+    p.add_argument("--max-examples", type=int, default=25, help="Hypothesis examples per loss-level check")
+    p.add_argument("--search-examples", type=int, default=8, help="Hypothesis batches per TRL loss type")
+    p.add_argument("--readme", default=None, help="also rewrite the compliance summary block in this README")
+    p.set_defaults(func=handler)
+
+
+def _version(module: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return None
+
+
+def _entry(library: str, version: str, variant: str, level: str, check) -> dict:
+    return {
+        "library": library,
+        "version": version,
+        "variant": variant,
+        "level": level,
+        "check": check.name,
+        "status": check.status,
+        "message": check.message,
+        "reproduction": check.reproduction,
+    }
+
+
+def _trl(args, emit) -> None:
+    from dpo_ref.family import TRL_LOSS_TYPES
+    from dpo_ref.oracle import adapters
+    from dpo_ref.oracle.adapters import trl_batch, trl_search
+    from dpo_ref.oracle.api import make_config
+
+    version = _version("trl")
+    trainer = trl_search.build_search()
+    for loss_type in TRL_LOSS_TYPES:
+        emit("trl", version, loss_type, "library", trl_search.search(trainer, ((loss_type, 1.0),), args.search))
+    combo = "+".join(t for t, _ in trl_search.COMBINATION)
+    emit("trl", version, combo, "library", trl_search.search(trainer, trl_search.COMBINATION, args.search))
+    report = adapters.run("trl", "library", make_config("cdpo", beta=0.1, label_smoothing=0.1))
+    for check in report.checks:
+        if check.failed and report.diagnosis:
+            check.message += " " + "; ".join(report.diagnosis)
+        emit("trl", version, "cdpo (sigmoid + label_smoothing)", "library", check)
+    for loss_type in ("sigmoid", "ipo", "sft"):
+        emit("trl", version, loss_type, "batch", trl_batch.check_accumulation(loss_type))
+    for check in trl_batch.check_padding():
+        emit("trl", version, "sigmoid", "batch", check)
+
+
+def _torchtune(args, emit) -> None:
+    import dpo_ref
+    from dpo_ref.oracle.adapters import torchtune
+    from dpo_ref.oracle.api import make_config
+
+    version = _version("torchtune")
+    for variant in ("dpo", "cdpo"):
+        report = torchtune.run(make_config(variant, max_examples=args.max_examples), None)
+        for check in report.checks:
+            level, _, _ = check.name.rpartition(":")
+            emit("torchtune", version, f"{variant} (DPOLoss)", level or "loss", check, report.diagnosis)
+    report = dpo_ref.verify(
+        torchtune.rso_loss, variant="hinge", max_examples=args.max_examples, name="torchtune.rlhf.loss.RSOLoss"
+    )
+    for check in report.checks:
+        emit("torchtune", version, "hinge (RSOLoss)", "loss", check, report.diagnosis)
+
+
+LIBRARIES = {"trl": _trl, "torchtune": _torchtune}
+NOT_ADAPTED = {"liger_kernel": "Liger-Kernel"}
+
+
+def run(args, out=print) -> dict:
+    """Every installed library's checks; returns the matrix as a dict (what compliance.json holds)."""
+    entries, libraries = [], []
+    started = time.perf_counter()
+
+    def emit(library, version, variant, level, check, diagnosis=()):
+        entry = _entry(library, version, variant, level, check)
+        if check.failed and diagnosis:
+            entry["diagnosis"] = list(diagnosis)
+        entries.append(entry)
+        mark = {"passed": "PASS", "failed": "FAIL", "skipped": "skip", "advice": "advice"}.get(check.status, "?")
+        out(f"[{time.perf_counter() - started:6.1f} s] {library} {version} {variant} {check.name}: {mark}")
+
+    for name, runner in LIBRARIES.items():
+        version = _version(name)
+        libraries.append({"library": name, "version": version, "installed": version is not None})
+        if version is None:
+            out(f"{name}: not installed, skipped")
+            continue
+        runner(args, emit)
+    for module, name in NOT_ADAPTED.items():
+        version = _version(module.replace("_", "-")) or _version(module)
+        libraries.append({"library": name, "version": version, "installed": version is not None})
+        out(f"{name}: {'installed, no adapter yet' if version else 'not installed, skipped'}")
+    return {
+        "generated": datetime.date.today().isoformat(),
+        "command": "dpo-ref matrix " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["matrix"] else []),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": _version("torch"),
+            "transformers": _version("transformers"),
+            "datasets": _version("datasets"),
+            "hypothesis": _version("hypothesis"),
+        },
+        "settings": {"max_examples per loss-level check": args.max_examples, "batches per TRL search": args.search},
+        "seconds": round(time.perf_counter() - started, 1),
+        "libraries": libraries,
+        "entries": entries,
+    }
+
+
+def _rows(matrix: dict) -> list[tuple[str, str, str, str, int, int, list[str]]]:
+    """(library, version, variant, level, passed, failed, failing check names) per library x variant x level."""
+    groups: dict = {}
+    for e in matrix["entries"]:
+        key = (e["library"], e["version"], e["variant"], e["level"])
+        g = groups.setdefault(key, [0, 0, []])
+        if e["status"] == "failed":
+            g[1] += 1
+            g[2].append(e["check"])
+        elif e["status"] in ("passed", "advice"):
+            g[0] += 1
+    return [(*k, *v) for k, v in groups.items()]
+
+
+def summary(matrix: dict) -> str:
+    """The README's summary: one line per library x variant x level with a failure, then the counts."""
+    rows = _rows(matrix)
+    failing = [r for r in rows if r[5]]
+    lines = [
+        f"Generated by `dpo-ref matrix` on {matrix['generated']} (torch {matrix['versions']['torch']}, "
+        f"transformers {matrix['versions']['transformers']}); full table and reproductions: "
+        "[docs/compliance.md](docs/compliance.md).",
+        "",
+        "| library | version | variant | level | failing checks |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {', '.join(r[6])} |" for r in failing]
+    conforming = sum(1 for r in rows if not r[5])
+    lines += ["", f"{conforming} of {len(rows)} library x variant x level combinations pass every check."]
+    return "\n".join(lines)
+
+
+def markdown(matrix: dict) -> str:
+    v = matrix["versions"]
+    lines = [
+        "# Compliance matrix",
+        "",
+        f"Generated by `{matrix['command'].strip()}` on {matrix['generated']} in {matrix['seconds']} s. "
+        "Do not edit by hand: rerun the command.",
+        "",
+        f"Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, datasets {v['datasets']}, "
+        f"hypothesis {v['hypothesis']}. Settings: "
+        + ", ".join(f"{k} {x}" for k, x in matrix["settings"].items())
+        + ".",
+        "",
+        "| library | version | installed |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {lib['library']} | {lib['version'] or '-'} | {'yes' if lib['installed'] else 'no'} |"
+              for lib in matrix["libraries"]]  # fmt: skip
+    lines += [
+        "",
+        "| library | version | variant | level | passed | failed | failing checks |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {', '.join(r[6])} |" for r in _rows(matrix)]
+    lines += ["", "## Findings", ""]
+    for e in matrix["entries"]:
+        if e["status"] != "failed":
+            continue
+        lines += [f"### {e['library']} {e['version']}: {e['variant']}, {e['check']}", "", e["message"], ""]
+        for d in e.get("diagnosis", []):
+            lines.append(f"- diagnosis: {d}")
+        if e.get("diagnosis"):
+            lines.append("")
+        if e["reproduction"]:
+            lines += ["```python", e["reproduction"].rstrip(), "```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def replace_summary(readme: str, text: str, path: str = "README.md") -> str:
+    """`readme` with the block between the summary markers replaced by `text`."""
+    if START not in readme or END not in readme:
+        raise InputError(f"{path} has no {START} ... {END} block to update")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{text}\n{END}{tail}"
+
+
+def handler(args: argparse.Namespace) -> int:
+    if args.max_examples < 1 or args.search_examples < 1:
+        raise InputError("--max-examples and --search-examples must be positive integers")
+    if not os.path.isdir(args.out):
+        raise InputError(f"--out: directory {args.out!r} does not exist")
+    readme = None
+    if args.readme is not None:
+        try:
+            with open(args.readme, encoding="utf-8") as f:
+                readme = f.read()
+        except OSError as err:
+            raise InputError(f"--readme {args.readme!r} cannot be read: {err.strerror}") from None
+        replace_summary(readme, "", args.readme)  # the markers must be there before anything runs
+    args.search = args.search_examples
+    matrix = run(args, out=lambda line: print(line, flush=True))
+    write_text_atomic(os.path.join(args.out, "compliance.json"), json.dumps(matrix, indent=2) + "\n")
+    write_text_atomic(os.path.join(args.out, "compliance.md"), markdown(matrix))
+    if readme is not None:
+        write_text_atomic(args.readme, replace_summary(readme, summary(matrix), args.readme))
+    print(f"wrote {os.path.join(args.out, 'compliance.md')} and compliance.json")
+    return 0

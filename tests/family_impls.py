@@ -1,0 +1,210 @@
+"""Loss-family implementations written independently of `dpo_ref.family`, for the oracle's family tests.
+
+CORRECT[variant]: one correct implementation of each family variant in a style other than dpo_ref's
+(softplus, BCE-with-logits, two-class log-softmax, argsort-gather, batch means, TRL's `beta` standing for
+tau, ...). BROKEN[variant]: (implementation with one mistake, the diagnosis the oracle must name).
+Each follows the oracle's loss-level convention: fn(pc, pr, rc, rr, <coefficients>[, chosen_lengths=,
+rejected_lengths=]).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _h(pc, pr, rc, rr):
+    return (pc - rc) - (pr - rr)
+
+
+# --- correct, in other styles ----------------------------------------------------------------------
+
+
+def hinge_clamp_mean(pc, pr, rc, rr, beta=0.1):
+    return torch.clamp(1 - beta * _h(pc, pr, rc, rr), min=0).mean()
+
+
+def ipo_norm_trl_style(pc, pr, rc, rr, beta=0.1, chosen_lengths=None, rejected_lengths=None):
+    """beta stands for tau (TRL's convention)."""
+    chosen = (pc - rc) / chosen_lengths
+    rejected = (pr - rr) / rejected_lengths
+    return ((chosen - rejected - 1 / (2 * beta)) ** 2).mean()
+
+
+def exo_two_class_kl(pc, pr, rc, rr, beta=0.1, label_smoothing=1e-3):
+    logits = torch.stack([beta * (pc - rc), beta * (pr - rr)], dim=-1)  # (B, 2)
+    log_q = torch.log_softmax(logits, dim=-1)
+    log_p = torch.tensor([math.log1p(-label_smoothing), math.log(label_smoothing)], dtype=logits.dtype)
+    return (log_q.exp() * (log_q - log_p)).sum(-1)
+
+
+def nca_softplus(pc, pr, rc, rr, beta=0.1):
+    w, lo = beta * (pc - rc), beta * (pr - rr)
+    return F.softplus(-w) + 0.5 * F.softplus(w) + 0.5 * F.softplus(lo)
+
+
+def robust_bce(pc, pr, rc, rr, beta=0.1, label_smoothing=0.1):
+    z = beta * _h(pc, pr, rc, rr)
+    ones, zeros = torch.ones_like(z), torch.zeros_like(z)
+    clean = F.binary_cross_entropy_with_logits(z, ones, reduction="none")
+    flipped = F.binary_cross_entropy_with_logits(z, zeros, reduction="none")
+    return ((1 - label_smoothing) * clean - label_smoothing * flipped) / (1 - 2 * label_smoothing)
+
+
+def bco_softplus(pc, pr, rc, rr, beta=0.1, delta=0.0):
+    return F.softplus(-(beta * (pc - rc) - delta)) + F.softplus(beta * (pr - rr) - delta)
+
+
+def sppo_expanded(pc, pr, rc, rr, beta=0.1):
+    a, b = pc - rc, pr - rr
+    return a * a - a / beta + b * b + b / beta + 0.5 / beta**2
+
+
+def aot_argsort(pc, pr, rc, rr, beta=0.1, label_smoothing=0.0):
+    u = (pc - pr).gather(0, torch.argsort(pc - pr))
+    v = (rc - rr).gather(0, torch.argsort(rc - rr))
+    z = beta * (u - v)
+    return ((1 - label_smoothing) * F.softplus(-z) + label_smoothing * F.softplus(z)).mean()
+
+
+def aot_unpaired_argsort(pc, pr, rc, rr, beta=0.1, label_smoothing=0.0):
+    w, lo = pc - rc, pr - rr
+    z = beta * (w.gather(0, torch.argsort(w)) - lo.gather(0, torch.argsort(lo)))
+    return (1 - label_smoothing) * F.softplus(-z) + label_smoothing * F.softplus(z)
+
+
+def apo_zero_sigmoid(pc, pr, rc, rr, beta=0.1):
+    return torch.sigmoid(-beta * (pc - rc)) + torch.sigmoid(beta * (pr - rr))
+
+
+def apo_down_sigmoid(pc, pr, rc, rr, beta=0.1):
+    return torch.sigmoid(beta * (pc - rc)) + torch.sigmoid(-beta * _h(pc, pr, rc, rr))
+
+
+def discopop_stable(pc, pr, rc, rr, beta=0.1, tau=0.05):
+    rho = beta * _h(pc, pr, rc, rr)
+    mix = torch.sigmoid(rho / tau)
+    return (1 - mix) * F.softplus(-rho) + torch.exp(-rho - F.softplus(-rho / tau))
+
+
+def sft_token_mean(pc, pr, rc, rr, chosen_lengths=None, rejected_lengths=None):
+    return -pc.sum() / chosen_lengths.sum()
+
+
+def sigmoid_norm_mean(pc, pr, rc, rr, beta=0.1, chosen_lengths=None, rejected_lengths=None):
+    return F.softplus(-beta * ((pc - rc) / chosen_lengths - (pr - rr) / rejected_lengths)).mean()
+
+
+def simpo_rewards(pc, pr, rc, rr, beta=2.0, gamma=0.5, chosen_lengths=None, rejected_lengths=None):
+    chosen_rewards = beta * pc / chosen_lengths
+    rejected_rewards = beta * pr / rejected_lengths
+    return F.softplus(gamma - (chosen_rewards - rejected_rewards))
+
+
+CORRECT = {
+    "hinge": hinge_clamp_mean,
+    "ipo-norm": ipo_norm_trl_style,
+    "exo_pair": exo_two_class_kl,
+    "nca_pair": nca_softplus,
+    "robust": robust_bce,
+    "bco_pair": bco_softplus,
+    "sppo_hard": sppo_expanded,
+    "aot": aot_argsort,
+    "aot_unpaired": aot_unpaired_argsort,
+    "apo_zero": apo_zero_sigmoid,
+    "apo_down": apo_down_sigmoid,
+    "discopop": discopop_stable,
+    "sft": sft_token_mean,
+    "sigmoid_norm": sigmoid_norm_mean,
+    "simpo": simpo_rewards,
+}
+
+
+# --- broken, each with the diagnosis it must get --------------------------------------------------
+
+
+def hinge_is_dpo(pc, pr, rc, rr, beta=0.1):
+    return F.softplus(-beta * _h(pc, pr, rc, rr))
+
+
+def ipo_norm_counts_plus_one(pc, pr, rc, rr, tau=0.1, chosen_lengths=None, rejected_lengths=None):
+    """TRL's count: the unshifted completion mask, one more than the scored tokens when the completion starts at 0."""
+    hb = (pc - rc) / (chosen_lengths + 1) - (pr - rr) / (rejected_lengths + 1)
+    return ((hb - 1 / (2 * tau)) ** 2).mean()
+
+
+def exo_is_cdpo(pc, pr, rc, rr, beta=0.1, label_smoothing=1e-3):
+    z = beta * _h(pc, pr, rc, rr)
+    return (1 - label_smoothing) * F.softplus(-z) + label_smoothing * F.softplus(z)
+
+
+def nca_is_dpo(pc, pr, rc, rr, beta=0.1):
+    return F.softplus(-beta * _h(pc, pr, rc, rr))
+
+
+def robust_is_cdpo(pc, pr, rc, rr, beta=0.1, label_smoothing=0.1):
+    z = beta * _h(pc, pr, rc, rr)
+    return (1 - label_smoothing) * F.softplus(-z) + label_smoothing * F.softplus(z)
+
+
+def bco_swapped(pc, pr, rc, rr, beta=0.1, delta=0.0):
+    return F.softplus(-(beta * (pr - rr) - delta)) + F.softplus(beta * (pc - rc) - delta)
+
+
+def sppo_no_reference(pc, pr, rc, rr, beta=0.1):
+    return (pc - 0.5 / beta) ** 2 + (pr + 0.5 / beta) ** 2
+
+
+def aot_is_unpaired(pc, pr, rc, rr, beta=0.1, label_smoothing=0.0):
+    return aot_unpaired_argsort(pc, pr, rc, rr, beta, label_smoothing)
+
+
+def aot_unpaired_is_paired(pc, pr, rc, rr, beta=0.1, label_smoothing=0.0):
+    u, v = torch.sort(pc - pr).values, torch.sort(rc - rr).values
+    z = beta * (u - v)
+    return (1 - label_smoothing) * F.softplus(-z) + label_smoothing * F.softplus(z)
+
+
+def apo_zero_is_down(pc, pr, rc, rr, beta=0.1):
+    return apo_down_sigmoid(pc, pr, rc, rr, beta)
+
+
+def apo_down_is_zero(pc, pr, rc, rr, beta=0.1):
+    return apo_zero_sigmoid(pc, pr, rc, rr, beta)
+
+
+def discopop_is_dpo(pc, pr, rc, rr, beta=0.1, tau=0.05):
+    return F.softplus(-beta * _h(pc, pr, rc, rr))
+
+
+def sft_counts_plus_one(pc, pr, rc, rr, chosen_lengths=None, rejected_lengths=None):
+    return -pc.sum() / (chosen_lengths + 1).sum()
+
+
+def sigmoid_norm_on_sums(pc, pr, rc, rr, beta=0.1, chosen_lengths=None, rejected_lengths=None):
+    return F.softplus(-beta * _h(pc, pr, rc, rr))
+
+
+def simpo_on_sums(pc, pr, rc, rr, beta=2.0, gamma=0.5, chosen_lengths=None, rejected_lengths=None):
+    return F.softplus(gamma - beta * (pc - pr))
+
+
+BROKEN = {
+    "hinge": (hinge_is_dpo, "dpo"),
+    "ipo-norm": (ipo_norm_counts_plus_one, "count-plus-one"),
+    "exo_pair": (exo_is_cdpo, "cdpo"),
+    "nca_pair": (nca_is_dpo, "dpo"),
+    "robust": (robust_is_cdpo, "cdpo"),
+    "bco_pair": (bco_swapped, "chosen-rejected-swapped"),
+    "sppo_hard": (sppo_no_reference, "no-reference"),
+    "aot": (aot_is_unpaired, "aot_unpaired"),
+    "aot_unpaired": (aot_unpaired_is_paired, "aot"),
+    "apo_zero": (apo_zero_is_down, "apo_down"),
+    "apo_down": (apo_down_is_zero, "apo_zero"),
+    "discopop": (discopop_is_dpo, "dpo"),
+    "sft": (sft_counts_plus_one, "count-plus-one"),
+    "sigmoid_norm": (sigmoid_norm_on_sums, "not-length-normalised"),
+    "simpo": (simpo_on_sums, "not-length-normalised"),
+}
