@@ -357,12 +357,16 @@ def check_monotone(fn: LossFn, spec: LossSpec, margins: torch.Tensor, dtype: tor
         if out[i + 1] > out[i] + tol[i] + tol[i + 1]:
             raise PropertyViolation(
                 f"{spec.describe()} loss increased with the margin: L(h={h[i].item()!r}) = {out[i].item()!r} "
-                f"< L(h={h[i + 1].item()!r}) = {out[i + 1].item()!r}"
+                f"< L(h={h[i + 1].item()!r}) = {out[i + 1].item()!r}",
+                index=i,
+                tol=float(tol[i] + tol[i + 1]),
             )
         if expected[i] - expected[i + 1] > 2 * (tol[i] + tol[i + 1]) and not out[i + 1] < out[i]:
             raise PropertyViolation(
                 f"{spec.describe()} loss did not fall from h={h[i].item()!r} to h={h[i + 1].item()!r}: "
-                f"{out[i].item()!r} -> {out[i + 1].item()!r}"
+                f"{out[i].item()!r} -> {out[i + 1].item()!r}",
+                index=i,
+                tol=float(tol[i] + tol[i + 1]),
             )
 
 
