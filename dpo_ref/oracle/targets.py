@@ -211,39 +211,43 @@ def map_by_name(fn: Callable) -> tuple[list[str] | None, str | None]:
     )
 
 
+def _slots(fn: Callable, named: tuple[str, ...]) -> tuple[list[str], list[str], list[str]] | None:
+    """fn's positional parameters, the required ones among them, and its required keyword-only ones, leaving out
+    the names in `named` (passed by keyword); None when fn takes *args or has no readable signature."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    positional = [p for p in params if p.kind in kinds and p.name not in named]
+    required = [p.name for p in positional if p.default is inspect.Parameter.empty]
+    required_kw = [
+        p.name
+        for p in params
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty and p.name not in named
+    ]
+    return [p.name for p in positional], required, required_kw
+
+
 def check_loss_signature(fn: Callable, name: str, extra: tuple[str, ...] = ()) -> None:
     """`InputError` (a usage error) when fn cannot be called as fn(pc, pr, rc, rr, beta=...) (plus the keywords
     `extra`, which a family variant passes)."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
+    slots = _slots(fn, COEFFICIENT_NAMES + extra)  # a coefficient may be positional-or-keyword too
+    if slots is None:
         return
-    params = list(sig.parameters.values())
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        return
-    positional = [
-        p
-        for p in params
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        and p.name not in COEFFICIENT_NAMES + extra
-    ]  # the slots for the four log-probs (a coefficient may be positional-or-keyword too)
-    required = [p for p in positional if p.default is inspect.Parameter.empty]
-    required_kw = [
-        p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
-    ]
+    positional, required, required_kw = slots
     hint = (
         "a loss-level target is called as fn(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, "
         "reference_rejected_logps, beta=...); wrap yours in a small function with that signature"
     )
     if len(positional) < 4:
         raise InputError(f"{name} takes {len(positional)} positional argument(s), not the four log-probs: {hint}")
-    extra_required = [p.name for p in required[4:] if p.name not in COEFFICIENT_NAMES + extra]
-    if extra_required:
-        extra = ", ".join(extra_required)
-        raise InputError(f"{name} requires more than the four log-probs ({extra}): {hint}")
-    unknown_kw = [k for k in required_kw if k not in COEFFICIENT_NAMES + extra]
-    if unknown_kw:
-        raise InputError(f"{name} requires keyword argument(s) {', '.join(unknown_kw)}: {hint}")
+    if required[4:]:
+        raise InputError(f"{name} requires more than the four log-probs ({', '.join(required[4:])}): {hint}")
+    if required_kw:
+        raise InputError(f"{name} requires keyword argument(s) {', '.join(required_kw)}: {hint}")
 
 
 PROBE_LOGPS = ([-3.0, -10.0, -1.5], [-5.0, -2.0, -7.0], [-4.0, -6.0, -2.0], [-4.5, -3.0, -6.5])  # pc, pr, rc, rr
@@ -517,20 +521,10 @@ LOGPS_HINT = (
 
 def check_logps_signature(fn: Callable, name: str) -> None:
     """`InputError` (a usage error, with a hint) when fn cannot be called as fn(logits, labels)."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
+    slots = _slots(fn, ())
+    if slots is None:
         return
-    params = list(sig.parameters.values())
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        return
-    positional = [
-        p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
-    required = [p.name for p in positional if p.default is inspect.Parameter.empty]
-    required_kw = [
-        p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
-    ]
+    positional, required, required_kw = slots
     if len(positional) < 2:
         raise InputError(f"{name} takes {len(positional)} positional argument(s), not (logits, labels): {LOGPS_HINT}")
     if len(required) > 2 or required_kw:
