@@ -6,11 +6,18 @@ when the `compare` extra is not installed.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from dpo_ref.errors import InputError
 from dpo_ref.oracle import verify
 from dpo_ref.oracle.report import FAILED, PASSED
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _importable(name: str) -> str | None:
@@ -90,3 +97,19 @@ def test_torchtune_has_no_ipo_loss():
         verify("torchtune", level="loss", variant="ipo")
     report = verify("torchtune", variant="ipo-mean", max_examples=5, checks=None)
     assert report.level == "logps" and any("no IPO loss" in n for n in report.notes)
+
+
+def test_trl_builds_leave_no_temporary_folder_behind():
+    reason = _importable("trl")
+    if reason:
+        pytest.skip(reason)
+    code = (
+        "from dpo_ref.oracle.adapters.trl import build\n"
+        "trainer, _ = build()\n"
+        "import os; assert os.path.isdir(trainer.args.output_dir)\n"
+        "print(trainer.args.output_dir)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    folder = out.stdout.strip().splitlines()[-1]
+    assert folder and not os.path.exists(folder), f"{folder} was left behind"

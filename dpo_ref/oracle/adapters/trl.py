@@ -13,10 +13,12 @@ standing for tau.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import io
 import logging
+import shutil
 import tempfile
 import warnings
 
@@ -49,6 +51,14 @@ def import_trl():
     return trl
 
 
+def scratch_dir(prefix: str) -> str:
+    """A temporary directory for a trainer's `output_dir`, removed when the interpreter exits (TRL writes
+    nothing there in these checks, but it insists on one; without this every verify left one behind)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def loss_type_for(variant: str) -> str:
     return "ipo" if variant in ("ipo", "ipo-mean") else "sigmoid"
 
@@ -65,7 +75,7 @@ def build(variant: str = "dpo", beta: float = 0.1, label_smoothing: float = 0.0,
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    output_dir = tempfile.mkdtemp(prefix="dpo-ref-trl-")
+    output_dir = scratch_dir("dpo-ref-trl-")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # transformers' deprecation notices about TrainingArguments fields
         args = DPOConfig(

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import tempfile
 import warnings
 
 import torch
 
 from dpo_ref.oracle.adapters import tiny
+from dpo_ref.oracle.adapters.trl import scratch_dir
 from dpo_ref.oracle.report import FAILED, PASSED, CheckResult
 
 ROWS = {
@@ -40,7 +40,7 @@ def _trainer(batch_size: int, accumulation: int, loss_type: str = "sigmoid"):
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         args = DPOConfig(
-            output_dir=tempfile.mkdtemp(prefix="dpo-ref-trl-ga-"),
+            output_dir=scratch_dir("dpo-ref-trl-ga-"),
             loss_type=loss_type,
             beta=0.5,
             per_device_train_batch_size=batch_size,
