@@ -1,4 +1,4 @@
-"""3. The partition function cancels in Bradley-Terry and Plackett-Luce (Rafailov et al. 2023, Eq. 6, App. A.3)."""
+"""The partition function cancels in Bradley-Terry and Plackett-Luce (Rafailov et al. 2023, Eq. 6, App. A.3)."""
 
 from __future__ import annotations
 
@@ -39,14 +39,16 @@ PROOF = Proof(
     name="bt-cancellation",
     title=Text(
         "The partition function cancels in Bradley–Terry and Plackett–Luce",
-        "配分函数在布拉德利-特里模型与普拉克特-卢斯模型中相互抵消",
+        "配分函数在布拉德利-特里模型与普拉克特-卢斯模型中约去",
     ),
     intro=Text(
-        "Preference models compare responses to the same prompt. Substituting the reparameterised reward "
-        "into them, the intractable $Z(x)$ (a sum over every possible response) appears in every term "
-        "and cancels, leaving only policy log-ratios that we can compute.",
-        "偏好模型比较的是同一提示下的不同回答。把重参数化后的奖励代入这些模型，难以计算的 $Z(x)$"
-        "（对所有可能回答求和）出现在每一项中并相互抵消，只剩下可以计算的策略对数比值。",
+        "Preference models compare responses to the same prompt: in a pair, the chosen response $y_w$ "
+        "and the rejected one $y_l$. Substituting the reparameterised reward into them, the intractable "
+        "$Z(x)$ (a sum over every possible response) appears in every term and cancels, leaving only "
+        "policy log-ratios that we can compute.",
+        "偏好模型比较的是同一提示下的不同回答：在一对中，是被选回答 $y_w$ 与被拒回答 $y_l$。"
+        "把重参数化后的奖励代入这些模型，难以计算的 $Z(x)$（对所有可能回答求和）出现在每一项中并被约去，"
+        "只剩下可以计算的策略对数比值。",
     ),
     justifies=("dpo_ref.losses.preference_margin", "dpo_ref.losses.dpo_losses_from_margin"),
     steps=[
@@ -71,7 +73,7 @@ PROOF = Proof(
             Equal(BT_REPARAM, sigma(beta * H), via=("expand_log", "expand", "cancel")),
         ),
         Step(
-            Text("The partition function cancels", "配分函数相互抵消"),
+            Text("The partition function cancels", "配分函数被约去"),
             Text(
                 "Although the left-hand side above is written with $Z$, its derivative in $Z$ is zero: "
                 "the preference probability does not depend on the partition function.",

@@ -1,4 +1,4 @@
-"""10. Conservative DPO: label smoothing gives a finite optimum.
+"""Conservative DPO: label smoothing gives a finite optimum.
 
 Mitchell (2023), "A note on DPO with noisy preferences".
 """
@@ -56,9 +56,9 @@ PROOF = Proof(
             Text("cDPO is DPO plus a linear term", "cDPO 等于 DPO 加一个线性项"),
             Text(
                 "Using $\\log\\sigma(z) - \\log\\sigma(-z) = z$, the smoothing adds $\\varepsilon\\beta h$ to the "
-                "DPO loss: a constant push back against growing the margin.",
+                "DPO loss: a constant push (gradient $\\varepsilon\\beta$) back against growing the margin.",
                 "利用 $\\log\\sigma(z) - \\log\\sigma(-z) = z$，平滑项在 DPO 损失上加了 $\\varepsilon\\beta h$："
-                "一个持续抵抗间隔增大的力。",
+                "即一个恒定的（梯度为 $\\varepsilon\\beta$）、抵抗间隔增大的推力。",
             ),
             Equal(CDPO, DPO_PLUS, via=("expand_log", "simplify")),
         ),

@@ -25,6 +25,7 @@ LOGPS = (logp_w, logp_l, logref_w, logref_l)
 NAMES.update(
     {
         "p^*": ("p^*", "p*"),
+        "epsilon": (r"\varepsilon", "ε"),  # the glyph the prose uses
         "pi^ref_w": (r"\pi^{\mathrm{ref}}_w", "πʳᵉᶠ_w"),
         "pi^ref_l": (r"\pi^{\mathrm{ref}}_l", "πʳᵉᶠ_l"),
     }

@@ -1,4 +1,4 @@
-"""8. A deterministic preference has no finite DPO minimiser (Azar et al. 2023, Sec. 4.2)."""
+"""A deterministic preference has no finite DPO minimiser (Azar et al. 2023, Sec. 4.2)."""
 
 from __future__ import annotations
 
@@ -29,13 +29,14 @@ PROOF = Proof(
         "确定性偏好没有有限的最小值点",
     ),
     intro=Text(
-        "When one response always wins ($p^* = 1$, e.g. a single comparison seen once), the DPO loss keeps "
+        "When one response always wins ($p^* = 1$, as in a dataset where each pair is compared once), the "
+        "DPO loss keeps "
         "decreasing as the margin grows: it is positive for every finite margin, its gradient never "
         "vanishes, and it reaches its infimum 0 only in the limit $h \\to \\infty$, which drives "
         "$\\pi(y_l) \\to 0$ however large $\\beta$ is. The KL regulariser does not stop it. This is the "
         "overfitting that motivates IPO and cDPO.",
-        "当某个回答总是胜出时（$p^* = 1$，例如只见过一次的单个比较），DPO 损失会随着间隔增大而一直下降："
-        "对任何有限的间隔损失都为正，梯度从不为零，只在极限 $h \\to \\infty$ 时才达到下确界 0，"
+        "当某个回答总是胜出时（$p^* = 1$，例如每一对只比较过一次的数据集），DPO 损失会随着间隔增大而一直下降："
+        "对任何有限的间隔，损失都为正，梯度从不为零，只在极限 $h \\to \\infty$ 时才达到下确界 0，"
         "这会使 $\\pi(y_l) \\to 0$，无论 $\\beta$ 多大。KL 正则项拦不住它。这正是提出 IPO 和 cDPO 的动机。",
     ),
     justifies=("dpo_ref.losses.dpo_losses_from_margin",),
@@ -107,8 +108,10 @@ PROOF = Proof(
         Step(
             Text("... and grows without bound the other way", "……而在另一方向上无界增长"),
             Text(
-                "So gradient descent always moves $h$ upward and never stops.",
-                "因此梯度下降总是把 $h$ 往上推，永不停止。",
+                "With the previous steps: along $h$ the loss falls strictly from $+\\infty$ to $0$, so gradient "
+                "descent moves $h$ upward at every step and never stops at a finite margin.",
+                "结合前面几步：沿 $h$ 方向损失从 $+\\infty$ 严格下降到 $0$，所以梯度下降每一步都把 $h$ 往上推，"
+                "永远不会停在有限的间隔上。",
             ),
             Limit(LOSS_H, h, -sp.oo, sp.oo),
         ),
@@ -125,10 +128,11 @@ PROOF = Proof(
         Step(
             Text("The margin bounds the rejected log-probability", "间隔给出被拒回答对数概率的上界"),
             Text(
-                "A log-probability is at most zero: with $a_w = \\log\\pi(y_w) \\le 0$ (declared nonpositive) "
+                "A log-probability is at most zero: with $a_w = \\log\\pi(y_w) \\le 0$ (declared nonpositive to sympy) "
                 "the gap between $-h + b_l - b_w$ and $a_l$ is $-a_w \\ge 0$, so "
                 "$\\log\\pi(y_l) \\le -h + b_l - b_w$.",
-                "对数概率不超过零：由 $a_w = \\log\\pi(y_w) \\le 0$（声明为非正），$-h + b_l - b_w$ 与 $a_l$ "
+                "对数概率不超过零：由 $a_w = \\log\\pi(y_w) \\le 0$（在 sympy 中声明为非正），$-h + b_l - b_w$ 与 "
+                "$a_l$ "
                 "之差为 $-a_w \\ge 0$，所以 $\\log\\pi(y_l) \\le -h + b_l - b_w$。",
             ),
             Nonnegative((-h + b_l - b_w) - a_l, manifest=-a_w_np, given={h: margin(a_w_np, a_l, b_w, b_l)}),
@@ -145,10 +149,11 @@ PROOF = Proof(
     ],
     conclusion=Text(
         "With $p^* = 1$ the DPO loss has no finite minimiser: minimising it sends $\\pi(y_l) \\to 0$ "
-        "whatever $\\beta$. IPO (a squared loss with a finite target) and cDPO (label smoothing) each restore "
-        "a finite optimum, as the next proofs show.",
+        "whatever $\\beta$. The three proofs that follow are the fixes: IPO (a squared loss with a finite "
+        "target), the ΨPO objective that explains it, and cDPO (label smoothing); each has a finite optimum.",
         "当 $p^* = 1$ 时 DPO 损失没有有限的最小值点：最小化它会使 $\\pi(y_l) \\to 0$，与 $\\beta$ 无关。"
-        "IPO（有有限目标的平方损失）和 cDPO（标签平滑）都能恢复有限的最优点，见后面的证明。",
+        "接下来的三个证明就是修正办法：IPO（目标有限的平方损失）、解释它的 ΨPO 目标，以及 cDPO（标签平滑）；"
+        "它们都有有限的最优点。",
     ),
 )
 

@@ -1,4 +1,4 @@
-"""6. The DPO gradient (Rafailov et al. 2023, Sec. 4, "What does the DPO update do?")."""
+"""The DPO gradient (Rafailov et al. 2023, Sec. 4, "What does the DPO update do?")."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ PROOF = Proof(
         "chosen response, lowers that of the rejected one, and weighs each pair by how wrongly the "
         "implicit reward model currently orders it.",
         "对损失求导可以看出 DPO 的一次更新做了什么：提高被选回答的对数概率，降低被拒回答的对数概率，"
-        "并按当前隐式奖励模型把这一对排错的程度给每一对加权。",
+        "并按当前隐式奖励模型把每一对排错的程度给它加权。",
     ),
     justifies=("dpo_ref.losses.dpo_losses_from_margin", "dpo_ref.losses.dpo_loss"),
     steps=[
@@ -58,7 +58,8 @@ PROOF = Proof(
             Text(
                 "Let the policy log-probabilities $a_w(\\theta), a_l(\\theta)$ depend on the parameters "
                 "$\\theta$ (the reference ones do not). Differentiating the DPO loss of proof 6:",
-                "设策略的对数概率 $a_w(\\theta), a_l(\\theta)$ 依赖于参数 $\\theta$（参考策略的不依赖）。"
+                "设策略的对数概率 $a_w(\\theta), a_l(\\theta)$ 依赖于参数 $\\theta$（参考策略的对数概率不依赖于 "
+                "$\\theta$）。"
                 "对证明 6 中的 DPO 损失求导：",
             ),
             Equal(
@@ -91,9 +92,9 @@ PROOF = Proof(
             Text(
                 "$\\sigma(z) - \\tfrac12 = \\tfrac12\\tanh(z/2)$ has the sign of $z$, so the weight "
                 "$\\sigma(\\hat r(y_l) - \\hat r(y_w))$ is above ½ iff the implicit reward prefers $y_l$: "
-                "misordered pairs get the larger updates.",
+                "misordered pairs get the larger weight.",
                 "$\\sigma(z) - \\tfrac12 = \\tfrac12\\tanh(z/2)$ 与 $z$ 同号，所以当隐式奖励更偏好 $y_l$ 时，"
-                "权重 $\\sigma(\\hat r(y_l) - \\hat r(y_w))$ 大于 ½：被排错的样本对得到更大的更新。",
+                "权重 $\\sigma(\\hat r(y_l) - \\hat r(y_w))$ 大于 ½：被排错的样本对得到更大的权重。",
             ),
             Equal(sigma(z) - sp.Rational(1, 2), sp.tanh(z / 2) / 2, via=("exp", "simplify")),
         ),

@@ -1,4 +1,4 @@
-"""5. The DPO loss is the negative log-likelihood of the Bradley-Terry model (Rafailov et al. 2023, Eq. 7)."""
+"""The DPO loss is the negative log-likelihood of the Bradley-Terry model (Rafailov et al. 2023, Eq. 7)."""
 
 from __future__ import annotations
 
@@ -79,12 +79,14 @@ PROOF = Proof(
                 "The loss $\\log(1 + e^{-z}) = -\\log\\sigma(z)$ overflows if evaluated literally for very "
                 "negative $z$; for $z < 0$ the equivalent form $-z + \\log(1 + e^{z})$ has an exponential that "
                 "cannot overflow. `dpo_losses_from_margin` calls torch's `logsigmoid` instead of the literal "
-                "formula; that it stays accurate is not proved here but tested: the linked tests compare it with "
-                "160-digit values for $|\\beta h|$ up to 240.",
+                "formula; that it stays accurate is not proved here but tested: for $|\\beta h|$ up to 240 the "
+                "linked tests compare it with the loss computed to 160 significant digits and require agreement "
+                "to within $10^{-11} + 10^{-9}\\,\\mathcal{L}$.",
                 "损失 $\\log(1 + e^{-z}) = -\\log\\sigma(z)$ 若按字面计算，在 $z$ 很负时会溢出；"
                 "当 $z < 0$ 时，等价形式 $-z + \\log(1 + e^{z})$ 中的指数不会溢出。"
-                "`dpo_losses_from_margin` 调用 torch 的 `logsigmoid` 而不是字面公式；它是否保持精确，这里没有证明，"
-                "而是由测试检验：关联测试在 $|\\beta h|$ 直到 240 的范围内把它与 160 位精度的值相比较。",
+                "`dpo_losses_from_margin` 调用 torch 的 `logsigmoid` 而不是字面公式；它的数值精度这里不作证明，"
+                "而是由测试检验：在 $|\\beta h|$ 不超过 240 的范围内，关联测试把它与按 160 位有效数字计算的损失相比较，"
+                "要求两者之差不超过 $10^{-11} + 10^{-9}\\,\\mathcal{L}$。",
             ),
             Equal(sp.log(1 + sp.exp(-z)), -z + sp.log(1 + sp.exp(z)), via=("simplify",)),
         ),

@@ -110,10 +110,10 @@ PROOF = Proof(
     ],
     conclusion=Text(
         "The implicit rewards `dpo_loss` reports, $\\beta(\\log\\pi - \\log\\pi_{\\mathrm{ref}})$, are the one "
-        "member of the policy's reward class; only their differences (the margin) are determined by "
-        "preferences, and that is all the loss uses.",
+        "member of the policy's reward class; only their differences ($\\beta$ times the margin $h$) are "
+        "determined by preferences, and that is all the loss uses.",
         "`dpo_loss` 报告的隐式奖励 $\\beta(\\log\\pi - \\log\\pi_{\\mathrm{ref}})$ 正是该策略奖励等价类中的那一个成员；"
-        "偏好只确定它们的差（间隔），而损失也只用到这一点。",
+        "偏好只确定它们的差（即 $\\beta$ 乘以间隔 $h$），而损失也只用到这一点。",
     ),
 )
 

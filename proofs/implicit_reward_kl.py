@@ -37,14 +37,17 @@ PROOF = Proof(
     title=Text("The implicit reward, the KL, and the two limits of β", "隐式奖励、KL 与 β 的两个极限"),
     intro=Text(
         "The rewards `dpo_loss` reports, $\\hat r = \\beta \\log\\frac{\\pi}{\\pi_{\\mathrm{ref}}}$, are tied to "
-        "how far the policy has moved: their mean under the policy is $\\beta$ times the KL divergence to the "
-        "reference. And $\\beta$ interpolates between staying at the reference ($\\beta \\to \\infty$) and "
+        "how far the policy has moved: their mean under the policy is $\\beta\\,\\mathrm{KL}(\\pi \\,\\|\\, "
+        "\\pi_{\\mathrm{ref}})$, $\\beta$ times the KL divergence of the policy from the reference. And $\\beta$ "
+        "interpolates between staying at the reference ($\\beta \\to \\infty$) and "
         "greedy reward maximisation ($\\beta \\to 0$). Sums over the $n$ responses are checked for symbolic "
         "$n$; the limits of the optimal policy for $n = 3$.",
         "`dpo_loss` 报告的奖励 $\\hat r = \\beta \\log\\frac"
         "{\\pi}{\\pi_{\\mathrm{ref}}}$ 与策略偏离参考策略的程度相联系："
-        "它在策略下的均值是到参考策略的 KL 散度的 $\\beta$ 倍。而 $\\beta$ 在停留于参考策略（$\\beta \\to \\infty$）"
-        "与贪心地最大化奖励（$\\beta \\to 0$）之间插值。对 $n$ 个回答的求和在符号 $n$ 下检验；最优策略的极限在 "
+        "它在策略下的均值是 $\\beta\\,\\mathrm{KL}(\\pi \\,\\|\\, \\pi_{\\mathrm{ref}})$，即策略相对于参考策略的 KL 散"
+        "度的 "
+        "$\\beta$ 倍。而 $\\beta$ 在停留于参考策略（$\\beta \\to \\infty$）与贪心地最大化奖励（$\\beta \\to 0$）"
+        "这两个极端之间调节。对 $n$ 个回答的求和在符号 $n$ 下检验；最优策略的极限在 "
         "$n = 3$ 时检验。",
     ),
     justifies=("dpo_ref.losses.dpo_loss",),
@@ -53,11 +56,12 @@ PROOF = Proof(
             Text("Mean implicit reward under the policy (any n)", "策略下隐式奖励的均值（任意 n）"),
             Text(
                 "Averaging $\\hat r$ over the policy's own responses gives $\\beta\\,\\mathrm{KL}(\\pi \\,\\|\\, "
-                "\\pi_{\\mathrm{ref}})$, which is $\\ge 0$ (Gibbs, proof 1): on average the policy rewards what it "
-                "samples, exactly as much as it has drifted.",
+                "\\pi_{\\mathrm{ref}})$, which is $\\ge 0$ (Gibbs, proof 1): the mean implicit reward on the policy's "
+                "own samples is its drift from the reference, measured as $\\beta$ times a KL divergence.",
                 "在策略自身的回答上对 $\\hat r$ 取平均得到 $\\beta\\,\\mathr"
                 "m{KL}(\\pi \\,\\|\\, \\pi_{\\mathrm{ref}})$，"
-                "它 $\\ge 0$（吉布斯不等式，证明 1）：平均而言，策略对自己采样的回答给出的奖励恰好等于它漂移的程度。",
+                "它 $\\ge 0$（吉布斯不等式，证明 1）：策略在自身样本上的平均隐式奖励，正是它偏离参考策略的程度"
+                "（以 KL 散度的 $\\beta$ 倍来衡量）。",
             ),
             Equal(S(Q[i] * RHAT), beta * D, via=("sums",)),
             where={D: KL_Q},
@@ -69,21 +73,24 @@ PROOF = Proof(
                 "A rising mean reward on the policy's samples, or a falling one on the reference's, measures "
                 "drift, not only better preferences.",
                 "在参考策略下均值为 $-\\beta\\,\\mathrm{KL}(\\pi_{\\mathrm{ref}} \\,\\|\\, \\pi) \\le 0$。"
-                "策略样本上平均奖励上升、或参考样本上平均奖励下降，衡量的是漂移，而不只是偏好变好。",
+                "因此，策略样本上的平均奖励上升、或参考策略样本上的平均奖励下降，反映的是策略的偏离，而不一定是偏好学得"
+                "更好。",
             ),
             Equal(S(P[i] * RHAT), -beta * D_ref, via=("expand_log", "sums")),
             where={D_ref: KL_P},
         ),
         Step(
-            Text("β → ∞: the optimal policy is the reference", "β → ∞：最优策略就是参考策略"),
+            Text("β → ∞: the optimal policy tends to the reference", "β → ∞：最优策略趋于参考策略"),
             Text(
-                "Shift the rewards so the best is $r_1 = 0$ (a shift changes nothing, proof 4); then $r_2 = -d_2$, "
-                "$r_3 = -d_3$ with $d_2, d_3 > 0$, and the optimal "
-                "policy $\\pi^* = \\pi_{\\mathrm{ref}} e^{r/\\beta} / Z$ tends to $\\pi_{\\mathrm{ref}}$ as the KL "
-                "penalty grows ...",
-                "平移奖励使最好的回答 $r_1 = 0$（平移不改变任何东西，证明 4）；于是 $r_2 = -d_2$，$r_3 = -d_3$，"
+                "Shift the rewards so the best is $r_1 = 0$ (the shift does not change the optimal policy, proof 4); "
+                "then $r_2 = -d_2$, $r_3 = -d_3$ with $d_2, d_3 > 0$, and the optimal policy "
+                "$\\pi^* = \\pi_{\\mathrm{ref}} e^{r/\\beta} / Z$ tends to $\\pi_{\\mathrm{ref}}$ as the KL penalty "
+                "grows. Checked here for the best response, $\\pi^*_1 \\to p_1$; for the others the computation "
+                "is the same, since every $e^{r_i/\\beta} \\to 1$ and so $Z \\to 1$ ...",
+                "平移奖励使最好的回答 $r_1 = 0$（由证明 4，平移不改变最优策略）；于是 $r_2 = -d_2$，$r_3 = -d_3$，"
                 "$d_2, d_3 > 0$，当 KL 惩罚变大时最优策略 "
-                "$\\pi^* = \\pi_{\\mathrm{ref}} e^{r/\\beta} / Z$ 趋于 $\\pi_{\\mathrm{ref}}$……",
+                "$\\pi^* = \\pi_{\\mathrm{ref}} e^{r/\\beta} / Z$ 趋于 $\\pi_{\\mathrm{ref}}$。这里检验的是最好的回答："
+                "$\\pi^*_1 \\to p_1$；其他回答的计算相同，因为每个 $e^{r_i/\\beta} \\to 1$，从而 $Z \\to 1$……",
             ),
             Limit(pistar1, beta, sp.oo, p[0]),
             where=OPT1,
@@ -108,7 +115,7 @@ PROOF = Proof(
             Limit(LOSS, beta, 0, sp.log(2), "+"),
         ),
         Step(
-            Text("β → ∞: a correctly ordered pair costs nothing", "β → ∞：排对的样本对不产生损失"),
+            Text("β → ∞: a correctly ordered pair costs nothing", "β → ∞：排序正确的样本对损失趋于零"),
             Text(
                 "For a positive margin the loss tends to 0 as $\\beta \\to \\infty$ ...",
                 "对正的间隔，当 $\\beta \\to \\infty$ 时损失趋于 0……",
@@ -116,11 +123,12 @@ PROOF = Proof(
             Limit(LOSS.subs(h, h_pos), beta, sp.oo, 0),
         ),
         Step(
-            Text("β → ∞: a wrongly ordered pair costs without bound", "β → ∞：排错的样本对损失无界"),
+            Text("β → ∞: a wrongly ordered pair costs without bound", "β → ∞：排序错误的样本对损失无界"),
             Text(
                 "... and for a negative margin it grows without bound: the loss becomes a hard 0/∞ test of the "
-                "margin's sign, while the optimal policy (step 3) stays at the reference.",
-                "……对负的间隔则无界增长：损失变成对间隔符号的硬性 0/∞ 判定，而最优策略（第 3 步）停留在参考策略。",
+                "margin's sign, while the optimal policy (step 3 of this proof) stays at the reference.",
+                "……对负的间隔则无界增长：损失变成对间隔符号的硬性 0/∞ 判定，而最优策略（本证明第 3 步）停留在参考策略"
+                "。",
             ),
             Limit(LOSS.subs(h, -h_pos), beta, sp.oo, sp.oo),
         ),
@@ -129,7 +137,7 @@ PROOF = Proof(
         "The implicit rewards `dpo_loss` returns average to $\\beta\\,\\mathrm{KL}(\\pi\\,\\|\\,\\pi_{\\mathrm{ref}})$ "
         "over the policy's samples; $\\beta$ sets how far the optimum may drift from the reference.",
         "`dpo_loss` 返回的隐式奖励在策略样本上的均值为 $\\beta\\,\\mathrm{KL}(\\pi\\,\\|\\,\\pi_{\\mathrm{ref}})$；"
-        "$\\beta$ 决定最优解能偏离参考策略多远。",
+        "$\\beta$ 决定最优策略能偏离参考策略多远。",
     ),
 )
 

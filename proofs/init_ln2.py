@@ -1,4 +1,4 @@
-"""7. The loss at initialisation is ln 2, its slope -beta/2 and its curvature at most beta^2/4."""
+"""The loss at initialisation is ln 2, its slope -beta/2 and its curvature at most beta^2/4."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ PROOF = Proof(
     intro=Text(
         "Training starts from $\\pi_\\theta = \\pi_{\\mathrm{ref}}$, where every log-ratio is zero and so is "
         "the margin $h$. The first logged loss is therefore a fixed number, $\\ln 2 \\approx 0.693$, for "
-        "every $\\beta$: a quick sanity check that a DPO implementation is wired up correctly.",
+        "every $\\beta$: a quick check of a DPO implementation, since a first loss other than $\\ln 2$ means "
+        "that the policy does not start at the reference or that the loss is computed wrongly.",
         "训练从 $\\pi_\\theta = \\pi_{\\mathrm{ref}}$ 开始，此时所有对数比值为零，间隔 $h$ 也为零。"
         "因此第一次记录的损失是一个固定的数 $\\ln 2 \\approx 0.693$，与 $\\beta$ 无关："
-        "这是检查 DPO 实现是否接线正确的一个快速办法。",
+        "这可以用来快速检查 DPO 实现：如果第一次的损失不是 $\\ln 2$，说明策略并非从参考策略出发，或者损失算错了。",
     ),
     justifies=("dpo_ref.losses.dpo_losses_from_margin", "dpo_ref.losses.dpo_loss"),
     steps=[

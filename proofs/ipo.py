@@ -1,4 +1,4 @@
-"""9. IPO: a squared loss with a finite target (Azar et al. 2023, Sec. 5, Eq. 17)."""
+"""IPO: a squared loss with a finite target (Azar et al. 2023, Sec. 5, Eq. 17)."""
 
 from __future__ import annotations
 
@@ -46,11 +46,12 @@ PROOF = Proof(
     title=Text("IPO: identity preference optimisation", "IPO：恒等偏好优化"),
     intro=Text(
         "IPO replaces the log-likelihood by a squared regression of the margin $h$ onto the preference "
-        "indicator scaled by $1/\\tau$. The target is finite, so unlike DPO (previous proof) a "
-        "deterministic preference has a finite optimum, and $\\tau$ really controls how far the policy "
-        "moves from the reference.",
-        "IPO 把对数似然换成平方回归：把间隔 $h$ 回归到按 $1/\\tau$ 缩放的偏好指示变量上。目标是有限的，"
-        "所以与 DPO 不同（见上一个证明），确定性偏好也有有限的最优点，而 $\\tau$ 真正控制着策略偏离参考策略的程度。",
+        "indicator scaled by $1/\\tau$, where $\\tau > 0$ is IPO's regularisation coefficient (the role "
+        "$\\beta$ plays in DPO). The target is finite, so unlike DPO (previous proof) a deterministic "
+        "preference has a finite optimum, and $\\tau$ controls how far the policy moves from the reference.",
+        "IPO 把对数似然换成平方回归：把间隔 $h$ 回归到按 $1/\\tau$ 缩放的偏好指示变量上，其中 $\\tau > 0$ 是 IPO "
+        "的正则化系数（相当于 DPO 中的 $\\beta$）。目标是有限的，所以与 DPO 不同（见上一个证明），"
+        "确定性偏好也有有限的最优点，并且由 $\\tau$ 控制策略偏离参考策略的程度。",
     ),
     justifies=("dpo_ref.losses.ipo_losses_from_margin", "dpo_ref.losses.ipo_loss"),
     steps=[
@@ -78,10 +79,10 @@ PROOF = Proof(
         Step(
             Text("Softmax normaliser cancels in a log-ratio", "softmax 的归一化项在对数比值中约去"),
             Text(
-                "For a tabular softmax policy $\\pi(k) \\propto e^{\\theta_k}$ over $\\{a, b, c\\}$ and a uniform "
-                "reference, the margin of $(a, b)$ is the logit gap.",
-                "对于 $\\{a, b, c\\}$ 上的表格型 softmax 策略 $\\pi(k) \\propto e^{\\theta_k}$ 和均匀的参考策略，"
-                "$(a, b)$ 这一对的间隔就是对数几率之差。",
+                "For a tabular softmax policy $\\pi(k) \\propto e^{\\theta_k}$ over three responses $a, b, c$ "
+                "and a uniform reference, the margin of the pair $(a, b)$ is the logit gap $\\theta_a - \\theta_b$.",
+                "对于三个回答 $a, b, c$ 上的表格型 softmax 策略 $\\pi(k) \\propto e^{\\theta_k}$ 和均匀的参考策略，"
+                "$(a, b)$ 这一对的间隔就是 logit 之差 $\\theta_a - \\theta_b$。",
             ),
             Equal(
                 sp.log(pi_k["a"] / sp.Rational(1, 3)) - sp.log(pi_k["b"] / sp.Rational(1, 3)),
@@ -91,14 +92,15 @@ PROOF = Proof(
             where=SOFTMAX,
         ),
         Step(
-            Text("Least squares over three pairs depends only on the gaps", "三对样本上的最小二乘只依赖于对数几率差"),
+            Text("Least squares over three pairs depends only on the gaps", "三对样本上的最小二乘只依赖于 logit 之差"),
             Text(
-                "Train on the pairs $(a, b)$, $(b, c)$, $(a, c)$. Writing "
+                "Train on the pairs $(a, b)$, $(b, c)$, $(a, c)$, each seen once with its first response "
+                "preferred. Writing "
                 "$\\theta_a = \\theta_c + d_1 + d_2$, $\\theta_b = \\theta_c + d_2$, the summed IPO loss "
                 "is a quadratic in the gaps alone; $\\theta_c$ drops out (softmax is shift invariant).",
-                "在 $(a, b)$、$(b, c)$、$(a, c)$ 三对上训练。令 $\\theta_a = \\theta_c + d_1 + d_2$，"
-                "$\\theta_b = \\theta_c + d_2$，则 IPO 损失之和是只关于对数几率差的二次函数，"
-                "$\\theta_c$ 消失了（softmax 具有平移不变性）。",
+                "在 $(a, b)$、$(b, c)$、$(a, c)$ 三对上训练，每对各出现一次，且前一个回答被偏好。令 "
+                "$\\theta_a = \\theta_c + d_1 + d_2$，$\\theta_b = \\theta_c + d_2$，则 IPO 损失之和是只关于"
+                " logit 之差 $d_1, d_2$ 的二次函数，$\\theta_c$ 被消去（softmax 具有平移不变性）。",
             ),
             Equal(LSQ_SHOWN, LSQ_GAPS, via=("expand_log", "expand")),
             where={**SOFTMAX, **SHIFT},

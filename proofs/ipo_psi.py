@@ -46,13 +46,13 @@ PROOF = Proof(
         "$\\mathbb{E}_{y \\sim \\pi,\\, y' \\sim \\mu}[\\Psi(p^*(y \\succ y'))] - \\tau\\, "
         "\\mathrm{KL}(\\pi \\,\\|\\, \\pi_{\\mathrm{ref}})$，其中 $\\mu$ 是比较样本的来源分布。"
         "取 $\\Psi = \\operatorname{logit}$ 并采用布拉德利-特里偏好时，它就是 DPO 所优化的 RLHF 目标（命题 1）；"
-        "取 $\\Psi$ 为恒等函数时就是 IPO，其总体最优解唯一（定理 2），并解释了证明 13 中的差值 $1/(3\\tau)$。"
+        "取 $\\Psi$ 为恒等函数时就是 IPO，其总体目标的最优策略唯一（定理 2），并解释了证明 13 中的差值 $1/(3\\tau)$。"
         "对 $n$ 个回答的求和在符号 $n$ 下检验。",
     ),
     justifies=("dpo_ref.losses.ipo_loss", "dpo_ref.losses.ipo_losses_from_margin"),
     steps=[
         Step(
-            Text("Ψ = logit undoes Bradley–Terry", "Ψ = logit 抵消布拉德利-特里模型"),
+            Text("Ψ = logit undoes Bradley–Terry", "Ψ = logit 还原布拉德利-特里模型中的奖励差"),
             Text(
                 "Under Bradley–Terry $p^*(y \\succ y') = \\sigma(r_y - r_{y'})$, and the logit of it is the "
                 "reward difference.",
@@ -86,16 +86,18 @@ PROOF = Proof(
             ),
         ),
         Step(
-            Text("Thm. 2: with Ψ the identity the optimum is unique", "定理 2：Ψ 取恒等函数时最优解唯一"),
+            Text("Thm. 2: with Ψ the identity the optimum is unique", "定理 2：Ψ 取恒等函数时最优策略唯一"),
             Text(
-                "With $\\Psi(q) = q$ the objective is $\\mathbb{E}_\\pi[g] - \\tau\\,\\mathrm{KL}$ with the bounded "
+                "With $\\Psi(u) = u$ the objective is $\\mathbb{E}_\\pi[g] - \\tau\\,\\mathrm{KL}$ with the bounded "
                 "score $g(y) = p^*(y \\succ \\mu) = \\mathbb{E}_{y' \\sim \\mu}[p^*(y \\succ y')]$, so by proof 1 its "
                 "unique maximiser is $\\pi^* \\propto \\pi_{\\mathrm{ref}} e^{g/\\tau}$, and its log-ratio gaps are "
-                "$(g(y) - g(y'))/\\tau$: finite, at most $1/\\tau$, even for deterministic preferences.",
-                "取 $\\Psi(q) = q$ 时目标为 $\\mathbb{E}_\\pi[g] - \\tau\\,\\mathrm{KL}$，其中有界得分 "
+                "$(g(y) - g(y'))/\\tau$: since $0 \\le g \\le 1$, at most $1/\\tau$ in size, even for deterministic "
+                "preferences.",
+                "取 $\\Psi(u) = u$ 时目标为 $\\mathbb{E}_\\pi[g] - \\tau\\,\\mathrm{KL}$，其中有界得分 "
                 "$g(y) = p^*(y \\succ \\mu) = \\mathbb{E}_{y' \\sim \\mu}[p^*(y \\succ y')]$，由证明 1 "
                 "其唯一最大值点为 $\\pi^* \\propto \\pi_{\\mathrm{ref}} e^{g/\\tau}$，对数比值之差为 "
-                "$(g(y) - g(y'))/\\tau$：有限，至多为 $1/\\tau$，即使偏好是确定性的。",
+                "$(g(y) - g(y'))/\\tau$：由于 $0 \\le g \\le 1$，其绝对值至多为 $1/\\tau$，即使偏好是确定性的也是如此"
+                "。",
             ),
             Equal(sp.log(pi_y / p_y) - sp.log(pi_yp / p_yp), (g_y - g_yp) / tau, via=("expand_log", "expand")),
             where={pi_y: p_y * sp.exp(g_y / tau) / Z, pi_yp: p_yp * sp.exp(g_yp / tau) / Z},
@@ -103,16 +105,18 @@ PROOF = Proof(
         Step(
             Text("Uniform comparisons: the gaps are 1/(3τ)", "均匀比较：差值为 1/(3τ)"),
             Text(
-                "The D1 bandit: three responses with $a \\succ b \\succ c$ always ($p^* = 1$ above, $1/2$ for "
-                "a response against itself, $0$ below), so $g(y) = \\sum_{y'} \\mu(y') p^*(y \\succ y')$ is as "
+                "The D1 bandit: three responses with $a \\succ b \\succ c$ always, so $p^*(y \\succ y') = 1$ when "
+                "$y$ ranks above $y'$, $0$ when below, and $1/2$ for $y' = y$; then $g(y) = \\sum_{y'} \\mu(y') p^*(y "
+                "\\succ y')$ is as "
                 "written under the formula. When every pair is compared equally often ($\\mu$ uniform), the "
                 "optimal log-ratio gaps are $1/(3\\tau)$: exactly the minimiser of the empirical IPO loss on "
-                "the pairs $(a, b), (b, c), (a, c)$ in proof 13. The sampled loss and the population objective "
-                "agree.",
-                "D1 老虎机：三个回答总有 $a \\succ b \\succ c$（在上方时 $p^* = 1$，与自身比较为 $1/2$，"
-                "在下方为 $0$），所以 $g(y) = \\sum_{y'} \\mu(y') p^*(y \\succ y')$ 如公式下方所列。"
+                "the pairs $(a, b), (b, c), (a, c)$ in proof 13. The empirical loss on the three pairs and the "
+                "population objective have the same optimum.",
+                "D1 老虎机：三个回答总有 $a \\succ b \\succ c$，即 $y$ 排在 $y'$ 之上时 $p^*(y \\succ y') = 1$，"
+                "在其下时为 $0$，$y' = y$ 时为 $1/2$；于是 $g(y) = \\sum_{y'} \\mu(y') p^*(y \\succ y')$ 如公式下方所列"
+                "。"
                 "当每一对被比较的次数相同（$\\mu$ 均匀）时，最优的对数比值差为 $1/(3\\tau)$：恰是证明 13 中在 "
-                "$(a, b), (b, c), (a, c)$ 上经验 IPO 损失的最小值点。采样损失与总体目标一致。",
+                "$(a, b), (b, c), (a, c)$ 上经验 IPO 损失的最小值点。这三对上的经验损失与总体目标有相同的最优点。",
             ),
             Equal(
                 sp.Matrix([(g_a - g_b) / tau, (g_b - g_c) / tau]),

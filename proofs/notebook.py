@@ -35,27 +35,31 @@ NB_LABELS = {
             "Run this notebook top to bottom (*Restart & Run All*). Each step's formula is rendered from the "
             "claim that sympy checks, and the code cell under it checks that claim again, now, in your kernel: "
             "it prints how the step was decided, or raises naming the step. The last cell of each derivation "
-            "evaluates the derived result exactly and compares it with `dpo_ref`'s code in float64. Sums over "
+            "evaluates the derived result to 50 significant digits and compares it with `dpo_ref`'s code in "
+            "float64, within the tolerance derived in `proofs/numeric.py`. Sums over "
             "the responses to a prompt are checked for a symbolic number $n$ of responses where sympy can "
             "(steps marked “any n”), otherwise written out for $n = 3$ (the step says so)."
         ),
         "regenerate": "Regenerate with `dpo-ref prove --format notebook --output docs/lesson.ipynb`.",
         "setup": "Set-up: import the proofs (this checkout's, if the notebook is opened from one).",
         "compare": "Compare with the code",
-        "compare_text": "The derived result, evaluated exactly, against `dpo_ref`'s float64 code at a few points.",
+        "compare_text": (
+            "The derived result, evaluated to 50 significant digits, against `dpo_ref`'s float64 code at a few points."
+        ),
     },
     "zh": {
         "how": (
             "请从头到尾运行本笔记本（*Restart & Run All*）。每一步的公式都由 sympy 所检验的命题渲染而来，"
             "其下方的代码单元会在你的内核中立即再次检验该命题：输出该步是如何判定的，若不成立则报错并指出是哪一步。"
-            "每个推导的最后一个单元把推导结果精确求值，并与 `dpo_ref` 的 float64 代码相比较。"
+            "每个推导的最后一个单元以 50 位有效数字计算推导结果，并在 `proofs/numeric.py` 推出的容差内与 `dpo_ref` 的 "
+            "float64 代码相比较。"
             "对同一提示下各回答的求和，凡 sympy 能处理的都在回答数 $n$ 为符号变量时检验（标有“任意 n”），"
             "否则对 $n = 3$ 完整展开检验（步骤中会注明）。"
         ),
         "regenerate": "重新生成：`dpo-ref prove --format notebook --lang zh --output docs/lesson.zh.ipynb`。",
         "setup": "准备：导入证明（若从源码目录打开本笔记本，则使用该目录中的证明）。",
         "compare": "与代码比较",
-        "compare_text": "把推导出的结果精确求值，在几个点上与 `dpo_ref` 的 float64 代码相比较。",
+        "compare_text": "以 50 位有效数字计算推导出的结果，在几个点上与 `dpo_ref` 的 float64 代码相比较。",
     },
 }
 

@@ -1,4 +1,4 @@
-"""The closing check of a derivation: its result, evaluated exactly, against dpo_ref's code in float64.
+"""The closing check of a derivation: its result, evaluated to 50 digits, against dpo_ref's code in float64.
 
 Each proof module that derives code has a `compare() -> list[Row]`; the notebook's closing section of that
 proof calls `report(name)`, which prints the rows and fails if one disagrees. The derived value is the
@@ -30,7 +30,7 @@ DIGITS = 50
 
 @dataclass(frozen=True)
 class Row:
-    """One comparison: what is compared, the derived value (exact, rounded once) and the code's value."""
+    """One comparison: what is compared, the derived value (50 digits, rounded once) and the code's value."""
 
     what: str
     derived: float
@@ -59,7 +59,7 @@ def tensors(*values: float):
 
 def table(rows: Sequence[Row]) -> str:
     width = max(len(r.what) for r in rows)
-    lines = [f"  {'':{width}}  {'derived (exact)':>24}  {'dpo_ref (float64)':>24}  {'|diff|':>9}"]
+    lines = [f"  {'':{width}}  {'derived (50 digits)':>24}  {'dpo_ref (float64)':>24}  {'|diff|':>9}"]
     for r in rows:
         mark = "✓" if r.ok else "✗"
         diff = abs(r.code - r.derived)

@@ -1,4 +1,4 @@
-"""1. The KL-regularised RL objective and its optimal policy (Rafailov et al. 2023, Eq. 3-4, App. A.1)."""
+"""The KL-regularised RL objective and its optimal policy (Rafailov et al. 2023, Eq. 3-4, App. A.1)."""
 
 from __future__ import annotations
 
@@ -70,15 +70,20 @@ PROOF = Proof(
         "$\\max_\\pi \\mathbb{E}_{y\\sim\\pi}[r(x,y)] - \\beta\\,\\mathrm{KL}(\\pi\\,\\Vert\\,\\pi_{\\mathrm{ref}})$. "
         "We show that the maximiser has a closed form, $\\pi^*(y|x) "
         "= \\pi_{\\mathrm{ref}}(y|x)\\,e^{r(x,y)/\\beta}/Z(x)$, "
-        "in two ways: by rewriting the objective as a KL divergence to $\\pi^*$ (Gibbs' inequality), and by "
-        "Lagrange multipliers. The response space is finite with $n$ responses: sums over $i = 1..n$ are "
-        "checked with symbolic $n$, and a few steps are also written out in full at $n = 3$.",
+        "in two ways: by rewriting the objective as $\\beta\\log Z$ minus $\\beta$ times the KL divergence "
+        "from $\\pi$ to $\\pi^*$ (Gibbs' inequality), and by Lagrange multipliers. The response space is "
+        "finite, with $n$ responses $y_1, \\dots, y_n$ to the prompt $x$; we write $p_i = "
+        "\\pi_{\\mathrm{ref}}(y_i|x)$ for the reference, $q_i = \\pi(y_i|x)$ for the policy and $r_i = "
+        "r(x, y_i)$; $p_i$ keeps this meaning in every later proof. Sums over $i = 1..n$ are checked with "
+        "symbolic $n$, and a few steps are also written out in full at $n = 3$.",
         "RLHF 在最大化期望奖励的同时，用 KL 惩罚把策略约束在参考策略附近："
         "$\\max_\\pi \\mathbb{E}_{y\\sim\\pi}[r(x,y)] - \\beta\\,\\mathrm{KL}(\\pi\\,\\Vert\\,\\pi_{\\mathrm{ref}})$。"
-        "我们用两种方法证明其最优解有闭式形式 "
+        "我们用两种方法证明其最大值点有闭式形式 "
         "$\\pi^*(y|x) = \\pi_{\\mathrm{ref}}(y|x)\\,e^{r(x,y)/\\beta}/Z(x)$："
-        "一是把目标函数改写成到 $\\pi^*$ 的 KL 散度（吉布斯不等式），二是拉格朗日乘子法。"
-        "回答空间有限，共 $n$ 个回答：对 $i = 1..n$ 的求和在 $n$ 为符号变量时检验，"
+        "一是把目标函数改写成 $\\beta\\log Z$ 减去 $\\beta$ 乘以 $\\pi$ 相对于 $\\pi^*$ 的 KL 散度（吉布斯不等式），"
+        "二是拉格朗日乘子法。回答空间有限：提示 $x$ 下共有 $n$ 个回答 $y_1, \\dots, y_n$；记参考策略的概率为 "
+        "$p_i = \\pi_{\\mathrm{ref}}(y_i|x)$，策略的概率为 $q_i = \\pi(y_i|x)$，奖励为 $r_i = r(x, y_i)$，"
+        "$p_i$ 在后面所有证明中都是这个含义。对 $i = 1..n$ 的求和在 $n$ 为符号变量时检验，"
         "另有几步在 $n = 3$ 时完整展开检验。",
     ),
     justifies=("dpo_ref.losses.dpo_loss",),
@@ -97,22 +102,23 @@ PROOF = Proof(
         Step(
             Text("Logarithm of the optimal policy", "最优策略的对数"),
             Text(
-                "Taking logs turns the product into a sum; this is the form every later step uses.",
-                "取对数把乘积变成求和；后面的每一步都用这个形式。",
+                "Taking logs turns the product into a sum; this is the form the later steps use.",
+                "取对数把乘积变成求和；后面的步骤用的都是这个形式。",
             ),
             Equal(sp.log(pi_ * sp.exp(ri / beta) / Z), sp.log(pi_) + ri / beta - sp.log(Z), via=("expand_log",)),
         ),
         Step(
             Text(
-                "The objective is a KL divergence to the optimal policy (any n)",
-                "目标函数是到最优策略的 KL 散度（任意 n）",
+                "The objective is β log Z minus a KL divergence to the optimal policy (any n)",
+                "目标函数等于 β log Z 减去相对于最优策略的 KL 散度（任意 n）",
             ),
             Text(
                 "Insert $\\log\\pi^*_i = \\log p_i + r_i/\\beta - \\log Z$ into "
-                "$\\mathrm{KL}(\\pi\\Vert\\pi^*)$: the reward terms cancel and what is left is "
-                "$\\beta\\log Z\\,(1 - \\sum_i q_i)$, which is 0 because $\\pi$ is a distribution.",
-                "把 $\\log\\pi^*_i = \\log p_i + r_i/\\beta - \\log Z$ 代入 $\\mathrm{KL}(\\pi\\Vert\\pi^*)$："
-                "奖励项相互抵消，剩下 $\\beta\\log Z\\,(1 - \\sum_i q_i)$，因为 $\\pi$ 是概率分布，它等于 0。",
+                "$\\beta\\,\\mathrm{KL}(\\pi\\Vert\\pi^*)$ and add it to the objective: the reward terms cancel and "
+                "the sum is $\\beta\\log Z \\sum_i q_i$, which is $\\beta\\log Z$ because $\\pi$ is a distribution.",
+                "把 $\\log\\pi^*_i = \\log p_i + r_i/\\beta - \\log Z$ 代入 $\\beta\\,\\mathrm{KL}(\\pi\\Vert\\pi^*)$，"
+                "再与目标函数相加：奖励项相互抵消，和为 $\\beta\\log Z \\sum_i q_i$；因为 $\\pi$ 是概率分布，"
+                "它等于 $\\beta\\log Z$。",
             ),
             Equal(
                 objective_n,
@@ -128,7 +134,7 @@ PROOF = Proof(
                 "As a concrete instance, with every term written out and $q_3 = 1 - q_1 - q_2$: the objective "
                 "equals $\\beta\\log Z$ minus $\\beta$ times the KL divergence from $\\pi$ to $\\pi^*$.",
                 "作为具体例子，把每一项都写出来并代入 $q_3 = 1 - q_1 - q_2$：目标函数等于 $\\beta\\log Z$ "
-                "减去 $\\beta$ 乘以 $\\pi$ 到 $\\pi^*$ 的 KL 散度。",
+                "减去 $\\beta$ 乘以 $\\pi$ 相对于 $\\pi^*$ 的 KL 散度。",
             ),
             Equal(objective, -beta * kl(q, pis3) + beta * sp.log(Z), via=("expand_log",), given=simplex_q),
             where=OPT_3,
@@ -231,7 +237,7 @@ PROOF = Proof(
                 "Written out at $n = 3$: the negative Hessian of the objective in $(q_1, q_2, q_3)$ is "
                 "$\\beta\\,\\mathrm{diag}(1/q_i)$, positive definite, so the objective is strictly concave and "
                 "the stationary point on the simplex is the unique maximiser.",
-                "在 $n = 3$ 时完整写出：目标函数关于 $(q_1, q_2, q_3)$ 的黑塞矩阵的相反数为 "
+                "在 $n = 3$ 时完整写出：目标函数关于 $(q_1, q_2, q_3)$ 的负黑塞矩阵为 "
                 "$\\beta\\,\\mathrm{diag}(1/q_i)$，正定，所以目标函数严格凹，单纯形上的驻点就是唯一的最大值点。",
             ),
             PositiveDefinite(

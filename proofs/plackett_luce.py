@@ -32,7 +32,7 @@ PROOF = Proof(
         "negative log-likelihood is a loss in the implicit rewards $\\hat r_k = \\beta \\log\\frac{\\pi(y_k)}"
         "{\\pi_{\\mathrm{ref}}(y_k)}$ alone. Checked for $K = 3$, responses numbered best first.",
         "当有 $K$ 个排好序的回答而不只是一对时，普拉克特-卢斯模型给出整个排序的概率；用重参数化的奖励，"
-        "配分函数约去（证明 3），负对数似然只是隐式奖励 $\\hat r_k = \\beta \\log\\frac{\\pi(y_k)}"
+        "配分函数约去（证明 3），负对数似然成为只依赖于隐式奖励 $\\hat r_k = \\beta \\log\\frac{\\pi(y_k)}"
         "{\\pi_{\\mathrm{ref}}(y_k)}$ 的损失。在 $K = 3$ 时检验，回答按从好到差编号。",
     ),
     justifies=("dpo_ref.plackett_luce.plackett_luce_losses",),
@@ -50,7 +50,7 @@ PROOF = Proof(
             Equal(PL_LOSS, PL_FORM, via=("expand_log", "simplify")),
         ),
         Step(
-            Text("Two responses: the DPO loss", "两个回答：即 DPO 损失"),
+            Text("Two responses: the DPO loss", "两个回答时就是 DPO 损失"),
             Text(
                 "For $K = 2$ the ranking is one comparison and the loss is $-\\log\\sigma(\\beta h)$ with the "
                 "margin $h$ of the pair.",

@@ -41,7 +41,8 @@ LABELS = {
             "this file was generated with `dpo-ref prove --format markdown`: an identity is accepted only if "
             "the difference of its two sides, built independently, rewrites to exactly 0; an inequality only "
             "if sympy's assumption system proves it (after an identity that puts it in a manifest form); a "
-            "limit by `sympy.limit`; an optimum by strict convexity plus a vanishing derivative. No step uses "
+            "limit by `sympy.limit`; a solution set by `sympy.solveset`; an optimum by strict convexity plus a "
+            "vanishing derivative. No step uses "
             "a floating-point tolerance. Each proof names the `dpo_ref` code it justifies, and the "
             "proof-linked tests compare that code with the formulas derived here. Sums over the responses "
             "to a prompt are checked with a symbolic number of responses $n$ where sympy can (steps marked "
@@ -74,10 +75,11 @@ LABELS = {
             "下面每一个展示出来的公式都是一个命题，在用 `dpo-ref prove --format markdown --lang zh` "
             "生成本文件时由 sympy 检验过：恒等式只有当两边独立构造、其差恰好化简为 0 时才被接受；"
             "不等式必须由 sympy 的假设系统证明（必要时先用一个恒等式化成显然的形式）；极限由 `sympy.limit` 计算；"
-            "最优点由严格凸性加导数为零来确定。没有任何一步使用浮点容差。每个证明都注明了它所支撑的 `dpo_ref` 代码，"
+            "解集由 `sympy.solveset` 求出；最优点由严格凸性加导数为零来确定。没有任何一步使用浮点容差。每个证明都注明了"
+            "它所支撑的 `dpo_ref` 代码，"
             "与证明关联的测试会把这些代码和这里推导出的公式相比较。对同一提示下各回答的求和，凡 sympy 能处理的，"
             "都在回答数 $n$ 为符号变量时检验（标有“任意 n”的步骤）；否则对三个回答、以符号概率完整展开检验"
-            "（$n = 3$，排序则为 $K = 3$）；只涉及一个通用回答 $i$ 的步骤对任意 $n$ 都成立。"
+            "（$n = 3$，排序则为 $K = 3$）；只涉及任意一个回答 $i$ 的步骤对所有 $n$ 都成立。"
         ),
         "regenerate": "重新生成：`dpo-ref prove --format markdown --lang zh --output docs/lesson.zh.md`。",
     },

@@ -1,4 +1,4 @@
-"""4. Rewards that differ by a function of the prompt are equivalent (Rafailov et al. 2023, Sec. 5, Lemma 1-2)."""
+"""Rewards that differ by a function of the prompt are equivalent (Rafailov et al. 2023, Sec. 5, Lemma 1-2)."""
 
 from __future__ import annotations
 
@@ -40,12 +40,13 @@ PROOF = Proof(
     title=Text("Equivalent rewards", "等价的奖励函数"),
     intro=Text(
         "Two rewards $r$ and $r'(x,y) = r(x,y) + f(x)$ that differ by a function of the prompt alone "
-        "cannot be told apart from preferences, and they induce the same optimal policy. So the "
-        "reparameterisation loses nothing: DPO identifies the reward exactly up to this equivalence, "
-        "and the implicit rewards it reports are meaningful only through their differences.",
+        "cannot be told apart from preferences, and they induce the same optimal policy. So preferences "
+        "can determine a reward only up to this equivalence (the next proof shows that the "
+        "reparameterisation keeps exactly one member of each class), and the implicit rewards DPO reports "
+        "are meaningful only through their differences.",
         "两个奖励 $r$ 与 $r'(x,y) = r(x,y) + f(x)$ 只相差一个仅依赖于提示的函数，它们无法通过偏好数据区分，"
-        "并且诱导出同一个最优策略。所以重参数化没有损失任何信息：DPO 恰好把奖励确定到这一等价类，"
-        "它报告的隐式奖励只有差值才有意义。",
+        "并且诱导出同一个最优策略。所以偏好最多只能把奖励确定到这一等价类（下一个证明说明重参数化在每个等价类中"
+        "恰好保留一个成员），DPO 报告的隐式奖励也只有差值才有意义。",
     ),
     justifies=("dpo_ref.losses.dpo_loss", "dpo_ref.losses.preference_margin"),
     steps=[
@@ -88,9 +89,10 @@ PROOF = Proof(
             Text(
                 "For the optimal policy, the difference of implicit rewards "
                 "$\\beta\\log(\\pi^*/\\pi_{\\mathrm{ref}})$ between two responses is exactly the difference "
-                "of the true rewards: the $\\beta\\log Z$ offset is the equivalence class.",
+                "of the true rewards: the offset $\\beta\\log Z(x)$, the same for both responses, is a "
+                "prompt-only shift of the kind that defines the equivalence class.",
                 "对于最优策略，两个回答的隐式奖励 $\\beta\\log(\\pi^*/\\pi_{\\mathrm{ref}})$ 之差恰好等于真实奖励之差："
-                "偏移量 $\\beta\\log Z$ 就是等价类本身。",
+                "偏移 $\\beta\\log Z(x)$ 对两个回答相同，正是定义等价类的那种只依赖于提示的平移。",
             ),
             Equal(beta * sp.log(PIS[i] / P[i]) - beta * sp.log(PIS[k] / P[k]), R[i] - R[k], via=("expand_log",)),
             where={PIS[i]: P[i] * sp.exp(R[i] / beta) / Z, PIS[k]: P[k] * sp.exp(R[k] / beta) / Z, Z: Zn},

@@ -1,4 +1,4 @@
-"""2. Reward reparameterisation: r = beta log(pi*/pi_ref) + beta log Z (Rafailov et al. 2023, Eq. 5)."""
+"""Reward reparameterisation: r = beta log(pi*/pi_ref) + beta log Z (Rafailov et al. 2023, Eq. 5)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ pistar = [pi * sp.exp(ri / beta) / Z3 for pi, ri in zip(p, r)]  # (n = 3: used b
 # Any n: IndexedBase sums over j = 1..n with symbolic n
 n = sp.Symbol("n", integer=True, positive=True)
 i, j = sp.symbols("i j", integer=True, positive=True)
-P, T = (sp.IndexedBase(name, positive=True) for name in ("p", "t"))  # reference, a policy pi_theta
+P, Q = (sp.IndexedBase(name, positive=True) for name in ("p", "q"))  # reference, a policy pi_theta
 R, RH = sp.IndexedBase("r", real=True), sp.IndexedBase("rhat", real=True)
 PIS = sp.IndexedBase("pi^*", positive=True)
 NAMES["rhat"] = (r"\hat r", "r̂")
@@ -31,7 +31,7 @@ def S(term: sp.Expr) -> sp.Sum:
 
 
 Zn = S(P[j] * sp.exp(R[j] / beta))
-IMPLICIT = {RH[i]: beta * sp.log(T[i] / P[i]), RH[j]: beta * sp.log(T[j] / P[j])}
+IMPLICIT = {RH[i]: beta * sp.log(Q[i] / P[i]), RH[j]: beta * sp.log(Q[j] / P[j])}
 
 PROOF = Proof(
     name="reward-reparam",
@@ -70,7 +70,7 @@ PROOF = Proof(
                 "With $\\pi^*$ built from a reward $r$, $r_i - \\beta\\log(\\pi^*_i/p_i) = \\beta\\log Z(x)$ "
                 "for every response $i$: the reward is recovered up to a function of the prompt alone.",
                 "用奖励 $r$ 构造 $\\pi^*$，则对每个回答 $i$ 都有 $r_i - \\beta\\log(\\pi^*_i/p_i) = "
-                "\\beta\\log Z(x)$：奖励只能被还原到相差一个只依赖提示的函数。",
+                "\\beta\\log Z(x)$：奖励可以还原出来，但只能确定到相差一个只依赖于提示的函数。",
             ),
             Equal(R[i] - beta * sp.log(PIS[i] / P[i]), beta * sp.log(Z), via=("expand_log",)),
             where={PIS[i]: P[i] * sp.exp(R[i] / beta) / Z, Z: Zn},
@@ -78,13 +78,13 @@ PROOF = Proof(
         Step(
             Text("Implicit reward of a policy (any n)", "策略的隐式奖励（任意 n）"),
             Text(
-                "For any policy $\\pi_\\theta$, with probabilities $t_j$ summing to one, define the implicit "
-                "reward $\\hat r_j = \\beta\\log(t_j/p_j)$. Its partition function is "
-                "$\\sum_j t_j = 1$, so $\\log Z = 0$ ...",
-                "对任意策略 $\\pi_\\theta$（概率 $t_j$ 之和为一），定义隐式奖励 "
-                "$\\hat r_j = \\beta\\log(t_j/p_j)$。它的配分函数是 $\\sum_j t_j = 1$，所以 $\\log Z = 0$……",
+                "For any policy $\\pi_\\theta$, with probabilities $q_j = \\pi_\\theta(y_j|x)$ summing to one, "
+                "define the implicit reward $\\hat r_j = \\beta\\log(q_j/p_j)$. Its partition function is "
+                "$\\sum_j q_j = 1$, so $\\log Z = 0$ ...",
+                "对任意策略 $\\pi_\\theta$（概率 $q_j = \\pi_\\theta(y_j|x)$ 之和为一），定义隐式奖励 "
+                "$\\hat r_j = \\beta\\log(q_j/p_j)$。它的配分函数是 $\\sum_j q_j = 1$，所以 $\\log Z = 0$……",
             ),
-            Equal(S(P[j] * sp.exp(RH[j] / beta)), 1, via=("sums",), given={S(T[j]): 1}),
+            Equal(S(P[j] * sp.exp(RH[j] / beta)), 1, via=("sums",), given={S(Q[j]): 1}),
             where={RH[j]: IMPLICIT[RH[j]]},
         ),
         Step(
@@ -101,7 +101,7 @@ PROOF = Proof(
                 "是一个使当前策略恰为最优的奖励。",
             ),
             Equal(
-                P[i] * sp.exp(RH[i] / beta) / S(P[j] * sp.exp(RH[j] / beta)), T[i], via=("sums",), given={S(T[j]): 1}
+                P[i] * sp.exp(RH[i] / beta) / S(P[j] * sp.exp(RH[j] / beta)), Q[i], via=("sums",), given={S(Q[j]): 1}
             ),
             where=IMPLICIT,
         ),

@@ -22,12 +22,13 @@ PROOF = Proof(
     title=Text("The RPO term: DPO plus the chosen response's NLL", "RPO 项：DPO 加上被选回答的 NLL"),
     intro=Text(
         "The trainer's default objective adds $\\alpha$ times the per-token negative log-likelihood of the "
-        "chosen response to the DPO loss (`rpo_alpha`). DPO alone only moves the margin: once a pair is "
-        "ordered with a large margin its gradient vanishes, and both log-probabilities may fall together. "
-        "The NLL term keeps a pull of $\\alpha/T$ on the chosen response whatever the margin.",
-        "训练器的默认目标在 DPO 损失上加 $\\alpha$ 倍的被选回答逐词元负对数似然（`rpo_alpha`）。单独的 DPO 只移动间隔："
-        "一旦某对以较大间隔排对，它的梯度就消失，而两个对数概率可能一起下降。NLL 项则无论间隔多大，"
-        "都对被选回答保持 $\\alpha/T$ 的拉力。",
+        "chosen response to the DPO loss (`rpo_alpha`). The DPO loss depends on the margin alone: once a pair "
+        "is ordered with a large margin its gradient tends to zero, and nothing in the loss stops both "
+        "log-probabilities from falling together while the margin grows. The NLL term keeps a pull of "
+        "$\\alpha/T$ on the chosen response whatever the margin.",
+        "训练器的默认目标在 DPO 损失上加上被选回答按词元平均的负对数似然的 $\\alpha$ 倍（`rpo_alpha`）。"
+        "DPO 损失只依赖于间隔：一旦某对以较大的间隔排序正确，它的梯度就趋于零，而只要间隔还在增大，"
+        "损失中没有任何东西阻止两个对数概率一起下降。NLL 项则无论间隔多大，都对被选回答保持 $\\alpha/T$ 的拉力。",
     ),
     justifies=("dpo_ref.rpo.rpo_objective",),
     steps=[
@@ -55,8 +56,9 @@ PROOF = Proof(
         Step(
             Text("The chosen response is always pushed up", "被选回答总被推高"),
             Text(
-                "The derivative is negative for every margin, so a gradient step always raises $\\log\\pi(y_w)$.",
-                "对任何间隔导数都为负，所以每一步梯度下降都会提高 $\\log\\pi(y_w)$。",
+                "The derivative is negative for every margin, so the gradient on $a_w$ always pushes "
+                "$\\log\\pi(y_w)$ up.",
+                "对任何间隔，导数都为负，所以 $a_w$ 上的梯度总是把 $\\log\\pi(y_w)$ 往上推。",
             ),
             Negative(GRAD_CHOSEN),
         ),
@@ -71,9 +73,10 @@ PROOF = Proof(
         Step(
             Text("With it, a pull of α/T remains", "加上它，保留 α/T 的拉力"),
             Text(
-                "... while with the NLL term it tends to $-\\alpha/T$: per token, the weight of a supervised "
-                "fine-tuning step on the chosen response.",
-                "……而加上 NLL 项后它趋于 $-\\alpha/T$：按词元计，就是在被选回答上做一步监督微调的权重。",
+                "... while with the NLL term it tends to $-\\alpha/T$: $\\alpha$ times the gradient of the "
+                "per-token supervised fine-tuning loss $-a_w/T$ on the chosen response.",
+                "……而加上 NLL 项后它趋于 $-\\alpha/T$：即被选回答上按词元平均的监督微调损失 $-a_w/T$ 的梯度的 "
+                "$\\alpha$ 倍。",
             ),
             Limit(GRAD_CHOSEN, h, sp.oo, -alpha / T),
         ),
@@ -81,12 +84,12 @@ PROOF = Proof(
             Text("No stationary point in the chosen log-probability", "被选回答对数概率上没有驻点"),
             Text(
                 "The derivative vanishes for no margin $h$, hence for no $a_w$ (with the others fixed, $h$ "
-                "moves one for one with $a_w$): $J$ has no stationary "
-                "point in $a_w$ and is minimised only at the boundary "
-                "$\\log\\pi(y_w) = 0$, that is by raising the chosen response's probability, not only the margin.",
+                "moves one for one with $a_w$): $J$ has no stationary point in $a_w$ and, by step 3, decreases "
+                "as $a_w$ grows, so minimising it keeps raising the chosen response's log-probability, not "
+                "only the margin.",
                 "导数对任何间隔 $h$ 都不为零，因而对任何 $a_w$ 都不为零（其余固定时 $h$ 随 $a_w$ 一一变化）："
-                "$J$ 在 $a_w$ 上没有驻点：只在边界 $\\log\\pi(y_w) = 0$ 处取最小，即要提高被选回答的概率，"
-                "而不只是间隔。",
+                "$J$ 在 $a_w$ 上没有驻点，并且由第 3 步，$J$ 随 $a_w$ 增大而减小；所以最小化 $J$ 会不断提高"
+                "被选回答的对数概率，而不只是间隔。",
             ),
             Solutions(GRAD_CHOSEN, h, []),
         ),

@@ -3,7 +3,7 @@
 Each linked check is a function of the implementation under test (`impl`, with dpo_loss's / ipo_loss's
 signature), so the meta-tests at the bottom can hand it a deliberately wrong implementation and see it
 fail. The reference values come from the sympy expressions the proofs checked, evaluated with mpmath at
-40 significant digits from the exact float64 inputs: an independent computation, not dpo_ref called twice.
+160 significant digits (DPS) from the exact float64 inputs: an independent computation, not dpo_ref called twice.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ RPO_GRAD = [
 
 
 def mp(fn, *args) -> float:
-    """Evaluate a lambdified expression at exact float inputs with 40 digits, rounded once to float."""
+    """Evaluate a lambdified expression at exact float inputs with DPS digits, rounded once to float."""
     with mpmath.workdps(DPS):
         return float(fn(*[mpmath.mpf(a) for a in args]))
 
