@@ -37,7 +37,7 @@ PROOF = Proof(
         "overfitting that motivates IPO and cDPO.",
         "当某个回答总是胜出时（$p^* = 1$，例如每一对只比较过一次的数据集），DPO 损失会随着间隔增大而一直下降："
         "对任何有限的间隔，损失都为正，梯度从不为零，只在极限 $h \\to \\infty$ 时才达到下确界 0，"
-        "这会使 $\\pi(y_l) \\to 0$，无论 $\\beta$ 多大。KL 正则项拦不住它。这正是提出 IPO 和 cDPO 的动机。",
+        "这会使 $\\pi(y_l) \\to 0$，无论 $\\beta$ 多大。KL 正则项也阻止不了这一点。这正是提出 IPO 和 cDPO 的动机。",
     ),
     justifies=("dpo_ref.losses.dpo_losses_from_margin",),
     steps=[
@@ -74,7 +74,7 @@ PROOF = Proof(
             Equal(sp.Subs(population(p_one), p_one, 1), LOSS_H, via=("expand_log", "simplify")),
         ),
         Step(
-            Text("The loss is positive for every finite margin", "对任何有限间隔损失都为正"),
+            Text("The loss is positive for every finite margin", "对任何有限的间隔，损失都为正"),
             Text(
                 "$1 + e^{-\\beta h} > 1$, so its logarithm is positive.",
                 "$1 + e^{-\\beta h} > 1$，所以它的对数为正。",

@@ -125,7 +125,7 @@ PROOF = Proof(
                 "Putting it together: the per-pair loss is $-\\log\\sigma(\\beta h)$, the negative log of the "
                 "Bradley–Terry probability of the observed order.",
                 "综合以上各步：每一对的损失是 $-\\log\\sigma(\\beta h)$，"
-                "即观测到的顺序在布拉德利-特里模型下概率的负对数。",
+                "即布拉德利-特里模型赋予观测到的顺序的概率的负对数。",
             ),
             Equal(-sp.log(sigma(beta * h)), -sp.log(bradley_terry(r_w, r_l)), via=("expand_log", "expand", "simplify")),
             where={r_w: reward_w, r_l: reward_l, h: H},

@@ -71,7 +71,7 @@ PROOF = Proof(
             Text(
                 "Under the reference the mean is $-\\beta\\,\\mathrm{KL}(\\pi_{\\mathrm{ref}} \\,\\|\\, \\pi) \\le 0$. "
                 "A rising mean reward on the policy's samples, or a falling one on the reference's, measures "
-                "drift, not only better preferences.",
+                "drift from the reference, not necessarily better-learned preferences.",
                 "在参考策略下均值为 $-\\beta\\,\\mathrm{KL}(\\pi_{\\mathrm{ref}} \\,\\|\\, \\pi) \\le 0$。"
                 "因此，策略样本上的平均奖励上升、或参考策略样本上的平均奖励下降，反映的是策略的偏离，而不一定是偏好学得"
                 "更好。",
@@ -115,7 +115,7 @@ PROOF = Proof(
             Limit(LOSS, beta, 0, sp.log(2), "+"),
         ),
         Step(
-            Text("β → ∞: a correctly ordered pair costs nothing", "β → ∞：排序正确的样本对损失趋于零"),
+            Text("β → ∞: a correctly ordered pair's loss vanishes", "β → ∞：排序正确的样本对损失趋于零"),
             Text(
                 "For a positive margin the loss tends to 0 as $\\beta \\to \\infty$ ...",
                 "对正的间隔，当 $\\beta \\to \\infty$ 时损失趋于 0……",

@@ -22,7 +22,7 @@ PROOF = Proof(
         "every $\\beta$: a quick check of a DPO implementation, since a first loss other than $\\ln 2$ means "
         "that the policy does not start at the reference or that the loss is computed wrongly.",
         "训练从 $\\pi_\\theta = \\pi_{\\mathrm{ref}}$ 开始，此时所有对数比值为零，间隔 $h$ 也为零。"
-        "因此第一次记录的损失是一个固定的数 $\\ln 2 \\approx 0.693$，与 $\\beta$ 无关："
+        "因此第一次记录的损失是一个固定的数 $\\ln 2 \\approx 0.693$，与 $\\beta$ 无关。"
         "这可以用来快速检查 DPO 实现：如果第一次的损失不是 $\\ln 2$，说明策略并非从参考策略出发，或者损失算错了。",
     ),
     justifies=("dpo_ref.losses.dpo_losses_from_margin", "dpo_ref.losses.dpo_loss"),

@@ -94,7 +94,7 @@ PROOF = Proof(
                 "$(g(y) - g(y'))/\\tau$: since $0 \\le g \\le 1$, at most $1/\\tau$ in size, even for deterministic "
                 "preferences.",
                 "取 $\\Psi(u) = u$ 时目标为 $\\mathbb{E}_\\pi[g] - \\tau\\,\\mathrm{KL}$，其中有界得分 "
-                "$g(y) = p^*(y \\succ \\mu) = \\mathbb{E}_{y' \\sim \\mu}[p^*(y \\succ y')]$，由证明 1 "
+                "$g(y) = p^*(y \\succ \\mu) = \\mathbb{E}_{y' \\sim \\mu}[p^*(y \\succ y')]$，由证明 1，"
                 "其唯一最大值点为 $\\pi^* \\propto \\pi_{\\mathrm{ref}} e^{g/\\tau}$，对数比值之差为 "
                 "$(g(y) - g(y'))/\\tau$：由于 $0 \\le g \\le 1$，其绝对值至多为 $1/\\tau$，即使偏好是确定性的也是如此"
                 "。",

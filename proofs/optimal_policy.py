@@ -109,8 +109,8 @@ PROOF = Proof(
         ),
         Step(
             Text(
-                "The objective is β log Z minus a KL divergence to the optimal policy (any n)",
-                "目标函数等于 β log Z 减去相对于最优策略的 KL 散度（任意 n）",
+                "The objective is β log Z − β KL(π‖π*) (any n)",
+                "目标函数等于 β log Z − β KL(π‖π*)（任意 n）",
             ),
             Text(
                 "Insert $\\log\\pi^*_i = \\log p_i + r_i/\\beta - \\log Z$ into "
@@ -154,8 +154,8 @@ PROOF = Proof(
             Text(
                 "Term by term $q_i\\log(q_i/\\rho_i) = q_i f(\\rho_i/q_i) + q_i - \\rho_i$; summed over $i$ "
                 "the last two give $1 - 1 = 0$ for two distributions $\\pi = (q_i)$ and $\\rho = (\\rho_i)$.",
-                "逐项有 $q_i\\log(q_i/\\rho_i) = q_i f(\\rho_i/q_i) + q_i - \\rho_i$；对 $i$ 求和后，"
-                "对两个分布 $\\pi = (q_i)$ 与 $\\rho = (\\rho_i)$，后两项之和为 $1 - 1 = 0$。",
+                "逐项有 $q_i\\log(q_i/\\rho_i) = q_i f(\\rho_i/q_i) + q_i - \\rho_i$。对两个分布 $\\pi = (q_i)$ 与 "
+                "$\\rho = (\\rho_i)$ 按 $i$ 求和，最后两项之和为 $1 - 1 = 0$。",
             ),
             Equal(
                 S(Q[i] * sp.log(Q[i] / RHO[i])),
