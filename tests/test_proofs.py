@@ -211,7 +211,7 @@ def test_cdpo_holds_on_its_true_domain_only():
     proved for epsilon declared only positive (for epsilon >= 1 there is no real minimiser)."""
     step = next(s for s in proofs.get("cdpo").steps if isinstance(s.claim, GlobalMinimum))
     assert BOUNDED[eps] == sp.Interval.open(0, sp.Rational(1, 2))
-    assert "0 < \\epsilon < \\frac{1}{2}" in step.latex()
+    assert "0 < \\varepsilon < \\frac{1}{2}" in step.latex()  # ε is shown as \\varepsilon, as in the prose
 
 
 # ---- what you read is what was checked -------------------------------------------------------------------
