@@ -5,9 +5,12 @@ from __future__ import annotations
 import sympy as sp
 
 from .common import beta, eps, h, sigma
-from .core import Equal, GlobalMinimum, Limit, Positive, Proof, Step, Text, bounded
+from .core import NAMES, Equal, GlobalMinimum, Limit, Positive, Proof, Step, Text, bounded
 
-q = bounded(sp.Symbol("q", positive=True), sp.Interval.open(0, 1))  # the model's probability sigma(beta h)
+# The model's probability sigma(beta h), shown as q. Its own name: a bounded symbol must not be the label of
+# another proof's IndexedBase q (implicit-reward-kl, ipo-psi), or that proof would inherit the bound.
+q = bounded(sp.Symbol("q_exo", positive=True), sp.Interval.open(0, 1))
+NAMES["q_exo"] = ("q", "q")
 
 # EXO-pair as `exo_pair_loss` evaluates it: KL(Bern(q) || Bern(1 - eps)) with q = sigma(beta h).
 EXO_Q = q * (sp.log(q) - sp.log(1 - eps)) + (1 - q) * (sp.log(1 - q) - sp.log(eps))

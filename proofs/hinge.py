@@ -5,9 +5,11 @@ from __future__ import annotations
 import sympy as sp
 
 from .common import beta, h
-from .core import Equal, Limit, Positive, Proof, Step, Text, bounded
+from .core import NAMES, Equal, Limit, Positive, Proof, Step, Text, bounded
 
-s = bounded(sp.Symbol("s", positive=True), sp.Interval.open(0, sp.oo))  # distance of beta h from the kink at 1
+# the distance of beta h from the kink at 1, shown as s (named apart: a bounded symbol is global)
+s = bounded(sp.Symbol("s_hinge", positive=True), sp.Interval.open(0, sp.oo))
+NAMES["s_hinge"] = ("s", "s")
 HINGE = sp.Max(0, 1 - beta * h)  # what hinge_loss computes: relu(1 - beta h)
 SATISFIED = {h: (1 + s) / beta}  # beta h = 1 + s > 1
 ACTIVE = {h: (1 - s) / beta}  # beta h = 1 - s < 1
