@@ -135,7 +135,10 @@ def compare() -> list:
     logps = (-3.0, -5.0, -4.0, -4.5)  # r_w = 1, r_l = -0.5
     base, moved = tensors(*logps), tensors(logps[0] + f_, logps[1] + f_, *logps[2:])
     point = {r_w: 1.0, r_l: -0.5, beta: beta_}
-    rows = [Row("margin change", 0.0, (preference_margin(*moved) - preference_margin(*base)).item())]
+    rows = [
+        Row("margin", exact(margin(a_w, a_l, b_w, b_l), dict(zip(LOGPS, logps))), preference_margin(*base).item()),
+        Row("margin change", 0.0, (preference_margin(*moved) - preference_margin(*base)).item()),
+    ]
     for name, fn, expr in (
         ("nca_pair", nca_pair_loss, NCA),
         ("apo_zero", apo_zero_loss, APO_ZERO),
