@@ -124,8 +124,9 @@ PROOF = Proof(
 
 
 def compare() -> list:
-    """The change of each log-ratio loss when f is added to both policy log-probs, the code's against the
-    derived expression's; and the margin's change, which must be 0."""
+    """Each log-ratio loss and its change when f is added to both policy log-probs, the code's against the
+    derived expression's (the value too: BCO with chosen and rejected swapped differs by beta h, which no
+    shift changes); and the margin and its change, which must be 0."""
     from dpo_ref.family import apo_down_loss, apo_zero_loss, bco_pair_loss, nca_pair_loss
     from dpo_ref.losses import preference_margin
 
@@ -145,7 +146,9 @@ def compare() -> list:
         ("apo_down", apo_down_loss, APO_DOWN),
         ("bco_pair", bco_pair_loss, BCO.subs(delta, 0)),
     ):
-        got = (fn(*moved, beta=beta_).losses - fn(*base, beta=beta_).losses).item()
+        value = fn(*base, beta=beta_).losses
+        rows.append(Row(f"{name} at r_w = 1, r_l = -0.5", exact(expr, point), value.item()))
+        got = (fn(*moved, beta=beta_).losses - value).item()
         want = exact(shifted(expr), {**point, f: f_}) - exact(expr, point)
         rows.append(Row(f"{name} change when f = {f_:g}", want, got))
     return rows
