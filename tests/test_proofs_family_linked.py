@@ -30,7 +30,6 @@ import pytest
 import sympy as sp
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpo_ref import family
@@ -38,6 +37,7 @@ from dpo_ref.losses import PreferenceLoss
 from proofs import bounded_losses, exo_cdpo, hinge, ipo_noise, robust_dpo, shift_invariance, sppo_hard
 from proofs.common import beta, eps, h, sigma, tau
 from tests import family_impls
+from tests import test_proofs_linked as linked
 from tests.test_proofs_linked import AGREEMENT_EXAMPLES, DPS, NO_SHRINK, _lambdify, assert_close, logp, mp_margin
 
 F64 = torch.float64
@@ -266,14 +266,7 @@ IMPLS = {
 
 
 def run_property(name: str, impl, **overrides) -> None:
-    check, strategies = PROPERTIES[name]
-
-    @settings(database=None, **overrides)
-    @given(**strategies)
-    def prop(**kwargs):
-        check(impl, **kwargs)
-
-    prop()
+    linked.run_property(name, impl, PROPERTIES, **overrides)
 
 
 @pytest.mark.parametrize("name", list(PROPERTIES))
