@@ -80,11 +80,10 @@ PROOF = Proof(
         Step(
             Text("EXO's gradient in the margin", "EXO 对间隔的梯度"),
             Text(
-                "Differentiating the code's expression in $h$ directly: a positive factor times "
+                "Differentiating the code's expression in $h$ directly: the positive derivative of step 2 times "
                 "$\\beta h - \\ln\\frac{1-\\varepsilon}{\\varepsilon}$, which is negative below $h^*$ and positive "
-                "above "
-                "it. Gradient descent on EXO moves every margin towards $h^*$.",
-                "直接对代码中的表达式关于 $h$ 求导：一个正因子乘以 "
+                "above it. Gradient descent on EXO moves every margin towards $h^*$.",
+                "直接对代码中的表达式关于 $h$ 求导：第 2 步中为正的导数乘以 "
                 "$\\beta h - \\ln\\frac{1-\\varepsilon}{\\varepsilon}$，"
                 "它在 $h^*$ 以下为负、以上为正。对 EXO 做梯度下降会把每个间隔推向 $h^*$。",
             ),

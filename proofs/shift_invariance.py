@@ -58,9 +58,13 @@ PROOF = Proof(
             Text("The margin does not see f(x)", "间隔看不到 f(x)"),
             Text(
                 "Adding $f$ to both policy log-probabilities leaves the margin unchanged. So every loss that is a "
-                "function of $h$ alone, here DPO, cDPO, IPO, hinge, EXO, robust DPO and DiscoPOP, is invariant.",
+                "function of $h$ alone, here DPO, cDPO, IPO on $h$, hinge, EXO, robust DPO and DiscoPOP, is "
+                "invariant. (TRL's length-normalised `ipo` and `sigmoid_norm` use $\\bar h$, which adds "
+                "$f/n_w - f/n_l$: invariant only when $n_w = n_l$; not checked here.)",
                 "给两个策略对数概率都加上 $f$，间隔不变。所以每个只依赖 $h$ 的损失都具有不变性，"
-                "这里包括 DPO、cDPO、IPO、hinge、EXO、稳健 DPO 与 DiscoPOP。",
+                "这里包括 DPO、cDPO、以 $h$ 为自变量的 IPO、hinge、EXO、稳健 DPO 与 DiscoPOP。"
+                "（TRL 的长度归一化 `ipo` 与 `sigmoid_norm` 使用 $\\bar h$，它会增加 $f/n_w - f/n_l$："
+                "只有 $n_w = n_l$ 时才不变；此处未检验。）",
             ),
             FreeOf(margin(a_w + f, a_l + f, b_w, b_l), f),
         ),
