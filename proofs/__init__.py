@@ -29,6 +29,14 @@ MODULES = {
     "ipo": "ipo",
     "ipo-psi": "ipo_psi",
     "cdpo": "cdpo",
+    # the preference-loss family (dpo_ref.family)
+    "exo-cdpo": "exo_cdpo",
+    "ipo-noise": "ipo_noise",
+    "robust-dpo": "robust_dpo",
+    "hinge": "hinge",
+    "sppo-hard": "sppo_hard",
+    "shift-invariance": "shift_invariance",
+    "bounded-losses": "bounded_losses",
 }
 
 

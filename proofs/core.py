@@ -221,6 +221,9 @@ class _Uni(PrettyPrinter):
             return prettyForm(NAMES[e.name][1])
         return super()._print_Symbol(e, bold_name)
 
+    def _print_Max(self, e):  # sympy's pretty printer has no form for Max; print it as the function max(...)
+        return self._print_Function(e, func_name="max")
+
 
 def _uni_form(part: object) -> prettyForm:
     if isinstance(part, Tok):

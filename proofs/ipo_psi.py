@@ -6,7 +6,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .common import Z, sigma, tau
-from .core import NAMES, Equal, Proof, Step, Text
+from .core import NAMES, Equal, Proof, Step, Text, bounded
 
 n = sp.Symbol("n", integer=True, positive=True)
 i, j = sp.symbols("i j", integer=True, positive=True)
@@ -14,7 +14,9 @@ P, Q, MU = (sp.IndexedBase(name, positive=True) for name in ("p", "q", "mu"))
 R = sp.IndexedBase("r", real=True)
 r_y, r_yp, g_y, g_yp = sp.symbols("r_y r_y' g_y g_y'", real=True)
 p_y, p_yp = sp.symbols("p_y p_y'", positive=True)
-pstar = sp.Symbol("p^*", positive=True)  # p*(y > y'), shown as an abbreviation
+# p*(y > y'), shown as an abbreviation. Declared bounded here: it is the symbol deterministic-preference
+# bounds to (0, 1), and the display must not depend on whether that module was imported first.
+pstar = bounded(sp.Symbol("p^*", positive=True), sp.Interval.open(0, 1))
 rbar = sp.Symbol("rbar", real=True)  # E_{y' ~ mu}[r(y')]
 pi_y, pi_yp = sp.symbols("pi^*_y pi^*_y'", positive=True)
 NAMES.update({"rbar": (r"\bar r", "r̄")})

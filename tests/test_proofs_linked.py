@@ -281,8 +281,9 @@ _PROFILE_EXAMPLES = settings.default.max_examples
 AGREEMENT_EXAMPLES = _PROFILE_EXAMPLES if _PROFILE_EXAMPLES >= 1000 else max(10, _PROFILE_EXAMPLES // 2)
 
 
-def run_property(name: str, impl, **overrides) -> None:
-    check, strategies = PROPERTIES[name]
+def run_property(name: str, impl, table: dict | None = None, **overrides) -> None:
+    """Run the linked check `name` of `table` (default: this module's PROPERTIES) on `impl`."""
+    check, strategies = (PROPERTIES if table is None else table)[name]
 
     @settings(database=None, **overrides)
     @given(**strategies)

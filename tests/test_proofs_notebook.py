@@ -18,6 +18,7 @@ import proofs
 from proofs import cli, notebook, numeric
 from proofs.common import beta
 from proofs.core import ProofResult, StepFailed, StepResult
+from tests.test_proofs_family_linked import BROKEN_FAMILY
 from tests.test_proofs_linked import plackett_luce_wrong_end, rpo_per_sequence
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,6 +109,7 @@ BROKEN = {  # a wrong version of each function the proofs justify
     "dpo_ref.losses.preference_margin": _reference_added,
     "dpo_ref.plackett_luce.plackett_luce_losses": plackett_luce_wrong_end,
     "dpo_ref.rpo.rpo_objective": rpo_per_sequence,
+    **BROKEN_FAMILY,
 }
 
 
