@@ -16,7 +16,7 @@ def _gh(text: str) -> str:
 
 LABELS = {
     "en": {
-        "title": "Executable proofs: DPO, IPO and cDPO, step by step",
+        "title": "Executable proofs: DPO, IPO, cDPO and the loss family, step by step",
         "banner": "dpo-ref prove: every step of each derivation is checked by sympy",
         "Justifies": "Justifies: ",
         "end": ".",
@@ -35,7 +35,10 @@ LABELS = {
             "This lesson derives DPO from the KL-regularised RL objective and shows why the reparameterisation "
             "loses nothing (Theorem 1), then the loss, its ranking (Plackett–Luce) form, its gradient and "
             "behaviour, the RPO term the trainer adds, DPO's failure on deterministic preferences, and the "
-            "fixes: IPO (with the ΨPO objective behind it) and conservative DPO. A runnable version that "
+            "fixes: IPO (with the ΨPO objective behind it) and conservative DPO; then the wider loss family: the "
+            "optimum EXO shares with cDPO, IPO under label flips, robust DPO's unbiasedness and missing minimiser, "
+            "the hinge's zero region, hard SPPO's targets, which losses are invariant under adding f(x), and the "
+            "bounds of NCA and APO. A runnable version that "
             "re-checks every step is `docs/lesson.ipynb` (`dpo-ref prove --format notebook`). "
             "Every displayed formula below is a claim that sympy checked when "
             "this file was generated with `dpo-ref prove --format markdown`: an identity is accepted only if "
@@ -52,7 +55,7 @@ LABELS = {
         "regenerate": "Regenerate with `dpo-ref prove --format markdown --output docs/lesson.md`.",
     },
     "zh": {
-        "title": "可执行的证明：一步一步推导 DPO、IPO 与 cDPO",
+        "title": "可执行的证明：一步一步推导 DPO、IPO、cDPO 与损失函数族",
         "banner": "dpo-ref prove：每个推导的每一步都由 sympy 检验",
         "Justifies": "对应代码：",
         "end": "。",
@@ -70,7 +73,9 @@ LABELS = {
         "how_to_read": (
             "本讲义从 KL 正则化的强化学习目标出发推导 DPO，并说明重参数化没有损失（定理 1）；然后是损失、"
             "它的排序（普拉克特-卢斯）形式、梯度与性质、训练器附加的 RPO 项、DPO 在确定性偏好下的失效，"
-            "以及两种修正：IPO（及其背后的 ΨPO 目标）和保守 DPO。可运行并逐步重新检验的版本是 "
+            "以及两种修正：IPO（及其背后的 ΨPO 目标）和保守 DPO；最后是更广的损失函数族：EXO 与 cDPO 共有的最优点、"
+            "标签翻转噪声下的 IPO、稳健 DPO 的无偏性及其没有有限最小值点、铰链损失的零区域、硬 SPPO 的目标值、"
+            "哪些损失在加上 f(x) 后不变，以及 NCA 与 APO 的界。可运行并逐步重新检验的版本是 "
             "`docs/lesson.ipynb`（`dpo-ref prove --format notebook`）。"
             "下面每一个展示出来的公式都是一个命题，在用 `dpo-ref prove --format markdown --lang zh` "
             "生成本文件时由 sympy 检验过：恒等式只有当两边独立构造、其差恰好化简为 0 时才被接受；"
