@@ -25,6 +25,16 @@ beta (|log eps| + 1); robust beta/(1 - 2 eps)), each rounded once:
 
     |g - g_ref| <= K eps_d (|g_ref| + T + H (S + C_h) + 1e-3).
 
+Verdict and grade. Under `oracle_tolerance` (the oracle), eps_d is `dpo_ref.properties.verdict_eps`:
+max(eps_dtype, eps_float32), so an implementation that computes in float32 whatever its inputs (a `.float()`
+cast, a fused kernel) passes, as it does for DPO/cDPO/IPO; with `strict` eps_d is the dtype's own, and float64
+inputs demand float64-exact results. Beside the verdict, `check_values` / `check_mean_value` return the
+precision reached (`dpo_ref.properties.Precision`): the worst |L - L_ref| in units of the float64 bound
+K eps_float64 (G (S + C_h) + |L_ref| + C_L + 1), the same conditioning as the tolerance. <= 1 is float64-exact,
+<= eps_float32 / eps_float64 = 2^29 float32-level, beyond that worse than float32; the oracle reports the worst
+over its value checks on float64 inputs as the grade. A formula error (a constant off by 1e-3 relative, a lost
+reference) misses by far more than 2^29 float64 bounds, so it fails with or without strict.
+
 Where the gradient jumps within that distance (the hinge's kink at beta h = 1, two sorted keys of AOT
 closer than the rounding) the pointwise gradient is not determined by the inputs: hinge rows that close
 to the kink are skipped, and AOT gradients are compared as sums over groups of near-tied keys (the
@@ -42,7 +52,7 @@ from dataclasses import dataclass, field
 import mpmath as mp
 import torch
 
-from dpo_ref.properties import TOLERANCE_K, PropertyViolation, strictness, verdict_eps
+from dpo_ref.properties import TOLERANCE_K, Precision, PropertyViolation, measure, strictness, verdict_eps
 
 mp.mp.dps = 30
 FamilyFn = Callable[..., torch.Tensor]
@@ -310,10 +320,16 @@ def _scales(spec: FamilySpec, rows: list[Row]) -> tuple[list[float], list[float]
     return S, G
 
 
-def value_tolerance(spec: FamilySpec, rows: list[Row], expected: list, dtype: torch.dtype) -> list[float]:
+def value_scale(spec: FamilySpec, rows: list[Row], expected: list) -> list[float]:
+    """Per row: G (S + C_h) + |L_ref| + C_L + 1, the size of the rounding a correct implementation may make in
+    units of its rounding unit (module docstring)."""
     S, G = _scales(spec, rows)
     c_h, c_l = spec.constants()
-    return [TOLERANCE_K * _eps(dtype) * (g * (s + c_h) + abs(float(e)) + c_l + 1.0) for s, g, e in zip(S, G, expected)]
+    return [g * (s + c_h) + abs(float(e)) + c_l + 1.0 for s, g, e in zip(S, G, expected)]
+
+
+def value_tolerance(spec: FamilySpec, rows: list[Row], expected: list, dtype: torch.dtype) -> list[float]:
+    return [TOLERANCE_K * _eps(dtype) * x for x in value_scale(spec, rows, expected)]
 
 
 def _call(fn: FamilyFn, batch, lengths, what: str) -> torch.Tensor:
@@ -324,26 +340,37 @@ def _call(fn: FamilyFn, batch, lengths, what: str) -> torch.Tensor:
 # --- checks ---------------------------------------------------------------------------------------
 
 
-def check_values(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, ...], lengths=None) -> None:
-    """L_i equals the variant's formula (mpmath at 30 digits), within the dtype's tolerance."""
+def _precision(out: list[float], expected: list[float], scale: list[float]) -> Precision:
+    """The `Precision` of `out` against the reference, in units of the float64 bound K eps_float64 scale."""
+    return measure(torch.tensor(out, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
+                   torch.tensor(scale, dtype=torch.float64))  # fmt: skip
+
+
+def check_values(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, ...], lengths=None) -> Precision:
+    """L_i equals the variant's formula (mpmath at 30 digits), within the dtype's tolerance; returns the
+    precision reached (graded by the oracle on float64 inputs)."""
     dtype = batch[0].dtype
     out = _call(fn, batch, lengths, f"{spec.describe()} values").detach().double().tolist()
     rows = _rows(batch, lengths)
-    expected = spec.losses(rows)
-    tol = value_tolerance(spec, rows, expected, dtype)
-    _compare(out, [float(e) for e in expected], tol, f"{spec.describe()} loss value")
+    expected = [float(e) for e in spec.losses(rows)]
+    scale = value_scale(spec, rows, expected)
+    tol = [TOLERANCE_K * _eps(dtype) * x for x in scale]
+    _compare(out, expected, tol, f"{spec.describe()} loss value")
+    return _precision(out, expected, scale)
 
 
-def check_mean_value(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, ...], lengths=None) -> None:
+def check_mean_value(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, ...], lengths=None) -> Precision:
     """A target returning the batch mean (a batch-coupled loss cannot be called one example at a time): each
-    entry of `fn`'s output is the mean, and it equals the mean of the formula's losses."""
+    entry of `fn`'s output is the mean, and it equals the mean of the formula's losses; returns the precision."""
     dtype = batch[0].dtype
     out = _call(fn, batch, lengths, f"{spec.describe()} batch mean").detach().double().tolist()
     rows = _rows(batch, lengths)
     expected = spec.losses(rows)
     mean = float(mp.fsum(expected) / len(expected))
-    tol = max(value_tolerance(spec, rows, expected, dtype))
+    scale = max(value_scale(spec, rows, expected))
+    tol = TOLERANCE_K * _eps(dtype) * scale
     _compare(out, [mean] * len(out), [tol] * len(out), f"{spec.describe()} batch-mean loss")
+    return _precision(out, [mean] * len(out), [scale] * len(out))
 
 
 def _grads(fn: FamilyFn, batch, lengths, what: str) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
