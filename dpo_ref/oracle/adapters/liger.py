@@ -123,9 +123,14 @@ class Claim:
     label_smoothing: float | None = None  # classic cdpo: fixed eps
 
 
-def _dpo(loss_type: str, **fixed) -> Callable:
-    fn = functools.partial(dpo_loss, loss_type=loss_type, **fixed)
-    fn.__qualname__ = f"LigerFusedLinearDPOFunction.preference_loss_fn[loss_type={loss_type!r}]"
+def _dpo(loss_type: str) -> Callable:
+    """`dpo_loss` with `loss_type` bound, as a module-level function `dpo_<loss_type>` (a reproduction imports it)."""
+
+    def fn(pc, pr, rc, rr, beta=0.1, label_smoothing=None, tau=None, delta=0.0):
+        return dpo_loss(pc, pr, rc, rr, beta, label_smoothing, loss_type, tau, delta)
+
+    fn.__name__ = fn.__qualname__ = f"dpo_{loss_type}"
+    globals()[fn.__name__] = fn
     return fn
 
 
@@ -139,7 +144,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("dpo: hinge", "hinge", _dpo("hinge"), "dpo_loss.py:63-66", "relu(1 - beta h)"),
     Claim(
         "dpo: exo_pair", "exo_pair", _dpo("exo_pair"), "dpo_loss.py:74-87",
-        "q (log q - log(1 - eps)) + (1 - q)(log(1 - q) - log eps), q = sigmoid(beta h); eps > 0 required",
+        "q (log q - log(1 - eps)) + (1 - q)(log(1 - q) - log eps), q = sigmoid(beta h); eps > 0 required; eps is "
+        "made a float32 tensor (:79), so its logs are float32-level on float64 inputs",
     ),
     Claim(
         "dpo: nca_pair", "nca_pair", _dpo("nca_pair"), "dpo_loss.py:89-95",
