@@ -271,7 +271,7 @@ def _batch():
     T = max(len(r) for r in ids)
     input_ids = torch.tensor([r + [tok.pad_token_id] * (T - len(r)) for r in ids])  # (2B, T)
     labels = torch.tensor([r + [IGNORE_INDEX] * (T - len(r)) for r in labels])  # (2B, T)
-    mask = (labels != IGNORE_INDEX) | (torch.arange(T) < torch.tensor([len(r) for r in ids])[:, None])
+    mask = torch.arange(T) < torch.tensor([len(r) for r in ids])[:, None]  # (2B, T) real tokens
     out = []
     for seed in (0, 1):
         model = tiny.model(seed)
@@ -315,7 +315,7 @@ def _dpo_ref_fused(name: str):
     from dpo_ref.family import LOSS_FAMILY, sft_loss
 
     (policy, reference), labels = _batch()
-    _, _, key, coef, alpha = FUSED[name]
+    fn_name, _, key, coef, alpha = FUSED[name]
     hidden = policy[0][:, :-1].clone().requires_grad_(True)
     weight = policy[1].clone().requires_grad_(True)
     logits = hidden @ weight.T  # (2B, T - 1, V): position t scores labels[:, t + 1]
@@ -328,7 +328,7 @@ def _dpo_ref_fused(name: str):
     nc, nr = counts[:B], counts[B:]
     if key == "simpo":
         losses = LOSS_FAMILY[key].fn(pc, pr, rc, rr, chosen_lengths=nc, rejected_lengths=nr, **coef).losses
-    elif key == "cdpo":  # CPO: no reference
+    elif fn_name == "cpo":  # reference-free
         zero = torch.zeros_like(rc)
         losses = LOSS_FAMILY[key].fn(pc, pr, zero, zero, **coef).losses
     else:
