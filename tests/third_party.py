@@ -4,7 +4,8 @@ Libraries that install here without replacing torch (TRL, torchtune: the `compar
 need packages that cannot be installed on a CPU-only torch 2.13 (deepspeed, flash-attn, triton, vllm, peft, a TRL
 older than the installed one): their wheel is downloaded once (`pip download --no-deps`, exact version, cached in
 `~/.cache/dpo-ref/wheels` or `$DPO_REF_WHEELS`) and only the modules holding the DPO code are executed from it, with
-their heavy imports answered by inert stand-ins (`_Stub`). No library code is copied into this repository.
+their heavy imports answered by inert stand-ins (`dpo_ref.oracle.adapters.wheel`). No library code is copied into
+this repository.
 
 Wrappers only translate calling conventions:
 
