@@ -25,6 +25,16 @@ beta (|log eps| + 1); robust beta/(1 - 2 eps)), each rounded once:
 
     |g - g_ref| <= K eps_d (|g_ref| + T + H (S + C_h) + 1e-3).
 
+Verdict and grade. Under `oracle_tolerance` (the oracle), eps_d is `dpo_ref.properties.verdict_eps`:
+max(eps_dtype, eps_float32), so an implementation that computes in float32 whatever its inputs (a `.float()`
+cast, a fused kernel) passes, as it does for DPO/cDPO/IPO; with `strict` eps_d is the dtype's own, and float64
+inputs demand float64-exact results. Beside the verdict, `check_values` / `check_mean_value` return the
+precision reached (`dpo_ref.properties.Precision`): the worst |L - L_ref| in units of the float64 bound
+K eps_float64 (G (S + C_h) + |L_ref| + C_L + 1), the same conditioning as the tolerance. <= 1 is float64-exact,
+<= eps_float32 / eps_float64 = 2^29 float32-level, beyond that worse than float32; the oracle reports the worst
+over its value checks on float64 inputs as the grade. A formula error (a constant off by 1e-3 relative, a lost
+reference) misses by far more than 2^29 float64 bounds, so it fails with or without strict.
+
 Where the gradient jumps within that distance (the hinge's kink at beta h = 1, two sorted keys of AOT
 closer than the rounding) the pointwise gradient is not determined by the inputs: hinge rows that close
 to the kink are skipped, and AOT gradients are compared as sums over groups of near-tied keys (the
@@ -42,7 +52,7 @@ from dataclasses import dataclass, field
 import mpmath as mp
 import torch
 
-from dpo_ref.properties import TOLERANCE_K, PropertyViolation, strictness, verdict_eps
+from dpo_ref.properties import TOLERANCE_K, Precision, PropertyViolation, measure, strictness, verdict_eps
 
 mp.mp.dps = 30
 FamilyFn = Callable[..., torch.Tensor]
@@ -310,10 +320,16 @@ def _scales(spec: FamilySpec, rows: list[Row]) -> tuple[list[float], list[float]
     return S, G
 
 
-def value_tolerance(spec: FamilySpec, rows: list[Row], expected: list, dtype: torch.dtype) -> list[float]:
+def value_scale(spec: FamilySpec, rows: list[Row], expected: list) -> list[float]:
+    """Per row: G (S + C_h) + |L_ref| + C_L + 1, the size of the rounding a correct implementation may make in
+    units of its rounding unit (module docstring)."""
     S, G = _scales(spec, rows)
     c_h, c_l = spec.constants()
-    return [TOLERANCE_K * _eps(dtype) * (g * (s + c_h) + abs(float(e)) + c_l + 1.0) for s, g, e in zip(S, G, expected)]
+    return [g * (s + c_h) + abs(float(e)) + c_l + 1.0 for s, g, e in zip(S, G, expected)]
+
+
+def value_tolerance(spec: FamilySpec, rows: list[Row], expected: list, dtype: torch.dtype) -> list[float]:
+    return [TOLERANCE_K * _eps(dtype) * x for x in value_scale(spec, rows, expected)]
 
 
 def _call(fn: FamilyFn, batch, lengths, what: str) -> torch.Tensor:
@@ -324,26 +340,37 @@ def _call(fn: FamilyFn, batch, lengths, what: str) -> torch.Tensor:
 # --- checks ---------------------------------------------------------------------------------------
 
 
-def check_values(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, ...], lengths=None) -> None:
-    """L_i equals the variant's formula (mpmath at 30 digits), within the dtype's tolerance."""
+def _precision(out: list[float], expected: list[float], scale: list[float]) -> Precision:
+    """The `Precision` of `out` against the reference, in units of the float64 bound K eps_float64 scale."""
+    return measure(torch.tensor(out, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
+                   torch.tensor(scale, dtype=torch.float64))  # fmt: skip
+
+
+def check_values(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, ...], lengths=None) -> Precision:
+    """L_i equals the variant's formula (mpmath at 30 digits), within the dtype's tolerance; returns the
+    precision reached (graded by the oracle on float64 inputs)."""
     dtype = batch[0].dtype
     out = _call(fn, batch, lengths, f"{spec.describe()} values").detach().double().tolist()
     rows = _rows(batch, lengths)
-    expected = spec.losses(rows)
-    tol = value_tolerance(spec, rows, expected, dtype)
-    _compare(out, [float(e) for e in expected], tol, f"{spec.describe()} loss value")
+    expected = [float(e) for e in spec.losses(rows)]
+    scale = value_scale(spec, rows, expected)
+    tol = [TOLERANCE_K * _eps(dtype) * x for x in scale]
+    _compare(out, expected, tol, f"{spec.describe()} loss value")
+    return _precision(out, expected, scale)
 
 
-def check_mean_value(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, ...], lengths=None) -> None:
+def check_mean_value(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, ...], lengths=None) -> Precision:
     """A target returning the batch mean (a batch-coupled loss cannot be called one example at a time): each
-    entry of `fn`'s output is the mean, and it equals the mean of the formula's losses."""
+    entry of `fn`'s output is the mean, and it equals the mean of the formula's losses; returns the precision."""
     dtype = batch[0].dtype
     out = _call(fn, batch, lengths, f"{spec.describe()} batch mean").detach().double().tolist()
     rows = _rows(batch, lengths)
     expected = spec.losses(rows)
     mean = float(mp.fsum(expected) / len(expected))
-    tol = max(value_tolerance(spec, rows, expected, dtype))
+    scale = max(value_scale(spec, rows, expected))
+    tol = TOLERANCE_K * _eps(dtype) * scale
     _compare(out, [mean] * len(out), [tol] * len(out), f"{spec.describe()} batch-mean loss")
+    return _precision(out, [mean] * len(out), [scale] * len(out))
 
 
 def _grads(fn: FamilyFn, batch, lengths, what: str) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -450,23 +477,32 @@ def check_shift(fn: FamilyFn, spec: FamilySpec, shift_invariant: str, batch, len
 
 def check_not_invariant(fn: FamilyFn, spec: FamilySpec, shift_invariant: str) -> None:
     """A witness that the loss is NOT invariant where the variant is not: the change under f(x) is the
-    formula's and larger than the tolerance (an implementation of the margin-only form would not move)."""
+    formula's and larger than the tolerance (an implementation of the margin-only form would not move).
+
+    The witness is a fact about the formula, so it must be visible at every coefficient: log-ratios and the
+    shift in units of 1/beta keep sigma's arguments O(1), but at large beta the tolerance's G S term (G ~ beta,
+    S the log-probs' size) or its absolute 1 (SPPO's losses are ~1/beta^2) can swamp the change. The first of
+    a few scales (log-ratio unit 1/beta or 1; log-probs of size 1 or 1/beta) on which the formula moves by more
+    than 100 tolerances is used; none is a failure of the witness."""
     if shift_invariant == "yes":
         return
     beta = spec.coefficients.get("beta", spec.coefficients.get("tau", 1.0))
-    pc = torch.tensor([-2.0, -3.0, -1.0], dtype=torch.float64)
-    pr = torch.tensor([-2.5, -2.0, -4.0], dtype=torch.float64)
-    rc = pc - torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64) / beta  # r_w = (0, 1, 2)/beta
-    rr = pr - torch.tensor([1.5, -1.0, 0.5], dtype=torch.float64) / beta  # r_l: sorted pairing differs once shifted
     lengths = (torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64), torch.tensor([3.0, 1.0, 2.0], dtype=torch.float64))
-    shift = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64) / beta
-    check_shift(fn, spec, shift_invariant, (pc, pr, rc, rr), lengths, shift)
-    rows = _rows((pc, pr, rc, rr), lengths)
-    moved = _rows((pc + shift, pr + shift, rc, rr), lengths)
-    change = max(abs(float(a - b)) for a, b in zip(spec.losses(moved), spec.losses(rows)))
-    tol = max(value_tolerance(spec, moved, spec.losses(moved), torch.float64))
-    if not change > 100 * tol:
-        raise PropertyViolation(f"{spec.describe()}: the witness of non-invariance moves the loss by only {change!r}")
+    change = 0.0
+    for unit, size in ((1 / beta, 1.0), (1 / beta, min(1.0, 1 / beta)), (1.0, 1.0), (1.0, min(1.0, 1 / beta))):
+        pc = torch.tensor([-2.0, -3.0, -1.0], dtype=torch.float64) * size
+        pr = torch.tensor([-2.5, -2.0, -4.0], dtype=torch.float64) * size
+        rc = pc - torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64) * unit  # r_w = (0, 1, 2) unit
+        rr = pr - torch.tensor([1.5, -1.0, 0.5], dtype=torch.float64) * unit  # r_l: sorted pairing differs once shifted
+        shift = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64) * unit
+        rows = _rows((pc, pr, rc, rr), lengths)
+        moved = _rows((pc + shift, pr + shift, rc, rr), lengths)
+        change = max(abs(float(a - b)) for a, b in zip(spec.losses(moved), spec.losses(rows)))
+        tol = max(value_tolerance(spec, moved, spec.losses(moved), torch.float64))
+        if change > 100 * tol:
+            check_shift(fn, spec, shift_invariant, (pc, pr, rc, rr), lengths, shift)
+            return
+    raise PropertyViolation(f"{spec.describe()}: the witness of non-invariance moves the loss by only {change!r}")
 
 
 def _at(fn, spec, reference, lengths, r_w, r_l):

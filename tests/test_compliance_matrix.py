@@ -81,3 +81,29 @@ def test_bad_output_directory_exits_2(tmp_path, capsys):
 
     assert main(["matrix", "--out", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_unavailable_library_is_recorded_with_its_reason(monkeypatch):
+    """Liger without its package or its wheel (registry unreachable): a row saying why, no checks, no crash."""
+    from types import SimpleNamespace
+
+    from dpo_ref.oracle.adapters import liger
+    from dpo_ref.oracle.adapters.wheel import Unavailable
+
+    def unreachable(wheel_path=None):
+        raise Unavailable("pip download liger-kernel==0.8.5 failed: no network")
+
+    monkeypatch.setattr(liger, "load", unreachable)
+    monkeypatch.setattr(matrix, "LIBRARIES", {"Liger-Kernel": matrix.LIBRARIES["Liger-Kernel"]})
+    lines = []
+    m = matrix.run(SimpleNamespace(max_examples=1, search=1), out=lines.append)
+    assert m["libraries"] == [
+        {
+            "library": "Liger-Kernel",
+            "version": None,
+            "installed": False,
+            "source": "not available: pip download liger-kernel==0.8.5 failed: no network",
+        }
+    ]
+    assert m["entries"] == [] and "Liger-Kernel: not available" in lines[0]
+    assert "not available: pip download" in matrix.markdown(m)

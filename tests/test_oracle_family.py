@@ -36,6 +36,7 @@ def test_family_function_conforms(variant):
     report = dpo_ref.verify(LOSS_FAMILY[FAMILY_VARIANTS[variant]].fn, variant=variant, max_examples=FEW)
     assert report.passed, report.to_text()
     assert sum(c.status == "passed" for c in report.checks) >= 7
+    assert report.precision["grade"] == "float64-exact", report.precision
 
 
 @pytest.mark.parametrize("variant", sorted(FAMILY_VARIANTS))

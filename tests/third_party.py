@@ -4,7 +4,8 @@ Libraries that install here without replacing torch (TRL, torchtune: the `compar
 need packages that cannot be installed on a CPU-only torch 2.13 (deepspeed, flash-attn, triton, vllm, peft, a TRL
 older than the installed one): their wheel is downloaded once (`pip download --no-deps`, exact version, cached in
 `~/.cache/dpo-ref/wheels` or `$DPO_REF_WHEELS`) and only the modules holding the DPO code are executed from it, with
-their heavy imports answered by inert stand-ins (`_Stub`). No library code is copied into this repository.
+their heavy imports answered by inert stand-ins (`dpo_ref.oracle.adapters.wheel`). No library code is copied into
+this repository.
 
 Wrappers only translate calling conventions:
 
@@ -23,165 +24,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
-import importlib.abc
-import importlib.util
 import os
-import subprocess
-import sys
-import types
-import zipfile
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-WHEEL_DIR = Path(os.environ.get("DPO_REF_WHEELS", Path.home() / ".cache" / "dpo-ref" / "wheels"))
+from dpo_ref.oracle.adapters import liger as _liger
+from dpo_ref.oracle.adapters.wheel import Unavailable, load_from_wheel, wheel
+
+__all__ = ["Unavailable", "load_from_wheel", "wheel"]  # re-exported: the loader lives in dpo_ref
 
 # exact versions tried (the newest on the registry when this was written, and the TRL that LLaMA-Factory 0.9.5 and
 # ms-swift 4.6.0 pin: trl>=0.18,<=0.24.0 and trl>=0.15,<1.0)
-LIGER = ("liger-kernel", "0.8.5")
+LIGER = ("liger-kernel", _liger.VERSION)
 OPENRLHF = ("openrlhf", "0.11.2")
 LLAMAFACTORY = ("llamafactory", "0.9.5")
 MS_SWIFT = ("ms-swift", "4.6.0")
 TRL_PINNED = ("trl", "0.24.0")
-
-
-class Unavailable(RuntimeError):
-    """The library cannot be had here (registry unreachable, not installed); the message says why."""
-
-
-def wheel(dist: str, version: str) -> Path:
-    """The cached wheel of `dist==version`, downloaded (no dependencies) on first use."""
-    stem = f"{dist.replace('-', '_')}-{version}-"
-    found = sorted(WHEEL_DIR.glob(f"{stem}*.whl"))
-    if found:
-        return found[0]
-    WHEEL_DIR.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", f"{dist}=={version}"]
-    try:
-        run = subprocess.run([*cmd, "-d", str(WHEEL_DIR)], capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired:
-        raise Unavailable(f"pip download {dist}=={version} timed out (registry unreachable?)") from None
-    found = sorted(WHEEL_DIR.glob(f"{stem}*.whl"))
-    if run.returncode != 0 or not found:
-        last = (run.stderr.strip().splitlines() or ["no output"])[-1]
-        raise Unavailable(f"pip download {dist}=={version} failed: {last}")
-    return found[0]
-
-
-# ---- executing single modules from a wheel -------------------------------------------------------------------
-
-
-class _StubMeta(type):
-    def __getattr__(cls, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _stub_class(name)
-
-
-class _Stub(metaclass=_StubMeta):
-    """An inert stand-in for anything a heavy import provides: subclassable, callable, falsy."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __call__(self, *args, **kwargs):
-        return _Stub()
-
-    def __bool__(self):
-        return False
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Stub()
-
-
-def _stub_class(name: str) -> type:
-    # its own __init__, so that code doing `del Base.__init__` (ms-swift does, on TRL's DPOTrainer) runs
-    return _StubMeta(name, (_Stub,), {"__init__": _Stub.__init__})
-
-
-class _StubModule(types.ModuleType):
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        value = _stub_class(name)
-        setattr(self, name, value)
-        return value
-
-
-class _WheelFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Serves `real` modules from the wheel's source and every other module under `stub_tops` as a stub package."""
-
-    def __init__(self, archive: zipfile.ZipFile, real: dict[str, str], stub_tops: set[str]):
-        self.archive, self.real, self.stub_tops = archive, real, stub_tops
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname in self.real:
-            return importlib.util.spec_from_loader(
-                fullname, self, origin=f"{self.archive.filename}/{self.real[fullname]}"
-            )
-        parent_of_real = any(mod.startswith(fullname + ".") for mod in self.real)
-        if fullname.split(".")[0] in self.stub_tops and (parent_of_real or self._asked_by_the_wheel()):
-            return importlib.util.spec_from_loader(fullname, self, is_package=True)
-        return None
-
-    def _asked_by_the_wheel(self) -> bool:
-        """Only an import statement in a module from the wheel gets a stub. A probe such as transformers'
-        `importlib.util.find_spec("peft")` (is_peft_available, cached for the process) must see the truth."""
-        frame = sys._getframe(2)
-        while frame is not None and frame.f_code.co_filename.startswith("<frozen"):
-            frame = frame.f_back
-        return frame is not None and frame.f_code.co_filename.startswith(self.archive.filename)
-
-    def create_module(self, spec):
-        return None if spec.name in self.real else _StubModule(spec.name)
-
-    def exec_module(self, module):
-        if module.__name__ in self.real:
-            src = self.archive.read(self.real[module.__name__]).decode()
-            exec(compile(src, module.__spec__.origin, "exec"), module.__dict__)
-
-
-def load_from_wheel(whl: Path, modules: list[str], stub_tops: set[str]) -> dict[str, types.ModuleType]:
-    """Execute `modules` (dotted names, in order) from the wheel; imports under `stub_tops` (which must include the
-    library's own top-level package) get stubs. sys.modules is left as it was: entries under `stub_tops` that existed
-    before (an installed TRL, say) are hidden during the load and put back after."""
-    with zipfile.ZipFile(whl) as archive:
-        names = archive.namelist()
-        real = {}
-        for mod in modules:
-            suffix = mod.replace(".", "/") + ".py"
-            hits = sorted((n for n in names if n == suffix or n.endswith("/" + suffix)), key=len)
-            if not hits:
-                raise Unavailable(f"{whl.name} has no {suffix}")
-            real[mod] = hits[0]
-        _settle_availability_probes(stub_tops)
-        hidden = {k: v for k, v in sys.modules.items() if k.split(".")[0] in stub_tops}
-        for k in hidden:
-            del sys.modules[k]
-        finder = _WheelFinder(archive, real, stub_tops)
-        sys.meta_path.insert(0, finder)
-        try:
-            return {mod: importlib.import_module(mod) for mod in modules}
-        finally:
-            sys.meta_path.remove(finder)
-            for k in [k for k in sys.modules if k.split(".")[0] in stub_tops]:
-                del sys.modules[k]
-            sys.modules.update(hidden)
-
-
-def _settle_availability_probes(stub_tops: set[str]) -> None:
-    """transformers caches `is_peft_available()` etc. for the process, and `importlib.util.find_spec` answers from
-    sys.modules: asked while a stub `peft` is loaded, it would say True forever. Ask before the stubs exist."""
-    from transformers.utils import import_utils
-
-    for top in stub_tops:
-        probe = getattr(import_utils, f"is_{top}_available", None)
-        if callable(probe):
-            probe()
 
 
 @contextlib.contextmanager
@@ -280,38 +139,20 @@ def torchtune_logps(logits, labels, average=False):
     return get_batch_log_probs(logits, labels, return_average_logprobs=average)
 
 
-# ---- Liger-Kernel 0.8.5 (wheel: its package imports triton) ----------------------------------------------------
+# ---- Liger-Kernel 0.8.5 (wheel: its package imports triton): dpo_ref's Liger adapter ------------------------
 
 
-@functools.cache
 def liger():
-    mods = load_from_wheel(
-        wheel(*LIGER),
-        ["liger_kernel.chunked_loss.fused_linear_preference", "liger_kernel.chunked_loss.dpo_loss"],
-        {"liger_kernel"},
-    )
-    return mods["liger_kernel.chunked_loss.dpo_loss"]
+    """Liger's chunked losses (`dpo_ref.oracle.adapters.liger.load`): installed, or executed from the wheel."""
+    return _liger.load()
 
 
 def liger_loss(pc, pr, rc, rr, beta, label_smoothing=None, loss_type="sigmoid"):
-    """LigerFusedLinearDPOFunction.preference_loss_fn: (sum of losses / n_pairs, chosen_rewards, rejected_rewards);
-    only `full_target.shape[0] // 2` (the number of pairs) is read from `full_target`."""
-    fn = liger().LigerFusedLinearDPOFunction.preference_loss_fn
-    full_target = torch.empty(2 * pc.shape[0], 1)
-    kw = {} if label_smoothing is None else {"label_smoothing": label_smoothing}
-    return fn(pc, pr, full_target, rc, rr, beta=beta, loss_type=loss_type, **kw)
+    """LigerFusedLinearDPOFunction.preference_loss_fn: (sum of losses / n_pairs, chosen_rewards, rejected_rewards)."""
+    return _liger.dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=label_smoothing, loss_type=loss_type)
 
 
-def liger_logps(logits, labels, average=False):
-    """LigerFusedLinearPreferenceBase.chunk_forward (the per-chunk log-probs of the fused DPO loss). Liger's
-    `target` is already shifted (TRL and Liger's own tests pass `hidden[:, :-1]` with `labels[:, 1:]`), so the
-    wrapper hands it the pairs (logits at t, label at t+1)."""
-    base = liger().LigerFusedLinearPreferenceBase
-    hidden = logits[:, :-1]
-    out = base.chunk_forward(
-        hidden, _identity_head(logits).weight, labels[:, 1:], compute_nll_loss=False, average_log_prob=average
-    )
-    return torch.cat([out[0], out[1]])
+liger_logps = _liger.logps
 
 
 # ---- OpenRLHF 0.11.2 (wheel: needs deepspeed, flash-attn, ray, vllm) -------------------------------------------

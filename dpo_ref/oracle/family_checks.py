@@ -8,7 +8,9 @@ identities) on the target through `FamilyTarget` (`dpo_ref.oracle.targets`). The
 diagnoses and interfaces are the classic variants' (`dpo_ref.oracle.runner`, `levels`, `diagnosis`).
 
 Tolerance: `family_properties`' first-principles bound with eps_d the verdict's rounding unit
-(`family_properties.oracle_tolerance`: float32 arithmetic passes unless strict).
+(`family_properties.oracle_tolerance`: float32 arithmetic passes unless strict, where float64 inputs demand
+float64-exact results). The `values` check (float64 inputs) returns the precision reached, which the report
+grades as for DPO/cDPO/IPO: float64-exact, float32-level or worse than float32, with the worst relative error.
 
 A reproduction re-runs the failing property on the shrunk input through the same `FamilyTarget`; the
 property raises the `PropertyViolation` the report shows, so running it shows the disagreement.
@@ -77,11 +79,12 @@ def _step(ex: dict) -> st.SearchStrategy[dict]:
 
 
 def _oracle(run):
-    """The runner within the verdict's tolerance (float32 arithmetic allowed unless strict)."""
+    """The runner within the verdict's tolerance (float32 arithmetic allowed unless strict); what it returns (a
+    value check's `Precision`) is passed on to the runner, which grades it."""
 
-    def wrapped(target, cfg: Config, ex: dict) -> None:
+    def wrapped(target, cfg: Config, ex: dict):
         with FP.oracle_tolerance(cfg.strict):
-            run(target, cfg, ex)
+            return run(target, cfg, ex)
 
     return wrapped
 
@@ -105,7 +108,8 @@ def _setup(target, cfg: Config, ex: dict):
 
 def _run_values(target, cfg, ex):
     fn, spec, batch, lengths = _setup(target, cfg, ex)
-    (FP.check_mean_value if _mean_only(target, cfg) else FP.check_values)(fn, spec, batch, lengths)
+    precision = (FP.check_mean_value if _mean_only(target, cfg) else FP.check_values)(fn, spec, batch, lengths)
+    return precision if ex["dtype"] == torch.float64 else None  # graded on float64 inputs
 
 
 def _run_gradients(target, cfg, ex):

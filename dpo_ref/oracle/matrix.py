@@ -8,8 +8,13 @@ Libraries and what each claims:
                             (`loss_type="sigmoid"` + `label_smoothing`, `adapters.trl`); gradient accumulation
                             and padding (`adapters.trl_batch`)
   torchtune                 DPOLoss as dpo and cdpo, RSOLoss as hinge (loss level, the full catalogue);
-                            get_batch_log_probs (log-prob level); the collate -> model -> loss pipeline
-  Liger-Kernel              reported as not installed when it cannot be imported
+                            get_batch_log_probs (log-prob level); the collate -> model -> loss pipeline;
+                            the DPO recipe's gradient accumulation and padding (`adapters.torchtune_batch`)
+  Liger-Kernel              each chunked loss as the family variant it computes (`adapters.liger.CLAIMS`,
+                            loss level), chunk_forward (log-prob level), the fused forward on a tiny model
+                            with chunks of 1 pair and of the batch (library level); imported when installed,
+                            else run from its wheel (`adapters.wheel`); reported as unavailable, with the
+                            reason, when neither works
 
 Writes `<out>/compliance.md` and `<out>/compliance.json` (library x version x variant x check, each failing
 check's message and reproduction, torch/transformers versions, the date), each atomically, after every
@@ -56,7 +61,7 @@ def _version(module: str) -> str | None:
 
 
 def _entry(library: str, version: str, variant: str, level: str, check) -> dict:
-    return {
+    entry = {
         "library": library,
         "version": version,
         "variant": variant,
@@ -66,6 +71,9 @@ def _entry(library: str, version: str, variant: str, level: str, check) -> dict:
         "message": check.message,
         "reproduction": check.reproduction,
     }
+    if check.precision is not None:  # a value check on float64 inputs: the grade it reached
+        entry["precision"] = check.precision.grade
+    return entry
 
 
 def _trl(args, emit) -> None:
@@ -107,10 +115,65 @@ def _torchtune(args, emit) -> None:
     )
     for check in report.checks:
         emit("torchtune", version, "hinge (RSOLoss)", "loss", check, report.diagnosis)
+    from dpo_ref.oracle.adapters import torchtune_batch
+
+    for loss, variant in (("DPOLoss", "dpo"), ("RSOLoss", "hinge")):
+        emit("torchtune", version, f"{variant} ({loss})", "batch", torchtune_batch.check_accumulation(loss))
+        for check in torchtune_batch.check_padding(loss):
+            emit("torchtune", version, f"{variant} ({loss})", "batch", check)
 
 
-LIBRARIES = {"trl": _trl, "torchtune": _torchtune}
-NOT_ADAPTED = {"liger_kernel": "Liger-Kernel"}
+def _liger(args, emit) -> None:
+    import dpo_ref
+    from dpo_ref.oracle.adapters import liger
+
+    version = liger.load().version
+    for claim in liger.CLAIMS:
+        report = liger.verify_claim(claim, args.max_examples)
+        for check in report.checks:
+            emit("Liger-Kernel", version, f"{claim.variant} ({claim.name})", "loss", check, report.diagnosis)
+    for variant, fn in (("dpo", liger.logps), ("ipo-mean", liger.logps_average)):
+        report = dpo_ref.verify(fn, level="logps", variant=variant, max_examples=args.max_examples,
+                                name="Liger chunk_forward")  # fmt: skip
+        for check in report.checks:
+            emit("Liger-Kernel", version, f"{variant} (chunk_forward)", "logps", check, report.diagnosis)
+    for name, (_, _, key, _, _) in liger.FUSED.items():
+        emit("Liger-Kernel", version, f"{key} (fused {name})", "library", liger.fused(name))
+
+
+def _probe_installed(module: str):
+    def probe() -> tuple[str | None, str]:
+        version = _version(module)
+        return version, "installed" if version else "not installed"
+
+    return probe
+
+
+def _probe_liger() -> tuple[str | None, str]:
+    from dpo_ref.oracle.adapters import liger
+    from dpo_ref.oracle.adapters.wheel import Unavailable
+
+    try:
+        lib = liger.load()
+    except Unavailable as err:
+        return None, f"not available: {err}"
+    how = "installed" if lib.source == "installed" else f"{lib.source} (its package imports triton)"
+    return lib.version, how
+
+
+def _liger_notes() -> list[str]:
+    from dpo_ref.oracle.adapters import liger
+
+    notes = [f"{c.name}: verified as {c.variant}; {liger.SRC}{c.source}: {c.reading}" for c in liger.CLAIMS]
+    return notes + list(liger.NOT_COVERED)
+
+
+# name -> (runner, probe () -> (version or None, how it was had), notes () -> lines for the table)
+LIBRARIES = {
+    "trl": (_trl, _probe_installed("trl"), list),
+    "torchtune": (_torchtune, _probe_installed("torchtune"), list),
+    "Liger-Kernel": (_liger, _probe_liger, _liger_notes),
+}
 
 
 def run(args, out=print) -> dict:
@@ -126,17 +189,15 @@ def run(args, out=print) -> dict:
         mark = {"passed": "PASS", "failed": "FAIL", "skipped": "skip", "advice": "advice"}.get(check.status, "?")
         out(f"[{time.perf_counter() - started:6.1f} s] {library} {version} {variant} {check.name}: {mark}")
 
-    for name, runner in LIBRARIES.items():
-        version = _version(name)
-        libraries.append({"library": name, "version": version, "installed": version is not None})
+    for name, (runner, probe, notes) in LIBRARIES.items():
+        version, how = probe()
+        libraries.append({"library": name, "version": version, "installed": version is not None, "source": how})
         if version is None:
-            out(f"{name}: not installed, skipped")
+            out(f"{name}: {how}, skipped")
             continue
+        out(f"{name} {version}: {how}")
+        libraries[-1]["notes"] = notes()
         runner(args, emit)
-    for module, name in NOT_ADAPTED.items():
-        version = _version(module.replace("_", "-")) or _version(module)
-        libraries.append({"library": name, "version": version, "installed": version is not None})
-        out(f"{name}: {'installed, no adapter yet' if version else 'not installed, skipped'}")
     return {
         "generated": datetime.date.today().isoformat(),
         "command": "dpo-ref matrix " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["matrix"] else []),
@@ -199,17 +260,25 @@ def markdown(matrix: dict) -> str:
         + ", ".join(f"{k} {x}" for k, x in matrix["settings"].items())
         + ".",
         "",
-        "| library | version | installed |",
+        "| library | version | run from |",
         "|---|---|---|",
     ]
-    lines += [f"| {lib['library']} | {lib['version'] or '-'} | {'yes' if lib['installed'] else 'no'} |"
-              for lib in matrix["libraries"]]  # fmt: skip
+    lines += [f"| {lib['library']} | {lib['version'] or '-'} | {_how(lib)} |" for lib in matrix["libraries"]]
+    grades = _grades(matrix)
     lines += [
         "",
-        "| library | version | variant | level | passed | failed | failing checks |",
-        "|---|---|---|---|---|---|---|",
+        "Precision: the worst grade the value checks reached on float64 inputs (float64-exact, float32-level, "
+        "worse than float32); '-' where no value check ran or passed.",
+        "",
+        "| library | version | variant | level | passed | failed | precision | failing checks |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {', '.join(r[6])} |" for r in _rows(matrix)]
+    lines += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {grades.get(r[:4], '-')} | "
+              f"{', '.join(r[6])} |" for r in _rows(matrix)]  # fmt: skip
+    for lib in matrix["libraries"]:
+        if lib.get("notes"):
+            lines += ["", f"## {lib['library']} {lib['version']}: what each entry is verified as", ""]
+            lines += [f"- {n}" for n in lib["notes"]]
     lines += ["", "## Findings", ""]
     for e in matrix["entries"]:
         if e["status"] != "failed":
@@ -222,6 +291,25 @@ def markdown(matrix: dict) -> str:
         if e["reproduction"]:
             lines += ["```python", e["reproduction"].rstrip(), "```", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _how(lib: dict) -> str:
+    if "source" in lib:
+        return lib["source"]
+    return "installed" if lib["installed"] else "not installed"  # a matrix written before "source" was recorded
+
+
+_GRADES = ("float64-exact", "float32-level", "worse than float32")
+
+
+def _grades(matrix: dict) -> dict:
+    """(library, version, variant, level) -> the worst precision grade among its entries."""
+    worst: dict = {}
+    for e in matrix["entries"]:
+        if "precision" in e:
+            key = (e["library"], e["version"], e["variant"], e["level"])
+            worst[key] = max(worst.get(key, e["precision"]), e["precision"], key=_GRADES.index)
+    return worst
 
 
 def replace_summary(readme: str, text: str, path: str = "README.md") -> str:

@@ -90,9 +90,10 @@ def values(target, spec, ex, err) -> str:
     lines = [f"got = {target.call_src(spec)}", "got = got[0] if isinstance(got, tuple) else got"]
     if target.reduction not in ("per-example", None):
         lines.append(f"# the target reduces the batch ({target.reduction}): each example is called alone below")
+        one = target.call_src(spec, "pc[i:i+1], pr[i:i+1], rc[i:i+1], rr[i:i+1]")
         lines.append(
-            f"got = torch.stack([torch.as_tensor({target.call_src(spec, 'pc[i:i+1], pr[i:i+1], rc[i:i+1], rr[i:i+1]')}"
-            ").reshape(()) for i in range(pc.shape[0])])"
+            f"got = torch.stack([torch.as_tensor((lambda out: out[0] if isinstance(out, tuple) else out)({one}))"
+            ".reshape(()) for i in range(pc.shape[0])])"
         )
     lines += [
         f"expected = {expected_src(spec)}",

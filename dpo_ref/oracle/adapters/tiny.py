@@ -21,6 +21,12 @@ ROWS = {
     "chosen": [" sat on the mat", " good", " red dog ran fast"],
     "rejected": [" ran", " bad bad no", " slow"],
 }
+# four pairs of different lengths, for batch-composition checks (a batch of 4 vs 4 batches of 1)
+ROWS4 = {
+    "prompt": ROWS["prompt"] + ["the"],
+    "chosen": ROWS["chosen"] + [" cat is good"],
+    "rejected": ROWS["rejected"] + [" dog was bad no"],
+}
 
 
 def tokenizer():

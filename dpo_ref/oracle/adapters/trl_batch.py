@@ -25,11 +25,7 @@ from dpo_ref.oracle.adapters import tiny
 from dpo_ref.oracle.adapters.trl import scratch_dir
 from dpo_ref.oracle.report import FAILED, PASSED, CheckResult
 
-ROWS = {
-    "prompt": tiny.ROWS["prompt"] + ["the"],
-    "chosen": tiny.ROWS["chosen"] + [" cat is good"],
-    "rejected": tiny.ROWS["rejected"] + [" dog was bad no"],
-}  # 4 pairs of different lengths
+ROWS = tiny.ROWS4  # 4 pairs of different lengths
 RTOL, UPDATE_RTOL = 1e-5, 1e-4
 
 
