@@ -1,4 +1,11 @@
-"""Shared pytest set-up: Hypothesis profiles, one torch thread per xdist worker, the device fixture.
+"""Shared pytest set-up: the two tiers, Hypothesis profiles, one torch thread per xdist worker, the device fixture.
+
+Tiers:
+  quick     the default (`pytest -n auto`): every unit test, property, check and meta-test, and a fast form of
+            each evidence suite (the corpus verified with fail-fast)
+  full      `pytest -n auto --full` (or DPO_REF_FULL=1; CI runs it): also the tests marked `slow`: whole-corpus
+            verification with every check and reproduction, real libraries, kill -9 fault injection, the
+            default recipe's numbers, bench, torchrun, the TRL row search over every loss type
 
 Profiles (pick with `--hypothesis-profile=NAME`):
   ci        fast and deterministic; loaded automatically when the CI environment variable is set
@@ -34,13 +41,42 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.fixture(scope="session")
+def full(request) -> bool:
+    """True in the full tier (`--full`): evidence suites then run their complete form."""
+    return full_tier(request.config)
+
+
+FULL_HINT = "slow evidence test: run the full tier with `pytest -n auto --full` (CI does)"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--full",
+        action="store_true",
+        default=bool(os.environ.get("DPO_REF_FULL")),
+        help="also run the tests marked slow (the full tier; CI runs it). Default: the quick tier",
+    )
+
+
+def full_tier(config) -> bool:
+    return bool(config.getoption("--full"))
+
+
+def pytest_report_header(config):
+    if full_tier(config):
+        return "dpo-ref: full tier (tests marked slow included)"
+    return "dpo-ref: quick tier; tests marked slow are skipped (`pytest -n auto --full` runs them; CI does)"
+
+
 def pytest_collection_modifyitems(config, items):
-    if _cuda_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device; none is present")
+    skip_slow = pytest.mark.skip(reason=FULL_HINT)
+    skip_gpu = None if _cuda_available() else pytest.mark.skip(reason="needs a CUDA device; none is present")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "slow" in item.keywords and not full_tier(config):
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and skip_gpu is not None:
+            item.add_marker(skip_gpu)
 
 
 @pytest.fixture(scope="session")

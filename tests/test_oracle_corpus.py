@@ -17,7 +17,8 @@ from tests.oracle_targets.corpus import CASES
 from tests.test_oracle import run_reproduction
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLES = 15  # per check: the broken ones are caught well within it; the correct ones face every check
+EXAMPLES = 15  # per check (full tier): the broken ones are caught well within it; the correct ones face every check
+QUICK_EXAMPLES = 5  # per check (quick tier): every correct case still faces every check
 
 ADAPT = {
     "loss_mask": adapters.from_loss_mask,
@@ -27,11 +28,16 @@ ADAPT = {
 }
 
 
-def _run(case):
+def _run(case, full: bool):
+    """The full tier runs every check with EXAMPLES; the quick tier runs a correct case with QUICK_EXAMPLES and
+    a broken one with fail-fast (it stops at its first failing check; the diagnosis still runs)."""
     options = dict(case.options)
     adapter = options.pop("adapter", None)
     fn = ADAPT[adapter](load_target(case.target)) if adapter else case.target
-    return verify(fn, level=case.level, variant=case.variant, max_examples=EXAMPLES, **options)
+    if not full:
+        options["fail_fast"] = True
+    examples = EXAMPLES if full or not case.conforms else QUICK_EXAMPLES
+    return verify(fn, level=case.level, variant=case.variant, max_examples=examples, **options)
 
 
 def _id(case) -> str:
@@ -47,14 +53,14 @@ def test_corpus_is_large_and_varied():
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.conforms], ids=_id)
-def test_correct_implementation_conforms(case):
-    report = _run(case)
+def test_correct_implementation_conforms(case, full):
+    report = _run(case, full)
     assert report.passed, report.to_text()
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if not c.conforms], ids=_id)
-def test_broken_implementation_is_rejected_with_its_diagnosis(case):
-    report = _run(case)
+def test_broken_implementation_is_rejected_with_its_diagnosis(case, full):
+    report = _run(case, full)
     assert not report.passed, f"{case.style}\n{report.to_text()}"
     if case.diagnosis:
         named = [d.split(":", 1)[0] for d in report.diagnosis]

@@ -65,6 +65,7 @@ def make_config(
     strict: bool = False,
     reduction: str = "auto",
     coefficients: dict | None = None,
+    fail_fast: bool = False,
 ) -> Config:
     """Validated settings; `InputError` naming the bad argument."""
     if variant not in VARIANTS:
@@ -100,6 +101,7 @@ def make_config(
         strict=bool(strict),
         reduction=reduction,
         coefficients=tuple(sorted(fixed.items())),
+        fail_fast=bool(fail_fast),
     )
 
 
@@ -157,6 +159,7 @@ def verify(
     strict: bool = False,
     reduction: str = "auto",
     coefficients: dict | None = None,
+    fail_fast: bool = False,
     progress: Progress = None,
 ) -> Report:
     """Run the conformance checks on `fn` and return a `Report` (see the module docstring).
@@ -180,12 +183,14 @@ def verify(
         reduction: what the loss returns: `auto` (per-example losses or the batch mean), `none`, `mean`,
             or `sum` (a batch sum fails unless declared: its gradient grows with the batch size).
         coefficients: family variants: fixed coefficients by name (e.g. {"gamma": 0.5}); others are drawn.
+        fail_fast: stop at the first failing check (the others are reported as skipped, not run): the verdict
+            sooner, with one shrunk reproduction instead of one per failing check. The diagnosis still runs.
         progress: called with each `CheckResult` as soon as the check has run.
     Raises `InputError` for a bad argument, a target that cannot be imported, or a signature that cannot
     be called the way the level needs (with a hint).
     """
     start = time.perf_counter()
-    cfg = make_config(variant, beta, label_smoothing, average, max_examples, strict, reduction, coefficients)
+    cfg = make_config(variant, beta, label_smoothing, average, max_examples, strict, reduction, coefficients, fail_fast)
     checks, xfail = _names(checks, "checks"), _names(xfail, "xfail") or []
     expected_to_fail = set(xfail)
 

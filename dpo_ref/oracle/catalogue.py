@@ -39,6 +39,7 @@ class Config:
     strict: bool = False  # float64 exactness and the advisory checks count in the verdict
     reduction: str = "auto"  # declared batch reduction: auto accepts per-example losses or the batch mean
     coefficients: tuple[tuple[str, float], ...] = ()  # family variants: fixed coefficients (others are drawn)
+    fail_fast: bool = False  # stop at the first failing check (a verdict sooner; the rest are reported as not run)
 
     @property
     def family(self) -> str | None:

@@ -73,6 +73,11 @@ def register(subparsers) -> None:
         help="also demand float64-exact results on float64 inputs and count the advisory (robustness) checks",
     )
     p.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="stop at the first failing check: a verdict sooner, one reproduction (the diagnosis still runs)",
+    )
+    p.add_argument(
         "--max-examples", type=int, default=None, help="Hypothesis examples per check (default 100; family: 25)"
     )
     p.add_argument("--checks", default=None, help="comma-separated check names to run (default: all)")
@@ -138,6 +143,7 @@ def handler(args: argparse.Namespace) -> int:
             strict=args.strict,
             reduction=args.reduction,
             coefficients=coefficients or None,
+            fail_fast=args.fail_fast,
             progress=progress,
         )
     if to_json:
@@ -185,6 +191,8 @@ def _child_argv(args: argparse.Namespace, json_path: str) -> list[str]:
         argv.append("--average" if args.average else "--no-average")
     if args.strict:
         argv.append("--strict")
+    if args.fail_fast:
+        argv.append("--fail-fast")
     if args.reduction != "auto":
         argv += ["--reduction", args.reduction]
     if args.quiet:

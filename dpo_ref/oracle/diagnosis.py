@@ -158,6 +158,24 @@ def _coefficients(variant: str, beta: float | None, eps: float | None) -> list[t
     return [(c, e) for c in coefs for e in (epss if variant == "cdpo" else [0.0])]
 
 
+def _matches_half_precision(got: torch.Tensor, spec: P.LossSpec, batch, tol: torch.Tensor) -> bool:
+    """The target's losses equal the claimed formula on log-probs rounded to float16 or bfloat16, up to the
+    rounding half arithmetic adds after that: the two log-ratios a, b and the margin h = a - b each rounded
+    once (relative eps_half / 2 each, so |dL/dh| eps_half (|a| + |b| + |h|) bounds it with a factor 2 to
+    spare) and the loss itself (eps_half |L|), on top of the float32 tolerance `tol`. A mistake of another
+    kind (a shifted or rescaled margin) is far outside this band."""
+    for dtype in (torch.float16, torch.bfloat16):
+        eps_half = torch.finfo(dtype).eps
+        pc, pr, rc, rr = (t.to(dtype).double() for t in batch)  # (B,) each, half-rounded
+        a, b = pc - rc, pr - rr
+        h = a - b
+        expected = spec.losses(h)
+        band = eps_half * (spec.dloss_dmargin(h).abs() * (a.abs() + b.abs() + h.abs()) + expected.abs())
+        if bool(((got - expected).abs() <= tol + band).all()):
+            return True
+    return False
+
+
 def diagnose_loss(
     per_example: Callable[[P.LossSpec], Callable], variant: str, beta: float | None, eps: float | None
 ) -> list[str]:
@@ -182,7 +200,7 @@ def diagnose_loss(
                 tol = P.TOLERANCE_K * P.EPS_FLOAT32 * scale
                 expected = spec.losses(_h(*batch))
                 claimed_matches &= bool(((got - expected).abs() <= tol).all())
-                half_matches &= bool(((got - expected).abs() <= P.TOLERANCE_K * HALF_EPS * scale).all())
+                half_matches &= _matches_half_precision(got, spec, batch, tol)
                 for a in LOSS_ALTERNATIVES:
                     if matches.get(a.name):
                         alt = a.losses(spec, *batch)

@@ -101,8 +101,20 @@ def _basic_call_failed(report, call, err, selected, lines: list[str], progress: 
     return report
 
 
+def _worth_diagnosing(report: Report, value_checks: set[str]) -> bool:
+    """A value check failed, or fail-fast stopped before the value checks could say."""
+    return any(c.failed and c.name in value_checks for c in report.checks) or any(
+        c.message == FAIL_FAST_SKIP and c.name in value_checks for c in report.checks
+    )
+
+
+FAIL_FAST_SKIP = "not run: fail-fast stopped at the first failing check"
+
+
 def _run_all(report: Report, selected, target, cfg: Config, progress: Progress, skip: dict[str, str]) -> None:
     for check in selected:
+        if cfg.fail_fast and any(c.status == FAILED for c in report.checks):
+            skip = {**skip, check.name: FAIL_FAST_SKIP}
         if check.name in skip:
             _emit(report, CheckResult(check.name, SKIPPED, check.description, skip[check.name]), progress)
             continue
@@ -150,7 +162,7 @@ def verify_loss(
     if target.reward_access is None:
         skip["rewards"] = skip["rewards_detached"] = "returns no implicit rewards"
     _run_all(report, selected, target, cfg, progress, skip)
-    if any(c.failed and c.name in VALUE_CHECKS for c in report.checks) and not report.diagnosis:
+    if _worth_diagnosing(report, VALUE_CHECKS) and not report.diagnosis:
         report.diagnosis += diagnosis.diagnose_loss(target.per_example, cfg.loss_variant, cfg.beta, cfg.label_smoothing)
     return report
 
@@ -198,7 +210,7 @@ def verify_family_loss(
     _emit(report, call, progress)
     skip = dict(MEAN_ONLY_SKIPS) if reduction != "per-example" and not _per_example(cfg) else {}
     _run_all(report, selected, target, cfg, progress, skip)
-    if any(c.failed and c.name in FAMILY_VALUE_CHECKS for c in report.checks) and not report.diagnosis:
+    if _worth_diagnosing(report, FAMILY_VALUE_CHECKS) and not report.diagnosis:
         report.diagnosis += diagnosis.diagnose_family(target, cfg.family, coefficients)
     return report
 
@@ -281,6 +293,6 @@ def verify_logps(
         )
     _emit(report, call, progress)
     _run_all(report, selected, target, cfg, progress, {})
-    if any(c.failed and c.name in LOGPS_VALUE_CHECKS for c in report.checks):
+    if _worth_diagnosing(report, LOGPS_VALUE_CHECKS):
         report.diagnosis += diagnosis.diagnose_logps(target, cfg.average)
     return report
