@@ -96,7 +96,7 @@ def files(tmp_path_factory):
     from dpo_ref.model import build_tiny_model
 
     tiny = build_tiny_model(tokenizer)
-    for name in ("truncated", "wrong_shape", "config_list", "bad_pickle", "bad_template"):
+    for name in ("truncated", "wrong_shape", "config_list", "bad_pickle", "plain_pickle", "bad_template"):
         tiny.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
         f[name] = str(root / name)
@@ -107,6 +107,9 @@ def files(tmp_path_factory):
     _write(root / "config_list" / "config.json", "[1, 2]")
     os.remove(root / "bad_pickle" / "model.safetensors")  # only a pickle left, one weights_only refuses to load
     torch.save({"model": torch.nn.Linear(2, 2)}, root / "bad_pickle" / "pytorch_model.bin")
+    # a plain state dict that torch.load(weights_only=True) would read: refused all the same (safetensors only)
+    os.remove(root / "plain_pickle" / "model.safetensors")
+    torch.save(tiny.state_dict(), root / "plain_pickle" / "pytorch_model.bin")
     template = json.loads((root / "bad_template" / "tokenizer_config.json").read_text())
     _write(root / "bad_template" / "chat_template.jinja", "{{ raise_exception('no system role here') }}")
     del template
@@ -285,6 +288,7 @@ API_CASES = [
     ("model: not a causal LM (T5)", _load_model("t5"), InputError, r"--model .*t5' could not be loaded.*AutoModelForCausalLM"),
     ("model: encoder without an LM head", _load_model("bert"), InputError, r"--model .*bert' is not a complete causal-LM checkpoint"),
     ("model: config.json not JSON", _load_model("garbage"), InputError, r"--model .*garbage' could not be loaded"),
+    ("model: weights only as a pickle", _load_model("plain_pickle"), InputError, r"--model .*plain_pickle' holds its weights only as a pickle \(pytorch_model\.bin\)"),
     # -- trainer configuration and outputs
     ("config: ipo with label_smoothing", _config(loss="ipo", label_smoothing=0.1), InputError, "--label-smoothing"),
     ("config: dpo with label_smoothing", _config(loss="dpo", label_smoothing=0.1), InputError, "--loss cdpo"),
@@ -388,7 +392,8 @@ CLI_CASES = [
     ("train: truncated model.safetensors", ["train", "--model", "{truncated}", *_TRAIN], r"--model .*truncated' could not be loaded: .*incomplete"),
     ("train: weights of the wrong shape", ["train", "--model", "{wrong_shape}", *_TRAIN], r"--model .*wrong_shape' could not be loaded: weights of a shape other than its config.json"),
     ("train: config.json not an object", ["train", "--model", "{config_list}", *_TRAIN], r"config.json holds a JSON list, not an object"),
-    ("train: a pickle weights_only refuses", ["train", "--model", "{bad_pickle}", *_TRAIN], r"--model .*bad_pickle' could not be loaded"),
+    ("train: a pickle weights_only refuses", ["train", "--model", "{bad_pickle}", *_TRAIN], r"--model .*bad_pickle' holds its weights only as a pickle"),
+    ("train: weights only as a pickle .bin", ["train", "--model", "{plain_pickle}", *_TRAIN], r"--model .*plain_pickle' holds its weights only as a pickle \(pytorch_model\.bin\); dpo-ref loads safetensors only.*from_pretrained\(.*\)\.save_pretrained\("),
     ("train: chat template raises", ["train", "--model", "{bad_template}", "--data", "{conversational}", *_TRAIN], r"line 1: field 'prompt': the tokenizer's chat template raised TemplateError: no system role here"),
     # -- dpo-ref prove
     ("prove: unknown proof", ["prove", "--only", "nosuch"], r"--only: unknown proof 'nosuch'"),
