@@ -398,6 +398,12 @@ CLI_CASES = [
     # -- dpo-ref prove
     ("prove: unknown proof", ["prove", "--only", "nosuch"], r"--only: unknown proof 'nosuch'"),
     ("prove: output under a file", ["prove", "--only", "init-ln2", "--output", "{plain_file}/x.md"], r"--output: directory"),
+    ("prove: output is a FIFO", ["prove", "--only", "init-ln2", "--output", "{fifo}"], r"--output .*fifo' is a FIFO \(named pipe\); expected a path to a regular file"),
+    ("prove: output is a directory", ["prove", "--only", "init-ln2", "--output", "{root}"], r"--output .* is a directory; expected a path to a regular file"),
+    # -- dpo-ref matrix (checked before any library is searched)
+    ("matrix: out is a FIFO", ["matrix", "--out", "{fifo}"], r"--out .*fifo' is a FIFO \(named pipe\); expected a directory"),
+    ("matrix: out is a file", ["matrix", "--out", "{plain_file}"], r"--out .*plain\.txt' is a file; expected a directory"),
+    ("matrix: readme is a FIFO", ["matrix", "--out", "{root}", "--readme", "{fifo}"], r"--readme .*fifo' is a FIFO"),
     # -- dpo-ref verify: usage and import problems (a target that runs but computes wrong is exit 1, below)
     ("verify: file does not exist", ["verify", "{missing}.py:loss"], r"target file .*no_such\.jsonl\.py' does not exist"),
     ("verify: syntax error", ["verify", "{syntax_error}:loss"], r"importing it raised SyntaxError"),
@@ -407,6 +413,9 @@ CLI_CASES = [
     ("verify: not callable", ["verify", "{targets}:not_callable"], r"'not_callable' is a int, not a callable"),
     ("verify: wrong signature", ["verify", "{targets}:no_beta"], r"no_beta takes no `beta` keyword argument"),
     ("verify: target without a name", ["verify", "{targets}"], r"must be path/to/file.py:name"),
+    ("verify: json is a FIFO", ["verify", "{targets}:raises", "--json", "{fifo}"], r"--json .*fifo' is a FIFO \(named pipe\); expected a path to a regular file"),
+    ("verify: json is a directory", ["verify", "{targets}:raises", "--json", "{root}"], r"--json .* is a directory; expected a path to a regular file"),
+    ("verify --isolate: json is a FIFO", ["verify", "{targets}:raises", "--isolate", "--json", "{fifo}"], r"--json .*fifo' is a FIFO"),
     ("verify: timeout without isolate", ["verify", "{targets}:raises", "--timeout", "5"], r"--timeout needs --isolate"),
     ("verify: timeout 0", ["verify", "{targets}:raises", "--isolate", "--timeout", "0"], r"--timeout must be a positive number"),
     ("verify: max-examples 0", ["verify", "{targets}:raises", "--max-examples", "0"], r"--max-examples must be a positive integer"),
