@@ -119,7 +119,12 @@ def handler(args: argparse.Namespace) -> int:
         put(R.text_header(lang))
     results = []
     start = time.perf_counter()
-    for position, name in enumerate(names, 1):
+    shown = names
+    if not stream:  # nothing is printed until every proof is checked: show progress on stderr meanwhile
+        from dpo_ref.progress import progress  # no torch import
+
+        shown = progress(names, "dpo-ref prove")
+    for position, name in enumerate(shown, 1):
         result = run_proof(get(name))
         results.append(result)
         if text_mode:
