@@ -27,7 +27,7 @@ import os
 import shutil
 import socket
 
-from dpo_ref.atomic import write_text_atomic
+from dpo_ref.atomic import give_umask_permissions, write_text_atomic
 from dpo_ref.errors import InputError
 
 RUN_FILES = ("run.json", "metrics.jsonl", "sft.safetensors", "checkpoint.safetensors", "model")
@@ -278,6 +278,7 @@ class RunDir:
                 if bar:
                     hf_logging.enable_progress_bar()
             tokenizer.save_pretrained(tmp)
+            give_umask_permissions(tmp)  # safetensors writes model.safetensors 0600
             if os.path.exists(self.model):
                 os.replace(self.model, old)
             os.replace(tmp, self.model)

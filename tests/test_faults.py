@@ -361,6 +361,24 @@ def test_a_rerun_is_refused_without_overwrite_and_overwrite_leaves_no_old_files(
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.safetensors", "metrics.jsonl", "run.json"]
 
 
+def test_every_file_of_a_run_gets_the_permissions_the_umask_gives(data, tmp_path):
+    """run.json, metrics, the warm-up, the checkpoint and model/ (written by transformers) alike: what a plain
+    `open(path, "w")` gives under the umask (0664 under 002), not mkstemp's 0600, so others can read them."""
+    old = os.umask(0o002)
+    try:
+        train(TrainConfig(data=data, out=str(tmp_path / "run"), progress=False, **dict(QUICK, sft_steps=1)))
+        with open(tmp_path / "plain", "w") as f:  # the independent reference
+            f.write("x")
+    finally:
+        os.umask(old)
+    expected = os.stat(tmp_path / "plain").st_mode & 0o777
+    assert expected == 0o664
+    modes = {name: os.stat(tmp_path / "run" / name).st_mode & 0o777 for name in _files(tmp_path / "run")}
+    assert {"run.json", "metrics.jsonl", "sft.safetensors", "checkpoint.safetensors"} <= set(modes)
+    assert any(name.startswith("model" + os.sep) for name in modes)
+    assert modes == dict.fromkeys(modes, expected)
+
+
 def test_a_refused_resume_names_every_mismatch_and_runs_no_warm_up(data, tmp_path):
     settings = dict(QUICK, sft_steps=2, steps=3)
     train(TrainConfig(data=data, out=str(tmp_path), progress=False, stop_after=1, **settings))
