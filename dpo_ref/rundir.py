@@ -24,6 +24,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 
@@ -45,6 +46,12 @@ def check_writable_dir(path: str, option: str = "--out") -> None:
         raise InputError(f"{option} {path!r} cannot be created: {existing!r} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{option} {path!r} is not writable ({existing!r} denies writing)")
+
+
+def _os_error_code(message: str) -> int | None:
+    """The errno in a Rust I/O error's text ("... No space left on device (os error 28)"), or None."""
+    found = re.search(r"\(os error (\d+)\)", message)
+    return int(found.group(1)) if found else None
 
 
 def _format(value) -> str:
@@ -198,11 +205,20 @@ class RunDir:
 
     @contextlib.contextmanager
     def writing(self, path: str):
-        """Turn a failed write (full disk, quota, permissions) into one InputError naming the file."""
+        """Turn a failed write (full disk, quota, permissions) into one InputError naming the file.
+
+        safetensors (the checkpoint, the warm-up, save_pretrained's weights) reports an I/O error as a
+        `SafetensorError` whose text ends in "(os error N)", not as an OSError: both are caught."""
+        from safetensors import SafetensorError
+
         try:
             yield
-        except OSError as err:
-            reason = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else err.strerror or str(err)
+        except (OSError, SafetensorError) as err:
+            code = err.errno if isinstance(err, OSError) else _os_error_code(str(err))
+            if code in (errno.ENOSPC, errno.EDQUOT):
+                reason = "the disk is full"
+            else:
+                reason = os.strerror(code) if code else getattr(err, "strerror", None) or str(err)
             raise InputError(f"cannot write {path!r}: {reason}; its previous version (if any) is intact") from err
 
     def write_text(self, path: str, text: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -457,7 +458,10 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
         if len(saves) == 2:  # the checkpoint of step 2: the one of step 1 is on disk
             with open(path, "wb") as f:
                 f.write(b"half")
-            raise OSError(errno.ENOSPC, "No space left on device")
+            # what safetensors raises on a write error (seen in the real-process test below): not an OSError
+            raise safetensors.SafetensorError(
+                f"Error while serializing: I/O error: {os.strerror(errno.ENOSPC)} (os error {errno.ENOSPC})"
+            )
         return real(tensors, path, metadata=metadata)
 
     monkeypatch.setattr(safetensors.torch, "save_file", fills_the_disk)
@@ -465,6 +469,34 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
     assert "checkpoint.safetensors'" in line and "the disk is full" in line
     assert read_metadata(str(tmp_path / "checkpoint.safetensors"))["step"] == 1  # intact
     assert glob.glob(str(tmp_path / ".tmp-*")) == [] and not (tmp_path / ".lock").exists()
+
+
+FILE_SIZE_LIMIT = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+sys.argv = ["dpo-ref", *sys.argv[2:]]
+from dpo_ref.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")
+def test_a_real_failed_write_of_the_weights_is_one_line_exit_2(data, tmp_path):
+    """No mock: a real process whose files may not exceed 600 kB (RLIMIT_FSIZE), so the checkpoint (about
+    1.2 MB: weights and AdamW's two moments) fails inside safetensors, as on a full disk."""
+    argv = _argv(data, tmp_path / "run", **QUICK)
+    env = {**ENV, "PYTHONDONTWRITEBYTECODE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMIT, "600000", *argv], env=env, capture_output=True, text=True, timeout=600
+    )
+    line = _one_line_exit_2(run.returncode, run.stderr)
+    assert re.fullmatch(
+        r"dpo-ref train: error: cannot write '.*checkpoint\.safetensors': File too large; its previous version "
+        r"\(if any\) is intact",
+        line,
+    ), line
+    assert sorted(os.listdir(tmp_path / "run")) == ["metrics.jsonl", "run.json"]  # no temporary file, no lock
 
 
 def test_progress_is_one_plain_line_per_phase_when_not_on_a_terminal(data, tmp_path, capsys):
