@@ -27,6 +27,7 @@ RECIPES = {
     # a pretrained model: TRL's DPOConfig learning rate, no warm-up and no NLL term unless asked for
     "model": dict(lr=1e-6, sft_steps=0, sft_lr=1e-5, rpo_alpha=0.0),
 }
+SEED_LIMIT = 2**32  # seeds are in [0, 2**32), as numpy's
 BETA_DEFAULT = 0.1  # DPO/cDPO
 TAU_DEFAULT = 0.1  # IPO
 CDPO_LABEL_SMOOTHING_DEFAULT = 0.1
@@ -175,6 +176,10 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         value = getattr(cfg, name)
         if value is not None and int(value) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    # torch seeds are 64-bit and the data order seeds each epoch with seed x 1_000_003 + epoch: numpy's range
+    # keeps both far from overflow (a larger seed crashed after the run directory was claimed)
+    if not 0 <= cfg.seed < SEED_LIMIT:
+        raise InputError(f"--seed must be an integer in [0, 2**32), got {cfg.seed}")
     if cfg.rpo_alpha < 0 or not math.isfinite(cfg.rpo_alpha):
         raise InputError(f"--rpo-alpha must be a finite number >= 0, got {cfg.rpo_alpha}")
     if cfg.padding_side not in ("left", "right"):

@@ -365,6 +365,8 @@ CLI_CASES = [
     ("train: grad-accum 0", ["train", "--grad-accum", "0", *_TRAIN], r"--grad-accum must be a positive integer"),
     ("train: warmup-steps negative", ["train", "--warmup-steps", "-1", *_TRAIN], r"--warmup-steps must be >= 0"),
     ("train: rpo-alpha negative", ["train", "--rpo-alpha", "-1", *_TRAIN], r"--rpo-alpha must be a finite number >= 0"),
+    ("train: seed beyond 2**32", ["train", "--seed", str(2**64), *_TRAIN], r"--seed must be an integer in \[0, 2\*\*32\), got 18446744073709551616"),
+    ("train: seed negative", ["train", "--seed", "-1", *_TRAIN], r"--seed must be an integer in \[0, 2\*\*32\), got -1"),
     ("train: stop-after 0", ["train", "--stop-after", "0", *_TRAIN], r"--stop-after must be a positive integer"),
     ("train: device not a device", ["train", "--device", "nosuch", *_TRAIN], r"--device 'nosuch' is not a device"),
     ("train: weight-decay negative", ["train", "--weight-decay", "-1", *_TRAIN], r"--weight-decay must be a finite number >= 0, got -1"),
@@ -497,6 +499,7 @@ def test_cli_bad_input_leaves_a_previous_run_untouched(files, tmp_path, capsys):
         ["--data", files["good"], "--lr", "1e39"],
         ["--data", files["good"], "--device", "mps"],
         ["--data", files["good"], "--device", "meta"],
+        ["--data", files["good"], "--seed", str(2**60), "--overwrite"],  # its data order overflowed
         ["--data", files["good"]],  # a rerun without --resume or --overwrite
         ["--data", files["good"], "--resume"],  # metrics and checkpoints but no run.json: nothing resumable
     ):
