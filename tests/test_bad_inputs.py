@@ -100,6 +100,12 @@ def files(tmp_path_factory):
         tiny.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
         f[name] = str(root / name)
+    from dpo_ref.model import llama_config, tiny_llama
+
+    small_vocab = root / "small_vocab"  # 64 embedding rows for a tokenizer of 100 tokens ('a' is id 69)
+    tiny_llama(llama_config(64), seed=0).save_pretrained(small_vocab)
+    tokenizer.save_pretrained(small_vocab)
+    f["small_vocab"] = str(small_vocab)
     weights = (root / "truncated" / "model.safetensors").read_bytes()
     (root / "truncated" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
     config = json.loads((root / "wrong_shape" / "config.json").read_text())
@@ -393,6 +399,7 @@ CLI_CASES = [
     ("train: row longer than the model's positions", ["train", "--data", "{too_long}", "--max-length", "none", "--max-prompt-length", "none", *_TRAIN], r"line 1: 205 tokens, more than the model's 128 positions"),
     ("train: truncated model.safetensors", ["train", "--model", "{truncated}", *_TRAIN], r"--model .*truncated' could not be loaded: .*incomplete"),
     ("train: weights of the wrong shape", ["train", "--model", "{wrong_shape}", *_TRAIN], r"--model .*wrong_shape' could not be loaded: weights of a shape other than its config.json"),
+    ("train: token ids beyond the model's embedding", ["train", "--model", "{small_vocab}", "--data", "{good}", *_TRAIN], r"--model .*small_vocab': its tokenizer gives token id 71, but the model's input embedding has only 64 rows; resize it"),
     ("train: config.json not an object", ["train", "--model", "{config_list}", *_TRAIN], r"config.json holds a JSON list, not an object"),
     ("train: a pickle weights_only refuses", ["train", "--model", "{bad_pickle}", *_TRAIN], r"--model .*bad_pickle' holds its weights only as a pickle"),
     ("train: weights only as a pickle .bin", ["train", "--model", "{plain_pickle}", *_TRAIN], r"--model .*plain_pickle' holds its weights only as a pickle \(pytorch_model\.bin\); dpo-ref loads safetensors only.*from_pretrained\(.*\)\.save_pretrained\("),
