@@ -132,8 +132,6 @@ def run(args, out=print) -> dict:
         if version is None:
             out(f"{name}: not installed, skipped")
             continue
-        # importing the library and building its trainer takes a while before the first check line
-        out(f"[{time.perf_counter() - started:6.1f} s] {name} {version}: loading it and running its checks")
         runner(args, emit)
     for module, name in NOT_ADAPTED.items():
         version = _version(module.replace("_", "-")) or _version(module)
