@@ -444,6 +444,26 @@ def test_ctrl_c_during_the_warm_up_then_resume_equals_the_uninterrupted_run(data
     assert _bitwise_equal(resumed["policy"].state_dict(), full["policy"].state_dict())
 
 
+@pytest.mark.slow
+def test_a_real_ctrl_c_during_the_warm_up_then_resume_equals_the_uninterrupted_run(data, tmp_path):
+    """The README's promise with a real SIGINT to a real `dpo-ref train`: exit 130 with one line, nothing of
+    the warm-up saved and the lock released; `--resume` redoes the warm-up and ends where a run never stopped."""
+    settings = dict(QUICK, sft_steps=100, steps=2)
+    out = tmp_path / "interrupted"
+    argv = [a for a in _argv(data, out, **settings) if a != "--no-progress"]  # its phase lines say when
+    process = _start(argv)
+    line = process.stderr.readline()  # blocks until the first phase starts (or the process ends)
+    assert line.startswith("dpo-ref train: sft warm-up (100 steps)"), line + process.communicate()[1][-2000:]
+    time.sleep(0.05)  # the line is printed as the warm-up starts; 100 steps take far longer than this
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=900)
+    assert process.returncode == 130 and err.strip().splitlines() == ["dpo-ref train: interrupted"], err[-2000:]
+    assert sorted(os.listdir(out)) == ["run.json"]  # stopped mid-warm-up: no sft.safetensors, no .lock
+
+    _resume(data, out, **settings)
+    assert _bitwise_equal(_final_weights(out), _uninterrupted(data, tmp_path / "full", **settings))
+
+
 def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch, capsys):
     import errno
 
