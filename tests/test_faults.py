@@ -491,26 +491,23 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
     assert glob.glob(str(tmp_path / ".tmp-*")) == [] and not (tmp_path / ".lock").exists()
 
 
-FILE_SIZE_LIMIT = """
-import resource, signal, sys
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG instead of killing
-resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
-sys.argv = ["dpo-ref", *sys.argv[2:]]
-from dpo_ref.cli import main
-sys.exit(main())
-"""
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")
-def test_a_real_failed_write_of_the_weights_is_one_line_exit_2(data, tmp_path):
-    """No mock: a real process whose files may not exceed 600 kB (RLIMIT_FSIZE), so the checkpoint (about
-    1.2 MB: weights and AdamW's two moments) fails inside safetensors, as on a full disk."""
-    argv = _argv(data, tmp_path / "run", **QUICK)
-    env = {**ENV, "PYTHONDONTWRITEBYTECODE": "1"}
-    run = subprocess.run(
-        [sys.executable, "-c", FILE_SIZE_LIMIT, "600000", *argv], env=env, capture_output=True, text=True, timeout=600
-    )
-    line = _one_line_exit_2(run.returncode, run.stderr)
+def test_a_real_failed_write_of_the_weights_is_one_line_exit_2(data, tmp_path, capsys):
+    """No mock: files of this process may not exceed 600 kB for the run (RLIMIT_FSIZE, restored after), so
+    the checkpoint (about 1.2 MB: weights and AdamW's two moments) fails inside safetensors, as on a full disk."""
+    import resource
+
+    from dpo_ref.cli import main
+
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.getsignal(signal.SIGXFSZ)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, no signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, limits[1]))
+    try:
+        code = main(_argv(data, tmp_path / "run", **QUICK))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    line = _one_line_exit_2(code, capsys.readouterr().err)
     assert re.fullmatch(
         r"dpo-ref train: error: cannot write '.*checkpoint\.safetensors': File too large; its previous version "
         r"\(if any\) is intact",
