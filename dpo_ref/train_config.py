@@ -73,7 +73,7 @@ class TrainConfig:
     precompute_ref: bool = _opt(False, "compute the reference log-probs once, then free the reference model")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     threads: int | None = _opt(None, "CPU intra-op threads (default 1 for the built-in tiny model, else torch's)")
-    seed: int = _opt(0, "seed of the weights (built-in model), the data order and every RNG")
+    seed: int = _opt(0, "seed of the weights (built-in model), the data order and every RNG; in [0, 2**32)")
     log_every: int = _opt(10, "log the training statistics every N updates")
     eval_every: int = _opt(50, "evaluate on the held-out data every N updates")
     save_every: int = _opt(50, "write the checkpoint every N updates")
