@@ -5,8 +5,9 @@ filesystem) and is moved into place with `os.replace`, which is atomic on POSIX 
 error the temporary file is removed. No torch import: the proofs CLI uses this too.
 
 The file gets the permissions a plain `open(path, "w")` would give (0666 less the umask), not the 0600
-of `mkstemp`. A symbolic link at `path` is followed (its target is replaced, the link stays); a FIFO,
-device or directory at `path` is refused (`check_output_file`), never replaced by a regular file.
+of `mkstemp` or of safetensors' `save_file` (set once the writer is done). A symbolic link at `path` is
+followed (its target is replaced, the link stays); a FIFO, device or directory at `path` is refused
+(`check_output_file`), never replaced by a regular file.
 """
 
 from __future__ import annotations
@@ -32,6 +33,20 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def give_umask_permissions(path: str) -> None:
+    """Give the regular files at or under `path` the mode `open(path, "w")` would: 0666 less the umask. For
+    what other writers created 0600 (mkstemp, safetensors' save_file), so that others can read a saved model."""
+    mode = 0o666 & ~_umask()
+    if not os.path.isdir(path):
+        os.chmod(path, mode)
+        return
+    for parent, _, names in os.walk(path):
+        for name in names:
+            file = os.path.join(parent, name)
+            if os.path.isfile(file) and not os.path.islink(file):
+                os.chmod(file, mode)
 
 
 def special_file_kind(path: str) -> str | None:
@@ -76,8 +91,10 @@ def atomic_path(path: str, suffix: str = ".tmp", prefix: str | None = None) -> I
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
+        # after writing: a writer may replace the file rather than write into it (safetensors' save_file
+        # writes its own temporary file, mode 0600, and renames it onto `tmp`)
+        give_umask_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -22,10 +22,10 @@ import time
 
 import torch
 
-from dpo_ref.logps import sequence_logps
+from dpo_ref.logps import IGNORE_INDEX, sequence_logps
 
 
-def naive_sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+def naive_sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """The textbook version: a full (B, T-1, V) log_softmax copy, then gather."""
     shifted = labels[:, 1:]
     mask = shifted != ignore_index
@@ -41,7 +41,7 @@ def _inputs(B: int, T: int, V: int, device: str, backward: bool):
     gen = torch.Generator(device="cpu").manual_seed(0)
     logits = torch.randn(B, T, V, generator=gen).to(device)  # (B, T, V) float32
     labels = torch.randint(0, V, (B, T), generator=gen).to(device)
-    labels[:, : T // 4] = -100  # a prompt
+    labels[:, : T // 4] = IGNORE_INDEX  # a prompt
     return logits.requires_grad_(backward), labels
 
 

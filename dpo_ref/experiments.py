@@ -25,6 +25,7 @@ import torch
 from dpo_ref.atomic import atomic_path, write_text_atomic
 from dpo_ref.errors import InputError
 from dpo_ref.losses import check_positive_scalar, dpo_loss, ipo_loss, ipo_target_margin
+from dpo_ref.progress import progress
 
 ACTIONS = ("a", "b", "c")
 # preference datasets of the bandit, (winner, loser) pairs of action indices
@@ -70,19 +71,6 @@ def _save_figure(fig, path: str) -> None:
 # ---------------------------------------------------------------------------------------------- overfit
 
 
-def progress(items, command: str, label=str):
-    """Iterate `items` showing progress: a tqdm bar on a terminal, one plain line per item in a log."""
-    items = list(items)
-    if sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
-        yield from tqdm(items, desc=f"dpo-ref experiment {command}", leave=False)
-        return
-    for i, item in enumerate(items, start=1):
-        print(f"dpo-ref experiment {command}: {i}/{len(items)}, {label(item)}", file=sys.stderr, flush=True)
-        yield item
-
-
 def run_overfit(
     *,
     betas=(0.1, 0.5),
@@ -119,7 +107,9 @@ def _overfit(betas, taus, epochs: int, lr: float, max_grad_norm: float | None, s
     batch = PreferenceCollator(tokenizer.pad_token_id)([pair])
     runs = [("dpo", b) for b in betas] + [("ipo", t) for t in taus]
     rows = []
-    for loss_type, param in progress(runs, "overfit", lambda r: f"{r[0]} {r[1]:g}") if show_progress else runs:
+    if show_progress:
+        runs = progress(runs, "dpo-ref experiment overfit", lambda r: f"{r[0]} {r[1]:g}")
+    for loss_type, param in runs:
         policy = build_tiny_model(tokenizer, seed)
         with torch.no_grad():
             ref_logps, _ = SequenceScorer(policy)(batch["input_ids"], batch["attention_mask"], batch["labels"])
@@ -405,9 +395,8 @@ def _bandit_handler(args) -> int:
 
         check_writable_dir(os.path.dirname(check_output_file(args.json, "--json")), "--json")
     results = []
-    for dataset, loss in progress(
-        [(d, loss) for d in args.datasets for loss in args.losses], "bandit", lambda c: f"{c[0]} {c[1]}"
-    ):
+    configurations = [(d, loss) for d in args.datasets for loss in args.losses]
+    for dataset, loss in progress(configurations, "dpo-ref experiment bandit", lambda c: f"{c[0]} {c[1]}"):
         probs = run_bandit(BANDIT_DATASETS[dataset], loss=loss, tau=args.tau, steps=args.steps, seeds=args.seeds)
         mean = probs.mean(0)
         record = {"dataset": dataset, "loss": loss, "tau": args.tau, "policy": dict(zip(ACTIONS, mean.tolist()))}

@@ -2,8 +2,9 @@
 
 `load_model_and_tokenizer(None)` builds a small `LlamaForCausalLM` from a `LlamaConfig` and the local
 character tokenizer, so every command works offline and on a laptop. `load_model_and_tokenizer(PATH)`
-loads any local Hugging Face causal-LM directory (weights + tokenizer) with `from_pretrained`, never
-touching the network; custom modelling code runs only with `trust_remote_code=True`.
+loads any local Hugging Face causal-LM directory (safetensors weights + tokenizer) with `from_pretrained`,
+never touching the network; weights only as a pickle (`pytorch_model.bin`) are refused with the command
+that converts them; custom modelling code runs only with `trust_remote_code=True`.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ def max_positions(model) -> int | None:
 
 
 def _check_model_dir(path: str) -> None:
-    """The refusal that needs no loading: a config.json that is not a JSON object."""
+    """The refusals that need no loading: a config.json that is not a JSON object, and weights that exist
+    only as a pickle (`pytorch_model*.bin`, which transformers would unpickle: see `load_model_and_tokenizer`)."""
+    import glob
     import json
 
     try:
@@ -106,6 +109,14 @@ def _check_model_dir(path: str) -> None:
     if not isinstance(config, dict):
         raise InputError(
             f"--model {path!r} could not be loaded: config.json holds a JSON {type(config).__name__}, not an object"
+        )
+    pickles = sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(path), "pytorch_model*.bin")))
+    if pickles and not glob.glob(os.path.join(glob.escape(path), "*.safetensors")):
+        raise InputError(
+            f"--model {path!r} holds its weights only as a pickle ({', '.join(pickles)}); dpo-ref loads safetensors "
+            "only, since unpickling can run code. Convert it once, where you trust the file: python -c "
+            f'"from transformers import AutoModelForCausalLM as M; '
+            f'M.from_pretrained({path!r}).save_pretrained({path!r})"'
         )
 
 
@@ -134,12 +145,14 @@ def load_model_and_tokenizer(path: str | None, *, seed: int = 0, trust_remote_co
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
-        # weights_only: a pytorch_model.bin is read without unpickling arbitrary objects (safetensors preferred)
+        # use_safetensors: a pytorch_model.bin beside the safetensors is never unpickled (one without them was
+        # refused above); weights_only as well, should a transformers version fall back to the pickle anyway
         model, info = AutoModelForCausalLM.from_pretrained(
             path,
             local_files_only=True,
             trust_remote_code=trust_remote_code,
             dtype="float32",
+            use_safetensors=True,
             weights_only=True,
             output_loading_info=True,
         )

@@ -24,10 +24,11 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 
-from dpo_ref.atomic import write_text_atomic
+from dpo_ref.atomic import give_umask_permissions, write_text_atomic
 from dpo_ref.errors import InputError
 
 RUN_FILES = ("run.json", "metrics.jsonl", "sft.safetensors", "checkpoint.safetensors", "model")
@@ -45,6 +46,12 @@ def check_writable_dir(path: str, option: str = "--out") -> None:
         raise InputError(f"{option} {path!r} cannot be created: {existing!r} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{option} {path!r} is not writable ({existing!r} denies writing)")
+
+
+def _os_error_code(message: str) -> int | None:
+    """The errno in a Rust I/O error's text ("... No space left on device (os error 28)"), or None."""
+    found = re.search(r"\(os error (\d+)\)", message)
+    return int(found.group(1)) if found else None
 
 
 def _format(value) -> str:
@@ -198,11 +205,20 @@ class RunDir:
 
     @contextlib.contextmanager
     def writing(self, path: str):
-        """Turn a failed write (full disk, quota, permissions) into one InputError naming the file."""
+        """Turn a failed write (full disk, quota, permissions) into one InputError naming the file.
+
+        safetensors (the checkpoint, the warm-up, save_pretrained's weights) reports an I/O error as a
+        `SafetensorError` whose text ends in "(os error N)", not as an OSError: both are caught."""
+        from safetensors import SafetensorError
+
         try:
             yield
-        except OSError as err:
-            reason = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else err.strerror or str(err)
+        except (OSError, SafetensorError) as err:
+            code = err.errno if isinstance(err, OSError) else _os_error_code(str(err))
+            if code in (errno.ENOSPC, errno.EDQUOT):
+                reason = "the disk is full"
+            else:
+                reason = os.strerror(code) if code else getattr(err, "strerror", None) or str(err)
             raise InputError(f"cannot write {path!r}: {reason}; its previous version (if any) is intact") from err
 
     def write_text(self, path: str, text: str) -> None:
@@ -278,6 +294,7 @@ class RunDir:
                 if bar:
                     hf_logging.enable_progress_bar()
             tokenizer.save_pretrained(tmp)
+            give_umask_permissions(tmp)  # safetensors writes model.safetensors 0600
             if os.path.exists(self.model):
                 os.replace(self.model, old)
             os.replace(tmp, self.model)

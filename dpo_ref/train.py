@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from dpo_ref.data import IGNORE_INDEX, PreferenceCollator, TokenizedPair, pad_sequences, prepare_dataset
+from dpo_ref.errors import InputError
 from dpo_ref.logps import sequence_logps, shift_labels, token_logps
 from dpo_ref.losses import dpo_loss, ipo_loss
 from dpo_ref.rpo import per_token_nll, rpo_objective
@@ -500,6 +501,7 @@ def load_data(s: Session) -> Data:
     )
     train_pairs, skipped = prepare_dataset(train_rows, tokenizer, **options)
     eval_pairs, eval_skipped = prepare_dataset(eval_rows, tokenizer, **options) if eval_rows else ([], 0)
+    check_vocabulary(policy, train_pairs + eval_pairs, tokenizer.pad_token_id, cfg.model)
     disable_dropout(policy).to(s.device)
     policy.train()
     return Data(
@@ -512,6 +514,19 @@ def load_data(s: Session) -> Data:
         collate_chosen=PreferenceCollator(tokenizer.pad_token_id, cfg.padding_side, responses=("chosen",)),
         eval_generation=builtin if cfg.eval_generation is None else cfg.eval_generation,
     )
+
+
+def check_vocabulary(model: nn.Module, pairs: list[TokenizedPair], pad_id: int, path: str | None) -> None:
+    """InputError unless every token id of `pairs` (and the pad id) has a row in the model's input embedding;
+    a tokenizer with tokens the model was not resized for would otherwise fail mid-run (an index error)."""
+    rows = model.get_input_embeddings().num_embeddings
+    highest = max([pad_id] + [max(p.prompt_ids + p.chosen_ids + p.rejected_ids) for p in pairs])
+    if highest >= rows:
+        raise InputError(
+            f"--model {path!r}: its tokenizer gives token id {highest}, but the model's input embedding has only "
+            f"{rows} rows; resize it (model.resize_token_embeddings(len(tokenizer)), then save_pretrained) or "
+            "bring the tokenizer it was trained with"
+        )
 
 
 def claim_run_dir(s: Session) -> None:

@@ -27,6 +27,7 @@ RECIPES = {
     # a pretrained model: TRL's DPOConfig learning rate, no warm-up and no NLL term unless asked for
     "model": dict(lr=1e-6, sft_steps=0, sft_lr=1e-5, rpo_alpha=0.0),
 }
+SEED_LIMIT = 2**32  # seeds are in [0, 2**32), as numpy's
 BETA_DEFAULT = 0.1  # DPO/cDPO
 TAU_DEFAULT = 0.1  # IPO
 CDPO_LABEL_SMOOTHING_DEFAULT = 0.1
@@ -72,7 +73,7 @@ class TrainConfig:
     precompute_ref: bool = _opt(False, "compute the reference log-probs once, then free the reference model")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     threads: int | None = _opt(None, "CPU intra-op threads (default 1 for the built-in tiny model, else torch's)")
-    seed: int = _opt(0, "seed of the weights (built-in model), the data order and every RNG")
+    seed: int = _opt(0, "seed of the weights (built-in model), the data order and every RNG; in [0, 2**32)")
     log_every: int = _opt(10, "log the training statistics every N updates")
     eval_every: int = _opt(50, "evaluate on the held-out data every N updates")
     save_every: int = _opt(50, "write the checkpoint every N updates")
@@ -175,6 +176,10 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         value = getattr(cfg, name)
         if value is not None and int(value) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    # torch seeds are 64-bit and the data order seeds each epoch with seed x 1_000_003 + epoch: numpy's range
+    # keeps both far from overflow (a larger seed crashed after the run directory was claimed)
+    if not 0 <= cfg.seed < SEED_LIMIT:
+        raise InputError(f"--seed must be an integer in [0, 2**32), got {cfg.seed}")
     if cfg.rpo_alpha < 0 or not math.isfinite(cfg.rpo_alpha):
         raise InputError(f"--rpo-alpha must be a finite number >= 0, got {cfg.rpo_alpha}")
     if cfg.padding_side not in ("left", "right"):

@@ -62,11 +62,13 @@ def _selected(only: list[str] | None) -> list[str]:
 
 
 def _check_output(path: str) -> str:
+    """InputError unless --output can be written as a regular file: never a directory, FIFO or device."""
+    from dpo_ref.atomic import check_output_file  # no torch import
+
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise _input_error(f"--output: directory {folder!r} does not exist")
-    if os.path.isdir(path):
-        raise _input_error(f"--output: {path!r} is a directory; expected a file path")
+    check_output_file(path, "--output")
     return folder
 
 
@@ -117,7 +119,12 @@ def handler(args: argparse.Namespace) -> int:
         put(R.text_header(lang))
     results = []
     start = time.perf_counter()
-    for position, name in enumerate(names, 1):
+    shown = names
+    if not stream:  # nothing is printed until every proof is checked: show progress on stderr meanwhile
+        from dpo_ref.progress import progress  # no torch import
+
+        shown = progress(names, "dpo-ref prove")
+    for position, name in enumerate(shown, 1):
         result = run_proof(get(name))
         results.append(result)
         if text_mode:

@@ -55,3 +55,7 @@ def test_a_symlink_is_followed_and_a_fifo_or_directory_is_refused(tmp_path):
         with pytest.raises(InputError, match=f"is {kind}"):
             write_text_atomic(str(path), "x")
     assert fifo.exists() and not fifo.is_file()  # never replaced by a regular file
+    if os.path.exists(os.devnull):  # a device node: refused, never opened or replaced
+        with pytest.raises(InputError, match="is a device"):
+            write_text_atomic(os.devnull, "x")
+        assert not os.path.isfile(os.devnull)

@@ -96,10 +96,16 @@ def files(tmp_path_factory):
     from dpo_ref.model import build_tiny_model
 
     tiny = build_tiny_model(tokenizer)
-    for name in ("truncated", "wrong_shape", "config_list", "bad_pickle", "bad_template"):
+    for name in ("truncated", "wrong_shape", "config_list", "bad_pickle", "plain_pickle", "bad_template"):
         tiny.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
         f[name] = str(root / name)
+    from dpo_ref.model import llama_config, tiny_llama
+
+    small_vocab = root / "small_vocab"  # 64 embedding rows for a tokenizer of 100 tokens ('a' is id 69)
+    tiny_llama(llama_config(64), seed=0).save_pretrained(small_vocab)
+    tokenizer.save_pretrained(small_vocab)
+    f["small_vocab"] = str(small_vocab)
     weights = (root / "truncated" / "model.safetensors").read_bytes()
     (root / "truncated" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
     config = json.loads((root / "wrong_shape" / "config.json").read_text())
@@ -107,6 +113,9 @@ def files(tmp_path_factory):
     _write(root / "config_list" / "config.json", "[1, 2]")
     os.remove(root / "bad_pickle" / "model.safetensors")  # only a pickle left, one weights_only refuses to load
     torch.save({"model": torch.nn.Linear(2, 2)}, root / "bad_pickle" / "pytorch_model.bin")
+    # a plain state dict that torch.load(weights_only=True) would read: refused all the same (safetensors only)
+    os.remove(root / "plain_pickle" / "model.safetensors")
+    torch.save(tiny.state_dict(), root / "plain_pickle" / "pytorch_model.bin")
     template = json.loads((root / "bad_template" / "tokenizer_config.json").read_text())
     _write(root / "bad_template" / "chat_template.jinja", "{{ raise_exception('no system role here') }}")
     del template
@@ -285,6 +294,7 @@ API_CASES = [
     ("model: not a causal LM (T5)", _load_model("t5"), InputError, r"--model .*t5' could not be loaded.*AutoModelForCausalLM"),
     ("model: encoder without an LM head", _load_model("bert"), InputError, r"--model .*bert' is not a complete causal-LM checkpoint"),
     ("model: config.json not JSON", _load_model("garbage"), InputError, r"--model .*garbage' could not be loaded"),
+    ("model: weights only as a pickle", _load_model("plain_pickle"), InputError, r"--model .*plain_pickle' holds its weights only as a pickle \(pytorch_model\.bin\)"),
     # -- trainer configuration and outputs
     ("config: ipo with label_smoothing", _config(loss="ipo", label_smoothing=0.1), InputError, "--label-smoothing"),
     ("config: dpo with label_smoothing", _config(loss="dpo", label_smoothing=0.1), InputError, "--loss cdpo"),
@@ -361,6 +371,8 @@ CLI_CASES = [
     ("train: grad-accum 0", ["train", "--grad-accum", "0", *_TRAIN], r"--grad-accum must be a positive integer"),
     ("train: warmup-steps negative", ["train", "--warmup-steps", "-1", *_TRAIN], r"--warmup-steps must be >= 0"),
     ("train: rpo-alpha negative", ["train", "--rpo-alpha", "-1", *_TRAIN], r"--rpo-alpha must be a finite number >= 0"),
+    ("train: seed beyond 2**32", ["train", "--seed", str(2**64), *_TRAIN], r"--seed must be an integer in \[0, 2\*\*32\), got 18446744073709551616"),
+    ("train: seed negative", ["train", "--seed", "-1", *_TRAIN], r"--seed must be an integer in \[0, 2\*\*32\), got -1"),
     ("train: stop-after 0", ["train", "--stop-after", "0", *_TRAIN], r"--stop-after must be a positive integer"),
     ("train: device not a device", ["train", "--device", "nosuch", *_TRAIN], r"--device 'nosuch' is not a device"),
     ("train: weight-decay negative", ["train", "--weight-decay", "-1", *_TRAIN], r"--weight-decay must be a finite number >= 0, got -1"),
@@ -387,12 +399,20 @@ CLI_CASES = [
     ("train: row longer than the model's positions", ["train", "--data", "{too_long}", "--max-length", "none", "--max-prompt-length", "none", *_TRAIN], r"line 1: 205 tokens, more than the model's 128 positions"),
     ("train: truncated model.safetensors", ["train", "--model", "{truncated}", *_TRAIN], r"--model .*truncated' could not be loaded: .*incomplete"),
     ("train: weights of the wrong shape", ["train", "--model", "{wrong_shape}", *_TRAIN], r"--model .*wrong_shape' could not be loaded: weights of a shape other than its config.json"),
+    ("train: token ids beyond the model's embedding", ["train", "--model", "{small_vocab}", "--data", "{good}", *_TRAIN], r"--model .*small_vocab': its tokenizer gives token id 71, but the model's input embedding has only 64 rows; resize it"),
     ("train: config.json not an object", ["train", "--model", "{config_list}", *_TRAIN], r"config.json holds a JSON list, not an object"),
-    ("train: a pickle weights_only refuses", ["train", "--model", "{bad_pickle}", *_TRAIN], r"--model .*bad_pickle' could not be loaded"),
+    ("train: a pickle weights_only refuses", ["train", "--model", "{bad_pickle}", *_TRAIN], r"--model .*bad_pickle' holds its weights only as a pickle"),
+    ("train: weights only as a pickle .bin", ["train", "--model", "{plain_pickle}", *_TRAIN], r"--model .*plain_pickle' holds its weights only as a pickle \(pytorch_model\.bin\); dpo-ref loads safetensors only.*from_pretrained\(.*\)\.save_pretrained\("),
     ("train: chat template raises", ["train", "--model", "{bad_template}", "--data", "{conversational}", *_TRAIN], r"line 1: field 'prompt': the tokenizer's chat template raised TemplateError: no system role here"),
     # -- dpo-ref prove
     ("prove: unknown proof", ["prove", "--only", "nosuch"], r"--only: unknown proof 'nosuch'"),
     ("prove: output under a file", ["prove", "--only", "init-ln2", "--output", "{plain_file}/x.md"], r"--output: directory"),
+    ("prove: output is a FIFO", ["prove", "--only", "init-ln2", "--output", "{fifo}"], r"--output .*fifo' is a FIFO \(named pipe\); expected a path to a regular file"),
+    ("prove: output is a directory", ["prove", "--only", "init-ln2", "--output", "{root}"], r"--output .* is a directory; expected a path to a regular file"),
+    # -- dpo-ref matrix (checked before any library is searched)
+    ("matrix: out is a FIFO", ["matrix", "--out", "{fifo}"], r"--out .*fifo' is a FIFO \(named pipe\); expected a directory"),
+    ("matrix: out is a file", ["matrix", "--out", "{plain_file}"], r"--out .*plain\.txt' is a file; expected a directory"),
+    ("matrix: readme is a FIFO", ["matrix", "--out", "{root}", "--readme", "{fifo}"], r"--readme .*fifo' is a FIFO"),
     # -- dpo-ref verify: usage and import problems (a target that runs but computes wrong is exit 1, below)
     ("verify: file does not exist", ["verify", "{missing}.py:loss"], r"target file .*no_such\.jsonl\.py' does not exist"),
     ("verify: syntax error", ["verify", "{syntax_error}:loss"], r"importing it raised SyntaxError"),
@@ -402,6 +422,9 @@ CLI_CASES = [
     ("verify: not callable", ["verify", "{targets}:not_callable"], r"'not_callable' is a int, not a callable"),
     ("verify: wrong signature", ["verify", "{targets}:no_beta"], r"no_beta takes no `beta` keyword argument"),
     ("verify: target without a name", ["verify", "{targets}"], r"must be path/to/file.py:name"),
+    ("verify: json is a FIFO", ["verify", "{targets}:raises", "--json", "{fifo}"], r"--json .*fifo' is a FIFO \(named pipe\); expected a path to a regular file"),
+    ("verify: json is a directory", ["verify", "{targets}:raises", "--json", "{root}"], r"--json .* is a directory; expected a path to a regular file"),
+    ("verify --isolate: json is a FIFO", ["verify", "{targets}:raises", "--isolate", "--json", "{fifo}"], r"--json .*fifo' is a FIFO"),
     ("verify: timeout without isolate", ["verify", "{targets}:raises", "--timeout", "5"], r"--timeout needs --isolate"),
     ("verify: timeout 0", ["verify", "{targets}:raises", "--isolate", "--timeout", "0"], r"--timeout must be a positive number"),
     ("verify: max-examples 0", ["verify", "{targets}:raises", "--max-examples", "0"], r"--max-examples must be a positive integer"),
@@ -483,6 +506,7 @@ def test_cli_bad_input_leaves_a_previous_run_untouched(files, tmp_path, capsys):
         ["--data", files["good"], "--lr", "1e39"],
         ["--data", files["good"], "--device", "mps"],
         ["--data", files["good"], "--device", "meta"],
+        ["--data", files["good"], "--seed", str(2**60), "--overwrite"],  # its data order overflowed
         ["--data", files["good"]],  # a rerun without --resume or --overwrite
         ["--data", files["good"], "--resume"],  # metrics and checkpoints but no run.json: nothing resumable
     ):

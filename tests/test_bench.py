@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -139,6 +140,10 @@ def test_cli_runs_at_tiny_size_and_writes_the_json_keys(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ref_model" in proc.stdout and "first-step loss" in proc.stdout
+    # progress: a line when the train-step phase starts, then one per worker process as it finishes
+    assert proc.stdout.startswith("train step: dpo-ref vs TRL")
+    for side in ("dpo_ref", "trl"):
+        assert re.search(rf"^  ref_model +{side} +repeat 1/1: median step +[0-9.]+ ms", proc.stdout, re.M), side
     result = json.loads(out.read_text())
     entry = result["train_step"]["ref_model"]
     for key in ("dpo_ref_s", "trl_s", "ratio", "dpo_ref_peak_mb", "trl_peak_mb"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -361,6 +362,24 @@ def test_a_rerun_is_refused_without_overwrite_and_overwrite_leaves_no_old_files(
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.safetensors", "metrics.jsonl", "run.json"]
 
 
+def test_every_file_of_a_run_gets_the_permissions_the_umask_gives(data, tmp_path):
+    """run.json, metrics, the warm-up, the checkpoint and model/ (written by transformers) alike: what a plain
+    `open(path, "w")` gives under the umask (0664 under 002), not mkstemp's 0600, so others can read them."""
+    old = os.umask(0o002)
+    try:
+        train(TrainConfig(data=data, out=str(tmp_path / "run"), progress=False, **dict(QUICK, sft_steps=1)))
+        with open(tmp_path / "plain", "w") as f:  # the independent reference
+            f.write("x")
+    finally:
+        os.umask(old)
+    expected = os.stat(tmp_path / "plain").st_mode & 0o777
+    assert expected == 0o664
+    modes = {name: os.stat(tmp_path / "run" / name).st_mode & 0o777 for name in _files(tmp_path / "run")}
+    assert {"run.json", "metrics.jsonl", "sft.safetensors", "checkpoint.safetensors"} <= set(modes)
+    assert any(name.startswith("model" + os.sep) for name in modes)
+    assert modes == dict.fromkeys(modes, expected)
+
+
 def test_a_refused_resume_names_every_mismatch_and_runs_no_warm_up(data, tmp_path):
     settings = dict(QUICK, sft_steps=2, steps=3)
     train(TrainConfig(data=data, out=str(tmp_path), progress=False, stop_after=1, **settings))
@@ -425,6 +444,26 @@ def test_ctrl_c_during_the_warm_up_then_resume_equals_the_uninterrupted_run(data
     assert _bitwise_equal(resumed["policy"].state_dict(), full["policy"].state_dict())
 
 
+@pytest.mark.slow
+def test_a_real_ctrl_c_during_the_warm_up_then_resume_equals_the_uninterrupted_run(data, tmp_path):
+    """The README's promise with a real SIGINT to a real `dpo-ref train`: exit 130 with one line, nothing of
+    the warm-up saved and the lock released; `--resume` redoes the warm-up and ends where a run never stopped."""
+    settings = dict(QUICK, sft_steps=100, steps=2)
+    out = tmp_path / "interrupted"
+    argv = [a for a in _argv(data, out, **settings) if a != "--no-progress"]  # its phase lines say when
+    process = _start(argv)
+    line = process.stderr.readline()  # blocks until the first phase starts (or the process ends)
+    assert line.startswith("dpo-ref train: sft warm-up (100 steps)"), line + process.communicate()[1][-2000:]
+    time.sleep(0.05)  # the line is printed as the warm-up starts; 100 steps take far longer than this
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=900)
+    assert process.returncode == 130 and err.strip().splitlines() == ["dpo-ref train: interrupted"], err[-2000:]
+    assert sorted(os.listdir(out)) == ["run.json"]  # stopped mid-warm-up: no sft.safetensors, no .lock
+
+    _resume(data, out, **settings)
+    assert _bitwise_equal(_final_weights(out), _uninterrupted(data, tmp_path / "full", **settings))
+
+
 def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch, capsys):
     import errno
 
@@ -439,7 +478,10 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
         if len(saves) == 2:  # the checkpoint of step 2: the one of step 1 is on disk
             with open(path, "wb") as f:
                 f.write(b"half")
-            raise OSError(errno.ENOSPC, "No space left on device")
+            # what safetensors raises on a write error (seen in the real-process test below): not an OSError
+            raise safetensors.SafetensorError(
+                f"Error while serializing: I/O error: {os.strerror(errno.ENOSPC)} (os error {errno.ENOSPC})"
+            )
         return real(tensors, path, metadata=metadata)
 
     monkeypatch.setattr(safetensors.torch, "save_file", fills_the_disk)
@@ -447,6 +489,31 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
     assert "checkpoint.safetensors'" in line and "the disk is full" in line
     assert read_metadata(str(tmp_path / "checkpoint.safetensors"))["step"] == 1  # intact
     assert glob.glob(str(tmp_path / ".tmp-*")) == [] and not (tmp_path / ".lock").exists()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")
+def test_a_real_failed_write_of_the_weights_is_one_line_exit_2(data, tmp_path, capsys):
+    """No mock: files of this process may not exceed 600 kB for the run (RLIMIT_FSIZE, restored after), so
+    the checkpoint (about 1.2 MB: weights and AdamW's two moments) fails inside safetensors, as on a full disk."""
+    import resource
+
+    from dpo_ref.cli import main
+
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.getsignal(signal.SIGXFSZ)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, no signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, limits[1]))
+    try:
+        code = main(_argv(data, tmp_path / "run", **QUICK))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    line = _one_line_exit_2(code, capsys.readouterr().err)
+    assert re.fullmatch(
+        r"dpo-ref train: error: cannot write '.*checkpoint\.safetensors': File too large; its previous version "
+        r"\(if any\) is intact",
+        line,
+    ), line
+    assert sorted(os.listdir(tmp_path / "run")) == ["metrics.jsonl", "run.json"]  # no temporary file, no lock
 
 
 def test_progress_is_one_plain_line_per_phase_when_not_on_a_terminal(data, tmp_path, capsys):

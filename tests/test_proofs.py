@@ -312,6 +312,17 @@ def test_markdown_output_is_written_atomically(tmp_path):
     assert cli.main(["--only", "ipo", "--output", str(tmp_path / "missing" / "x.md")]) == 2
 
 
+def test_progress_while_nothing_else_is_printed(tmp_path, capsys):
+    """--output (or markdown/notebook) prints nothing until every proof is checked: a line per proof on stderr
+    meanwhile (not a terminal here); text on stdout is its own progress, so stderr stays empty."""
+    names = ["init-ln2", "ipo"]
+    assert cli.main(["--only", ",".join(names), "--format", "markdown", "--output", str(tmp_path / "l.md")]) == 0
+    assert capsys.readouterr().err.splitlines() == [f"dpo-ref prove: {i}/2, {n}" for i, n in enumerate(names, 1)]
+    assert cli.main(["--only", "init-ln2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "✓" in captured.out
+
+
 def test_python_dash_m_proofs_runs():
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run(

@@ -104,6 +104,25 @@ def test_checkpoints_and_weights_are_safetensors(tmp_path):
     assert not _is_safetensors(data)  # the format check is not vacuous
 
 
+def test_a_model_directory_is_read_from_safetensors_never_from_a_pickle(tmp_path):
+    """Weights only as `pytorch_model.bin` are refused (test_bad_inputs); beside safetensors the pickle is never
+    opened: here it is not even a pickle, and the weights loaded are the safetensors' bit for bit."""
+    import torch
+
+    from dpo_ref.model import build_tiny_model, load_model_and_tokenizer
+    from dpo_ref.tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    saved = build_tiny_model(tokenizer, seed=7)
+    saved.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not a pickle: reading this file would fail")
+    loaded, _ = load_model_and_tokenizer(str(tmp_path))
+    expected, got = saved.state_dict(), loaded.state_dict()
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    assert not torch.equal(build_tiny_model(tokenizer, seed=8).state_dict()["lm_head.weight"], got["lm_head.weight"])
+
+
 # ---------------------------------------------------------------------------------------------- remote code
 
 EVIL_CONFIG = {

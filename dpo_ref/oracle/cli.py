@@ -13,7 +13,7 @@ import os
 import sys
 import uuid
 
-from dpo_ref.atomic import write_text_atomic
+from dpo_ref.atomic import check_output_file, write_text_atomic
 from dpo_ref.errors import InputError
 from dpo_ref.variant_names import VARIANTS
 
@@ -318,12 +318,12 @@ def _kill_run(child, token: str) -> None:
 
 
 def check_json_path(path: str) -> None:
-    """`--json PATH` must name a file in an existing directory (checked before anything runs)."""
+    """`--json PATH` must name a regular file (or none yet) in an existing directory, never a directory, FIFO
+    or device (checked before anything runs)."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise InputError(f"--json: directory {folder!r} does not exist")
-    if os.path.isdir(path):
-        raise InputError(f"--json: {path!r} is a directory; give a file path")
+    check_output_file(path, "--json")
 
 
 def write_atomic(path: str, text: str) -> None:

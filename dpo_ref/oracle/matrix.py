@@ -32,7 +32,7 @@ import platform
 import sys
 import time
 
-from dpo_ref.atomic import write_text_atomic
+from dpo_ref.atomic import check_output_file, special_file_kind, write_text_atomic
 from dpo_ref.errors import InputError
 
 START, END = "<!-- compliance-summary:start -->", "<!-- compliance-summary:end -->"
@@ -325,9 +325,14 @@ def handler(args: argparse.Namespace) -> int:
     if args.max_examples < 1 or args.search_examples < 1:
         raise InputError("--max-examples and --search-examples must be positive integers")
     if not os.path.isdir(args.out):
+        if os.path.exists(args.out):
+            raise InputError(f"--out {args.out!r} is {special_file_kind(args.out) or 'a file'}; expected a directory")
         raise InputError(f"--out: directory {args.out!r} does not exist")
+    for name in ("compliance.json", "compliance.md"):  # what it writes, checked before the run
+        check_output_file(os.path.join(args.out, name), "--out")
     readme = None
     if args.readme is not None:
+        check_output_file(args.readme, "--readme")  # read first, then replaced: never a FIFO (reading one blocks)
         try:
             with open(args.readme, encoding="utf-8") as f:
                 readme = f.read()
