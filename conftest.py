@@ -5,7 +5,8 @@ Tiers:
             each evidence suite (the corpus verified with fail-fast)
   full      `pytest -n auto --full` (or DPO_REF_FULL=1; CI runs it): also the tests marked `slow`: whole-corpus
             verification with every check and reproduction, real libraries, kill -9 fault injection, the
-            default recipe's numbers, bench, torchrun, the TRL row search over every loss type
+            default recipe's numbers, bench, torchrun, the TRL row search over every loss type, and every test
+            marked `download` (it fetches a library's wheel from the package registry)
 
 Profiles (pick with `--hypothesis-profile=NAME`):
   ci        fast and deterministic; loaded automatically when the CI environment variable is set
@@ -47,7 +48,7 @@ def full(request) -> bool:
     return full_tier(request.config)
 
 
-FULL_HINT = "slow evidence test: run the full tier with `pytest -n auto --full` (CI does)"
+FULL_HINT = "slow or downloading evidence test: run the full tier with `pytest -n auto --full` (CI does)"
 
 
 def pytest_addoption(parser):
@@ -73,7 +74,7 @@ def pytest_collection_modifyitems(config, items):
     skip_slow = pytest.mark.skip(reason=FULL_HINT)
     skip_gpu = None if _cuda_available() else pytest.mark.skip(reason="needs a CUDA device; none is present")
     for item in items:
-        if "slow" in item.keywords and not full_tier(config):
+        if ("slow" in item.keywords or "download" in item.keywords) and not full_tier(config):
             item.add_marker(skip_slow)
         if "gpu" in item.keywords and skip_gpu is not None:
             item.add_marker(skip_gpu)
