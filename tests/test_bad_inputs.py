@@ -556,6 +556,7 @@ def test_cli_argparse_errors_exit_2_naming_the_option(argv, option, capsys):
     assert len(err.strip().splitlines()) == 1 and option in err, err
 
 
+@pytest.mark.slow
 def test_cli_bad_input_in_a_real_process_prints_one_line(files, tmp_path):
     """The real entry point in a fresh interpreter: nothing else (import warnings, transformers' load report
     and progress bars) reaches stderr."""

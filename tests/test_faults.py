@@ -79,6 +79,7 @@ def _bitwise_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_training_then_resume_equals_the_uninterrupted_run(data, tmp_path):
     out = tmp_path / "killed"
     metrics = out / "metrics.jsonl"
@@ -103,6 +104,7 @@ def test_kill_9_mid_training_then_resume_equals_the_uninterrupted_run(data, tmp_
     assert read_metrics(str(metrics)) == read_metrics(str(tmp_path / "full" / "metrics.jsonl"))
 
 
+@pytest.mark.slow
 def test_kill_9_while_a_checkpoint_is_written_keeps_the_previous_one(data, tmp_path):
     settings = dict(SETTINGS, steps=12)
     out = tmp_path / "run"

@@ -99,6 +99,7 @@ def test_torchtune_has_no_ipo_loss():
     assert report.level == "logps" and any("no IPO loss" in n for n in report.notes)
 
 
+@pytest.mark.slow
 def test_trl_builds_leave_no_temporary_folder_behind():
     reason = _importable("trl")
     if reason:

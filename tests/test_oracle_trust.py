@@ -58,6 +58,7 @@ def test_dpo_ref_itself_is_float64_exact_even_under_strict():
     assert report.precision["grade"] == "float64-exact"
 
 
+@pytest.mark.slow
 def test_softplus_threshold_passes_by_default_on_any_draw():
     """F.softplus(x) returns x above 20: an error below e^-20 relative, inside the float32-level tolerance for
     every input, so the verdict cannot depend on which inputs Hypothesis draws."""
@@ -66,8 +67,17 @@ def test_softplus_threshold_passes_by_default_on_any_draw():
 
 
 def test_half_precision_margin_is_rejected_and_named():
-    report = verify(f"{CORPUS}/loss_broken.py:half_precision_margin", max_examples=FEW)
+    report = verify(f"{CORPUS}/loss_broken.py:half_precision_margin", max_examples=FEW, fail_fast=True)
     assert not report.passed
+    assert [d.split(":", 1)[0] for d in report.diagnosis] == ["half-precision"], report.diagnosis
+
+
+def test_a_shifted_margin_is_not_called_half_precision():
+    """A mistake of another kind (here each margin minus the batch mean) is outside the half-precision band,
+    however large the inputs: the band is the rounding of half-rounded log-probs, not a loose tolerance."""
+    report = verify(f"{CORPUS}/loss_broken.py:batch_centred_margin", max_examples=FEW, fail_fast=True)
+    assert not report.passed
+    assert not any(d.startswith("half-precision") for d in report.diagnosis), report.diagnosis
 
 
 def test_equal_infinities_agree_and_nan_does_not():
@@ -174,10 +184,12 @@ def test_shape_adapter_failures_are_diagnosed():
 
 
 def test_a_file_target_gets_a_named_diagnosis_on_the_command_line(capsys):
-    code = main(["verify", f"{CORPUS}/loss_broken.py:cdpo_is_robust", "--variant", "cdpo", "--max-examples", "5"])
+    argv = ["verify", f"{CORPUS}/loss_broken.py:cdpo_is_robust", "--variant", "cdpo", "--max-examples", "5"]
+    code = main([*argv, "--fail-fast"])  # the diagnosis still runs when fail-fast stops at the first failure
     out = capsys.readouterr().out
     assert code == 1
     assert "Diagnosis:" in out and "robust-dpo" in out, out
+    assert "not run: fail-fast stopped at the first failing check" in out
 
 
 # --- the target cannot fool the oracle ---------------------------------------------------------------------
@@ -270,7 +282,7 @@ def _leaver(tmp_path: Path, hang: bool) -> tuple[str, Path]:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc (Linux)")
-@pytest.mark.parametrize("hang", [False, True])
+@pytest.mark.parametrize("hang", [False, pytest.param(True, marks=pytest.mark.slow)])  # True waits out --timeout
 def test_isolate_is_not_held_up_by_a_leftover_process_and_kills_it(tmp_path, hang):
     path, token_file = _leaver(tmp_path, hang)
     start = time.monotonic()
@@ -304,6 +316,7 @@ def test_ctrl_c_under_isolate_stops_the_child_and_what_it_started(tmp_path):
     assert _token_processes(token_file) == []
 
 
+@pytest.mark.slow
 def test_subtle_bugs_are_still_rejected_at_float32_level():
     """The float32-level tolerance still rejects what matters: beta floored for small beta, NaN on ties."""
     for name in ("beta_floored", "nan_on_ties", "half_precision_margin"):
