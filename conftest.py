@@ -42,6 +42,17 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.fixture
+def unshrunk_in_quick_tier(request, monkeypatch):
+    """Quick tier: the oracle reports the first failing example it finds instead of shrinking it (a test that
+    only needs a check to fail, or a diagnosis to be named, does not need the smallest input). The reproduction
+    is still replayed and self-asserting; the full tier shrinks as users get it."""
+    if not full_tier(request.config):
+        import dpo_ref.oracle.runner as runner
+
+        monkeypatch.setattr(runner, "SHRINK_SECONDS", 0.0)
+
+
 @pytest.fixture(scope="session")
 def full(request) -> bool:
     """True in the full tier (`--full`): evidence suites then run their complete form."""

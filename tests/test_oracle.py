@@ -84,6 +84,7 @@ def _pairs(table: dict) -> list[tuple[str, str]]:
     return [(name, check) for name, (_, checks) in sorted(table.items()) for check in checks]
 
 
+@pytest.mark.usefixtures("unshrunk_in_quick_tier")
 @pytest.mark.parametrize("name, check", _pairs(BROKEN_LOSS))
 def test_broken_loss_is_rejected(name, check):
     variant = BROKEN_LOSS[name][0]
@@ -96,6 +97,7 @@ def test_broken_loss_is_rejected(name, check):
         run_reproduction(result)
 
 
+@pytest.mark.usefixtures("unshrunk_in_quick_tier")
 @pytest.mark.parametrize("name, check", _pairs(BROKEN_LOGPS))
 def test_broken_logps_is_rejected(name, check):
     average = BROKEN_LOGPS[name][0]
@@ -107,6 +109,7 @@ def test_broken_logps_is_rejected(name, check):
     run_reproduction(report[check])
 
 
+@pytest.mark.usefixtures("unshrunk_in_quick_tier")
 @pytest.mark.parametrize(
     "file, name, level, check",
     [("broken_loss.py", n, "loss", c) for n, c in _pairs(STRICT_LOSS)]

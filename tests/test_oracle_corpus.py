@@ -58,6 +58,7 @@ def test_correct_implementation_conforms(case, full):
     assert report.passed, report.to_text()
 
 
+@pytest.mark.usefixtures("unshrunk_in_quick_tier")
 @pytest.mark.parametrize("case", [c for c in CASES if not c.conforms], ids=_id)
 def test_broken_implementation_is_rejected_with_its_diagnosis(case, full):
     report = _run(case, full)
