@@ -51,6 +51,9 @@ def test_plugin_target_passes(pytester):
     assert result.ret == 0
     outcomes = result.parseoutcomes()
     assert outcomes["passed"] >= 12 and "failed" not in outcomes
+    # the header counts the checks it is about to run (it said "collected 0 items" before they ran)
+    ran = sum(outcomes.get(k, 0) for k in ("passed", "skipped", "failed", "xfailed"))
+    result.stdout.fnmatch_lines([f"collected {ran} items"])
 
 
 def test_plugin_target_fails_with_reproduction_and_xfail_file(pytester, tmp_path):
