@@ -308,25 +308,28 @@ def _adam_bandit(pairs, loss: str, tau: float, steps: int, seeds: int, batch: in
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _check_json(args) -> None:
-    if args.json:  # checked before the run, not after it
-        from dpo_ref.results import check_results_path
+def _check_json(args) -> dict | None:
+    """Check `--json` before the run, not after it; returns the machine as it was before the run."""
+    if not args.json:
+        return None
+    from dpo_ref.results import check_results_path, machine
 
-        check_results_path(args.json)
+    check_results_path(args.json)
+    return machine()
 
 
-def _results_json(args, results: dict, lines: list[str], started: float) -> None:
+def _results_json(args, results: dict, lines: list[str], started: float, before: dict | None) -> None:
     """`--json PATH`: the experiment's results with its settings, time and machine (`docs/results/`)."""
     if not args.json:
         return
-    from dpo_ref.results import machine, write_results
+    from dpo_ref.results import write_results
 
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "json", "command", "experiment")}
     write_results(
         args.json,
         {
             "experiment": args.experiment,
-            "machine": machine(),
+            "machine": {**before, "torch": torch.__version__},
             "settings": settings,
             "seconds": time.perf_counter() - started,
             "results": results,
@@ -346,7 +349,7 @@ def _overfit_handler(args) -> int:
     if args.epochs < 1:
         raise InputError(f"--epochs must be a positive integer, got {args.epochs}")
     check_writable_dir(args.out, "--out")
-    _check_json(args)
+    before = _check_json(args)
     started = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
     rows = run_overfit(
@@ -387,14 +390,14 @@ def _overfit_handler(args) -> int:
             f"{f['sigmoid_beta_margin_end']:>14.4f} {target:>9}"
         )
     print("\n".join(lines))
-    _results_json(args, final, lines, started)
+    _results_json(args, final, lines, started, before)
     png = os.path.join(args.out, "overfit.png")
     print(f"wrote {csv_path}, overfit.json" + (", overfit.png" if _plot_overfit(rows, png) else ""))
     return 0
 
 
 def _displacement_handler(args) -> int:
-    _check_json(args)
+    before = _check_json(args)
     started = time.perf_counter()
     overrides = {"steps": args.steps, "sft_steps": args.sft_steps, "eval_every": args.eval_every}
     rows = run_displacement(args.out, rpo_alpha=args.rpo_alpha, **overrides)
@@ -421,7 +424,7 @@ def _displacement_handler(args) -> int:
         for variant, s in summary.items()
     ]
     print("\n".join(lines))
-    _results_json(args, summary, lines, started)
+    _results_json(args, summary, lines, started, before)
     png = os.path.join(args.out, "displacement.png")
     print(f"wrote {csv_path}, displacement.json" + (", displacement.png" if _plot_displacement(rows, png) else ""))
     return 0

@@ -70,14 +70,21 @@ def check_results_path(path: str, option: str = "--json") -> str:
 
 
 def lookup(obj: object, path: str) -> object:
-    """The value at a dotted key path (`train_step.ref_model.ratio`, `runs.0.policy.a`)."""
-    for step in path.split("."):
+    """The value at a dotted key path (`train_step.ref_model.ratio`, `0.policy.a`). A key may itself hold dots
+    (`results.dpo_0.1.margin_end`): the longest key that matches wins; an integer step indexes a list."""
+    rest = path
+    while rest:
         if isinstance(obj, list):
+            step, _, rest = rest.partition(".")
             obj = obj[int(step)]
-        elif isinstance(obj, dict) and step in obj:
-            obj = obj[step]
-        else:
-            raise KeyError(f"no key {step!r} in path {path!r}")
+            continue
+        if not isinstance(obj, dict):
+            raise KeyError(f"{path!r}: nothing to index at {rest!r}")
+        keys = [k for k in obj if rest == k or rest.startswith(k + ".")]
+        if not keys:
+            raise KeyError(f"no key {rest.split('.')[0]!r} in path {path!r}")
+        key = max(keys, key=len)
+        obj, rest = obj[key], rest[len(key) + 1 :]
     return obj
 
 

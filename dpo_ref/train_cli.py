@@ -109,9 +109,10 @@ def _handler(args) -> int:
 
     cfg = config_from_args(args)
     if args.json:  # checked before the run, not after it
-        from dpo_ref.results import check_results_path
+        from dpo_ref.results import check_results_path, machine
 
         check_results_path(args.json)
+        before = machine()  # the load average before the run: what else was running
     try:
         summary = train(cfg)
     except FloatingPointError as err:  # not a usage error (exit 2): the run itself failed
@@ -121,15 +122,21 @@ def _handler(args) -> int:
         lines = _summary_lines(summary["config"], summary)
         print("\n".join(lines))
         if args.json:
-            _write_results(args.json, cfg, summary, lines)
+            _write_results(args.json, cfg, summary, lines, before)
     return 0
 
 
-def _write_results(path: str, cfg: TrainConfig, summary: dict, lines: list[str]) -> None:
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _write_results(path: str, cfg: TrainConfig, summary: dict, lines: list[str], before: dict) -> None:
     """The run as a results file (`docs/results/train.json`): settings, timings, first and last metrics."""
     from dataclasses import asdict
 
-    from dpo_ref.results import machine, write_results
+    from dpo_ref.results import write_results
 
     history = summary["history"]
     logged = [r for r in history if "loss" in r]
@@ -137,7 +144,7 @@ def _write_results(path: str, cfg: TrainConfig, summary: dict, lines: list[str])
     write_results(
         path,
         {
-            "machine": machine(),
+            "machine": {**before, "torch": torch_version()},
             "settings": asdict(cfg),
             "seconds": summary["seconds"],
             "train_pairs": summary["train_pairs"],
