@@ -164,7 +164,7 @@ def register(subparsers) -> None:
         "train",
         help="DPO / cDPO / IPO training (default: a tiny Llama on the built-in reversal task)",
         description="Preference training of a Hugging Face causal LM. With no arguments: a tiny Llama "
-        "on the built-in string-reversal task, SFT warm-up then DPO, in about 30 seconds on a CPU.",
+        "on the built-in string-reversal task, SFT warm-up then DPO, in under a minute on a CPU.",
     )
     add_config_options(p)
     p.add_argument(

@@ -76,3 +76,26 @@ def test_runnable_example_runs(path, index, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     code = RUNNABLE.findall(path.read_text(encoding="utf-8"))[index]
     exec(compile(code, f"{path.name} runnable block {index}", "exec"), {"__name__": "__doc_example__"})
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's heading anchors (lower case, punctuation dropped, spaces to hyphens) and explicit <a id>s."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", text, flags=re.DOTALL), flags=re.MULTILINE)
+    slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+    return slugs | set(re.findall(r'<a id="([^"]+)"', text))
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(R.ROOT)))
+def test_relative_links_reach_a_file_and_an_anchor(path):
+    text = path.read_text(encoding="utf-8")
+    bad = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", re.sub(r"```.*?```", "", text, flags=re.DOTALL)):
+        if re.match(r"[a-z]+:", target):
+            continue  # an external address
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        if not dest.exists():
+            bad.append(f"{target}: no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest.read_text(encoding="utf-8")):
+            bad.append(f"{target}: no such anchor")
+    assert bad == []
