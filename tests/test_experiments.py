@@ -103,6 +103,18 @@ def test_overfit_cli_writes_csv_json_and_png(tmp_path, capsys):
     assert err == ["dpo-ref experiment overfit: 1/2, dpo 0.1", "dpo-ref experiment overfit: 2/2, ipo 0.1"]
 
 
+def test_overfit_json_results_file_holds_what_it_printed(tmp_path, capsys):
+    args = ["experiment", "overfit", "--out", str(tmp_path / "o"), "--epochs", "2", "--betas", "0.1", "--taus", "0.1"]
+    assert main([*args, "--json", str(tmp_path)]) == 2  # a directory: refused before the run
+    assert not (tmp_path / "o").exists()
+    capsys.readouterr()
+    assert main([*args, "--json", str(tmp_path / "overfit.json")]) == 0
+    result = json.loads((tmp_path / "overfit.json").read_text())
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[: len(result["printed"])] == result["printed"] and set(result["results"]) == {"dpo_0.1", "ipo_0.1"}
+    assert result["settings"]["epochs"] == 2 and result["machine"]["cpu_count"]
+
+
 @pytest.mark.slow
 def test_displacement_cli_writes_both_variants(tmp_path, capsys):
     args = ["experiment", "displacement", "--out", str(tmp_path), "--steps", "4", "--sft-steps", "5"]
