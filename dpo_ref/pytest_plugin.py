@@ -92,7 +92,11 @@ def pytest_collection_modifyitems(session, config, items) -> None:
         )
     except InputError as err:
         raise pytest.UsageError(f"dpo-ref: {err}") from None
-    added = [DpoCheckItem.from_parent(session, name=f"dpo-ref::{check.name}", check=check) for check in checks]
+    # nodeid "dpo-ref::values" (not "::dpo-ref::values"): the progress line then names "dpo-ref", not "."
+    added = [
+        DpoCheckItem.from_parent(session, name=f"dpo-ref::{check.name}", nodeid=f"dpo-ref::{check.name}", check=check)
+        for check in checks
+    ]
     items.extend(added)
     # Items added here bypass collection, so the terminal's header would say "collected 0 items" (or count
     # only the files' tests): report them as collected, as a collector would.
