@@ -113,3 +113,13 @@ def test_plugin_advice_is_a_warning_and_strict_makes_it_a_failure(pytester):
     strict = _run(pytester, *args, "--dpo-strict")
     assert strict.ret == 1
     strict.stdout.fnmatch_lines(["*dpo-ref::logps_neg_inf_unscored*"])
+
+
+def test_decorator_xfail_takes_a_single_name():
+    """`xfail="values"` is one check, not the unknown checks "v", "a", "l", ..."""
+    from dpo_ref.oracle.pytest_support import checks_for
+
+    target = f"{TARGETS / 'broken_loss.py'}:no_reference"
+    checks = {c.name: c for c in checks_for(target, xfail="values", max_examples=5)}
+    with pytest.raises(pytest.xfail.Exception):
+        checks["values"]()
