@@ -1,6 +1,6 @@
 """`dpo-ref bench`: dpo-ref's trainer against TRL's `DPOTrainer`, side by side, plus log-prob and verify timings.
 
-What is measured (see README, "Performance"):
+What is measured (see docs/performance.md):
 
     train step   one DPO update (collate, policy forward+backward on the concatenated chosen+rejected
                  batch, reference log-probs, sigmoid loss, gradient clipping, AdamW) on the same model,
