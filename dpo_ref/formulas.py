@@ -55,6 +55,13 @@ PROPERTY_SOURCES = {
     "family_properties": "dpo_ref/family_properties.py",
     "test_proofs_linked": "tests/test_proofs_linked.py",
 }
+# where each property module's checks are run on dpo_ref's own functions (the catalogue is run by
+# tests/test_properties.py): a named property must be called there
+PROPERTY_RUNNERS = {
+    "properties": "dpo_ref/oracle/catalogue.py",
+    "family_properties": "tests/test_family.py",
+    "test_proofs_linked": "tests/test_proofs_linked.py",
+}
 PROPERTY_TESTS = {
     "properties": ("tests/test_properties.py", "tests/test_properties_bite.py"),
     "family_properties": ("tests/test_family.py", "tests/test_family_bite.py"),
@@ -162,6 +169,8 @@ def problems(rows: list[Formula] | None = None) -> list[str]:
             module, _, func = prop.partition(".")
             if module not in PROPERTY_SOURCES or not _defined(PROPERTY_SOURCES[module], func):
                 out.append(f"{f.name}: property {prop!r} is not a function of {sorted(PROPERTY_SOURCES)}")
+            elif not re.search(rf"\b{func}\(", (ROOT / PROPERTY_RUNNERS[module]).read_text(encoding="utf-8")):
+                out.append(f"{f.name}: property {prop!r} is never run by {PROPERTY_RUNNERS[module]}")
         if not f.tests:
             out.append(f"{f.name}: no test runs its properties")
     return out
