@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib
 import inspect
 import re
@@ -147,9 +148,15 @@ def formulas() -> list[Formula]:
     return rows
 
 
-def _defined(source: str, name: str) -> bool:
-    tree = ast.parse((ROOT / source).read_text(encoding="utf-8"))
-    return any(isinstance(node, ast.FunctionDef) and node.name == name for node in tree.body)
+@functools.cache
+def _source(path: str) -> str:
+    return (ROOT / path).read_text(encoding="utf-8")
+
+
+@functools.cache
+def _functions(path: str) -> frozenset[str]:
+    """The names of the top-level functions of a source file (read, not imported: tests/ is no package)."""
+    return frozenset(node.name for node in ast.parse(_source(path)).body if isinstance(node, ast.FunctionDef))
 
 
 def problems(rows: list[Formula] | None = None) -> list[str]:
@@ -167,9 +174,9 @@ def problems(rows: list[Formula] | None = None) -> list[str]:
             )
         for prop in f.properties:
             module, _, func = prop.partition(".")
-            if module not in PROPERTY_SOURCES or not _defined(PROPERTY_SOURCES[module], func):
+            if module not in PROPERTY_SOURCES or func not in _functions(PROPERTY_SOURCES[module]):
                 out.append(f"{f.name}: property {prop!r} is not a function of {sorted(PROPERTY_SOURCES)}")
-            elif not re.search(rf"\b{func}\(", (ROOT / PROPERTY_RUNNERS[module]).read_text(encoding="utf-8")):
+            elif not re.search(rf"\b{func}\(", _source(PROPERTY_RUNNERS[module])):
                 out.append(f"{f.name}: property {prop!r} is never run by {PROPERTY_RUNNERS[module]}")
         if not f.tests:
             out.append(f"{f.name}: no test runs its properties")
