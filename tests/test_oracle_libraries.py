@@ -1,6 +1,6 @@
 """The oracle on real libraries (the `compare` extra): TRL's DPOTrainer and torchtune's DPO pieces.
 
-These tests pin down the findings recorded in the README. They skip, naming the import error, only
+These tests pin down the findings recorded in docs/verify.md. They skip, naming the import error, only
 when the `compare` extra is not installed.
 """
 
