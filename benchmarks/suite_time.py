@@ -46,7 +46,7 @@ def main() -> int:
             {
                 "machine": before,
                 "load_average_after": machine()["load_average"],
-                "command": "pytest " + " ".join(pytest_args),
+                "command": ("CI=1 " if os.environ.get("CI") else "") + "pytest " + " ".join(pytest_args),
                 "ci_profile": bool(os.environ.get("CI")),
                 "wall_s": wall,
                 "exit_status": run.returncode,
