@@ -30,6 +30,7 @@ import functools
 import importlib
 import inspect
 import re
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,6 +189,54 @@ def _module_of(slug: str, modules: dict[str, str]) -> str:
     return modules.get(slug, slug.replace("-", "_"))
 
 
+def sentence(proofs: tuple[str, ...], properties: tuple[str, ...]) -> str:
+    """The docstring sentence naming a formula's proofs and properties."""
+    named = ", ".join(f"`{slug}`" for slug in proofs) if proofs else "none yet"
+    return f"Proof: {named}. Properties: " + ", ".join(f"`{p}`" for p in properties) + "."
+
+
+def _wrapped(text: str, indent: str, width: int = 116) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(indent) + len(line) + 1 + len(word) > width:
+            lines.append(indent + line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return [*lines, indent + line]
+
+
+def synced_source(source: str, function: str, proofs: tuple[str, ...]) -> str:
+    """`source` with the 'Proof: ...' paragraph of `function`'s docstring naming `proofs` (its properties kept)."""
+    node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == function)
+    lines = source.split("\n")
+    doc = node.body[0]
+    for i in range(doc.lineno - 1, doc.end_lineno):
+        if lines[i].lstrip().startswith("Proof:"):
+            end = i
+            while not lines[end].rstrip().endswith(".") or PROPERTY_LINE.search(" ".join(lines[i : end + 1])) is None:
+                end += 1
+            paragraph = " ".join(line.strip() for line in lines[i : end + 1])
+            properties = _names(PROPERTY_LINE.search(paragraph).group(1))
+            indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
+            lines[i : end + 1] = _wrapped(sentence(proofs, properties), indent)
+            return "\n".join(lines)
+    raise ValueError(f"{function}: its docstring has no 'Proof: ...' paragraph")
+
+
+def sync_docstrings(rows: list[Formula] | None = None) -> list[str]:
+    """Rewrite the 'Proof: ...' sentence of every formula whose docstring disagrees with the proofs' `justifies`
+    (after new proofs land); returns the functions changed."""
+    rows = formulas() if rows is None else rows
+    changed = []
+    for f in rows:
+        if f.proofs_named is not None and set(f.proofs_named) != set(f.proofs):
+            path = ROOT / f.path
+            path.write_text(synced_source(path.read_text(encoding="utf-8"), f.name.rsplit(".", 1)[1], f.proofs))
+            changed.append(f.name)
+    return changed
+
+
 def _link(text: str, target: str) -> str:
     return f"[{text}](../{target})"
 
@@ -232,8 +281,21 @@ def markdown(rows: list[Formula] | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dpo_ref.formulas", description=__doc__.splitlines()[0])
     parser.add_argument("--output", help="write the table here (default: print it)")
+    parser.add_argument(
+        "--sync-docstrings",
+        action="store_true",
+        help="first rewrite each formula's 'Proof: ...' sentence to name the proofs that justify it",
+    )
     args = parser.parse_args(argv)
-    for line in problems():
+    if args.sync_docstrings:
+        changed = sync_docstrings()
+        for name in changed:
+            print(f"formulas: updated the docstring of {name}", file=sys.stderr)
+        if changed:  # the modules in memory hold the old docstrings: check and write from a fresh interpreter
+            rest = ["--output", args.output] if args.output else []
+            return subprocess.run([sys.executable, "-m", "dpo_ref.formulas", *rest], cwd=ROOT).returncode
+    found = problems()
+    for line in found:
         print(f"formulas: {line}", file=sys.stderr)
     text = markdown()
     if args.output:
@@ -242,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         write_text_atomic(args.output, text)
     else:
         print(text, end="")
-    return 0
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

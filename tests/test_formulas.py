@@ -67,3 +67,23 @@ def test_a_new_proof_shows_up_and_its_function_must_name_it(rows, monkeypatch):
     assert hinge.proofs == ("family-hinge",)
     assert "[family-hinge](../proofs/family_hinge.py) ([lesson](lesson.md#family-hinge))" in F.markdown([hinge])
     assert any("family-hinge" in p for p in F.problems([hinge]))
+
+
+def test_docstring_sentences_are_in_the_form_the_sync_writes(rows):
+    """`--sync-docstrings` rewrites nothing today (every sentence is canonical), and after new proofs land it
+    rewrites only the proof names, keeping the properties and the line length."""
+    import ast
+    import inspect
+
+    for f in rows:
+        source = (F.ROOT / f.path).read_text(encoding="utf-8")
+        assert F.synced_source(source, f.name.rsplit(".", 1)[1], f.proofs) == source, f.name
+    source = (F.ROOT / "dpo_ref" / "family.py").read_text(encoding="utf-8")
+    new = F.synced_source(source, "hinge_loss", ("hinge", "shift-invariance"))
+    hinge = next(n for n in ast.parse(new).body if isinstance(n, ast.FunctionDef) and n.name == "hinge_loss")
+    doc = inspect.cleandoc(ast.get_docstring(hinge))
+    assert F._names(F.PROOF_LINE.search(doc).group(1)) == ("hinge", "shift-invariance")
+    hinge_row = next(r for r in rows if r.name == "dpo_ref.family.hinge_loss")
+    assert F._names(F.PROPERTY_LINE.search(doc).group(1)) == hinge_row.properties
+    assert max(map(len, new.splitlines())) <= 120
+    assert len(new.splitlines()) - len(source.splitlines()) in (0, 1)  # only that paragraph changed
