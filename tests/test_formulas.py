@@ -61,12 +61,12 @@ def test_a_new_proof_shows_up_and_its_function_must_name_it(rows, monkeypatch):
     """What happens when proofs/family_*.py land: the table lists the proof by itself, and the test above fails
     until the justified function's docstring names it."""
     package = F._proofs_package()
-    new = types.SimpleNamespace(name="family-hinge", justifies=("dpo_ref.family.hinge_loss",))
+    new = types.SimpleNamespace(name="new-proof", justifies=("dpo_ref.family.hinge_loss",))
     monkeypatch.setattr(package, "all_proofs", lambda real=package.all_proofs: [*real(), new])
     hinge = next(r for r in F.formulas() if r.name == "dpo_ref.family.hinge_loss")
-    assert hinge.proofs == ("family-hinge",)
-    assert "[family-hinge](../proofs/family_hinge.py) ([lesson](lesson.md#family-hinge))" in F.markdown([hinge])
-    assert any("family-hinge" in p for p in F.problems([hinge]))
+    assert hinge.proofs[-1] == "new-proof"
+    assert "[new-proof](../proofs/new_proof.py) ([lesson](lesson.md#new-proof))" in F.markdown([hinge])
+    assert any("new-proof" in p for p in F.problems([hinge]))
 
 
 def test_docstring_sentences_are_in_the_form_the_sync_writes(rows):
