@@ -10,7 +10,7 @@
 # Usage: benchmarks/gpu_check.sh [OUTDIR]   (default gpu_check_out; results in OUTDIR/*.json and *.log)
 # Needs the test and bench extras: pip install -e ".[test,bench]". Exit status: 0 all passed, 3 no GPU
 # (nothing run), otherwise the status of the first part that failed. Put the printed numbers, with the GPU
-# named, in the README ("Performance").
+# named, in docs/performance.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-gpu_check_out}"

@@ -1,6 +1,6 @@
 """`dpo-ref bench`: dpo-ref's trainer against TRL's `DPOTrainer`, side by side, plus log-prob and verify timings.
 
-What is measured (see README, "Performance"):
+What is measured (see docs/performance.md):
 
     train step   one DPO update (collate, policy forward+backward on the concatenated chosen+rejected
                  batch, reference log-probs, sigmoid loss, gradient clipping, AdamW) on the same model,
@@ -685,10 +685,18 @@ def _handler(args) -> int:
         return 1
     print(format_table(result))
     if args.json:
-        from dpo_ref.atomic import write_text_atomic
+        from dpo_ref.results import machine, write_results
 
-        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
+        write_results(args.json, {"machine": machine(), "command": _command(args), **result})
     return 0
+
+
+def _command(args) -> str:
+    """The bench's settings as the command that reproduces them (quoted in docs/performance.md)."""
+    parts = ["dpo-ref bench"]
+    for name in ("size", "steps", "warmup", "repeats", "threads", "settings"):
+        parts.append(f"--{name} {getattr(args, name)}")
+    return " ".join(parts)
 
 
 def register(subparsers) -> None:

@@ -58,11 +58,35 @@ def package_version() -> str:
         return "unknown"
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says it (or there is none to show:
+    a flag, or a default of None that the help explains in words)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or default == []
+            or not (action.option_strings or action.nargs in ("?", "*"))
+        ):
+            return text
+        shown = " ".join(str(d) for d in default) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})".lstrip()
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (`dpo-ref train: error: ...`) and exit status 2.
 
-    `--help` still prints the full usage; subcommand parsers inherit this class.
+    `--help` still prints the full usage, with every option's default; subcommand parsers inherit this class.
     """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -297,6 +298,36 @@ def _adam_bandit(pairs, loss: str, tau: float, steps: int, seeds: int, batch: in
 # ---------------------------------------------------------------------------------------------- CLI
 
 
+def _check_json(args) -> dict | None:
+    """Check `--json` before the run, not after it; returns the machine as it was before the run."""
+    if not args.json:
+        return None
+    from dpo_ref.results import check_results_path, machine
+
+    check_results_path(args.json)
+    return machine()
+
+
+def _results_json(args, results: dict, lines: list[str], started: float, before: dict | None) -> None:
+    """`--json PATH`: the experiment's results with its settings, time and machine (`docs/results/`)."""
+    if not args.json:
+        return
+    from dpo_ref.results import write_results
+
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "json", "command", "experiment")}
+    write_results(
+        args.json,
+        {
+            "experiment": args.experiment,
+            "machine": {**before, "torch": torch.__version__},
+            "settings": settings,
+            "seconds": time.perf_counter() - started,
+            "results": results,
+            "printed": lines,
+        },
+    )
+
+
 def _overfit_handler(args) -> int:
     from dpo_ref.train import check_writable_dir
 
@@ -308,6 +339,8 @@ def _overfit_handler(args) -> int:
     if args.epochs < 1:
         raise InputError(f"--epochs must be a positive integer, got {args.epochs}")
     check_writable_dir(args.out, "--out")
+    before = _check_json(args)
+    started = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
     rows = run_overfit(
         betas=args.betas,
@@ -335,23 +368,27 @@ def _overfit_handler(args) -> int:
                 "target_margin": r["target_margin"] or None,
             }
     _write_json(os.path.join(args.out, "overfit.json"), final)
-    print(
+    lines = [
         f"{'run':<10} {'pi(y_l) start':>14} {'pi(y_l) end':>12} {'h end':>8} {'h last 10':>10} "
         f"{'sigma(beta h)':>14} {'1/(2tau)':>9}"
-    )
+    ]
     for name, f in final.items():
         target = f"{f['target_margin']:.3f}" if f["target_margin"] else "-"
-        print(
+        lines.append(
             f"{name:<10} {f['p_rejected_start']:>14.3e} {f['p_rejected_end']:>12.3e} {f['margin_end']:>8.3f} "
             f"{f['margin_mean_last10']:>10.3f} "
             f"{f['sigmoid_beta_margin_end']:>14.4f} {target:>9}"
         )
+    print("\n".join(lines))
+    _results_json(args, final, lines, started, before)
     png = os.path.join(args.out, "overfit.png")
     print(f"wrote {csv_path}, overfit.json" + (", overfit.png" if _plot_overfit(rows, png) else ""))
     return 0
 
 
 def _displacement_handler(args) -> int:
+    before = _check_json(args)
+    started = time.perf_counter()
     overrides = {"steps": args.steps, "sft_steps": args.sft_steps, "eval_every": args.eval_every}
     rows = run_displacement(args.out, rpo_alpha=args.rpo_alpha, **overrides)
     csv_path = os.path.join(args.out, "displacement.csv")
@@ -369,16 +406,61 @@ def _displacement_handler(args) -> int:
             "eval_accuracy_end": evals[-1]["eval_accuracy"],
         }
     _write_json(os.path.join(args.out, "displacement.json"), summary)
-    for variant, s in summary.items():
-        print(
-            f"{variant:<22} chosen log-ratio {s['logratio_chosen_end']:+8.3f}"
-            f"  rejected {s['logratio_rejected_end']:+8.3f}"
-            f"  generation accuracy {s['generation_accuracy_start']:.3f} -> {s['generation_accuracy_end']:.3f}"
-            f"  eval/accuracy {s['eval_accuracy_end']:.3f}"
-        )
+    lines = [
+        f"{variant:<22} chosen log-ratio {s['logratio_chosen_end']:+8.3f}"
+        f"  rejected {s['logratio_rejected_end']:+8.3f}"
+        f"  generation accuracy {s['generation_accuracy_start']:.3f} -> {s['generation_accuracy_end']:.3f}"
+        f"  eval/accuracy {s['eval_accuracy_end']:.3f}"
+        for variant, s in summary.items()
+    ]
+    print("\n".join(lines))
+    _results_json(args, summary, lines, started, before)
     png = os.path.join(args.out, "displacement.png")
     print(f"wrote {csv_path}, displacement.json" + (", displacement.png" if _plot_displacement(rows, png) else ""))
     return 0
+
+
+def bandit_figure(results: list[dict]):
+    """One panel per run: the policy's mean probabilities as bars, IPO's closed form as black ticks.
+
+    Both axes are labelled; the legend sits below the panels, outside every axes, so it never covers a bar
+    (a policy near 1 fills the whole panel height). None without matplotlib.
+    """
+    plt = _pyplot()
+    if plt is None:
+        return None
+    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.4), squeeze=False)
+    for ax, r in zip(axes[0], results):
+        ax.bar(ACTIONS, [r["policy"][a] for a in ACTIONS], color="tab:blue", label="policy (mean over seeds)")
+        if r["closed_form"]:
+            ax.plot(ACTIONS, [r["closed_form"][a] for a in ACTIONS], "k_", markersize=30, label="IPO closed form")
+        ax.set(title=f"{r['dataset']} {r['loss'].upper()} tau={r['tau']:g}", ylim=(0, 1))
+        ax.set(xlabel="action", ylabel="probability")
+    handles: dict = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    labels = list(handles)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))  # leave the bottom tenth for the legend
+    fig.legend(
+        [handles[k] for k in labels],
+        labels,
+        loc="lower center",
+        ncol=len(labels),
+        fontsize=8,
+        frameon=False,
+        markerscale=0.4,
+    )
+    return fig
+
+
+def _plot_bandit(results: list[dict], path: str) -> bool:
+    fig = bandit_figure(results)
+    if fig is None:
+        return False
+    _save_figure(fig, path)
+    _pyplot().close(fig)
+    return True
 
 
 def _bandit_handler(args) -> int:
@@ -431,18 +513,8 @@ def _bandit_handler(args) -> int:
     json_path = args.json or os.path.join(args.out, "bandit.json")
     _write_json(json_path, results[0] if len(results) == 1 else results)
     written = [os.path.join(args.out, "bandit.csv"), json_path]
-    plt = _pyplot()
-    if plt is not None:
-        fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3), squeeze=False)
-        for ax, r in zip(axes[0], results):
-            ax.bar(ACTIONS, [r["policy"][a] for a in ACTIONS], color="tab:blue", label="policy")
-            if r["closed_form"]:
-                ax.plot(ACTIONS, [r["closed_form"][a] for a in ACTIONS], "k_", markersize=30, label="closed form")
-            ax.set(title=f"{r['dataset']} {r['loss'].upper()} tau={r['tau']:g}", ylim=(0, 1))
-            ax.legend(fontsize=7)
-        png = os.path.join(args.out, "bandit.png")
-        _save_figure(fig, png)
-        plt.close(fig)
+    png = os.path.join(args.out, "bandit.png")
+    if _plot_bandit(results, png):
         written.append(png)
     print("wrote " + ", ".join(written))
     return 0
@@ -450,34 +522,54 @@ def _bandit_handler(args) -> int:
 
 def register(subparsers) -> None:
     """Add `dpo-ref experiment {overfit,displacement,bandit}` to the CLI."""
-    p = subparsers.add_parser("experiment", help="experiments showing DPO's and IPO's behaviour")
+    p = subparsers.add_parser(
+        "experiment",
+        help="experiments showing DPO's and IPO's behaviour",
+        description="Experiments that reproduce DPO's and IPO's published behaviour; each writes CSV, JSON and a PNG.",
+    )
     sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     sub.required = True
 
-    o = sub.add_parser("overfit", help="one preference pair: DPO collapses pi(y_l), IPO stops at 1/(2 tau)")
-    o.add_argument("--out", default="runs/overfit")
-    o.add_argument("--betas", type=float, nargs="+", default=[0.1, 0.5])
-    o.add_argument("--taus", type=float, nargs="+", default=[0.05, 0.1])
-    o.add_argument("--epochs", type=int, default=100)
+    o = sub.add_parser(
+        "overfit",
+        help="one preference pair: DPO collapses pi(y_l), IPO stops at 1/(2 tau)",
+        description="One preference pair, the tiny Llama, SGD: DPO drives pi(y_l) to 0, IPO stops at margin 1/(2 tau).",
+    )
+    o.add_argument("--out", default="runs/overfit", help="output directory")
+    o.add_argument("--betas", type=float, nargs="+", default=[0.1, 0.5], help="DPO betas, one run each")
+    o.add_argument("--taus", type=float, nargs="+", default=[0.05, 0.1], help="IPO taus, one run each")
+    o.add_argument("--epochs", type=int, default=100, help="SGD steps on the one pair")
     o.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
     o.add_argument("--max-grad-norm", type=float, default=0.3, help="gradient-norm clipping")
-    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--seed", type=int, default=0, help="seed of the tiny model's weights")
+    o.add_argument("--json", metavar="PATH", help="also write the results with their settings and machine as JSON")
     o.set_defaults(func=_overfit_handler)
 
-    d = sub.add_parser("displacement", help="plain DPO vs DPO + chosen NLL on the built-in task")
-    d.add_argument("--out", default="runs/displacement")
+    d = sub.add_parser(
+        "displacement",
+        help="plain DPO vs DPO + chosen NLL on the built-in task",
+        description="The built-in task trained twice, plain DPO and DPO + chosen NLL: likelihood displacement.",
+    )
+    d.add_argument("--out", default="runs/displacement", help="output directory")
     d.add_argument("--rpo-alpha", type=float, default=None, help="NLL weight of the second run (default: train's)")
-    d.add_argument("--steps", type=int, default=150)
-    d.add_argument("--sft-steps", type=int, default=600)
-    d.add_argument("--eval-every", type=int, default=25)
+    d.add_argument("--steps", type=int, default=150, help="DPO updates per run")
+    d.add_argument("--sft-steps", type=int, default=600, help="SFT warm-up updates (shared by both runs)")
+    d.add_argument("--eval-every", type=int, default=25, help="evaluate every N updates")
+    d.add_argument("--json", metavar="PATH", help="also write the results with their settings and machine as JSON")
     d.set_defaults(func=_displacement_handler)
 
-    b = sub.add_parser("bandit", help="Azar et al. 2023 section 5.4: three-action bandit, DPO vs IPO")
-    b.add_argument("--out", default="runs/bandit")
-    b.add_argument("--datasets", nargs="+", choices=sorted(BANDIT_DATASETS), default=["D1", "D3"])
-    b.add_argument("--losses", nargs="+", choices=("dpo", "ipo"), default=["dpo", "ipo"])
+    b = sub.add_parser(
+        "bandit",
+        help="Azar et al. 2023 section 5.4: three-action bandit, DPO vs IPO",
+        description="The IPO paper's three-action bandit (Azar et al. 2023, section 5.4): DPO, IPO, closed form.",
+    )
+    b.add_argument("--out", default="runs/bandit", help="output directory")
+    b.add_argument(
+        "--datasets", nargs="+", choices=sorted(BANDIT_DATASETS), default=["D1", "D3"], help="preference datasets"
+    )
+    b.add_argument("--losses", nargs="+", choices=("dpo", "ipo"), default=["dpo", "ipo"], help="losses to run")
     b.add_argument("--tau", type=float, default=0.1, help="IPO tau (and DPO beta)")
-    b.add_argument("--steps", type=int, default=18_000)
-    b.add_argument("--seeds", type=int, default=10)
-    b.add_argument("--json", help="write the JSON result here (default OUT/bandit.json)")
+    b.add_argument("--steps", type=int, default=18_000, help="Adam steps per seed")
+    b.add_argument("--seeds", type=int, default=10, help="seeds averaged")
+    b.add_argument("--json", metavar="PATH", help="write the JSON result here (default OUT/bandit.json)")
     b.set_defaults(func=_bandit_handler)

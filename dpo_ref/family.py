@@ -70,12 +70,18 @@ def _lengths(chosen_lengths, rejected_lengths, like: torch.Tensor, validate: boo
 
 
 def logratios(pc, pr, rc, rr) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r_w, r_l) = (log pi(y_w) - log pi_ref(y_w), log pi(y_l) - log pi_ref(y_l))."""
+    """(r_w, r_l) = (log pi(y_w) - log pi_ref(y_w), log pi(y_l) - log pi_ref(y_l)).
+
+    Proof: none yet. Properties: `family_properties.check_values`.
+    """
     return pc - rc, pr - rr
 
 
 def normalised_margin(pc, pr, rc, rr, chosen_lengths, rejected_lengths) -> torch.Tensor:
-    """h_bar = r_w / n_w - r_l / n_l: the margin of the per-token average log-ratios."""
+    """h_bar = r_w / n_w - r_l / n_l: the margin of the per-token average log-ratios.
+
+    Proof: none yet. Properties: `family_properties.check_values`, `family_properties.check_shift`.
+    """
     r_w, r_l = logratios(pc, pr, rc, rr)
     return r_w / chosen_lengths - r_l / rejected_lengths
 
@@ -90,6 +96,9 @@ def hinge_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -> P
 
     1/beta is the margin: loss and gradient are exactly zero once beta h >= 1. TRL: dpo_trainer.py:1390-1391.
     Rewards: beta r_w, beta r_l.
+
+    Proof: `hinge`. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
+    `family_properties.check_hinge_margin`.
     """
     beta = check_positive_scalar(beta, "beta")
     pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
@@ -107,6 +116,9 @@ def ipo_norm_loss(
     The paper's IPO uses the sequence margin h (`dpo_ref.losses.ipo_loss`); TRL divides each log-ratio by
     the completion's token count (dpo_trainer.py:1393-1404, citing the authors). Minimiser h_bar* = 1/(2 tau).
     Rewards: tau r_w / n_w, tau r_l / n_l.
+
+    Proof: `ipo-noise`. Properties: `family_properties.check_values`, `family_properties.check_optimum`,
+    `family_properties.check_noisy_ipo_optimum`.
     """
     tau = check_positive_scalar(tau, "tau")
     pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
@@ -124,6 +136,9 @@ def exo_pair_loss(pc, pr, rc, rr, *, beta: float = 0.1, label_smoothing: float =
 
     eps in (0, 0.5) (the paper recommends 1e-3). L >= 0, with equality exactly at sigma(beta h*) = 1 - eps,
     the same fixed point as cDPO; L <= -log eps. TRL: dpo_trainer.py:1406-1417. Rewards: beta r_w, beta r_l.
+
+    Proof: `exo-cdpo`. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
+    `family_properties.check_optimum`, `family_properties.check_bounds`.
     """
     beta = check_positive_scalar(beta, "beta")
     eps = check_probability(label_smoothing, "label_smoothing", low_inclusive=False)
@@ -144,6 +159,9 @@ def robust_loss(pc, pr, rc, rr, *, beta: float = 0.1, label_smoothing: float = 0
     falls strictly in h and, for eps > 0, without bound (no finite minimiser). eps in [0, 0.5); eps = 0
     is DPO. Not cDPO (`dpo_ref.losses.dpo_loss` with label_smoothing), which *adds* eps l(-h).
     TRL: dpo_trainer.py:1428-1431 (`loss_type="robust"`). Rewards: beta r_w, beta r_l.
+
+    Proof: `robust-dpo`. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
+    `family_properties.check_robust_unbiased`.
     """
     beta = check_positive_scalar(beta, "beta")
     eps = check_probability(label_smoothing, "label_smoothing")
@@ -161,6 +179,9 @@ def discopop_loss(pc, pr, rc, rr, *, beta: float = 0.1, tau: float = 0.05, valid
     tau > 0 (the paper uses 0.05). The second term is evaluated as exp(log sigma(rho/tau) - rho), which
     stays finite where sigma(rho/tau) underflows to 0 and exp(-rho) overflows (0 * inf would be NaN);
     TRL multiplies the two factors (dpo_trainer.py:1483-1493). Rewards: beta r_w, beta r_l.
+
+    Proof: none yet. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
+    `family_properties.check_finite`.
     """
     beta = check_positive_scalar(beta, "beta")
     tau = check_positive_scalar(tau, "tau")
@@ -175,6 +196,9 @@ def sigmoid_norm_loss(pc, pr, rc, rr, *, chosen_lengths, rejected_lengths, beta:
 
     TRL's `loss_type="sigmoid_norm"` (dpo_trainer.py:1504-1510; TRL cites no paper, the form is Tulu 3's
     length-normalised DPO). Rewards: beta r_w / n_w, beta r_l / n_l.
+
+    Proof: none yet. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
+    `family_properties.check_shift`.
     """
     beta = check_positive_scalar(beta, "beta")
     pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
@@ -193,6 +217,9 @@ def simpo_loss(
 
     The reference log-probs are accepted (and validated) for a uniform signature but do not enter.
     beta > 0, target reward margin gamma >= 0. Rewards: beta log pi(y)/n (the paper's Eq. 4).
+
+    Proof: none yet. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
+    `family_properties.check_shift`.
     """
     beta = check_positive_scalar(beta, "beta")
     gamma = check_finite_scalar(gamma, "gamma", nonnegative=True)
@@ -214,6 +241,9 @@ def nca_pair_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -
     Each log-ratio is scored on its own, so adding f(x) to both policy log-probs changes L. The chosen
     term is stationary at sigma(beta r_w) = 2/3, i.e. r_w* = ln 2 / beta; the rejected term falls as
     r_l -> -inf. TRL: dpo_trainer.py:1419-1426. Rewards: beta r_w, beta r_l.
+
+    Proof: `shift-invariance`, `bounded-losses`. Properties: `family_properties.check_values`,
+    `family_properties.check_optimum`, `family_properties.check_not_invariant`.
     """
     beta = check_positive_scalar(beta, "beta")
     pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
@@ -230,6 +260,9 @@ def bco_pair_loss(pc, pr, rc, rr, *, beta: float = 0.1, delta: float = 0.0, vali
     delta is the paper's reward shift, a running mean of the rewards beta r over past batches, kept by the
     caller and passed in (it is a constant for the gradient). TRL 1.16 sets delta = 0: dpo_trainer.py:1433-1436
     has no running mean. Rewards: beta r_w, beta r_l.
+
+    Proof: `shift-invariance`. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
+    `family_properties.check_not_invariant`.
     """
     beta = check_positive_scalar(beta, "beta")
     delta = check_finite_scalar(delta, "delta")
@@ -246,6 +279,9 @@ def sppo_hard_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) 
 
     minimised exactly at r_w = 1/(2 beta), r_l = -1/(2 beta). TRL: dpo_trainer.py:1438-1445.
     Rewards: beta r_w, beta r_l (so the optimum has rewards +-1/2).
+
+    Proof: `sppo-hard`. Properties: `family_properties.check_values`, `family_properties.check_optimum`,
+    `family_properties.check_not_invariant`.
     """
     beta = check_positive_scalar(beta, "beta")
     pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
@@ -261,6 +297,9 @@ def apo_zero_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -
         L = 1 - sigma(beta r_w) + sigma(beta r_l),   0 < L < 2
 
     TRL: dpo_trainer.py:1467-1473 (the paper's form plus the constant 1). Rewards: beta r_w, beta r_l.
+
+    Proof: `shift-invariance`, `bounded-losses`. Properties: `family_properties.check_values`,
+    `family_properties.check_bounds`, `family_properties.check_not_invariant`.
     """
     beta = check_positive_scalar(beta, "beta")
     pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
@@ -275,6 +314,9 @@ def apo_down_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -
         L = sigma(beta r_w) + 1 - sigma(beta h),   0 < L < 2
 
     TRL: dpo_trainer.py:1475-1481. Rewards: beta r_w, beta r_l.
+
+    Proof: `shift-invariance`, `bounded-losses`. Properties: `family_properties.check_values`,
+    `family_properties.check_bounds`, `family_properties.check_not_invariant`.
     """
     beta = check_positive_scalar(beta, "beta")
     pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
@@ -295,6 +337,8 @@ def aot_loss(pc, pr, rc, rr, *, beta: float = 0.1, label_smoothing: float = 0.0,
     One loss per quantile i (not per example); permuting the batch leaves them unchanged. eps in [0, 0.5)
     (TRL applies `label_smoothing` here although its documentation names only robust and EXO).
     TRL: dpo_trainer.py:1447-1456. Rewards: beta r_w, beta r_l per example.
+
+    Proof: none yet. Properties: `family_properties.check_values`, `family_properties.check_batch_structure`.
     """
     beta = check_positive_scalar(beta, "beta")
     eps = check_probability(label_smoothing, "label_smoothing")
@@ -311,6 +355,9 @@ def aot_unpaired_loss(pc, pr, rc, rr, *, beta: float = 0.1, label_smoothing: flo
 
     One loss per quantile. Adding f(x) to both policy log-probs changes the sorted pairing unless f is the
     same for the whole batch. TRL: dpo_trainer.py:1458-1465. Rewards: beta r_w, beta r_l per example.
+
+    Proof: none yet. Properties: `family_properties.check_values`, `family_properties.check_batch_structure`,
+    `family_properties.check_shift`.
     """
     beta = check_positive_scalar(beta, "beta")
     eps = check_probability(label_smoothing, "label_smoothing")
@@ -329,6 +376,8 @@ def sft_loss(pc, pr, rc, rr, *, chosen_lengths, rejected_lengths=None, validate:
     the batch and copies that scalar to every row; these per-example shares have the same mean and the
     same gradient. Neither the rejected completion nor the reference enters (`rejected_lengths` unused).
     No implicit reward: the policy sequence log-probs are returned in its place.
+
+    Proof: none yet. Properties: `family_properties.check_values`, `family_properties.check_gradients`.
     """
     pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
     if chosen_lengths is None:

@@ -141,6 +141,8 @@ def token_logps(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     The memory-bounded kernel of `sequence_logps`, for callers that already selected the scored
     positions (e.g. applying the output layer only where labels are scored). No validation.
+
+    Proof: none yet. Properties: `properties.check_logps_values`, `properties.check_logps_gradients`.
     """
     return _ShiftedTokenLogps.apply(logits.unsqueeze(0), target.unsqueeze(0)).squeeze(0)  # S = T: no shift
 
@@ -166,6 +168,9 @@ def sequence_logps(
     A row with nothing to score gives 0 when summing (the empty sum) and raises `ValueError` naming
     the row when averaging (a mean over zero tokens is undefined). Labels outside [0, V) other than
     `ignore_index` raise `ValueError`.
+
+    Proof: `dpo-loss`. Properties: `properties.check_logps_values`, `properties.check_logps_padding`,
+    `properties.check_logps_gradients`, `test_proofs_linked.check_sequence_logps`.
     """
     if validate:
         check_logits_labels(logits, labels)

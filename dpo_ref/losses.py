@@ -154,6 +154,9 @@ def preference_margin(
 
     Grouped as a difference of log-ratios: each log-ratio is small when pi is near pi_ref even if the
     log-probs themselves are large, so this order loses the least precision.
+
+    Proof: `reward-reparam`, `bt-cancellation`, `reward-equivalence`, `dpo-theorem-1`, `dpo-loss`,
+    `shift-invariance`. Properties: `properties.check_z_cancellation`, `properties.check_values`.
     """
     return (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
 
@@ -166,6 +169,10 @@ def dpo_losses_from_margin(margin: torch.Tensor, beta: float, label_smoothing: f
     eps = 0 is DPO (Rafailov et al. 2023, Eq. 7); eps > 0 is conservative DPO (labels flipped with
     probability eps). `logsigmoid` is evaluated stably (never log(sigmoid(x)), which is -inf in float32
     once beta*h < -104).
+
+    Proof: `bt-cancellation`, `dpo-loss`, `dpo-gradient`, `init-ln2`, `deterministic-preference`, `cdpo`,
+    `exo-cdpo`. Properties: `properties.check_values`, `properties.check_gradients`, `properties.check_init`,
+    `properties.check_optimum`.
     """
     logits = beta * margin
     losses = -F.logsigmoid(logits)
@@ -175,12 +182,18 @@ def dpo_losses_from_margin(margin: torch.Tensor, beta: float, label_smoothing: f
 
 
 def ipo_losses_from_margin(margin: torch.Tensor, tau: float) -> torch.Tensor:
-    """IPO per-example loss from the margin h: L = (h - 1/(2 tau))^2 (Azar et al. 2023, Eq. 17)."""
+    """IPO per-example loss from the margin h: L = (h - 1/(2 tau))^2 (Azar et al. 2023, Eq. 17).
+
+    Proof: `ipo`, `ipo-psi`, `ipo-noise`. Properties: `properties.check_values`, `properties.check_optimum`.
+    """
     return (margin - ipo_target_margin(tau)) ** 2
 
 
 def ipo_target_margin(tau: float) -> float:
-    """IPO's per-pair target margin 1/(2 tau): the minimiser of (h - 1/(2 tau))^2 (Azar et al. 2023, Eq. 17)."""
+    """IPO's per-pair target margin 1/(2 tau): the minimiser of (h - 1/(2 tau))^2 (Azar et al. 2023, Eq. 17).
+
+    Proof: `ipo`. Properties: `properties.check_optimum`.
+    """
     return 1.0 / (2.0 * tau)
 
 
@@ -219,6 +232,10 @@ def dpo_loss(
     Returns `PreferenceLoss(losses, chosen_rewards, rejected_rewards)`, each `(B,)`; the rewards are
     beta * (log pi - log pi_ref), detached. Dtype: see the module docstring. Bad input raises
     `ValueError` (or `TypeError` for a wrong type) naming the argument.
+
+    Proof: `optimal-policy`, `reward-reparam`, `reward-equivalence`, `dpo-theorem-1`, `dpo-loss`, `dpo-gradient`,
+    `init-ln2`, `implicit-reward-kl`, `cdpo`. Properties: `properties.check_values`, `properties.check_gradients`,
+    `properties.check_init`, `properties.check_z_cancellation`, `properties.check_optimum`.
     """
     beta = check_positive_scalar(beta, "beta")
     label_smoothing = check_label_smoothing(label_smoothing)
@@ -247,6 +264,9 @@ def ipo_loss(
     per-pair minimiser is h* = 1/(2 tau). The rewards are tau * (log pi - log pi_ref), detached (the
     same scaling TRL reports, with its beta standing for tau). Bad input raises `ValueError`/`TypeError`
     naming the argument.
+
+    Proof: `ipo`, `ipo-psi`. Properties: `properties.check_values`, `properties.check_gradients`,
+    `properties.check_optimum`.
     """
     tau = check_positive_scalar(tau, "tau")
     pc, pr, rc, rr = _prepare(

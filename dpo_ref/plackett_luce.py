@@ -17,7 +17,12 @@ from dpo_ref.losses import check_positive_scalar
 
 
 def plackett_luce_losses(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
-    """Per-example Plackett-Luce DPO loss `(B,)` from log-probs `(B, K)` of the K >= 2 responses, best first."""
+    """Per-example Plackett-Luce DPO loss `(B,)` from log-probs `(B, K)` of the K >= 2 responses, best first.
+
+        L = -sum_{k=1}^{K} [ u_k - log sum_{j=k}^{K} e^{u_j} ],   u_k = beta (log pi(y_k|x) - log pi_ref(y_k|x))
+
+    Proof: `plackett-luce`. Properties: `test_proofs_linked.check_plackett_luce`.
+    """
     beta = check_positive_scalar(beta, "beta")
     for t, name in ((policy_logps, "policy_logps"), (reference_logps, "reference_logps")):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():

@@ -92,5 +92,13 @@ def pytest_collection_modifyitems(session, config, items) -> None:
         )
     except InputError as err:
         raise pytest.UsageError(f"dpo-ref: {err}") from None
-    for check in checks:
-        items.append(DpoCheckItem.from_parent(session, name=f"dpo-ref::{check.name}", check=check))
+    # nodeid "dpo-ref::values" (not "::dpo-ref::values"): the progress line then names "dpo-ref", not "."
+    added = [
+        DpoCheckItem.from_parent(session, name=f"dpo-ref::{check.name}", nodeid=f"dpo-ref::{check.name}", check=check)
+        for check in checks
+    ]
+    items.extend(added)
+    # Items added here bypass collection, so the terminal's header would say "collected 0 items" (or count
+    # only the files' tests): report them as collected, as a collector would.
+    report = pytest.CollectReport("dpo-ref", "passed", None, added)
+    config.hook.pytest_collectreport(report=report)

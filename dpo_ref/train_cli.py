@@ -108,14 +108,54 @@ def _handler(args) -> int:
     from dpo_ref.train import train
 
     cfg = config_from_args(args)
+    if args.json:  # checked before the run, not after it
+        from dpo_ref.results import check_results_path, machine
+
+        check_results_path(args.json)
+        before = machine()  # the load average before the run: what else was running
     try:
         summary = train(cfg)
     except FloatingPointError as err:  # not a usage error (exit 2): the run itself failed
         print(f"dpo-ref train: {err}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
-        print("\n".join(_summary_lines(summary["config"], summary)))
+        lines = _summary_lines(summary["config"], summary)
+        print("\n".join(lines))
+        if args.json:
+            _write_results(args.json, cfg, summary, lines, before)
     return 0
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _write_results(path: str, cfg: TrainConfig, summary: dict, lines: list[str], before: dict) -> None:
+    """The run as a results file (`docs/results/train.json`): settings, timings, first and last metrics."""
+    from dataclasses import asdict
+
+    from dpo_ref.results import write_results
+
+    history = summary["history"]
+    logged = [r for r in history if "loss" in r]
+    evals = [r for r in history if "eval/accuracy" in r]
+    write_results(
+        path,
+        {
+            "machine": {**before, "torch": torch_version()},
+            "settings": asdict(cfg),
+            "seconds": summary["seconds"],
+            "train_pairs": summary["train_pairs"],
+            "eval_pairs": summary["eval_pairs"],
+            "first_logged": logged[0] if logged else None,
+            "last_logged": logged[-1] if logged else None,
+            "first_eval": evals[0] if evals else None,
+            "last_eval": evals[-1] if evals else None,
+            "printed": lines,
+        },
+    )
 
 
 def register(subparsers) -> None:
@@ -124,7 +164,13 @@ def register(subparsers) -> None:
         "train",
         help="DPO / cDPO / IPO training (default: a tiny Llama on the built-in reversal task)",
         description="Preference training of a Hugging Face causal LM. With no arguments: a tiny Llama "
-        "on the built-in string-reversal task, SFT warm-up then DPO, in about 30 seconds on a CPU.",
+        "on the built-in string-reversal task, SFT warm-up then DPO, in under a minute on a CPU.",
     )
     add_config_options(p)
+    p.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="also write the run's settings, timings, first and last metrics and printed summary as JSON",
+    )
     p.set_defaults(func=_handler)

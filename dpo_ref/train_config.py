@@ -2,7 +2,7 @@
 
 The CLI's options are generated from this dataclass (`dpo_ref.train_cli`): one field, one option, its
 `help` metadata the help text. Settings whose default depends on the model are `None` here and filled by
-`check_config`: the built-in tiny model gets the recipe that meets the README's numbers on the built-in
+`check_config`: the built-in tiny model gets the recipe that meets docs/train.md's numbers on the built-in
 task; a user's `--model` gets the defaults a pretrained model wants (no warm-up, no NLL term, TRL's lr).
 `check_config` is pure: it validates every setting without touching the disk, so a bad setting is
 refused before anything of a previous run is changed.
@@ -22,7 +22,7 @@ FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: AdamW mul
 
 # the defaults that depend on the model: (built-in tiny model, a user's --model)
 RECIPES = {
-    # tuned on the built-in reversal task (README, "Train"): a from-scratch model needs a warm-up
+    # tuned on the built-in reversal task (docs/train.md): a from-scratch model needs a warm-up
     "builtin": dict(lr=5e-4, sft_steps=600, sft_lr=3e-3, rpo_alpha=2.0),
     # a pretrained model: TRL's DPOConfig learning rate, no warm-up and no NLL term unless asked for
     "model": dict(lr=1e-6, sft_steps=0, sft_lr=1e-5, rpo_alpha=0.0),

@@ -53,7 +53,7 @@ PROOF = Proof(
         "的正则化系数（相当于 DPO 中的 $\\beta$）。目标是有限的，所以与 DPO 不同（见上一个证明），"
         "确定性偏好也有有限的最优点，并且由 $\\tau$ 控制策略偏离参考策略的程度。",
     ),
-    justifies=("dpo_ref.losses.ipo_losses_from_margin", "dpo_ref.losses.ipo_loss"),
+    justifies=("dpo_ref.losses.ipo_losses_from_margin", "dpo_ref.losses.ipo_loss", "dpo_ref.losses.ipo_target_margin"),
     steps=[
         Step(
             Text("The empirical loss of one observed pair", "单个观测样本对的经验损失"),

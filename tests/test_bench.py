@@ -195,7 +195,7 @@ def test_table_says_when_the_logits_are_too_small_for_the_log_prob_ratios():
 
     from dpo_ref.bench import SMALL_LOGITS_MB, format_table
 
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "bench-cpu.json")
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "results", "bench.json")
     with open(path) as f:
         result = json.load(f)
     assert result["logps"]["detail"]["logits_mb"] >= SMALL_LOGITS_MB

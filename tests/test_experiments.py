@@ -103,6 +103,18 @@ def test_overfit_cli_writes_csv_json_and_png(tmp_path, capsys):
     assert err == ["dpo-ref experiment overfit: 1/2, dpo 0.1", "dpo-ref experiment overfit: 2/2, ipo 0.1"]
 
 
+def test_overfit_json_results_file_holds_what_it_printed(tmp_path, capsys):
+    args = ["experiment", "overfit", "--out", str(tmp_path / "o"), "--epochs", "2", "--betas", "0.1", "--taus", "0.1"]
+    assert main([*args, "--json", str(tmp_path)]) == 2  # a directory: refused before the run
+    assert not (tmp_path / "o").exists()
+    capsys.readouterr()
+    assert main([*args, "--json", str(tmp_path / "overfit.json")]) == 0
+    result = json.loads((tmp_path / "overfit.json").read_text())
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[: len(result["printed"])] == result["printed"] and set(result["results"]) == {"dpo_0.1", "ipo_0.1"}
+    assert result["settings"]["epochs"] == 2 and result["machine"]["cpu_count"]
+
+
 @pytest.mark.slow
 def test_displacement_cli_writes_both_variants(tmp_path, capsys):
     args = ["experiment", "displacement", "--out", str(tmp_path), "--steps", "4", "--sft-steps", "5"]
@@ -120,3 +132,27 @@ def test_displacement_cli_writes_both_variants(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "dpo-ref experiment displacement: run 1/2, dpo" and "dpo-ref train: sft warm-up (5 steps)" in err
     assert main(args) == 0  # a rerun replaces the experiment's own run directories
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib (the plot extra) is not installed")
+def test_bandit_plot_has_labelled_axes_and_a_legend_that_covers_no_panel():
+    """A policy near 1 fills a panel's height, so a legend inside any panel would cover its bar."""
+    from dpo_ref.experiments import bandit_figure
+
+    results = [
+        {"dataset": d, "loss": loss, "tau": 0.1, "policy": {"a": 0.97, "b": 0.02, "c": 0.01},
+         "closed_form": {"a": 0.96, "b": 0.03, "c": 0.01} if loss == "ipo" else None}
+        for d in ("D1", "D3") for loss in ("dpo", "ipo")
+    ]  # fmt: skip
+    fig = bandit_figure(results)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert len(legends) == 1 and [t.get_text() for t in legends[0].get_texts()] == [
+        "policy (mean over seeds)",
+        "IPO closed form",
+    ]
+    box = legends[0].get_window_extent(renderer)
+    for ax in fig.axes:
+        assert ax.get_xlabel() == "action" and ax.get_ylabel() == "probability"
+        assert not box.overlaps(ax.get_window_extent(renderer)), ax.get_title()

@@ -217,6 +217,13 @@ def test_xfail_turns_a_known_failure_into_xfailed():
     assert report.passed
 
 
+def test_checks_and_xfail_accept_a_single_name():
+    """`checks="values"` is one check, not the checks "v", "a", "l", ... (which would be a usage error)."""
+    report = verify(target("broken_loss.py", "no_reference"), checks="values", xfail="values", max_examples=5)
+    assert [c.name for c in report.checks if c.name != "call"] == ["values"]
+    assert report["values"].status == XFAILED and report.passed
+
+
 def test_call_failure_skips_the_rest():
     report = verify(target("broken_loss.py", "raises_always"), max_examples=5)
     assert report["call"].status == FAILED

@@ -51,6 +51,9 @@ def test_plugin_target_passes(pytester):
     assert result.ret == 0
     outcomes = result.parseoutcomes()
     assert outcomes["passed"] >= 12 and "failed" not in outcomes
+    # the header counts the checks it is about to run (it said "collected 0 items" before they ran)
+    ran = sum(outcomes.get(k, 0) for k in ("passed", "skipped", "failed", "xfailed"))
+    result.stdout.fnmatch_lines([f"collected {ran} items"])
 
 
 def test_plugin_target_fails_with_reproduction_and_xfail_file(pytester, tmp_path):
@@ -110,3 +113,13 @@ def test_plugin_advice_is_a_warning_and_strict_makes_it_a_failure(pytester):
     strict = _run(pytester, *args, "--dpo-strict")
     assert strict.ret == 1
     strict.stdout.fnmatch_lines(["*dpo-ref::logps_neg_inf_unscored*"])
+
+
+def test_decorator_xfail_takes_a_single_name():
+    """`xfail="values"` is one check, not the unknown checks "v", "a", "l", ..."""
+    from dpo_ref.oracle.pytest_support import checks_for
+
+    target = f"{TARGETS / 'broken_loss.py'}:no_reference"
+    checks = {c.name: c for c in checks_for(target, xfail="values", max_examples=5)}
+    with pytest.raises(pytest.xfail.Exception):
+        checks["values"]()

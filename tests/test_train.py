@@ -342,6 +342,21 @@ def test_every_config_field_is_an_option_with_its_help_and_default(capsys):
     assert "(default 150)" in text and "(default 600 for the built-in tiny model, 0 with --model)" in text
 
 
+def test_json_results_file_holds_the_printed_summary_and_its_machine(data, tmp_path, capsys):
+    from dpo_ref.cli import main
+
+    args = ["train", "--data", data[0], "--eval-data", data[1], "--out", str(tmp_path / "run"), "--steps", "2"]
+    args += ["--sft-steps", "0", "--batch-size", "4", "--no-progress"]
+    assert main([*args, "--json", str(tmp_path)]) == 2  # a directory: refused before anything runs
+    assert "directory" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    assert main([*args, "--json", str(tmp_path / "train.json")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    result = json.loads((tmp_path / "train.json").read_text())
+    assert result["printed"] == printed and result["settings"]["steps"] == 2
+    assert result["first_logged"]["step"] == 0 and result["last_eval"]["step"] == 2
+    assert result["machine"]["cpu_count"] and result["machine"]["torch"] == torch.__version__
+
+
 def test_version(capsys):
     from dpo_ref import __version__
     from dpo_ref.cli import main

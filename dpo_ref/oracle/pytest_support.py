@@ -63,12 +63,14 @@ def checks_for(
     level: str | None = None,
     variant: str = "dpo",
     *,
-    xfail: Iterable[str] = (),
+    xfail: Iterable[str] | str = (),
     **verify_kwargs,
 ) -> list[DpoCheck]:
     """One `DpoCheck` per check the oracle runs on `fn` at `level`, each running only its own check."""
     from dpo_ref.oracle.api import check_names, verify
     from dpo_ref.oracle.targets import ADAPTERS
+
+    xfail = [xfail] if isinstance(xfail, str) else list(xfail)  # one name, not its characters
 
     if isinstance(fn, str) and fn in ADAPTERS:
         report_cache: dict = {}
@@ -106,7 +108,7 @@ def parametrize_with_dpo_checks(fn: Callable | str, level: str | None = None, va
     """`pytest.mark.parametrize("dpo_check", ...)` with one test per conformance check of `fn`.
 
     Takes the arguments of `dpo_ref.verify` (level, variant, beta, label_smoothing, average,
-    max_examples) and `xfail`, a list of check names expected to fail.
+    max_examples) and `xfail`, the check names expected to fail (a list, or one name as a string).
     """
     checks = checks_for(fn, level, variant, **kwargs)
     return pytest.mark.parametrize("dpo_check", checks, ids=[c.name for c in checks])

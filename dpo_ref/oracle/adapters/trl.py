@@ -39,7 +39,8 @@ GRAD_RTOL = 1e-4
 def import_trl():
     """The `trl` module, or `InputError` with one line saying why it cannot be imported."""
     try:
-        with warnings.catch_warnings():
+        # DPOTrainer's imports pull in torchao, which logs a version warning about torch on import
+        with warnings.catch_warnings(), _quiet_logs():
             warnings.simplefilter("ignore")
             import trl
             from trl import DPOConfig, DPOTrainer  # noqa: F401
@@ -109,7 +110,7 @@ def build(variant: str = "dpo", beta: float = 0.1, label_smoothing: float = 0.0,
 
 @contextlib.contextmanager
 def _quiet_logs():
-    loggers = [logging.getLogger(n) for n in ("trl", "transformers", "datasets", "accelerate")]
+    loggers = [logging.getLogger(n) for n in ("trl", "transformers", "datasets", "accelerate", "torchao")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
