@@ -10,7 +10,7 @@ Tiers:
 
 Profiles (pick with `--hypothesis-profile=NAME`):
   ci        fast and deterministic; loaded automatically when the CI environment variable is set
-  dev       the default on a developer machine: more examples, random seeds
+  dev       the default on a developer machine: random seeds, 50 examples
   thorough  at least 1000 examples per property
 No profile has a deadline: timings under pytest-xdist on 2 cores are not a correctness signal.
 """
@@ -26,7 +26,7 @@ _common = dict(
     deadline=None, report_multiple_bugs=False, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 settings.register_profile("ci", max_examples=30, derandomize=True, print_blob=True, **_common)
-settings.register_profile("dev", max_examples=100, print_blob=True, **_common)
+settings.register_profile("dev", max_examples=50, print_blob=True, **_common)
 settings.register_profile("thorough", max_examples=1000, print_blob=True, **_common)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 

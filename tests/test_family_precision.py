@@ -81,6 +81,7 @@ SUBTLY_WRONG = {
 }
 
 
+@pytest.mark.usefixtures("unshrunk_in_quick_tier")
 @pytest.mark.parametrize("variant", sorted(SUBTLY_WRONG))
 def test_a_wrong_constant_fails_with_and_without_strict(variant):
     for strict in (False, True):

@@ -263,7 +263,12 @@ def isolate_targets(tmp_path_factory):
 @pytest.mark.parametrize(
     "name, timeout, message",
     [
-        ("hangs", "5", r"did not finish within 5 s \(a hang\?\); the child process was killed"),
+        pytest.param(
+            "hangs",
+            "5",
+            r"did not finish within 5 s \(a hang\?\); the child process was killed",
+            marks=pytest.mark.slow,
+        ),
         ("exits", None, r"ended the interpreter before the checks finished \(exit status 1\)"),
         ("kills_the_interpreter", None, r"ended the interpreter before the checks finished \(killed by signal SIGKILL"),
     ],

@@ -95,6 +95,7 @@ def test_usage_errors_exit_2_with_one_line(capsys, args, words):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_real_process_exit_codes_and_no_traceback():
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     run = [sys.executable, "-m", "dpo_ref", "verify"]

@@ -45,6 +45,7 @@ def test_independent_implementation_conforms(variant):
     assert report.passed, report.to_text()
 
 
+@pytest.mark.usefixtures("unshrunk_in_quick_tier")
 @pytest.mark.parametrize("variant", sorted(FAMILY_VARIANTS))
 def test_broken_implementation_rejected_with_its_diagnosis(variant):
     fn, name = BROKEN[variant]

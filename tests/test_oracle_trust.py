@@ -66,12 +66,14 @@ def test_softplus_threshold_passes_by_default_on_any_draw():
         assert verify(f"{CORPUS}/loss_correct.py:softplus_default", max_examples=examples).passed
 
 
+@pytest.mark.usefixtures("unshrunk_in_quick_tier")
 def test_half_precision_margin_is_rejected_and_named():
     report = verify(f"{CORPUS}/loss_broken.py:half_precision_margin", max_examples=FEW, fail_fast=True)
     assert not report.passed
     assert [d.split(":", 1)[0] for d in report.diagnosis] == ["half-precision"], report.diagnosis
 
 
+@pytest.mark.usefixtures("unshrunk_in_quick_tier")
 def test_a_shifted_margin_is_not_called_half_precision():
     """A mistake of another kind (here each margin minus the batch mean) is outside the half-precision band,
     however large the inputs: the band is the rounding of half-rounded log-probs, not a loose tolerance."""
@@ -99,6 +101,7 @@ def test_undetached_rewards_are_advice_and_fail_only_under_strict():
     assert not verify(f"{CORPUS}/loss_broken.py:rewards_not_detached", max_examples=FEW, strict=True).passed
 
 
+@pytest.mark.usefixtures("unshrunk_in_quick_tier")
 def test_wrong_rewards_fail_and_say_what_they_are():
     report = verify(f"{CORPUS}/loss_broken.py:rewards_without_beta", max_examples=FEW)
     assert report["rewards"].status == FAILED
@@ -183,6 +186,7 @@ def test_shape_adapter_failures_are_diagnosed():
 # --- a diagnosis for any target, from the CLI too --------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("unshrunk_in_quick_tier")
 def test_a_file_target_gets_a_named_diagnosis_on_the_command_line(capsys):
     argv = ["verify", f"{CORPUS}/loss_broken.py:cdpo_is_robust", "--variant", "cdpo", "--max-examples", "5"]
     code = main([*argv, "--fail-fast"])  # the diagnosis still runs when fail-fast stops at the first failure
@@ -282,7 +286,8 @@ def _leaver(tmp_path: Path, hang: bool) -> tuple[str, Path]:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc (Linux)")
-@pytest.mark.parametrize("hang", [False, pytest.param(True, marks=pytest.mark.slow)])  # True waits out --timeout
+@pytest.mark.slow  # two real processes; with hang=True it waits out --timeout
+@pytest.mark.parametrize("hang", [False, True])
 def test_isolate_is_not_held_up_by_a_leftover_process_and_kills_it(tmp_path, hang):
     path, token_file = _leaver(tmp_path, hang)
     start = time.monotonic()
@@ -298,6 +303,7 @@ def test_isolate_is_not_held_up_by_a_leftover_process_and_kills_it(tmp_path, han
     assert _token_processes(token_file) == []  # the grandchild in its own session is gone too
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc (Linux)")
 def test_ctrl_c_under_isolate_stops_the_child_and_what_it_started(tmp_path):
     path, token_file = _leaver(tmp_path, hang=True)

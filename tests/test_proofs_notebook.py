@@ -48,6 +48,7 @@ def test_notebook_is_valid_and_has_a_check_cell_per_step_and_a_comparison_per_pr
         assert f'lesson.compare("{proof.name}");' in code
 
 
+@pytest.mark.slow
 def test_notebook_executes_on_a_fresh_kernel():
     """Every check cell and every comparison passes when the notebook is run top to bottom."""
     nb = nbformat.reads(NOTEBOOK.read_text(encoding="utf-8"), as_version=4)
