@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-measure every figure the docs quote, then rewrite the figures in README.md and docs/*.md.
 #
-#   benchmarks/refresh_results.sh [--quick] [--no-suite] [--no-bench]
+#   benchmarks/refresh_results.sh [--quick] [--no-suite] [--no-full] [--no-bench]
 #
 # Run it from a checkout with the extras installed (pip install -e ".[test,compare,bench,plot]") on an IDLE
 # machine: the times and ratios move with load, and each results file records the load average it ran under.
@@ -13,13 +13,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=docs/results
-run_suite=1 run_bench=1
+run_suite=1 run_full=1 run_bench=1
 for arg in "$@"; do
     case "$arg" in
-        --quick) run_suite=0 run_bench=0 ;;
+        --quick) run_suite=0 run_full=0 run_bench=0 ;;
+        --no-full) run_full=0 ;;
         --no-suite) run_suite=0 ;;
         --no-bench) run_bench=0 ;;
-        *) echo "refresh_results.sh: unknown option $arg (--quick, --no-suite, --no-bench)" >&2; exit 2 ;;
+        *) echo "refresh_results.sh: unknown option $arg (--quick, --no-suite, --no-full, --no-bench)" >&2; exit 2 ;;
     esac
 done
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code, whatever is installed
@@ -53,6 +54,13 @@ python -m dpo_ref.results refresh  # before the suite runs: tests/test_doc_resul
 if [ "$run_suite" = 1 ]; then
     step "the README's test command -> $OUT/suite.json"
     python benchmarks/suite_time.py --json "$OUT/suite.json" || echo "the suite failed: see $OUT/suite.json" >&2
+fi
+if [ "$run_full" = 1 ]; then
+    step "the full tier (what CI runs) -> $OUT/suite_full.json"
+    python benchmarks/suite_time.py --json "$OUT/suite_full.json" -- -n auto --full \
+        || echo "the full tier failed: see $OUT/suite_full.json" >&2
+fi
+if [ "$run_suite" = 1 ] || [ "$run_full" = 1 ]; then
     python -m dpo_ref.results refresh
 fi
 python -m dpo_ref.results check
