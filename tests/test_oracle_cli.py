@@ -110,3 +110,24 @@ def test_real_process_exit_codes_and_no_traceback():
     )
     assert broken.returncode == 1, broken.stderr
     assert "FAIL values" in broken.stdout and "reproduction" not in broken.stdout  # -q: no snippets
+
+
+def test_isolate_passes_every_option_on_to_the_child():
+    """`--isolate` re-runs the same verification in a child: each option must reach the child's argv (a flag
+    dropped here would silently verify something else in the child)."""
+    import argparse
+
+    from dpo_ref.oracle import cli as oracle_cli
+
+    parser = argparse.ArgumentParser()
+    oracle_cli.register(parser.add_subparsers(dest="command"))
+    flags = ["--strict", "--fail-fast", "-q", "--reduction", "sum", "--max-examples", "7", "--checks", "values"]
+    args = parser.parse_args(["verify", "t.py:f", "--variant", "cdpo", "--label-smoothing", "0.2", *flags])
+    child = oracle_cli._child_argv(args, "out.json")
+    for flag in ("--strict", "--fail-fast", "-q"):
+        assert flag in child, (flag, child)
+    for flag, value in (("--reduction", "sum"), ("--max-examples", "7"), ("--checks", "values"), ("--variant", "cdpo")):
+        assert child[child.index(flag) + 1] == value, child
+    assert float(child[child.index("--label-smoothing") + 1]) == 0.2
+    bare = oracle_cli._child_argv(parser.parse_args(["verify", "t.py:f"]), "out.json")
+    assert "--fail-fast" not in bare and "--strict" not in bare
