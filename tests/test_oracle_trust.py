@@ -111,6 +111,33 @@ def test_wrong_rewards_fail_and_say_what_they_are():
 # --- calling conventions ------------------------------------------------------------------------------------
 
 
+class _ModuleWithFixedBeta(torch.nn.Module):  # torchtune's style: beta fixed at construction
+    def __init__(self, beta: float = 0.1):
+        super().__init__()
+        self.beta = beta
+
+    def forward(self, pc, pr, rc, rr):
+        return -torch.nn.functional.logsigmoid(self.beta * ((pc - rc) - (pr - rr)))
+
+
+class _ModuleTakingBeta(torch.nn.Module):
+    def forward(self, pc, pr, rc, rr, beta=0.1):
+        return -torch.nn.functional.logsigmoid(beta * ((pc - rc) - (pr - rr)))
+
+
+def test_a_module_is_read_by_its_forward_signature():
+    """nn.Module.__call__ takes *args, **kwargs: reading that, a module with beta fixed at construction was
+    called with beta= and reported as not conforming (exit 1). It is a usage error with a wrapping hint; a
+    module whose forward takes beta is verified as it stands."""
+    from dpo_ref.errors import InputError
+
+    with pytest.raises(InputError, match=r"takes no `beta`.*_ModuleWithFixedBeta\(beta=beta\)"):
+        verify(_ModuleWithFixedBeta(), max_examples=FEW)
+    assert verify(_ModuleTakingBeta(), max_examples=FEW).passed
+    wrapped = verify(lambda pc, pr, rc, rr, beta: _ModuleWithFixedBeta(beta=beta)(pc, pr, rc, rr), max_examples=FEW)
+    assert wrapped.passed, wrapped.to_text()
+
+
 def test_parameters_named_in_another_order_are_passed_by_name():
     report = verify(f"{CORPUS}/loss_correct.py:reordered_parameters", max_examples=FEW)
     assert report.passed, report.to_text()
@@ -176,6 +203,30 @@ def test_shape_adapters_accept_correct_and_reject_broken(adapter, good, bad):
     assert verify(adapter(good), level="logps", max_examples=FEW).passed
     report = verify(adapter(bad), level="logps", max_examples=FEW)
     assert not report.passed
+
+
+def _hidden_weight_not_transposed(hidden, weight, labels):  # hidden @ W for hidden @ W.T
+    return dpo_ref.sequence_logps(hidden @ weight, labels)
+
+
+def _hidden_weight_rows_rescaled(hidden, weight, labels):  # logits scaled by the rows' norms
+    return dpo_ref.sequence_logps((hidden @ weight.T) * weight.norm(dim=-1), labels)
+
+
+def _hidden_weight_rows_normalised(hidden, weight, labels):  # a "normalised" head, W / ||W_i||
+    return dpo_ref.sequence_logps(hidden @ (weight / weight.norm(dim=-1, keepdim=True)).T, labels)
+
+
+@pytest.mark.usefixtures("unshrunk_in_quick_tier")
+@pytest.mark.parametrize(
+    "bad", [_hidden_weight_not_transposed, _hidden_weight_rows_rescaled, _hidden_weight_rows_normalised]
+)
+def test_hidden_state_adapter_sees_how_the_lm_head_weight_is_used(bad):
+    """An identity LM head (the old adapter) passed all three: the weight handed over is non-square and its
+    rows differ in scale, while hidden @ W.T still equals the logits exactly (so correct code stays exact)."""
+    assert not verify(adapters.from_hidden_states(bad), level="logps", max_examples=FEW, fail_fast=True).passed
+    strict = verify(adapters.from_hidden_states(_hidden), level="logps", max_examples=FEW, strict=True)
+    assert strict.passed, strict.to_text()
 
 
 def test_shape_adapter_failures_are_diagnosed():
@@ -327,3 +378,18 @@ def test_subtle_bugs_are_still_rejected_at_float32_level():
     """The float32-level tolerance still rejects what matters: beta floored for small beta, NaN on ties."""
     for name in ("beta_floored", "nan_on_ties", "half_precision_margin"):
         assert not verify(f"{CORPUS}/loss_broken.py:{name}", max_examples=30).passed, name
+
+
+def test_a_module_target_resolves_from_the_current_directory(tmp_path, monkeypatch):
+    """`dpo-ref verify mypkg.losses:f` from the directory holding mypkg/ (the console script's sys.path does not
+    start with the current directory, unlike `python -m`)."""
+    import sys as _sys
+
+    from dpo_ref.oracle import load_target
+
+    (tmp_path / "mypkg_cwd").mkdir()
+    (tmp_path / "mypkg_cwd" / "__init__.py").write_text("")
+    (tmp_path / "mypkg_cwd" / "losses.py").write_text("def f(pc, pr, rc, rr, beta=0.1):\n    return pc\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(_sys, "path", [p for p in _sys.path if p not in ("", str(tmp_path), os.getcwd())])
+    assert callable(load_target("mypkg_cwd.losses:f"))

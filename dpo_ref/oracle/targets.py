@@ -47,6 +47,14 @@ def _code(err: BaseException) -> str:
     return f"({err.code!r})" if isinstance(err, SystemExit) else ""
 
 
+def _current_directory_importable() -> None:
+    """`pkg.mod:name` resolves from the current directory, as `python -m` and pytest do: the `dpo-ref` console
+    script's sys.path starts at its own bin directory, so a package beside the user would not be found."""
+    here = os.getcwd()
+    if "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)
+
+
 def load_target(spec: str) -> Callable | str:
     """The callable named by `spec` (`file.py:name` or `pkg.mod:name`), or the adapter name itself.
 
@@ -65,10 +73,13 @@ def load_target(spec: str) -> Callable | str:
     if where.endswith(".py") or os.sep in where or "/" in where:
         module = _import_file(where)
     else:
+        _current_directory_importable()
         try:
             module = importlib.import_module(where)
         except ModuleNotFoundError as err:
-            raise InputError(f"target {spec!r}: cannot import module {where!r} ({err})") from None
+            raise InputError(
+                f"target {spec!r}: cannot import module {where!r} ({err}; looked in the current directory and sys.path)"
+            ) from None
         except Exception as err:  # an error raised while importing the user's module
             raise InputError(f"target {spec!r}: importing {where!r} raised {type(err).__name__}: {err}") from None
         except KeyboardInterrupt:
@@ -191,7 +202,7 @@ def map_by_name(fn: Callable) -> tuple[list[str] | None, str | None]:
     try:
         params = [
             p
-            for p in inspect.signature(fn).parameters.values()
+            for p in _signature(fn).parameters.values()
             if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         ]
     except (TypeError, ValueError):
@@ -211,11 +222,19 @@ def map_by_name(fn: Callable) -> tuple[list[str] | None, str | None]:
     )
 
 
+def _signature(fn: Callable) -> inspect.Signature:
+    """fn's signature; for a `torch.nn.Module` instance, its `forward`'s (the module's own `__call__` takes
+    *args, **kwargs, which would hide that, e.g., beta was fixed at construction)."""
+    if isinstance(fn, torch.nn.Module):
+        return inspect.signature(fn.forward)
+    return inspect.signature(fn)
+
+
 def _slots(fn: Callable, named: tuple[str, ...]) -> tuple[list[str], list[str], list[str]] | None:
     """fn's positional parameters, the required ones among them, and its required keyword-only ones, leaving out
     the names in `named` (passed by keyword); None when fn takes *args or has no readable signature."""
     try:
-        params = list(inspect.signature(fn).parameters.values())
+        params = list(_signature(fn).parameters.values())
     except (TypeError, ValueError):
         return None
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
@@ -320,6 +339,12 @@ class LossTarget:
                     f"{name} takes no `beta` keyword argument; a loss-level target is called as "
                     "fn(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, "
                     "beta=...) (beta stands for tau under IPO)"
+                    + (
+                        "; a module whose beta is fixed at construction can be wrapped: "
+                        f"lambda pc, pr, rc, rr, beta: {type(fn).__name__}(beta=beta)(pc, pr, rc, rr)"
+                        if isinstance(fn, torch.nn.Module)
+                        else ""
+                    )
                 )
         takes_eps = params is None or var_kw or "label_smoothing" in params
         if spec.variant == "cdpo" and not takes_eps:
@@ -503,7 +528,7 @@ class FamilyTarget:
 
 def _parameters(fn: Callable) -> tuple[set[str] | None, bool]:
     try:
-        sig = inspect.signature(fn)
+        sig = _signature(fn)
     except (TypeError, ValueError):
         return None, True
     names = {p.name for p in sig.parameters.values()}
@@ -515,7 +540,7 @@ LOGPS_HINT = (
     "a log-prob-level target is called as fn(logits (B, T, V), labels (B, T)) with -100 = not scored; "
     "for other shapes wrap it with dpo_ref.oracle.adapters: from_loss_mask(fn) for fn(logits, labels, loss_mask), "
     "from_input_ids_mask(fn) for fn(logits, input_ids, mask), from_concatenated(fn) for chosen and rejected "
-    "concatenated, from_hidden_states(fn, lm_head_weight) for fn(hidden_states, weight, labels)"
+    "concatenated, from_hidden_states(fn) for fn(hidden_states, lm_head_weight, labels)"
 )
 
 

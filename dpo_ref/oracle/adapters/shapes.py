@@ -75,12 +75,29 @@ def from_concatenated(fn: Callable) -> LogpsFn:
     return logps
 
 
+def _exact_lm_head(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states (B, T, H) and an LM-head weight W (V, H), H = V + 3, with hidden @ W.T == logits exactly:
+    W = [P D | 0], a permutation P scaled row by row by powers of two D, then three zero columns. Every logit is
+    one product by a power of two, so no rounding. A non-square, non-symmetric, unevenly scaled W makes a
+    missing transpose fail (shapes), and any other use of W (row norms, W.T @ ..., another scale) give other
+    values, which an identity head cannot tell apart."""
+    vocab, dtype = logits.shape[-1], logits.dtype
+    perm = torch.roll(torch.arange(vocab), 1)  # (V,) row i of W reads hidden column perm[i]
+    scale = 2.0 ** (torch.arange(vocab) % 5 - 2).to(dtype)  # (V,) 1/4 .. 4
+    weight = torch.zeros(vocab, vocab + 3, dtype=dtype)
+    weight[torch.arange(vocab), perm] = scale
+    hidden = torch.zeros(*logits.shape[:-1], vocab + 3, dtype=dtype)  # (B, T, H)
+    hidden[..., perm] = logits / scale  # placed, not multiplied: no 0 * inf
+    return hidden, weight
+
+
 def from_hidden_states(fn: Callable) -> LogpsFn:
-    """`fn(hidden_states, lm_head_weight, labels)` as `fn(logits, labels)`, with an identity LM head."""
+    """`fn(hidden_states, lm_head_weight, labels)` as `fn(logits, labels)`: the hidden states and an LM-head
+    weight (V, H = V + 3) are built so that `hidden_states @ lm_head_weight.T` equals the logits exactly."""
 
     def logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        weight = torch.eye(logits.shape[-1], dtype=logits.dtype)  # (V, H = V): hidden @ weight.T == logits
-        return _first(fn(logits, weight, labels))
+        hidden, weight = _exact_lm_head(logits)  # hidden carries the logits' graph (the gradient checks)
+        return _first(fn(hidden, weight, labels))
 
     logps.__qualname__ = f"from_hidden_states({getattr(fn, '__qualname__', 'fn')})"
     return logps
