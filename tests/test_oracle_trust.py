@@ -267,7 +267,9 @@ def test_system_exit_in_the_call_is_a_failed_check(tmp_path, capsys, where):
     )
     path = _write(tmp_path, body)
     assert main(["verify", f"{path}:f", "--max-examples", "3", "--checks", "values"]) == 1
-    assert "SystemExit(0)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "SystemExit(0)" in out
+    assert "TargetRaised" not in out and out.count("the target raised") == out.count("SystemExit(0)"), out
 
 
 def test_keyboard_interrupt_still_stops_the_run(tmp_path):

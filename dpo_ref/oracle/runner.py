@@ -56,6 +56,8 @@ def hypothesis_settings(max_examples: int) -> settings:
 
 
 def describe_error(err: BaseException) -> str:
+    if isinstance(err, TargetRaised):  # its message already says what the target raised
+        return str(err)
     if isinstance(err, AssertionError) and str(err):
         return str(err).splitlines()[0]
     text = str(err).strip().splitlines()
