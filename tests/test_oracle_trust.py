@@ -21,7 +21,7 @@ import torch
 import dpo_ref
 from dpo_ref import properties as P
 from dpo_ref.cli import main
-from dpo_ref.oracle import adapters, verify
+from dpo_ref.oracle import adapters, load_target, verify
 from dpo_ref.oracle.report import ADVICE, FAILED, PASSED
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +80,33 @@ def test_a_shifted_margin_is_not_called_half_precision():
     report = verify(f"{CORPUS}/loss_broken.py:batch_centred_margin", max_examples=FEW, fail_fast=True)
     assert not report.passed
     assert not any(d.startswith("half-precision") for d in report.diagnosis), report.diagnosis
+
+
+def _scoring_in(dtype):
+    def fn(logits, labels):  # an independent style: log_softmax in `dtype`, gathered, masked with where
+        lb = labels[:, 1:]
+        lp = logits[:, :-1].to(dtype).log_softmax(-1).gather(-1, lb.clamp_min(0)[..., None])[..., 0]
+        return torch.where(lb != -100, lp.to(logits.dtype), 0.0).sum(-1)
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    "fn, name",
+    [
+        (_scoring_in(torch.float16), "float16-scoring"),
+        (_scoring_in(torch.bfloat16), "bfloat16-scoring"),
+        (load_target(f"{CORPUS}/logps_broken.py:float16_scoring"), "float16-scoring"),
+        (load_target(f"{CORPUS}/logps_broken.py:bfloat16_scoring"), "bfloat16-scoring"),
+    ],
+)
+def test_half_precision_scoring_names_only_the_dtype_used(fn, name):
+    """The diagnosis slack is the bfloat16 rounding, so a float16 log-softmax is also within it of the bfloat16
+    candidate (and vice versa); only the dtype whose values are closer (eps 8x apart) is named."""
+    from dpo_ref.oracle.diagnosis import diagnose_logps
+
+    named = [d.split(":", 1)[0] for d in diagnose_logps(fn, average=False)]
+    assert named == [name], named
 
 
 def test_equal_infinities_agree_and_nan_does_not():
