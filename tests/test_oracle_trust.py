@@ -128,6 +128,24 @@ def test_undetached_rewards_are_advice_and_fail_only_under_strict():
     assert not verify(f"{CORPUS}/loss_broken.py:rewards_not_detached", max_examples=FEW, strict=True).passed
 
 
+def test_detach_advice_only_when_the_rewards_carry_the_graph(tmp_path):
+    """Rewards read through .numpy() raise on inputs that require grad: the advisory check fails, but not
+    because the rewards carry the graph, so the fixed "detach them" advice would send the user the wrong way."""
+    path = _write(
+        tmp_path,
+        """
+        def loss(pc, pr, rc, rr, beta=0.1):
+            h = (pc - rc) - (pr - rr)
+            chosen = torch.from_numpy(beta * (pc - rc).numpy())  # numpy for logging
+            rejected = torch.from_numpy(beta * (pr - rr).numpy())
+            return -F.logsigmoid(beta * h), chosen, rejected
+        """,
+    )
+    report = verify(f"{path}:loss", max_examples=FEW)
+    assert report["rewards_detached"].status == ADVICE, report.to_text()
+    assert not any("detach" in a for a in report.advice), report.advice
+
+
 @pytest.mark.usefixtures("unshrunk_in_quick_tier")
 def test_wrong_rewards_fail_and_say_what_they_are():
     report = verify(f"{CORPUS}/loss_broken.py:rewards_without_beta", max_examples=FEW)

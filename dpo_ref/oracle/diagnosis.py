@@ -398,7 +398,7 @@ def batch_sum_diagnosis() -> str:
 # Log-prob level: alternatives on the padded batch, j indexing the scored label labels[:, j + 1]
 
 
-def _diagnostic_token_batch() -> TokenBatch:
+def diagnostic_token_batch() -> TokenBatch:
     """Right padding, no extra: the longest row reaches the last position, the others end in padding."""
     gen = torch.Generator().manual_seed(7)
     V, rows = 11, []
@@ -458,7 +458,7 @@ def _logps_alternatives(
 
 def diagnose_logps(fn: Callable, average: bool) -> list[str]:
     """Name the log-prob conventions the target's values match (and the claimed one does not)."""
-    batch = _diagnostic_token_batch()
+    batch = diagnostic_token_batch()
     logits, labels = batch.padded()
     try:
         with torch.no_grad():
