@@ -198,6 +198,23 @@ def test_batch_sum_fails_unless_declared():
     assert not wrong.passed and "declared reduction 'sum'" in wrong["call"].message
 
 
+@pytest.mark.parametrize("name", ["mean_not_sum", "no_shift", "float16_scoring", "bfloat16_scoring"])
+def test_multiplying_mask_advice_only_when_it_is_the_cause(name):
+    """These mask with torch.where but compute wrong values, so the -inf check fails on its values, not on a
+    0 * -inf NaN: the advice to stop multiplying would be wrong (the value checks and the diagnosis say why)."""
+    report = verify(f"tests/oracle_targets/corpus/logps_broken.py:{name}", level="logps", max_examples=5)
+    assert not report.passed and report["logps_neg_inf_unscored"].status in ("advice", "passed")
+    assert not any("masks by multiplying" in a for a in report.advice), report.advice
+
+
+@pytest.mark.parametrize("name, variant", [("mask_multiply_original", "dpo"), ("averaged_eps_guard", "ipo-mean")])
+def test_multiplying_mask_advice_in_the_corpus_styles(name, variant):
+    target = f"tests/oracle_targets/corpus/logps_correct.py:{name}"
+    report = verify(target, level="logps", variant=variant, max_examples=5)
+    assert report.passed, report.to_text()
+    assert any("masks by multiplying" in a for a in report.advice), report.advice
+
+
 def test_multiplying_mask_is_advice_not_failure():
     report = verify(target("correct_logps.py", "mask_by_multiplying"), level="logps", max_examples=10)
     assert report.passed, report.to_text()

@@ -69,6 +69,35 @@ def test_plugin_target_fails_with_reproduction_and_xfail_file(pytester, tmp_path
     assert again.parseoutcomes()["xfailed"] == failed == 4
 
 
+CORPUS = TARGETS / "corpus"
+
+
+def test_plugin_failure_shows_the_diagnosis(pytester):
+    """The same diagnosis catalogue as the CLI: a loss adding the reference log-ratio is named in the failure."""
+    target = f"{CORPUS / 'loss_broken.py'}:reference_sign"
+    result = _run(pytester, "--dpo-target", target, "--dpo-variant", "dpo", "--dpo-max-examples", "10")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*dpo-ref check 'values' failed*", "Diagnosis: reference-sign: *"])
+
+
+def test_decorator_failure_shows_the_diagnosis(pytester):
+    pytester.makepyfile(
+        test_mine=f"""
+import sys
+sys.path.insert(0, {str(CORPUS)!r})
+from logps_broken import mean_not_sum
+from dpo_ref import parametrize_with_dpo_checks
+
+@parametrize_with_dpo_checks(mean_not_sum, level="logps", max_examples=5)
+def test_bad(dpo_check):
+    dpo_check()
+"""
+    )
+    result = _run(pytester, "-k", "logps_values")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["E * Diagnosis: mean-not-sum: *"])
+
+
 def test_plugin_bad_target_is_a_usage_error(pytester):
     result = _run(pytester, "--dpo-target", "missing.py:f")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -21,7 +21,7 @@ import torch
 import dpo_ref
 from dpo_ref import properties as P
 from dpo_ref.cli import main
-from dpo_ref.oracle import adapters, verify
+from dpo_ref.oracle import adapters, load_target, verify
 from dpo_ref.oracle.report import ADVICE, FAILED, PASSED
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +82,33 @@ def test_a_shifted_margin_is_not_called_half_precision():
     assert not any(d.startswith("half-precision") for d in report.diagnosis), report.diagnosis
 
 
+def _scoring_in(dtype):
+    def fn(logits, labels):  # an independent style: log_softmax in `dtype`, gathered, masked with where
+        lb = labels[:, 1:]
+        lp = logits[:, :-1].to(dtype).log_softmax(-1).gather(-1, lb.clamp_min(0)[..., None])[..., 0]
+        return torch.where(lb != -100, lp.to(logits.dtype), 0.0).sum(-1)
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    "fn, name",
+    [
+        (_scoring_in(torch.float16), "float16-scoring"),
+        (_scoring_in(torch.bfloat16), "bfloat16-scoring"),
+        (load_target(f"{CORPUS}/logps_broken.py:float16_scoring"), "float16-scoring"),
+        (load_target(f"{CORPUS}/logps_broken.py:bfloat16_scoring"), "bfloat16-scoring"),
+    ],
+)
+def test_half_precision_scoring_names_only_the_dtype_used(fn, name):
+    """The diagnosis slack is the bfloat16 rounding, so a float16 log-softmax is also within it of the bfloat16
+    candidate (and vice versa); only the dtype whose values are closer (eps 8x apart) is named."""
+    from dpo_ref.oracle.diagnosis import diagnose_logps
+
+    named = [d.split(":", 1)[0] for d in diagnose_logps(fn, average=False)]
+    assert named == [name], named
+
+
 def test_equal_infinities_agree_and_nan_does_not():
     inf = torch.tensor([float("inf")], dtype=torch.float64)
     P._close(inf, inf.clone(), torch.zeros(1, dtype=torch.float64), "equal infinities")
@@ -99,6 +126,24 @@ def test_undetached_rewards_are_advice_and_fail_only_under_strict():
     assert report.passed and report["rewards_detached"].status == ADVICE
     assert any("detach" in a for a in report.advice)
     assert not verify(f"{CORPUS}/loss_broken.py:rewards_not_detached", max_examples=FEW, strict=True).passed
+
+
+def test_detach_advice_only_when_the_rewards_carry_the_graph(tmp_path):
+    """Rewards read through .numpy() raise on inputs that require grad: the advisory check fails, but not
+    because the rewards carry the graph, so the fixed "detach them" advice would send the user the wrong way."""
+    path = _write(
+        tmp_path,
+        """
+        def loss(pc, pr, rc, rr, beta=0.1):
+            h = (pc - rc) - (pr - rr)
+            chosen = torch.from_numpy(beta * (pc - rc).numpy())  # numpy for logging
+            rejected = torch.from_numpy(beta * (pr - rr).numpy())
+            return -F.logsigmoid(beta * h), chosen, rejected
+        """,
+    )
+    report = verify(f"{path}:loss", max_examples=FEW)
+    assert report["rewards_detached"].status == ADVICE, report.to_text()
+    assert not any("detach" in a for a in report.advice), report.advice
 
 
 @pytest.mark.usefixtures("unshrunk_in_quick_tier")

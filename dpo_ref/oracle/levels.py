@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 import dpo_ref.oracle.diagnosis as diagnosis
+from dpo_ref import properties as P
 from dpo_ref.errors import InputError
 from dpo_ref.oracle.catalogue import ADVICE, LOGPS_CHECKS, LOSS_CHECKS, Config
 from dpo_ref.oracle.report import ADVICE as ADVICE_STATUS
@@ -120,7 +121,56 @@ def _run_all(report: Report, selected, target, cfg: Config, progress: Progress, 
             continue
         _emit(report, run_check(check, target, cfg), progress)
         if report.checks[-1].status == ADVICE_STATUS or (cfg.strict and check.advisory and report.checks[-1].failed):
-            report.advice.append(ADVICE.get(check.name, report.checks[-1].message))
+            # the advice text is fixed per check: given only when its cause is what failed, not when the check
+            # failed for another reason (wrong values, an error), which the value checks and diagnosis report
+            if _advice_applies(check.name, target, cfg):
+                report.advice.append(ADVICE.get(check.name, report.checks[-1].message))
+
+
+def _advice_applies(name: str, target, cfg: Config) -> bool:
+    cause = ADVICE_CAUSE.get(name)
+    if cause is None:
+        return True
+    try:
+        return bool(guarded(lambda: cause(target, cfg)))
+    except Exception:  # whatever the target raises: the advice's cause is not what was seen
+        return False
+
+
+def _multiplying_mask(target, cfg: Config) -> bool:
+    """The advice on -inf logits is the cause when -inf at the unscored positions gives a NaN or an infinity
+    while the same inputs with the finite extreme fill give the right values: only the fill's infiniteness
+    differs, so 0 * -inf (a multiplying mask) is what went wrong. A function whose values are wrong anyway
+    (a mean for a sum, no shift, a half-precision log-softmax) is not told this: its value checks fail."""
+    batch = diagnosis.diagnostic_token_batch()
+    logits, labels = P.unscored_filled(batch, -float("inf"))
+    with torch.no_grad():
+        out = torch.as_tensor(target(logits, labels))
+    if bool(torch.isfinite(out).all()):
+        return False
+    try:
+        with torch.no_grad():
+            P.check_logps_ignores_unscored(target, batch, cfg.average, P.UNSCORED_FILL)
+    except P.PropertyViolation:
+        return False
+    return True
+
+
+def _rewards_carry_graph(target, cfg: Config) -> bool:
+    """The advice to detach is the cause when the rewards returned on the probe batch (leaves requiring grad)
+    are tensors carrying the graph, not when reading them raised."""
+    from dpo_ref.oracle.targets import PROBE_LOGPS
+
+    leaves = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in PROBE_LOGPS]
+    rewards = target.rewards(probe_spec(cfg))(*leaves)
+    return any(isinstance(r, torch.Tensor) and r.requires_grad for r in rewards)
+
+
+# For each advisory check, whether its fixed advice is the cause of the failure seen.
+ADVICE_CAUSE: dict[str, Callable] = {
+    "logps_neg_inf_unscored": _multiplying_mask,
+    "rewards_detached": _rewards_carry_graph,
+}
 
 
 def verify_loss(

@@ -8,7 +8,8 @@ In your own test suite (in the style of scikit-learn's `parametrize_with_checks`
     def test_my_dpo_loss(dpo_check):
         dpo_check()
 
-Each generated test runs one check and fails with the check's message and its reproduction snippet.
+Each generated test runs one check and fails with the check's message, the report's diagnosis (what the target
+computes instead, from the catalogue every interface shares) and its reproduction snippet.
 From the command line, with the plugin that dpo-ref registers (`pytest11` entry point):
 
     pytest --dpo-target path/to/file.py:my_loss --dpo-level loss --dpo-variant dpo [--dpo-xfail FILE]
@@ -23,20 +24,25 @@ import pytest
 
 
 class DpoCheck:
-    """One named check on one target; calling it runs the check (once) and fails, skips or xfails."""
+    """One named check on one target; calling it runs the check (once) and fails, skips or xfails.
+
+    `run()` returns the `Report` of a run that includes the check."""
 
     def __init__(self, name: str, run: Callable[[], object]):
         self.name = name
         self._run = run
-        self._result = None
+        self._report = None
 
     def __repr__(self) -> str:
         return f"DpoCheck({self.name!r})"
 
+    def report(self):
+        if self._report is None:
+            self._report = self._run()
+        return self._report
+
     def result(self):
-        if self._result is None:
-            self._result = self._run()
-        return self._result
+        return self.report()[self.name]
 
     def __call__(self) -> None:
         from dpo_ref.oracle.report import ADVICE, FAILED, SKIPPED, XFAILED
@@ -46,6 +52,8 @@ class DpoCheck:
             from dpo_ref.oracle.catalogue import ADVICE as ADVICE_TEXT
 
             advice = ADVICE_TEXT.get(r.name, "")
+            if advice not in self.report().advice:  # the fixed advice is not the cause: give only what failed
+                advice = "failed"
             warnings.warn(f"dpo-ref advice from {r.name!r}: {advice} ({r.message})", UserWarning, stacklevel=2)
         if r.status == SKIPPED:
             pytest.skip(f"{r.name}: {r.message}")
@@ -53,6 +61,7 @@ class DpoCheck:
             pytest.xfail(f"{r.name} (listed as expected to fail): {r.message}")
         if r.status == FAILED:
             text = f"dpo-ref check {r.name!r} failed: {r.message}"
+            text += "".join(f"\nDiagnosis: {d}" for d in self.report().diagnosis)
             if r.reproduction:
                 text += "\n\nReproduction:\n" + r.reproduction
             raise AssertionError(text)
@@ -80,7 +89,7 @@ def checks_for(
                 report_cache["r"] = verify(fn, level, variant, xfail=xfail, **verify_kwargs)
             return report_cache["r"]
 
-        return [DpoCheck(c.name, lambda n=c.name: whole()[n]) for c in whole().checks]
+        return [DpoCheck(c.name, whole) for c in whole().checks]
     xfail = set(xfail)
     names = check_names(level or "loss", variant)
     verify(fn, level, variant, checks=[], **verify_kwargs)  # bad arguments or target: InputError now, not per test
@@ -91,7 +100,7 @@ def checks_for(
         raise InputError(f"xfail names unknown check(s) {unknown}; checks: {', '.join(names)}")
 
     def one(name: str):
-        report = verify(
+        return verify(
             fn,
             level,
             variant,
@@ -99,7 +108,6 @@ def checks_for(
             xfail=[name] if name in xfail else (),
             **verify_kwargs,
         )
-        return report[name]
 
     return [DpoCheck(name, lambda n=name: one(n)) for name in names]
 
