@@ -72,10 +72,12 @@ def test_plugin_target_fails_with_reproduction_and_xfail_file(pytester, tmp_path
 CORPUS = TARGETS / "corpus"
 
 
+@pytest.mark.usefixtures("unshrunk_in_quick_tier")
 def test_plugin_failure_shows_the_diagnosis(pytester):
     """The same diagnosis catalogue as the CLI: a loss adding the reference log-ratio is named in the failure."""
     target = f"{CORPUS / 'loss_broken.py'}:reference_sign"
-    result = _run(pytester, "--dpo-target", target, "--dpo-variant", "dpo", "--dpo-max-examples", "10")
+    args = ["--dpo-target", target, "--dpo-variant", "dpo", "--dpo-max-examples", "10", "-k", "values"]
+    result = _run(pytester, *args)
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*dpo-ref check 'values' failed*", "Diagnosis: reference-sign: *"])
 
