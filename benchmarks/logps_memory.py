@@ -6,8 +6,8 @@ python benchmarks/logps_memory.py --device cuda --json out.json
 
 import argparse
 
-from dpo_ref.bench_logps import format_table, run
-from dpo_ref.results import check_results_path, machine, write_results
+from dpo_ref.bench.logps import format_table, run
+from dpo_ref.docgen.results import check_results_path, machine, write_results
 
 
 def main() -> None:

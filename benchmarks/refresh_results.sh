@@ -6,8 +6,8 @@
 # Run it from a checkout with the extras installed (pip install -e ".[test,compare,bench,plot]") on an IDLE
 # machine: the times and ratios move with load, and each results file records the load average it ran under.
 # Each command writes one file of docs/results/ (atomically; a failed command leaves the old file in place and
-# stops the script), then `python -m dpo_ref.results refresh` rewrites the quoted figures and
-# `python -m dpo_ref.results check` confirms them. About 25 minutes on 2 cores; --quick skips the bench and the
+# stops the script), then `python -m dpo_ref.docgen.results refresh` rewrites the quoted figures and
+# `python -m dpo_ref.docgen.results check` confirms them. About 25 minutes on 2 cores; --quick skips the bench and the
 # suite (about 5 minutes), --no-suite / --no-bench skip one of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +49,7 @@ if [ "$run_bench" = 1 ]; then
 fi
 
 step "rewriting the quoted figures"
-python -m dpo_ref.results refresh  # before the suite runs: tests/test_doc_results.py checks them
+python -m dpo_ref.docgen.results refresh  # before the suite runs: tests/test_doc_results.py checks them
 
 if [ "$run_suite" = 1 ]; then
     step "the README's test command -> $OUT/suite.json"
@@ -61,6 +61,6 @@ if [ "$run_full" = 1 ]; then
         || echo "the full tier failed: see $OUT/suite_full.json" >&2
 fi
 if [ "$run_suite" = 1 ] || [ "$run_full" = 1 ]; then
-    python -m dpo_ref.results refresh
+    python -m dpo_ref.docgen.results refresh
 fi
-python -m dpo_ref.results check
+python -m dpo_ref.docgen.results check

@@ -26,7 +26,7 @@ def main() -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the result and the machine as JSON")
     parser.add_argument("pytest_args", nargs="*", help="arguments for pytest after -- (default: -n auto)")
     args = parser.parse_args()
-    from dpo_ref.results import check_results_path, machine, write_results
+    from dpo_ref.docgen.results import check_results_path, machine, write_results
 
     if args.json:
         check_results_path(args.json)

@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="fresh interpreters per case (default 3)")
     parser.add_argument("--json", metavar="PATH", help="also write the timings and the machine as JSON")
     args = parser.parse_args()
-    from dpo_ref.results import check_results_path, machine, write_results
+    from dpo_ref.docgen.results import check_results_path, machine, write_results
 
     if args.json:
         check_results_path(args.json)

@@ -1,7 +1,7 @@
 """dpo-ref: the reference implementation of DPO, cDPO and IPO, and a conformance oracle for others'.
 
 Names are loaded on first use (module `__getattr__`), so `import dpo_ref` does not import torch: the
-pytest plugin (`dpo_ref.pytest_plugin`) loads in every pytest run and must stay cheap.
+pytest plugin (`dpo_ref.oracle.pytest_plugin`) loads in every pytest run and must stay cheap.
 """
 
 from __future__ import annotations
@@ -21,6 +21,13 @@ _LAZY = {
     "parametrize_with_dpo_checks": "dpo_ref.oracle",
 }
 
+# Public modules that live in a sub-package (`from dpo_ref import strategies` keeps working).
+_MODULES = {
+    "strategies": "dpo_ref.checks.strategies",
+    "properties": "dpo_ref.checks.properties",
+    "family_properties": "dpo_ref.checks.family_properties",
+}
+
 __all__ = ["InputError", "InputTypeError", *_LAZY]
 __version__ = "0.1.0"
 
@@ -30,6 +37,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value  # later lookups skip this function
         return value
+    if name in _MODULES:
+        return importlib.import_module(_MODULES[name])
     if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: dpo_ref.losses, ...
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'dpo_ref' has no attribute {name!r}")

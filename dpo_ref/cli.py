@@ -17,12 +17,12 @@ from dpo_ref.errors import InputError
 
 # subcommand -> module defining register(subparsers); listed here, loaded lazily
 SUBCOMMANDS = {
-    "train": "dpo_ref.train_cli",
-    "experiment": "dpo_ref.experiments",
+    "train": "dpo_ref.train.cli",
+    "experiment": "dpo_ref.experiments.run",
     "verify": "dpo_ref.oracle.cli",
     "matrix": "dpo_ref.oracle.matrix",
     "prove": "dpo_ref.proofs.cli",  # `proofs/` of a source checkout, see _module()
-    "bench": "dpo_ref.bench",
+    "bench": "dpo_ref.bench.run",
 }
 
 

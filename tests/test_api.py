@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import dpo_ref
 from dpo_ref import dpo_loss, ipo_loss, sequence_logps
-from dpo_ref import strategies as dst
+from dpo_ref.checks import strategies as dst
 
 
 def test_outputs_are_per_example_losses_and_detached_rewards():
@@ -85,7 +85,7 @@ def test_bfloat16_logits_are_scored_in_float32():
 @given(batch=dst.token_batches(max_batch=3, max_vocab=9), average=st.booleans())
 def test_many_chunks_agree_with_the_loop(monkeypatch_chunks, batch, average):
     """Force one position per chunk so the chunked forward and backward are exercised on small inputs."""
-    from dpo_ref import properties as P
+    from dpo_ref.checks import properties as P
 
     P.check_logps_values(lambda lg, lb: sequence_logps(lg, lb, average=average), batch, average=average)
     P.check_logps_gradients(sequence_logps, batch)

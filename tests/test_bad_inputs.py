@@ -53,7 +53,7 @@ def files(tmp_path_factory):
     """Bad and good data files, model directories that are not causal LMs, and a plain file."""
     from transformers import BertConfig, BertModel, T5Config
 
-    from dpo_ref.tokenizer import build_char_tokenizer
+    from dpo_ref.train.tokenizer import build_char_tokenizer
 
     root = tmp_path_factory.mktemp("inputs")
     line = json.dumps(GOOD) + "\n"
@@ -93,14 +93,14 @@ def files(tmp_path_factory):
     _write(garbage / "config.json", "{this is not json")
     no_config = root / "no_config"
     tokenizer.save_pretrained(no_config)
-    from dpo_ref.model import build_tiny_model
+    from dpo_ref.train.model import build_tiny_model
 
     tiny = build_tiny_model(tokenizer)
     for name in ("truncated", "wrong_shape", "config_list", "bad_pickle", "plain_pickle", "bad_template"):
         tiny.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
         f[name] = str(root / name)
-    from dpo_ref.model import llama_config, tiny_llama
+    from dpo_ref.train.model import llama_config, tiny_llama
 
     small_vocab = root / "small_vocab"  # 64 embedding rows for a tokenizer of 100 tokens ('a' is id 69)
     tiny_llama(llama_config(64), seed=0).save_pretrained(small_vocab)
@@ -177,8 +177,8 @@ def not_a_tensor(pc, pr, rc, rr, beta=0.1):
 
 def _prepare(key, **kw):
     def run(f):
-        from dpo_ref.data import prepare_dataset
-        from dpo_ref.tokenizer import build_char_tokenizer
+        from dpo_ref.train.data import prepare_dataset
+        from dpo_ref.train.tokenizer import build_char_tokenizer
 
         return prepare_dataset(f[key] if isinstance(key, str) else key, build_char_tokenizer(), **kw)
 
@@ -187,7 +187,7 @@ def _prepare(key, **kw):
 
 def _load_model(key):
     def run(f):
-        from dpo_ref.model import load_model_and_tokenizer
+        from dpo_ref.train.model import load_model_and_tokenizer
 
         return load_model_and_tokenizer(f[key])
 
@@ -196,7 +196,7 @@ def _load_model(key):
 
 def _config(**kw):
     def run(f):
-        from dpo_ref.train import TrainConfig, check_config
+        from dpo_ref.train.loop import TrainConfig, check_config
 
         return check_config(TrainConfig(**kw))
 
@@ -205,7 +205,7 @@ def _config(**kw):
 
 def _train(out_key, sub="out", **kw):
     def run(f):
-        from dpo_ref.train import TrainConfig, train
+        from dpo_ref.train.loop import TrainConfig, train
 
         out = os.path.join(f[out_key], sub) if sub else f[out_key]
         return train(TrainConfig(data=f["good"], out=out, sft_steps=0, steps=1, progress=False, **kw))
@@ -214,7 +214,7 @@ def _train(out_key, sub="out", **kw):
 
 
 def _corrupt_checkpoint(f):
-    from dpo_ref.checkpoint import load_tensors
+    from dpo_ref.train.checkpoint import load_tensors
 
     return load_tensors(f["broken_json"])  # a JSONL file is no safetensors file
 
@@ -319,7 +319,7 @@ def test_api_bad_input_raises_a_specific_error_naming_the_argument(files, case, 
 
 
 def test_api_resume_without_a_checkpoint_is_refused(files, tmp_path):
-    from dpo_ref.train import TrainConfig, train
+    from dpo_ref.train.loop import TrainConfig, train
 
     with pytest.raises(InputError, match="--resume: .* has no run to resume"):
         train(TrainConfig(data=files["good"], out=str(tmp_path / "fresh"), sft_steps=0, steps=1, resume=True))

@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import pytest
 
-from dpo_ref import bench
-from dpo_ref.bench import PRESETS, BenchError, check_agreement
+from dpo_ref.bench import run as bench
+from dpo_ref.bench.run import PRESETS, BenchError, check_agreement
 
 try:
     import trl  # noqa: F401
@@ -48,7 +48,7 @@ def _spec(side: str, ref: str = "ref_model", **overrides) -> dict:
 
 
 def test_rows_tokenize_to_exactly_seq_len_tokens_on_dpo_ref_side():
-    from dpo_ref.data import prepare_dataset
+    from dpo_ref.train.data import prepare_dataset
 
     size = replace(TINY, seq_len=40, prompt_len=11, batch=3)
     rows = bench.bench_rows(size, seed=3)
@@ -91,9 +91,9 @@ def test_check_agreement_accepts_equal_and_rejects_each_kind_of_mismatch():
 @needs_trl
 @pytest.mark.parametrize("ref", ["ref_model", "precomputed_ref"])
 def test_both_sides_agree_in_process_and_the_guard_rejects_a_broken_dpo_ref_loss(ref, monkeypatch):
-    from dpo_ref import train
-    from dpo_ref.bench_trl import trl_worker
+    from dpo_ref.bench.trl_worker import trl_worker
     from dpo_ref.losses import dpo_loss
+    from dpo_ref.train import loop as train
 
     ours, theirs = bench.dpo_ref_worker(_spec("dpo_ref", ref)), trl_worker(_spec("trl", ref))
     guard = check_agreement(ref, ours, theirs)
@@ -193,7 +193,7 @@ def test_table_says_when_the_logits_are_too_small_for_the_log_prob_ratios():
     import json
     import os
 
-    from dpo_ref.bench import SMALL_LOGITS_MB, format_table
+    from dpo_ref.bench.run import SMALL_LOGITS_MB, format_table
 
     path = os.path.join(os.path.dirname(__file__), "..", "docs", "results", "bench.json")
     with open(path) as f:

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dpo_ref.cli import main
-from dpo_ref.data import (
+from dpo_ref.errors import InputError
+from dpo_ref.train.data import (
     PreferenceCollator,
     TokenizedPair,
     prepare_dataset,
@@ -18,8 +19,7 @@ from dpo_ref.data import (
     row_error,
     tokenize_pair,
 )
-from dpo_ref.errors import InputError
-from dpo_ref.tokenizer import build_char_tokenizer
+from dpo_ref.train.tokenizer import build_char_tokenizer
 
 BOS, EOS, PAD = 1, 2, 0
 
@@ -181,7 +181,7 @@ def _unpadded_logps_float64(model, pairs) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def model_and_pairs(tokenizer):
-    from dpo_ref.model import build_tiny_model
+    from dpo_ref.train.model import build_tiny_model
 
     rows = [
         {"prompt": "ab>", "chosen": "ba", "rejected": "bb"},
@@ -195,7 +195,7 @@ def model_and_pairs(tokenizer):
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("scored_head_only", [True, False])
 def test_padding_sides_give_the_unpadded_logps(model_and_pairs, side, scored_head_only):
-    from dpo_ref.train import SequenceScorer
+    from dpo_ref.train.loop import SequenceScorer
 
     model, pairs = model_and_pairs
     expected = _unpadded_logps_float64(model, pairs)
@@ -226,7 +226,7 @@ def test_scored_head_only_matches_full_logits_on_gpt2(tokenizer, model_and_pairs
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from dpo_ref.logps import sequence_logps
-    from dpo_ref.train import SequenceScorer
+    from dpo_ref.train.loop import SequenceScorer
 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2)
@@ -290,7 +290,7 @@ def test_truncation_property_rejects_cutting_the_wrong_side():
 
 def test_scored_head_only_gradients_match_full_logits(model_and_pairs):
     """The backward of the scored-positions path equals autograd through full float64 log_softmax."""
-    from dpo_ref.train import SequenceScorer
+    from dpo_ref.train.loop import SequenceScorer
 
     model, pairs = model_and_pairs
     model = model.double()

@@ -1,8 +1,8 @@
 """The docs quote the results files, and their runnable examples run.
 
 Every measured figure in README.md and docs/*.md sits in a span naming a file of docs/results/ and a key path
-(`dpo_ref.results`); these tests fail when a figure was edited by hand, when a rerun changed a file without
-`python -m dpo_ref.results refresh`, when a results file is quoted nowhere, and when a code block marked
+(`dpo_ref.docgen.results`); these tests fail when a figure was edited by hand, when a rerun changed a file without
+`python -m dpo_ref.docgen.results refresh`, when a results file is quoted nowhere, and when a code block marked
 `<!-- runnable -->` no longer runs.
 """
 
@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from dpo_ref import results as R
+from dpo_ref.docgen import results as R
 
 DOCS = R.doc_files()
 RUNNABLE = re.compile(r"<!-- runnable -->\n```python\n(.*?)```", re.DOTALL)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dpo_ref.cli import main
-from dpo_ref.experiments import BANDIT_DATASETS, bandit_closed_form, run_bandit, run_overfit
+from dpo_ref.experiments.run import BANDIT_DATASETS, bandit_closed_form, run_bandit, run_overfit
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
@@ -137,7 +137,7 @@ def test_displacement_cli_writes_both_variants(tmp_path, capsys):
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib (the plot extra) is not installed")
 def test_bandit_plot_has_labelled_axes_and_a_legend_that_covers_no_panel():
     """A policy near 1 fills a panel's height, so a legend inside any panel would cover its bar."""
-    from dpo_ref.experiments import bandit_figure
+    from dpo_ref.experiments.run import bandit_figure
 
     results = [
         {"dataset": d, "loss": loss, "tau": 0.1, "policy": {"a": 0.97, "b": 0.02, "c": 0.01},

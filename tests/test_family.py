@@ -1,6 +1,6 @@
 """Every member of the loss family (`dpo_ref.family`) has the properties that identify it.
 
-The checks live in `dpo_ref.family_properties` (independent mpmath reference); `test_family_bite.py`
+The checks live in `dpo_ref.checks.family_properties` (independent mpmath reference); `test_family_bite.py`
 shows each one rejecting a deliberately wrong implementation. `PROPERTIES[name](fn_for, variant)`
 returns a test body, so both files drive the same statements.
 """
@@ -12,11 +12,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpo_ref import family_properties as FP
-from dpo_ref import strategies as dst
+from dpo_ref.checks import family_properties as FP
+from dpo_ref.checks import strategies as dst
+from dpo_ref.checks.family_properties import FamilySpec
 from dpo_ref.errors import InputError
 from dpo_ref.family import LOSS_FAMILY
-from dpo_ref.family_properties import FamilySpec
 
 # The mpmath reference costs ~10 ms a row, so these tests draw a tenth of the profile's examples (3 in
 # `ci`, 100 in `thorough`) on batches of up to 4 pairs; 18 variants x 5 properties share the budget.

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import dpo_ref
 from dpo_ref.family import LOSS_FAMILY
-from dpo_ref.variant_names import FAMILY_VARIANTS
+from dpo_ref.variants import FAMILY_VARIANTS
 
 EXAMPLES = 4  # per run: the values check alone, batches of up to 4 pairs
 

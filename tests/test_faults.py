@@ -19,13 +19,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import dpo_ref.train as train_module
-from dpo_ref.checkpoint import KILL_IN_CHECKPOINT_ENV, load_tensors, read_metadata
+import dpo_ref.train.loop as train_module
 from dpo_ref.errors import InputError
-from dpo_ref.rundir import RunDir
-from dpo_ref.tasks import ReversalTask, reversal_rows
-from dpo_ref.train import TrainConfig, read_metrics, train
-from dpo_ref.train_cli import _summary_lines
+from dpo_ref.train.checkpoint import KILL_IN_CHECKPOINT_ENV, load_tensors, read_metadata
+from dpo_ref.train.cli import _summary_lines
+from dpo_ref.train.loop import TrainConfig, read_metrics, train
+from dpo_ref.train.rundir import RunDir
+from dpo_ref.train.tasks import ReversalTask, reversal_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
@@ -325,7 +325,7 @@ def _one_line_exit_2(code: int, err: str) -> str:
 
 HOLD_LOCK = """
 import sys, time
-from dpo_ref.rundir import RunDir
+from dpo_ref.train.rundir import RunDir
 RunDir(sys.argv[1]).claim({}, resume=False, overwrite=False, resume_keys=[])
 print("locked", flush=True)
 time.sleep(600)

@@ -1,6 +1,6 @@
 """docs/formulas.md (equation -> code -> proof -> test) is complete and in sync with the code.
 
-`dpo_ref.formulas` builds the table from the formulas' docstrings, the proofs' `justifies` and the property
+`dpo_ref.docgen.formulas` builds the table from the formulas' docstrings, the proofs' `justifies` and the property
 checks; these tests fail when a formula lacks its docstring sentence, names the wrong proof or an unknown
 property, has no test, or when docs/formulas.md was not regenerated.
 """
@@ -12,7 +12,7 @@ import types
 
 import pytest
 
-from dpo_ref import formulas as F
+from dpo_ref.docgen import formulas as F
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_the_table_covers_every_formula_module_and_is_checked_in(rows):
         r.name for r in rows
     }
     assert F.OUTPUT.read_text(encoding="utf-8") == F.markdown(rows), (
-        "docs/formulas.md is out of date: python -m dpo_ref.formulas --output docs/formulas.md"
+        "docs/formulas.md is out of date: python -m dpo_ref.docgen.formulas --output docs/formulas.md"
     )
 
 

@@ -17,7 +17,7 @@ import torch
 import dpo_ref
 from dpo_ref.errors import InputError
 from dpo_ref.family import LOSS_FAMILY
-from dpo_ref.variant_names import CLASSIC_VARIANTS, FAMILY_VARIANTS, ORACLE_NAME, VARIANTS
+from dpo_ref.variants import CLASSIC_VARIANTS, FAMILY_VARIANTS, ORACLE_NAME, VARIANTS
 from tests.family_impls import BROKEN, CORRECT
 
 pytest_plugins = ["pytester"]

@@ -17,9 +17,9 @@ TARGETS = Path(__file__).resolve().parent / "oracle_targets"
 
 
 def _plugin_args() -> list[str]:
-    """`-p dpo_ref.pytest_plugin` unless the installed package already registers it as an entry point."""
-    registered = any(ep.value == "dpo_ref.pytest_plugin" for ep in entry_points(group="pytest11"))
-    return [] if registered else ["-p", "dpo_ref.pytest_plugin"]
+    """`-p dpo_ref.oracle.pytest_plugin` unless the installed package already registers it as an entry point."""
+    registered = any(ep.value == "dpo_ref.oracle.pytest_plugin" for ep in entry_points(group="pytest11"))
+    return [] if registered else ["-p", "dpo_ref.oracle.pytest_plugin"]
 
 
 def _run(pytester, *args):
@@ -27,7 +27,7 @@ def _run(pytester, *args):
 
 
 def test_plugin_loads_without_torch():
-    code = "import sys, dpo_ref.pytest_plugin; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, dpo_ref.oracle.pytest_plugin; assert 'torch' not in sys.modules, 'torch imported'"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
 

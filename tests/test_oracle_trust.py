@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import dpo_ref
-from dpo_ref import properties as P
+from dpo_ref.checks import properties as P
 from dpo_ref.cli import main
 from dpo_ref.oracle import adapters, load_target, verify
 from dpo_ref.oracle.report import ADVICE, FAILED, PASSED

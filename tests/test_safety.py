@@ -89,8 +89,8 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def test_checkpoints_and_weights_are_safetensors(tmp_path):
-    from dpo_ref.tasks import ReversalTask, reversal_rows
-    from dpo_ref.train import TrainConfig, train
+    from dpo_ref.train.loop import TrainConfig, train
+    from dpo_ref.train.tasks import ReversalTask, reversal_rows
 
     rows, _ = reversal_rows(ReversalTask(train_size=8, eval_size=4, max_len=3))
     data = tmp_path / "d.jsonl"
@@ -109,8 +109,8 @@ def test_a_model_directory_is_read_from_safetensors_never_from_a_pickle(tmp_path
     opened: here it is not even a pickle, and the weights loaded are the safetensors' bit for bit."""
     import torch
 
-    from dpo_ref.model import build_tiny_model, load_model_and_tokenizer
-    from dpo_ref.tokenizer import build_char_tokenizer
+    from dpo_ref.train.model import build_tiny_model, load_model_and_tokenizer
+    from dpo_ref.train.tokenizer import build_char_tokenizer
 
     tokenizer = build_char_tokenizer()
     saved = build_tiny_model(tokenizer, seed=7)
@@ -141,7 +141,7 @@ class CustomConfig(PretrainedConfig):
 @pytest.fixture()
 def custom_code_model(tmp_path):
     """A model directory whose config asks for its own Python code, which leaves a marker file when it runs."""
-    from dpo_ref.tokenizer import build_char_tokenizer
+    from dpo_ref.train.tokenizer import build_char_tokenizer
 
     directory = tmp_path / "custom"
     build_char_tokenizer().save_pretrained(directory)
@@ -153,7 +153,7 @@ def custom_code_model(tmp_path):
 def _load_in_child(directory: Path, trust: bool, tmp_path: Path) -> subprocess.CompletedProcess:
     # a child with its own HF_MODULES_CACHE: transformers copies remote code there before running it
     code = (
-        "from dpo_ref.model import load_model_and_tokenizer\n"
+        "from dpo_ref.train.model import load_model_and_tokenizer\n"
         f"load_model_and_tokenizer({str(directory)!r}, trust_remote_code={trust})\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_MODULES_CACHE": str(tmp_path / "modules")}
@@ -163,7 +163,7 @@ def _load_in_child(directory: Path, trust: bool, tmp_path: Path) -> subprocess.C
 def test_custom_model_code_never_runs_without_the_flag(custom_code_model, tmp_path):
     from dpo_ref.cli import main
     from dpo_ref.errors import InputError
-    from dpo_ref.model import load_model_and_tokenizer
+    from dpo_ref.train.model import load_model_and_tokenizer
 
     with pytest.raises(InputError, match="custom code .*--trust-remote-code"):
         load_model_and_tokenizer(str(custom_code_model))

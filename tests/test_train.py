@@ -11,11 +11,11 @@ import sys
 import pytest
 import torch
 
-import dpo_ref.train as train_module
-from dpo_ref.checkpoint import atomic_save_tensors, load_tensors
+import dpo_ref.train.loop as train_module
 from dpo_ref.errors import InputError
-from dpo_ref.tasks import ReversalTask, reversal_rows
-from dpo_ref.train import TrainConfig, frozen_reference, read_metrics, train
+from dpo_ref.train.checkpoint import atomic_save_tensors, load_tensors
+from dpo_ref.train.loop import TrainConfig, frozen_reference, read_metrics, train
+from dpo_ref.train.tasks import ReversalTask, reversal_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -240,8 +240,8 @@ def tied_model_dir(tmp_path_factory):
     """A local HF directory: a tiny Llama with tied input/output embeddings and the character tokenizer."""
     from transformers import LlamaForCausalLM
 
-    from dpo_ref.model import tiny_llama_config
-    from dpo_ref.tokenizer import build_char_tokenizer
+    from dpo_ref.train.model import tiny_llama_config
+    from dpo_ref.train.tokenizer import build_char_tokenizer
 
     tokenizer = build_char_tokenizer()
     config = tiny_llama_config(tokenizer)
@@ -277,7 +277,7 @@ def gpt2_dropout_dir(tmp_path_factory):
     """A local GPT-2 (another model family) with dropout 0.5 everywhere."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from dpo_ref.tokenizer import build_char_tokenizer
+    from dpo_ref.train.tokenizer import build_char_tokenizer
 
     tokenizer = build_char_tokenizer()
     config = GPT2Config(
@@ -318,7 +318,7 @@ def test_default_recipe_meets_its_numbers(tmp_path):
 
 
 def test_a_users_model_gets_its_own_defaults_not_the_built_in_recipe():
-    from dpo_ref.train_config import check_config
+    from dpo_ref.train.config import check_config
 
     builtin = check_config(TrainConfig())
     user = check_config(TrainConfig(model="some/dir"))
@@ -382,8 +382,8 @@ def _greedy_without_cache(model, prompts, max_new_tokens, eos_id):
 
 
 def test_greedy_generation_equals_token_by_token_argmax_on_unpadded_prompts(data):
-    from dpo_ref.model import build_tiny_model
-    from dpo_ref.tokenizer import build_char_tokenizer
+    from dpo_ref.train.model import build_tiny_model
+    from dpo_ref.train.tokenizer import build_char_tokenizer
 
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, seed=3).eval()

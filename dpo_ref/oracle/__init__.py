@@ -1,20 +1,36 @@
 """The conformance oracle: judge third-party DPO / IPO code against dpo_ref.
 
-dpo_ref.verify(fn, level="loss" | "logps", variant="dpo" | "cdpo" | "ipo" | "ipo-mean") -> Report
+dpo_ref.verify(fn, level="loss" | "logps", variant=<any name in dpo_ref.variants>) -> Report
 dpo-ref verify TARGET ...                       (the command line, `dpo_ref.oracle.cli`)
 @parametrize_with_dpo_checks(fn, variant=...)    (one pytest test per check)
+
+Names load on first use, so the pytest plugin (`dpo_ref.oracle.pytest_plugin`, loaded in every pytest run)
+imports this package without importing torch.
 """
 
-from dpo_ref.oracle.api import check_names, verify
-from dpo_ref.oracle.report import CheckResult, Report
-from dpo_ref.oracle.targets import load_target
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "verify": "dpo_ref.oracle.api",
+    "check_names": "dpo_ref.oracle.api",
+    "CheckResult": "dpo_ref.oracle.report",
+    "Report": "dpo_ref.oracle.report",
+    "load_target": "dpo_ref.oracle.targets",
+    "parametrize_with_dpo_checks": "dpo_ref.oracle.pytest_support",
+}
+
+__all__ = sorted(_LAZY)
 
 
-def parametrize_with_dpo_checks(*args, **kwargs):
-    """See `dpo_ref.oracle.pytest_support.parametrize_with_dpo_checks`."""
-    from dpo_ref.oracle.pytest_support import parametrize_with_dpo_checks as decorator
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dpo_ref.oracle' has no attribute {name!r}")
 
-    return decorator(*args, **kwargs)
 
-
-__all__ = ["CheckResult", "Report", "check_names", "load_target", "parametrize_with_dpo_checks", "verify"]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

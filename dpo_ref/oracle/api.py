@@ -48,7 +48,7 @@ from dpo_ref.oracle.targets import (
     import_source,
     load_target,
 )
-from dpo_ref.variant_names import FAMILY_MAX_EXAMPLES, FAMILY_VARIANTS, VARIANTS
+from dpo_ref.variants import FAMILY_MAX_EXAMPLES, FAMILY_VARIANTS, VARIANTS
 
 LEVELS = ("loss", "logps")
 DEFAULT_MAX_EXAMPLES = 100
@@ -169,7 +169,7 @@ def verify(
         level: `loss` (the default for a callable) or `logps`; adapters also `library`, and by default
             run every level they support.
         variant: `dpo`, `cdpo`, `ipo` (summed log-probs) or `ipo-mean` (length-averaged log-probs), or a
-            family variant at the loss level (`dpo_ref.variant_names.FAMILY_VARIANTS`: hinge, ipo-norm,
+            family variant at the loss level (`dpo_ref.variants.FAMILY_VARIANTS`: hinge, ipo-norm,
             exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop,
             sft, sigmoid_norm, simpo), called with its coefficients and, if length-normalised,
             `chosen_lengths=`, `rejected_lengths=` (`dpo_ref.oracle.targets`).

@@ -1,7 +1,7 @@
 """The catalogue of properties: each defined once (name, statement, strategy, check, reproduction).
 
 A `Check` draws one example (a dict of inputs) from a Hypothesis strategy, runs one of the property
-checks of `dpo_ref.properties` on a target, and knows how to write a failing example as a snippet
+checks of `dpo_ref.checks.properties` on a target, and knows how to write a failing example as a snippet
 (`dpo_ref.oracle.snippets`). The oracle (`dpo_ref.verify`, `dpo-ref verify`, the pytest plugin) and
 dpo_ref's own test suite (`tests/test_properties.py`: every check on dpo_ref itself, float64-exact) read
 the same catalogue; `dpo_ref.oracle.runner` drives a check under Hypothesis.
@@ -19,9 +19,9 @@ import torch
 from hypothesis import strategies as st
 
 import dpo_ref.oracle.snippets as S
-from dpo_ref import properties as P
-from dpo_ref import strategies as dst
-from dpo_ref.variant_names import CLASSIC_VARIANTS, FAMILY_VARIANTS
+from dpo_ref.checks import properties as P
+from dpo_ref.checks import strategies as dst
+from dpo_ref.variants import CLASSIC_VARIANTS, FAMILY_VARIANTS
 
 VARIANTS = CLASSIC_VARIANTS  # the variants the checks below apply to; the family's: dpo_ref.oracle.family_checks
 REDUCTIONS = ("auto", "none", "mean", "sum")

@@ -15,7 +15,7 @@ import uuid
 
 from dpo_ref.atomic import check_output_file, write_text_atomic
 from dpo_ref.errors import InputError
-from dpo_ref.variant_names import VARIANTS
+from dpo_ref.variants import VARIANTS
 
 LEVELS = ("loss", "logps", "library")
 TIMEOUT = 600.0  # seconds, the default limit of --isolate

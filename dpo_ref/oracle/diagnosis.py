@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dpo_ref import properties as P
+from dpo_ref.checks import properties as P
+from dpo_ref.checks.strategies import IGNORE_INDEX, TokenBatch
 from dpo_ref.losses import dpo_losses_from_margin, ipo_losses_from_margin, preference_margin
-from dpo_ref.strategies import IGNORE_INDEX, TokenBatch
 
 HALF_EPS = torch.finfo(torch.bfloat16).eps  # the coarser of the two half precisions
 
@@ -256,7 +256,7 @@ def family_alternatives(key: str, claimed: dict, lengths: bool) -> list[tuple[st
     common mistakes in `key` itself (chosen/rejected swapped, coefficient ignored, no reference; for the
     length-normalised: counts one too many, no normalisation). Members needing lengths only when `lengths`."""
     from dpo_ref.family import LOSS_FAMILY
-    from dpo_ref.variant_names import ORACLE_NAME
+    from dpo_ref.variants import ORACLE_NAME
 
     claimed_name = ORACLE_NAME[key]
     out = []

@@ -1,8 +1,8 @@
 """The oracle's checks for the family variants (hinge, robust, simpo, ...): catalogue `Check`s over the family.
 
 Each check draws a batch of up to FAMILY_BATCH pairs, the variant's coefficients (fixed ones from the
-`Config`, the others from their valid ranges: `dpo_ref.strategies.family_coefficients`) and scored-token
-counts, and runs one property of `dpo_ref.family_properties` (values and gradients against an mpmath
+`Config`, the others from their valid ranges: `dpo_ref.checks.strategies.family_coefficients`) and scored-token
+counts, and runs one property of `dpo_ref.checks.family_properties` (values and gradients against an mpmath
 reference, invariance under f(x) or its absence, batch structure, bounds, optima, the variant's own
 identities) on the target through `FamilyTarget` (`dpo_ref.oracle.targets`). The runner, reports,
 diagnoses and interfaces are the classic variants' (`dpo_ref.oracle.runner`, `levels`, `diagnosis`).
@@ -21,13 +21,13 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from dpo_ref import family_properties as FP
-from dpo_ref import properties as P
-from dpo_ref import strategies as dst
+from dpo_ref.checks import family_properties as FP
+from dpo_ref.checks import properties as P
+from dpo_ref.checks import strategies as dst
 from dpo_ref.family import LOSS_FAMILY
 from dpo_ref.oracle.catalogue import Check, Config
 from dpo_ref.oracle.snippets import tensor_src
-from dpo_ref.variant_names import FAMILY_VARIANTS
+from dpo_ref.variants import FAMILY_VARIANTS
 
 FAMILY_BATCH = 4  # pairs per drawn batch: the mpmath reference costs ~10 ms a row
 ALL = tuple(FAMILY_VARIANTS)
@@ -188,7 +188,7 @@ def _snippet(call: str, module: str = "FP."):
         return "\n".join(
             lines
             + [
-                "from dpo_ref import family_properties as FP",
+                "from dpo_ref.checks import family_properties as FP",
                 "from dpo_ref.oracle.targets import FamilyTarget",
                 f"target = FamilyTarget.from_callable(fn, {cfg.family!r}, 'fn', '')",
                 f"target.detect_reduction({c!r})",
@@ -318,7 +318,7 @@ FAMILY_CHECKS: tuple[Check, ...] = (
         _oracle(_run_unmodified),
         _snippet(
             "check_inputs_unmodified(lambda *x: per_example(*x, nc, nr), spec, (pc, pr, rc, rr))",
-            "dpo_ref.properties.",
+            "dpo_ref.checks.properties.",
         ),
         ALL,
         family_inputs,

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable
 import torch
 
 import dpo_ref.oracle.diagnosis as diagnosis
-from dpo_ref import properties as P
+from dpo_ref.checks import properties as P
+from dpo_ref.checks.properties import TOLERANCE_K
 from dpo_ref.errors import InputError
 from dpo_ref.oracle.catalogue import ADVICE, LOGPS_CHECKS, LOSS_CHECKS, Config
 from dpo_ref.oracle.report import ADVICE as ADVICE_STATUS
@@ -19,8 +20,7 @@ from dpo_ref.oracle.report import FAILED, PASSED, SKIPPED, CheckResult, Report
 from dpo_ref.oracle.runner import describe_error, guarded, run_check
 from dpo_ref.oracle.snippets import HEADER
 from dpo_ref.oracle.targets import FamilyTarget, LogpsTarget, LossTarget
-from dpo_ref.properties import TOLERANCE_K
-from dpo_ref.variant_names import FAMILY_VARIANTS
+from dpo_ref.variants import FAMILY_VARIANTS
 
 Progress = Callable[[CheckResult], None] | None
 
@@ -288,7 +288,7 @@ def family_settings(cfg: Config) -> dict:
     out["batch"] = f"up to {FAMILY_BATCH} pairs"
     out["reduction"] = {"auto": "per-example or batch mean"}.get(cfg.reduction, f"declared: {cfg.reduction}")
     unit = "eps_dtype (--strict)" if cfg.strict else "max(eps_dtype, eps_float32)"
-    out["tolerance"] = f"{TOLERANCE_K:g} u (G (S + C_h) + |L| + C_L + 1) (dpo_ref.family_properties), u = {unit}"
+    out["tolerance"] = f"{TOLERANCE_K:g} u (G (S + C_h) + |L| + C_L + 1) (dpo_ref.checks.family_properties), u = {unit}"
     return out
 
 

@@ -28,7 +28,7 @@ class CheckResult:
     message: str = ""  # what was expected and what came out (failed), or why it was skipped
     reproduction: str | None = None  # a Python snippet reproducing the failure
     examples: int = 0  # inputs tried
-    precision: object = None  # dpo_ref.properties.Precision measured on the examples that passed, if any
+    precision: object = None  # dpo_ref.checks.properties.Precision measured on the examples that passed, if any
 
     def line(self, width: int = 10) -> str:
         """One line: mark, name, description (and why, when skipped or expected to fail)."""

@@ -13,7 +13,7 @@ import math
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 
-from dpo_ref import properties as P
+from dpo_ref.checks import properties as P
 from dpo_ref.oracle.catalogue import Check, Config
 from dpo_ref.oracle.report import ADVICE, FAILED, PASSED, SKIPPED, CheckResult
 from dpo_ref.oracle.snippets import HEADER, loss_inputs

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from dpo_ref import properties as P
+from dpo_ref.checks import properties as P
 
 HEADER = "import torch\nimport dpo_ref\ntorch.set_printoptions(precision=12)"
 NAMES = ("pc", "pr", "rc", "rr")

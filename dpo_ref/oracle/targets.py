@@ -9,7 +9,7 @@ or a built-in adapter name (`trl`, `torchtune`). Loss-level callables are called
 may return per-example losses `(B,)`, their mean or sum as a scalar, or a tuple / named tuple whose
 first item is one of those. `LossTarget.detect_reduction` finds out which on a probe batch.
 
-A family variant (`dpo_ref.variant_names.FAMILY_VARIANTS`: hinge, robust, simpo, ...) is called the same
+A family variant (`dpo_ref.variants.FAMILY_VARIANTS`: hinge, robust, simpo, ...) is called the same
 way with its own coefficients as keywords, named as in `dpo_ref.family.LOSS_FAMILY[variant].coefficients`
 (`beta`, `tau`, `label_smoothing`, `gamma`, `delta`; a target without `tau` gets it as `beta`, TRL's
 convention), and, for the length-normalised ones (ipo-norm, sigmoid_norm, simpo, sft), the scored-token
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dpo_ref.checks.properties import LossSpec, preference_margin
 from dpo_ref.errors import InputError
-from dpo_ref.properties import LossSpec, preference_margin
 
 ADAPTERS = ("trl", "torchtune")
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from dpo_ref.strategies import IGNORE_INDEX
+from dpo_ref.checks.strategies import IGNORE_INDEX
 
 LogpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -1,7 +1,7 @@
 """A tiny local causal LM, tokenizer and preference rows for driving libraries end to end.
 
 Nothing is downloaded: the tokenizer and the model come from dpo-ref's own factories
-(`dpo_ref.tokenizer.build_word_tokenizer`, `dpo_ref.model.tiny_llama`): a whitespace word-level
+(`dpo_ref.train.tokenizer.build_word_tokenizer`, `dpo_ref.train.model.tiny_llama`): a whitespace word-level
 tokenizer and a 1-layer `LlamaForCausalLM` built from a config with a fixed seed. Policy and reference
 get different seeds, so the margins are not all zero.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from dpo_ref.tokenizer import SPECIAL_TOKENS
+from dpo_ref.train.tokenizer import SPECIAL_TOKENS
 
 WORDS = "the cat dog sat on mat a red blue big small ran fast slow is was good bad yes no".split()
 SPECIAL = list(SPECIAL_TOKENS)
@@ -30,15 +30,15 @@ ROWS4 = {
 
 
 def tokenizer():
-    """The word-level tokenizer of SPECIAL + WORDS (`dpo_ref.tokenizer.build_word_tokenizer`), adding nothing."""
-    from dpo_ref.tokenizer import build_word_tokenizer
+    """The word-level tokenizer of SPECIAL + WORDS (`dpo_ref.train.tokenizer.build_word_tokenizer`), adding nothing."""
+    from dpo_ref.train.tokenizer import build_word_tokenizer
 
     return build_word_tokenizer(WORDS, add_bos=False)
 
 
 def model(seed: int, dtype: torch.dtype = torch.float64):
     """A 1-layer Llama with vocabulary SPECIAL + WORDS; weights drawn with a large std for non-trivial log-probs."""
-    from dpo_ref.model import TinyLlamaSize, llama_config, tiny_llama
+    from dpo_ref.train.model import TinyLlamaSize, llama_config, tiny_llama
 
     size = TinyLlamaSize(
         hidden_size=16,

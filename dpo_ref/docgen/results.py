@@ -13,8 +13,8 @@ is the value at key path `summary.seconds` of `docs/results/train.json`, formatt
     ```
     <!-- /r-block -->
 
-`python -m dpo_ref.results refresh` rewrites every span from the files (after `benchmarks/refresh_results.sh`
-has re-run the commands); `python -m dpo_ref.results check` lists the spans that disagree (exit 1), which is
+`python -m dpo_ref.docgen.results refresh` rewrites every span from the files (after `benchmarks/refresh_results.sh`
+has re-run the commands); `python -m dpo_ref.docgen.results check` lists the spans that disagree (exit 1), which is
 what `tests/test_doc_results.py` asserts for the checked-in docs. Nothing here is measured: the commands
 (`dpo-ref train --json`, `dpo-ref experiment ... --json`, `dpo-ref bench --json`,
 `benchmarks/verify_budget.py --json`, `benchmarks/logps_memory.py --json`, `benchmarks/suite_time.py --json`)
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from dpo_ref.atomic import check_output_file, write_text_atomic
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: dpo_ref/docgen/ -> .
 RESULTS = ROOT / "docs" / "results"
 DOCS = ("README.md", "docs")  # the markdown files that may quote results: README.md and docs/*.md
 
@@ -105,7 +105,7 @@ class Results:
         if name not in self._files:
             path = self.directory / name
             if not path.is_file():
-                raise FileNotFoundError(f"{path} does not exist (its command writes it: see dpo_ref/results.py)")
+                raise FileNotFoundError(f"{path} does not exist (its command writes it: see dpo_ref/docgen/results.py)")
             self._files[name] = json.loads(path.read_text(encoding="utf-8"))
         return self._files[name]
 
@@ -165,7 +165,7 @@ def doc_files(root: Path = ROOT) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dpo_ref.results", description="Rewrite or check the docs' quoted numbers (docs/results)."
+        prog="python -m dpo_ref.docgen.results", description="Rewrite or check the docs' quoted numbers (docs/results)."
     )
     parser.add_argument("action", choices=("refresh", "check"), help="rewrite the spans, or list disagreements")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """TRL's side of `dpo-ref bench`: `trl.DPOTrainer` driven through its public API, timed per step.
 
 The same model, weights, rows, batch, dtype, optimizer (AdamW, constant learning rate, clipping at
-1.0) and thread count as dpo-ref's side (`dpo_ref.bench.dpo_ref_worker`); no gradient checkpointing,
+1.0) and thread count as dpo-ref's side (`dpo_ref.bench.run.dpo_ref_worker`); no gradient checkpointing,
 no logging, evaluation or saving. Step time is the interval between consecutive `on_step_end`
 callbacks, so it includes TRL's data loader. In the precomputed setting the reference model is dropped
 after `DPOTrainer` has computed its log-probs, as dpo-ref does.
@@ -14,7 +14,7 @@ import gc
 import tempfile
 import time
 
-from dpo_ref.bench import (
+from dpo_ref.bench.run import (
     BenchSize,
     StepGate,
     _import_common,
@@ -97,7 +97,7 @@ def trl_worker(spec: dict) -> dict:
             warmup_steps=0,
             weight_decay=0.0,
             max_grad_norm=1.0,
-            optim="adamw_torch_fused" if on_cuda else "adamw_torch",  # as dpo_ref.train.adamw
+            optim="adamw_torch_fused" if on_cuda else "adamw_torch",  # as dpo_ref.train.loop.adamw
             beta=spec["beta"],
             loss_type=["sigmoid"],
             max_length=None,

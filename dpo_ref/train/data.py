@@ -184,7 +184,7 @@ def _apply_chat_template(tokenizer, messages: list, field: str, **kwargs) -> str
 
 def _unrepresentable(text: str) -> str | None:
     """The first character of `text` the built-in character tokenizer maps to <unk>, or None."""
-    from dpo_ref.tokenizer import CHARACTERS
+    from dpo_ref.train.tokenizer import CHARACTERS
 
     known = set(CHARACTERS)
     return next((c for c in text if c not in known), None)

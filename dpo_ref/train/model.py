@@ -125,7 +125,7 @@ def load_model_and_tokenizer(path: str | None, *, seed: int = 0, trust_remote_co
 
     A tokenizer without a pad token gets its EOS as pad (the pad id is only ever masked out).
     """
-    from dpo_ref.tokenizer import build_char_tokenizer
+    from dpo_ref.train.tokenizer import build_char_tokenizer
 
     if path is None:
         tokenizer = build_char_tokenizer()

@@ -3,7 +3,7 @@
     OUT/run.json                the run's settings (with the data's SHA-256), written when the run starts
     OUT/metrics.jsonl           one JSON object per logged or evaluated step
     OUT/sft.safetensors         the policy after the SFT warm-up (the reference), reused by --resume
-    OUT/checkpoint.safetensors  everything needed to continue exactly (dpo_ref.checkpoint)
+    OUT/checkpoint.safetensors  everything needed to continue exactly (dpo_ref.train.checkpoint)
     OUT/model/                  the final model and tokenizer (save_pretrained)
     OUT/.lock                   held (flock) by the process writing the run; names it (pid, host)
 
@@ -146,7 +146,7 @@ class RunDir:
 
     def claim(self, run_config: dict, *, resume: bool, overwrite: bool, resume_keys) -> None:
         """Take the lock, check again under it, clean up, and (fresh run) clear the old run and write run.json."""
-        from dpo_ref.checkpoint import remove_stray_temp_files
+        from dpo_ref.train.checkpoint import remove_stray_temp_files
 
         os.makedirs(self.path, exist_ok=True)
         self._acquire()
@@ -246,13 +246,13 @@ class RunDir:
         self.write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
     def save_checkpoint(self, **kwargs) -> None:
-        from dpo_ref.checkpoint import save_checkpoint
+        from dpo_ref.train.checkpoint import save_checkpoint
 
         with self.writing(self.checkpoint):
             save_checkpoint(self.checkpoint, **kwargs)
 
     def load_checkpoint(self, **kwargs) -> dict:
-        from dpo_ref.checkpoint import load_checkpoint
+        from dpo_ref.train.checkpoint import load_checkpoint
 
         return load_checkpoint(self.checkpoint, **kwargs)
 
@@ -260,7 +260,7 @@ class RunDir:
         return os.path.exists(self.checkpoint)
 
     def save_sft(self, model, sft_key: dict) -> None:
-        from dpo_ref.checkpoint import atomic_save_tensors, model_tensors
+        from dpo_ref.train.checkpoint import atomic_save_tensors, model_tensors
 
         tensors, aliases = model_tensors(model)
         with self.writing(self.sft):
@@ -270,7 +270,7 @@ class RunDir:
 
     def load_sft(self, model, sft_key: dict, device) -> bool:
         """Load the saved warm-up into `model` if it was made with `sft_key`; whether it was."""
-        from dpo_ref.checkpoint import load_model_tensors, load_tensors, read_metadata
+        from dpo_ref.train.checkpoint import load_model_tensors, load_tensors, read_metadata
 
         if not os.path.exists(self.sft) or read_metadata(self.sft).get("sft") != sft_key:
             return False

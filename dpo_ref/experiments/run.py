@@ -98,10 +98,10 @@ def run_overfit(
 
 
 def _overfit(betas, taus, epochs: int, lr: float, max_grad_norm: float | None, seed: int, show_progress: bool):
-    from dpo_ref.data import PreferenceCollator, tokenize_pair
-    from dpo_ref.model import build_tiny_model
-    from dpo_ref.tokenizer import build_char_tokenizer
-    from dpo_ref.train import SequenceScorer
+    from dpo_ref.train.data import PreferenceCollator, tokenize_pair
+    from dpo_ref.train.loop import SequenceScorer
+    from dpo_ref.train.model import build_tiny_model
+    from dpo_ref.train.tokenizer import build_char_tokenizer
 
     tokenizer = build_char_tokenizer()
     pair = tokenize_pair({"prompt": "Which letter? ", "chosen": "A", "rejected": "B"}, tokenizer)
@@ -180,8 +180,8 @@ def _plot_overfit(rows: list[dict], path: str) -> bool:
 
 def run_displacement(out: str, *, rpo_alpha: float | None = None, **overrides) -> list[dict]:
     """Train the built-in task twice, plain DPO (rpo_alpha = 0) and with the chosen-NLL term; rows per step."""
-    from dpo_ref.train import TrainConfig, check_config, check_out_dir, train
-    from dpo_ref.train_config import RECIPES
+    from dpo_ref.train.config import RECIPES
+    from dpo_ref.train.loop import TrainConfig, check_config, check_out_dir, train
 
     default_alpha = RECIPES["builtin"]["rpo_alpha"] if rpo_alpha is None else rpo_alpha
     runs = []
@@ -302,7 +302,7 @@ def _check_json(args) -> dict | None:
     """Check `--json` before the run, not after it; returns the machine as it was before the run."""
     if not args.json:
         return None
-    from dpo_ref.results import check_results_path, machine
+    from dpo_ref.docgen.results import check_results_path, machine
 
     check_results_path(args.json)
     return machine()
@@ -312,7 +312,7 @@ def _results_json(args, results: dict, lines: list[str], started: float, before:
     """`--json PATH`: the experiment's results with its settings, time and machine (`docs/results/`)."""
     if not args.json:
         return
-    from dpo_ref.results import write_results
+    from dpo_ref.docgen.results import write_results
 
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "json", "command", "experiment")}
     write_results(
@@ -329,7 +329,7 @@ def _results_json(args, results: dict, lines: list[str], started: float, before:
 
 
 def _overfit_handler(args) -> int:
-    from dpo_ref.train import check_writable_dir
+    from dpo_ref.train.loop import check_writable_dir
 
     for name, values in (("--betas", args.betas), ("--taus", args.taus)):
         for value in values:
@@ -469,7 +469,7 @@ def _bandit_handler(args) -> int:
         raise InputError(f"--tau must be a positive finite number, got {args.tau}")
     if args.steps < 1 or args.seeds < 1:
         raise InputError("--steps and --seeds must be positive integers")
-    from dpo_ref.train import check_writable_dir
+    from dpo_ref.train.loop import check_writable_dir
 
     check_writable_dir(args.out, "--out")
     if args.json:  # checked now, not after the runs

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpo_ref.variant_names import VARIANTS
+from dpo_ref.variants import VARIANTS
 
 
 def pytest_addoption(parser) -> None:

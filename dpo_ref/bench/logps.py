@@ -83,7 +83,7 @@ def extra_peak_bytes(variant: str, B: int, T: int, V: int, device: str, backward
             out.sum().backward()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    code = f"from dpo_ref.bench_logps import _child; _child({variant!r}, {B}, {T}, {V}, {backward})"
+    code = f"from dpo_ref.bench.logps import _child; _child({variant!r}, {B}, {T}, {V}, {backward})"
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return json.loads(res.stdout.strip().splitlines()[-1])["extra"]

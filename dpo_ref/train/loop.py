@@ -35,13 +35,13 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from dpo_ref.data import IGNORE_INDEX, PreferenceCollator, TokenizedPair, pad_sequences, prepare_dataset
 from dpo_ref.errors import InputError
 from dpo_ref.logps import sequence_logps, shift_labels, token_logps
 from dpo_ref.losses import dpo_loss, ipo_loss
 from dpo_ref.rpo import per_token_nll, rpo_objective
-from dpo_ref.rundir import RunDir, check_writable_dir
-from dpo_ref.train_config import LOSSES, RESUME_KEYS, SFT_KEYS, TrainConfig, check_config, check_device
+from dpo_ref.train.config import LOSSES, RESUME_KEYS, SFT_KEYS, TrainConfig, check_config, check_device
+from dpo_ref.train.data import IGNORE_INDEX, PreferenceCollator, TokenizedPair, pad_sequences, prepare_dataset
+from dpo_ref.train.rundir import RunDir, check_writable_dir
 
 __all__ = ["LOSSES", "TrainConfig", "check_config", "check_writable_dir", "train", "read_metrics"]
 
@@ -358,7 +358,7 @@ def file_sha256(path: str | None) -> str | None:
 
 def run_config(cfg: TrainConfig, world: int) -> dict:
     """The settings recorded in OUT/run.json and compared on resume (`RESUME_KEYS`)."""
-    from dpo_ref.data import check_data_path
+    from dpo_ref.train.data import check_data_path
 
     for option, path in (("--data", cfg.data), ("--eval-data", cfg.eval_data)):
         if path is not None:
@@ -485,8 +485,8 @@ def set_up(cfg: TrainConfig) -> Session:
 
 def load_data(s: Session) -> Data:
     """Phase 2: the model and tokenizer, and the preference rows tokenised; every input read and validated."""
-    from dpo_ref.model import load_model_and_tokenizer, max_positions
-    from dpo_ref.tasks import reversal_rows
+    from dpo_ref.train.model import load_model_and_tokenizer, max_positions
+    from dpo_ref.train.tasks import reversal_rows
 
     cfg = s.cfg
     policy, tokenizer = load_model_and_tokenizer(cfg.model, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code)

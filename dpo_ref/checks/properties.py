@@ -3,7 +3,7 @@
 Each `check_*` takes a *per-example loss function* `fn(pc, pr, rc, rr) -> (B,)` (coefficients already
 bound), a `LossSpec` saying which loss it claims to be, and concrete inputs; it returns None or raises
 `PropertyViolation` (an AssertionError) saying what was expected and what came out. The test suite
-drives these checks with Hypothesis over `dpo_ref.strategies`; the conformance oracle runs the same
+drives these checks with Hypothesis over `dpo_ref.checks.strategies`; the conformance oracle runs the same
 checks on third-party code.
 
 Expected values come from the closed forms in float64 (`LossSpec.losses`, `LossSpec.dloss_dmargin`),

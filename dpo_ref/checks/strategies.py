@@ -1,7 +1,7 @@
 """Public Hypothesis strategies for testing DPO / IPO code (yours or ours).
 
     from hypothesis import given
-    from dpo_ref import strategies as dst
+    from dpo_ref.checks import strategies as dst
 
     @given(batch=dst.preference_batches(), beta=dst.betas())
     def test_my_loss(batch, beta):
@@ -198,8 +198,8 @@ def token_batches(
 
 @st.composite
 def loss_specs(draw, variants: tuple[str, ...] = ("dpo", "cdpo", "ipo")):
-    """A `dpo_ref.properties.LossSpec`: a variant with beta, label smoothing and tau drawn from their ranges."""
-    from dpo_ref.properties import LossSpec
+    """A `dpo_ref.checks.properties.LossSpec`: a variant with beta, label smoothing and tau drawn from their ranges."""
+    from dpo_ref.checks.properties import LossSpec
 
     variant = draw(st.sampled_from(variants))
     return LossSpec(

@@ -1,6 +1,6 @@
 """The properties that identify each member of the loss family, as checks on any implementation.
 
-Like `dpo_ref.properties`: each `check_*(fn, spec, ...)` takes a per-example loss function
+Like `dpo_ref.checks.properties`: each `check_*(fn, spec, ...)` takes a per-example loss function
 `fn(pc, pr, rc, rr, chosen_lengths, rejected_lengths) -> (B,)` (coefficients bound, e.g.
 `LOSS_FAMILY[name].bind(beta=...)`; a loss that needs no lengths ignores them), a `FamilySpec` naming
 the variant and its coefficients, and concrete inputs; it returns None or raises `PropertyViolation`.
@@ -9,7 +9,7 @@ Expected values are computed independently of `dpo_ref.family`: each variant's f
 again below (`_REFERENCE`) from its paper, evaluated in mpmath at 30 significant digits on the exact
 float64 inputs; gradients are mpmath derivatives of that formula (`mpmath.diff`), not autograd.
 
-Tolerance (eps_d the machine epsilon of the implementation's dtype, K = 16 as in `dpo_ref.properties`).
+Tolerance (eps_d the machine epsilon of the implementation's dtype, K = 16 as in `dpo_ref.checks.properties`).
 An implementation computing in dtype d rounds each input and each intermediate once (relative eps_d).
 Every loss here is a function of differences of the inputs, so its argument moves by at most
 ~eps_d (S + C_h) with S = sum of |inputs| of the row and C_h the size of any constant it is compared
@@ -25,11 +25,11 @@ beta (|log eps| + 1); robust beta/(1 - 2 eps)), each rounded once:
 
     |g - g_ref| <= K eps_d (|g_ref| + T + H (S + C_h) + 1e-3).
 
-Verdict and grade. Under `oracle_tolerance` (the oracle), eps_d is `dpo_ref.properties.verdict_eps`:
+Verdict and grade. Under `oracle_tolerance` (the oracle), eps_d is `dpo_ref.checks.properties.verdict_eps`:
 max(eps_dtype, eps_float32), so an implementation that computes in float32 whatever its inputs (a `.float()`
 cast, a fused kernel) passes, as it does for DPO/cDPO/IPO; with `strict` eps_d is the dtype's own, and float64
 inputs demand float64-exact results. Beside the verdict, `check_values` / `check_mean_value` return the
-precision reached (`dpo_ref.properties.Precision`): the worst |L - L_ref| in units of the float64 bound
+precision reached (`dpo_ref.checks.properties.Precision`): the worst |L - L_ref| in units of the float64 bound
 K eps_float64 (G (S + C_h) + |L_ref| + C_L + 1), the same conditioning as the tolerance. <= 1 is float64-exact,
 <= eps_float32 / eps_float64 = 2^29 float32-level, beyond that worse than float32; the oracle reports the worst
 over its value checks on float64 inputs as the grade. A formula error (a constant off by 1e-3 relative, a lost
@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import mpmath as mp
 import torch
 
-from dpo_ref.properties import TOLERANCE_K, Precision, PropertyViolation, measure, strictness, verdict_eps
+from dpo_ref.checks.properties import TOLERANCE_K, Precision, PropertyViolation, measure, strictness, verdict_eps
 
 mp.mp.dps = 30
 FamilyFn = Callable[..., torch.Tensor]
@@ -270,9 +270,9 @@ _ORACLE: contextvars.ContextVar[bool] = contextvars.ContextVar("dpo_ref_family_o
 
 @contextlib.contextmanager
 def oracle_tolerance(strict: bool = False):
-    """Within the block, eps_d is the rounding unit the oracle's verdict allows (`dpo_ref.properties.verdict_eps`:
-    float32 arithmetic on float64 inputs passes, unless `strict`); outside it, the input dtype's own eps (the
-    suite's own checks of dpo_ref.family demand float64 exactness)."""
+    """Within the block, eps_d is the rounding unit the oracle's verdict allows
+    (`dpo_ref.checks.properties.verdict_eps`: float32 arithmetic on float64 inputs passes, unless `strict`); outside
+    it, the input dtype's own eps (the suite's own checks of dpo_ref.family demand float64 exactness)."""
     token = _ORACLE.set(True)
     try:
         with strictness(strict):

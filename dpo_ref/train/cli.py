@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import MISSING, fields
 
-from dpo_ref.train_config import TrainConfig
+from dpo_ref.train.config import TrainConfig
 
 
 def _optional_int(text: str) -> int | None:
@@ -105,11 +105,11 @@ def _summary_lines(cfg: TrainConfig, summary: dict) -> list[str]:
 
 
 def _handler(args) -> int:
-    from dpo_ref.train import train
+    from dpo_ref.train.loop import train
 
     cfg = config_from_args(args)
     if args.json:  # checked before the run, not after it
-        from dpo_ref.results import check_results_path, machine
+        from dpo_ref.docgen.results import check_results_path, machine
 
         check_results_path(args.json)
         before = machine()  # the load average before the run: what else was running
@@ -136,7 +136,7 @@ def _write_results(path: str, cfg: TrainConfig, summary: dict, lines: list[str],
     """The run as a results file (`docs/results/train.json`): settings, timings, first and last metrics."""
     from dataclasses import asdict
 
-    from dpo_ref.results import write_results
+    from dpo_ref.docgen.results import write_results
 
     history = summary["history"]
     logged = [r for r in history if "loss" in r]

@@ -7,7 +7,7 @@ What is measured (see docs/performance.md):
                  weights, tokens, batch, dtype, optimizer and thread count on both sides, in two
                  reference settings: a frozen reference model in the loop, and precomputed reference
                  log-probs (the reference model freed before training on both sides).
-    log-probs    `sequence_logps` vs naive log_softmax + gather (`dpo_ref.bench_logps.run`).
+    log-probs    `sequence_logps` vs naive log_softmax + gather (`dpo_ref.bench.logps.run`).
     verify       wall time of `dpo-ref verify ... --level loss` on a correct implementation.
 
 Fairness: each side runs in its own fresh subprocess (so CPU peak RSS is per side); the two live
@@ -95,7 +95,7 @@ def bench_tokenizer(vocab: int):
     Text is whitespace-separated words, so a string of n words is exactly n tokens (plus BOS when the
     tokenizer adds special tokens), whichever side tokenizes it.
     """
-    from dpo_ref.tokenizer import SPECIAL_TOKENS, build_word_tokenizer
+    from dpo_ref.train.tokenizer import SPECIAL_TOKENS, build_word_tokenizer
 
     return build_word_tokenizer([f"w{i}" for i in range(len(SPECIAL_TOKENS), vocab)], add_bos=True)
 
@@ -122,7 +122,7 @@ def bench_rows(size: BenchSize, seed: int = 0) -> list[dict]:
 
 def bench_model(size: BenchSize, seed: int):
     """A float32 `LlamaForCausalLM` of `size`, initialised deterministically from `seed` (no dropout)."""
-    from dpo_ref.model import TinyLlamaSize, llama_config, tiny_llama
+    from dpo_ref.train.model import TinyLlamaSize, llama_config, tiny_llama
 
     shape = TinyLlamaSize(
         hidden_size=size.hidden,
@@ -231,8 +231,8 @@ def dpo_ref_worker(spec: dict) -> dict:
 
     import torch
 
-    from dpo_ref.data import PreferenceCollator, prepare_dataset
-    from dpo_ref.train import SequenceScorer, TrainConfig, check_config, pair_logps, to_device
+    from dpo_ref.train.data import PreferenceCollator, prepare_dataset
+    from dpo_ref.train.loop import SequenceScorer, TrainConfig, check_config, pair_logps, to_device
 
     base_rss = _import_common()
     device, size = _worker_setup(spec)
@@ -278,14 +278,14 @@ def dpo_ref_worker(spec: dict) -> dict:
 
 
 def preference_step_fn(cfg, policy, ref_logps, ref_scorer, device):
-    """One update of `dpo_ref.train`'s preference loop (one micro-batch): the trainer's own `update_step`
+    """One update of `dpo_ref.train.loop`'s preference loop (one micro-batch): the trainer's own `update_step`
     with `preference_micro_batch`, `adamw` and a constant schedule. Returns step(batch) -> the mean
     preference loss (a tensor, no host sync)."""
     from functools import partial
 
     import torch
 
-    from dpo_ref.train import SequenceScorer, adamw, preference_micro_batch, update_step
+    from dpo_ref.train.loop import SequenceScorer, adamw, preference_micro_batch, update_step
 
     scorer = SequenceScorer(policy)
     optimizer = adamw(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
@@ -301,7 +301,7 @@ def preference_step_fn(cfg, policy, ref_logps, ref_scorer, device):
     return step
 
 
-WORKERS = {"dpo_ref": "dpo_ref.bench:dpo_ref_worker", "trl": "dpo_ref.bench_trl:trl_worker"}
+WORKERS = {"dpo_ref": "dpo_ref.bench.run:dpo_ref_worker", "trl": "dpo_ref.bench.trl_worker:trl_worker"}
 
 
 def run_worker(spec_json: str) -> None:
@@ -337,7 +337,7 @@ class Worker:
     def __init__(self, spec: dict):
         self.spec = spec
         self.stderr = tempfile.TemporaryFile(mode="w+")
-        code = "import sys; from dpo_ref.bench import run_worker; run_worker(sys.argv[1])"
+        code = "import sys; from dpo_ref.bench.run import run_worker; run_worker(sys.argv[1])"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, json.dumps({**spec, "gated": True})],
             stdin=subprocess.PIPE,
@@ -573,7 +573,7 @@ def run_bench(
     if logps:
         import torch
 
-        from dpo_ref import bench_logps
+        from dpo_ref.bench import logps as bench_logps
 
         torch.set_num_threads(threads)  # its timing runs in this process
         B, T, V = 2 * size.batch, size.seq_len, size.vocab
@@ -685,7 +685,7 @@ def _handler(args) -> int:
         return 1
     print(format_table(result))
     if args.json:
-        from dpo_ref.results import machine, write_results
+        from dpo_ref.docgen.results import machine, write_results
 
         write_results(args.json, {"machine": machine(), "command": _command(args), **result})
     return 0

@@ -1,6 +1,6 @@
 """`TrainConfig`: every setting of `dpo-ref train`, its documentation (the CLI's help) and its checks.
 
-The CLI's options are generated from this dataclass (`dpo_ref.train_cli`): one field, one option, its
+The CLI's options are generated from this dataclass (`dpo_ref.train.cli`): one field, one option, its
 `help` metadata the help text. Settings whose default depends on the model are `None` here and filled by
 `check_config`: the built-in tiny model gets the recipe that meets docs/train.md's numbers on the built-in
 task; a user's `--model` gets the defaults a pretrained model wants (no warm-up, no NLL term, TRL's lr).

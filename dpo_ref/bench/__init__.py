@@ -1,0 +1,1 @@
+"""Benchmarks: dpo-ref's step against TRL's and the naive limit, log-prob memory."""

@@ -1,0 +1,1 @@
+"""The properties that identify a correct implementation, and the Hypothesis strategies that drive them."""

@@ -1,0 +1,1 @@
+"""Generators of the docs' tables and quoted figures."""

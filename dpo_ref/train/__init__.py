@@ -1,0 +1,1 @@
+"""The trainer: config, data, model, the loop, the run directory."""
