@@ -9,7 +9,8 @@ n_w, n_l of the two completions, and the length-normalised margin h_bar = r_w / 
 sigma is the logistic function; every log sigma is evaluated with `logsigmoid` (never log(sigmoid)).
 
 DPO (`sigmoid`), cDPO and paper IPO keep their one definition in `dpo_ref.losses`; this module adds the
-rest and the `LOSS_FAMILY` registry that names them all. Every function takes the four sequence
+rest; the registry that names them all is `dpo_ref.variants`
+(re-exported here as `LOSS_FAMILY`, keyed by family name). Every function takes the four sequence
 log-probs (summed over the scored tokens, as the trainer has them), the token counts where the loss
 needs them (`chosen_lengths`, `rejected_lengths`: the number of *scored* completion tokens, >= 1), its
 coefficients (validated like beta), and returns `PreferenceLoss(losses, chosen_rewards,
@@ -17,7 +18,7 @@ rejected_rewards)`. Dtype: as in `dpo_ref.losses` (half precision is computed in
 
 Three losses couple the batch (TRL defines them so): `aot` and `aot_unpaired` sort the batch and return
 one loss per *quantile*, not per example; `sft` returns each example's share of the batch's token-mean
-NLL. `LOSS_FAMILY[name].per_example` says which.
+NLL. `LOSS_FAMILY[key].batch_coupled` says which.
 
 TRL references are to trl/trainer/dpo_trainer.py of TRL 1.16.0 (`DPOTrainer._compute_loss`).
 """
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -40,12 +40,11 @@ from dpo_ref.losses import (
     check_lengths,
     check_positive_scalar,
     check_probability,
-    dpo_loss,
     dpo_losses_from_margin,
-    ipo_loss,
     ipo_losses_from_margin,
     preference_margin,
 )
+from dpo_ref.variants import LOSS_FAMILY, TRL_LOSS_TYPES  # noqa: F401  (the registry, by family key)
 
 LossFn = Callable[..., PreferenceLoss]
 
@@ -325,6 +324,29 @@ def apo_down_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -
     return PreferenceLoss(losses, *_rewards(beta, pc, pr, rc, rr))
 
 
+def dpop_loss(
+    pc, pr, rc, rr, *, beta: float = 0.1, dpop_lambda: float = 50.0, validate: bool = True
+) -> PreferenceLoss:
+    """DPO-Positive (Pal et al. 2024, "Smaug: Fixing Failure Modes of Preference Optimisation with DPO-Positive",
+    Eq. 3): DPO with a penalty whenever the chosen response's likelihood falls below the reference's.
+
+        L = -log sigma(beta (h - lambda max(0, log pi_ref(y_w) - log pi(y_w))))
+
+    lambda >= 0 (the paper uses 50). Where log pi(y_w) >= log pi_ref(y_w) it is DPO; below, every nat the chosen
+    log-prob loses costs lambda more, so the optimiser cannot lower both likelihoods to widen the margin.
+    Adding f(x) to both policy log-probs changes the penalty: not invariant. Rewards: beta r_w, beta r_l.
+
+    Proof: none (DPO's with a penalty; the shift property is checked). Properties:
+    `family_properties.check_values`, `family_properties.check_gradients`, `family_properties.check_shift`.
+    """
+    beta = check_positive_scalar(beta, "beta")
+    dpop_lambda = check_finite_scalar(dpop_lambda, "dpop_lambda", nonnegative=True)
+    pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
+    penalty = torch.relu(rc - pc)  # (B,) max(0, log pi_ref(y_w) - log pi(y_w))
+    losses = -F.logsigmoid(beta * (preference_margin(pc, pr, rc, rr) - dpop_lambda * penalty))
+    return PreferenceLoss(losses, *_rewards(beta, pc, pr, rc, rr))
+
+
 # --- batch-coupled losses ----------------------------------------------------------------------------
 
 
@@ -387,116 +409,3 @@ def sft_loss(pc, pr, rc, rr, *, chosen_lengths, rejected_lengths=None, validate:
     n_bar = chosen_lengths.to(pc.dtype).mean()
     return PreferenceLoss(-pc / n_bar, pc.detach(), pr.detach())
 
-
-# --- the registry ------------------------------------------------------------------------------------
-
-YES, NO, EQUAL_LENGTHS, BATCH_CONSTANT = "yes", "no", "equal_lengths", "batch_constant"
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One member of the family and the facts about it the checks iterate over.
-
-    `shift_invariant`: whether adding f(x) to both policy log-probs of a pair leaves the loss unchanged:
-    "yes", "no", "equal_lengths" (only when n_w = n_l) or "batch_constant" (only when f is the same for
-    every pair of the batch). `optimum(**coefficients)` gives the finite optimum as a dict (keys "margin"
-    — h, or h_bar for a length-normalised loss —, "margin_at_least", "chosen_logratio",
-    "rejected_logratio"), or None when the loss has no finite minimiser.
-    """
-
-    name: str
-    fn: LossFn
-    coefficients: tuple[str, ...]
-    needs_lengths: bool
-    per_example: bool
-    shift_invariant: str
-    optimum: Callable[..., dict[str, float] | None]
-    paper: str
-    trl: str | None  # the TRL 1.16 loss_type computing it, or None
-
-    def bind(self, **coefficients: float) -> Callable[..., torch.Tensor]:
-        """`fn(pc, pr, rc, rr, chosen_lengths, rejected_lengths) -> losses (B,)` with the coefficients bound."""
-        unknown = set(coefficients) - set(self.coefficients)
-        if unknown:
-            raise InputError(f"{self.name} takes coefficients {self.coefficients}, not {sorted(unknown)}")
-
-        def losses(pc, pr, rc, rr, chosen_lengths=None, rejected_lengths=None) -> torch.Tensor:
-            kw = dict(coefficients)
-            if self.needs_lengths:
-                kw.update(chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
-            return self.fn(pc, pr, rc, rr, **kw).losses
-
-        return losses
-
-
-def _none(**_: float) -> None:
-    return None
-
-
-def _cdpo_optimum(beta: float = 0.1, label_smoothing: float = 0.0, **_: float) -> dict[str, float] | None:
-    if label_smoothing <= 0:
-        return None
-    return {"margin": math.log((1.0 - label_smoothing) / label_smoothing) / beta}
-
-
-def _exo_optimum(beta: float = 0.1, label_smoothing: float = 1e-3, **_: float) -> dict[str, float]:
-    return {"margin": math.log((1.0 - label_smoothing) / label_smoothing) / beta}
-
-
-def _ipo_optimum(tau: float = 0.1, **_: float) -> dict[str, float]:
-    return {"margin": 1.0 / (2.0 * tau)}
-
-
-def _hinge_optimum(beta: float = 0.1, **_: float) -> dict[str, float]:
-    return {"margin_at_least": 1.0 / beta}
-
-
-def _nca_optimum(beta: float = 0.1, **_: float) -> dict[str, float]:
-    return {"chosen_logratio": math.log(2.0) / beta}
-
-
-def _sppo_optimum(beta: float = 0.1, **_: float) -> dict[str, float]:
-    return {"chosen_logratio": 0.5 / beta, "rejected_logratio": -0.5 / beta}
-
-
-def _variants() -> dict[str, Variant]:
-    V = Variant
-    table = [
-        V("sigmoid", dpo_loss, ("beta",), False, True, YES, _none, "Rafailov et al. 2023, Eq. 7", "sigmoid"),
-        V("cdpo", dpo_loss, ("beta", "label_smoothing"), False, True, YES, _cdpo_optimum,
-          "Mitchell 2023 (cDPO note)", None),
-        V("ipo_sum", ipo_loss, ("tau",), False, True, YES, _ipo_optimum, "Azar et al. 2023, Eq. 17", None),
-        V("hinge", hinge_loss, ("beta",), False, True, YES, _hinge_optimum, "Liu et al. 2023 (RSO), hinge-norm",
-          "hinge"),
-        V("ipo", ipo_norm_loss, ("tau",), True, True, EQUAL_LENGTHS, _ipo_optimum,
-          "Azar et al. 2023, Eq. 17 on per-token averages", "ipo"),
-        V("exo_pair", exo_pair_loss, ("beta", "label_smoothing"), False, True, YES, _exo_optimum,
-          "Ji et al. 2024, Eq. 16", "exo_pair"),
-        V("nca_pair", nca_pair_loss, ("beta",), False, True, NO, _nca_optimum, "Chen et al. 2024 (NCA)", "nca_pair"),
-        V("robust", robust_loss, ("beta", "label_smoothing"), False, True, YES, _none,
-          "Chowdhury et al. 2024, rDPO", "robust"),
-        V("bco_pair", bco_pair_loss, ("beta", "delta"), False, True, NO, _none, "Jung et al. 2024 (BCO)",
-          "bco_pair"),
-        V("sppo_hard", sppo_hard_loss, ("beta",), False, True, NO, _sppo_optimum, "Wu et al. 2024, Eq. 4.7",
-          "sppo_hard"),
-        V("aot", aot_loss, ("beta", "label_smoothing"), False, False, YES, _none, "Melnyk et al. 2024 (paired)",
-          "aot"),
-        V("aot_unpaired", aot_unpaired_loss, ("beta", "label_smoothing"), False, False, BATCH_CONSTANT, _none,
-          "Melnyk et al. 2024 (unpaired)", "aot_unpaired"),
-        V("apo_zero", apo_zero_loss, ("beta",), False, True, NO, _none, "D'Oosterlinck et al. 2024, Eq. 7",
-          "apo_zero"),
-        V("apo_down", apo_down_loss, ("beta",), False, True, NO, _none, "D'Oosterlinck et al. 2024, Eq. 8",
-          "apo_down"),
-        V("discopop", discopop_loss, ("beta", "tau"), False, True, YES, _none, "Lu et al. 2024, Eq. 5",
-          "discopop"),
-        V("sft", sft_loss, (), True, False, NO, _none, "negative log-likelihood (token mean)", "sft"),
-        V("sigmoid_norm", sigmoid_norm_loss, ("beta",), True, True, EQUAL_LENGTHS, _none,
-          "Rafailov et al. 2023, Eq. 7 on per-token averages", "sigmoid_norm"),
-        V("simpo", simpo_loss, ("beta", "gamma"), True, True, EQUAL_LENGTHS, _none, "Meng et al. 2024, Eq. 6",
-          None),
-    ]  # fmt: skip
-    return {v.name: v for v in table}
-
-
-LOSS_FAMILY: dict[str, Variant] = _variants()
-TRL_LOSS_TYPES = tuple(v.trl for v in LOSS_FAMILY.values() if v.trl)

@@ -103,6 +103,13 @@ def simpo_rewards(pc, pr, rc, rr, beta=2.0, gamma=0.5, chosen_lengths=None, reje
     return F.softplus(gamma - (chosen_rewards - rejected_rewards))
 
 
+def dpop_where_softplus(pc, pr, rc, rr, beta=0.1, dpop_lambda=50.0):
+    """DPO-Positive written as Smaug's authors state it: softplus of minus the penalised logits."""
+    chosen_logratio, rejected_logratio = pc - rc, pr - rr
+    penalty = torch.where(rc > pc, rc - pc, torch.zeros_like(pc))
+    return F.softplus(-beta * (chosen_logratio - rejected_logratio - dpop_lambda * penalty))
+
+
 CORRECT = {
     "hinge": hinge_clamp_mean,
     "ipo-norm": ipo_norm_trl_style,
@@ -119,6 +126,7 @@ CORRECT = {
     "sft": sft_token_mean,
     "sigmoid_norm": sigmoid_norm_mean,
     "simpo": simpo_rewards,
+    "dpop": dpop_where_softplus,
 }
 
 
@@ -191,6 +199,11 @@ def simpo_on_sums(pc, pr, rc, rr, beta=2.0, gamma=0.5, chosen_lengths=None, reje
     return F.softplus(gamma - beta * (pc - pr))
 
 
+def dpop_is_dpo(pc, pr, rc, rr, beta=0.1, dpop_lambda=50.0):
+    """The penalty forgotten: plain DPO."""
+    return F.softplus(-beta * _h(pc, pr, rc, rr))
+
+
 BROKEN = {
     "hinge": (hinge_is_dpo, "dpo"),
     "ipo-norm": (ipo_norm_counts_plus_one, "count-plus-one"),
@@ -207,4 +220,5 @@ BROKEN = {
     "sft": (sft_counts_plus_one, "count-plus-one"),
     "sigmoid_norm": (sigmoid_norm_on_sums, "not-length-normalised"),
     "simpo": (simpo_on_sums, "not-length-normalised"),
+    "dpop": (dpop_is_dpo, "dpo"),
 }

@@ -51,7 +51,8 @@ def test_broken_implementation_rejected_with_its_diagnosis(variant):
     fn, name = BROKEN[variant]
     coefficients = LOSS_FAMILY[FAMILY_VARIANTS[variant]].coefficients
     beta = 0.5 if {"beta", "tau"} & set(coefficients) else None
-    report = dpo_ref.verify(fn, variant=variant, max_examples=3, checks=["values"], beta=beta)
+    # 5 examples: the first 3 derandomised draws are ties (zeros), on which DPOP forgetting its penalty is DPO
+    report = dpo_ref.verify(fn, variant=variant, max_examples=5, checks=["values"], beta=beta)
     assert not report.passed
     assert any(d.startswith(name + ":") for d in report.diagnosis), (name, report.diagnosis)
 

@@ -18,11 +18,11 @@ from hypothesis import settings
 
 import dpo_ref
 from dpo_ref.oracle import verify
-from dpo_ref.oracle.catalogue import LOGPS_CHECKS, LOSS_CHECKS
+from dpo_ref.oracle.catalogue import LOGPS_CHECKS, MARGIN_CHECKS
 from dpo_ref.oracle.report import FAILED, SKIPPED
 
 OWN = {"dpo": dpo_ref.dpo_loss, "cdpo": dpo_ref.dpo_loss, "ipo": dpo_ref.ipo_loss}
-LOSS_CASES = [(c.name, v) for c in LOSS_CHECKS for v in ("dpo", "cdpo", "ipo") if v in c.variants]
+LOSS_CASES = [(c.name, v) for c in MARGIN_CHECKS for v in ("dpo", "cdpo", "ipo") if c.applies(v)]
 LOGPS_CASES = [(c.name, average) for c in LOGPS_CHECKS for average in (False, True)]
 
 

@@ -8,7 +8,7 @@ rejects, no bug that no property catches.
 
 from __future__ import annotations
 
-from dpo_ref.oracle.catalogue import LOGPS_CHECKS, LOSS_CHECKS
+from dpo_ref.oracle.catalogue import LOGPS_CHECKS, MARGIN_CHECKS
 from tests.oracle_targets import broken_logps, broken_loss
 
 
@@ -17,7 +17,7 @@ def _bitten(*tables) -> set[str]:
 
 
 def test_every_loss_property_bites():
-    missing = {c.name for c in LOSS_CHECKS} - _bitten(broken_loss.EXPECTED, broken_loss.STRICT_EXPECTED)
+    missing = {c.name for c in MARGIN_CHECKS} - _bitten(broken_loss.EXPECTED, broken_loss.STRICT_EXPECTED)
     assert not missing, f"loss checks no broken implementation is shown to fail: {missing}"
 
 
@@ -27,7 +27,7 @@ def test_every_logps_property_bites():
 
 
 def test_advisory_checks_bite_only_under_strict():
-    advisory = {c.name for c in (*LOSS_CHECKS, *LOGPS_CHECKS) if c.advisory}
+    advisory = {c.name for c in (*MARGIN_CHECKS, *LOGPS_CHECKS) if c.advisory}
     assert advisory == _bitten(broken_loss.STRICT_EXPECTED, broken_logps.STRICT_EXPECTED)
     assert not advisory & _bitten(broken_loss.EXPECTED, broken_logps.EXPECTED)
 

@@ -6,8 +6,9 @@ Like `dpo_ref.checks.properties`: each `check_*(fn, spec, ...)` takes a per-exam
 the variant and its coefficients, and concrete inputs; it returns None or raises `PropertyViolation`.
 
 Expected values are computed independently of `dpo_ref.family`: each variant's formula is written out
-again below (`_REFERENCE`) from its paper, evaluated in mpmath at 30 significant digits on the exact
-float64 inputs; gradients are mpmath derivatives of that formula (`mpmath.diff`), not autograd.
+again in the registry (`dpo_ref.variants`, each record's `reference`) from its paper, evaluated in mpmath at
+30 significant digits on the exact float64 inputs; gradients are mpmath derivatives of that formula
+(`mpmath.diff`), not autograd.
 
 Tolerance (eps_d the machine epsilon of the implementation's dtype, K = 16 as in `dpo_ref.checks.properties`).
 An implementation computing in dtype d rounds each input and each intermediate once (relative eps_d).
@@ -52,6 +53,7 @@ from dataclasses import dataclass, field
 import mpmath as mp
 import torch
 
+from dpo_ref import variants as V
 from dpo_ref.checks.properties import TOLERANCE_K, Precision, PropertyViolation, measure, strictness, verdict_eps
 
 mp.mp.dps = 30
@@ -59,128 +61,9 @@ FamilyFn = Callable[..., torch.Tensor]
 Row = tuple  # (pc, pr, rc, rr, nc, nr) as mpf
 
 
-# --- the independent reference (mpmath) ---------------------------------------------------------------
+# --- the independent reference (mpmath): each variant's `reference` in the registry (`dpo_ref.variants`) -------
 
-
-def _logsig(x):
-    """log sigma(x), evaluated without cancellation on either side."""
-    return -mp.log1p(mp.exp(-x)) if x >= 0 else x - mp.log1p(mp.exp(x))
-
-
-def _sig(x):
-    return mp.exp(_logsig(x))
-
-
-def _pairwise(row_loss: Callable) -> Callable:
-    return lambda rows, c: [row_loss(*row, c) for row in rows]
-
-
-def _h(pc, pr, rc, rr):
-    return (pc - rc) - (pr - rr)
-
-
-def _hbar(pc, pr, rc, rr, nc, nr):
-    return (pc - rc) / nc - (pr - rr) / nr
-
-
-def _smoothed(z, e):
-    return -(1 - e) * _logsig(z) - e * _logsig(-z)
-
-
-def _exo(z, e):
-    q, ql = _sig(z), _sig(-z)
-    return q * (_logsig(z) - mp.log(1 - e)) + ql * (_logsig(-z) - mp.log(e))
-
-
-def _discopop(rho, tau):
-    s = _sig(rho / tau)
-    return (1 - s) * -_logsig(rho) + s * mp.exp(-rho)
-
-
-def _aot(rows, c, key_w, key_l):
-    u = sorted(key_w(*r) for r in rows)
-    v = sorted(key_l(*r) for r in rows)
-    return [_smoothed(c["beta"] * (a - b), c.get("label_smoothing", 0)) for a, b in zip(u, v)]
-
-
-def _sft(rows, c):
-    n_bar = mp.fsum(r[4] for r in rows) / len(rows)
-    return [-r[0] / n_bar for r in rows]
-
-
-_REFERENCE: dict[str, Callable] = {
-    "sigmoid": _pairwise(lambda pc, pr, rc, rr, nc, nr, c: -_logsig(c["beta"] * _h(pc, pr, rc, rr))),
-    "cdpo": _pairwise(
-        lambda pc, pr, rc, rr, nc, nr, c: _smoothed(c["beta"] * _h(pc, pr, rc, rr), c["label_smoothing"])
-    ),
-    "ipo_sum": _pairwise(lambda pc, pr, rc, rr, nc, nr, c: (_h(pc, pr, rc, rr) - 1 / (2 * c["tau"])) ** 2),
-    "hinge": _pairwise(lambda pc, pr, rc, rr, nc, nr, c: max(mp.mpf(0), 1 - c["beta"] * _h(pc, pr, rc, rr))),
-    "ipo": _pairwise(lambda pc, pr, rc, rr, nc, nr, c: (_hbar(pc, pr, rc, rr, nc, nr) - 1 / (2 * c["tau"])) ** 2),
-    "exo_pair": _pairwise(lambda pc, pr, rc, rr, nc, nr, c: _exo(c["beta"] * _h(pc, pr, rc, rr), c["label_smoothing"])),
-    "nca_pair": _pairwise(
-        lambda pc, pr, rc, rr, nc, nr, c: -_logsig(c["beta"] * (pc - rc))
-        - _logsig(-c["beta"] * (pc - rc)) / 2
-        - _logsig(-c["beta"] * (pr - rr)) / 2
-    ),
-    "robust": _pairwise(
-        lambda pc, pr, rc, rr, nc, nr, c: (
-            -(1 - c["label_smoothing"]) * _logsig(c["beta"] * _h(pc, pr, rc, rr))
-            + c["label_smoothing"] * _logsig(-c["beta"] * _h(pc, pr, rc, rr))
-        )
-        / (1 - 2 * c["label_smoothing"])
-    ),
-    "bco_pair": _pairwise(
-        lambda pc, pr, rc, rr, nc, nr, c: -_logsig(c["beta"] * (pc - rc) - c["delta"])
-        - _logsig(c["delta"] - c["beta"] * (pr - rr))
-    ),
-    "sppo_hard": _pairwise(
-        lambda pc, pr, rc, rr, nc, nr, c: (pc - rc - 1 / (2 * c["beta"])) ** 2 + (pr - rr + 1 / (2 * c["beta"])) ** 2
-    ),
-    "aot": lambda rows, c: _aot(
-        rows, c, lambda pc, pr, rc, rr, nc, nr: pc - pr, lambda pc, pr, rc, rr, nc, nr: rc - rr
-    ),
-    "aot_unpaired": lambda rows, c: _aot(
-        rows, c, lambda pc, pr, rc, rr, nc, nr: pc - rc, lambda pc, pr, rc, rr, nc, nr: pr - rr
-    ),
-    "apo_zero": _pairwise(
-        lambda pc, pr, rc, rr, nc, nr, c: 1 - _sig(c["beta"] * (pc - rc)) + _sig(c["beta"] * (pr - rr))
-    ),
-    "apo_down": _pairwise(
-        lambda pc, pr, rc, rr, nc, nr, c: _sig(c["beta"] * (pc - rc)) + 1 - _sig(c["beta"] * _h(pc, pr, rc, rr))
-    ),
-    "discopop": _pairwise(lambda pc, pr, rc, rr, nc, nr, c: _discopop(c["beta"] * _h(pc, pr, rc, rr), c["tau"])),
-    "sft": _sft,
-    "sigmoid_norm": _pairwise(lambda pc, pr, rc, rr, nc, nr, c: -_logsig(c["beta"] * _hbar(pc, pr, rc, rr, nc, nr))),
-    "simpo": _pairwise(
-        lambda pc, pr, rc, rr, nc, nr, c: -_logsig(c["beta"] * (pc / nc - pr / nr) - c["gamma"])
-    ),
-}  # fmt: skip
-
-BATCH_COUPLED = ("aot", "aot_unpaired", "sft")
-LENGTH_NORMALISED = ("ipo", "sigmoid_norm", "simpo", "sft")
-
-# Lower / upper bounds of the loss where it is bounded (None: unbounded on that side)
-_BOUNDS: dict[str, Callable[[dict], tuple[float | None, float | None]]] = {
-    "sigmoid": lambda c: (0.0, None),
-    "cdpo": lambda c: (0.0, None),
-    "ipo_sum": lambda c: (0.0, None),
-    "hinge": lambda c: (0.0, None),
-    "ipo": lambda c: (0.0, None),
-    "exo_pair": lambda c: (0.0, -math.log(c["label_smoothing"])),
-    "nca_pair": lambda c: (0.0, None),
-    "robust": lambda c: (None, None) if c["label_smoothing"] > 0 else (0.0, None),
-    "bco_pair": lambda c: (0.0, None),
-    "sppo_hard": lambda c: (0.0, None),
-    "aot": lambda c: (0.0, None),
-    "aot_unpaired": lambda c: (0.0, None),
-    "apo_zero": lambda c: (0.0, 2.0),
-    "apo_down": lambda c: (0.0, 2.0),
-    "discopop": lambda c: (0.0, None),
-    "sft": lambda c: (0.0, None),  # log-probs <= 0
-    "sigmoid_norm": lambda c: (0.0, None),
-    "simpo": lambda c: (0.0, None),
-}
-
+_logsig, _sig, _h = V.logsig, V.sig, V.margin
 
 @dataclass(frozen=True)
 class FamilySpec:
@@ -190,8 +73,13 @@ class FamilySpec:
     coefficients: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.variant not in _REFERENCE:
-            raise ValueError(f"variant must be one of {sorted(_REFERENCE)}, got {self.variant!r}")
+        if self.variant not in V.LOSS_FAMILY:
+            raise ValueError(f"variant must be one of {sorted(V.LOSS_FAMILY)}, got {self.variant!r}")
+
+    @property
+    def record(self) -> V.Variant:
+        """The registry's record of this variant (by family key)."""
+        return V.LOSS_FAMILY[self.variant]
 
     @property
     def c(self) -> dict:
@@ -202,43 +90,22 @@ class FamilySpec:
 
     def constants(self) -> tuple[float, float]:
         """(C_h, C_L) of the module docstring: constants compared with the margin, and added to the loss."""
-        k = self.coefficients
-        if self.variant in ("ipo", "ipo_sum"):
-            return 1 / (2 * k["tau"]), 0.0
-        if self.variant == "sppo_hard":
-            return 1 / (2 * k["beta"]), 0.0
-        if self.variant == "hinge":
-            return 1 / k["beta"], 0.0
-        if self.variant == "exo_pair":
-            return 0.0, abs(math.log(k["label_smoothing"]))
-        if self.variant == "simpo":
-            return 0.0, k["gamma"]
-        if self.variant == "bco_pair":
-            return 0.0, abs(k["delta"])
-        return 0.0, 0.0
+        return self.record.constants(self.coefficients)
 
     def gradient_terms(self, loss: float) -> float:
         """T of the module docstring: the size of the terms autograd adds up into dL/dx (the chain rule
         through beta; DiscoPOP's 1/tau branch and its exp term; EXO's log eps; robust's 1/(1 - 2 eps))."""
-        k = self.coefficients
-        beta = k.get("beta", 1.0)
-        if self.variant == "discopop":
-            return beta * (1 + 1 / k["tau"]) * (abs(loss) + 1)
-        if self.variant == "exo_pair":
-            return beta * (abs(math.log(k["label_smoothing"])) + 1)
-        if self.variant == "robust":
-            return beta / (1 - 2 * k["label_smoothing"])
-        return beta
+        return self.record.gradient_terms(self.coefficients, loss)
 
     # reference values and derivatives ------------------------------------------------------------
 
     def losses(self, rows: list[Row]) -> list:
-        return _REFERENCE[self.variant](rows, self.c)
+        return self.record.reference(rows, self.c)
 
     def directional(self, rows: list[Row], direction: list[tuple], order: int = 1, which: int | None = None):
         """d^order/dt^order of sum_i L_i (or of L_which) at rows + t * direction (direction per row, 6 entries)."""
 
-        if self.variant not in BATCH_COUPLED:  # per-example: only the rows the direction touches matter
+        if not self.record.batch_coupled:  # per-example: only the rows the direction touches matter
             touched = [i for i, d in enumerate(direction) if any(d)] if which is None else [which]
             rows, direction = [rows[i] for i in touched], [direction[i] for i in touched]
             which = None
@@ -312,10 +179,11 @@ def _scales(spec: FamilySpec, rows: list[Row]) -> tuple[list[float], list[float]
     B = len(rows)
     S = [float(sum(abs(x) for x in r[:4])) for r in rows]
     G = []
+    coupled = spec.record.batch_coupled
     for i in range(B):
-        G.append(max(float(abs(spec.directional(rows, _unit(B, i, k), 1, None if spec.variant in BATCH_COUPLED
-                                                       else i))) for k in range(4)))  # fmt: skip
-    if spec.variant in BATCH_COUPLED:
+        G.append(max(float(abs(spec.directional(rows, _unit(B, i, k), 1, None if coupled else i)))
+                     for k in range(4)))  # fmt: skip
+    if coupled:
         S, G = [max(S)] * B, [max(G)] * B
     return S, G
 
@@ -413,24 +281,25 @@ def check_gradients(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, .
         if k >= 2 and not bool(g.abs().sum() > 0):
             continue  # a reference without grad support may legitimately give none
         g = g.double().tolist()
-        if spec.variant in ("aot", "aot_unpaired"):
+        quantile_key = spec.record.quantile_key
+        if quantile_key is not None:
             if k >= 2:
                 continue
-            keys = [float(r[0] - r[1]) if spec.variant == "aot" else float(r[k] - r[k + 2]) for r in rows]
+            keys = [quantile_key(r, k) for r in rows]
             groups = _groups(keys, 4 * TOLERANCE_K * eps * max(S))
         else:
             groups = [[i] for i in range(B)]
         for group in groups:
             direction = [tuple(1 if (j in group and m == k) else 0 for m in range(6)) for j in range(B)]
             want = float(spec.directional(rows, direction))
-            if spec.variant in BATCH_COUPLED:
+            if spec.record.batch_coupled:
                 curv = spec.coefficients.get("beta", 0.0) ** 2 / 4 * len(group)
             else:
                 curv = float(abs(spec.directional(rows, direction, 2, group[0])))
             i = group[0]
-            if spec.variant == "hinge":
-                bh = spec.coefficients["beta"] * float(_h(*rows[i][:4]))
-                if abs(bh - 1.0) <= TOLERANCE_K * eps * spec.coefficients["beta"] * (S[i] + c_h):
+            if spec.record.kink is not None:
+                distance, scale = spec.record.kink(rows[i], spec.coefficients)
+                if abs(distance) <= TOLERANCE_K * eps * scale * (S[i] + c_h):
                     continue  # at the kink within rounding: the pointwise gradient is not determined
             got = sum(g[j] for j in group)
             terms = spec.gradient_terms(float(losses[i]))
@@ -525,7 +394,7 @@ def check_optimum(fn: FamilyFn, spec: FamilySpec, optimum: dict | None, referenc
     rc, rr = reference
     B = rc.shape[0]
     ones = torch.ones(B, dtype=torch.float64)
-    nc = lengths[0].double() if lengths is not None and spec.variant in LENGTH_NORMALISED else ones
+    nc = lengths[0].double() if lengths is not None and spec.record.length_normalised else ones
     if "margin" in optimum:
         w_star, l_star, free_l = optimum["margin"] * nc, 0.0 * ones, False
         move_w, move_l = nc, 0.0 * ones
@@ -557,7 +426,7 @@ def check_noisy_ipo_optimum(fn: FamilyFn, spec: FamilySpec, eps: float, referenc
     tau = spec.coefficients["tau"]
     rc, rr = (t.double() for t in reference)
     B = rc.shape[0]
-    normalised = lengths is not None and spec.variant in LENGTH_NORMALISED
+    normalised = lengths is not None and spec.record.length_normalised
     nc = lengths[0].double() if normalised else torch.ones(B, dtype=torch.float64)
     nr = lengths[1].double() if normalised else torch.ones(B, dtype=torch.float64)
     swapped = (nr, nc) if lengths is not None else None
@@ -631,7 +500,7 @@ def check_robust_unbiased(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Ten
 
 def check_bounds(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, ...], lengths=None) -> None:
     """The loss stays within the variant's bounds (e.g. 0 <= EXO <= -log eps, 0 <= APO < 2)."""
-    low, high = _BOUNDS[spec.variant](spec.coefficients)
+    low, high = spec.record.bounds(spec.coefficients)
     out = _call(fn, batch, lengths, f"{spec.describe()} bounds").detach().double()
     rows = _rows(batch, lengths)
     tol = value_tolerance(spec, rows, spec.losses(rows), batch[0].dtype)
@@ -659,9 +528,10 @@ def check_batch_structure(fn: FamilyFn, spec: FamilySpec, batch, lengths, perm: 
     base = _call(fn, batch, lengths, "batch").detach().double()
     permuted_lengths = tuple(t[perm] for t in lengths) if lengths is not None else None
     out = _call(fn, tuple(t[perm] for t in batch), permuted_lengths, "batch").detach().double()
-    want = base if spec.variant in ("aot", "aot_unpaired") else base[perm]
+    quantiles = spec.record.quantile_key is not None  # one loss per quantile: permuting moves nothing
+    want = base if quantiles else base[perm]
     rows = _rows(batch, lengths)
     tol = value_tolerance(spec, rows, spec.losses(rows), batch[0].dtype)
-    if spec.variant not in ("aot", "aot_unpaired"):
+    if not quantiles:
         tol = [tol[j] for j in perm.tolist()]
     _compare(out.tolist(), want.tolist(), tol, f"{spec.describe()} losses after permuting the batch by {perm.tolist()}")

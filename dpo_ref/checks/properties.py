@@ -138,6 +138,15 @@ class LossSpec:
         return self.tau if self.variant == "ipo" else self.beta
 
     @property
+    def coefficients(self) -> dict[str, float]:
+        """The coefficients by name, as the registry (`dpo_ref.variants`) and a target's keywords name them."""
+        if self.variant == "ipo":
+            return {"tau": self.tau}
+        if self.variant == "cdpo":
+            return {"beta": self.beta, "label_smoothing": self.label_smoothing}
+        return {"beta": self.beta}
+
+    @property
     def eps(self) -> float:
         return self.label_smoothing if self.variant == "cdpo" else 0.0
 

@@ -196,36 +196,28 @@ def token_batches(
     return TokenBatch(rows=rows, vocab_size=V, padding_side=side, extra_padding=extra, seed=seed)
 
 
-@st.composite
-def loss_specs(draw, variants: tuple[str, ...] = ("dpo", "cdpo", "ipo")):
-    """A `dpo_ref.checks.properties.LossSpec`: a variant with beta, label smoothing and tau drawn from their ranges."""
-    from dpo_ref.checks.properties import LossSpec
-
-    variant = draw(st.sampled_from(variants))
-    return LossSpec(
-        variant,
-        beta=draw(betas()),
-        label_smoothing=draw(label_smoothings()) if variant == "cdpo" else 0.0,
-        tau=draw(taus()),
-    )
-
-
 def scored_token_counts(size: int, max_count: int = 64) -> st.SearchStrategy[tuple[torch.Tensor, torch.Tensor]]:
     """(chosen_lengths, rejected_lengths): scored-token counts >= 1 for `size` pairs, float64, often unequal."""
     counts = st.lists(st.integers(1, max_count), min_size=size, max_size=size)
     return st.tuples(counts, counts).map(lambda c: tuple(torch.tensor(v, dtype=torch.float64) for v in c))
 
 
+def coefficient(param) -> st.SearchStrategy[float]:
+    """The values the checks draw for one registry coefficient (`dpo_ref.variants.Param.draw`)."""
+    kind, *args = param.draw
+    if kind == "log":
+        return betas(*args)
+    if kind == "probability":
+        return label_smoothings(*args)
+    if kind == "uniform":
+        return st.floats(*args)
+    raise ValueError(f"unknown draw {param.draw!r} for coefficient {param.name}")
+
+
 @st.composite
 def family_coefficients(draw, variant: str) -> dict:
-    """Coefficients for `dpo_ref.family.LOSS_FAMILY[variant]`, each drawn from its valid range."""
-    from dpo_ref.family import LOSS_FAMILY
+    """Coefficients for the family variant with key `variant` (`dpo_ref.variants.LOSS_FAMILY`), each drawn from
+    the range its registry record gives."""
+    from dpo_ref.variants import LOSS_FAMILY
 
-    draws = {
-        "beta": betas(),
-        "tau": betas(0.01, 1.0) if variant == "discopop" else taus(),
-        "label_smoothing": label_smoothings() if variant != "cdpo" else label_smoothings().filter(lambda e: e > 0),
-        "gamma": st.floats(0.0, 5.0),
-        "delta": st.floats(-10.0, 10.0),
-    }
-    return {name: draw(draws[name]) for name in LOSS_FAMILY[variant].coefficients}
+    return {p.name: draw(coefficient(p)) for p in LOSS_FAMILY[variant].params}

@@ -32,15 +32,12 @@ from dpo_ref.oracle.catalogue import REDUCTIONS, Config
 from dpo_ref.oracle.levels import (
     Progress,
     check_names,
-    probe_spec,
-    verify_family_loss,
     verify_logps,
     verify_loss,
 )
 from dpo_ref.oracle.report import FAILED, PASSED, XFAILED, XPASSED, CheckResult, Report
 from dpo_ref.oracle.targets import (
     ADAPTERS,
-    FamilyTarget,
     LogpsTarget,
     LossTarget,
     TargetImportFailed,
@@ -239,11 +236,8 @@ def _verify(fn, level: str, cfg: Config, checks, name: str | None, progress: Pro
         raise InputError(f"the target must be callable, got {type(fn).__name__}")
     target_name = name or spec_str or getattr(fn, "__qualname__", None) or repr(fn)
     import_src = import_source(fn, spec_str)
-    if level == "loss" and cfg.family is not None:
-        target = FamilyTarget.from_callable(fn, cfg.family, target_name, import_src)
-        return verify_family_loss(target, cfg, checks, progress)
     if level == "loss":
-        target = LossTarget.from_callable(fn, probe_spec(cfg), target_name, import_src)
+        target = LossTarget.from_callable(fn, cfg.variant, target_name, import_src)
         return verify_loss(target, cfg, checks, progress)
     check_logps_signature(fn, target_name)
     return verify_logps(LogpsTarget(fn, target_name, import_src), cfg, checks, progress)

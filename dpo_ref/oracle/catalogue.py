@@ -19,11 +19,11 @@ import torch
 from hypothesis import strategies as st
 
 import dpo_ref.oracle.snippets as S
+from dpo_ref import variants as V
 from dpo_ref.checks import properties as P
 from dpo_ref.checks import strategies as dst
-from dpo_ref.variants import CLASSIC_VARIANTS, FAMILY_VARIANTS
 
-VARIANTS = CLASSIC_VARIANTS  # the variants the checks below apply to; the family's: dpo_ref.oracle.family_checks
+LOGPS = "logps"  # the table of log-prob-level checks
 REDUCTIONS = ("auto", "none", "mean", "sum")
 
 
@@ -44,7 +44,12 @@ class Config:
     @property
     def family(self) -> str | None:
         """The `dpo_ref.family` key of a family variant, None for dpo/cdpo/ipo/ipo-mean."""
-        return FAMILY_VARIANTS.get(self.variant)
+        return V.FAMILY_VARIANTS.get(self.variant)
+
+    @property
+    def record(self) -> V.Variant:
+        """The registry's record of the claimed variant."""
+        return V.REGISTRY[self.variant]
 
     @property
     def loss_variant(self) -> str:
@@ -61,9 +66,20 @@ class Check:
     strategy: Callable[[Config], st.SearchStrategy]
     run: Callable  # (target, cfg, example) -> Precision | None, raises on violation
     snippet: Callable  # (target, cfg, example, error) -> str (the lines after the inputs)
-    variants: tuple[str, ...] = VARIANTS
+    table: str = V.CLOSED_FORM  # which variants' table it belongs to (`dpo_ref.variants.Variant.oracle`)
     inputs: Callable | None = None  # (target, cfg, example) -> str, the input lines; default: the loss batch
     advisory: bool = False  # robustness advice: fails the verdict only under strict
+    value: bool = False  # a failure means the values differ (not only robustness): a diagnosis is worth trying
+    advice: str | None = None  # the fixed advice an advisory failure gives...
+    cause: Callable | None = None  # ...when (target, cfg) -> True says its cause is what failed (None: always)
+    skip_when: Callable | None = None  # (target, cfg) -> why the check cannot be observed on this target, or None
+
+    def applies(self, variant: str) -> bool:
+        """Whether the registry lists this check among `variant`'s properties (in this check's table)."""
+        if self.table == LOGPS:
+            return True  # every variant's log-probs are scored the same way (the convention comes from the Config)
+        record = V.REGISTRY[variant]
+        return record.oracle == self.table and self.name in record.properties
 
 
 def _loss(body: Callable) -> Callable:
@@ -254,13 +270,39 @@ def _run_rewards_detached(target, cfg, ex):
     P.check_rewards_detached(target.rewards(spec), spec, _tensors(ex))
 
 
-LOSS_CHECKS: tuple[Check, ...] = (
+def _skip_per_example(target, cfg: Config) -> str | None:
+    return "returns per-example losses" if target.reduction == "per-example" else None
+
+
+def _skip_no_rewards(target, cfg: Config) -> str | None:
+    return "returns no implicit rewards" if target.reward_access is None else None
+
+
+def probe_spec(cfg: Config) -> P.LossSpec:
+    """The coefficients of the `call` probe and the diagnosis: the fixed ones, else beta (tau) 0.5, eps 0.1."""
+    coef = cfg.beta if cfg.beta is not None else 0.5
+    eps = (cfg.label_smoothing or 0.1) if cfg.loss_variant == "cdpo" else 0.0
+    return cfg.spec(coef, eps)
+
+
+def _rewards_carry_graph(target, cfg: Config) -> bool:
+    """The advice to detach is the cause when the rewards returned on the probe batch (leaves requiring grad)
+    are tensors carrying the graph, not when reading them raised."""
+    from dpo_ref.oracle.targets import PROBE_LOGPS
+
+    leaves = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in PROBE_LOGPS]
+    rewards = target.rewards(probe_spec(cfg))(*leaves)
+    return any(isinstance(r, torch.Tensor) and r.requires_grad for r in rewards)
+
+
+MARGIN_CHECKS: tuple[Check, ...] = (
     Check(
         "values",
         "loss values equal the closed form (float64 inputs; float32 arithmetic allowed)",
         _base(),
         _run_values,
         _loss(S.values),
+        value=True,
     ),
     Check(
         "values_float32",
@@ -268,6 +310,7 @@ LOSS_CHECKS: tuple[Check, ...] = (
         _base(torch.float32),
         _run_values,
         _loss(S.values),
+        value=True,
     ),
     Check(
         "large_batch",
@@ -276,6 +319,7 @@ LOSS_CHECKS: tuple[Check, ...] = (
         _run_large,
         _loss(S.large_batch),
         inputs=S.large_inputs,
+        value=True,
     ),
     Check(
         "gradients",
@@ -283,6 +327,7 @@ LOSS_CHECKS: tuple[Check, ...] = (
         _base(),
         _run_gradients,
         _loss(S.gradients("sum")),
+        value=True,
     ),
     Check(
         "gradient_signs",
@@ -290,7 +335,6 @@ LOSS_CHECKS: tuple[Check, ...] = (
         _base(),
         _run_signs,
         _loss(S.gradients("mean")),
-        variants=("dpo",),
     ),
     Check(
         "z_cancellation",
@@ -305,15 +349,17 @@ LOSS_CHECKS: tuple[Check, ...] = (
         _base(),
         _run_init,
         _loss(S.init),
+        value=True,
     ),
-    Check("swap", "swapping chosen and rejected gives the loss at -h", _base(), _run_swap, _loss(S.swap)),
+    Check(
+        "swap", "swapping chosen and rejected gives the loss at -h", _base(), _run_swap, _loss(S.swap), value=True
+    ),
     Check(
         "monotone",
         "the loss does not increase with the margin",
         _monotone_strategy,
         _run_monotone,
         _loss(S.monotone),
-        variants=("dpo",),
         inputs=S.monotone_inputs,
     ),
     Check(
@@ -322,7 +368,7 @@ LOSS_CHECKS: tuple[Check, ...] = (
         _optimum_strategy,
         _run_optimum,
         _loss(S.optimum),
-        variants=("cdpo", "ipo", "ipo-mean"),
+        value=True,
     ),
     Check(
         "permutation",
@@ -358,6 +404,8 @@ LOSS_CHECKS: tuple[Check, ...] = (
         _base(),
         _run_reduction,
         _loss(S.reduction),
+        value=True,
+        skip_when=_skip_per_example,
     ),
     Check(
         "rewards",
@@ -365,6 +413,7 @@ LOSS_CHECKS: tuple[Check, ...] = (
         _base(),
         _run_rewards,
         _loss(S.rewards),
+        skip_when=_skip_no_rewards,
     ),
     Check(
         "rewards_detached",
@@ -373,6 +422,10 @@ LOSS_CHECKS: tuple[Check, ...] = (
         _run_rewards_detached,
         _loss(S.rewards_detached),
         advisory=True,
+        advice="returns implicit rewards that carry the autograd graph: detach them (.detach()) so logging them "
+        "does not keep the graph alive",
+        cause=_rewards_carry_graph,
+        skip_when=_skip_no_rewards,
     ),
 )
 
@@ -411,6 +464,27 @@ def _run_unscored(fill: float):
     return lambda t, cfg, ex: P.check_logps_ignores_unscored(t, ex["batch"], cfg.average, fill)
 
 
+def _multiplying_mask(target, cfg: Config) -> bool:
+    """The advice on -inf logits is the cause when -inf at the unscored positions gives a NaN or an infinity
+    while the same inputs with the finite extreme fill give the right values: only the fill's infiniteness
+    differs, so 0 * -inf (a multiplying mask) is what went wrong. A function whose values are wrong anyway
+    (a mean for a sum, no shift, a half-precision log-softmax) is not told this: its value checks fail."""
+    from dpo_ref.oracle.diagnosis import diagnostic_token_batch
+
+    batch = diagnostic_token_batch()
+    logits, labels = P.unscored_filled(batch, -float("inf"))
+    with torch.no_grad():
+        out = torch.as_tensor(target(logits, labels))
+    if bool(torch.isfinite(out).all()):
+        return False
+    try:
+        with torch.no_grad():
+            P.check_logps_ignores_unscored(target, batch, cfg.average, P.UNSCORED_FILL)
+    except P.PropertyViolation:
+        return False
+    return True
+
+
 LOGPS_CHECKS: tuple[Check, ...] = (
     Check(
         "logps_values",
@@ -419,6 +493,8 @@ LOGPS_CHECKS: tuple[Check, ...] = (
         _run_logps_values(torch.float64),
         S.logps_values,
         inputs=S.logps_inputs,
+        value=True,
+        table=LOGPS,
     ),
     Check(
         "logps_values_float32",
@@ -427,6 +503,8 @@ LOGPS_CHECKS: tuple[Check, ...] = (
         _run_logps_values(torch.float32),
         S.logps_values,
         inputs=S.logps_inputs,
+        value=True,
+        table=LOGPS,
     ),
     Check(
         "logps_last_position",
@@ -435,6 +513,8 @@ LOGPS_CHECKS: tuple[Check, ...] = (
         _run_logps_values(torch.float64),
         S.logps_values,
         inputs=S.logps_inputs,
+        value=True,
+        table=LOGPS,
     ),
     Check(
         "logps_padding",
@@ -443,6 +523,7 @@ LOGPS_CHECKS: tuple[Check, ...] = (
         lambda t, cfg, ex: P.check_logps_padding(t, ex["batch"]),
         S.logps_padding,
         inputs=lambda t, cfg, ex: "",
+        table=LOGPS,
     ),
     Check(
         "logps_gradients",
@@ -451,6 +532,7 @@ LOGPS_CHECKS: tuple[Check, ...] = (
         lambda t, cfg, ex: P.check_logps_gradients(t, ex["batch"], cfg.average),
         S.logps_gradients,
         inputs=S.logps_inputs,
+        table=LOGPS,
     ),
     Check(
         "logps_unscored_ignored",
@@ -459,6 +541,8 @@ LOGPS_CHECKS: tuple[Check, ...] = (
         _run_unscored(P.UNSCORED_FILL),
         S.logps_unscored(P.UNSCORED_FILL),
         inputs=S.unscored_inputs(P.UNSCORED_FILL),
+        value=True,
+        table=LOGPS,
     ),
     Check(
         "logps_neg_inf_unscored",
@@ -468,6 +552,10 @@ LOGPS_CHECKS: tuple[Check, ...] = (
         S.logps_unscored(-float("inf")),
         inputs=S.unscored_inputs(-float("inf")),
         advisory=True,
+        advice="masks by multiplying: -inf logits at unscored positions give 0 * -inf = NaN; select with "
+        "torch.where / masked_fill (or gather only the scored positions) to be robust to them",
+        cause=_multiplying_mask,
+        table=LOGPS,
     ),
     Check(
         "logps_inputs_unmodified",
@@ -476,12 +564,15 @@ LOGPS_CHECKS: tuple[Check, ...] = (
         lambda t, cfg, ex: P.check_logps_inputs_unmodified(t, ex["batch"]),
         S.logps_unmodified,
         inputs=S.logps_inputs,
+        table=LOGPS,
     ),
 )
 
-ADVICE = {
-    "rewards_detached": "returns implicit rewards that carry the autograd graph: detach them (.detach()) so "
-    "logging them does not keep the graph alive",
-    "logps_neg_inf_unscored": "masks by multiplying: -inf logits at unscored positions give 0 * -inf = NaN; "
-    "select with torch.where / masked_fill (or gather only the scored positions) to be robust to them",
-}
+
+# Each advisory check's fixed advice, by name (read from the checks)
+ADVICE = {c.name: c.advice for c in MARGIN_CHECKS + LOGPS_CHECKS if c.advice}
+
+
+def advice_for(check_name: str) -> str:
+    """The fixed advice of the advisory check `check_name` ("" if it has none)."""
+    return ADVICE.get(check_name, "")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dpo_ref import variants as V
 from dpo_ref.checks import properties as P
 from dpo_ref.checks.strategies import IGNORE_INDEX, TokenBatch
 from dpo_ref.losses import dpo_losses_from_margin, ipo_losses_from_margin, preference_margin
@@ -28,8 +29,7 @@ class Alternative:
 
     name: str
     says: str
-    claims: tuple[str, ...]  # the claimed (loss-level) variants it is a plausible mistake for
-    losses: Callable[..., torch.Tensor]
+    losses: Callable[..., torch.Tensor]  # which claims it is a plausible mistake for: the registry's `mistakes`
 
 
 def _h(pc, pr, rc, rr):
@@ -49,92 +49,77 @@ LOSS_ALTERNATIVES: tuple[Alternative, ...] = (
     Alternative(
         "plain-dpo",
         "plain DPO: label_smoothing is ignored",
-        ("cdpo",),
         lambda s, *x: _dpo(_h(*x), s.beta),
     ),
     Alternative(
         "robust-dpo",
         "robust DPO (rDPO, Chowdhury et al. 2024): ((1-eps) l(h) - eps l(-h)) / (1 - 2 eps), not cDPO",
-        ("cdpo",),
         _robust,
     ),
     Alternative(
         "cdpo-weights-exchanged",
         "cDPO with the weights exchanged: eps on the preferred order, 1 - eps on the flipped one",
-        ("cdpo",),
         lambda s, *x: _dpo(_h(*x), s.beta, 1.0 - s.eps),
     ),
     Alternative(
         "ipo-target-1/tau",
         "IPO with target 1/tau instead of 1/(2 tau): (h - 1/tau)^2",
-        ("ipo",),
         lambda s, *x: (_h(*x) - 1.0 / s.tau) ** 2,
     ),
     Alternative(
         "ipo-times-tau-squared",
         "IPO scaled by tau^2: (tau h - 1/2)^2 (same minimiser, gradients tau^2 times too small)",
-        ("ipo",),
         lambda s, *x: (s.tau * _h(*x) - 0.5) ** 2,
     ),
     Alternative(
         "chosen-rejected-swapped",
         "the loss with chosen and rejected swapped (the sign of the margin flipped; for cDPO the same function "
         "as the weights exchanged)",
-        ("dpo", "cdpo", "ipo"),
         lambda s, pc, pr, rc, rr: s.losses(_h(pr, pc, rr, rc)),
     ),
     Alternative(
         "beta-ignored",
         "the coefficient ignored (taken as 1)",
-        ("dpo", "cdpo", "ipo"),
         lambda s, *x: P.LossSpec(s.variant, 1.0, s.label_smoothing, 1.0).losses(_h(*x)),
     ),
     Alternative(
         "beta-squared",
         "the coefficient squared",
-        ("dpo", "cdpo", "ipo"),
         lambda s, *x: P.LossSpec(s.variant, s.beta**2, s.label_smoothing, s.tau**2).losses(_h(*x)),
     ),
     Alternative(
         "beta-outside",
         "the coefficient multiplying the loss instead of the margin: -beta log sigma(h)",
-        ("dpo",),
         lambda s, *x: s.beta * _dpo(_h(*x), 1.0),
     ),
     Alternative(
         "beta-divides",
         "the margin divided by beta (beta used as a temperature)",
-        ("dpo", "cdpo"),
         lambda s, *x: _dpo(_h(*x), 1.0 / s.beta, s.eps),
     ),
     Alternative(
         "hinge",
         "the hinge loss max(0, 1 - beta h) (RSO / SLiC), not the log-sigmoid of DPO",
-        ("dpo", "cdpo"),
         lambda s, *x: torch.relu(1.0 - s.beta * _h(*x)),
     ),
     Alternative(
         "no-reference",
         "no reference model: the margin is log pi(y_w) - log pi(y_l)",
-        ("dpo", "cdpo", "ipo"),
         lambda s, pc, pr, rc, rr: s.losses(pc - pr),
     ),
     Alternative(
         "reference-sign",
         "the reference log-ratio added instead of subtracted",
-        ("dpo", "cdpo", "ipo"),
         lambda s, pc, pr, rc, rr: s.losses((pc - pr) + (rc - rr)),
     ),
     Alternative(
         "ipo-not-dpo",
         "IPO (h - 1/(2 tau))^2 with tau = beta, not DPO",
-        ("dpo", "cdpo"),
         lambda s, *x: ipo_losses_from_margin(_h(*x), s.beta),
     ),
     Alternative(
         "dpo-not-ipo",
         "DPO -log sigma(beta h) with beta = tau, not IPO",
-        ("ipo",),
         lambda s, *x: _dpo(_h(*x), s.tau),
     ),
 )
@@ -155,7 +140,7 @@ def _diagnostic_batches() -> list[tuple[torch.Tensor, ...]]:
 def _coefficients(variant: str, beta: float | None, eps: float | None) -> list[tuple[float, float]]:
     coefs = [beta] if beta is not None else [0.3, 2.5]
     epss = [eps] if eps is not None else [0.15, 0.35]
-    return [(c, e) for c in coefs for e in (epss if variant == "cdpo" else [0.0])]
+    return [(c, e) for c in coefs for e in (epss if "label_smoothing" in V.REGISTRY[variant].coefficients else [0.0])]
 
 
 def _matches_half_precision(got: torch.Tensor, spec: P.LossSpec, batch, tol: torch.Tensor) -> bool:
@@ -176,15 +161,25 @@ def _matches_half_precision(got: torch.Tensor, spec: P.LossSpec, batch, tol: tor
     return False
 
 
-def diagnose_loss(
+def diagnose_loss(target, cfg, coefficients: dict) -> list[str]:
+    """Name what a loss-level target computes instead of the claimed variant (one sentence per match; [] when
+    nothing matches or the target cannot be evaluated): for a closed-form variant its known mistakes, then the
+    other members of the family; for the others, the family members and the variant's own mistakes."""
+    if cfg.record.oracle == V.CLOSED_FORM:
+        return _diagnose_margin(target.per_example, cfg.loss_variant, cfg.beta, cfg.label_smoothing)
+    return diagnose_family(target, cfg.record.key, coefficients)
+
+
+def _diagnose_margin(
     per_example: Callable[[P.LossSpec], Callable], variant: str, beta: float | None, eps: float | None
 ) -> list[str]:
-    """Name the alternatives the target's per-example losses match (and the claimed formula does not).
+    """The closed-form variants' diagnosis: the registry's `mistakes` of `variant` the target's per-example
+    losses match (and the claimed formula does not), else the family members it matches.
 
-    `per_example(spec)` returns the target as fn(pc, pr, rc, rr) -> (B,). Returns one sentence per match;
-    [] when none matches (or the target cannot be evaluated on the diagnostic inputs).
+    `per_example(spec)` returns the target as fn(pc, pr, rc, rr) -> (B,).
     """
-    matches: dict[str, bool] = {a.name: True for a in LOSS_ALTERNATIVES if variant in a.claims}
+    mistakes = V.REGISTRY[variant].mistakes
+    matches: dict[str, bool] = {a.name: True for a in LOSS_ALTERNATIVES if a.name in mistakes}
     claimed_matches, half_matches = True, True
     try:
         for coef, e in _coefficients(variant, beta, eps):
@@ -264,8 +259,8 @@ def family_alternatives(key: str, claimed: dict, lengths: bool) -> list[tuple[st
         if other == key or (v.needs_lengths and not lengths):
             continue
         coefs = coefficients_for(other, claimed)
-        if other in ("cdpo", "robust") and coefs.get("label_smoothing") == 0.0:
-            continue  # at eps = 0 both are plain DPO, already a candidate
+        if v.reduces_to is not None and coefs.get(v.reduces_to[0]) == v.reduces_to[1]:
+            continue  # there it is another member (cDPO and rDPO at eps = 0 are plain DPO), already a candidate
         shown = ", ".join(f"{k}={x!r}" for k, x in coefs.items())
         out.append(
             (
@@ -287,7 +282,7 @@ def family_alternatives(key: str, claimed: dict, lengths: bool) -> list[tuple[st
         if coef in claimed and claimed[coef] != 1.0:
             ignored = own.bind(**{**claimed, coef: 1.0})
             out.append(("beta-ignored", f"{claimed_name} with {coef} ignored (taken as 1)", ignored))
-    if key != "simpo":
+    if not own.reference_free:
         out.append(
             (
                 "no-reference",
@@ -356,7 +351,7 @@ def _matching(outs, batches, alternatives, mean_only: bool) -> list[str]:
 def diagnose_family(target, key: str, claimed: dict) -> list[str]:
     """Name the family members (and mistakes) whose values a target claiming family variant `key` matches.
 
-    `target` is a `FamilyTarget`; [] when its values match the claim or nothing, or it cannot be evaluated."""
+    `target` is a `LossTarget`; [] when its values match the claim or nothing, or it cannot be evaluated."""
     from dpo_ref.family import LOSS_FAMILY
 
     batches = _diagnostic_batches()
@@ -372,11 +367,11 @@ def diagnose_family(target, key: str, claimed: dict) -> list[str]:
 
 def _classic_as_family(per_example, variant: str, beta: float | None, eps: float | None) -> list[str]:
     """For a dpo/cdpo/ipo claim no classic alternative explains: the family members (without lengths) it matches."""
-    key = {"dpo": "sigmoid", "cdpo": "cdpo", "ipo": "ipo_sum"}[variant]
+    record = V.REGISTRY[variant]
     coef = beta if beta is not None else 0.5
-    claimed = {"ipo": {"tau": coef}, "cdpo": {"beta": coef, "label_smoothing": eps or 0.15}}
-    claimed = claimed.get(variant, {"beta": coef})
-    spec = P.LossSpec(variant, beta=coef, label_smoothing=claimed.get("label_smoothing", 0.0), tau=coef)
+    smoothing = (eps or 0.15) if "label_smoothing" in record.coefficients else 0.0
+    spec = P.LossSpec(variant, beta=coef, label_smoothing=smoothing, tau=coef)
+    key, claimed = record.key, spec.coefficients
     fn = per_example(spec)
     batches = _diagnostic_batches()
     outs = _target_outputs(lambda pc, pr, rc, rr, nc, nr: fn(pc, pr, rc, rr), batches, DIAGNOSTIC_LENGTHS)

@@ -4,7 +4,7 @@ Each check draws a batch of up to FAMILY_BATCH pairs, the variant's coefficients
 `Config`, the others from their valid ranges: `dpo_ref.checks.strategies.family_coefficients`) and scored-token
 counts, and runs one property of `dpo_ref.checks.family_properties` (values and gradients against an mpmath
 reference, invariance under f(x) or its absence, batch structure, bounds, optima, the variant's own
-identities) on the target through `FamilyTarget` (`dpo_ref.oracle.targets`). The runner, reports,
+identities) on the target through `LossTarget` (`dpo_ref.oracle.targets`). The runner, reports,
 diagnoses and interfaces are the classic variants' (`dpo_ref.oracle.runner`, `levels`, `diagnosis`).
 
 Tolerance: `family_properties`' first-principles bound with eps_d the verdict's rounding unit
@@ -12,7 +12,7 @@ Tolerance: `family_properties`' first-principles bound with eps_d the verdict's 
 float64-exact results). The `values` check (float64 inputs) returns the precision reached, which the report
 grades as for DPO/cDPO/IPO: float64-exact, float32-level or worse than float32, with the worst relative error.
 
-A reproduction re-runs the failing property on the shrunk input through the same `FamilyTarget`; the
+A reproduction re-runs the failing property on the shrunk input through the same `LossTarget`; the
 property raises the `PropertyViolation` the report shows, so running it shows the disagreement.
 """
 
@@ -24,17 +24,12 @@ from hypothesis import strategies as st
 from dpo_ref.checks import family_properties as FP
 from dpo_ref.checks import properties as P
 from dpo_ref.checks import strategies as dst
-from dpo_ref.family import LOSS_FAMILY
 from dpo_ref.oracle.catalogue import Check, Config
 from dpo_ref.oracle.snippets import tensor_src
-from dpo_ref.variants import FAMILY_VARIANTS
+from dpo_ref.variants import MPMATH
 
 FAMILY_BATCH = 4  # pairs per drawn batch: the mpmath reference costs ~10 ms a row
-ALL = tuple(FAMILY_VARIANTS)
 
-
-def _variants(pred) -> tuple[str, ...]:
-    return tuple(name for name, key in FAMILY_VARIANTS.items() if pred(LOSS_FAMILY[key]))
 
 
 def _coefficients(cfg: Config) -> st.SearchStrategy[dict]:
@@ -98,7 +93,7 @@ def _inputs(ex: dict):
 
 
 def _mean_only(target, cfg: Config) -> bool:
-    return target.reduction != "per-example" and not LOSS_FAMILY[cfg.family].per_example
+    return target.reduction != "per-example" and not cfg.record.per_example
 
 
 def _setup(target, cfg: Config, ex: dict):
@@ -119,7 +114,7 @@ def _run_gradients(target, cfg, ex):
 
 def _run_shift(target, cfg, ex):
     fn, spec, batch, lengths = _setup(target, cfg, ex)
-    claim = LOSS_FAMILY[cfg.family].shift_invariant
+    claim = cfg.record.shift_invariant
     FP.check_shift(fn, spec, claim, batch, lengths, torch.tensor(ex["shift"], dtype=torch.float64))
     FP.check_not_invariant(fn, spec, claim)
 
@@ -142,7 +137,7 @@ def _scale(ex: dict) -> float:
 
 def _run_optimum(target, cfg, ex):
     fn, spec, batch, lengths = _setup(target, cfg, ex)
-    optimum = LOSS_FAMILY[cfg.family].optimum(**ex["coefficients"])
+    optimum = cfg.record.optimum(**ex["coefficients"])
     FP.check_optimum(fn, spec, optimum, batch[2:], lengths, ex["rel"] / _scale(ex))
 
 
@@ -189,8 +184,8 @@ def _snippet(call: str, module: str = "FP."):
             lines
             + [
                 "from dpo_ref.checks import family_properties as FP",
-                "from dpo_ref.oracle.targets import FamilyTarget",
-                f"target = FamilyTarget.from_callable(fn, {cfg.family!r}, 'fn', '')",
+                "from dpo_ref.oracle.targets import LossTarget",
+                f"target = LossTarget.from_callable(fn, {cfg.variant!r}, 'fn', '')",
                 f"target.detect_reduction({c!r})",
                 f"per_example = target.per_example({c!r})  # fn(pc, pr, rc, rr, nc, nr) -> (B,)",
                 f"spec = FP.FamilySpec({cfg.family!r}, {c!r})",
@@ -206,23 +201,32 @@ def _snippet(call: str, module: str = "FP."):
 def _format_args(target, cfg: Config, ex: dict) -> dict:
     c = ex["coefficients"]
     return {
-        "claim": repr(LOSS_FAMILY[cfg.family].shift_invariant),
-        "optimum": repr(LOSS_FAMILY[cfg.family].optimum(**c)),
+        "claim": repr(cfg.record.shift_invariant),
+        "optimum": repr(cfg.record.optimum(**c)),
         "delta": repr(ex.get("rel", 0.0) / _scale(ex)),
         "flip": repr(ex.get("flip", 0.0)),
         "values": "check_mean_value" if _mean_only(target, cfg) else "check_values",
     }
 
 
-FAMILY_CHECKS: tuple[Check, ...] = (
+def _skip_mean_only(target, cfg: Config) -> str | None:
+    """A reducing target of a batch-coupled loss returns only the mean: per-example values at moved inputs (the
+    shift property) cannot be observed on it."""
+    if target.reduction != "per-example" and cfg.record.batch_coupled:
+        return "the target returns the batch mean of a batch-coupled loss: its values are checked on the mean"
+    return None
+
+
+GENERAL_CHECKS: tuple[Check, ...] = (
     Check(
         "values",
         "loss values equal the variant's formula (mpmath reference; float64 inputs)",
         _base(),
         _oracle(_run_values),
         _snippet("{values}(per_example, spec, (pc, pr, rc, rr), (nc, nr))"),
-        ALL,
+        MPMATH,
         family_inputs,
+        value=True,
     ),
     Check(
         "values_float32",
@@ -230,8 +234,9 @@ FAMILY_CHECKS: tuple[Check, ...] = (
         _base(torch.float32),
         _oracle(_run_values),
         _snippet("{values}(per_example, spec, (pc, pr, rc, rr), (nc, nr))"),
-        ALL,
+        MPMATH,
         family_inputs,
+        value=True,
     ),
     Check(
         "gradients",
@@ -239,8 +244,9 @@ FAMILY_CHECKS: tuple[Check, ...] = (
         _base(),
         _oracle(_run_gradients),
         _snippet("check_gradients(per_example, spec, (pc, pr, rc, rr), (nc, nr))"),
-        ALL,
+        MPMATH,
         family_inputs,
+        value=True,
     ),
     Check(
         "shift",
@@ -251,8 +257,9 @@ FAMILY_CHECKS: tuple[Check, ...] = (
             "check_shift(per_example, spec, {claim}, (pc, pr, rc, rr), (nc, nr), torch.tensor(shift, "
             "dtype=torch.float64)); FP.check_not_invariant(per_example, spec, {claim})"
         ),
-        ALL,
+        MPMATH,
         family_inputs,
+        skip_when=_skip_mean_only,
     ),
     Check(
         "batch_structure",
@@ -260,7 +267,7 @@ FAMILY_CHECKS: tuple[Check, ...] = (
         _with(_base(), _perm),
         _oracle(_run_batch),
         _snippet("check_batch_structure(per_example, spec, (pc, pr, rc, rr), (nc, nr), torch.tensor(perm))"),
-        ALL,
+        MPMATH,
         family_inputs,
     ),
     Check(
@@ -272,7 +279,7 @@ FAMILY_CHECKS: tuple[Check, ...] = (
             "check_bounds(per_example, spec, (pc, pr, rc, rr), (nc, nr)); "
             "FP.check_finite(per_example, spec, (pc, pr, rc, rr), (nc, nr))"
         ),
-        ALL,
+        MPMATH,
         family_inputs,
     ),
     Check(
@@ -281,8 +288,9 @@ FAMILY_CHECKS: tuple[Check, ...] = (
         _with(_base(min_value=-100.0), _step),
         _oracle(_run_optimum),
         _snippet("check_optimum(per_example, spec, {optimum}, (rc, rr), (nc, nr), {delta})"),
-        _variants(lambda v: v.optimum.__name__ not in ("_none", "_hinge_optimum")),
+        MPMATH,
         family_inputs,
+        value=True,
     ),
     Check(
         "hinge_margin",
@@ -290,8 +298,9 @@ FAMILY_CHECKS: tuple[Check, ...] = (
         _base(),
         _oracle(_run_hinge),
         _snippet("check_hinge_margin(per_example, spec, (pc, pr, rc, rr))"),
-        ("hinge",),
+        MPMATH,
         family_inputs,
+        value=True,
     ),
     Check(
         "robust_unbiased",
@@ -299,8 +308,9 @@ FAMILY_CHECKS: tuple[Check, ...] = (
         _with(_base(min_value=-100.0), _step),
         _oracle(_run_robust),
         _snippet("check_robust_unbiased(per_example, spec, (pc, pr, rc, rr), {delta})"),
-        ("robust",),
+        MPMATH,
         family_inputs,
+        value=True,
     ),
     Check(
         "flip_noise_optimum",
@@ -308,7 +318,7 @@ FAMILY_CHECKS: tuple[Check, ...] = (
         _with(_base(min_value=-100.0), _step),
         _oracle(_run_flip_noise),
         _snippet("check_noisy_ipo_optimum(per_example, spec, {flip}, (rc, rr), (nc, nr), {delta})"),
-        ("ipo-norm",),
+        MPMATH,
         family_inputs,
     ),
     Check(
@@ -320,12 +330,7 @@ FAMILY_CHECKS: tuple[Check, ...] = (
             "check_inputs_unmodified(lambda *x: per_example(*x, nc, nr), spec, (pc, pr, rc, rr))",
             "dpo_ref.checks.properties.",
         ),
-        ALL,
+        MPMATH,
         family_inputs,
     ),
 )
-
-# A reducing target of a batch-coupled loss returns only the mean: the shift property (per-example values
-# at moved inputs) cannot be observed on it.
-MEAN_ONLY_SKIPS = {"shift": "the target returns the batch mean of a batch-coupled loss: its values are checked "
-                   "on the mean"}  # fmt: skip

@@ -144,7 +144,7 @@ def run_check(check: Check, target, cfg: Config) -> CheckResult:
     at least CLEAR_DISAGREEMENT (relative) and, if it finds one, reports that smallest clear example.
     An advisory check that fails is reported as advice (a failure only under `cfg.strict`).
     """
-    if cfg.variant not in check.variants:
+    if not check.applies(cfg.variant):
         return CheckResult(check.name, SKIPPED, check.description, f"does not apply to {cfg.variant}")
     count, failing, err, precision = _search(check, target, cfg, 0.0)
     if err is None:

@@ -18,7 +18,7 @@ counts as keywords:
     fn(pc, pr, rc, rr, beta=..., chosen_lengths=n_w, rejected_lengths=n_l)
 
 n_w, n_l: int64 tensors (B,), the number of completion tokens that carry a log-prob (>= 1). See
-`FamilyTarget`.
+`LossTarget`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dpo_ref.checks.properties import LossSpec, preference_margin
+from dpo_ref import variants as V
+from dpo_ref.checks.properties import LossSpec
 from dpo_ref.errors import InputError
 
 ADAPTERS = ("trl", "torchtune")
@@ -312,67 +313,116 @@ def _stack(outs: list) -> torch.Tensor:
     return torch.stack([o.reshape(()) if isinstance(o, torch.Tensor) and o.numel() == 1 else o for o in outs])
 
 
+LENGTH_KEYWORDS = ("chosen_lengths", "rejected_lengths")
+
+
+def _as_coefficients(coefficients: dict | LossSpec) -> dict:
+    """The coefficients by name; a closed-form check passes its `LossSpec`, whose coefficients these are."""
+    return coefficients.coefficients if isinstance(coefficients, LossSpec) else dict(coefficients)
+
+
+def _keyword_for(param: V.Param, params: set[str] | None, var_kw: bool) -> str | None:
+    """The keyword a target takes for registry coefficient `param`: the first of `param.keywords` it accepts (the
+    first one when it takes **kwargs or has no readable signature); None when it takes none of them."""
+    if params is None or var_kw:
+        return param.keywords[0]
+    return next((k for k in param.keywords if k in params), None)
+
+
+def _missing_keyword(fn: Callable, name: str, param: V.Param, record: V.Variant) -> InputError:
+    if param.name == "beta" or param.keywords[0] == "beta":
+        module_hint = (
+            "; a module whose beta is fixed at construction can be wrapped: "
+            f"lambda pc, pr, rc, rr, beta: {type(fn).__name__}(beta=beta)(pc, pr, rc, rr)"
+            if isinstance(fn, torch.nn.Module)
+            else ""
+        )
+        return InputError(
+            f"{name} takes no `beta` keyword argument; a loss-level target is called as "
+            "fn(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, "
+            "beta=...) (beta stands for tau under IPO)" + module_hint
+        )
+    if record.oracle == V.CLOSED_FORM:
+        return InputError(f"{name} takes no `{param.name}` keyword argument, which variant {record.name} needs")
+    return InputError(f"{name} takes no `{param.name}` keyword argument, which {record.key} needs: {_hint(record)}")
+
+
+def _hint(record: V.Variant) -> str:
+    return (
+        f"the loss-level convention for {record.key} is fn(pc, pr, rc, rr, "
+        + ", ".join(f"{c}=..." for c in record.coefficients)
+        + (", chosen_lengths=n_w, rejected_lengths=n_l" if record.needs_lengths else "")
+        + ")"
+    )
+
+
 @dataclass
 class LossTarget:
-    """A loss-level callable and how to call it: the coefficient keywords it takes and its reduction."""
+    """A loss-level callable claiming registry variant `variant`, and how to call it: the keyword it takes for
+    each coefficient, whether it gets the scored-token counts, its reduction and where it returns rewards.
+
+    Every method takes the coefficients as a dict (or a closed-form check's `LossSpec`)."""
 
     fn: Callable
     name: str
     import_src: str
-    beta_name: str = "beta"  # or "tau"
-    takes_label_smoothing: bool = False
+    variant: str = "dpo"
+    keywords: dict[str, str] | None = None  # coefficient -> the target's keyword; None: the registry's names
+    lengths: bool = False  # chosen_lengths=, rejected_lengths= passed
     reduction: str = "per-example"  # per-example | mean | sum | unknown
     call_src_template: str | None = None  # e.g. "DPOLoss({kwargs})({args})" for adapters
     arg_names: list[str] | None = None  # keyword names of the four log-probs, when mapped by name
     reward_access: tuple[str, str] | None = None  # where the return value keeps the rewards
 
+    @property
+    def record(self) -> V.Variant:
+        return V.REGISTRY[self.variant]
+
     @classmethod
-    def from_callable(cls, fn: Callable, spec: LossSpec, name: str, import_src: str) -> LossTarget:
-        check_loss_signature(fn, name)
+    def from_callable(cls, fn: Callable, variant: str, name: str, import_src: str) -> LossTarget:
+        """`InputError` (a usage error, with a hint) when fn cannot be called with the variant's keywords."""
+        record = V.REGISTRY[variant]
+        extra = () if record.oracle == V.CLOSED_FORM else LENGTH_KEYWORDS + record.coefficients
+        check_loss_signature(fn, name, extra=extra)
         params, var_kw = _parameters(fn)
-        beta_name = "beta"
-        if params is not None and "beta" not in params and not var_kw:
-            if spec.variant == "ipo" and "tau" in params:
-                beta_name = "tau"
-            else:
-                raise InputError(
-                    f"{name} takes no `beta` keyword argument; a loss-level target is called as "
-                    "fn(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, "
-                    "beta=...) (beta stands for tau under IPO)"
-                    + (
-                        "; a module whose beta is fixed at construction can be wrapped: "
-                        f"lambda pc, pr, rc, rr, beta: {type(fn).__name__}(beta=beta)(pc, pr, rc, rr)"
-                        if isinstance(fn, torch.nn.Module)
-                        else ""
-                    )
-                )
-        takes_eps = params is None or var_kw or "label_smoothing" in params
-        if spec.variant == "cdpo" and not takes_eps:
-            raise InputError(f"{name} takes no `label_smoothing` keyword argument, which variant cdpo needs")
+        keywords = {}
+        for param in record.params:
+            keyword = _keyword_for(param, params, var_kw)
+            if keyword is None:
+                raise _missing_keyword(fn, name, param, record)
+            keywords[param.name] = keyword
+        if record.needs_lengths and not (params is None or var_kw or set(LENGTH_KEYWORDS) <= params):
+            raise InputError(
+                f"{name} takes no chosen_lengths/rejected_lengths keywords, which the length-normalised "
+                f"{record.key} needs (the scored-token counts): {_hint(record)}"
+            )
         arg_names, _ = map_by_name(fn)
-        return cls(fn, name, import_src, beta_name, bool(takes_eps and spec.variant == "cdpo"), arg_names=arg_names)
+        return cls(fn, name, import_src, variant, keywords, record.needs_lengths, arg_names=arg_names)
 
     @property
     def mapping_note(self) -> str | None:
         return map_by_name(self.fn)[1] if self.arg_names else None
 
-    def kwargs(self, spec: LossSpec) -> dict:
-        kw = {self.beta_name: spec.coefficient}
-        if self.takes_label_smoothing:
-            kw["label_smoothing"] = spec.label_smoothing
+    def kwargs(self, coefficients: dict | LossSpec, nc=None, nr=None) -> dict:
+        c = _as_coefficients(coefficients)
+        keywords = self.keywords or {k: k for k in self.record.coefficients}
+        kw = {keywords[k]: v for k, v in c.items() if k in keywords}
+        if self.lengths:
+            kw.update(chosen_lengths=nc, rejected_lengths=nr)
         return kw
 
-    def call(self, spec: LossSpec, pc, pr, rc, rr) -> object:
+    def call(self, coefficients: dict | LossSpec, pc, pr, rc, rr, nc=None, nr=None) -> object:
         """What the target returns for these inputs, the log-probs passed by name if it was mapped by name."""
+        kw = self.kwargs(coefficients, nc, nr)
         if self.arg_names:
-            return self.fn(**dict(zip(self.arg_names, (pc, pr, rc, rr))), **self.kwargs(spec))
-        return self.fn(pc, pr, rc, rr, **self.kwargs(spec))
+            return self.fn(**dict(zip(self.arg_names, (pc, pr, rc, rr))), **kw)
+        return self.fn(pc, pr, rc, rr, **kw)
 
-    def raw(self, spec: LossSpec) -> Callable[..., torch.Tensor]:
-        """fn(pc, pr, rc, rr) -> what the target returns (its loss item if a tuple or dict), coefficients bound."""
-        return lambda pc, pr, rc, rr: first_item(self.call(spec, pc, pr, rc, rr))
+    def raw(self, coefficients: dict | LossSpec) -> Callable[..., object]:
+        """fn(pc, pr, rc, rr[, nc, nr]) -> the target's loss item (of a tuple or dict), coefficients bound."""
+        return lambda pc, pr, rc, rr, nc=None, nr=None: first_item(self.call(coefficients, pc, pr, rc, rr, nc, nr))
 
-    def rewards(self, spec: LossSpec) -> Callable[..., tuple]:
+    def rewards(self, coefficients: dict | LossSpec) -> Callable[..., tuple]:
         """fn(pc, pr, rc, rr) -> (chosen_rewards, rejected_rewards) from the target's return value."""
         chosen, rejected = self.reward_access or ("[1]", "[2]")
 
@@ -386,122 +436,22 @@ class LossTarget:
             )
 
         return lambda pc, pr, rc, rr: (lambda out: (get(out, chosen), get(out, rejected)))(
-            self.call(spec, pc, pr, rc, rr)
+            self.call(coefficients, pc, pr, rc, rr)
         )
 
     def rewards_src(self) -> str:
         chosen, rejected = self.reward_access or ("[1]", "[2]")
         return f"(out{chosen}, out{rejected})"
 
-    def per_example(self, spec: LossSpec) -> Callable[..., torch.Tensor]:
-        """fn(pc, pr, rc, rr) -> (B,). A reducing target is called on one example at a time."""
-        raw = self.raw(spec)
-        if self.reduction == "per-example":
-            return raw
-
-        def one_at_a_time(pc, pr, rc, rr):
-            return _stack([raw(pc[i : i + 1], pr[i : i + 1], rc[i : i + 1], rr[i : i + 1]) for i in range(pc.shape[0])])
-
-        return one_at_a_time
-
-    def call_src(self, spec: LossSpec, args: str = "pc, pr, rc, rr") -> str:
-        kw = ", ".join(f"{k}={v!r}" for k, v in self.kwargs(spec).items())
-        return _format_call(self.arg_names, self.call_src_template, args, kw)
-
-    def detect_reduction(self, spec: LossSpec) -> str:
-        """Call the target on a probe batch of 3 and decide: per-example, mean, sum or unknown; also find
-        where it returns implicit rewards, if it does.
-
-        Raises `PropertyViolation`-style `AssertionError` if it cannot be called or returns no tensor.
-        """
-        probe = _probe()
-        full = self.call(spec, *probe)
-        self.reward_access = find_rewards(full)
-        self.reduction = _reduction_of(first_item(full), lambda: spec.losses(preference_margin(*probe)))
-        return self.reduction
-
-
-LENGTH_KEYWORDS = ("chosen_lengths", "rejected_lengths")
-
-
-@dataclass
-class FamilyTarget:
-    """A loss-level callable claiming a family variant (`dpo_ref.family` key `key`) and how to call it.
-
-    `keywords` maps each coefficient of the variant to the keyword the target takes for it; `lengths`
-    says whether the scored-token counts are passed (`chosen_lengths=`, `rejected_lengths=`).
-    """
-
-    fn: Callable
-    name: str
-    import_src: str
-    key: str
-    keywords: dict
-    lengths: bool
-    arg_names: list[str] | None = None
-    reduction: str = "per-example"
-    call_src_template: str | None = None
-
-    @classmethod
-    def from_callable(cls, fn: Callable, key: str, name: str, import_src: str) -> FamilyTarget:
-        """`InputError` (a usage error, with a hint) when fn cannot be called with the variant's keywords."""
-        from dpo_ref.family import LOSS_FAMILY
-
-        variant = LOSS_FAMILY[key]
-        check_loss_signature(fn, name, extra=LENGTH_KEYWORDS + variant.coefficients)
-        params, var_kw = _parameters(fn)
-        hint = (
-            f"the loss-level convention for {key} is fn(pc, pr, rc, rr, "
-            + ", ".join(f"{c}=..." for c in variant.coefficients)
-            + (", chosen_lengths=n_w, rejected_lengths=n_l" if variant.needs_lengths else "")
-            + ")"
-        )
-        keywords = {}
-        for c in variant.coefficients:
-            if params is None or var_kw or c in params:
-                keywords[c] = c
-            elif c == "tau" and "beta" in params and "beta" not in variant.coefficients:
-                keywords[c] = "beta"  # beta standing for tau (TRL's convention for IPO)
-            else:
-                raise InputError(f"{name} takes no `{c}` keyword argument, which {key} needs: {hint}")
-        if variant.needs_lengths and not (params is None or var_kw or set(LENGTH_KEYWORDS) <= params):
-            raise InputError(
-                f"{name} takes no chosen_lengths/rejected_lengths keywords, which the length-normalised {key} "
-                f"needs (the scored-token counts): {hint}"
-            )
-        arg_names, _ = map_by_name(fn)
-        return cls(fn, name, import_src, key, keywords, variant.needs_lengths, arg_names)
-
-    @property
-    def mapping_note(self) -> str | None:
-        return map_by_name(self.fn)[1] if self.arg_names else None
-
-    def kwargs(self, coefficients: dict, nc=None, nr=None) -> dict:
-        kw = {self.keywords[c]: v for c, v in coefficients.items() if c in self.keywords}
-        if self.lengths:
-            kw.update(chosen_lengths=nc, rejected_lengths=nr)
-        return kw
-
-    def call(self, coefficients: dict, pc, pr, rc, rr, nc=None, nr=None) -> object:
-        kw = self.kwargs(coefficients, nc, nr)
-        if self.arg_names:
-            return self.fn(**dict(zip(self.arg_names, (pc, pr, rc, rr))), **kw)
-        return self.fn(pc, pr, rc, rr, **kw)
-
-    def raw(self, coefficients: dict) -> Callable[..., object]:
-        """fn(pc, pr, rc, rr, nc, nr) -> the target's loss item, coefficients bound."""
-        return lambda pc, pr, rc, rr, nc=None, nr=None: first_item(self.call(coefficients, pc, pr, rc, rr, nc, nr))
-
-    def per_example(self, coefficients: dict) -> Callable[..., torch.Tensor]:
-        """fn(pc, pr, rc, rr, nc, nr) -> (B,). A reducing target of a per-example loss is called one example at a
-        time; a reducing target of a batch-coupled loss (aot, aot_unpaired, sft) gives its batch mean repeated B
-        times (the gradient of their sum is then the gradient of the summed losses; values are checked on the mean)."""
-        from dpo_ref.family import LOSS_FAMILY
-
+    def per_example(self, coefficients: dict | LossSpec) -> Callable[..., torch.Tensor]:
+        """fn(pc, pr, rc, rr[, nc, nr]) -> (B,). A reducing target of a per-example loss is called one example at
+        a time; a reducing target of a batch-coupled loss (aot, aot_unpaired, sft) gives its batch mean repeated
+        B times (the gradient of their sum is then the gradient of the summed losses; values are checked on the
+        mean)."""
         raw = self.raw(coefficients)
         if self.reduction == "per-example":
             return raw
-        if not LOSS_FAMILY[self.key].per_example:
+        if self.record.batch_coupled:
             return lambda pc, *rest: torch.as_tensor(raw(pc, *rest)).reshape(()).expand(pc.shape[0])
 
         def one_at_a_time(pc, pr, rc, rr, nc=None, nr=None):
@@ -510,20 +460,27 @@ class FamilyTarget:
 
         return one_at_a_time
 
-    def call_src(self, coefficients: dict, args: str = "pc, pr, rc, rr") -> str:
-        kw = ", ".join(f"{self.keywords[c]}={v!r}" for c, v in coefficients.items() if c in self.keywords)
+    def call_src(self, coefficients: dict | LossSpec, args: str = "pc, pr, rc, rr") -> str:
+        kw = ", ".join(f"{k}={v!r}" for k, v in self.kwargs(coefficients).items() if k not in LENGTH_KEYWORDS)
         if self.lengths:
             kw += ", chosen_lengths=nc, rejected_lengths=nr"
         return _format_call(self.arg_names, self.call_src_template, args, kw)
 
-    def detect_reduction(self, coefficients: dict) -> str:
-        """Call the target on a probe batch of 3: per-example, mean, sum or unknown (as `LossTarget`)."""
-        from dpo_ref.family import LOSS_FAMILY
+    def detect_reduction(self, coefficients: dict | LossSpec) -> str:
+        """Call the target on a probe batch of 3 and decide: per-example, mean, sum or unknown; also find
+        where it returns implicit rewards, if it does.
 
-        probe, nc, nr = _probe(), torch.tensor([2, 5, 1]), torch.tensor([3, 1, 4])
-        out = first_item(self.call(coefficients, *probe, nc, nr))
-        self.reduction = _reduction_of(out, lambda: LOSS_FAMILY[self.key].bind(**coefficients)(*probe, nc, nr))
+        Raises `PropertyViolation`-style `AssertionError` if it cannot be called or returns no tensor.
+        """
+        probe, nc, nr = _probe(), PROBE_LENGTHS[0].clone(), PROBE_LENGTHS[1].clone()
+        full = self.call(coefficients, *probe, nc, nr)
+        self.reward_access = find_rewards(full)
+        expected = self.record.bind(**_as_coefficients(coefficients))
+        self.reduction = _reduction_of(first_item(full), lambda: expected(*probe, nc, nr))
         return self.reduction
+
+
+PROBE_LENGTHS = (torch.tensor([2, 5, 1]), torch.tensor([3, 1, 4]))  # n_w, n_l of the probe batch
 
 
 def _parameters(fn: Callable) -> tuple[set[str] | None, bool]:

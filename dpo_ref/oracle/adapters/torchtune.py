@@ -67,7 +67,7 @@ def loss_target(variant: str) -> LossTarget:
         _dpo_loss,
         "torchtune.rlhf.loss.DPOLoss",
         "from torchtune.rlhf.loss import DPOLoss",
-        takes_label_smoothing=variant == "cdpo",
+        variant=variant,
         call_src_template="DPOLoss({kwargs})({args})",
     )
 
