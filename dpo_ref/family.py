@@ -336,8 +336,8 @@ def dpop_loss(
     log-prob loses costs lambda more, so the optimiser cannot lower both likelihoods to widen the margin.
     Adding f(x) to both policy log-probs changes the penalty: not invariant. Rewards: beta r_w, beta r_l.
 
-    Proof: none (DPO's with a penalty; the shift property is checked). Properties:
-    `family_properties.check_values`, `family_properties.check_gradients`, `family_properties.check_shift`.
+    Proof: none yet. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
+    `family_properties.check_shift`.
     """
     beta = check_positive_scalar(beta, "beta")
     dpop_lambda = check_finite_scalar(dpop_lambda, "dpop_lambda", nonnegative=True)

@@ -58,5 +58,5 @@ def test_family_matches_trl(trainer_and_batch, loss_type):
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         trl_loss = float(trainer.compute_loss(trainer.model, batch))
-    ours = float(_ours(trainer, batch, variant.name, coefficients).mean())
+    ours = float(_ours(trainer, batch, variant.key, coefficients).mean())
     assert abs(trl_loss - ours) <= 1e-5 * (1 + abs(ours)), (loss_type, trl_loss, ours)
