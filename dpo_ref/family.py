@@ -324,9 +324,7 @@ def apo_down_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -
     return PreferenceLoss(losses, *_rewards(beta, pc, pr, rc, rr))
 
 
-def dpop_loss(
-    pc, pr, rc, rr, *, beta: float = 0.1, dpop_lambda: float = 50.0, validate: bool = True
-) -> PreferenceLoss:
+def dpop_loss(pc, pr, rc, rr, *, beta: float = 0.1, dpop_lambda: float = 50.0, validate: bool = True) -> PreferenceLoss:
     """DPO-Positive (Pal et al. 2024, "Smaug: Fixing Failure Modes of Preference Optimisation with DPO-Positive",
     Eq. 3): DPO with a penalty whenever the chosen response's likelihood falls below the reference's.
 
@@ -408,4 +406,3 @@ def sft_loss(pc, pr, rc, rr, *, chosen_lengths, rejected_lengths=None, validate:
         check_lengths(chosen_lengths, "chosen_lengths", pc)
     n_bar = chosen_lengths.to(pc.dtype).mean()
     return PreferenceLoss(-pc / n_bar, pc.detach(), pr.detach())
-

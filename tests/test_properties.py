@@ -12,16 +12,22 @@ from __future__ import annotations
 import functools
 import math
 
+import mpmath
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import dpo_ref
+from dpo_ref.checks import strategies as dst
+from dpo_ref.checks.properties import EPS_FLOAT64, TOLERANCE_K, LossSpec, preference_margin, tolerance_scale
 from dpo_ref.oracle import verify
 from dpo_ref.oracle.catalogue import LOGPS_CHECKS, MARGIN_CHECKS
 from dpo_ref.oracle.report import FAILED, SKIPPED
+from dpo_ref.variants import REGISTRY
 
 OWN = {"dpo": dpo_ref.dpo_loss, "cdpo": dpo_ref.dpo_loss, "ipo": dpo_ref.ipo_loss}
+CLASSIC = ("dpo", "cdpo", "ipo")
 LOSS_CASES = [(c.name, v) for c in MARGIN_CHECKS for v in ("dpo", "cdpo", "ipo") if c.applies(v)]
 LOGPS_CASES = [(c.name, average) for c in LOGPS_CHECKS for average in (False, True)]
 
@@ -96,3 +102,30 @@ def test_rejected_likelihood_collapse_property_bites():
         rejected_likelihood_collapses_under_dpo(swapped, dpo_ref.ipo_loss)
     with pytest.raises(AssertionError):
         rejected_likelihood_collapses_under_dpo(dpo_ref.dpo_loss, ipo_target_one_over_tau)
+
+
+@settings(max_examples=40)
+@given(batch=dst.preference_batches(), beta=dst.betas(), eps=dst.label_smoothings(), variant=st.sampled_from(CLASSIC))
+def test_closed_forms_equal_the_registry_mpmath_references(batch, beta, eps, variant):
+    """The closed forms the margin checks compare against (`LossSpec.losses`) equal the registry's mpmath
+    references, which are written from the papers separately: the expected values are not dpo_ref.losses' own.
+
+    Tolerance: both sides are exact up to float64 rounding of the inputs' combination into h (|dL/dh| 4 u S)
+    and of the loss itself (u |L|); 16 u times that scale, as the verdict's bound, is generous."""
+    spec = LossSpec(variant, beta=beta, label_smoothing=eps, tau=beta)
+    x = batch.tensors()
+    got = spec.losses(preference_margin(*x))
+    rows = [tuple(mpmath.mpf(v) for v in row) + (mpmath.mpf(1), mpmath.mpf(1)) for row in zip(*(t.tolist() for t in x))]
+    want = torch.tensor([float(v) for v in REGISTRY[variant].reference(rows, spec.coefficients)], dtype=torch.float64)
+    tol = TOLERANCE_K * EPS_FLOAT64 * tolerance_scale(spec, x)
+    assert bool(((got - want).abs() <= tol).all()), (variant, got, want)
+
+
+def test_closed_forms_reject_a_wrong_reference():
+    """The comparison above can fail: a closed form with the coefficient dropped misses the mpmath reference."""
+    spec = LossSpec("dpo", beta=0.5)
+    x = tuple(torch.tensor([v], dtype=torch.float64) for v in (-1.0, -3.0, -2.0, -2.5))
+    wrong = LossSpec("dpo", beta=1.0).losses(preference_margin(*x))
+    rows = [tuple(mpmath.mpf(float(t)) for t in x) + (mpmath.mpf(1), mpmath.mpf(1))]
+    want = float(REGISTRY["dpo"].reference(rows, spec.coefficients)[0])
+    assert abs(float(wrong) - want) > TOLERANCE_K * EPS_FLOAT64 * float(tolerance_scale(spec, x))

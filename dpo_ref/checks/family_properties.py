@@ -65,6 +65,7 @@ Row = tuple  # (pc, pr, rc, rr, nc, nr) as mpf
 
 _logsig, _sig, _h = V.logsig, V.sig, V.margin
 
+
 @dataclass(frozen=True)
 class FamilySpec:
     """Which family member an implementation claims to compute, and its coefficients."""

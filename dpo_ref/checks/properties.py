@@ -6,8 +6,10 @@ bound), a `LossSpec` saying which loss it claims to be, and concrete inputs; it 
 drives these checks with Hypothesis over `dpo_ref.checks.strategies`; the conformance oracle runs the same
 checks on third-party code.
 
-Expected values come from the closed forms in float64 (`LossSpec.losses`, `LossSpec.dloss_dmargin`),
-which use the one definition of each formula in `dpo_ref.losses`; gradients are compared with their
+Expected values come from the closed forms in float64 (`LossSpec.losses`, `LossSpec.dloss_dmargin`), written
+here again from the papers and evaluated another way than `dpo_ref.losses` does (-log sigma(z) as
+logaddexp(0, -z), not logsigmoid), so the suite's checks of dpo_ref's own losses are not circular (the registry's
+mpmath references check these closed forms in turn: tests/test_properties.py); gradients are compared with their
 closed form, derived in `proofs/` (dL/dh):
 
     DPO/cDPO  dL/dh = -beta [(1 - eps) sigma(-beta h) - eps sigma(beta h)]
@@ -44,7 +46,6 @@ from dataclasses import dataclass
 import torch
 
 from dpo_ref.logps import IGNORE_INDEX
-from dpo_ref.losses import dpo_losses_from_margin, ipo_losses_from_margin, ipo_target_margin, preference_margin
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 TOLERANCE_K = 16.0
@@ -119,6 +120,16 @@ class PropertyViolation(AssertionError):
         self.tol = tol  # the tolerance it missed, for a reproduction's own assertion
 
 
+def preference_margin(pc, pr, rc, rr):
+    """h = (pc - rc) - (pr - rr): the checks' own margin (float64 when given float64)."""
+    return (pc - rc) - (pr - rr)
+
+
+def _neg_logsigmoid(z: torch.Tensor) -> torch.Tensor:
+    """-log sigma(z) = log(1 + e^-z), as logaddexp(0, -z) (dpo_ref.losses uses logsigmoid: another evaluation)."""
+    return torch.logaddexp(torch.zeros_like(z), -z)
+
+
 @dataclass(frozen=True)
 class LossSpec:
     """Which loss an implementation claims to compute: `variant` in {dpo, cdpo, ipo} and its coefficients."""
@@ -154,14 +165,20 @@ class LossSpec:
         """Expected per-example loss as a function of the margin h (float64)."""
         margin = margin.double()
         if self.variant == "ipo":
-            return ipo_losses_from_margin(margin, self.tau)
-        return dpo_losses_from_margin(margin, self.beta, self.eps)
+            return (margin - self.target_margin) ** 2  # Azar et al. 2023, Eq. 17
+        z = self.beta * margin  # Rafailov et al. 2023, Eq. 7; cDPO's labels flipped with probability eps
+        return (1.0 - self.eps) * _neg_logsigmoid(z) + self.eps * _neg_logsigmoid(-z)
+
+    @property
+    def target_margin(self) -> float:
+        """IPO's per-pair target 1/(2 tau)."""
+        return 1.0 / (2.0 * self.tau)
 
     def dloss_dmargin(self, margin: torch.Tensor) -> torch.Tensor:
         """Closed-form dL/dh (float64)."""
         margin = margin.double()
         if self.variant == "ipo":
-            return 2.0 * (margin - ipo_target_margin(self.tau))
+            return 2.0 * (margin - self.target_margin)
         b, e = self.beta, self.eps
         return -b * ((1.0 - e) * torch.sigmoid(-b * margin) - e * torch.sigmoid(b * margin))
 
@@ -170,14 +187,14 @@ class LossSpec:
         1/(2 tau)) a correct implementation's error is relative to these, not to dL/dh itself."""
         margin = margin.double()
         if self.variant == "ipo":
-            return 2.0 * (margin.abs() + ipo_target_margin(self.tau))
+            return 2.0 * (margin.abs() + self.target_margin)
         b, e = self.beta, self.eps
         return b * ((1.0 - e) * torch.sigmoid(-b * margin) + e * torch.sigmoid(b * margin))
 
     def optimum(self) -> float | None:
         """The finite per-pair minimiser h*, or None for DPO (L decreases to 0 as h -> inf)."""
         if self.variant == "ipo":
-            return ipo_target_margin(self.tau)
+            return self.target_margin
         if self.variant == "cdpo" and self.eps > 0:
             return math.log((1.0 - self.eps) / self.eps) / self.beta
         return None

@@ -351,9 +351,7 @@ MARGIN_CHECKS: tuple[Check, ...] = (
         _loss(S.init),
         value=True,
     ),
-    Check(
-        "swap", "swapping chosen and rejected gives the loss at -h", _base(), _run_swap, _loss(S.swap), value=True
-    ),
+    Check("swap", "swapping chosen and rejected gives the loss at -h", _base(), _run_swap, _loss(S.swap), value=True),
     Check(
         "monotone",
         "the loss does not increase with the margin",

@@ -31,7 +31,6 @@ from dpo_ref.variants import MPMATH
 FAMILY_BATCH = 4  # pairs per drawn batch: the mpmath reference costs ~10 ms a row
 
 
-
 def _coefficients(cfg: Config) -> st.SearchStrategy[dict]:
     fixed = dict(cfg.coefficients)
     return dst.family_coefficients(cfg.family).map(lambda c: {**c, **{k: v for k, v in fixed.items() if k in c}})
