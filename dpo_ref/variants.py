@@ -288,8 +288,7 @@ RECORDS: tuple[Variant, ...] = (
         optimum=_cdpo_optimum, proofs=("cdpo", "exo-cdpo", "deterministic-preference"),
         reduces_to=("label_smoothing", 0.0, "dpo"),
         properties=MARGIN_PROPERTIES + ("optimum",), oracle=CLOSED_FORM, mistakes=CDPO_MISTAKES,
-        aliases=("conservative",),
-        adapters={"trl": "sigmoid + label_smoothing", "torchtune": "DPOLoss(label_smoothing=)"},
+        adapters={"trl": "sigmoid + label_smoothing", "torchtune": "DPOLoss"},
     ),
     Variant(
         "ipo", "ipo_sum", _L + "ipo_loss",
@@ -459,7 +458,7 @@ RECORDS: tuple[Variant, ...] = (
         gradient_terms=lambda c, loss: c["beta"] * (1 + c["dpop_lambda"]),
         kink=lambda r, c: (float(r[2] - r[0]), 1.0),
         no_proof="DPO's derivation with a penalty term; no new identity to prove (its checks test the formula)",
-        properties=_general(), aliases=("dpo-positive", "smaug"), reduces_to=("dpop_lambda", 0.0, "dpo"),
+        properties=_general(), aliases=("dpo-positive",), reduces_to=("dpop_lambda", 0.0, "dpo"),
     ),
 )  # fmt: skip
 

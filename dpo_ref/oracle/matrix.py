@@ -103,21 +103,27 @@ def _torchtune(args, emit) -> None:
     import dpo_ref
     from dpo_ref.oracle.adapters import torchtune
     from dpo_ref.oracle.api import make_config
+    from dpo_ref.variants import RECORDS
 
     version = _version("torchtune")
-    for variant in ("dpo", "cdpo"):
+    by_loss = {
+        loss: [v.name for v in RECORDS if v.adapters.get("torchtune") == loss] for loss in ("DPOLoss", "RSOLoss")
+    }
+    # the registry's torchtune names: DPOLoss computes dpo and cdpo, RSOLoss the hinge
+    for variant in by_loss["DPOLoss"]:
         report = torchtune.run(make_config(variant, max_examples=args.max_examples), None)
         for check in report.checks:
             level, _, _ = check.name.rpartition(":")
             emit("torchtune", version, f"{variant} (DPOLoss)", level or "loss", check, report.diagnosis)
+    (rso,) = by_loss["RSOLoss"]
     report = dpo_ref.verify(
-        torchtune.rso_loss, variant="hinge", max_examples=args.max_examples, name="torchtune.rlhf.loss.RSOLoss"
+        torchtune.rso_loss, variant=rso, max_examples=args.max_examples, name="torchtune.rlhf.loss.RSOLoss"
     )
     for check in report.checks:
-        emit("torchtune", version, "hinge (RSOLoss)", "loss", check, report.diagnosis)
+        emit("torchtune", version, f"{rso} (RSOLoss)", "loss", check, report.diagnosis)
     from dpo_ref.oracle.adapters import torchtune_batch
 
-    for loss, variant in (("DPOLoss", "dpo"), ("RSOLoss", "hinge")):
+    for loss, variant in (("DPOLoss", by_loss["DPOLoss"][0]), ("RSOLoss", rso)):
         emit("torchtune", version, f"{variant} ({loss})", "batch", torchtune_batch.check_accumulation(loss))
         for check in torchtune_batch.check_padding(loss):
             emit("torchtune", version, f"{variant} ({loss})", "batch", check)
