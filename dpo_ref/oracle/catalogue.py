@@ -53,7 +53,18 @@ class Config:
 
     @property
     def loss_variant(self) -> str:
-        return "ipo" if self.variant == "ipo-mean" else self.variant
+        """The variant computing the same loss function (ipo-mean -> ipo: they differ only in the log-probs fed)."""
+        return V.LOSS_FAMILY[self.record.key].name
+
+    @property
+    def smoothed(self) -> bool:
+        """Whether the claimed loss takes a label-flip rate (cDPO's eps)."""
+        return "label_smoothing" in self.record.coefficients
+
+    @property
+    def coefficient_is_tau(self) -> bool:
+        """Whether the margin's scale is IPO's tau (else beta)."""
+        return "tau" in self.record.coefficients
 
     def spec(self, coef: float, eps: float) -> P.LossSpec:
         return P.LossSpec(self.loss_variant, beta=coef, label_smoothing=eps, tau=coef)
@@ -104,12 +115,12 @@ def _coef(cfg: Config) -> st.SearchStrategy[float]:
     depend on whether a few dozen draws happened to reach them."""
     if cfg.beta is not None:
         return st.just(float(cfg.beta))
-    drawn = dst.taus(*COEF_RANGE) if cfg.loss_variant == "ipo" else dst.betas(*COEF_RANGE)
+    drawn = dst.taus(*COEF_RANGE) if cfg.coefficient_is_tau else dst.betas(*COEF_RANGE)
     return st.one_of(st.sampled_from(COEF_RANGE), drawn)
 
 
 def _eps(cfg: Config) -> st.SearchStrategy[float]:
-    if cfg.loss_variant != "cdpo":
+    if not cfg.smoothed:
         return st.just(0.0)
     return st.just(float(cfg.label_smoothing)) if cfg.label_smoothing is not None else dst.label_smoothings()
 
@@ -167,7 +178,7 @@ def _monotone_strategy(cfg: Config) -> st.SearchStrategy[dict]:
 
 def _optimum_strategy(cfg: Config) -> st.SearchStrategy[dict]:
     def delta(ex):
-        scale = 1.0 if cfg.loss_variant == "ipo" else 1.0 / ex["coef"]  # cDPO: in units of 1/beta
+        scale = 1.0 if cfg.coefficient_is_tau else 1.0 / ex["coef"]  # cDPO: in units of 1/beta
         return st.floats(0.05, 5.0).map(lambda d: {"delta": d * scale})
 
     return _with(_base(), delta)(cfg)
@@ -281,7 +292,7 @@ def _skip_no_rewards(target, cfg: Config) -> str | None:
 def probe_spec(cfg: Config) -> P.LossSpec:
     """The coefficients of the `call` probe and the diagnosis: the fixed ones, else beta (tau) 0.5, eps 0.1."""
     coef = cfg.beta if cfg.beta is not None else 0.5
-    eps = (cfg.label_smoothing or 0.1) if cfg.loss_variant == "cdpo" else 0.0
+    eps = (cfg.label_smoothing or 0.1) if cfg.smoothed else 0.0
     return cfg.spec(coef, eps)
 
 
