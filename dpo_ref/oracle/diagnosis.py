@@ -208,7 +208,7 @@ def _diagnose_margin(
         return []
     found = [f"{a.name}: its values are {a.says}" for a in LOSS_ALTERNATIVES if matches.get(a.name)]
     if not found:
-        found = _classic_as_family(per_example, variant, beta, eps)
+        found = _family_members_matching(per_example, variant, beta, eps)
     if not found and half_matches:
         found = ["half-precision: its values match the formula only to half-precision (float16/bfloat16) rounding"]
     return found
@@ -365,7 +365,7 @@ def diagnose_family(target, key: str, claimed: dict) -> list[str]:
     return _matching(outs, batches, family_alternatives(key, claimed, lengths=target.lengths), mean_only)
 
 
-def _classic_as_family(per_example, variant: str, beta: float | None, eps: float | None) -> list[str]:
+def _family_members_matching(per_example, variant: str, beta: float | None, eps: float | None) -> list[str]:
     """For a dpo/cdpo/ipo claim no classic alternative explains: the family members (without lengths) it matches."""
     record = V.REGISTRY[variant]
     coef = beta if beta is not None else 0.5

@@ -1,4 +1,4 @@
-"""The oracle's checks for the family variants (hinge, robust, simpo, ...): catalogue `Check`s over the family.
+"""The oracle's checks against the mpmath reference: every registry variant whose record says `oracle="mpmath"`.
 
 Each check draws a batch of up to FAMILY_BATCH pairs, the variant's coefficients (fixed ones from the
 `Config`, the others from their valid ranges: `dpo_ref.checks.strategies.family_coefficients`) and scored-token

@@ -9,11 +9,10 @@ or a built-in adapter name (`trl`, `torchtune`). Loss-level callables are called
 may return per-example losses `(B,)`, their mean or sum as a scalar, or a tuple / named tuple whose
 first item is one of those. `LossTarget.detect_reduction` finds out which on a probe batch.
 
-A family variant (`dpo_ref.variants.FAMILY_VARIANTS`: hinge, robust, simpo, ...) is called the same
-way with its own coefficients as keywords, named as in `dpo_ref.family.LOSS_FAMILY[variant].coefficients`
-(`beta`, `tau`, `label_smoothing`, `gamma`, `delta`; a target without `tau` gets it as `beta`, TRL's
-convention), and, for the length-normalised ones (ipo-norm, sigmoid_norm, simpo, sft), the scored-token
-counts as keywords:
+Every other variant of the registry (`dpo_ref.variants`, docs/variants.md) is called the same way with its
+own coefficients as keywords, named as in its record's `params` (`beta`, `tau`, `label_smoothing`, `gamma`,
+`delta`, ...; each `Param.keywords` lists the names a target may use for it, e.g. `beta` standing for `tau`,
+TRL's convention), and, for a record with `needs_lengths`, the scored-token counts as keywords:
 
     fn(pc, pr, rc, rr, beta=..., chosen_lengths=n_w, rejected_lengths=n_l)
 
@@ -445,7 +444,7 @@ class LossTarget:
 
     def per_example(self, coefficients: dict | LossSpec) -> Callable[..., torch.Tensor]:
         """fn(pc, pr, rc, rr[, nc, nr]) -> (B,). A reducing target of a per-example loss is called one example at
-        a time; a reducing target of a batch-coupled loss (aot, aot_unpaired, sft) gives its batch mean repeated
+        a time; a reducing target of a batch-coupled loss (the record's `batch_coupled`) gives its batch mean repeated
         B times (the gradient of their sum is then the gradient of the summed losses; values are checked on the
         mean)."""
         raw = self.raw(coefficients)
