@@ -1,6 +1,7 @@
-"""No import cycles among dpo_ref's modules (module-level imports, read statically).
+"""No import cycles among dpo_ref's modules, and the layers of the architecture (imports read statically).
 
-An edge A -> B means A imports B when it is loaded. `from pkg import name` counts as an edge to the
+An edge A -> B means A imports B when it is loaded (or, with `function_level=True`, anywhere in A, a function
+body included: a cycle hidden inside a function is still a cycle). `from pkg import name` counts as an edge to the
 submodule `pkg.name` when that is a module, else to `pkg` (its `__init__`). A module's edges to its own
 parent packages are left out: their `__init__` has already run when the module loads.
 """
@@ -18,13 +19,14 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(function_level: bool = False) -> dict[str, set[str]]:
     files = {_module_name(p): p for p in ROOT.rglob("*.py")}
     packages = {_module_name(p) for p in ROOT.rglob("__init__.py")}
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
         deps = set()
-        for node in ast.parse(path.read_text()).body:  # module level only: lazy imports inside functions are fine
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree) if function_level else tree.body:
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dpo_ref"):
                 for alias in node.names:
                     sub = f"{node.module}.{alias.name}"
@@ -62,3 +64,46 @@ def test_no_import_cycles():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycles_even_inside_functions():
+    graph = import_graph(function_level=True)
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+# The reference on top: readable on its own, importing nothing of the machinery (module or function level).
+REFERENCE = ("dpo_ref.losses", "dpo_ref.family", "dpo_ref.logps", "dpo_ref.variants", "dpo_ref.rpo",
+             "dpo_ref.plackett_luce")  # fmt: skip
+MACHINERY = ("dpo_ref.checks", "dpo_ref.oracle", "dpo_ref.train", "dpo_ref.bench", "dpo_ref.experiments",
+             "dpo_ref.docgen")  # fmt: skip
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every edge from a reference module, directly or through others, into the machinery."""
+    out = []
+    for start in REFERENCE:
+        seen, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            for dep in graph.get(node, ()):
+                if dep.startswith(MACHINERY):
+                    out.append(f"{start} -> ... {node} -> {dep}")
+                elif dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
+    return out
+
+
+def test_the_reference_imports_nothing_of_the_machinery():
+    assert layer_violations(import_graph(function_level=True)) == []
+
+
+def test_a_layer_violation_is_found():
+    assert layer_violations({"dpo_ref.losses": {"dpo_ref.errors"}, "dpo_ref.errors": {"dpo_ref.oracle.api"}}) == [
+        "dpo_ref.losses -> ... dpo_ref.errors -> dpo_ref.oracle.api"
+    ]
+
+
+def test_at_most_twelve_modules_sit_directly_in_the_package():
+    flat = sorted(p.name for p in ROOT.glob("*.py"))
+    assert len(flat) <= 12, flat

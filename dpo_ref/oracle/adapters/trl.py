@@ -13,13 +13,9 @@ standing for tau.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import io
-import logging
-import shutil
-import tempfile
 import warnings
 
 import torch
@@ -28,97 +24,13 @@ from dpo_ref.errors import InputError
 from dpo_ref.logps import sequence_logps
 from dpo_ref.losses import dpo_loss, ipo_loss
 from dpo_ref.oracle.adapters import tiny
+from dpo_ref.oracle.adapters.trl_trainer import build, import_trl, loss_type_for
 from dpo_ref.oracle.report import FAILED, PASSED, CheckResult, Report
 
 # The model runs in float64, but TRL's fused LM head computes the log-probs in float32 whatever the model
 # dtype, so TRL's values carry float32 rounding: relative 1e-5 on values, 1e-4 on gradients.
 RTOL = 1e-5
 GRAD_RTOL = 1e-4
-
-
-def import_trl():
-    """The `trl` module, or `InputError` with one line saying why it cannot be imported."""
-    try:
-        # DPOTrainer's imports pull in torchao, which logs a version warning about torch on import
-        with warnings.catch_warnings(), _quiet_logs():
-            warnings.simplefilter("ignore")
-            import trl
-            from trl import DPOConfig, DPOTrainer  # noqa: F401
-    except Exception as err:
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise InputError(
-            f"trl cannot be imported ({type(err).__name__}: {first}); pip install 'dpo-ref[compare]'"
-        ) from None
-    return trl
-
-
-def scratch_dir(prefix: str) -> str:
-    """A temporary directory for a trainer's `output_dir`, removed when the interpreter exits (TRL writes
-    nothing there in these checks, but it insists on one; without this every verify left one behind)."""
-    path = tempfile.mkdtemp(prefix=prefix)
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
-
-
-def loss_type_for(variant: str) -> str:
-    return "ipo" if variant in ("ipo", "ipo-mean") else "sigmoid"
-
-
-def build(variant: str = "dpo", beta: float = 0.1, label_smoothing: float = 0.0, bf16: bool = False):
-    """A DPOTrainer on the tiny model and rows (policy seed 0, reference seed 1), both in float64.
-
-    `bf16=False` by default: DPOConfig's own default (bf16=True) runs the reference model under bf16
-    autocast, which would hide formula differences under rounding (`run` reports its size separately).
-
-    Returns `(trainer, examples)`, the examples being TRL's own tokenized rows.
-    """
-    import_trl()
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
-    output_dir = scratch_dir("dpo-ref-trl-")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # transformers' deprecation notices about TrainingArguments fields
-        args = DPOConfig(
-            output_dir=output_dir,
-            loss_type=loss_type_for(variant),
-            beta=beta,
-            label_smoothing=label_smoothing,
-            per_device_train_batch_size=len(tiny.ROWS["prompt"]),
-            max_length=None,
-            report_to=[],
-            use_cpu=True,
-            bf16=bf16,
-            logging_steps=1,
-            disable_tqdm=True,
-        )
-    quiet = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stderr(quiet), _quiet_logs():
-        warnings.simplefilter("ignore")
-        trainer = DPOTrainer(
-            model=tiny.model(0),
-            ref_model=tiny.model(1),
-            args=args,
-            train_dataset=Dataset.from_dict(tiny.ROWS),
-            processing_class=tiny.tokenizer(),
-        )
-    trainer.model.to(torch.float64).train()  # TRL logs under "train" metrics; the tiny model has no dropout
-    trainer.ref_model.to(torch.float64)
-    examples = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
-    return trainer, examples
-
-
-@contextlib.contextmanager
-def _quiet_logs():
-    loggers = [logging.getLogger(n) for n in ("trl", "transformers", "datasets", "accelerate", "torchao")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def trl_loss(trainer, examples) -> tuple[torch.Tensor, dict, dict]:

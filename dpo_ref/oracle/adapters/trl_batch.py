@@ -22,7 +22,7 @@ import warnings
 import torch
 
 from dpo_ref.oracle.adapters import tiny
-from dpo_ref.oracle.adapters.trl import scratch_dir
+from dpo_ref.oracle.adapters.trl_trainer import scratch_dir
 from dpo_ref.oracle.report import FAILED, PASSED, CheckResult
 
 ROWS = tiny.ROWS4  # 4 pairs of different lengths

@@ -107,7 +107,7 @@ def _quiet():
 
 def build_search(beta: float = 0.5):
     """The TRL adapter's trainer (tiny model, float64) with a local chat template on its tokenizer."""
-    from dpo_ref.oracle.adapters.trl import build
+    from dpo_ref.oracle.adapters.trl_trainer import build
 
     trainer, _ = build("dpo", beta=beta, label_smoothing=COEFFICIENTS["label_smoothing"])
     trainer.processing_class.chat_template = CHAT_TEMPLATE
