@@ -464,6 +464,7 @@ RECORDS: tuple[Variant, ...] = (
 
 REGISTRY: dict[str, Variant] = {v.name: v for v in RECORDS}
 VARIANTS: tuple[str, ...] = tuple(REGISTRY)
+ALIASES: tuple[str, ...] = tuple(a for v in RECORDS for a in v.aliases)  # accepted wherever a name is
 CLASSIC_VARIANTS: tuple[str, ...] = tuple(v.name for v in RECORDS if v.oracle == CLOSED_FORM)
 
 # The loss family by key (TRL's loss_type names, `sigmoid` for DPO): one record per loss function.

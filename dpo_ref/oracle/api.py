@@ -21,20 +21,24 @@ exact rewritings pass, and the precision actually reached is reported as a grade
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterable
 
 import torch
 
+from dpo_ref import variants as V
 from dpo_ref.errors import InputError
-from dpo_ref.oracle.catalogue import REDUCTIONS, Config
+from dpo_ref.oracle import options
+from dpo_ref.oracle.catalogue import Config
 from dpo_ref.oracle.levels import (
     Progress,
     check_names,
     verify_logps,
     verify_loss,
 )
+from dpo_ref.oracle.options import REDUCTIONS, read_xfail_file
 from dpo_ref.oracle.report import FAILED, PASSED, XFAILED, XPASSED, CheckResult, Report
 from dpo_ref.oracle.targets import (
     ADAPTERS,
@@ -45,7 +49,7 @@ from dpo_ref.oracle.targets import (
     import_source,
     load_target,
 )
-from dpo_ref.variants import FAMILY_MAX_EXAMPLES, FAMILY_VARIANTS, VARIANTS
+from dpo_ref.variants import ALIASES, FAMILY_MAX_EXAMPLES, FAMILY_VARIANTS, VARIANTS
 
 LEVELS = ("loss", "logps")
 DEFAULT_MAX_EXAMPLES = 100
@@ -64,9 +68,10 @@ def make_config(
     coefficients: dict | None = None,
     fail_fast: bool = False,
 ) -> Config:
-    """Validated settings; `InputError` naming the bad argument."""
-    if variant not in VARIANTS:
+    """Validated settings; `InputError` naming the bad argument. A registry alias names its variant."""
+    if not isinstance(variant, str) or (variant not in VARIANTS and variant not in ALIASES):
         raise InputError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    variant = V.get(variant).name
     if max_examples is None:
         max_examples = DEFAULT_MAX_EXAMPLES if variant not in FAMILY_VARIANTS else FAMILY_MAX_EXAMPLES
     if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0):
@@ -146,18 +151,9 @@ def verify(
     level: str | None = None,
     variant: str = "dpo",
     *,
-    beta: float | None = None,
-    label_smoothing: float | None = None,
-    average: bool | None = None,
-    max_examples: int | None = None,
-    checks: Iterable[str] | str | None = None,
-    xfail: Iterable[str] | str = (),
     name: str | None = None,
-    strict: bool = False,
-    reduction: str = "auto",
-    coefficients: dict | None = None,
-    fail_fast: bool = False,
     progress: Progress = None,
+    **settings,
 ) -> Report:
     """Run the conformance checks on `fn` and return a `Report` (see the module docstring).
 
@@ -187,8 +183,11 @@ def verify(
     be called the way the level needs (with a hint).
     """
     start = time.perf_counter()
-    cfg = make_config(variant, beta, label_smoothing, average, max_examples, strict, reduction, coefficients, fail_fast)
-    checks, xfail = _names(checks, "checks"), _names(xfail, "xfail") or []
+    options.check_keywords(settings)  # the keywords are generated from dpo_ref.oracle.options.OPTIONS
+    settings = {**options.api_keywords(), **settings, "level": level, "variant": variant}
+    config_keys = inspect.signature(make_config).parameters
+    cfg = make_config(**{k: v for k, v in settings.items() if k in config_keys})
+    checks, xfail = _names(settings["checks"], "checks"), _names(settings["xfail"], "xfail") or []
     expected_to_fail = set(xfail)
 
     def each(result) -> None:  # expected failures are marked before anyone sees the result
@@ -202,6 +201,9 @@ def verify(
     apply_xfail(report, xfail)
     report.seconds = time.perf_counter() - start
     return report
+
+
+verify.__signature__ = options.api_signature(("fn",), {"name": None, "progress": None})
 
 
 @contextlib.contextmanager
@@ -259,21 +261,3 @@ def apply_xfail(report: Report, xfail: Iterable[str]) -> None:
     for c in report.checks:
         if c.name in names:  # (a status already marked by `verify`'s progress hook stays as it is)
             c.status = {FAILED: XFAILED, PASSED: XPASSED}.get(c.status, c.status)
-
-
-def read_xfail_file(path: str) -> list[str]:
-    """Check names, one per line (`#` starts a comment; a TOML-style `name = "reason"` line also works)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as err:
-        raise InputError(f"xfail file {path!r} cannot be read: {err.strerror}") from None
-    names = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line or line.startswith("["):
-            continue
-        name = line.split("=", 1)[0].strip().strip('"').strip("'")
-        if name:
-            names.append(name)
-    return names

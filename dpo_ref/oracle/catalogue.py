@@ -24,7 +24,6 @@ from dpo_ref.checks import properties as P
 from dpo_ref.checks import strategies as dst
 
 LOGPS = "logps"  # the table of log-prob-level checks
-REDUCTIONS = ("auto", "none", "mean", "sum")
 
 
 @dataclass(frozen=True)

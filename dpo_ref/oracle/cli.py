@@ -15,9 +15,9 @@ import uuid
 
 from dpo_ref.atomic import check_output_file, write_text_atomic
 from dpo_ref.errors import InputError
-from dpo_ref.variants import VARIANTS
+from dpo_ref.oracle import options
+from dpo_ref.oracle.options import parse_coefficients
 
-LEVELS = ("loss", "logps", "library")
 TIMEOUT = 600.0  # seconds, the default limit of --isolate
 
 
@@ -29,61 +29,8 @@ def register(subparsers) -> None:
         "smallest input that shows it, as a Python snippet. Exit 0 if it conforms, 1 if not, 2 on a usage error.",
     )
     p.add_argument("target", metavar="TARGET", help="path/to/file.py:name, package.module:name, trl or torchtune")
-    p.add_argument(
-        "--level",
-        choices=LEVELS,
-        default=None,
-        help="loss: fn(pc, pr, rc, rr, beta=) -> losses; logps: fn(logits, labels) -> (B,); "
-        "library: an adapter's end-to-end run (default: loss, or every level an adapter supports)",
-    )
-    p.add_argument(
-        "--variant",
-        choices=VARIANTS,
-        default="dpo",
-        metavar="VARIANT",
-        help="the loss TARGET claims to compute: dpo, cdpo, ipo, ipo-mean, or at the loss level a family variant "
-        "(hinge, ipo-norm, exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, "
-        "discopop, sft, sigmoid_norm, simpo; length-normalised ones get chosen_lengths=, rejected_lengths=)",
-    )
-    p.add_argument(
-        "--coef",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a family variant's fixed coefficient (tau, gamma, delta, ...); repeatable; default: drawn",
-    )
-    p.add_argument("--beta", type=float, default=None, help="fixed beta (tau for IPO); default: drawn from 1e-3 to 1e3")
-    p.add_argument("--label-smoothing", type=float, default=None, help="cdpo's eps; default: drawn from (0, 0.49]")
-    p.add_argument(
-        "--average",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="log-prob level: length-averaged log-probs (default: on for ipo-mean, off otherwise)",
-    )
-    p.add_argument(
-        "--reduction",
-        choices=("auto", "none", "mean", "sum"),
-        default="auto",
-        help="what a loss-level TARGET returns: auto accepts per-example losses or their batch mean; a batch sum "
-        "fails unless declared with --reduction sum (default: auto)",
-    )
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help="also demand float64-exact results on float64 inputs and count the advisory (robustness) checks",
-    )
-    p.add_argument(
-        "--fail-fast",
-        action="store_true",
-        help="stop at the first failing check: a verdict sooner, one reproduction (the diagnosis still runs)",
-    )
-    p.add_argument(
-        "--max-examples", type=int, default=None, help="Hypothesis examples per check (default 100; family: 25)"
-    )
-    p.add_argument("--checks", default=None, help="comma-separated check names to run (default: all)")
-    p.add_argument("--xfail-file", default=None, help="file listing check names expected to fail, one per line")
+    options.add_cli_arguments(p)  # the verification settings: dpo_ref.oracle.options.OPTIONS
     p.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON to PATH (- for stdout)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no reproductions in the text report")
     p.add_argument(
         "--isolate",
         action="store_true",
@@ -101,7 +48,8 @@ def register(subparsers) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from dpo_ref.oracle.api import read_xfail_file, verify
+    from dpo_ref.oracle.api import verify
+    from dpo_ref.oracle.options import read_xfail_file
 
     if args.max_examples is not None and args.max_examples < 1:
         raise InputError(f"--max-examples must be a positive integer, got {args.max_examples}")
@@ -109,13 +57,13 @@ def handler(args: argparse.Namespace) -> int:
         raise InputError("--timeout needs --isolate (only a child process can be stopped safely)")
     if args.timeout is not None and not (0 < args.timeout < float("inf")):
         raise InputError(f"--timeout must be a positive number of seconds, got {args.timeout}")
-    coefficients = parse_coefficients(args.coef)
+    parse_coefficients(args.coef)  # a malformed --coef is a usage error before anything runs
     if args.isolate:
         return run_isolated(args)
     if args.level == "library" and args.target not in ("trl", "torchtune"):
         raise InputError("--level library applies to the built-in adapters (trl, torchtune) only")
-    xfail = read_xfail_file(args.xfail_file) if args.xfail_file else ()
-    checks = [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None
+    if args.xfail_file:
+        read_xfail_file(args.xfail_file)  # an unreadable file is a usage error before anything runs
     if args.json not in (None, "-"):
         check_json_path(args.json)
     to_json = args.json == "-"
@@ -130,22 +78,9 @@ def handler(args: argparse.Namespace) -> int:
 
     progress.started = False
     with _target_output_to_stderr(to_json):
-        report = verify(
-            args.target,
-            level=args.level or ("loss" if args.target not in ("trl", "torchtune") else None),
-            variant=args.variant,
-            beta=args.beta,
-            label_smoothing=args.label_smoothing,
-            average=args.average,
-            max_examples=args.max_examples,
-            checks=checks,
-            xfail=xfail,
-            strict=args.strict,
-            reduction=args.reduction,
-            coefficients=coefficients or None,
-            fail_fast=args.fail_fast,
-            progress=progress,
-        )
+        keywords = options.from_cli(args)
+        keywords["level"] = args.level or ("loss" if args.target not in ("trl", "torchtune") else None)
+        report = verify(args.target, **keywords, progress=progress)
     if to_json:
         print(report.to_json())
     else:
@@ -175,45 +110,9 @@ def _target_output_to_stderr(active: bool):
 
 
 def _child_argv(args: argparse.Namespace, json_path: str) -> list[str]:
-    """The same verification as `dpo-ref verify` arguments, its JSON report going to `json_path`."""
-    argv = ["verify", args.target, "--variant", args.variant, "--json", json_path]
-    for flag, value in (
-        ("--level", args.level),
-        ("--beta", args.beta),
-        ("--label-smoothing", args.label_smoothing),
-        ("--max-examples", args.max_examples),
-        ("--checks", args.checks),
-        ("--xfail-file", args.xfail_file),
-    ):
-        if value is not None:
-            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
-    if args.average is not None:
-        argv.append("--average" if args.average else "--no-average")
-    if args.strict:
-        argv.append("--strict")
-    if args.fail_fast:
-        argv.append("--fail-fast")
-    if args.reduction != "auto":
-        argv += ["--reduction", args.reduction]
-    if args.quiet:
-        argv.append("-q")
-    for coef in args.coef:
-        argv += ["--coef", coef]
-    return argv
-
-
-def parse_coefficients(items: list[str]) -> dict:
-    """`--coef NAME=VALUE` pairs as a dict; `InputError` naming a malformed one."""
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip():
-            raise InputError(f"--coef {item!r}: expected NAME=VALUE with a number, e.g. --coef gamma=0.5")
-    return out
+    """The same verification as `dpo-ref verify` arguments, its JSON report going to `json_path`: every option
+    of the table (`dpo_ref.oracle.options`) is passed on."""
+    return ["verify", args.target, "--json", json_path, *options.child_argv(args)]
 
 
 TOKEN_VAR = "DPO_REF_VERIFY_TOKEN"

@@ -1,8 +1,10 @@
 """pytest plugin (registered as the `pytest11` entry point `dpo_ref`): conformance checks as tests.
 
-    pytest --dpo-target path/to/file.py:my_loss [--dpo-level loss|logps] [--dpo-variant dpo|cdpo|ipo|ipo-mean|hinge|...]
+    pytest --dpo-target path/to/file.py:my_loss [--dpo-level loss|logps] [--dpo-variant VARIANT]
            [--dpo-beta B] [--dpo-label-smoothing E] [--dpo-coef NAME=VALUE] [--dpo-max-examples N] [--dpo-xfail FILE]
            [--dpo-strict] [--dpo-reduction auto|none|mean|sum]
+
+(the options are generated from `dpo_ref.oracle.options.OPTIONS`; VARIANT: any name in docs/variants.md)
 
 adds one test per check (`dpo-ref::values`, ...) to the session; a failing check fails its test with
 the reproduction, so the run exits non-zero. Without `--dpo-target` the plugin does nothing. Loading
@@ -13,33 +15,13 @@ from __future__ import annotations
 
 import pytest
 
-from dpo_ref.variants import VARIANTS
+from dpo_ref.oracle import options
 
 
 def pytest_addoption(parser) -> None:
     group = parser.getgroup("dpo-ref", "DPO/IPO conformance checks (dpo-ref)")
     group.addoption("--dpo-target", default=None, help="path/to/file.py:name, package.module:name, trl or torchtune")
-    group.addoption("--dpo-level", default=None, choices=("loss", "logps", "library"), help="default: loss")
-    group.addoption("--dpo-variant", default="dpo", choices=VARIANTS, help="the loss the target claims to compute")
-    group.addoption("--dpo-beta", type=float, default=None, help="fixed beta (tau for IPO); default: drawn")
-    group.addoption("--dpo-label-smoothing", type=float, default=None, help="cdpo eps; default: drawn")
-    group.addoption(
-        "--dpo-coef", action="append", default=[], help="a family variant's fixed coefficient NAME=VALUE (repeatable)"
-    )
-    group.addoption("--dpo-max-examples", type=int, default=None, help="Hypothesis examples per check")
-    group.addoption("--dpo-xfail", default=None, help="file listing check names expected to fail, one per line")
-    group.addoption(
-        "--dpo-strict",
-        action="store_true",
-        default=False,
-        help="demand float64-exact results and count the advisory checks (see dpo-ref verify --strict)",
-    )
-    group.addoption(
-        "--dpo-reduction",
-        default="auto",
-        choices=("auto", "none", "mean", "sum"),
-        help="what the loss returns (a batch sum fails unless declared): default auto",
-    )
+    options.add_pytest_options(group)  # the verification settings: dpo_ref.oracle.options.OPTIONS
 
 
 class DpoCheckItem(pytest.Item):
@@ -66,30 +48,11 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     if not target:
         return
     from dpo_ref.errors import InputError
-    from dpo_ref.oracle.api import read_xfail_file
     from dpo_ref.oracle.pytest_support import checks_for
 
-    kwargs = {
-        "beta": config.getoption("dpo_beta"),
-        "label_smoothing": config.getoption("dpo_label_smoothing"),
-        "strict": config.getoption("dpo_strict"),
-        "reduction": config.getoption("dpo_reduction"),
-    }
-    if config.getoption("dpo_coef"):
-        from dpo_ref.oracle.cli import parse_coefficients
-
-        try:
-            kwargs["coefficients"] = parse_coefficients(config.getoption("dpo_coef"))
-        except InputError as err:
-            raise pytest.UsageError(f"dpo-ref: {err}") from None
-    if config.getoption("dpo_max_examples") is not None:
-        kwargs["max_examples"] = config.getoption("dpo_max_examples")
     try:
-        xfail_path = config.getoption("dpo_xfail")
-        xfail = read_xfail_file(xfail_path) if xfail_path else ()
-        checks = checks_for(
-            target, config.getoption("dpo_level"), config.getoption("dpo_variant"), xfail=xfail, **kwargs
-        )
+        kwargs = options.from_pytest(config)
+        checks = checks_for(target, kwargs.pop("level"), kwargs.pop("variant"), **kwargs)
     except InputError as err:
         raise pytest.UsageError(f"dpo-ref: {err}") from None
     # nodeid "dpo-ref::values" (not "::dpo-ref::values"): the progress line then names "dpo-ref", not "."
