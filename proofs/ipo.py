@@ -19,17 +19,7 @@ GAP_STAR = 1 / (3 * tau)
 th_a, th_b, th_c = sp.symbols("theta_a theta_b theta_c", real=True)
 d1, d2 = sp.symbols("d_1 d_2", real=True)  # the logit gaps theta_a - theta_b and theta_b - theta_c
 _norm = sp.exp(th_a) + sp.exp(th_b) + sp.exp(th_c)
-log_pi = {k: sp.log(sp.exp(t) / _norm) for k, t in zip("abc", (th_a, th_b, th_c))}
-log_ref = {k: sp.log(sp.Rational(1, 3)) for k in "abc"}
 PAIRS = (("a", "b"), ("b", "c"), ("a", "c"))
-
-
-def pair_margin(w: str, l: str) -> sp.Expr:
-    return (log_pi[w] - log_ref[w]) - (log_pi[l] - log_ref[l])
-
-
-LSQ = sp.Add(*[(pair_margin(w, l) - H_STAR) ** 2 for w, l in PAIRS])  # sum of per-pair IPO losses
-LSQ_SHIFTED = LSQ.subs({th_a: th_c + d1 + d2, th_b: th_c + d2})
 LSQ_GAPS = (d1 - H_STAR) ** 2 + (d2 - H_STAR) ** 2 + (d1 + d2 - H_STAR) ** 2  # the claimed form
 
 # abbreviations shown in the steps: the policy's probabilities, and the objective as a function of the gaps

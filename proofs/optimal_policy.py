@@ -34,7 +34,6 @@ def S(term: sp.Expr) -> sp.Sum:
 
 
 Zn = S(P[i] * sp.exp(R[i] / beta))
-pistar_n = P[i] * sp.exp(R[i] / beta) / Zn
 
 
 def objective_of(q_i: sp.Expr) -> sp.Expr:

@@ -8,7 +8,8 @@ a time and reading the metrics TRL logs (`trainer.log` -> `trainer.state.log_his
 
 Variant -> TRL configuration: dpo -> loss_type="sigmoid"; cdpo -> loss_type="sigmoid" with
 label_smoothing (how cDPO was configured in TRL); ipo and ipo-mean -> loss_type="ipo", with beta
-standing for tau.
+standing for tau. Family variants are searched instead (`trl_search`). The trainer itself is built by
+`trl_trainer.build` (re-exported here, as the reproductions import it from this module).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import warnings
 import torch
 
 from dpo_ref.errors import InputError
+from dpo_ref.family import LOSS_FAMILY
 from dpo_ref.logps import sequence_logps
 from dpo_ref.losses import dpo_loss, ipo_loss
-from dpo_ref.oracle.adapters import tiny
+from dpo_ref.oracle.adapters import tiny, trl_search
 from dpo_ref.oracle.adapters.trl_trainer import build, import_trl, loss_type_for
 from dpo_ref.oracle.report import FAILED, PASSED, CheckResult, Report
 
@@ -101,18 +103,33 @@ def run(cfg, only=None) -> Report:
     beta = cfg.beta if cfg.beta is not None else 0.1
     eps = (cfg.label_smoothing if cfg.label_smoothing is not None else 0.1) if variant == "cdpo" else 0.0
     report = Report(f"trl {trl.__version__} DPOTrainer", "library", variant)
-    report.settings = {
+    report.settings = _settings(variant, beta, eps)
+    trainer, examples = build(variant, beta, eps)
+    report.notes.extend(_notes(examples, beta))
+    per_example = [trl_loss(trainer, [ex]) for ex in examples]
+    refs = [dpo_ref_loss(trainer, batch, variant, beta, eps) for _, batch, _ in per_example]
+    report.checks.append(_check_logps(trainer, per_example, variant, beta, eps))
+    report.checks.append(_check_loss_values(trainer, per_example, refs, variant, beta, eps))
+    report.checks.append(_check_gradients(trainer, examples, variant, beta, eps))
+    return report
+
+
+def _settings(variant: str, beta: float, eps: float) -> dict:
+    """The report's settings: TRL's configuration for `variant`, the model, the tolerance."""
+    return {
         "loss_type": loss_type_for(variant),
         "beta" if variant not in ("ipo", "ipo-mean") else "beta (tau)": beta,
         **({"label_smoothing": eps} if variant == "cdpo" else {}),
         "model": "tiny LlamaForCausalLM (1 layer, vocab 24), float64, policy seed 0 / reference seed 1",
         "tolerance": f"relative {RTOL:g}",
     }
-    trainer, examples = build(variant, beta, eps)
-    tok = tiny.tokenizer()
 
-    # Tokens: TRL's vs the oracle's own tokenization of the same strings
-    extra = []
+
+def _notes(examples, beta: float) -> list[str]:
+    """TRL's conventions, reported as notes: its tokens (EOS appended), float32 log-probs, the bf16 default."""
+    notes = []
+    tok = tiny.tokenizer()
+    extra = []  # TRL's tokens vs the oracle's own tokenization of the same strings
     for i, ex in enumerate(examples):
         prompt = tiny.ROWS["prompt"][i]
         for side in ("chosen", "rejected"):
@@ -120,89 +137,87 @@ def run(cfg, only=None) -> Report:
             if list(ex[f"{side}_ids"]) != own:
                 extra.append(f"row {i} {side}: TRL {list(ex[f'{side}_ids'])} vs {own}")
     if extra:
-        report.notes.append(
+        notes.append(
             "TRL appends the EOS token to every completion before tokenizing (non-conversational data), so the "
             f"scored tokens include it: {extra[0]} (EOS id {tok.eos_token_id}). All comparisons below use TRL's tokens."
         )
-
-    report.notes.append(
+    notes.append(
         "TRL's fused LM head computes logits and log-probs in float32 even for a float64 model: its values carry "
         f"float32 rounding, hence the tolerances (relative {RTOL:g} on values, {GRAD_RTOL:g} on gradients)."
     )
-    report.notes.append(_bf16_note("dpo", beta, 0.0))
-    per_example = [trl_loss(trainer, [ex]) for ex in examples]
-    refs = [dpo_ref_loss(trainer, batch, variant, beta, eps) for _, batch, _ in per_example]
+    notes.append(_bf16_note("dpo", beta, 0.0))
+    return notes
 
-    # 1. sequence log-probs (summed, as TRL logs them) on TRL's tokens
+
+def _check_logps(trainer, per_example, variant: str, beta: float, eps: float) -> CheckResult:
+    """1. sequence log-probs (summed, as TRL logs them) on TRL's tokens."""
     bad = []
-    for i, ((_, batch, metrics), _) in enumerate(zip(per_example, refs)):
+    for i, (_, batch, metrics) in enumerate(per_example):
         _, summed, _ = dpo_ref_loss(trainer, batch, "dpo", beta)
         for key, value in (("logps/chosen", summed[0].detach()), ("logps/rejected", summed[1].detach())):
             if not _close(metrics[key], float(value)):
                 bad.append(f"row {i} {key}: TRL {metrics[key]!r}, dpo_ref.sequence_logps {float(value)!r}")
-    report.checks.append(
-        CheckResult(
-            "logps",
-            FAILED if bad else PASSED,
-            "summed completion log-probs TRL logs equal dpo_ref.sequence_logps on the same tokens",
-            "; ".join(bad[:2]),
-            _repro(variant, beta, eps, "logps") if bad else None,
-            len(examples),
-        )
+    return CheckResult(
+        "logps",
+        FAILED if bad else PASSED,
+        "summed completion log-probs TRL logs equal dpo_ref.sequence_logps on the same tokens",
+        "; ".join(bad[:2]),
+        _repro(variant, beta, eps, "logps") if bad else None,
+        len(per_example),
     )
 
-    # 2. per-example loss values
+
+def _check_loss_values(trainer, per_example, refs, variant: str, beta: float, eps: float) -> CheckResult:
+    """2. per-example loss values; on a difference, which other dpo_ref variant TRL's values equal."""
     bad, hint = [], ""
     for i, ((loss, _, _), (ref, _, _)) in enumerate(zip(per_example, refs)):
         if not _close(_f(loss), _f(ref[0])):
             bad.append(f"row {i}: TRL {_f(loss)!r}, dpo_ref {variant} {_f(ref[0])!r}")
     if bad:
         hint = _diagnose(trainer, per_example, variant, beta, eps)
-    report.checks.append(
-        CheckResult(
-            "loss_values",
-            FAILED if bad else PASSED,
-            f"per-example loss equals dpo_ref {variant} on the same model and tokens",
-            "; ".join(bad[:2]) + (f". {hint}" if hint else ""),
-            _repro(variant, beta, eps, "loss") if bad else None,
-            len(examples),
-        )
+    return CheckResult(
+        "loss_values",
+        FAILED if bad else PASSED,
+        f"per-example loss equals dpo_ref {variant} on the same model and tokens",
+        "; ".join(bad[:2]) + (f". {hint}" if hint else ""),
+        _repro(variant, beta, eps, "loss") if bad else None,
+        len(per_example),
     )
 
-    # 3. the batch loss and its gradients with respect to every model parameter
-    trainer.model.zero_grad()
+
+def _check_gradients(trainer, examples, variant: str, beta: float, eps: float) -> CheckResult:
+    """3. the batch loss and its gradients with respect to every model parameter."""
     loss, batch, _ = trl_loss(trainer, examples)
-    loss.backward()
-    trl_grads = [p.grad.detach().clone() for p in trainer.model.parameters()]
-    trainer.model.zero_grad()
+    trl_grads = _grads(trainer.model, loss)
     ref, _, _ = dpo_ref_loss(trainer, batch, variant, beta, eps)
-    ref.mean().backward()
-    ref_grads = [p.grad.detach().clone() for p in trainer.model.parameters()]
-    trainer.model.zero_grad()
+    ref_grads = _grads(trainer.model, ref.mean())
     num = sum(float((a - b).pow(2).sum()) for a, b in zip(trl_grads, ref_grads)) ** 0.5
     den = sum(float(b.pow(2).sum()) for b in ref_grads) ** 0.5
     ok = _close(_f(loss), _f(ref.mean())) and num <= GRAD_RTOL * (den + 1e-12)
-    report.checks.append(
-        CheckResult(
-            "gradients",
-            PASSED if ok else FAILED,
-            "batch-mean loss and its gradient w.r.t. every model parameter equal dpo_ref's",
-            ""
-            if ok
-            else f"batch loss TRL {_f(loss)!r} vs dpo_ref {_f(ref.mean())!r}; "
-            f"relative gradient difference {num / max(den, 1e-300):.3g}",
-            None if ok else _repro(variant, beta, eps, "loss"),
-            1,
-        )
+    return CheckResult(
+        "gradients",
+        PASSED if ok else FAILED,
+        "batch-mean loss and its gradient w.r.t. every model parameter equal dpo_ref's",
+        ""
+        if ok
+        else f"batch loss TRL {_f(loss)!r} vs dpo_ref {_f(ref.mean())!r}; "
+        f"relative gradient difference {num / max(den, 1e-300):.3g}",
+        None if ok else _repro(variant, beta, eps, "loss"),
+        1,
     )
-    return report
+
+
+def _grads(model, loss: torch.Tensor) -> list[torch.Tensor]:
+    """The gradient of `loss` w.r.t. each parameter of `model` (which starts and ends with no gradients)."""
+    model.zero_grad()
+    loss.backward()
+    grads = [p.grad.detach().clone() for p in model.parameters()]
+    model.zero_grad()
+    return grads
 
 
 def _run_family(cfg, version: str) -> Report:
     """A family variant: TRL's loss type for it, searched through TRL's own tokenisation (`trl_search`)."""
-    from dpo_ref.family import LOSS_FAMILY
-    from dpo_ref.oracle.adapters import trl_search
-
     loss_type = LOSS_FAMILY[cfg.family].trl
     if loss_type is None:
         raise InputError(f"trl {version} has no loss_type computing {cfg.variant}")

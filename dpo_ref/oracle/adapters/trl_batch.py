@@ -22,7 +22,8 @@ import warnings
 import torch
 
 from dpo_ref.oracle.adapters import tiny
-from dpo_ref.oracle.adapters.trl_trainer import scratch_dir
+from dpo_ref.oracle.adapters.trl import trl_loss
+from dpo_ref.oracle.adapters.trl_trainer import build, scratch_dir
 from dpo_ref.oracle.report import FAILED, PASSED, CheckResult
 
 ROWS = tiny.ROWS4  # 4 pairs of different lengths
@@ -127,8 +128,6 @@ def left_padded(batch: dict, pad_token_id: int) -> dict:
 def check_padding() -> list[CheckResult]:
     """TRL's loss on its collated batch vs the same rows right-padded further and left-padded."""
     from trl.trainer.dpo_trainer import DataCollatorForPreference
-
-    from dpo_ref.oracle.adapters.trl import build, trl_loss
 
     trainer, examples = build("dpo", beta=0.5)
     base, batch, _ = trl_loss(trainer, examples)

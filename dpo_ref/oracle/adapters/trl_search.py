@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from dpo_ref.family import LOSS_FAMILY, TRL_LOSS_TYPES
 from dpo_ref.logps import sequence_logps
 from dpo_ref.oracle.adapters import tiny
+from dpo_ref.oracle.adapters.trl_trainer import build
 from dpo_ref.oracle.report import FAILED, PASSED, CheckResult
 
 RTOL = 1e-5
@@ -107,8 +108,6 @@ def _quiet():
 
 def build_search(beta: float = 0.5):
     """The TRL adapter's trainer (tiny model, float64) with a local chat template on its tokenizer."""
-    from dpo_ref.oracle.adapters.trl_trainer import build
-
     trainer, _ = build("dpo", beta=beta, label_smoothing=COEFFICIENTS["label_smoothing"])
     trainer.processing_class.chat_template = CHAT_TEMPLATE
     trainer.args.discopop_tau = DISCOPOP_TAU

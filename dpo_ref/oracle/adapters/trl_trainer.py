@@ -1,7 +1,8 @@
-"""TRL's `DPOTrainer` on the tiny local model: importing TRL and building the trainer (`build`).
+"""The TRL `DPOTrainer` the TRL adapters share: importing TRL, and building the trainer on the tiny model.
 
-Shared by the end-to-end adapter (`adapters.trl`), the loss-type search (`adapters.trl_search`) and the
-batch checks (`adapters.trl_batch`); it imports none of them, so their imports form no circle.
+`trl` (the fixed-configuration checks), `trl_search` (searched rows) and `trl_batch` (gradient
+accumulation) all drive a trainer from `build`; this module imports none of them, so the adapters'
+imports form a DAG: trl -> trl_search -> trl_trainer, trl_batch -> {trl, trl_trainer}.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def build(variant: str = "dpo", beta: float = 0.1, label_smoothing: float = 0.0,
     """A DPOTrainer on the tiny model and rows (policy seed 0, reference seed 1), both in float64.
 
     `bf16=False` by default: DPOConfig's own default (bf16=True) runs the reference model under bf16
-    autocast, which would hide formula differences under rounding (`run` reports its size separately).
+    autocast, which would hide formula differences under rounding (`trl.run` reports its size separately).
 
     Returns `(trainer, examples)`, the examples being TRL's own tokenized rows.
     """
