@@ -86,8 +86,9 @@ def make_config(
     else:
         fixed = {}
     if label_smoothing is not None:
-        if variant != "cdpo":
-            raise InputError(f"label_smoothing applies to variant cdpo only (got variant {variant!r})")
+        if "label_smoothing" not in V.get(variant).coefficients:
+            smoothed = ", ".join(v for v in V.CLASSIC_VARIANTS if "label_smoothing" in V.get(v).coefficients)
+            raise InputError(f"label_smoothing applies to variant {smoothed} only (got variant {variant!r})")
         if not (0.0 < float(label_smoothing) < 0.5):
             raise InputError(f"label_smoothing must be in (0, 0.5), got {label_smoothing!r}")
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
@@ -98,7 +99,7 @@ def make_config(
         variant=variant,
         beta=None if beta is None else float(beta),
         label_smoothing=None if label_smoothing is None else float(label_smoothing),
-        average=(variant == "ipo-mean") if average is None else bool(average),
+        average=V.get(variant).average if average is None else bool(average),
         max_examples=max_examples,
         strict=bool(strict),
         reduction=reduction,
@@ -161,14 +162,13 @@ def verify(
         fn: the callable, or a target string (`file.py:name`, `pkg.mod:name`, `trl`, `torchtune`).
         level: `loss` (the default for a callable) or `logps`; adapters also `library`, and by default
             run every level they support.
-        variant: `dpo`, `cdpo`, `ipo` (summed log-probs) or `ipo-mean` (length-averaged log-probs), or a
-            family variant at the loss level (`dpo_ref.variants.FAMILY_VARIANTS`: hinge, ipo-norm,
-            exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop,
-            sft, sigmoid_norm, simpo), called with its coefficients and, if length-normalised,
-            `chosen_lengths=`, `rejected_lengths=` (`dpo_ref.oracle.targets`).
+        variant: a name or alias from the registry (`dpo_ref.variants`, listed in docs/variants.md): the
+            classic ones (`dpo_ref.variants.CLASSIC_VARIANTS`) at both levels, the others at the loss level,
+            called with their coefficients and, if length-normalised, `chosen_lengths=`, `rejected_lengths=`
+            (`dpo_ref.oracle.targets`).
         beta: fixed coefficient (tau under IPO); by default drawn from 1e-3 to 1e3.
         label_smoothing: fixed cDPO eps; by default drawn from (0, 0.49].
-        average: log-prob level, the averaged convention (default: True for `ipo-mean`).
+        average: log-prob level, the averaged convention (default: the record's `average`, True for `ipo-mean`).
         max_examples: Hypothesis examples per check (default 100; 25 for a family variant).
         checks: run only these checks (names as in the report; one name may be given as a string).
         xfail: checks expected to fail: their failure is reported as xfailed.

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dpo_ref.errors import InputError
-from dpo_ref.variants import ALIASES, VARIANTS
+from dpo_ref.variants import ALIASES, CLASSIC_VARIANTS, VARIANTS
 
 CLI, PYTEST, API, ISOLATE = "cli", "pytest", "api", "isolate"
 EVERYWHERE = frozenset({CLI, PYTEST, API, ISOLATE})
@@ -127,8 +127,8 @@ class VerifyOption:
 
 
 _VARIANT_HELP = (
-    "the loss TARGET claims to compute: dpo, cdpo, ipo, ipo-mean, or at the loss level any other variant of the "
-    "registry (docs/variants.md; length-normalised ones get chosen_lengths=, rejected_lengths=)"
+    f"the loss TARGET claims to compute: {', '.join(CLASSIC_VARIANTS)}, or at the loss level any other variant "
+    "of the registry (docs/variants.md; length-normalised ones get chosen_lengths=, rejected_lengths=)"
 )
 
 OPTIONS: tuple[VerifyOption, ...] = (
