@@ -1,5 +1,3 @@
-import sys
+from dpo_ref.cli import console
 
-from dpo_ref.cli import main
-
-sys.exit(main())
+console()

@@ -12,8 +12,10 @@ followed (its target is replaced, the link stays); a FIFO, device or directory a
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -106,3 +108,21 @@ def write_text_atomic(path: str, text: str) -> None:
     """Write `text` (UTF-8) to `path` atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write(text)
+
+
+_SCRATCH: list[str] = []
+
+
+def scratch_dir(prefix: str) -> str:
+    """A temporary directory this process owns, removed by `remove_scratch_dirs` (run at exit, and by
+    `dpo-ref verify` before it leaves with `os._exit`, which skips exit handlers)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    if not _SCRATCH:
+        atexit.register(remove_scratch_dirs)
+    _SCRATCH.append(path)
+    return path
+
+
+def remove_scratch_dirs() -> None:
+    while _SCRATCH:
+        shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)

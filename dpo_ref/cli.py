@@ -8,8 +8,11 @@ Each subcommand module defines `register(subparsers)`, which adds its parser and
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import importlib.util
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -117,10 +120,37 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"dpo-ref {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except OSError as err:
+        if err.errno not in (errno.EBADF, errno.EPIPE, errno.ENOSPC):
+            raise
+        print(f"dpo-ref {args.command}: error: cannot write the output ({err.strerror})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:
         print(f"dpo-ref {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(err, "signum", signal.SIGINT)
+
+
+def console() -> None:
+    """The `dpo-ref` console script and `python -m dpo_ref`: `main`, then the exit.
+
+    After `verify` the exit status is the verdict, so the process leaves with `os._exit` once its own output
+    is flushed and its own scratch folders removed: the target's exit handlers (`atexit`, `__del__`, threads
+    still running) cannot change the status. Other commands exit normally.
+    """
+    argv = sys.argv[1:]
+    code = main(argv)
+    if argv[:1] != ["verify"]:
+        sys.exit(code)
+    from dpo_ref.atomic import remove_scratch_dirs
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # stdout closed or full: the status still carries the verdict
+            pass
+    remove_scratch_dirs()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -83,7 +83,7 @@ def test_an_option_added_to_the_table_reaches_all_four_interfaces(monkeypatch):
     assert "seed_offset" in _cli_dests(parser)
     assert "dpo_seed_offset" in _pytest_dests()
     args = parser.parse_args(["verify", "t.py:f", "--seed-offset", "3"])
-    assert oracle_cli._child_argv(args, "out.json")[-2:] == ["--seed-offset", "3"]
+    assert oracle_cli.child_argv(args)[-2:] == ["--seed-offset", "3"]
     assert options.from_cli(args)["seed_offset"] == 3
     assert "seed_offset" in options.api_signature(("fn",), {}).parameters
     options.check_keywords({"seed_offset": 3})  # a known keyword now
@@ -108,7 +108,7 @@ def test_isolate_argv_round_trips_every_option():
             "--reduction", "sum", "--strict", "--fail-fast", "--max-examples", "7", "--checks", "values,gradients",
             "--xfail-file", "x.txt", "-q", "--coef", "gamma=0.5", "--level", "loss"]  # fmt: skip
     args = parser.parse_args(argv)
-    child = parser.parse_args(oracle_cli._child_argv(args, "out.json"))
+    child = parser.parse_args(oracle_cli.child_argv(args))
     for o in options.OPTIONS:
         if options.ISOLATE in o.interfaces:
             assert getattr(child, o.name) == getattr(args, o.name), o.name

@@ -123,11 +123,11 @@ def test_isolate_passes_every_option_on_to_the_child():
     oracle_cli.register(parser.add_subparsers(dest="command"))
     flags = ["--strict", "--fail-fast", "-q", "--reduction", "sum", "--max-examples", "7", "--checks", "values"]
     args = parser.parse_args(["verify", "t.py:f", "--variant", "cdpo", "--label-smoothing", "0.2", *flags])
-    child = oracle_cli._child_argv(args, "out.json")
+    child = oracle_cli.child_argv(args)
     for flag in ("--strict", "--fail-fast", "-q"):
         assert flag in child, (flag, child)
     for flag, value in (("--reduction", "sum"), ("--max-examples", "7"), ("--checks", "values"), ("--variant", "cdpo")):
         assert child[child.index(flag) + 1] == value, child
     assert float(child[child.index("--label-smoothing") + 1]) == 0.2
-    bare = oracle_cli._child_argv(parser.parse_args(["verify", "t.py:f"]), "out.json")
+    bare = oracle_cli.child_argv(parser.parse_args(["verify", "t.py:f"]))
     assert "--fail-fast" not in bare and "--strict" not in bare

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
-import uuid
 
 from dpo_ref.atomic import check_output_file, write_text_atomic
 from dpo_ref.errors import InputError
@@ -44,11 +44,36 @@ def register(subparsers) -> None:
         metavar="SECONDS",
         help=f"with --isolate: fail the verification if it has not finished after SECONDS (default {TIMEOUT:g})",
     )
+    p.add_argument("--report-fd", type=int, default=None, help=argparse.SUPPRESS)  # the --isolate child's channel
     p.set_defaults(func=handler)
 
 
 def handler(args: argparse.Namespace) -> int:
-    from dpo_ref.oracle.api import verify
+    if args.report_fd is not None:
+        return _isolated_child(args)
+    _check_arguments(args)
+    if args.isolate:
+        return run_isolated(args)
+    to_json = args.json == "-"
+    stream = sys.stderr if to_json else sys.stdout  # progress never mixes with a JSON report on stdout
+    try:
+        with _target_output_to_stderr(to_json):
+            report = _verify(args, stream)
+    except TargetCrashed as err:
+        print(f"dpo-ref verify: FAILED: {err}", file=sys.stderr)
+        return 1
+    if to_json:
+        print(report.to_json())
+    else:
+        print("")
+        print(report.to_text(reproductions=not args.quiet, check_lines=False))
+        if args.json:
+            write_atomic(args.json, report.to_json() + "\n")
+    return 0 if report.passed else 1
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every usage error, before the target is imported or anything is written."""
     from dpo_ref.oracle.options import read_xfail_file
 
     if args.max_examples is not None and args.max_examples < 1:
@@ -58,37 +83,60 @@ def handler(args: argparse.Namespace) -> int:
     if args.timeout is not None and not (0 < args.timeout < float("inf")):
         raise InputError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     parse_coefficients(args.coef)  # a malformed --coef is a usage error before anything runs
-    if args.isolate:
-        return run_isolated(args)
     if args.level == "library" and args.target not in ("trl", "torchtune"):
         raise InputError("--level library applies to the built-in adapters (trl, torchtune) only")
     if args.xfail_file:
         read_xfail_file(args.xfail_file)  # an unreadable file is a usage error before anything runs
     if args.json not in (None, "-"):
         check_json_path(args.json)
-    to_json = args.json == "-"
-    stream = sys.stderr if to_json else sys.stdout  # progress never mixes with a JSON report on stdout
 
-    def progress(result) -> None:
-        if not progress.started:
-            level = args.level or ("loss" if args.target not in ("trl", "torchtune") else "every level it supports")
-            print(f"dpo-ref verify: {args.target}  (level={level}, variant={args.variant})", file=stream)
-            progress.started = True
-        print(result.line(24), file=stream, flush=True)
 
-    progress.started = False
-    with _target_output_to_stderr(to_json):
-        keywords = options.from_cli(args)
-        keywords["level"] = args.level or ("loss" if args.target not in ("trl", "torchtune") else None)
-        report = verify(args.target, **keywords, progress=progress)
-    if to_json:
-        print(report.to_json())
-    else:
-        print("")
-        print(report.to_text(reproductions=not args.quiet, check_lines=not progress.started))
-        if args.json:
-            write_atomic(args.json, report.to_json() + "\n")
-    return 0 if report.passed else 1
+def _verify(args: argparse.Namespace, stream):
+    """Run the checks, streaming one line per check to `stream`; the report. A target that raises
+    SystemExit (`sys.exit` inside the loss) does not end verify with its exit status: that is a failure."""
+    from dpo_ref.oracle.api import verify
+
+    level = args.level or ("loss" if args.target not in ("trl", "torchtune") else None)
+    print(f"dpo-ref verify: {args.target}  (level={level or 'every level it supports'}, variant={args.variant})",
+          file=stream, flush=True)  # fmt: skip
+    keywords = {**options.from_cli(args), "level": level}
+    try:
+        return verify(args.target, **keywords, progress=lambda result: print(result.line(24), file=stream, flush=True))
+    except SystemExit as exit_:
+        raise TargetCrashed(f"{args.target} raised SystemExit({exit_.code!r}) while being checked") from None
+
+
+class TargetCrashed(Exception):
+    """The target ended the verification abnormally (SystemExit in-process; no signed report under --isolate)."""
+
+
+def _isolated_child(args: argparse.Namespace) -> int:
+    """The child side of `--isolate`: the secret is read before the target is imported, the report goes back
+    signed over `--report-fd`, and the process leaves with `os._exit` (the target's exit handlers never run)."""
+    from dpo_ref.atomic import remove_scratch_dirs
+    from dpo_ref.oracle import isolate
+
+    secret = isolate.read_secret()
+    try:
+        _check_arguments(args)
+        report = _verify(args, sys.stdout)
+        message = (
+            "report",
+            {"report": report.to_dict(), "text": report.to_text(reproductions=not args.quiet, check_lines=False)},
+        )
+        code = 0
+    except InputError as err:
+        message, code = ("usage", f"dpo-ref verify: error: {err}"), 2
+    except TargetCrashed as err:
+        print(f"dpo-ref verify: FAILED: {err}", file=sys.stderr)
+        message, code = None, 1
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    remove_scratch_dirs()
+    if message is not None:
+        isolate.send(args.report_fd, secret, *message)
+    os._exit(code)
 
 
 @contextlib.contextmanager
@@ -109,111 +157,37 @@ def _target_output_to_stderr(active: bool):
         os.close(saved)
 
 
-def _child_argv(args: argparse.Namespace, json_path: str) -> list[str]:
-    """The same verification as `dpo-ref verify` arguments, its JSON report going to `json_path`: every option
-    of the table (`dpo_ref.oracle.options`) is passed on."""
-    return ["verify", args.target, "--json", json_path, *options.child_argv(args)]
-
-
-TOKEN_VAR = "DPO_REF_VERIFY_TOKEN"
+def child_argv(args: argparse.Namespace) -> list[str]:
+    """The same verification as `dpo-ref verify` arguments: every option of the table is passed on."""
+    return ["verify", args.target, *options.child_argv(args)]
 
 
 def run_isolated(args: argparse.Namespace) -> int:
-    """`verify` in a child interpreter with a time limit; a hang or a crash is a failed verification (1).
-
-    The child's report is relayed as it is (exit 0, 1, or 2 for a usage error); the child's JSON report
-    is the proof that it finished, so a target that ends the interpreter early (`os._exit`, a signal)
-    cannot pass for a conforming one. The child runs in a process group of its own and its output goes
-    to files, not pipes, so a process it leaves running cannot keep this one waiting; on timeout, on
-    Ctrl-C and when the child ends, every process carrying this run's token in its environment (the child
-    and all it started, even in a session of its own) is killed.
-    """
-    import signal
-    import subprocess
-    import tempfile
-
-    import dpo_ref
+    """`verify` in a child interpreter with a time limit (`dpo_ref.oracle.isolate`): the verdict is decided
+    here from the child's signed report; a hang, a crash or a missing or forged report is a failed
+    verification (1), a usage error in the child is relayed (2)."""
+    from dpo_ref.oracle import isolate
 
     timeout = TIMEOUT if args.timeout is None else args.timeout
-    if args.json not in (None, "-"):  # checked before the run, not after it
-        check_json_path(args.json)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(dpo_ref.__file__)))
-    token = uuid.uuid4().hex
-    env = {
-        **os.environ,
-        "PYTHONPATH": package_root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        TOKEN_VAR: token,
-    }
-    with tempfile.TemporaryDirectory(prefix="dpo-ref-verify-") as scratch:
-        report_path = os.path.join(scratch, "report.json")
-        out_path, err_path = os.path.join(scratch, "stdout"), os.path.join(scratch, "stderr")
-        command = [sys.executable, "-m", "dpo_ref", *_child_argv(args, report_path)]
-        with open(out_path, "w") as out_f, open(err_path, "w") as err_f:
-            child = subprocess.Popen(command, env=env, stdout=out_f, stderr=err_f, start_new_session=True)
-            try:
-                child.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill_run(child, token)
-                print(
-                    f"dpo-ref verify: FAILED: {args.target} did not finish within {timeout:g} s (a hang?); "
-                    "the child process was killed (--timeout sets the limit)",
-                    file=sys.stderr,
-                )
-                return 1
-            except KeyboardInterrupt:
-                _kill_run(child, token)
-                raise
-            finally:
-                _kill_run(child, token)  # whatever the target left running
-        with open(out_path, encoding="utf-8", errors="replace") as f:
-            out = f.read()
-        with open(err_path, encoding="utf-8", errors="replace") as f:
-            err = f.read()
-        finished = os.path.exists(report_path)
-        if child.returncode == 2 and not finished:  # a usage or import error, already one line
-            sys.stderr.write(err)
-            return 2
-        if child.returncode not in (0, 1) or not finished:
-            code = child.returncode
-            how = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-            last = f"; its last message: {err.strip().splitlines()[-1]}" if err.strip() else ""
-            print(
-                f"dpo-ref verify: FAILED: {args.target} ended the interpreter before the checks finished ({how}{last})",
-                file=sys.stderr,
-            )
-            return 1
-        with open(report_path, encoding="utf-8") as f:
-            report_json = f.read()
-    if args.json == "-":
-        sys.stderr.write(err)
-        print(report_json.rstrip("\n"))
+    to_json = args.json == "-"
+    outcome = isolate.run_child(
+        child_argv(args), timeout, args.target, out_stream=sys.stderr if to_json else sys.stdout
+    )
+    if outcome.code == 2:
+        print(outcome.error, file=sys.stderr)
+        return 2
+    if outcome.report is None:
+        print(f"dpo-ref verify: FAILED: {outcome.error}", file=sys.stderr)
+        return 1
+    report_json = json.dumps(outcome.report, indent=2)
+    if to_json:
+        print(report_json)
     else:
-        sys.stdout.write(out)
-        sys.stderr.write(err)
+        print("")
+        print(outcome.text)
         if args.json:
-            write_atomic(args.json, report_json)
-    return child.returncode
-
-
-def _kill_run(child, token: str) -> None:
-    """Kill the child's process group and every process whose environment carries `token` (Linux: /proc)."""
-    import signal
-
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.pid, signal.SIGKILL)
-    marker = f"{TOKEN_VAR}={token}".encode()
-    if os.path.isdir("/proc"):
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as f:
-                    if marker in f.read().split(b"\0"):
-                        os.kill(int(pid), signal.SIGKILL)
-            except (OSError, ProcessLookupError):
-                continue
-    with contextlib.suppress(Exception):
-        child.wait(timeout=5)
+            write_atomic(args.json, report_json + "\n")
+    return outcome.code
 
 
 def check_json_path(path: str) -> None:

@@ -7,16 +7,14 @@ imports form a DAG: trl -> trl_search -> trl_trainer, trl_batch -> {trl, trl_tra
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import io
 import logging
-import shutil
-import tempfile
 import warnings
 
 import torch
 
+from dpo_ref.atomic import scratch_dir
 from dpo_ref.errors import InputError
 from dpo_ref.oracle.adapters import tiny
 
@@ -35,14 +33,6 @@ def import_trl():
             f"trl cannot be imported ({type(err).__name__}: {first}); pip install 'dpo-ref[compare]'"
         ) from None
     return trl
-
-
-def scratch_dir(prefix: str) -> str:
-    """A temporary directory for a trainer's `output_dir`, removed when the interpreter exits (TRL writes
-    nothing there in these checks, but it insists on one; without this every verify left one behind)."""
-    path = tempfile.mkdtemp(prefix=prefix)
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
 
 
 def loss_type_for(variant: str) -> str:
