@@ -99,7 +99,8 @@ def check_lengths(lengths: object, name: str, like: torch.Tensor) -> None:
     """Validate a scored-token count tensor: 1-D like `like` (same shape and device), every entry >= 1.
 
     Counts of 0 are refused rather than clamped: a pair with nothing scored has no per-token average, and
-    silently clamping it to 1 is how an off-by-one in a count goes unnoticed.
+    silently clamping it to 1 is how an off-by-one in a count goes unnoticed. This is the project's one
+    count rule: the length-normalised losses (`dpo_ref.family`) and the RPO NLL (`dpo_ref.rpo`) call it.
     """
     if not isinstance(lengths, torch.Tensor):
         raise InputTypeError(f"{name} must be a torch.Tensor of token counts, got {type(lengths).__name__}")

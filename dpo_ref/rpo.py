@@ -6,6 +6,10 @@
 The NLL is per token of the chosen response, so alpha weighs a per-token cross-entropy. Its gradient on
 log pi(y_w) adds -alpha / |y_w| to DPO's -beta sigma(-beta h): the chosen response keeps being pulled up
 after the DPO term has saturated (proof rpo-nll).
+
+Count rule (the one of `dpo_ref.losses.check_lengths`, which both functions use): every token count must be
+>= 1. A count of 0 (a row with nothing scored) has no per-token NLL and raises `InputError` naming the
+argument; it is never clamped to 1, which is how an off-by-one in a count goes unnoticed.
 """
 
 from __future__ import annotations
@@ -15,14 +19,22 @@ import math
 import torch
 
 from dpo_ref.errors import InputError
+from dpo_ref.losses import check_lengths
 
 
-def per_token_nll(logps: torch.Tensor, token_counts: torch.Tensor) -> torch.Tensor:
-    """-log pi(y | x) / |y| per row, `(B,)`: the NLL per token (a row with no tokens counts as one).
+def per_token_nll(logps: torch.Tensor, token_counts: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+    """-log pi(y | x) / |y| per row, `(B,)`: the NLL per token; every count |y| must be >= 1.
+
+    `token_counts` `(B,)`, like `logps`: a count of 0 (or below) raises `InputError` naming `token_counts`
+    (`dpo_ref.losses.check_lengths`), never clamped. `validate=False` skips the check (and its host
+    synchronisation) on a hot path whose counts are known to be >= 1 (the trainer: its data validation
+    refuses a pair with nothing to score).
 
     Proof: none yet. Properties: `test_proofs_linked.check_rpo`.
     """
-    return -logps / token_counts.clamp(min=1)
+    if validate:
+        check_lengths(token_counts, "token_counts", logps)
+    return -logps / token_counts
 
 
 def rpo_objective(
@@ -30,10 +42,15 @@ def rpo_objective(
     policy_chosen_logps: torch.Tensor,
     chosen_token_counts: torch.Tensor,
     rpo_alpha: float,
+    *,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Scalar J from per-example preference losses `(B,)`, chosen log-probs `(B,)` and token counts `(B,)`.
 
         J = mean_b L_pref(b) + alpha * mean_b ( -log pi(y_w | x) / |y_w| )      (Pang et al. 2024, Eq. 1)
+
+    Every chosen token count must be >= 1: a 0 raises `InputError` naming `chosen_token_counts`
+    (`dpo_ref.losses.check_lengths`). `validate=False` skips that check on a hot path (see `per_token_nll`).
 
     Proof: `rpo-nll`. Properties: `test_proofs_linked.check_rpo`.
     """
@@ -44,4 +61,7 @@ def rpo_objective(
             "preference_losses, policy_chosen_logps and chosen_token_counts must have the same shape (B,), got "
             f"{tuple(preference_losses.shape)}, {tuple(policy_chosen_logps.shape)}, {tuple(chosen_token_counts.shape)}"
         )
-    return preference_losses.mean() + rpo_alpha * per_token_nll(policy_chosen_logps, chosen_token_counts).mean()
+    if validate:
+        check_lengths(chosen_token_counts, "chosen_token_counts", policy_chosen_logps)
+    nll = per_token_nll(policy_chosen_logps, chosen_token_counts, validate=False)  # (B,)
+    return preference_losses.mean() + rpo_alpha * nll.mean()

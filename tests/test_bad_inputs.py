@@ -214,7 +214,7 @@ def _train(out_key, sub="out", **kw):
 
 
 def _corrupt_checkpoint(f):
-    from dpo_ref.train.checkpoint import load_tensors
+    from dpo_ref.train.rundir import load_tensors
 
     return load_tensors(f["broken_json"])  # a JSONL file is no safetensors file
 

@@ -21,10 +21,9 @@ from safetensors.torch import load_file
 
 import dpo_ref.train.loop as train_module
 from dpo_ref.errors import InputError
-from dpo_ref.train.checkpoint import KILL_IN_CHECKPOINT_ENV, load_tensors, read_metadata
 from dpo_ref.train.cli import _summary_lines
 from dpo_ref.train.loop import TrainConfig, read_metrics, train
-from dpo_ref.train.rundir import RunDir
+from dpo_ref.train.rundir import KILL_IN_CHECKPOINT_ENV, RunDir, load_tensors, read_metadata
 from dpo_ref.train.tasks import ReversalTask, reversal_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,8 +13,8 @@ import torch
 
 import dpo_ref.train.loop as train_module
 from dpo_ref.errors import InputError
-from dpo_ref.train.checkpoint import atomic_save_tensors, load_tensors
 from dpo_ref.train.loop import TrainConfig, frozen_reference, read_metrics, train
+from dpo_ref.train.rundir import atomic_save_tensors, load_tensors
 from dpo_ref.train.tasks import ReversalTask, reversal_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -403,3 +403,129 @@ def test_greedy_generation_equals_token_by_token_argmax_on_unpadded_prompts(data
     longest = max(len(p) for p in prompts)
     padded = [[tokenizer.pad_token_id] * (longest - len(p)) + p for p in prompts]
     assert _greedy_without_cache(model, padded, 8, tokenizer.eos_token_id) != expected
+
+
+# ---------------------------------------------------------------------------------------------- the run directory
+
+
+def _tiny_training_state():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def test_cuda_rng_states_are_restored_to_their_own_devices_past_ten(tmp_path, monkeypatch):
+    """11 fake GPUs: state i goes back to device i (sorted as strings, rng/cuda/10 would land on device 2)."""
+    from dpo_ref.train import rundir
+
+    saved = [torch.full((16,), i, dtype=torch.uint8) for i in range(11)]  # one generator state per device
+    restored: list[torch.Tensor] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(saved))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: list(saved))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    model, optimizer, scheduler = _tiny_training_state()
+    path = str(tmp_path / "checkpoint.safetensors")
+    rundir.write_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, step=3, config={})
+    assert rundir.read_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler)["step"] == 3
+    assert len(restored) == len(saved)
+    for device, (got, want) in enumerate(zip(restored, saved)):
+        assert torch.equal(got, want), f"device {device} got the state of device {int(got[0])}"
+
+
+def test_checkpoints_live_in_the_run_directory_module():
+    """One module owns the run directory, its atomic writes, checkpoints and resume."""
+    import importlib.util
+
+    from dpo_ref.train import rundir
+
+    assert importlib.util.find_spec("dpo_ref.train.checkpoint") is None
+    names = ("write_checkpoint", "read_checkpoint", "atomic_save_tensors", "load_tensors", "remove_stray_temp_files")
+    for name in names:
+        assert callable(getattr(rundir, name)), name
+
+
+# ---------------------------------------------------------------------------------------------- token counts
+
+
+def test_per_token_nll_and_rpo_refuse_a_zero_count_naming_it():
+    """The one count rule (dpo_ref.losses.check_lengths): a count of 0 is refused, never clamped to 1."""
+    from dpo_ref.rpo import per_token_nll, rpo_objective
+
+    logps, losses = torch.tensor([-4.0, -6.0]), torch.tensor([0.5, 0.7])
+    with pytest.raises(InputError, match=r"token_counts must be >= 1 .*got 0 at index 1"):
+        per_token_nll(logps, torch.tensor([2, 0]))
+    with pytest.raises(InputError, match=r"chosen_token_counts must be >= 1 .*got 0 at index 0"):
+        rpo_objective(losses, logps, torch.tensor([0, 3]), 1.0)
+    # correct counts: -log pi / |y| per row, and J = mean L + alpha * mean NLL
+    counts = torch.tensor([2, 3])
+    assert torch.equal(per_token_nll(logps, counts), torch.tensor([2.0, 2.0]))
+    assert rpo_objective(losses, logps, counts, 0.5).item() == pytest.approx(0.6 + 0.5 * 2.0)
+
+
+def test_a_pair_with_an_empty_response_is_refused_naming_the_row_and_field(data, tmp_path):
+    rows = [json.loads(line) for line in open(data[0])][:3]
+    rows[1] = dict(rows[1], rejected="")
+    with pytest.raises(InputError, match=r"line 2: field 'rejected' is empty"):
+        train(small((write_jsonl(tmp_path / "bad.jsonl", rows), data[1]), tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    from dpo_ref.train.data import prepare_dataset
+    from dpo_ref.train.tokenizer import build_char_tokenizer
+
+    empty_message = {"prompt": [{"role": "user", "content": "ab"}], "chosen": [{"role": "assistant", "content": " "}]}
+    empty_message["rejected"] = [{"role": "assistant", "content": "ba"}]
+    with pytest.raises(InputError, match=r"row 1: field 'chosen' has only empty messages"):
+        prepare_dataset([empty_message], build_char_tokenizer())
+
+
+def test_a_prompt_that_gives_no_tokens_is_refused_so_no_response_is_left_unscored():
+    """Without a prompt token the first response token is never predicted: its pair would score one token
+    fewer (0 for a one-token response, the count the loss refuses)."""
+    from dpo_ref.train.data import prepare_dataset
+    from dpo_ref.train.tokenizer import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(["a", "b"], add_bos=False)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # renders "" for ""
+    row = {
+        "prompt": [{"role": "user", "content": ""}],
+        "chosen": [{"role": "assistant", "content": "a"}],
+        "rejected": [{"role": "assistant", "content": "b"}],
+    }
+    with pytest.raises(InputError, match=r"row 1: field 'prompt' gives no tokens"):
+        prepare_dataset([row], tokenizer)
+
+
+def test_the_trainer_scores_every_response_token_so_no_count_is_zero(data):
+    """The counts the trainer passes to per_token_nll are the response lengths, all >= 1."""
+    from dpo_ref.logps import shift_labels
+    from dpo_ref.train.data import IGNORE_INDEX, PreferenceCollator, prepare_dataset
+    from dpo_ref.train.tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    pairs, _ = prepare_dataset(data[0], tokenizer, max_length=7, max_prompt_length=5, skip_bad_rows=True)
+    assert any(p.chosen_ids[-1] != tokenizer.eos_token_id for p in pairs)  # some responses were cut short
+    batch = PreferenceCollator(tokenizer.pad_token_id)(pairs)
+    counts = shift_labels(batch["labels"], IGNORE_INDEX)[1].sum(-1)  # (2P,)
+    lengths = [len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs]
+    assert counts.tolist() == lengths and min(lengths) >= 1
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def test_logged_metrics_are_named_in_the_order_of_metrics_jsonl(data, tmp_path):
+    record = train(small(data, tmp_path, steps=1, rpo_alpha=0.5))["history"][0]
+    assert [k for k in record if not k.startswith("eval/")] == ["step", *train_module.METRICS, "grad_norm", "lr"]
+    assert set(train_module.METRICS) == set(train_module.STATISTICS) | {"loss/total", "rewards/margins"}
+    assert record["loss/total"] == record["loss"] + 0.5 * record["loss/nll_chosen"]
+    assert record["rewards/margins"] == record["rewards/chosen"] - record["rewards/rejected"]
+
+
+def test_the_training_code_has_no_nonlocal_closures():
+    """The loop reads top to bottom: its state lives in named functions' arguments and results."""
+    import ast
+    import glob
+
+    for path in glob.glob(os.path.join(ROOT, "dpo_ref", "train", "*.py")):
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        assert not [n for n in ast.walk(tree) if isinstance(n, ast.Nonlocal)], path

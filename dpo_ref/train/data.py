@@ -19,9 +19,10 @@ included (a response cut short loses its EOS). A prompt that leaves no room for 
 malformed row.
 
 Malformed rows (not an object, missing field, wrong type, empty, chosen identical to rejected before
-or after tokenisation and truncation, no room for a response, longer than the model's positions, text
-the built-in tokenizer cannot represent) raise `InputError` naming the row (1-based; the line number
-in a JSONL file) and the field, or are skipped and counted with `skip_bad_rows=True`.
+or after tokenisation and truncation, a prompt that gives no tokens, no room for a response, longer than
+the model's positions, text the built-in tokenizer cannot represent) raise `InputError` naming the row
+(1-based; the line number in a JSONL file) and the field, or are skipped and counted with
+`skip_bad_rows=True`.
 """
 
 from __future__ import annotations
@@ -190,6 +191,20 @@ def _unrepresentable(text: str) -> str | None:
     return next((c for c in text if c not in known), None)
 
 
+def _prompt_ids(prompt: str, tokenizer, conversational: bool, max_prompt_length: int | None) -> list[int]:
+    """The prompt's token ids, cut to its last `max_prompt_length`; `InputError` if it gives none."""
+    # plain prompts get the tokenizer's special tokens (BOS); a chat template writes its own
+    ids = tokenizer(prompt, add_special_tokens=not conversational)["input_ids"]
+    if not ids:  # the first response token would have no position to be predicted from: never scored
+        raise InputError(
+            "field 'prompt' gives no tokens (the tokenizer or chat template renders it empty); every response "
+            "token is predicted from the tokens before it, so a prompt needs at least one"
+        )
+    if max_prompt_length is not None and len(ids) > max_prompt_length:
+        ids = ids[-max_prompt_length:]  # keep the end of the prompt
+    return ids
+
+
 def tokenize_pair(
     row: dict,
     tokenizer,
@@ -201,10 +216,12 @@ def tokenize_pair(
 ) -> TokenizedPair:
     """Token ids of one well-formed row, truncated as the module docstring says.
 
-    `InputError` if no room is left for a response, if chosen and rejected become identical token ids
-    (truncation cut off where they differ, or the tokenizer cannot tell them apart), if a sequence is
-    longer than the model's `max_positions`, or (`builtin_tokenizer`) if the text holds a character the
-    built-in character tokenizer cannot represent.
+    Every response keeps at least one token (its EOS at least) and the prompt at least one, so every
+    response has >= 1 scored token: the trainer's token counts are never 0 (the count rule of
+    `dpo_ref.rpo.per_token_nll`). `InputError` if the prompt gives no tokens, if no room is left for a
+    response, if chosen and rejected become identical token ids (truncation cut off where they differ, or
+    the tokenizer cannot tell them apart), if a sequence is longer than the model's `max_positions`, or
+    (`builtin_tokenizer`) if the text holds a character the built-in character tokenizer cannot represent.
     """
     prompt, chosen, rejected, conversational = render_texts(row, tokenizer)
     if builtin_tokenizer:
@@ -216,10 +233,7 @@ def tokenize_pair(
                     "knows printable ASCII and newline): bring a model with its own tokenizer (--model DIR)"
                 )
     eos = tokenizer.eos_token_id
-    # plain prompts get the tokenizer's special tokens (BOS); a chat template writes its own
-    prompt_ids = tokenizer(prompt, add_special_tokens=not conversational)["input_ids"]
-    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
-        prompt_ids = prompt_ids[-max_prompt_length:]  # keep the end of the prompt
+    prompt_ids = _prompt_ids(prompt, tokenizer, conversational, max_prompt_length)
     responses, full_lengths = [], []
     for text in (chosen, rejected):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]

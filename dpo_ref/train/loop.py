@@ -25,7 +25,6 @@ import copy
 import hashlib
 import os
 import random
-import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -38,10 +37,13 @@ import torch.nn as nn
 from dpo_ref.errors import InputError
 from dpo_ref.logps import sequence_logps, shift_labels, token_logps
 from dpo_ref.losses import dpo_loss, ipo_loss
+from dpo_ref.progress import phase
 from dpo_ref.rpo import per_token_nll, rpo_objective
 from dpo_ref.train.config import LOSSES, RESUME_KEYS, SFT_KEYS, TrainConfig, check_config, check_device
 from dpo_ref.train.data import IGNORE_INDEX, PreferenceCollator, TokenizedPair, pad_sequences, prepare_dataset
 from dpo_ref.train.rundir import RunDir, check_writable_dir
+
+COMMAND = "dpo-ref train"  # how progress lines name the command
 
 __all__ = ["LOSSES", "TrainConfig", "check_config", "check_writable_dir", "train", "read_metrics"]
 
@@ -236,6 +238,30 @@ STATISTICS = (
 )
 
 
+# the metrics logged for an update, in the order of metrics.jsonl: the mean of each statistic, and two derived
+METRICS = (
+    "loss",
+    "loss/nll_chosen",
+    "loss/total",  # loss + rpo_alpha x loss/nll_chosen: the objective minimised
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",  # rewards/chosen - rewards/rejected
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "logratio/chosen",
+    "logratio/rejected",
+)
+
+
+def step_metrics(stats: dict[str, torch.Tensor], pairs: int, rpo_alpha: float) -> dict[str, float]:
+    """The `METRICS` of an update, in order, from its `STATISTICS` summed over `pairs` pairs (a host sync)."""
+    mean = {name: stats[name].item() / pairs for name in STATISTICS}
+    mean["loss/total"] = mean["loss"] + rpo_alpha * mean["loss/nll_chosen"]
+    mean["rewards/margins"] = mean["rewards/chosen"] - mean["rewards/rejected"]
+    return {name: mean[name] for name in METRICS}
+
+
 def preference_micro_batch(cfg: TrainConfig, scorer, batch: dict, ref_scorer=None, ref_logps=None):
     """(loss, stats) of one micro-batch of B pairs, the body of the preference loop (no host sync).
 
@@ -258,8 +284,9 @@ def preference_micro_batch(cfg: TrainConfig, scorer, batch: dict, ref_scorer=Non
     result = preference_loss(
         cfg, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
     )
-    nll_chosen = per_token_nll(policy_chosen_logps.float(), counts[:B])  # (B,)
-    loss = rpo_objective(result.losses, policy_chosen_logps.float(), counts[:B], cfg.rpo_alpha)  # the RPO objective
+    # counts >= 1 (the data validation's guarantee): no count check, no host sync
+    nll_chosen = per_token_nll(policy_chosen_logps.float(), counts[:B], validate=False)  # (B,)
+    loss = rpo_objective(result.losses, policy_chosen_logps.float(), counts[:B], cfg.rpo_alpha, validate=False)
     with torch.no_grad():
         values = {
             "loss": result.losses,
@@ -279,7 +306,7 @@ def preference_micro_batch(cfg: TrainConfig, scorer, batch: dict, ref_scorer=Non
 def sft_micro_batch(scorer, batch: dict):
     """(loss, stats) of one SFT micro-batch: the mean over rows of the per-token NLL of the response."""
     logps, counts = scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])  # (B,)
-    nll = per_token_nll(logps.float(), counts)  # (B,)
+    nll = per_token_nll(logps.float(), counts, validate=False)  # (B,): counts >= 1, see preference_micro_batch
     return nll.mean(), {"nll": nll.detach().sum().double()}
 
 
@@ -373,24 +400,6 @@ def run_config(cfg: TrainConfig, world: int) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------------------------- progress
-
-
-class Progress:
-    """A tqdm bar per phase on a terminal; elsewhere (logs, CI) one plain line when a phase starts."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.tty = enabled and sys.stderr.isatty()
-
-    def phase(self, name: str, total: int, initial: int = 0):
-        if self.enabled and not self.tty:
-            print(f"dpo-ref train: {name} ({total - initial} steps)", file=sys.stderr, flush=True)
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, initial=initial, desc=name, disable=not self.tty, leave=False)
-
-
 # ---------------------------------------------------------------------------------------------- the phases
 
 
@@ -404,7 +413,7 @@ class Session:
     rank: int
     run_dir: RunDir
     run_config: dict
-    progress: Progress
+    show_progress: bool  # a bar (or a line) per phase: --progress, on the main process
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -480,7 +489,7 @@ def set_up(cfg: TrainConfig) -> Session:
         torch.cuda.set_device(device)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    return Session(cfg, device, world, rank, run_dir, config, Progress(cfg.progress and rank == 0))
+    return Session(cfg, device, world, rank, run_dir, config, show_progress=cfg.progress and rank == 0)
 
 
 def load_data(s: Session) -> Data:
@@ -552,7 +561,7 @@ def warm_up(s: Session, d: Data) -> dict:
     optimizer = adamw(d.policy.parameters(), lr=cfg.sft_lr, weight_decay=0.0, device=s.device)
     order = BatchOrder(len(d.train_pairs), s.global_batch, cfg.seed + 1)
     first = None
-    bar = s.progress.phase("sft warm-up", cfg.sft_steps)
+    bar = phase(COMMAND, "sft warm-up", cfg.sft_steps, enabled=s.show_progress)
     for step in range(cfg.sft_steps):
         stats, _, _ = update_step(
             s.micro_batches(d.train_pairs, order(step), d.collate_chosen),
@@ -627,69 +636,121 @@ def evaluate(s: Session, d: Data, ref: Reference) -> dict:
     return metrics
 
 
+def preference_optimizer(cfg: TrainConfig, policy: nn.Module, device: torch.device):
+    """(AdamW at --lr, its schedule): a linear warmup over --warmup-steps updates, then constant."""
+    optimizer = adamw(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    )
+    return optimizer, scheduler
+
+
+def resume_checkpoint(s: Session, policy: nn.Module, optimizer, scheduler) -> tuple[int, int]:
+    """(first step, updates skipped so far by --skip-nonfinite): (0, 0) for a fresh run; with --resume and a
+    checkpoint, its state loaded in place and the metrics records it does not cover dropped."""
+    if not (s.cfg.resume and s.run_dir.has_checkpoint()):
+        return 0, 0
+    meta = s.run_dir.load_checkpoint(model=policy, optimizer=optimizer, scheduler=scheduler)
+    if s.main:
+        s.run_dir.keep_metrics_before(meta["step"])
+    return meta["step"], meta.get("nonfinite_skipped", 0)
+
+
+def save_checkpoint(s: Session, policy: nn.Module, optimizer, scheduler, step: int, nonfinite_skipped: int) -> None:
+    """OUT/checkpoint.safetensors after `step` updates (written by the main process only)."""
+    if s.main:
+        extra = {"nonfinite_skipped": nonfinite_skipped}
+        s.run_dir.save_checkpoint(
+            model=policy, optimizer=optimizer, scheduler=scheduler, step=step, config=s.run_config, extra=extra
+        )
+
+
+class NonfiniteGuard:
+    """Watches every update for a non-finite loss or gradient.
+
+    Without --skip-nonfinite the first such step is kept on the device (`first`, -1: none), so that watching
+    costs no host sync; `stop_if_seen` reads it where the loop syncs anyway (logging) and before every
+    checkpoint, and stops the run. With --skip-nonfinite, `skip` has `update_step` skip such an update
+    (a host sync every step: the price of --skip-nonfinite).
+    """
+
+    def __init__(self, s: Session):
+        self.s = s
+        self.first = torch.full((), -1, dtype=torch.long, device=s.device)  # () long
+
+    def skip(self, stats: dict, grad_norm: torch.Tensor, *, step: int) -> bool:
+        """Whether `update_step` skips update `step` (its `skip` argument)."""
+        finite = torch.isfinite(stats["loss"]) & torch.isfinite(stats["loss/nll_chosen"])
+        nonfinite = ~(finite & torch.isfinite(grad_norm))  # () bool, on the device
+        if not self.s.cfg.skip_nonfinite:
+            self.first = torch.where(nonfinite & (self.first < 0), step, self.first)
+            return False
+        if self.s.distributed:  # every process must skip the same updates
+            import torch.distributed as dist
+
+            nonfinite = nonfinite.float()
+            dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
+        return bool(nonfinite)
+
+    def stop_if_seen(self, last_saved: int | None) -> None:
+        """FloatingPointError if an update so far was not finite; `last_saved`: the last checkpoint's step."""
+        if self.s.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(self.first, op=dist.ReduceOp.MAX)
+        bad = int(self.first)
+        if bad < 0:
+            return
+        checkpoint = self.s.run_dir.checkpoint
+        kept = f"{checkpoint} (step {last_saved}) is the last good checkpoint" if last_saved else "none saved"
+        raise FloatingPointError(
+            f"non-finite loss or gradient at step {bad}: stopped before saving it; {kept}. "
+            "Lower --lr, or pass --skip-nonfinite to skip such updates"
+        )
+
+
+def logs_at(cfg: TrainConfig, step: int) -> bool:
+    """Whether update `step` is logged: every --log-every-th, and the last."""
+    return step % cfg.log_every == 0 or step == cfg.steps - 1
+
+
+def saves_after(cfg: TrainConfig, done: int, end_step: int) -> bool:
+    """Whether a checkpoint is written after `done` updates: every --save-every-th, and where the run stops."""
+    return done % cfg.save_every == 0 or done == end_step
+
+
+def logged_metrics(s: Session, stats: dict, grad_norm: torch.Tensor, lr: float, skipped: bool, nonfinite_skipped: int):
+    """What a logged update adds to its metrics.jsonl record; the only host synchronisation of a step. A
+    skipped update (its loss or gradient not finite) logs only the count of skipped updates."""
+    record = {"nonfinite_skipped": nonfinite_skipped} if s.cfg.skip_nonfinite else {}
+    if skipped:
+        return record
+    if s.distributed:
+        stats = all_reduce_stats(stats)
+    record.update(step_metrics(stats, s.global_batch, s.cfg.rpo_alpha))
+    record.update({"grad_norm": float(grad_norm), "lr": lr})
+    return record
+
+
 def preference_loop(s: Session, d: Data, ref: Reference) -> dict:
     """Phase 5: the preference updates, resumed from OUT/checkpoint.safetensors when there is one.
 
     Returns {"history": records written, "end_step", "nonfinite_skipped"}. A non-finite loss or gradient
     stops the run (FloatingPointError) before any checkpoint holds it, unless --skip-nonfinite.
     """
-    cfg, run_dir = s.cfg, s.run_dir
-    policy = d.policy
-    optimizer = adamw(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, device=s.device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    )
-    start_step = nonfinite_skipped = 0  # updates skipped with --skip-nonfinite (kept in the checkpoint)
-    if cfg.resume and run_dir.has_checkpoint():
-        meta = run_dir.load_checkpoint(model=policy, optimizer=optimizer, scheduler=scheduler)
-        start_step, nonfinite_skipped = meta["step"], meta.get("nonfinite_skipped", 0)
-        if s.main:
-            run_dir.keep_metrics_before(start_step)
-    last_saved = start_step if start_step else None
-    scorer = s.wrap(SequenceScorer(policy))
-    order = BatchOrder(len(d.train_pairs), s.global_batch, cfg.seed)
+    cfg = s.cfg
+    optimizer, scheduler = preference_optimizer(cfg, d.policy, s.device)
+    start_step, nonfinite_skipped = resume_checkpoint(s, d.policy, optimizer, scheduler)
     end_step = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
-    history: list[dict] = []
-    # first step whose loss or gradient was not finite (-1: none), kept on the device so that checking it
-    # costs no host sync; it is read where the loop syncs anyway (logging) and before every checkpoint
-    first_nonfinite = torch.full((), -1, dtype=torch.long, device=s.device)
-
-    def stop_if_nonfinite() -> None:
-        if s.distributed:
-            import torch.distributed as dist
-
-            dist.all_reduce(first_nonfinite, op=dist.ReduceOp.MAX)
-        bad = int(first_nonfinite)
-        if bad >= 0:
-            kept = (
-                f"{run_dir.checkpoint} (step {last_saved}) is the last good checkpoint" if last_saved else "none saved"
-            )
-            raise FloatingPointError(
-                f"non-finite loss or gradient at step {bad}: stopped before saving it; {kept}. "
-                "Lower --lr, or pass --skip-nonfinite to skip such updates"
-            )
-
-    def skip(step: int):
-        def decide(stats: dict, grad_norm: torch.Tensor) -> bool:
-            nonlocal first_nonfinite
-            finite = torch.isfinite(stats["loss"]) & torch.isfinite(stats["loss/nll_chosen"])
-            nonfinite = ~(finite & torch.isfinite(grad_norm))  # () bool, on the device
-            if not cfg.skip_nonfinite:
-                first_nonfinite = torch.where(nonfinite & (first_nonfinite < 0), step, first_nonfinite)
-                return False
-            if s.distributed:  # every process must skip the same updates
-                import torch.distributed as dist
-
-                nonfinite = nonfinite.float()
-                dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
-            return bool(nonfinite)  # a host sync every step: the price of --skip-nonfinite
-
-        return decide
-
+    last_saved = start_step or None  # the step of the last checkpoint written (or resumed from)
+    scorer = s.wrap(SequenceScorer(d.policy))
     train_ref = ref.logps["train"] if ref.logps is not None else None
-    bar = s.progress.phase(cfg.loss, cfg.steps, initial=start_step)
+    loss_fn = partial(preference_micro_batch, cfg, scorer, ref_scorer=ref.scorer, ref_logps=train_ref)
+    order = BatchOrder(len(d.train_pairs), s.global_batch, cfg.seed)
+    guard = NonfiniteGuard(s)
+    history: list[dict] = []
+    bar = phase(COMMAND, cfg.loss, cfg.steps, initial=start_step, enabled=s.show_progress)
     for step in range(start_step, end_step):
-        log_now = step % cfg.log_every == 0 or step == cfg.steps - 1
         record: dict = {"step": step}
         if step % cfg.eval_every == 0:
             if s.main:
@@ -698,43 +759,29 @@ def preference_loop(s: Session, d: Data, ref: Reference) -> dict:
         lr = optimizer.param_groups[0]["lr"]  # the rate this update uses
         stats, grad_norm, skipped = update_step(
             s.micro_batches(d.train_pairs, order(step), d.collate),
-            partial(preference_micro_batch, cfg, scorer, ref_scorer=ref.scorer, ref_logps=train_ref),
+            loss_fn,
             optimizer=optimizer,
             scheduler=scheduler,
             max_grad_norm=cfg.max_grad_norm,
             device=s.device,
             ddp=scorer if s.distributed else None,
-            skip=skip(step),
+            skip=partial(guard.skip, step=step),
         )
         nonfinite_skipped += skipped
-        if log_now and not cfg.skip_nonfinite:
-            stop_if_nonfinite()
-        if log_now and cfg.skip_nonfinite:
-            record["nonfinite_skipped"] = nonfinite_skipped
-        if log_now and not skipped:  # the only host synchronisation of a step
-            if s.distributed:
-                stats = all_reduce_stats(stats)
-            mean = {name: value.item() / s.global_batch for name, value in stats.items()}
-            mean["loss/total"] = mean["loss"] + cfg.rpo_alpha * mean["loss/nll_chosen"]
-            mean["rewards/margins"] = mean["rewards/chosen"] - mean["rewards/rejected"]
-            order_of_keys = ("loss", "loss/nll_chosen", "loss/total", "rewards/chosen", "rewards/rejected",
-                             "rewards/margins", *STATISTICS[4:])  # fmt: skip
-            record.update({k: mean[k] for k in order_of_keys})
-            record.update({"grad_norm": float(grad_norm), "lr": lr})
-            bar.set_postfix(loss=f"{mean['loss']:.4f}", acc=f"{mean['rewards/accuracies']:.2f}")
+        if logs_at(cfg, step):
+            if not cfg.skip_nonfinite:
+                guard.stop_if_seen(last_saved)
+            record.update(logged_metrics(s, stats, grad_norm, lr, skipped, nonfinite_skipped))
+        if "loss" in record:
+            bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
         if len(record) > 1 and s.main:
-            run_dir.append_metrics(record)
+            s.run_dir.append_metrics(record)
             history.append(record)
         bar.update(1)
-        done = step + 1
-        if done % cfg.save_every == 0 or done == end_step:
-            stop_if_nonfinite()  # a bad state is never saved
-            if s.main:
-                extra = {"nonfinite_skipped": nonfinite_skipped}
-                run_dir.save_checkpoint(
-                    model=policy, optimizer=optimizer, scheduler=scheduler, step=done, config=s.run_config, extra=extra
-                )
-            last_saved = done
+        if saves_after(cfg, step + 1, end_step):
+            guard.stop_if_seen(last_saved)  # a bad state is never saved
+            save_checkpoint(s, d.policy, optimizer, scheduler, step + 1, nonfinite_skipped)
+            last_saved = step + 1
     bar.close()
     return {"history": history, "end_step": end_step, "nonfinite_skipped": nonfinite_skipped}
 

@@ -3,7 +3,7 @@
     OUT/run.json                the run's settings (with the data's SHA-256), written when the run starts
     OUT/metrics.jsonl           one JSON object per logged or evaluated step
     OUT/sft.safetensors         the policy after the SFT warm-up (the reference), reused by --resume
-    OUT/checkpoint.safetensors  everything needed to continue exactly (dpo_ref.train.checkpoint)
+    OUT/checkpoint.safetensors  everything needed to continue exactly (`write_checkpoint`)
     OUT/model/                  the final model and tokenizer (save_pretrained)
     OUT/.lock                   held (flock) by the process writing the run; names it (pid, host)
 
@@ -15,6 +15,14 @@ The lock is an `flock` on OUT/.lock: the kernel drops it when its process dies, 
 blocks the next one. Every file is written atomically (temporary file + rename) with the permissions the
 umask gives. A failed write (e.g. a full disk) is an InputError naming the file; the previous version
 of the file stays intact.
+
+Checkpoints: one safetensors file holding model, optimizer, RNG and step. Tensors (model weights, AdamW
+moments, RNG states) go in the safetensors body; everything else (step, scheduler state, optimizer
+hyper-parameters, Python's RNG state, the run's config) goes as JSON in the file's metadata. The file is
+written to a temporary name (`.tmp-*.safetensors`) in the same directory and moved into place with
+`os.replace`, so a crash never leaves a half-written checkpoint: the previous one stays in place, and the
+orphaned temporary file is removed by the next run's `claim` (`remove_stray_temp_files`). Only safetensors
+is read or written: loading a checkpoint never unpickles anything.
 """
 
 from __future__ import annotations
@@ -22,16 +30,158 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import json
 import os
+import random
 import re
 import shutil
+import signal
 import socket
 
-from dpo_ref.atomic import give_umask_permissions, write_text_atomic
+import torch
+
+from dpo_ref.atomic import atomic_path, give_umask_permissions, write_text_atomic
 from dpo_ref.errors import InputError
 
 RUN_FILES = ("run.json", "metrics.jsonl", "sft.safetensors", "checkpoint.safetensors", "model")
+TMP_PREFIX = ".tmp-"
+# test hook: SIGKILL this process after the temporary file of the checkpoint of this step is written, before
+# the rename (tests/test_faults.py uses it to crash exactly mid-write); never set outside tests
+KILL_IN_CHECKPOINT_ENV = "DPO_REF_TEST_KILL_IN_CHECKPOINT"
+CUDA_RNG_PREFIX = "rng/cuda/"  # + the device index: one generator state per GPU
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def atomic_save_tensors(
+    tensors: dict[str, torch.Tensor], path: str, metadata: dict | None = None, *, _before_replace=None
+) -> None:
+    """`save_file` to a temporary file next to `path`, then `os.replace` it into place."""
+    from safetensors.torch import save_file
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path, suffix=".safetensors", prefix=TMP_PREFIX) as tmp:
+        save_file(tensors, tmp, metadata={"json": json.dumps(metadata or {})})
+        if _before_replace is not None:
+            _before_replace(tmp)
+
+
+def remove_stray_temp_files(directory: str) -> list[str]:
+    """Delete the temporary files a killed writer left in `directory`; returns their paths."""
+    stray = glob.glob(os.path.join(glob.escape(directory), TMP_PREFIX + "*.safetensors"))
+    for path in stray:
+        os.remove(path)
+    return stray
+
+
+def _kill_hook(step: int):
+    if os.environ.get(KILL_IN_CHECKPOINT_ENV) != str(step):
+        return None
+    return lambda tmp: os.kill(os.getpid(), signal.SIGKILL)
+
+
+def load_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of a file written by `atomic_save_tensors`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = json.loads((f.metadata() or {}).get("json", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        raise InputError(f"checkpoint {path!r} cannot be read: {err}") from err
+    return tensors, metadata
+
+
+def read_metadata(path: str) -> dict:
+    """The JSON metadata of a file written by `atomic_save_tensors`, without reading its tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("json", "{}"))
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        raise InputError(f"checkpoint {path!r} cannot be read: {err}") from err
+
+
+def model_tensors(model: torch.nn.Module, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, aliases): the state dict with tied (storage-sharing) entries stored once."""
+    tensors, aliases, seen = {}, {}, {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in seen:
+            aliases[prefix + name] = seen[key]
+            continue
+        seen[key] = prefix + name
+        tensors[prefix + name] = t.detach().contiguous()
+    return tensors, aliases
+
+
+def load_model_tensors(model: torch.nn.Module, tensors: dict, aliases: dict, prefix: str = "") -> None:
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    for alias, original in aliases.items():
+        if alias.startswith(prefix):
+            state[alias[len(prefix) :]] = tensors[original]
+    model.load_state_dict(state)
+
+
+def write_checkpoint(
+    path: str, *, model, optimizer, scheduler, step: int, config: dict, extra: dict | None = None
+) -> None:
+    """Everything needed to continue exactly: weights, AdamW state, LR schedule, RNG states, step (and
+    `extra`, JSON counters such as the number of skipped non-finite steps)."""
+    tensors, aliases = model_tensors(model, "model/")
+    opt = optimizer.state_dict()
+    for index, state in opt["state"].items():
+        for name, value in state.items():
+            value = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            tensors[f"optim/{index}/{name}"] = value.detach().contiguous()
+    tensors["rng/torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"{CUDA_RNG_PREFIX}{i}"] = state
+    metadata = {
+        "step": step,
+        "aliases": aliases,
+        "param_groups": opt["param_groups"],
+        "scheduler": scheduler.state_dict(),
+        "python_random": random.getstate(),
+        "config": config,
+        **(extra or {}),
+    }
+    atomic_save_tensors({k: v.cpu() for k, v in tensors.items()}, path, metadata, _before_replace=_kill_hook(step))
+
+
+def cuda_rng_states(tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The saved per-GPU generator states in device order: rng/cuda/0, rng/cuda/1, ..., rng/cuda/10 (the
+    index compared as a number: as strings "10" sorts before "2")."""
+    indices = sorted(int(k[len(CUDA_RNG_PREFIX) :]) for k in tensors if k.startswith(CUDA_RNG_PREFIX))
+    return [tensors[f"{CUDA_RNG_PREFIX}{i}"] for i in indices]
+
+
+def read_checkpoint(path: str, *, model, optimizer, scheduler) -> dict:
+    """Restore what `write_checkpoint` wrote (in place); returns the metadata (step, config)."""
+    tensors, meta = load_tensors(path)
+    load_model_tensors(model, tensors, meta["aliases"], "model/")
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng/torch"])
+    cuda_states = cuda_rng_states(tensors)
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+    version, internal, gauss = meta["python_random"]
+    random.setstate((version, tuple(internal), gauss))
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------- the directory
 
 
 def check_writable_dir(path: str, option: str = "--out") -> None:
@@ -146,8 +296,6 @@ class RunDir:
 
     def claim(self, run_config: dict, *, resume: bool, overwrite: bool, resume_keys) -> None:
         """Take the lock, check again under it, clean up, and (fresh run) clear the old run and write run.json."""
-        from dpo_ref.train.checkpoint import remove_stray_temp_files
-
         os.makedirs(self.path, exist_ok=True)
         self._acquire()
         try:
@@ -246,22 +394,16 @@ class RunDir:
         self.write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
     def save_checkpoint(self, **kwargs) -> None:
-        from dpo_ref.train.checkpoint import save_checkpoint
-
         with self.writing(self.checkpoint):
-            save_checkpoint(self.checkpoint, **kwargs)
+            write_checkpoint(self.checkpoint, **kwargs)
 
     def load_checkpoint(self, **kwargs) -> dict:
-        from dpo_ref.train.checkpoint import load_checkpoint
-
-        return load_checkpoint(self.checkpoint, **kwargs)
+        return read_checkpoint(self.checkpoint, **kwargs)
 
     def has_checkpoint(self) -> bool:
         return os.path.exists(self.checkpoint)
 
     def save_sft(self, model, sft_key: dict) -> None:
-        from dpo_ref.train.checkpoint import atomic_save_tensors, model_tensors
-
         tensors, aliases = model_tensors(model)
         with self.writing(self.sft):
             atomic_save_tensors(
@@ -270,8 +412,6 @@ class RunDir:
 
     def load_sft(self, model, sft_key: dict, device) -> bool:
         """Load the saved warm-up into `model` if it was made with `sft_key`; whether it was."""
-        from dpo_ref.train.checkpoint import load_model_tensors, load_tensors, read_metadata
-
         if not os.path.exists(self.sft) or read_metadata(self.sft).get("sft") != sft_key:
             return False
         tensors, meta = load_tensors(self.sft)
