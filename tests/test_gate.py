@@ -5,7 +5,8 @@ change the outcome: exit 0 from an exit handler, `os._exit`, a thread, a signal 
 a report; fork, daemonise, change session or ignore SIGTERM; spam stdout; close its file descriptors.
 Every one must give exit 1, and under `--isolate` no process it started and no scratch folder may remain.
 The real console path is used (`python -m dpo_ref`, a fresh interpreter per run), since what is under test
-is how the process ends. Run against the gate before this change, 13 of these 25 tests fail (4 wrong targets exit 0 in-process).
+is how the process ends. Run against the gate before this change, 13 of these 25 tests fail
+(4 wrong targets exit 0 in-process).
 """
 
 from __future__ import annotations
@@ -195,8 +196,10 @@ def test_isolated_atexit_exit_zero_and_forged_report_fail(tmp_path):
 def test_a_hostile_but_correct_target_still_conforms(tmp_path):
     """The gate is not simply failing everything odd: a correct loss with an exit-0 atexit handler and a
     daemonised grandchild conforms (exit 0), with and without --isolate, and the grandchild is killed."""
-    prelude = HOSTILE["atexit os._exit(0)"] + "\n" + textwrap.dedent(
-        HOSTILE_ISOLATED["daemonises (double fork, new session, empty env)"]
+    prelude = (
+        HOSTILE["atexit os._exit(0)"]
+        + "\n"
+        + textwrap.dedent(HOSTILE_ISOLATED["daemonises (double fork, new session, empty env)"])
     )
     target, pids = _target(tmp_path, "correct", prelude, loss=RIGHT_LOSS)
     out = _verify(target, tmp_path, "--isolate")

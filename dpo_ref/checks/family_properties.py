@@ -54,7 +54,16 @@ import mpmath as mp
 import torch
 
 from dpo_ref import variants as V
-from dpo_ref.checks.properties import TOLERANCE_K, Precision, PropertyViolation, measure, strictness, verdict_eps
+from dpo_ref.checks.properties import (
+    TOLERANCE_K,
+    Precision,
+    PropertyViolation,
+    grad_leaves,
+    measure,
+    strictness,
+    verdict_eps,
+    without_grad_note,
+)
 
 mp.mp.dps = 30
 FamilyFn = Callable[..., torch.Tensor]
@@ -242,12 +251,16 @@ def check_mean_value(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, 
     return _precision(out, [mean] * len(out), [scale] * len(out))
 
 
-def _grads(fn: FamilyFn, batch, lengths, what: str) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    leaves = tuple(t.detach().clone().requires_grad_(True) for t in batch)
+def _grads(
+    fn: FamilyFn, batch, lengths, what: str, references_require_grad: bool = True
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    leaves = grad_leaves(batch, references_require_grad)
     out = _call(fn, leaves, lengths, what)
     if not out.requires_grad:
         raise PropertyViolation(f"{what}: the losses do not depend differentiably on the log-probs")
-    grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+    wrt = [t for t in leaves if t.requires_grad]
+    found = iter(torch.autograd.grad(out.sum(), wrt, allow_unused=True))
+    grads = tuple((next(found) if t.requires_grad else None) for t in leaves)
     return out, tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves))
 
 
@@ -268,9 +281,14 @@ def check_gradients(fn: FamilyFn, spec: FamilySpec, batch: tuple[torch.Tensor, .
 
     Policy log-probs always; reference log-probs when the implementation lets a gradient through them.
     """
+    for with_grad in (True, False):  # references requiring grad, then as trainers pass them
+        what = without_grad_note(f"{spec.describe()} gradients", with_grad)
+        _, grads = _grads(fn, batch, lengths, what, with_grad)
+        _check_gradients(spec, batch, lengths, grads, what)
+
+
+def _check_gradients(spec: FamilySpec, batch, lengths, grads, what: str) -> None:
     dtype = batch[0].dtype
-    what = f"{spec.describe()} gradients"
-    _, grads = _grads(fn, batch, lengths, what)
     rows = _rows(batch, lengths)
     B = len(rows)
     S = [float(sum(abs(x) for x in r[:4])) for r in rows]

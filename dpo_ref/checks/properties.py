@@ -252,13 +252,31 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, tol: torch.Tensor, what
         )
 
 
-def _losses_and_grads(fn: LossFn, inputs: tuple[torch.Tensor, ...], what: str) -> tuple[torch.Tensor, ...]:
-    """Per-example losses and d(sum of losses)/d(each input)."""
-    leaves = tuple(t.detach().clone().requires_grad_(True) for t in inputs)
+def grad_leaves(inputs: tuple[torch.Tensor, ...], references_require_grad: bool) -> tuple[torch.Tensor, ...]:
+    """Fresh leaves for (pc, pr, rc, rr[, ...]): the policy log-probs require grad; the references only when
+    asked. Trainers pass references that do not (computed under `torch.no_grad()` or precomputed), so a loss
+    must be right both ways; the gradient checks call it both ways."""
+    return tuple(
+        t.detach().clone().requires_grad_(k < 2 or references_require_grad) if k < 4 else t
+        for k, t in enumerate(inputs)
+    )
+
+
+def without_grad_note(what: str, references_require_grad: bool) -> str:
+    return what if references_require_grad else f"{what} (references without grad, as trainers pass them)"
+
+
+def _losses_and_grads(
+    fn: LossFn, inputs: tuple[torch.Tensor, ...], what: str, references_require_grad: bool = True
+) -> tuple[torch.Tensor, ...]:
+    """Per-example losses and d(sum of losses)/d(each input) (zeros where an input does not require grad)."""
+    leaves = grad_leaves(inputs, references_require_grad)
     out = _as_vector(fn(*leaves), leaves[0].shape[0], what)
     if not out.requires_grad:
         raise PropertyViolation(f"{what}: the losses do not depend differentiably on the policy log-probs")
-    grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+    wrt = [t for t in leaves if t.requires_grad]
+    found = iter(torch.autograd.grad(out.sum(), wrt, allow_unused=True))
+    grads = tuple((next(found) if t.requires_grad else None) for t in leaves)
     grads = tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves))
     return (out, *grads)
 
@@ -276,7 +294,6 @@ def check_values(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...]) ->
 def check_gradients(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...]) -> None:
     """Autograd gradients equal the closed form: dL/dpc = dL/dh = -dL/dpr = -dL/drc = dL/drr."""
     dtype = batch[0].dtype
-    _, gpc, gpr, grc, grr = _losses_and_grads(fn, batch, f"{spec.describe()} gradients")
     margin = preference_margin(*(t.double() for t in batch))
     slope = spec.dloss_dmargin(margin)
     curvature = spec.beta**2 / 4 if spec.variant != "ipo" else 2.0
@@ -285,11 +302,14 @@ def check_gradients(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...])
         * verdict_eps(dtype)
         * (spec.dloss_dmargin_scale(margin) + curvature * sum(t.detach().double().abs() for t in batch) + 1e-3)
     )
-    for grad, sign, name in ((gpc, 1, "policy_chosen"), (gpr, -1, "policy_rejected")):
-        _close(grad, sign * slope, tol, f"{spec.describe()} dL/d{name}_logps")
-    for grad, sign, name in ((grc, -1, "reference_chosen"), (grr, 1, "reference_rejected")):
-        if grad.abs().sum() > 0:  # a reference passed without grad support may legitimately give None
-            _close(grad, sign * slope, tol, f"{spec.describe()} dL/d{name}_logps")
+    for with_grad in (True, False):
+        what = without_grad_note(f"{spec.describe()} gradients", with_grad)
+        _, gpc, gpr, grc, grr = _losses_and_grads(fn, batch, what, with_grad)
+        for grad, sign, name in ((gpc, 1, "policy_chosen"), (gpr, -1, "policy_rejected")):
+            _close(grad, sign * slope, tol, without_grad_note(f"{spec.describe()} dL/d{name}_logps", with_grad))
+        for grad, sign, name in ((grc, -1, "reference_chosen"), (grr, 1, "reference_rejected")):
+            if grad.abs().sum() > 0:  # a reference passed without grad support may legitimately give None
+                _close(grad, sign * slope, tol, f"{spec.describe()} dL/d{name}_logps")
 
 
 def check_gradient_signs(fn: LossFn, spec: LossSpec, batch: tuple[torch.Tensor, ...]) -> None:
