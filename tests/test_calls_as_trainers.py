@@ -58,3 +58,46 @@ def test_its_reproduction_calls_it_as_trainers_do():
 @pytest.mark.parametrize("fn", [detaches_references, under_no_grad_references])
 def test_correct_losses_that_never_differentiate_the_references_conform(fn):
     assert dpo_ref.verify(fn, checks=["gradients", "values"], max_examples=20).passed
+
+
+class Agreeable(torch.Tensor):
+    """A tensor whose comparisons always agree: it would pass value checks done with `==` and `<=`."""
+
+    def __eq__(self, other):
+        return torch.ones(self.shape, dtype=torch.bool)
+
+    __le__ = __eq__
+
+
+def subclass_output(pc, pr, rc, rr, beta=0.1):
+    return (-F.logsigmoid(beta * (pc - pr))).as_subclass(Agreeable)  # wrong, and hiding it
+
+
+def complex_output(pc, pr, rc, rr, beta=0.1):
+    right = -F.logsigmoid(beta * ((pc - rc) - (pr - rr)))
+    return torch.complex(right, torch.ones_like(right))  # a real part that is right, an imaginary one that is not
+
+
+def parameter_output(pc, pr, rc, rr, beta=0.1):
+    return -F.logsigmoid(beta * ((pc - rc) - (pr - rr)))  # plain; control for the two above
+
+
+@pytest.mark.parametrize("fn, says", [(subclass_output, "torch.Tensor subclass"), (complex_output, "complex tensor")])
+def test_values_are_checked_on_plain_real_tensors_only(fn, says):
+    report = dpo_ref.verify(fn, max_examples=5)
+    assert not report.passed and says in report["call"].message
+
+
+def test_logps_subclass_output_is_refused():
+    def logps(logits, labels):
+        from dpo_ref.logps import sequence_logps
+
+        return sequence_logps(logits, labels).as_subclass(Agreeable)
+
+    report = dpo_ref.verify(logps, level="logps", max_examples=5)
+    assert not report.passed
+    assert any("torch.Tensor subclass" in c.message for c in report.failures)
+
+
+def test_a_plain_output_of_the_same_code_conforms():
+    assert dpo_ref.verify(parameter_output, max_examples=5).passed

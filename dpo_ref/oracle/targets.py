@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from dpo_ref import variants as V
-from dpo_ref.checks.properties import LossSpec
+from dpo_ref.checks.properties import LossSpec, PropertyViolation
 from dpo_ref.errors import InputError
 
 ADAPTERS = ("trl", "torchtune")
@@ -143,8 +143,23 @@ def first_item(out: object) -> object:
         for key in LOSS_KEYS:
             if key in out:
                 return out[key]
-        return next(iter(out.values()), out)
-    return out[0] if isinstance(out, tuple) and len(out) > 0 else out
+        return plain_tensor(next(iter(out.values()), out))
+    return plain_tensor(out[0] if isinstance(out, tuple) and len(out) > 0 else out)
+
+
+def plain_tensor(out: object) -> object:
+    """`out` unchanged, unless it is a tensor the checks cannot trust: a `torch.Tensor` subclass (it may
+    override `==`, `<=` or arithmetic, and so agree with anything) or a complex tensor (the imaginary part
+    would be dropped silently). Those are refused: a failed check saying so."""
+    if isinstance(out, torch.Tensor):
+        if type(out) not in (torch.Tensor, torch.nn.Parameter):
+            raise PropertyViolation(
+                f"returned a {type(out).__name__}, a torch.Tensor subclass; the checks compare plain tensors "
+                "only: return a torch.Tensor (e.g. out.as_subclass(torch.Tensor))"
+            )
+        if out.is_complex():
+            raise PropertyViolation(f"returned a complex tensor ({out.dtype}); losses and log-probs are real")
+    return out
 
 
 def _reward_key(key: str, side: str) -> bool:
