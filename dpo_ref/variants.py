@@ -244,7 +244,7 @@ class Variant:
 # The properties (oracle checks) of the two tables, `dpo_ref.oracle.catalogue` and `dpo_ref.oracle.family_checks`.
 MARGIN_PROPERTIES = ("values", "values_float32", "large_batch", "gradients", "z_cancellation", "init", "swap",
                      "permutation", "batch_independence", "finite", "inputs_unmodified", "reduction", "rewards",
-                     "rewards_detached")  # fmt: skip
+                     "rewards_detached", "repeatable")  # fmt: skip
 GENERAL_PROPERTIES = ("values", "values_float32", "gradients", "shift", "batch_structure", "bounds_finite",
                       "inputs_unmodified")  # fmt: skip
 

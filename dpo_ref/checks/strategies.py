@@ -196,6 +196,25 @@ def token_batches(
     return TokenBatch(rows=rows, vocab_size=V, padding_side=side, extra_padding=extra, seed=seed)
 
 
+def fixed_token_batch(batch: int, prompt: int, response: int, vocab: int, seed: int = 0) -> TokenBatch:
+    """One deterministic TokenBatch of a given shape (the strategies above draw small shapes; the oracle also
+    runs a few fixed large ones: long sequences, a large vocabulary, a large batch)."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(batch):
+        ids = torch.randint(0, vocab, (prompt + response,), generator=gen)
+        labels = ids.clone()
+        labels[:prompt] = IGNORE_INDEX
+        rows.append((labels, torch.randn(prompt + response, vocab, generator=gen, dtype=torch.float64) * 3.0))
+    return TokenBatch(rows=rows, vocab_size=vocab, padding_side="right", extra_padding=1, seed=seed)
+
+
+def fixed_preference_batch(size: int = 8, seed: int = 0) -> PreferenceBatch:
+    """One deterministic PreferenceBatch of moderate log-probs (for calls repeated on the same input)."""
+    gen = torch.Generator().manual_seed(seed)
+    return PreferenceBatch(*(-torch.rand(size, generator=gen, dtype=torch.float64) * 40.0 for _ in range(4)))
+
+
 def scored_token_counts(size: int, max_count: int = 64) -> st.SearchStrategy[tuple[torch.Tensor, torch.Tensor]]:
     """(chosen_lengths, rejected_lengths): scored-token counts >= 1 for `size` pairs, float64, often unequal."""
     counts = st.lists(st.integers(1, max_count), min_size=size, max_size=size)

@@ -138,7 +138,15 @@ def _base(dtype: torch.dtype = torch.float64, **batch_kw) -> Callable[[Config], 
     return strategy
 
 
-LARGE_BATCH = 96
+LARGE_BATCH = 256
+# A target that is wrong on a fraction p of its calls (a race, a cache, a rarely taken branch) is caught by the
+# drawn examples only if one of them hits it and it then reproduces while Hypothesis shrinks; the fixed sample
+# is called REPEATS times on one input besides: P(caught) >= 1 - (1 - p)^REPEATS, 95 % at p = 3 %.
+REPEATS = 100
+# Fixed large shapes (batch, prompt, response, vocab) for the log-prob level, one dimension large at a time so
+# memory stays small: chunking over the sequence (1024 positions), over the vocabulary (32768 > any 2^k
+# chunk of 32k or less), over the batch (256 rows).
+LARGE_SHAPES = ((1, 8, 1016, 50), (2, 4, 8, 32768), (256, 3, 3, 7))
 
 
 def _large(ex: dict) -> dict:
@@ -205,6 +213,17 @@ def _run_values(target, cfg, ex):
 def _run_gradients(target, cfg, ex):
     fn, spec = _pe(target, cfg, ex)
     P.check_gradients(fn, spec, _tensors(ex))
+
+
+def _fixed_sample(cfg: Config) -> st.SearchStrategy[dict]:
+    coef = float(cfg.beta) if cfg.beta is not None else 0.1
+    eps = (float(cfg.label_smoothing) if cfg.label_smoothing is not None else 0.1) if cfg.smoothed else 0.0
+    return st.just({"batch": dst.fixed_preference_batch(), "coef": coef, "eps": eps, "dtype": torch.float64})
+
+
+def _run_repeated(target, cfg, ex):
+    for _ in range(REPEATS):
+        _run_values(target, cfg, ex)
 
 
 def _run_large(target, cfg, ex):
@@ -363,6 +382,14 @@ MARGIN_CHECKS: tuple[Check, ...] = (
     ),
     Check("swap", "swapping chosen and rejected gives the loss at -h", _base(), _run_swap, _loss(S.swap), value=True),
     Check(
+        "repeatable",
+        f"the same input called {REPEATS} times gives the right values every time (a rare wrong answer is caught)",
+        _fixed_sample,
+        _run_repeated,
+        _loss(S.repeated(S.values, REPEATS)),
+        value=True,
+    ),
+    Check(
         "monotone",
         "the loss does not increase with the margin",
         _monotone_strategy,
@@ -493,6 +520,17 @@ def _multiplying_mask(target, cfg: Config) -> bool:
     return True
 
 
+def _large_shapes(cfg: Config) -> st.SearchStrategy[dict]:
+    return st.sampled_from(LARGE_SHAPES).map(
+        lambda shape: {"batch": dst.fixed_token_batch(*shape), "dtype": torch.float64, "shape": shape}
+    )
+
+
+def _run_logps_repeated(t, cfg, ex):
+    for _ in range(REPEATS):
+        P.check_logps_values(t, ex["batch"], cfg.average, torch.float64)
+
+
 LOGPS_CHECKS: tuple[Check, ...] = (
     Check(
         "logps_values",
@@ -510,6 +548,26 @@ LOGPS_CHECKS: tuple[Check, ...] = (
         _scaled_token_batches(torch.float32),
         _run_logps_values(torch.float32),
         S.logps_values,
+        inputs=S.logps_inputs,
+        value=True,
+        table=LOGPS,
+    ),
+    Check(
+        "logps_large_shapes",
+        "a 1024-token sequence, a 32768-token vocabulary and a batch of 256 (chunking bugs live there)",
+        _large_shapes,
+        _run_logps_values(torch.float64),
+        S.logps_values,
+        inputs=S.logps_inputs,
+        value=True,
+        table=LOGPS,
+    ),
+    Check(
+        "logps_repeatable",
+        f"the same input called {REPEATS} times gives the right log-probs every time",
+        lambda cfg: st.just({"batch": dst.fixed_token_batch(4, 3, 5, 11), "dtype": torch.float64}),
+        _run_logps_repeated,
+        S.repeated(S.logps_values, REPEATS),
         inputs=S.logps_inputs,
         value=True,
         table=LOGPS,

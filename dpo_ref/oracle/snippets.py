@@ -143,6 +143,16 @@ def large_batch(target, spec, ex, err) -> str:
     return body(target, spec, ex, err)
 
 
+def repeated(body, times: int):
+    """A snippet that calls the target `times` times: a wrong answer on some calls only shows in a loop."""
+
+    def snippet(target, spec, ex, err) -> str:
+        inner = body(target, spec, ex, err).splitlines()
+        return "\n".join([f"for call in range({times}):", *("    " + line for line in inner)])
+
+    return snippet
+
+
 def z_cancellation(target, spec, ex, err) -> str:
     f = torch.tensor(ex["shift"], dtype=ex.get("dtype", torch.float64))
     tol = getattr(err, "tol", 0.0)
