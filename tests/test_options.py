@@ -15,7 +15,7 @@ import dpo_ref
 from dpo_ref.oracle import cli as oracle_cli
 from dpo_ref.oracle import options
 
-OWN_CLI = {"target", "json", "isolate", "timeout", "help"}  # the command's own, not settings of a verification
+OWN_CLI = {"target", "json", "isolate", "timeout", "report_fd", "help"}  # the command's own, not settings of a verification
 OWN_API = {"fn", "name", "progress"}
 
 
