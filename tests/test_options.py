@@ -15,7 +15,8 @@ import dpo_ref
 from dpo_ref.oracle import cli as oracle_cli
 from dpo_ref.oracle import options
 
-OWN_CLI = {"target", "json", "isolate", "timeout", "report_fd", "help"}  # the command's own, not settings of a verification
+# the command's own arguments, not settings of a verification
+OWN_CLI = {"target", "json", "isolate", "timeout", "report_fd", "help"}
 OWN_API = {"fn", "name", "progress"}
 
 

@@ -81,7 +81,32 @@ def softmax_over_positions(logits, labels):
 
 
 # name -> (average, the checks that must fail); every check of the catalogue is in some entry (meta-tested)
+
+
+def vocab_chunks_first_only(logits, labels, chunk=4096):
+    """Memory-lean log-softmax over vocabulary chunks that normalises over the first chunk only."""
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    mask = labels != -100
+    picked = logits.gather(-1, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
+    return ((picked - logits[..., :chunk].logsumexp(-1)) * mask).sum(-1)
+
+
+_calls = [0]
+
+
+def wrong_now_and_then(logits, labels):
+    """Right, except on one call in 40, where it is 0.01 off."""
+    _calls[0] += 1
+    logp = logits[:, :-1].log_softmax(-1)
+    labels = labels[:, 1:]
+    mask = labels != -100
+    out = (logp.gather(-1, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1) * mask).sum(-1)
+    return out + 0.01 if _calls[0] % 40 == 0 else out
+
+
 EXPECTED = {
+    "vocab_chunks_first_only": (False, ("logps_large_shapes",)),
+    "wrong_now_and_then": (False, ("logps_repeatable",)),
     "no_shift": (False, ("logps_values",)),
     "shift_wrong_way": (False, ("logps_values",)),
     "no_mask": (False, ("logps_values", "logps_unscored_ignored")),

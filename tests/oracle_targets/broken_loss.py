@@ -167,7 +167,19 @@ def rewards_with_graph(pc, pr, rc, rr, beta=0.1):
 
 
 # name -> (variant, the checks that must fail); every check of the catalogue is in some entry (meta-tested)
+
+_calls = [0]
+
+
+def wrong_now_and_then(pc, pr, rc, rr, beta=0.1):
+    """Right, except on one call in 40 (a cache, a race, a rarely taken branch), where it is 1 % off."""
+    _calls[0] += 1
+    out = -F.logsigmoid(beta * _h(pc, pr, rc, rr))
+    return out * 1.01 if _calls[0] % 40 == 0 else out
+
+
 EXPECTED = {
+    "wrong_now_and_then": ("dpo", ("repeatable",)),
     "wrong_sign": ("dpo", ("values", "gradient_signs", "swap", "monotone")),
     "no_reference": ("dpo", ("values", "init")),
     "beta_outside": ("dpo", ("values", "gradients")),
