@@ -17,6 +17,7 @@ _LAZY = {
     "ipo_loss": "dpo_ref.losses",
     "preference_margin": "dpo_ref.losses",
     "sequence_logps": "dpo_ref.logps",
+    "packed_sequence_logps": "dpo_ref.logps",
     "verify": "dpo_ref.oracle",
     "parametrize_with_dpo_checks": "dpo_ref.oracle",
 }

@@ -147,6 +147,19 @@ def token_logps(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _ShiftedTokenLogps.apply(logits.unsqueeze(0), target.unsqueeze(0)).squeeze(0)  # S = T: no shift
 
 
+def _check_label_range(shifted_labels: torch.Tensor, mask: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    """Every scored label is a token id in [0, vocab) (named by its position in the unshifted labels)."""
+    if not bool(mask.any()):
+        return
+    bad = mask & ((shifted_labels < 0) | (shifted_labels >= vocab))
+    if bool(bad.any()):
+        b, t = (int(i) for i in bad.nonzero()[0])
+        raise InputError(
+            f"labels[{b}, {t + 1}] = {int(shifted_labels[b, t])} is not a token id in [0, {vocab}) "
+            f"nor ignore_index={ignore_index}"
+        )
+
+
 def sequence_logps(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -175,15 +188,8 @@ def sequence_logps(
     if validate:
         check_logits_labels(logits, labels)
     shifted_labels, mask, target = shift_labels(labels, ignore_index)  # (B, T-1) each
-    if validate and mask.any():
-        vocab = logits.shape[-1]
-        bad = mask & ((shifted_labels < 0) | (shifted_labels >= vocab))
-        if bool(bad.any()):
-            b, t = (int(i) for i in bad.nonzero()[0])
-            raise InputError(
-                f"labels[{b}, {t + 1}] = {int(shifted_labels[b, t])} is not a token id in [0, {vocab}) "
-                f"nor ignore_index={ignore_index}"
-            )
+    if validate:
+        _check_label_range(shifted_labels, mask, logits.shape[-1], ignore_index)
     token_logps = _ShiftedTokenLogps.apply(logits, target)  # (B, T-1): position t scores label t+1
     token_logps = torch.where(mask, token_logps, torch.zeros_like(token_logps))
     total = token_logps.sum(-1)  # (B,)
@@ -196,4 +202,73 @@ def sequence_logps(
             f"labels row {row} has no scored token (every label after the first is ignore_index={ignore_index}); "
             "an average over zero tokens is undefined"
         )
+    return total / counts.to(total.dtype)
+
+
+def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> None:
+    """`cu_seqlens` (S+1,): integer segment boundaries from 0 to `total`, non-decreasing (flash-attention's varlen)."""
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise InputTypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+        raise InputError(f"cu_seqlens must have shape (S+1,) with S >= 1 segments, got {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype == torch.bool or cu_seqlens.is_complex():
+        raise InputTypeError(f"cu_seqlens must be an integer tensor of offsets, got dtype {cu_seqlens.dtype}")
+    ends = cu_seqlens.tolist()
+    if ends[0] != 0 or ends[-1] != total or any(b < a for a, b in zip(ends, ends[1:])):
+        raise InputError(
+            f"cu_seqlens must rise from 0 to the packed length {total} (segment s is positions "
+            f"cu_seqlens[s]:cu_seqlens[s+1]), got {ends}"
+        )
+
+
+def packed_sequence_logps(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    *,
+    ignore_index: int = IGNORE_INDEX,
+    average: bool = False,
+    validate: bool = True,
+) -> torch.Tensor:
+    """`sequence_logps` of each segment of a packed row, shape `(S,)` (padding-free training).
+
+        logps[s] = sum_{a_s < t < a_{s+1} : labels[0, t] != ignore_index} log softmax(logits[0, t-1])[labels[0, t]]
+
+    with a_s = cu_seqlens[s]. The one-token shift happens inside each segment: a segment's first label is
+    never scored (the previous segment's last logits do not predict it), so packing S sequences gives
+    exactly the S values `sequence_logps` gives each of them alone.
+
+    Args:
+        logits: `(1, N, V)` logits of the packed row, aligned with its input ids.
+        labels: `(1, N)` token ids aligned with the input ids; `ignore_index` where not scored.
+        cu_seqlens: `(S+1,)` segment boundaries, 0 = cu_seqlens[0] <= ... <= cu_seqlens[S] = N.
+        average: divide each segment by its number of scored tokens.
+
+    Proof: `dpo-loss` (per segment, as `sequence_logps`). Properties: the `packed` level of the oracle
+    (`dpo_ref.oracle.packed`: one segment at a time against `properties.loop_sequence_logps`).
+    """
+    if validate:
+        check_logits_labels(logits, labels)
+        if logits.shape[0] != 1:
+            raise InputError(f"logits must be one packed row (1, N, V), got {tuple(logits.shape)}")
+        check_cu_seqlens(cu_seqlens, labels.shape[1])
+    cu = cu_seqlens.to(device=labels.device, dtype=torch.long)
+    positions = torch.arange(labels.shape[1], device=labels.device)  # (N,)
+    segment = torch.searchsorted(cu[1:], positions, right=True)  # (N,): the segment of each position
+    starts = torch.zeros_like(labels, dtype=torch.bool)  # (1, N)
+    starts[0, cu[:-1][cu[:-1] < labels.shape[1]]] = True  # (an empty last segment starts at N: nothing to mark)
+    labels = torch.where(starts, torch.full_like(labels, ignore_index), labels)  # a segment's first label: unscored
+    shifted_labels, mask, target = shift_labels(labels, ignore_index)  # (1, N-1): position t scores label t+1
+    if validate:
+        _check_label_range(shifted_labels, mask, logits.shape[-1], ignore_index)
+    token_logps = _ShiftedTokenLogps.apply(logits, target)  # (1, N-1)
+    token_logps = torch.where(mask, token_logps, torch.zeros_like(token_logps))[0]  # (N-1,)
+    S = cu.shape[0] - 1
+    total = torch.zeros(S, dtype=token_logps.dtype, device=token_logps.device).index_add(0, segment[1:], token_logps)
+    if not average:
+        return total  # (S,)
+    counts = torch.zeros(S, dtype=torch.long, device=labels.device).index_add(0, segment[1:], mask[0].long())
+    if validate and bool((counts == 0).any()):
+        s = int((counts == 0).nonzero()[0, 0])
+        raise InputError(f"segment {s} of cu_seqlens has no scored token; an average over zero tokens is undefined")
     return total / counts.to(total.dtype)

@@ -18,6 +18,7 @@ and extra padding must not change a correct `sequence_logps`.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -131,7 +132,9 @@ class TokenBatch:
     `rows[i]` is `(labels, logits)` for one unpadded sequence of length L_i: labels `(L_i,)` with
     IGNORE_INDEX on the prompt, logits `(L_i, V)` float64 as a model would give them, aligned with
     the input ids. `padded()` places the rows in a (B, T) batch; pad positions get label IGNORE_INDEX
-    and arbitrary (random) logits, which a correct implementation never reads.
+    and arbitrary (random) logits, which a correct implementation never reads. A row's first label
+    (set when it has no prompt) stays at position 0 with right padding, where a correct scorer skips
+    it, and becomes IGNORE_INDEX after left padding, where a pad position would otherwise predict it.
     """
 
     rows: list[tuple[torch.Tensor, torch.Tensor]]
@@ -159,8 +162,29 @@ class TokenBatch:
             L = row_labels.shape[0]
             start = 0 if side == "right" else T - L
             labels[b, start : start + L] = row_labels
+            labels[b, start] = IGNORE_INDEX  # a row's first label is never scored: after left padding, say so
             logits[b, start : start + L] = row_logits
         return logits.to(dtype), labels
+
+    def packed(self, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows as one packed row: `(logits (1, N, V), labels (1, N), cu_seqlens (S+1,) int32)`, no padding."""
+        labels = torch.cat([lab for lab, _ in self.rows])[None]  # (1, N)
+        logits = torch.cat([lg for _, lg in self.rows])[None].to(dtype)  # (1, N, V)
+        cu_seqlens = torch.tensor([0, *itertools.accumulate(self.lengths)], dtype=torch.int32)  # (S+1,)
+        return logits, labels, cu_seqlens
+
+
+def _row(gen: torch.Generator, prompt: int, response: int, vocab: int, scale: float, holes: bool):
+    """One unpadded row: `prompt` unscored positions, then `response` scored ones, -100 holes in them
+    (a third of the response positions but its last) with `holes`. (labels (L,), logits (L, V))."""
+    ids = torch.randint(0, vocab, (prompt + response,), generator=gen)
+    labels = ids.clone()
+    labels[:prompt] = IGNORE_INDEX
+    if holes and response > 1:
+        hole = torch.rand(response - 1, generator=gen) < 1 / 3  # the last position stays scored
+        labels[prompt : prompt + response - 1][hole] = IGNORE_INDEX
+    logits = torch.randn(prompt + response, vocab, generator=gen, dtype=torch.float64) * scale
+    return labels, logits
 
 
 @st.composite
@@ -176,24 +200,56 @@ def token_batches(
 
     Every row is `prompt + response`; the prompt's labels are IGNORE_INDEX. With `extra_padding == 0`
     the longest row reaches the last position. `allow_empty_response` adds rows with nothing to score.
+    A prompt may be empty (the first label is then set: nothing predicts it, a correct scorer skips it)
+    and a response may have -100 holes; every row still scores at least one label after the first.
     """
     B = draw(st.integers(1, max_batch))
     V = draw(st.integers(2, max_vocab))
     seed = draw(st.integers(0, 2**31 - 1))
     scale = draw(st.sampled_from([0.1, 1.0, 5.0, 30.0]))  # peaky or flat distributions
+    holes = draw(st.booleans())
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for _ in range(B):
-        p = draw(st.integers(1, max_prompt))
-        r = draw(st.integers(0 if allow_empty_response else 1, max_response))
-        ids = torch.randint(0, V, (p + r,), generator=gen)
-        labels = ids.clone()
-        labels[:p] = IGNORE_INDEX
-        logits = torch.randn(p + r, V, generator=gen, dtype=torch.float64) * scale
-        rows.append((labels, logits))
+        p = draw(st.integers(0, max_prompt))
+        r = draw(st.integers(0 if allow_empty_response else (1 if p else 2), max_response + (p == 0)))
+        rows.append(_row(gen, p, r, V, scale, holes))
     side = draw(st.sampled_from(["left", "right"]))
     extra = draw(st.sampled_from([0, 0, 1, 3]))
     return TokenBatch(rows=rows, vocab_size=V, padding_side=side, extra_padding=extra, seed=seed)
+
+
+@st.composite
+def packed_batches(
+    draw, max_segments: int = 8, max_length: int = 9, max_vocab: int = 23, boundary: bool = False, average: bool = False
+) -> TokenBatch:
+    """Segments for one packed row (`TokenBatch.packed()`): lengths from 1 (nothing to score) up, prompts
+    from none up, -100 holes. `boundary`: every segment's first label is set (a scorer that predicts across
+    a segment boundary scores it). `average`: every segment scores at least one label after its first."""
+    S = draw(st.integers(1, max_segments))
+    V = draw(st.integers(2, max_vocab))
+    seed = draw(st.integers(0, 2**31 - 1))
+    scale = draw(st.sampled_from([0.1, 1.0, 5.0, 30.0]))
+    holes = draw(st.booleans())
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(S):
+        p = 0 if boundary else draw(st.integers(0, max_length - 1))
+        least = (1 if p else 2) if average else 0
+        r = draw(st.integers(least, max(least, max_length - p)))
+        rows.append(_row(gen, p, r, V, scale, holes) if p + r else _row(gen, 0, 1, V, scale, holes))
+    return TokenBatch(rows=rows, vocab_size=V, padding_side="right", extra_padding=0, seed=seed)
+
+
+def fixed_packed_batch(segments: int, max_length: int, vocab: int, seed: int = 0) -> TokenBatch:
+    """One deterministic packed batch: `segments` segments of lengths 1..max_length, half without a prompt."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for s in range(segments):
+        length = int(torch.randint(1, max_length + 1, (1,), generator=gen))
+        prompt = 0 if s % 2 else int(torch.randint(0, length, (1,), generator=gen))
+        rows.append(_row(gen, prompt, length - prompt, vocab, 3.0, holes=s % 3 == 0))
+    return TokenBatch(rows=rows, vocab_size=vocab, padding_side="right", extra_padding=0, seed=seed)
 
 
 def fixed_token_batch(batch: int, prompt: int, response: int, vocab: int, seed: int = 0) -> TokenBatch:

@@ -37,6 +37,8 @@ from dpo_ref.oracle.levels import (
     check_names,
     verify_logps,
     verify_loss,
+    verify_packed,
+    verify_pipeline,
 )
 from dpo_ref.oracle.options import REDUCTIONS, read_xfail_file
 from dpo_ref.oracle.report import FAILED, PASSED, XFAILED, XPASSED, CheckResult, Report
@@ -45,13 +47,14 @@ from dpo_ref.oracle.targets import (
     LogpsTarget,
     LossTarget,
     TargetImportFailed,
+    check_call_signature,
     check_logps_signature,
     import_source,
     load_target,
 )
 from dpo_ref.variants import ALIASES, FAMILY_MAX_EXAMPLES, FAMILY_VARIANTS, VARIANTS
 
-LEVELS = ("loss", "logps")
+LEVELS = ("loss", "logps", "packed", "pipeline")
 DEFAULT_MAX_EXAMPLES = 100
 
 __all__ = ["DEFAULT_MAX_EXAMPLES", "check_names", "make_config", "read_xfail_file", "verify"]
@@ -67,13 +70,23 @@ def make_config(
     reduction: str = "auto",
     coefficients: dict | None = None,
     fail_fast: bool = False,
+    convention: str | None = None,
+    level: str | None = None,
 ) -> Config:
     """Validated settings; `InputError` naming the bad argument. A registry alias names its variant."""
     if not isinstance(variant, str) or (variant not in VARIANTS and variant not in ALIASES):
         raise InputError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     variant = V.get(variant).name
+    if max_examples is None and level == "pipeline":
+        from dpo_ref.oracle.pipeline import MAX_EXAMPLES as max_examples
     if max_examples is None:
         max_examples = DEFAULT_MAX_EXAMPLES if variant not in FAMILY_VARIANTS else FAMILY_MAX_EXAMPLES
+    if convention is not None:
+        if level != "pipeline":
+            raise InputError(f"convention applies to the pipeline level only (got level {level!r})")
+        from dpo_ref.oracle.pipeline import Convention
+
+        convention = str(Convention.parse(convention))
     if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0):
         raise InputError(f"beta must be a positive number, got {beta!r}")
     if beta is not None and not math.isfinite(beta):
@@ -105,6 +118,7 @@ def make_config(
         reduction=reduction,
         coefficients=tuple(sorted(fixed.items())),
         fail_fast=bool(fail_fast),
+        convention=convention,
     )
 
 
@@ -241,6 +255,16 @@ def _verify(fn, level: str, cfg: Config, checks, name: str | None, progress: Pro
     if level == "loss":
         target = LossTarget.from_callable(fn, cfg.variant, target_name, import_src)
         return verify_loss(target, cfg, checks, progress)
+    if level == "packed":
+        from dpo_ref.oracle.packed import CALL_ARGS, PACKED_HINT, PackedTarget
+
+        check_call_signature(fn, target_name, CALL_ARGS, PACKED_HINT)
+        return verify_packed(PackedTarget(fn, target_name, import_src), cfg, checks, progress)
+    if level == "pipeline":
+        from dpo_ref.oracle.pipeline import CALL_ARGS, PIPELINE_HINT, PipelineTarget
+
+        check_call_signature(fn, target_name, CALL_ARGS, PIPELINE_HINT)
+        return verify_pipeline(PipelineTarget(fn, target_name, import_src), cfg, checks, progress)
     check_logps_signature(fn, target_name)
     return verify_logps(LogpsTarget(fn, target_name, import_src), cfg, checks, progress)
 
@@ -251,7 +275,7 @@ def apply_xfail(report: Report, xfail: Iterable[str]) -> None:
     if not names:
         return
     known = {c.name for c in report.checks}
-    if report.level in ("loss", "logps"):  # a check left out by `checks=` is still a known name, not a typo
+    if report.level in LEVELS:  # a check left out by `checks=` is still a known name, not a typo
         known |= set(check_names(report.level, report.variant))
     unknown = names - known
     if unknown:

@@ -24,6 +24,9 @@ from dpo_ref.checks import properties as P
 from dpo_ref.checks import strategies as dst
 
 LOGPS = "logps"  # the table of log-prob-level checks
+PACKED = "packed"  # the packed (padding-free) level's checks, dpo_ref.oracle.packed
+PIPELINE = "pipeline"  # the pipeline level's checks, dpo_ref.oracle.pipeline
+LEVEL_TABLES = (LOGPS, PACKED, PIPELINE)  # tables whose checks apply to every variant (the convention is the Config's)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Config:
     reduction: str = "auto"  # declared batch reduction: auto accepts per-example losses or the batch mean
     coefficients: tuple[tuple[str, float], ...] = ()  # family variants: fixed coefficients (others are drawn)
     fail_fast: bool = False  # stop at the first failing check (a verdict sooner; the rest are reported as not run)
+    convention: str | None = None  # pipeline level: pinned tokenisation convention (e.g. "joint+eos"); None: detected
 
     @property
     def family(self) -> str | None:
@@ -86,7 +90,7 @@ class Check:
 
     def applies(self, variant: str) -> bool:
         """Whether the registry lists this check among `variant`'s properties (in this check's table)."""
-        if self.table == LOGPS:
+        if self.table in LEVEL_TABLES:
             return True  # every variant's log-probs are scored the same way (the convention comes from the Config)
         record = V.REGISTRY[variant]
         return record.oracle == self.table and self.name in record.properties

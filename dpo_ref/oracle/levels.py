@@ -34,16 +34,38 @@ def loss_checks(variant: str = "dpo") -> tuple:
     return tuple(c for c in LOSS_CHECKS if c.applies(variant))
 
 
+def level_checks(level: str, variant: str = "dpo") -> tuple:
+    """The checks run at `level` for `variant`."""
+    if level == "loss":
+        return loss_checks(variant)
+    if level == "packed":
+        from dpo_ref.oracle.packed import PACKED_CHECKS
+
+        return PACKED_CHECKS
+    if level == "pipeline":
+        from dpo_ref.oracle.pipeline import PIPELINE_CHECKS
+
+        return PIPELINE_CHECKS
+    return LOGPS_CHECKS
+
+
 def check_names(level: str, variant: str = "dpo") -> list[str]:
     """The names of the checks run at `level` for `variant` (what an xfail file may list)."""
-    return ["call"] + [c.name for c in (loss_checks(variant) if level == "loss" else LOGPS_CHECKS)]
+    return ["call"] + [c.name for c in level_checks(level, variant)]
 
 
 def settings_for(cfg: Config, level: str) -> dict:
     """The settings a report shows: what was claimed and how hard the checks looked."""
     unit = "eps_dtype (float64-exact demanded: --strict)" if cfg.strict else "max(eps_dtype, eps_float32)"
     out = {"max_examples per check": cfg.max_examples}
-    if level == "logps":
+    if level == "pipeline":
+        out["expected"] = "each row scored alone, unpadded, positions 0..L-1, float64, under the detected convention"
+        out["models"] = "Llama (rotary) and GPT-2 (absolute positions), tokenizers with and without a pad token"
+        out["tolerance"] = f"{TOLERANCE_K:g} u (4 n_tokens (max|logit| + 1) + 1), u = max(eps_float64, eps_float32)"
+        if cfg.convention:
+            out["convention"] = f"pinned: {cfg.convention}"
+        return out
+    if level in ("logps", "packed"):
         out["convention"] = "mean over scored tokens" if cfg.average else "sum over scored tokens"
         out["tolerance"] = f"{TOLERANCE_K:g} u (4 n_tokens (max|logit| + 1) + 1), u = {unit}"
         return out
@@ -211,7 +233,7 @@ def verify_logps(
 ) -> Report:
     """All log-prob-level checks on a target fn(logits, labels) -> (B,)."""
     report = Report(target.name, "logps", cfg.variant, settings=settings_for(cfg, "logps"))
-    selected = select(LOGPS_CHECKS, only, "logps")
+    selected = select(level_checks("logps"), only, "logps")
     call = CheckResult("call", PASSED, "accepts (logits (B, T, V), labels (B, T)) and returns (B,)")
     logits = torch.zeros(2, 4, 3, dtype=torch.float64)
     labels = torch.tensor([[-100, 1, 2, -100], [-100, -100, 0, 1]])
@@ -242,4 +264,72 @@ def verify_logps(
     _run_all(report, selected, target, cfg, progress)
     if _worth_diagnosing(report, selected):
         report.diagnosis += diagnosis.diagnose_logps(target, cfg.average)
+    return report
+
+
+def verify_packed(target, cfg: Config, only: Iterable[str] | None = None, progress: Progress = None) -> Report:
+    """All packed-level checks on a target fn(logits (1, N, V), labels (1, N), cu_seqlens (S+1,)) -> (S,)."""
+    from dpo_ref.oracle import packed
+
+    report = Report(target.name, "packed", cfg.variant, settings=settings_for(cfg, "packed"))
+    selected = select(level_checks("packed"), only, "packed")
+    call = CheckResult("call", PASSED, "accepts (logits (1, N, V), labels (1, N), cu_seqlens (S+1,)) and returns (S,)")
+    logits = torch.zeros(1, 5, 3, dtype=torch.float64)
+    labels = torch.tensor([[-100, 1, 2, -100, 0]])
+    cu_seqlens = torch.tensor([0, 3, 5], dtype=torch.int32)
+
+    def basic():
+        out = target(logits, labels, cu_seqlens)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2,):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise AssertionError(f"returned {shape} for 2 segments; expected a tensor of shape (2,)")
+
+    try:
+        guarded(basic)
+    except Exception as err:
+        lines = [
+            target.import_src,
+            "logits = torch.zeros(1, 5, 3, dtype=torch.float64)",
+            "labels = torch.tensor([[-100, 1, 2, -100, 0]])",
+            "cu_seqlens = torch.tensor([0, 3, 5], dtype=torch.int32)  # segments [0, 3) and [3, 5)",
+            f"print({target.call_src()})  # expected log(1/3) * [2, 1]",
+        ]
+        return _basic_call_failed(report, call, err, selected, lines, progress)
+    _emit(report, call, progress)
+    _run_all(report, selected, target, cfg, progress)
+    if _worth_diagnosing(report, selected):
+        report.diagnosis += packed.diagnose_packed(target, cfg.average)
+    return report
+
+
+def verify_pipeline(target, cfg: Config, only: Iterable[str] | None = None, progress: Progress = None) -> Report:
+    """All pipeline-level checks on fn(model, tokenizer, examples) -> (chosen_logps, rejected_logps): the call on
+    a probe batch, the convention detected there (or pinned), every check, then a diagnosis."""
+    from dpo_ref.oracle import pipeline, pipeline_diagnosis
+    from dpo_ref.oracle.pipeline_worlds import WORLDS
+
+    report = Report(target.name, "pipeline", cfg.variant, settings=settings_for(cfg, "pipeline"))
+    selected = select(level_checks("pipeline"), only, "pipeline")
+    call = CheckResult(
+        "call", PASSED, "accepts (model, tokenizer, examples) and returns (chosen_logps, rejected_logps)"
+    )
+    world = WORLDS["llama"]
+    try:
+        guarded(lambda: target(world.model(), world.tokenizer(), pipeline.PROBE))
+    except Exception as err:
+        lines = [
+            target.import_src,
+            "from dpo_ref.oracle.pipeline_worlds import WORLDS",
+            "world = WORLDS['llama']",
+            f"examples = {pipeline.PROBE!r}",
+            f"print({target.call_src('world.model(), world.tokenizer(), examples')})",
+        ]
+        return _basic_call_failed(report, call, err, selected, lines, progress)
+    target.conventions = guarded(lambda: pipeline.detect(target, cfg))
+    report.detected["convention"] = pipeline.describe_detection(target.conventions)
+    _emit(report, call, progress)
+    _run_all(report, selected, target, cfg, progress)
+    failed = {c.name for c in report.checks if c.failed}
+    if failed:
+        report.diagnosis += pipeline_diagnosis.diagnose(target, cfg, failed)
     return report

@@ -23,7 +23,7 @@ from dpo_ref.variants import ALIASES, CLASSIC_VARIANTS, VARIANTS
 
 CLI, PYTEST, API, ISOLATE = "cli", "pytest", "api", "isolate"
 EVERYWHERE = frozenset({CLI, PYTEST, API, ISOLATE})
-LEVELS = ("loss", "logps", "library")
+LEVELS = ("loss", "logps", "packed", "pipeline", "library")
 REDUCTIONS = ("auto", "none", "mean", "sum")
 
 
@@ -134,7 +134,9 @@ _VARIANT_HELP = (
 OPTIONS: tuple[VerifyOption, ...] = (
     VerifyOption(
         "level",
-        "loss: fn(pc, pr, rc, rr, beta=) -> losses; logps: fn(logits, labels) -> (B,); library: an adapter's "
+        "loss: fn(pc, pr, rc, rr, beta=) -> losses; logps: fn(logits, labels) -> (B,); packed: "
+        "fn(logits (1, N, V), labels (1, N), cu_seqlens (S+1,)) -> (S,); pipeline: fn(model, tokenizer, examples) "
+        "-> (chosen_logps, rejected_logps); library: an adapter's "
         "end-to-end run (default: loss, or every level an adapter supports)",
         choices=LEVELS,
     ),
@@ -176,7 +178,16 @@ OPTIONS: tuple[VerifyOption, ...] = (
         api_default=False,
         interfaces=frozenset({CLI, API, ISOLATE}),
     ),
-    VerifyOption("max_examples", "Hypothesis examples per check (default 100; mpmath-checked variants: 25)", type=int),
+    VerifyOption(
+        "convention",
+        "pipeline level: the tokenisation convention, separate|joint[+bos][+eos] (default: detected and reported)",
+        metavar="CONVENTION",
+    ),
+    VerifyOption(
+        "max_examples",
+        "Hypothesis examples per check (default 100; mpmath-checked variants: 25; pipeline: 20)",
+        type=int,
+    ),
     VerifyOption(
         "checks",
         "comma-separated check names to run (default: all)",

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+from hypothesis.errors import HypothesisWarning
 
 from dpo_ref.checks import properties as P
 from dpo_ref.oracle.catalogue import Check, Config
@@ -112,7 +114,9 @@ def _search(
             worst[0] = measured.worst(worst[0])
 
     try:
-        with _shrink_budget(SHRINK_SECONDS), P.strictness(cfg.strict):
+        with _shrink_budget(SHRINK_SECONDS), P.strictness(cfg.strict), warnings.catch_warnings():
+            # the large fixed samples make Hypothesis warn that their repr is long: the report never shows it
+            warnings.filterwarnings("ignore", message="Generating overly large repr", category=HypothesisWarning)
             prop()
     except Exception as err:
         return count[0], failing, err, worst[0]

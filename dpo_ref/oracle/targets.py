@@ -515,17 +515,23 @@ LOGPS_HINT = (
 )
 
 
-def check_logps_signature(fn: Callable, name: str) -> None:
-    """`InputError` (a usage error, with a hint) when fn cannot be called as fn(logits, labels)."""
+def check_call_signature(fn: Callable, name: str, args: tuple[str, ...], hint: str) -> None:
+    """`InputError` (a usage error, with `hint`) when fn cannot be called with the positional `args` alone."""
     slots = _slots(fn, ())
     if slots is None:
         return
     positional, required, required_kw = slots
-    if len(positional) < 2:
-        raise InputError(f"{name} takes {len(positional)} positional argument(s), not (logits, labels): {LOGPS_HINT}")
-    if len(required) > 2 or required_kw:
-        extra = ", ".join(required[2:] + required_kw)
-        raise InputError(f"{name} requires more than (logits, labels) ({extra}): {LOGPS_HINT}")
+    shown = ", ".join(args)
+    if len(positional) < len(args):
+        raise InputError(f"{name} takes {len(positional)} positional argument(s), not ({shown}): {hint}")
+    if len(required) > len(args) or required_kw:
+        extra = ", ".join(required[len(args) :] + required_kw)
+        raise InputError(f"{name} requires more than ({shown}) ({extra}): {hint}")
+
+
+def check_logps_signature(fn: Callable, name: str) -> None:
+    """`InputError` (a usage error, with a hint) when fn cannot be called as fn(logits, labels)."""
+    check_call_signature(fn, name, ("logits", "labels"), LOGPS_HINT)
 
 
 @dataclass

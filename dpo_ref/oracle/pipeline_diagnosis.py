@@ -1,0 +1,259 @@
+"""What a failing pipeline computes instead: each known mistake computed by the oracle itself, in float64, on a
+fixed diagnostic batch, and matched against the target's values there.
+
+Mistakes are of three kinds: which tokens are scored (the prompt too, the first completion token dropped, the
+row cut to N tokens, a BOS between prompt and completion), how the batch is laid out (left padding without
+position ids, pads attended or scored, with chosen and rejected padded together as one 2B batch or apart), and
+what is done with the values (chosen and rejected swapped, rows reordered or shifted, a mean for a sum, a
+normalisation by a batch statistic). The gradient and model-state checks name their own mistakes.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from dpo_ref.oracle.catalogue import Config
+from dpo_ref.oracle.pipeline import (
+    CONVENTIONS,
+    Convention,
+    PipelineTarget,
+    reference,
+    row_ids,
+    score_row,
+    tolerance,
+    values,
+)
+from dpo_ref.oracle.pipeline_worlds import WORLDS, World
+
+DIAGNOSTIC = [  # unequal lengths (padding shows), a long row (truncation shows), merges at the boundaries
+    {"prompt": "the rat sat on", "chosen": " the mat and then the rat ran at the ant there", "rejected": " ants"},
+    {"prompt": "a", "chosen": "n ant", "rejected": "t tea"},
+    {"prompt": "she sat there as the sun set", "chosen": " seas", "rejected": " the rest of the net as she ate"},
+    {"prompt": "rest", "chosen": "s", "rejected": "ers"},
+]
+
+EXPLAIN = {
+    "prompt-scored": "also scores the prompt's tokens",
+    "first-completion-token-dropped": "never scores the first completion token",
+    "truncated": "silently truncates each row to {n} tokens",
+    "bos-in-the-middle": "tokenises the completion with special tokens: a BOS sits between prompt and completion",
+    "left-padding-without-position-ids": "pads on the left without passing position ids (absolute positions shift)",
+    "attention-mask-ignored": "pads on the left and attends to the pads (no attention mask)",
+    "pads-scored": "also scores the padding after each completion (as the pad token)",
+    "chosen-rejected-swapped": "returns the rejected log-probs as chosen and the chosen as rejected",
+    "rows-reordered": "returns the rows in another order (e.g. sorted by length and not restored)",
+    "rows-shifted": "pairs each row's values with another row's (the 2B batch split at the wrong place)",
+    "mean-not-sum": "returns the mean over each completion's tokens, not the sum",
+    "sum-not-mean": "returns the sum over each completion's tokens, not the mean",
+    "batch-normalised": "scales every row by one batch-wide factor ({k:.4g}: e.g. divided by a batch token count)",
+}
+
+
+def _token_logps(model, ids: list[int]) -> torch.Tensor:
+    """(L-1,): log p(ids[t+1] | ids[:t+1]), the row alone (every scored-token mistake is a slice of it)."""
+    logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+    return logits[:-1].log_softmax(-1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+
+def _slice(lp: torch.Tensor, start: int, stop: int, average: bool) -> float:
+    part = lp[max(start - 1, 0) : max(stop - 1, 0)]
+    return float(part.sum() / max(part.numel(), 1)) if average else float(part.sum())
+
+
+def _token_variants(world: World, conv: Convention, average: bool) -> dict[str, list[torch.Tensor]]:
+    """Scored-token mistakes, each as (chosen, rejected) values computed one row at a time."""
+    tok, model = world.tokenizer(), world.model()
+    rows = {s: [row_ids(tok, e["prompt"], e[s], conv) for e in DIAGNOSTIC] for s in ("chosen", "rejected")}
+    with torch.no_grad():
+        lps = {s: [_token_logps(model, ids) for ids, _ in rows[s]] for s in rows}
+
+        def each(pick) -> list[torch.Tensor]:
+            return [
+                torch.tensor(
+                    [_slice(lp, *pick(ids, start), average) for (ids, start), lp in zip(rows[s], lps[s])],
+                    dtype=torch.float64,
+                )  # fmt: skip
+                for s in rows
+            ]
+
+        out = {
+            "prompt-scored": each(lambda ids, start: (1, len(ids))),
+            "first-completion-token-dropped": each(lambda ids, start: (start + 1, len(ids))),
+        }
+        longest = max(len(ids) for s in rows for ids, _ in rows[s])
+        for n in range(2, longest):
+            out[f"truncated:{n}"] = each(lambda ids, start, n=n: (min(start, n), min(n, len(ids))))
+        if world.bos and conv.tokenize == "separate":
+            out["bos-in-the-middle"] = [
+                torch.stack([
+                    score_row(model, *row_ids(tok, e["prompt"], e[s], conv, completion_specials=True),
+                              average=average).value
+                    for e in DIAGNOSTIC
+                ])
+                for s in rows
+            ]  # fmt: skip
+    return out
+
+
+def _padded(world: World, conv: Convention, average: bool, side: str, together: bool, mask: bool, positions: bool,
+            score_pads: bool) -> list[torch.Tensor]:  # fmt: skip
+    """(chosen, rejected) values of a padded batch as a pipeline would build it (float64)."""
+    tok, model = world.tokenizer(), world.model()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rows = {s: [row_ids(tok, e["prompt"], e[s], conv) for e in DIAGNOSTIC] for s in ("chosen", "rejected")}
+    groups = [rows["chosen"] + rows["rejected"]] if together else [rows["chosen"], rows["rejected"]]
+    results = []
+    for group in groups:
+        T = max(len(ids) for ids, _ in group)
+        ids_t = torch.full((len(group), T), pad)
+        attn = torch.zeros(len(group), T, dtype=torch.long)
+        scored = torch.zeros(len(group), T, dtype=torch.bool)
+        for i, (ids, start) in enumerate(group):
+            off = T - len(ids) if side == "left" else 0
+            ids_t[i, off : off + len(ids)] = torch.tensor(ids)
+            attn[i, off : off + len(ids)] = 1
+            scored[i, off + start : off + len(ids)] = True
+            if score_pads and side == "right":
+                scored[i, off + len(ids) :] = True
+        kwargs = {"attention_mask": attn} if mask else {}
+        if positions:
+            kwargs["position_ids"] = (attn.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = model(input_ids=ids_t, **kwargs).logits.double()  # (R, T, V)
+        logp = logits[:, :-1].log_softmax(-1).gather(-1, ids_t[:, 1:, None])[..., 0]  # (R, T-1)
+        keep = scored[:, 1:]
+        total = (logp * keep).sum(-1)
+        results.append(total / keep.sum(-1).clamp(min=1) if average else total)
+    flat = torch.cat(results)
+    B = len(DIAGNOSTIC)
+    return [flat[:B], flat[B:]]
+
+
+def _layout_variants(world: World, conv: Convention, average: bool) -> dict[str, list[torch.Tensor]]:
+    out = {}
+    for together in (True, False):
+        if world.positions == "absolute":
+            out[f"left-padding-without-position-ids:{together}"] = _padded(
+                world, conv, average, "left", together, mask=True, positions=False, score_pads=False
+            )
+        out[f"attention-mask-ignored:{together}"] = _padded(
+            world, conv, average, "left", together, mask=False, positions=False, score_pads=False
+        )
+        out[f"pads-scored:{together}"] = _padded(
+            world, conv, average, "right", together, mask=True, positions=False, score_pads=True
+        )
+    return out
+
+
+def _matches(got: list[torch.Tensor], alt: list[torch.Tensor], tol: list[torch.Tensor]) -> bool:
+    return all(bool(((g - a).abs() <= t).all()) for g, a, t in zip(got, alt, tol))
+
+
+def _value_variants(got, expected, tol, average: bool) -> list[str]:
+    """Mistakes made with the right values: exchanged, reordered, shifted, rescaled."""
+    exp = [values(rows) for rows in expected]
+    found = []
+    if _matches(got, exp[::-1], tol[::-1]):
+        found.append("chosen-rejected-swapped")
+    B = len(exp[0])
+    for perm in itertools.permutations(range(B)):
+        p = list(perm)
+        if p != list(range(B)) and _matches(got, [e[p] for e in exp], [t[p] for t in tol]):
+            shift = all(p[i] == (i + p[0]) % B for i in range(B))
+            found.append("rows-shifted" if shift else "rows-reordered")
+            break
+    if not found:  # rejected taken from the chosen's neighbour: a 2B batch split one row off
+        both = torch.cat(exp)
+        for k in (1, -1):
+            alt = torch.roll(both, k)
+            if _matches(got, [alt[:B], alt[B:]], tol):
+                found.append("rows-shifted")
+                break
+    counts = [torch.tensor([float(max(r.tokens, 1)) for r in rows], dtype=torch.float64) for rows in expected]
+    other = [e / c for e, c in zip(exp, counts)] if not average else [e * c for e, c in zip(exp, counts)]
+    if _matches(got, other, tol):
+        found.append("sum-not-mean" if average else "mean-not-sum")
+    ratio = torch.cat(got) / torch.cat(exp)
+    if (
+        not found
+        and bool(torch.isfinite(ratio).all())
+        and float(ratio.std()) < 1e-6
+        and abs(float(ratio[0]) - 1) > 1e-3
+    ):
+        found.append(f"batch-normalised:{float(ratio[0])}")
+    return found
+
+
+def _say(key: str, world: World) -> str:
+    name, _, arg = key.partition(":")
+    text = EXPLAIN[name]
+    if name == "truncated":
+        text = text.format(n=arg)
+    elif name == "batch-normalised":
+        text = text.format(k=float(arg))
+    elif arg in ("True", "False"):
+        text += " (chosen and rejected padded as one batch)" if arg == "True" else " (chosen and rejected padded apart)"
+    return f"{name}: {text} [{world.name}: {world.describe}]"
+
+
+def diagnose_world(target: PipelineTarget, cfg: Config, world: World) -> list[str] | None:
+    """The mistakes the target's values on the diagnostic batch match in `world` (None: its values are right),
+    under the convention detected for it or, failing a match there, under another one."""
+    detected = target.conventions[world.name][0]
+    try:
+        with torch.no_grad():
+            got = [t.detach().double() for t in target(world.model(), world.tokenizer(), DIAGNOSTIC)]
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # whatever the target raises, nothing can be diagnosed here
+        return []
+    conventions = [detected] + [c for c in CONVENTIONS if c != detected and not cfg.convention]
+    for conv in conventions:
+        with torch.no_grad():
+            expected = reference(world, DIAGNOSTIC, conv, cfg.average)
+        tol = [tolerance(rows) for rows in expected]
+        if _matches(got, [values(r) for r in expected], tol):
+            return None if conv == detected else []
+        found = _value_variants(got, expected, tol, cfg.average)
+        for key, alt in _token_variants(world, conv, cfg.average).items():
+            if _matches(got, alt, tol):
+                found.append(key)
+        for key, alt in _layout_variants(world, conv, cfg.average).items():
+            if _matches(got, alt, tol) and key.partition(":")[0] not in {k.partition(":")[0] for k in found}:
+                found.append(key)
+        if found:
+            suffix = "" if conv == target.conventions["llama"][0] else f" (convention {conv})"
+            return [_say(k, world) + suffix for k in found]
+    return []
+
+
+def diagnose(target: PipelineTarget, cfg: Config, failed: set[str]) -> list[str]:
+    out: list[str] = []
+    if "pipeline_gradients" in failed and _detached(target):
+        out.append("detached: the log-probs carry no autograd graph (.detach(), torch.no_grad or .item()): "
+                   "training on them would not update the model")  # fmt: skip
+    value_checks = failed - {"pipeline_gradients", "pipeline_model_unchanged"}
+    if value_checks:
+        seen_right = False
+        for world in (WORLDS["gpt2"], WORLDS["llama"]):
+            found = diagnose_world(target, cfg, world)
+            if found is None:
+                seen_right = True
+                continue
+            out += [f for f in found if f.split(":")[0] not in {o.split(":")[0] for o in out}]
+        if not out and "pipeline_batch_composition" in failed:
+            out.append("depends-on-batch: a row's values change with the other rows of the batch")
+        if not out and seen_right and "pipeline_no_pad_token" in failed:
+            out.append("no-pad-token: fails only with a tokenizer that has no pad token")
+    return out
+
+
+def _detached(target: PipelineTarget) -> bool:
+    world = WORLDS["llama"]
+    try:
+        chosen, rejected = target(world.model(), world.tokenizer(), DIAGNOSTIC[:2])
+    except Exception:
+        return False
+    return not (chosen.requires_grad or rejected.requires_grad)
