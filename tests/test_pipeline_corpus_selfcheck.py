@@ -389,6 +389,44 @@ def test_correct_pipeline_gradients(entry):
 # broken pipelines: the bug shows, and where cheap it equals a float64 model of the bug
 
 
+# how each padding bug scores a row: (padding side, attention mask passed, position ids, pad id rule)
+PADDED_ROW_BUGS = {
+    "left_pad_no_position_ids": ("left", True, "default", "pad-or-eos"),
+    "trl_left_padding_no_position_ids": ("left", True, "default", "pad-or-eos"),
+    "left_pad_mask_forgotten": ("left", False, "from-mask", "pad-or-eos"),
+    "pads_scored_right_padding": ("right", True, "default", "pad-or-eos"),
+    "torchtune_labels_padded_with_pad_id": ("right", False, "default", "pad-or-0"),
+}
+
+
+def _padded_rows_model(name, model_key, tok_key, batch_key):
+    """Each row alone, padded to the batch's width as the bug pads it: left pads at shifted positions (or attended),
+    right pads scored as completion tokens."""
+    side, masked, positions, pad_rule = PADDED_ROW_BUGS[name]
+    entry = next(e for e in PIPE_BAD if e.function == name)
+    tok = TOKENIZERS[tok_key]
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id if pad_rule == "pad-or-eos" else 0)
+    encoded = [_encode(tok, p, c, entry.convention) for p, c in _rows(BATCHES[batch_key])]
+    width = max(len(ids) for ids, _ in encoded)
+    values = []
+    for ids, n in encoded:
+        k = width - len(ids)
+        if side == "left":
+            x, am, lo, hi = [pad_id] * k + ids, [0] * k + [1] * len(ids), k + n, width
+            pos = list(range(width)) if positions == "default" else [0] * k + list(range(len(ids)))
+        else:
+            x, am, lo, hi = ids + [pad_id] * k, [1] * len(ids) + [0] * k, n, width  # the pads are scored
+            pos = list(range(width))
+        kwargs = {"position_ids": torch.tensor([pos])}
+        if masked:
+            kwargs["attention_mask"] = torch.tensor([am])
+        with torch.no_grad():
+            lp = MODELS[model_key](torch.tensor([x]), **kwargs).logits[0, :-1].log_softmax(-1)
+        values.append(sum(float(lp[t - 1, x[t]]) for t in range(max(lo, 1), hi)))
+    b = len(BATCHES[batch_key])
+    return values[:b], values[b:]
+
+
 def _bug_model(entry, model_key, tok_key, batch_key):
     """(chosen, rejected) the bug predicts, in float64; None where there is no cheap model."""
     conv, name, tok = entry.convention, entry.function, TOKENIZERS[tok_key]
@@ -431,6 +469,14 @@ def _bug_model(entry, model_key, tok_key, batch_key):
             d = lengths
         vals = [v / x for v, x in zip(c + r, d)]
         return vals[:b], vals[b:]
+    if entry.diagnosis == "rows-reordered":
+        c, r = ref()
+        lengths = [len(_encode(tok, p, x, conv)[0]) for p, x in _rows(batch)]
+        order_c = sorted(range(b), key=lambda i: -lengths[i])
+        order_r = sorted(range(b), key=lambda i: -lengths[b + i])
+        return [c[i] for i in order_c], [r[i] for i in order_r]
+    if name in PADDED_ROW_BUGS:
+        return _padded_rows_model(name, model_key, tok_key, batch_key)
     if entry.diagnosis in ("detached", "model-left-in-train-mode", "model-grad-left", "requires-grad-changed"):
         return ref()  # the values are right: the bug is elsewhere
     return None
@@ -472,8 +518,34 @@ def test_broken_pipeline_shows_its_bug(entry):
     if entry.diagnosis == "left-padding-without-position-ids":
         # gross with absolute positions; with rotary ones only float32 rope rounding (cos/sin in float32)
         assert gaps["gpt2"] > 1e-2 and gaps.get("llama", 0.0) < 1e-4
-    if entry.diagnosis in ("pads-scored", "attention-mask-ignored", "depends-on-batch", "rows-reordered"):
-        assert any(b == "single" for _, _, b in COMBOS)  # documented fixtures: the bug needs padding or >1 row
+    assert entry.function in NO_BUG_MODEL or _bug_model(entry, *COMBOS[0]) is not None
+
+
+# the functions whose bug has no cheap float64 model here: shown by a difference (and a state change) only
+NO_BUG_MODEL = {"packed_rows_all_ones_mask"}
+# the bugs that need padding, a long row, several rows, different prompts or different lengths to show
+NEEDS_A_TRIGGER = {
+    "left_pad_no_position_ids", "trl_left_padding_no_position_ids", "left_pad_mask_forgotten",
+    "pads_scored_right_padding", "torchtune_labels_padded_with_pad_id", "sorted_not_restored",
+    "first_row_prompt_length", "truncated_to_max_length", "tokenizer_truncation",
+}  # fmt: skip
+# every row of the same length, with the same prompt length, short, no merges: none of those bugs can show
+EQUAL_BATCH = [_ex("xyz", "bcd", "fgk"), _ex("qrs", "uvw", "lmo")]
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_A_TRIGGER))
+def test_broken_pipeline_is_right_without_its_trigger(name):
+    """One bug each: on a batch that cannot trigger it, the function equals the reference."""
+    entry = next(e for e in PIPE_BAD if e.function == name)
+    BATCHES["equal"] = EQUAL_BATCH
+    try:
+        for model_key in MODELS:
+            for tok_key in TOKENIZERS:
+                chosen, rejected, changes = _call(_fn(entry), model_key, tok_key, "equal")
+                want_c, want_r = reference(model_key, tok_key, "equal", entry.convention)
+                assert not changes and _close(chosen, want_c) and _close(rejected, want_r), (model_key, tok_key)
+    finally:
+        del BATCHES["equal"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
