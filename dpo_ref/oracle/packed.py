@@ -240,40 +240,58 @@ def diagnostic_packed_batch():
 def _pairs(labels: list[int], a: int, b: int, n: int, mistake: str) -> list[tuple[int, int]]:
     """(position of the logits, position of the label) scored for segment [a, b) under `mistake`."""
     scored = [(t - 1, t) for t in range(a + 1, b) if labels[t] != P.IGNORE_INDEX]
-    if mistake == "across-previous" and a > 0 and labels[a] != P.IGNORE_INDEX:
+    if mistake == "cross-boundary:previous" and a > 0 and labels[a] != P.IGNORE_INDEX:
         return [(a - 1, a), *scored]
-    if mistake == "across-next" and b < n and labels[b] != P.IGNORE_INDEX:
+    if mistake == "cross-boundary:next" and b < n and labels[b] != P.IGNORE_INDEX:
         return [*scored, (b - 1, b)]
-    if mistake == "no-shift":
-        return [(t, t) for t in range(a, b) if labels[t] != P.IGNORE_INDEX]
+    if mistake in ("no-shift", "no-shift:start"):
+        first = a if mistake == "no-shift:start" else a + 1
+        return [(t, t) for t in range(first, b) if labels[t] != P.IGNORE_INDEX]
     if mistake == "double-shift":
         return [(t - 2, t) for t in range(a + 2, b) if labels[t] != P.IGNORE_INDEX]
     if mistake == "segment-last-dropped":
         return [(s, t) for s, t in scored if t != b - 1]
-    if mistake == "ignore-index-scored":
+    if mistake == "holes-scored":
         return [(t - 1, t) for t in range(a + 1, b)]
     return scored
 
 
 MISTAKES = {
-    "across-previous": "predicts across a segment boundary: each segment also scores its own first label from the "
-    "previous segment's last logits (a shift over the whole row, the segment starts not masked)",
-    "across-next": "predicts across a segment boundary: each segment also scores the next segment's first label "
-    "(the shifted labels summed over the unshifted cu_seqlens)",
+    "cross-boundary:previous": "predicts across a segment boundary: each segment also scores its own first label "
+    "from the previous segment's last logits (a shift over the whole row, the segment starts not masked)",
+    "cross-boundary:next": "predicts across a segment boundary: each segment also scores the next segment's first "
+    "label (the shifted labels summed over the unshifted cu_seqlens)",
     "no-shift": "no shift: scores labels[t] with the logits at t",
+    "no-shift:start": "no shift: scores labels[t] with the logits at t, the segment's first label included",
     "double-shift": "shifted twice: scores labels[t] with the logits at t-2",
     "segment-last-dropped": "never scores each segment's last position",
-    "ignore-index-scored": "scores the -100 positions too, as token 0 (the mask is not applied)",
+    "holes-scored": "scores the -100 positions too, as token 0 (the mask is not applied)",
+}
+# segments read from other boundaries than cu_seqlens gives: (a, b) per output, scored correctly inside
+MISREADINGS = {
+    "merged": "the last two segments merged into one (cu_seqlens' last boundary but one skipped), the last 0",
+    "as-lengths": "cu_seqlens[1:] read as segment lengths instead of offsets",
 }
 
 
-def _alternative(logits: torch.Tensor, labels: torch.Tensor, cu: list[int], mistake: str, mean: bool, dtype=None):
+def _misread(cu: list[int], n: int, how: str) -> list[tuple[int, int]]:
+    if how == "merged":
+        return [*zip(cu[:-2], cu[1:-2]), (cu[-3] if len(cu) > 2 else 0, n), (n, n)][: len(cu) - 1]
+    spans, start = [], 0
+    for length in cu[1:]:
+        end = min(start + length, n)
+        spans.append((start, end))
+        start = end
+    return spans
+
+
+def _alternative(logits, labels, cu: list[int], mistake: str, mean: bool, dtype=None, spans=None) -> torch.Tensor:
     logp = logits[0].to(dtype or torch.float64).log_softmax(-1).double()  # (N, V)
     ids, n = labels[0].tolist(), labels.shape[1]
     out = []
-    for a, b in zip(cu, cu[1:]):
+    for a, b in spans or list(zip(cu, cu[1:])):
         pairs = _pairs(ids, a, b, n, mistake)
-        values = [float(logp[s, max(ids[t], 0)]) for s, t in pairs]
+        values = [float(logp[s, max(ids[t], 0)]) for s, t in pairs if s >= 0]
         out.append(sum(values) / max(1, len(values)) if mean else sum(values))
     return torch.tensor(out, dtype=torch.float64)
 
@@ -302,7 +320,11 @@ def diagnose_packed(fn: Callable, average: bool) -> list[str]:
         for mean in (average, not average):
             if bool(((got - _alternative(logits, labels, cu, mistake, mean)).abs() <= tol).all()):
                 reduction = "" if mean == average else (" and averages" if mean else " and sums")
-                found.append(f"{mistake}: {says}{reduction}")
+                found.append(f"{mistake.split(':')[0]}: {says}{reduction}")
+    for how, says in MISREADINGS.items():
+        spans = _misread(cu, labels.shape[1], how)
+        if bool(((got - _alternative(logits, labels, cu, "none", average, spans=spans)).abs() <= tol).all()):
+            found.append(f"segments-misread: {says}")
     if bool(((got - _alternative(logits, labels, cu, "none", not average)).abs() <= tol).all()):
         found.append(
             "sum-not-mean: returns the sum over each segment's scored tokens"

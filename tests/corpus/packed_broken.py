@@ -79,7 +79,7 @@ def packed_holes_clamped(logits, labels, cu_seqlens):
 
 
 def packed_boundaries_off_by_one(logits, labels, cu_seqlens):
-    """last-segment-dropped-or-merged: boundaries from cu_seqlens[1:-2]: the last segment merges into the one before."""
+    """segments-misread: boundaries from cu_seqlens[1:-2]: the last segment merges into the one before."""
     n = labels.shape[1]
     labels = labels.clone()
     labels[0, cu_seqlens[:-1].long()] = IGNORE_INDEX
@@ -91,7 +91,7 @@ def packed_boundaries_off_by_one(logits, labels, cu_seqlens):
 
 
 def packed_cu_seqlens_as_lengths(logits, labels, cu_seqlens):
-    """last-segment-dropped-or-merged: cu_seqlens[1:] misread as segment lengths, so later segments are cut or lost."""
+    """segments-misread: cu_seqlens[1:] misread as segment lengths, so later segments are cut or lost."""
     n = labels.shape[1]
     out = []
     start = 0

@@ -153,9 +153,9 @@ PACKED_BROKEN = [
     _k("packed_broken", "packed_double_shift", False, "double-shift", "logits[t] scores labels[t+2]"),
     _k("packed_broken", "packed_mean_not_sum", False, "mean-not-sum", "per-segment mean"),
     _k("packed_broken", "packed_holes_clamped", False, "holes-scored", "-100 clamped to token 0 and scored"),
-    _k("packed_broken", "packed_boundaries_off_by_one", False, "last-segment-dropped-or-merged",
+    _k("packed_broken", "packed_boundaries_off_by_one", False, "segments-misread",
        "boundaries from cu_seqlens[1:-2]: last segment merged"),
-    _k("packed_broken", "packed_cu_seqlens_as_lengths", False, "last-segment-dropped-or-merged",
+    _k("packed_broken", "packed_cu_seqlens_as_lengths", False, "segments-misread",
        "cu_seqlens[1:] misread as lengths"),
     _k("packed_broken", "packed_segment_last_dropped", False, "segment-last-dropped",
        "each segment's last position never scored"),
@@ -171,6 +171,6 @@ PIPELINE_DIAGNOSES = (
     "requires-grad-changed", "bos-in-the-middle", "eos-scored-as-pad", "depends-on-batch",
 )  # fmt: skip
 PACKED_DIAGNOSES = (
-    "cross-boundary", "no-shift", "double-shift", "mean-not-sum", "holes-scored", "last-segment-dropped-or-merged",
+    "cross-boundary", "no-shift", "double-shift", "mean-not-sum", "holes-scored", "segments-misread",
     "segment-last-dropped", "float16-scoring",
 )  # fmt: skip
