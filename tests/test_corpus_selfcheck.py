@@ -1,4 +1,4 @@
-"""The corpus in tests/oracle_targets/corpus/ is labelled right: checked here WITHOUT the oracle or dpo_ref.
+"""The outside group of the corpus (tests/corpus/) is labelled right: checked here WITHOUT the oracle or dpo_ref.
 
 Loss level: every correct case equals a float64 closed form written below, on fixed and random batches, for
 several beta (tau) and eps, with float64 and float32 inputs, at the tolerance of the dtype it returns; its
@@ -35,9 +35,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.oracle_targets.corpus import CASES, DIAGNOSES, Case
+from tests.corpus import DIAGNOSES, Case, select
 
 ROOT = Path(__file__).resolve().parents[1]
+CASES = select("outside")  # written by a separate session, labelled with a diagnosis or a witness
 LOSS_ALTS = {
     "dpo": ["chosen-rejected-swapped", "beta-ignored", "beta-squared", "no-reference", "batch-sum", "ipo-not-dpo",
             "reference-sign"],

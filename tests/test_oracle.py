@@ -1,13 +1,12 @@
 """Meta-tests of the conformance oracle: it rejects every broken implementation and accepts every correct one.
 
-The implementations live in tests/oracle_targets/ and are written in the user-facing (third-party)
-signature; they are loaded by path, exactly as `dpo-ref verify path/to/file.py:name` loads them.
+The implementations are the suite's set of the corpus (tests/corpus/, group "suite" in its index), written in the
+user-facing (third-party) signature; they are loaded by path, exactly as `dpo-ref verify path/to/file.py:name`
+loads them.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from pathlib import Path
 
 import pytest
@@ -17,45 +16,19 @@ import dpo_ref
 from dpo_ref.errors import InputError
 from dpo_ref.oracle import load_target, verify
 from dpo_ref.oracle.report import ADVICE, FAILED, PASSED, SKIPPED, XFAILED
+from tests import corpus
+from tests.corpus import select
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = Path(__file__).resolve().parent / "oracle_targets"
 EXAMPLES = 20  # per check, for the broken targets: each is caught well within it
 ACCEPT_EXAMPLES = 10  # per check, for the correct targets (every check runs)
 
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(f"_oracle_targets_{name}", TARGETS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SUITE_BROKEN = {level: select("suite", level, conforms=False) for level in ("loss", "logps")}
+SUITE_CORRECT = {level: select("suite", level, conforms=True) for level in ("loss", "logps")}
 
 
-BROKEN_LOSS = _module("broken_loss").EXPECTED
-BROKEN_LOGPS = _module("broken_logps").EXPECTED
-STRICT_LOSS = _module("broken_loss").STRICT_EXPECTED
-STRICT_LOGPS = _module("broken_logps").STRICT_EXPECTED
-CORRECT_LOSS = {
-    "per_example": "dpo",
-    "scalar_mean": "dpo",
-    "tuple_with_rewards": "dpo",
-    "softplus_form": "dpo",
-    "float32_internal": "dpo",
-    "cdpo": "cdpo",
-    "ipo": "ipo",
-    "ipo_tau_mean": "ipo",
-}
-CORRECT_LOGPS = {
-    "gather_log_softmax": False,
-    "cross_entropy_based": False,
-    "per_row_loop": False,
-    "averaged": True,
-    "mask_by_multiplying": False,
-}
-
-
-def target(file: str, name: str) -> str:
-    return f"{os.path.relpath(TARGETS / file, ROOT)}:{name}"
+def target(module: str, name: str) -> str:
+    return corpus.find(module, name).target
 
 
 @pytest.fixture(autouse=True)
@@ -80,15 +53,19 @@ def _where(err: BaseException) -> str:
     return tb.tb_frame.f_code.co_filename if tb is not None else ""
 
 
-def _pairs(table: dict) -> list[tuple[str, str]]:
-    return [(name, check) for name, (_, checks) in sorted(table.items()) for check in checks]
+def _pairs(level: str, strict: bool = False) -> list:
+    """(case, check) for every check a broken case of the suite's set must fail (`strict_fails` if strict)."""
+    return [
+        pytest.param(c, check, id=f"{c.name}-{check}")
+        for c in sorted(SUITE_BROKEN[level], key=lambda c: c.name)
+        for check in (c.strict_fails if strict else c.fails)
+    ]
 
 
 @pytest.mark.usefixtures("unshrunk_in_quick_tier")
-@pytest.mark.parametrize("name, check", _pairs(BROKEN_LOSS))
-def test_broken_loss_is_rejected(name, check):
-    variant = BROKEN_LOSS[name][0]
-    report = verify(target("broken_loss.py", name), variant=variant, checks=[check], max_examples=EXAMPLES)
+@pytest.mark.parametrize("case, check", _pairs("loss"))
+def test_broken_loss_is_rejected(case, check):
+    report = verify(case.target, variant=case.variant, checks=[check], max_examples=EXAMPLES, **case.options)
     assert not report.passed
     result = report[check]
     assert result.status == FAILED, result
@@ -98,48 +75,40 @@ def test_broken_loss_is_rejected(name, check):
 
 
 @pytest.mark.usefixtures("unshrunk_in_quick_tier")
-@pytest.mark.parametrize("name, check", _pairs(BROKEN_LOGPS))
-def test_broken_logps_is_rejected(name, check):
-    average = BROKEN_LOGPS[name][0]
-    report = verify(
-        target("broken_logps.py", name), level="logps", average=average, checks=[check], max_examples=EXAMPLES
-    )
+@pytest.mark.parametrize("case, check", _pairs("logps"))
+def test_broken_logps_is_rejected(case, check):
+    report = verify(case.target, level="logps", average=case.average, checks=[check], max_examples=EXAMPLES)
     assert not report.passed
     assert report[check].status == FAILED, report[check]
     run_reproduction(report[check])
 
 
 @pytest.mark.usefixtures("unshrunk_in_quick_tier")
-@pytest.mark.parametrize(
-    "file, name, level, check",
-    [("broken_loss.py", n, "loss", c) for n, c in _pairs(STRICT_LOSS)]
-    + [("broken_logps.py", n, "logps", c) for n, c in _pairs(STRICT_LOGPS)],
-)
-def test_advisory_check_is_advice_by_default_and_fails_under_strict(file, name, level, check):
-    report = verify(target(file, name), level=level, checks=[check], max_examples=EXAMPLES)
+@pytest.mark.parametrize("case, check", _pairs("loss", strict=True) + _pairs("logps", strict=True))
+def test_advisory_check_is_advice_by_default_and_fails_under_strict(case, check):
+    report = verify(case.target, level=case.level, checks=[check], max_examples=EXAMPLES)
     assert report.passed and report[check].status == ADVICE, report.to_text()
-    strict = verify(target(file, name), level=level, checks=[check], max_examples=EXAMPLES, strict=True)
+    strict = verify(case.target, level=case.level, checks=[check], max_examples=EXAMPLES, strict=True)
     assert strict[check].status == FAILED
     run_reproduction(strict[check])
 
 
 def test_enough_broken_and_correct_targets():
-    assert len(BROKEN_LOSS) + len(BROKEN_LOGPS) >= 15
-    assert len(CORRECT_LOSS) + len(CORRECT_LOGPS) >= 5
+    assert len(SUITE_BROKEN["loss"]) + len(SUITE_BROKEN["logps"]) >= 15
+    assert len(SUITE_CORRECT["loss"]) + len(SUITE_CORRECT["logps"]) >= 5
+    assert all(c.fails or c.strict_fails for level in SUITE_BROKEN.values() for c in level)
 
 
-@pytest.mark.parametrize("name", sorted(CORRECT_LOSS))
-def test_correct_loss_is_accepted(name):
-    report = verify(target("correct_loss.py", name), variant=CORRECT_LOSS[name], max_examples=ACCEPT_EXAMPLES)
+@pytest.mark.parametrize("case", SUITE_CORRECT["loss"], ids=lambda c: c.name)
+def test_correct_loss_is_accepted(case):
+    report = verify(case.target, variant=case.variant, max_examples=ACCEPT_EXAMPLES, **case.options)
     assert report.passed, report.to_text()
     assert all(c.status in (PASSED, SKIPPED) for c in report.checks), report.to_text()
 
 
-@pytest.mark.parametrize("name", sorted(CORRECT_LOGPS))
-def test_correct_logps_is_accepted(name):
-    report = verify(
-        target("correct_logps.py", name), level="logps", average=CORRECT_LOGPS[name], max_examples=ACCEPT_EXAMPLES
-    )
+@pytest.mark.parametrize("case", SUITE_CORRECT["logps"], ids=lambda c: c.name)
+def test_correct_logps_is_accepted(case):
+    report = verify(case.target, level="logps", average=case.average, max_examples=ACCEPT_EXAMPLES)
     assert report.passed, report.to_text()
 
 
@@ -151,30 +120,35 @@ def test_dpo_refs_own_functions_conform():
 
 @pytest.mark.parametrize(
     "name, reduction",
-    [("per_example", "per-example"), ("scalar_mean", "mean"), ("scalar_sum", "sum"), ("tuple_with_rewards", "per")],
+    [
+        ("per_example", "per-example"),
+        ("scalar_mean", "mean"),
+        ("scalar_sum", "sum"),
+        ("named_tuple_with_rewards", "per"),
+    ],
 )
 def test_reduction_is_detected_and_reported(name, reduction):
-    report = verify(target("correct_loss.py", name), checks=["values"], max_examples=5)
+    report = verify(target("loss_correct", name), checks=["values"], max_examples=5)
     assert report.detected["reduction"].startswith(reduction)
     assert f"reduction: {report.detected['reduction']}" in report.to_text()
 
 
 def test_wrong_reduction_is_reported_as_neither():
-    report = verify(target("broken_loss.py", "divides_by_fixed_batch"), checks=["reduction"], max_examples=5)
+    report = verify(target("loss_broken", "divides_by_fixed_batch"), checks=["reduction"], max_examples=5)
     assert "neither" in report.detected["reduction"]
     assert report["reduction"].status == FAILED
 
 
 def test_ipo_mean_and_ipo_judge_the_same_loss_function():
     # at the loss level the two differ only in the log-probs fed; ipo-mean says so
-    report = verify(target("correct_loss.py", "ipo"), variant="ipo-mean", max_examples=5)
+    report = verify(target("loss_correct", "ipo"), variant="ipo-mean", max_examples=5)
     assert report.passed
     assert any("ipo-mean" in n for n in report.notes)
 
 
 def test_reproduction_is_shrunk_and_deterministic():
-    first = verify(target("broken_loss.py", "no_reference"), checks=["values"], max_examples=EXAMPLES)
-    second = verify(target("broken_loss.py", "no_reference"), checks=["values"], max_examples=EXAMPLES)
+    first = verify(target("loss_broken", "reference_unused"), checks=["values"], max_examples=EXAMPLES)
+    second = verify(target("loss_broken", "reference_unused"), checks=["values"], max_examples=EXAMPLES)
     assert first["values"].reproduction == second["values"].reproduction
     # shrunk: the generated batches hold up to 8 examples of arbitrary values; the reproduction is tiny
     line = next(ln for ln in first["values"].reproduction.splitlines() if ln.startswith("pc = "))
@@ -182,19 +156,19 @@ def test_reproduction_is_shrunk_and_deterministic():
 
 
 def test_gradient_mismatch_reproduction_shows_expected_gradient():
-    report = verify(target("broken_loss.py", "wrong_custom_backward"), checks=["gradients"], max_examples=EXAMPLES)
+    report = verify(target("loss_broken", "wrong_custom_backward"), checks=["gradients"], max_examples=EXAMPLES)
     repro = report["gradients"].reproduction
     assert ".backward()" in repro and "(dpo_ref, float64)" in repro
 
 
 def test_batch_sum_fails_unless_declared():
-    report = verify(target("correct_loss.py", "scalar_sum"), max_examples=5)
+    report = verify(target("loss_correct", "scalar_sum"), max_examples=5)
     assert not report.passed and report["call"].status == FAILED
     assert "gradient grows with the batch size" in report["call"].message
     assert any(d.startswith("batch-sum") for d in report.diagnosis)
-    declared = verify(target("correct_loss.py", "scalar_sum"), reduction="sum", max_examples=5)
+    declared = verify(target("loss_correct", "scalar_sum"), reduction="sum", max_examples=5)
     assert declared.passed, declared.to_text()
-    wrong = verify(target("correct_loss.py", "scalar_mean"), reduction="sum", max_examples=5)
+    wrong = verify(target("loss_correct", "scalar_mean"), reduction="sum", max_examples=5)
     assert not wrong.passed and "declared reduction 'sum'" in wrong["call"].message
 
 
@@ -202,41 +176,41 @@ def test_batch_sum_fails_unless_declared():
 def test_multiplying_mask_advice_only_when_it_is_the_cause(name):
     """These mask with torch.where but compute wrong values, so the -inf check fails on its values, not on a
     0 * -inf NaN: the advice to stop multiplying would be wrong (the value checks and the diagnosis say why)."""
-    report = verify(f"tests/oracle_targets/corpus/logps_broken.py:{name}", level="logps", max_examples=5)
+    report = verify(f"tests/corpus/logps_broken.py:{name}", level="logps", max_examples=5)
     assert not report.passed and report["logps_neg_inf_unscored"].status in ("advice", "passed")
     assert not any("masks by multiplying" in a for a in report.advice), report.advice
 
 
 @pytest.mark.parametrize("name, variant", [("mask_multiply_original", "dpo"), ("averaged_eps_guard", "ipo-mean")])
 def test_multiplying_mask_advice_in_the_corpus_styles(name, variant):
-    target = f"tests/oracle_targets/corpus/logps_correct.py:{name}"
+    target = f"tests/corpus/logps_correct.py:{name}"
     report = verify(target, level="logps", variant=variant, max_examples=5)
     assert report.passed, report.to_text()
     assert any("masks by multiplying" in a for a in report.advice), report.advice
 
 
 def test_multiplying_mask_is_advice_not_failure():
-    report = verify(target("correct_logps.py", "mask_by_multiplying"), level="logps", max_examples=10)
+    report = verify(target("logps_correct", "mask_by_multiplying"), level="logps", max_examples=10)
     assert report.passed, report.to_text()
     assert report["logps_neg_inf_unscored"].status == "advice"
     assert any("masks by multiplying" in a for a in report.advice)
     assert "Advice" in report.to_text()
-    strict = verify(target("correct_logps.py", "mask_by_multiplying"), level="logps", max_examples=10, strict=True)
+    strict = verify(target("logps_correct", "mask_by_multiplying"), level="logps", max_examples=10, strict=True)
     assert not strict.passed and strict["logps_neg_inf_unscored"].status == FAILED
     # with -inf only where dpo_ref never looks, a where-style implementation has nothing to advise
-    clean = verify(target("correct_logps.py", "gather_log_softmax"), level="logps", max_examples=10)
+    clean = verify(target("logps_correct", "shift_gather_where"), level="logps", max_examples=10)
     assert clean["logps_neg_inf_unscored"].status == PASSED
 
 
 def test_xfail_turns_a_known_failure_into_xfailed():
-    report = verify(target("broken_loss.py", "no_reference"), checks=["values"], xfail=["values"], max_examples=5)
+    report = verify(target("loss_broken", "reference_unused"), checks=["values"], xfail=["values"], max_examples=5)
     assert report["values"].status == XFAILED
     assert report.passed
 
 
 def test_checks_and_xfail_accept_a_single_name():
     """`checks="values"` is one check, not the checks "v", "a", "l", ... (which would be a usage error)."""
-    report = verify(target("broken_loss.py", "no_reference"), checks="values", xfail="values", max_examples=5)
+    report = verify(target("loss_broken", "reference_unused"), checks="values", xfail="values", max_examples=5)
     assert [c.name for c in report.checks if c.name != "call"] == ["values"]
     assert report["values"].status == XFAILED and report.passed
 
@@ -244,14 +218,14 @@ def test_checks_and_xfail_accept_a_single_name():
 def test_an_xfail_list_may_name_checks_a_subset_leaves_out():
     """One shared xfail file serves every `--checks` subset: a known check that was not run is not a typo (the
     docs' own example, checks="values" with xfail="finite", raised); a name no check has still is."""
-    report = verify(target("correct_loss.py", "per_example"), checks="values", xfail="finite", max_examples=3)
+    report = verify(target("loss_correct", "per_example"), checks="values", xfail="finite", max_examples=3)
     assert report.passed and [c.name for c in report.checks] == ["call", "values"]
     with pytest.raises(InputError, match="unknown check"):
-        verify(target("correct_loss.py", "per_example"), checks="values", xfail="finit", max_examples=3)
+        verify(target("loss_correct", "per_example"), checks="values", xfail="finit", max_examples=3)
 
 
 def test_call_failure_skips_the_rest():
-    report = verify(target("broken_loss.py", "raises_always"), max_examples=5)
+    report = verify(target("loss_broken", "raises_always"), max_examples=5)
     assert report["call"].status == FAILED
     assert "NotImplementedError" in report["call"].message
     assert all(c.status == SKIPPED for c in report.checks if c.name != "call")
@@ -267,7 +241,7 @@ def test_nan_output_is_reported():
 
 
 def test_report_serialises():
-    report = verify(target("correct_loss.py", "per_example"), checks=["values"], max_examples=5)
+    report = verify(target("loss_correct", "per_example"), checks=["values"], max_examples=5)
     data = report.to_dict()
     assert data["passed"] is True
     assert data["counts"]["passed"] == 2  # call and values
@@ -289,7 +263,7 @@ def test_report_serialises():
 )
 def test_bad_arguments_raise_input_error(kwargs, words):
     with pytest.raises(InputError, match=words):
-        verify(target("correct_loss.py", "per_example"), max_examples=kwargs.pop("max_examples", 5), **kwargs)
+        verify(target("loss_correct", "per_example"), max_examples=kwargs.pop("max_examples", 5), **kwargs)
 
 
 def test_signature_problems_are_input_errors():
@@ -326,7 +300,7 @@ def test_load_target_errors(tmp_path):
     assert load_target("trl") == "trl"
 
 
-@pytest.mark.parametrize("name", ["no_reference", "beta_divides", "reference_added"])
+@pytest.mark.parametrize("name", ["reference_unused", "beta_divides", "reference_added"])
 def test_reproduction_shows_a_plain_disagreement(name):
     """Shrinking alone can shrink the miss too (1e-13 near h = 0); the reported example must show a
     relative miss of at least CLEAR_DISAGREEMENT, on a single row, when such an example exists."""
@@ -334,7 +308,7 @@ def test_reproduction_shows_a_plain_disagreement(name):
 
     from dpo_ref.oracle.runner import CLEAR_DISAGREEMENT
 
-    result = verify(target("broken_loss.py", name), checks=["values"], max_examples=EXAMPLES)["values"]
+    result = verify(target("loss_broken", name), checks=["values"], max_examples=EXAMPLES)["values"]
     got, want = (float(v) for v in re.search(r"got (\S+), expected (\S+) ", result.message).groups())
     assert abs(got - want) >= CLEAR_DISAGREEMENT * abs(want), result.message
     line = next(ln for ln in result.reproduction.splitlines() if ln.startswith("pc = "))

@@ -13,7 +13,7 @@ import pytest
 from dpo_ref.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = os.path.relpath(Path(__file__).resolve().parent / "oracle_targets", ROOT)
+TARGETS = os.path.relpath(Path(__file__).resolve().parent / "corpus", ROOT)
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +22,7 @@ def _at_root(monkeypatch):
 
 
 def test_conforming_target_exits_0(capsys):
-    code = main(["verify", f"{TARGETS}/correct_loss.py:scalar_mean", "--max-examples", "5", "--checks", "values"])
+    code = main(["verify", f"{TARGETS}/loss_correct.py:scalar_mean", "--max-examples", "5", "--checks", "values"])
     out = capsys.readouterr().out
     assert code == 0
     assert "CONFORMS" in out and "mean over the batch" in out
@@ -33,7 +33,7 @@ def test_broken_target_exits_1_with_reproduction_and_json(capsys, tmp_path):
     code = main(
         [
             "verify",
-            f"{TARGETS}/broken_loss.py:no_reference",
+            f"{TARGETS}/loss_broken.py:reference_unused",
             "--max-examples",
             "10",
             "--checks",
@@ -59,7 +59,7 @@ def test_json_to_stdout(capsys):
 
 
 def test_logps_level_and_average_option(capsys):
-    args = ["verify", f"{TARGETS}/correct_logps.py:averaged", "--level", "logps", "--max-examples", "5"]
+    args = ["verify", f"{TARGETS}/logps_correct.py:averaged", "--level", "logps", "--max-examples", "5"]
     assert main(args + ["--checks", "logps_values"]) == 1  # the sum convention is the default
     assert main(args + ["--checks", "logps_values", "--average"]) == 0
     assert main(args + ["--checks", "logps_values", "--variant", "ipo-mean"]) == 0  # ipo-mean implies --average
@@ -69,7 +69,7 @@ def test_logps_level_and_average_option(capsys):
 def test_xfail_file(capsys, tmp_path):
     xfail = tmp_path / "xfail.txt"
     xfail.write_text("# known\nvalues  # lost reference\n")
-    args = ["verify", f"{TARGETS}/broken_loss.py:no_reference", "--max-examples", "5", "--checks", "values"]
+    args = ["verify", f"{TARGETS}/loss_broken.py:reference_unused", "--max-examples", "5", "--checks", "values"]
     assert main(args + ["--xfail-file", str(xfail)]) == 0
     assert "xfail" in capsys.readouterr().out
 
@@ -78,12 +78,12 @@ def test_xfail_file(capsys, tmp_path):
     "args, words",
     [
         (["nothing.py:f"], "does not exist"),
-        ([f"{TARGETS}/broken_loss.py:nope"], "has no attribute"),
+        ([f"{TARGETS}/loss_broken.py:nope"], "has no attribute"),
         (["no_such_pkg_xyz:f"], "cannot import module"),
-        ([f"{TARGETS}/correct_loss.py:per_example", "--label-smoothing", "0.1"], "cdpo only"),
-        ([f"{TARGETS}/correct_loss.py:per_example", "--max-examples", "0"], "--max-examples"),
-        ([f"{TARGETS}/correct_loss.py:per_example", "--level", "library"], "built-in adapters"),
-        ([f"{TARGETS}/correct_loss.py:per_example", "--xfail-file", "missing.txt"], "cannot be read"),
+        ([f"{TARGETS}/loss_correct.py:per_example", "--label-smoothing", "0.1"], "cdpo only"),
+        ([f"{TARGETS}/loss_correct.py:per_example", "--max-examples", "0"], "--max-examples"),
+        ([f"{TARGETS}/loss_correct.py:per_example", "--level", "library"], "built-in adapters"),
+        ([f"{TARGETS}/loss_correct.py:per_example", "--xfail-file", "missing.txt"], "cannot be read"),
         (["trl", "--level", "loss"], "no standalone loss"),
     ],
 )
@@ -102,7 +102,7 @@ def test_real_process_exit_codes_and_no_traceback():
     bad = subprocess.run(run + ["missing.py:f"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     broken = subprocess.run(
-        run + [f"{TARGETS}/broken_loss.py:wrong_sign", "--max-examples", "5", "--checks", "values", "-q"],
+        run + [f"{TARGETS}/loss_broken.py:wrong_sign", "--max-examples", "5", "--checks", "values", "-q"],
         cwd=ROOT,
         env=env,
         capture_output=True,

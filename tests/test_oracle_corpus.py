@@ -1,9 +1,9 @@
 """The oracle on code nobody here wrote: every correct implementation in the corpus conforms, every broken one
 is rejected with the right diagnosis named.
 
-The corpus (`tests/oracle_targets/corpus/`) was written by a separate session in its own styles, labelled
-independently of the oracle (`tests/test_corpus_selfcheck.py` proves each label against closed forms), before
-the oracle's diagnoses were implemented.
+The corpus's outside group (`tests/corpus/`, group "outside" in its index) was written by a separate session
+in its own styles, labelled independently of the oracle (`tests/test_corpus_selfcheck.py` proves each label
+against closed forms), before the oracle's diagnoses were implemented.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import os
 import pytest
 
 from dpo_ref.oracle import adapters, load_target, verify
-from tests.oracle_targets.corpus import CASES
+from tests.corpus import select
 from tests.test_oracle import run_reproduction
 
+CASES = select("outside")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = 15  # per check (full tier): the broken ones are caught well within it; the correct ones face every check
 QUICK_EXAMPLES = 5  # per check (quick tier): every correct case still faces every check

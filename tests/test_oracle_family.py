@@ -1,8 +1,9 @@
 """The oracle over the loss family: `--variant` accepts every family variant at the loss level.
 
-For each variant: the family's own function and an independently written one in another style
-(`tests/family_impls.py`) conform; a broken one is rejected with the right diagnosis named; a
-reproduction the oracle prints for it raises the disagreement it claims.
+For each variant: the family's own function and an independently written one in another style (the corpus's
+family group, `tests/corpus/family_correct.py`) conform; a broken one (`tests/corpus/family_broken.py`) is
+rejected with the right diagnosis named; a reproduction the oracle prints for it raises the disagreement it
+claims. A registry variant without a correct and a broken case in the corpus index is refused.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import dpo_ref
 from dpo_ref.errors import InputError
 from dpo_ref.family import LOSS_FAMILY
 from dpo_ref.variants import CLASSIC_VARIANTS, FAMILY_VARIANTS, ORACLE_NAME, VARIANTS
-from tests.family_impls import BROKEN, CORRECT
+from tests.corpus import family, load
 
 pytest_plugins = ["pytester"]
+
+CORRECT = {variant: load(case) for variant, case in family(conforms=True).items()}
+BROKEN = {variant: (load(case), case.diagnosis) for variant, case in family(conforms=False).items()}
 
 FEW = 2  # examples per check: each check draws batches of up to 4 pairs and coefficients over their full range
 
@@ -62,7 +66,8 @@ def test_reproduction_raises_what_it_claims():
     report = dpo_ref.verify(fn, variant="robust", max_examples=5, checks=["values"], beta=0.5, label_smoothing=0.2)
     repro = report["values"].reproduction
     source = repro.replace(
-        "fn = ...  # the function you passed to dpo_ref.verify", "from tests.family_impls import robust_is_cdpo as fn"
+        "fn = ...  # the function you passed to dpo_ref.verify",
+        "from tests.corpus.family_broken import robust_is_cdpo as fn",
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root}
@@ -97,7 +102,7 @@ def test_cli_family_variant(tmp_path, capsys):
     from dpo_ref.cli import main
 
     target = tmp_path / "t.py"
-    target.write_text("from tests.family_impls import hinge_is_dpo as fn\n")
+    target.write_text("from tests.corpus.family_broken import hinge_is_dpo as fn\n")
     argv = ["verify", f"{target}:fn", "--variant", "hinge", "--beta", "0.5", "--max-examples", "3", "--checks",
             "values", "-q"]  # fmt: skip
     assert main(argv) == 1
@@ -127,7 +132,7 @@ def test_checks_bite_through_the_family_tolerance():
 def test_pytest_plugin_runs_a_family_variant(pytester):
     from tests.test_oracle_pytest import _run
 
-    target = os.path.join(os.path.dirname(os.path.abspath(__file__)), "family_impls.py")
+    target = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "family_correct.py")
     result = _run(pytester, "--dpo-target", f"{target}:simpo_rewards", "--dpo-variant", "simpo", "--dpo-coef",
                   "gamma=0.5", "--dpo-max-examples", "2")  # fmt: skip
     assert result.ret == 0

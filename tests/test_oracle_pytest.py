@@ -13,7 +13,7 @@ import pytest
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = Path(__file__).resolve().parent / "oracle_targets"
+CORPUS = Path(__file__).resolve().parent / "corpus"
 
 
 def _plugin_args() -> list[str]:
@@ -42,7 +42,7 @@ def test_plugin_target_passes(pytester):
     result = _run(
         pytester,
         "--dpo-target",
-        f"{TARGETS / 'correct_loss.py'}:cdpo",
+        f"{CORPUS / 'loss_correct.py'}:cdpo",
         "--dpo-variant",
         "cdpo",
         "--dpo-max-examples",
@@ -57,7 +57,7 @@ def test_plugin_target_passes(pytester):
 
 
 def test_plugin_target_fails_with_reproduction_and_xfail_file(pytester, tmp_path):
-    target = f"{TARGETS / 'broken_loss.py'}:detached_policy"
+    target = f"{CORPUS / 'loss_broken.py'}:detached_policy_plus_zero"
     result = _run(pytester, "--dpo-target", target, "--dpo-max-examples", "10")
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*dpo-ref::gradients*", "*Reproduction:*"])
@@ -67,9 +67,6 @@ def test_plugin_target_fails_with_reproduction_and_xfail_file(pytester, tmp_path
     again = _run(pytester, "--dpo-target", target, "--dpo-max-examples", "10", "--dpo-xfail", str(xfail))
     assert again.ret == 0, again.stdout.str()
     assert again.parseoutcomes()["xfailed"] == failed == 4
-
-
-CORPUS = TARGETS / "corpus"
 
 
 @pytest.mark.usefixtures("unshrunk_in_quick_tier")
@@ -110,9 +107,9 @@ def test_decorator_gives_one_test_per_check(pytester):
     pytester.makepyfile(
         test_mine=f"""
 import sys
-sys.path.insert(0, {str(TARGETS)!r})
-from broken_logps import no_mask
-from correct_logps import gather_log_softmax
+sys.path.insert(0, {str(CORPUS)!r})
+from logps_broken import no_mask
+from logps_correct import shift_gather_where as gather_log_softmax
 from dpo_ref import parametrize_with_dpo_checks
 
 @parametrize_with_dpo_checks(gather_log_softmax, level="logps", max_examples=5)
@@ -139,7 +136,7 @@ def test_bad(dpo_check):
 
 
 def test_plugin_advice_is_a_warning_and_strict_makes_it_a_failure(pytester):
-    target = f"{TARGETS / 'correct_logps.py'}:mask_by_multiplying"
+    target = f"{CORPUS / 'logps_correct.py'}:mask_by_multiplying"
     args = ("--dpo-target", target, "--dpo-level", "logps", "--dpo-max-examples", "5")
     relaxed = _run(pytester, *args)
     assert relaxed.ret == 0
@@ -153,7 +150,7 @@ def test_decorator_xfail_takes_a_single_name():
     """`xfail="values"` is one check, not the unknown checks "v", "a", "l", ..."""
     from dpo_ref.oracle.pytest_support import checks_for
 
-    target = f"{TARGETS / 'broken_loss.py'}:no_reference"
+    target = f"{CORPUS / 'loss_broken.py'}:reference_unused"
     checks = {c.name: c for c in checks_for(target, xfail="values", max_examples=5)}
     with pytest.raises(pytest.xfail.Exception):
         checks["values"]()

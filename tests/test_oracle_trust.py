@@ -25,7 +25,7 @@ from dpo_ref.oracle import adapters, load_target, verify
 from dpo_ref.oracle.report import ADVICE, FAILED, PASSED
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPUS = "tests/oracle_targets/corpus"
+CORPUS = "tests/corpus"
 FEW = 8  # examples per check: every behaviour here shows on the first few
 
 

@@ -36,8 +36,8 @@ from dpo_ref import family
 from dpo_ref.losses import PreferenceLoss
 from proofs import bounded_losses, exo_cdpo, hinge, ipo_noise, robust_dpo, shift_invariance, sppo_hard
 from proofs.common import beta, eps, h, sigma, tau
-from tests import family_impls
 from tests import test_proofs_linked as linked
+from tests.corpus import family_broken
 from tests.test_proofs_linked import AGREEMENT_EXAMPLES, DPS, NO_SHRINK, _lambdify, assert_close, logp, mp_margin
 
 F64 = torch.float64
@@ -295,7 +295,7 @@ def ipo_norm_lengths_swapped(pc, pr, rc, rr, *, chosen_lengths, rejected_lengths
 
 
 def ipo_norm_per_example_counts_plus_one(pc, pr, rc, rr, *, chosen_lengths, rejected_lengths, tau=0.1):
-    """family_impls' off-by-one count (TRL's unshifted mask), per example."""
+    """family_broken's off-by-one count (TRL's unshifted mask), per example."""
     h_bar = (pc - rc) / (chosen_lengths + 1) - (pr - rr) / (rejected_lengths + 1)
     return (h_bar - 1 / (2 * tau)) ** 2
 
@@ -332,23 +332,23 @@ def nca_rejected_sign(pc, pr, rc, rr, *, beta=0.1):
 
 
 CAUGHT = [
-    ("exo", family_impls.exo_is_cdpo),  # same optimum, other values: the value check sees it
+    ("exo", family_broken.exo_is_cdpo),  # same optimum, other values: the value check sees it
     ("exo", exo_targets_swapped),
     ("ipo_noise", ipo_norm_lengths_swapped),
     ("ipo_noise", ipo_norm_per_example_counts_plus_one),
-    ("robust", family_impls.robust_is_cdpo),  # the label-smoothing confusion of the issue
+    ("robust", family_broken.robust_is_cdpo),  # the label-smoothing confusion of the issue
     ("robust", robust_without_normaliser),
-    ("hinge", family_impls.hinge_is_dpo),
+    ("hinge", family_broken.hinge_is_dpo),
     ("hinge", hinge_kink_left),
     ("hinge", hinge_missing_beta),
-    ("sppo", family_impls.sppo_no_reference),
+    ("sppo", family_broken.sppo_no_reference),
     ("sppo", sppo_rejected_target_sign),
-    ("nca_pair", family_impls.nca_is_dpo),
+    ("nca_pair", family_broken.nca_is_dpo),
     ("nca_pair", nca_rejected_sign),
-    ("apo_zero", family_impls.apo_zero_is_down),
+    ("apo_zero", family_broken.apo_zero_is_down),
     ("apo_zero", apo_zero_on_the_margin),
-    ("apo_down", family_impls.apo_down_is_zero),
-    ("bco_pair", family_impls.bco_swapped),
+    ("apo_down", family_broken.apo_down_is_zero),
+    ("bco_pair", family_broken.bco_swapped),
 ]
 
 
@@ -364,7 +364,7 @@ def test_the_optimum_check_alone_misses_exo_as_cdpo():
     h_star = at(EXO_H_STAR, beta_, eps_)
     hs = torch.tensor([h_star], dtype=F64, requires_grad=True)
     zero = torch.zeros(1, dtype=F64)
-    family_impls.exo_is_cdpo(hs, zero, zero, zero, beta=beta_, label_smoothing=eps_).sum().backward()
+    family_broken.exo_is_cdpo(hs, zero, zero, zero, beta=beta_, label_smoothing=eps_).sum().backward()
     assert abs(hs.grad.item()) <= 1e-12
 
 
@@ -383,11 +383,11 @@ def as_preference_loss(fn):
 BROKEN_FAMILY = {  # used by tests/test_proofs_notebook.py: each family proof's comparison must catch these
     "dpo_ref.family.exo_pair_loss": as_preference_loss(exo_targets_swapped),
     "dpo_ref.family.ipo_norm_loss": as_preference_loss(ipo_norm_lengths_swapped),
-    "dpo_ref.family.robust_loss": as_preference_loss(family_impls.robust_is_cdpo),
+    "dpo_ref.family.robust_loss": as_preference_loss(family_broken.robust_is_cdpo),
     "dpo_ref.family.hinge_loss": as_preference_loss(hinge_kink_left),
     "dpo_ref.family.sppo_hard_loss": as_preference_loss(sppo_rejected_target_sign),
     "dpo_ref.family.nca_pair_loss": as_preference_loss(nca_rejected_sign),
     "dpo_ref.family.apo_zero_loss": as_preference_loss(apo_zero_on_the_margin),
-    "dpo_ref.family.apo_down_loss": as_preference_loss(family_impls.apo_down_is_zero),
-    "dpo_ref.family.bco_pair_loss": as_preference_loss(family_impls.bco_swapped),
+    "dpo_ref.family.apo_down_loss": as_preference_loss(family_broken.apo_down_is_zero),
+    "dpo_ref.family.bco_pair_loss": as_preference_loss(family_broken.bco_swapped),
 }

@@ -4,7 +4,7 @@ The properties are defined once, in `dpo_ref/oracle/catalogue.py` (statement, st
 and read by every runner: `dpo-ref verify`, `dpo_ref.verify`, the pytest plugin, and this suite, which runs
 each of them on dpo_ref's own functions under `strict=True` (float64 inputs must give float64-exact results)
 with the active Hypothesis profile's number of examples. `test_properties_bite.py` shows each one rejecting a
-deliberately broken implementation (`tests/oracle_targets/broken_*.py`).
+deliberately broken implementation (the corpus, `tests/corpus/`).
 """
 
 from __future__ import annotations
