@@ -9,15 +9,15 @@ and for a broken one what must catch it: the diagnosis the oracle must name and/
 
 Three groups, told apart by `Case.group`:
 - "outside": written by a separate session in its own styles, labelled before the oracle's diagnoses existed;
-  the labels are proved right without the oracle by tests/test_corpus_selfcheck.py (closed forms and a loop
-  reference written in that test); tests/test_oracle_corpus.py runs the oracle on them. A broken one names
+  the labels are proved right without the oracle by tests/meta/test_corpus_selfcheck.py (closed forms and a loop
+  reference written in that test); tests/oracle/test_corpus.py runs the oracle on them. A broken one names
   the diagnosis (a key of `DIAGNOSES`), or None when its mistake has no named alternative (the oracle must
   still reject it).
 - "suite": the suite's own set, one bug per check of the catalogue: a broken one lists the checks that must
   fail (`fails`; `strict_fails` for the advisory checks, which fail only under strict=True);
-  tests/test_oracle.py runs them, tests/test_properties_bite.py keeps the set covering every check.
+  tests/oracle/test_oracle.py runs them, tests/checks/test_properties_bite.py keeps the set covering every check.
 - "family": one correct and one broken implementation per family variant; the diagnosis is the oracle's
-  (a registry variant or a known mistake). tests/test_oracle_family.py runs them and refuses a registry
+  (a registry variant or a known mistake). tests/oracle/test_family.py runs them and refuses a registry
   variant without both.
 
 Diagnosis names of the outside group (loss level): plain-dpo, robust-dpo, cdpo-weights-exchanged,
