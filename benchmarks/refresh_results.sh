@@ -49,7 +49,7 @@ if [ "$run_bench" = 1 ]; then
 fi
 
 step "rewriting the quoted figures"
-python -m dpo_ref.docgen.results refresh  # before the suite runs: tests/test_doc_results.py checks them
+python -m dpo_ref.docgen.results refresh  # before the suite runs: tests/meta/test_doc_results.py checks them
 
 if [ "$run_suite" = 1 ]; then
     step "the README's test command -> $OUT/suite.json"

@@ -18,13 +18,13 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [  # key in the JSON, label, verify arguments, budget in seconds
-    ("loss_dpo", "loss, correct (dpo)", ["tests/oracle_targets/correct_loss.py:per_example"], 10.0),
-    ("loss_cdpo", "loss, correct (cdpo)", ["tests/oracle_targets/correct_loss.py:cdpo", "--variant", "cdpo"], 10.0),
-    ("loss_broken", "loss, broken (no reference)", ["tests/oracle_targets/broken_loss.py:no_reference"], None),
+    ("loss_dpo", "loss, correct (dpo)", ["tests/corpus/loss_correct.py:per_example"], 10.0),
+    ("loss_cdpo", "loss, correct (cdpo)", ["tests/corpus/loss_correct.py:cdpo", "--variant", "cdpo"], 10.0),
+    ("loss_broken", "loss, broken (no reference)", ["tests/corpus/loss_broken.py:reference_unused"], None),
     (
         "logps",
         "logps, correct",
-        ["tests/oracle_targets/correct_logps.py:gather_log_softmax", "--level", "logps"],
+        ["tests/corpus/logps_correct.py:shift_gather_where", "--level", "logps"],
         5.0,
     ),
 ]

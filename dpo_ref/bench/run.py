@@ -472,12 +472,14 @@ def bench_verify(timeout: float = 600) -> dict:
     import importlib.util
 
     root = _package_root()
-    target = os.path.join(root, "tests", "oracle_targets", "correct_loss.py")
+    target = os.path.join(root, "tests", "corpus", "loss_correct.py")
     if importlib.util.find_spec("dpo_ref.oracle") is None:
         return {"verify_s": None, "verify_note": "verify: not available (dpo_ref.oracle is not installed)"}
     if not os.path.isfile(target):
         return {"verify_s": None, "verify_note": f"verify: not available ({target} does not exist)"}
-    name = _first_function(target)
+    name = "per_example"  # the corpus's plain per-example DPO (the suite's set)
+    if name not in _functions(target):
+        return {"verify_s": None, "verify_note": f"verify: not available ({target} defines no {name})"}
     cmd = [sys.executable, "-m", "dpo_ref", "verify", f"{target}:{name}", "--level", "loss", "--variant", "dpo"]
     env = dict(
         os.environ, PYTHONPATH=root + (os.pathsep + os.environ["PYTHONPATH"] if "PYTHONPATH" in os.environ else "")
@@ -491,16 +493,13 @@ def bench_verify(timeout: float = 600) -> dict:
     return {"verify_s": seconds, "verify_note": f"verify: {' '.join(cmd[3:])}"}
 
 
-def _first_function(path: str) -> str:
-    """Name of the first top-level function in a Python file (the correct-loss target to verify)."""
+def _functions(path: str) -> set[str]:
+    """Names of the top-level functions in a Python file."""
     import ast
 
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read())
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
-            return node.name
-    raise InputError(f"{path} defines no public function to verify")
+    return {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
 
 
 def environment(device: str, threads: int) -> dict:

@@ -9,7 +9,7 @@ checks on third-party code.
 Expected values come from the closed forms in float64 (`LossSpec.losses`, `LossSpec.dloss_dmargin`), written
 here again from the papers and evaluated another way than `dpo_ref.losses` does (-log sigma(z) as
 logaddexp(0, -z), not logsigmoid), so the suite's checks of dpo_ref's own losses are not circular (the registry's
-mpmath references check these closed forms in turn: tests/test_properties.py); gradients are compared with their
+mpmath references check these closed forms in turn: tests/checks/test_properties.py); gradients are compared with their
 closed form, derived in `proofs/` (dL/dh):
 
     DPO/cDPO  dL/dh = -beta [(1 - eps) sigma(-beta h) - eps sigma(beta h)]

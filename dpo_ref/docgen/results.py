@@ -15,7 +15,7 @@ is the value at key path `summary.seconds` of `docs/results/train.json`, formatt
 
 `python -m dpo_ref.docgen.results refresh` rewrites every span from the files (after `benchmarks/refresh_results.sh`
 has re-run the commands); `python -m dpo_ref.docgen.results check` lists the spans that disagree (exit 1), which is
-what `tests/test_doc_results.py` asserts for the checked-in docs. Nothing here is measured: the commands
+what `tests/meta/test_doc_results.py` asserts for the checked-in docs. Nothing here is measured: the commands
 (`dpo-ref train --json`, `dpo-ref experiment ... --json`, `dpo-ref bench --json`,
 `benchmarks/verify_budget.py --json`, `benchmarks/logps_memory.py --json`, `benchmarks/suite_time.py --json`)
 write the files, each with the machine it ran on (`machine()`).

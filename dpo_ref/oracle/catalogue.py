@@ -3,7 +3,7 @@
 A `Check` draws one example (a dict of inputs) from a Hypothesis strategy, runs one of the property
 checks of `dpo_ref.checks.properties` on a target, and knows how to write a failing example as a snippet
 (`dpo_ref.oracle.snippets`). The oracle (`dpo_ref.verify`, `dpo-ref verify`, the pytest plugin) and
-dpo_ref's own test suite (`tests/test_properties.py`: every check on dpo_ref itself, float64-exact) read
+dpo_ref's own test suite (`tests/checks/test_properties.py`: every check on dpo_ref itself, float64-exact) read
 the same catalogue; `dpo_ref.oracle.runner` drives a check under Hypothesis.
 
 Advisory checks (`advisory=True`) test robustness rather than the formula: their failure is reported

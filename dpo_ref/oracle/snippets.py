@@ -4,7 +4,7 @@ Every snippet defines the inputs, calls the target, computes what dpo_ref expect
 and ends with an `assert` that fails exactly as the check did, with the tolerance the oracle applied. So
 running a reproduction either raises the AssertionError it claims, or the target has changed. The suite
 runs the snippets the oracle emits for broken implementations to keep that promise (`run_reproduction` in
-`tests/test_oracle.py`).
+`tests/oracle/test_oracle.py`).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from dpo_ref.errors import InputError
 RUN_FILES = ("run.json", "metrics.jsonl", "sft.safetensors", "checkpoint.safetensors", "model")
 TMP_PREFIX = ".tmp-"
 # test hook: SIGKILL this process after the temporary file of the checkpoint of this step is written, before
-# the rename (tests/test_faults.py uses it to crash exactly mid-write); never set outside tests
+# the rename (tests/train/test_faults.py uses it to crash exactly mid-write); never set outside tests
 KILL_IN_CHECKPOINT_ENV = "DPO_REF_TEST_KILL_IN_CHECKPOINT"
 CUDA_RNG_PREFIX = "rng/cuda/"  # + the device index: one generator state per GPU
 

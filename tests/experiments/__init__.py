@@ -1,0 +1,1 @@
+"""Tests of dpo_ref.experiments."""

@@ -1,0 +1,1 @@
+"""Tests of proofs/: the derivations and their links to the code."""

@@ -1,0 +1,1 @@
+"""Tests of dpo_ref.train: data, the loop, run directories and crash recovery."""
