@@ -329,7 +329,8 @@ def verify_pipeline(target, cfg: Config, only: Iterable[str] | None = None, prog
     report.detected["convention"] = pipeline.describe_detection(target.conventions)
     _emit(report, call, progress)
     _run_all(report, selected, target, cfg, progress)
-    failed = {c.name for c in report.checks if c.failed}
-    if failed:
-        report.diagnosis += pipeline_diagnosis.diagnose(target, cfg, failed)
+    failures = {c.name: c.message for c in report.checks if c.failed}
+    if failures:
+        passed = {c.name for c in report.checks if c.status == PASSED}
+        report.diagnosis += pipeline_diagnosis.diagnose(target, cfg, failures, passed)
     return report

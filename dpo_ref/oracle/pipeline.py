@@ -188,30 +188,33 @@ def _distance(got: tuple, expected: list[list[Scored]]) -> float:
 
 
 def detect(target: PipelineTarget, cfg: Config) -> dict[str, tuple[Convention, float, list[Convention]]]:
-    """Per world: (the convention used for the expected values, its distance, every convention that matches)."""
-    out = {}
+    """Per world: (the convention the expected values use, its distance on the probe, the conventions that match).
+
+    A pipeline has one convention: the one used everywhere is the first that matches in every world (a world
+    whose tokenizer adds no BOS matches with and without it); failing that, the closest in the Llama world (the
+    one that shows BOS), so the worlds where the target departs from it fail."""
+    found = {}
     candidates = [Convention.parse(cfg.convention)] if cfg.convention else list(CONVENTIONS)
     for name, world in WORLDS.items():
         try:
             got = _world_call(target, world, PROBE)
         except Exception:
-            out[name] = (candidates[0], math.inf, [])
+            found[name] = {c: math.inf for c in candidates}
             continue
-        scored = {}
-        for conv in candidates:
-            scored[conv] = _distance(got, reference(world, PROBE, conv, cfg.average))
-        matches = [c for c, d in scored.items() if d <= 1.0]
-        best = min(scored, key=scored.get)
-        out[name] = (matches[0] if matches else best, scored[best], matches)
-    return out
+        found[name] = {c: _distance(got, reference(world, PROBE, c, cfg.average)) for c in candidates}
+    common = [c for c in candidates if all(d[c] <= 1.0 for d in found.values())]
+    chosen = common[0] if common else min(found["llama"], key=found["llama"].get)
+    return {name: (chosen, d[chosen], [c for c in candidates if d[c] <= 1.0]) for name, d in found.items()}
 
 
 def describe_detection(detected: dict) -> str:
-    conv, dist, matches = detected["llama"]  # the world with a BOS: the only one where bos is observable
-    if matches:
-        same = " = ".join(str(c) for c in matches)
-        return f"{matches[0]} (values match: {same})" if len(matches) > 1 else str(matches[0])
-    return f"none matched; the closest is {conv} ({dist:.3g} x the tolerance away)"
+    conv, dist, _ = detected["llama"]  # the world with a BOS: the only one where bos is observable
+    if all(d <= 1.0 for _, d, _ in detected.values()):
+        same = [c for c in detected["llama"][2] if all(c in m for _, _, m in detected.values())]
+        return f"{conv} (values match: {' = '.join(str(c) for c in same)})" if len(same) > 1 else str(conv)
+    apart = {n: "/".join(str(c) for c in m) or "none" for n, (_, _, m) in detected.items()}
+    where = ", ".join(f"{n}: {m}" for n, m in apart.items())
+    return f"no one convention matches in every world ({where}); the expected values use {conv}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -347,7 +350,8 @@ def check_model_unchanged(target: PipelineTarget, cfg: Config, ex: dict) -> None
     after_weights, after_modes, after_flags = _state(model)
     changed = [n for n in weights if not torch.equal(weights[n], after_weights[n])]
     if changed:
-        raise PropertyViolation(f"the target changed the model's weights ({', '.join(changed[:3])})")
+        raise PropertyViolation(f"the target changed the model's weights: {', '.join(changed[:3])} "
+                                "(model-weights-changed)")  # fmt: skip
     if after_modes != modes:
         mode = "train" if modes[""] else "eval"
         raise PropertyViolation(

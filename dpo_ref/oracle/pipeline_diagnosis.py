@@ -10,15 +10,16 @@ normalisation by a batch statistic). The gradient and model-state checks name th
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
+from dpo_ref.checks.properties import PropertyViolation
 from dpo_ref.oracle.catalogue import Config
 from dpo_ref.oracle.pipeline import (
     CONVENTIONS,
     Convention,
     PipelineTarget,
+    check_batch_composition,
+    check_model_unchanged,
     reference,
     row_ids,
     score_row,
@@ -141,9 +142,10 @@ def _layout_variants(world: World, conv: Convention, average: bool) -> dict[str,
         out[f"attention-mask-ignored:{together}"] = _padded(
             world, conv, average, "left", together, mask=False, positions=False, score_pads=False
         )
-        out[f"pads-scored:{together}"] = _padded(
-            world, conv, average, "right", together, mask=True, positions=False, score_pads=True
-        )
+        for mask in (True, False):  # the scored pads' own logits depend on whether they attend
+            key = f"pads-scored:{together}"
+            alt = _padded(world, conv, average, "right", together, mask=mask, positions=False, score_pads=True)
+            out[key if mask else key + ":unmasked"] = alt
     return out
 
 
@@ -151,26 +153,34 @@ def _matches(got: list[torch.Tensor], alt: list[torch.Tensor], tol: list[torch.T
     return all(bool(((g - a).abs() <= t).all()) for g, a, t in zip(got, alt, tol))
 
 
+def _window(got: torch.Tensor, both: torch.Tensor, tol_both: torch.Tensor) -> int | None:
+    """The offset o with got = both[o : o + B] (both = the 2B concatenation chosen + rejected), if any."""
+    B = got.shape[0]
+    for o in range(both.shape[0] - B + 1):
+        if bool(((got - both[o : o + B]).abs() <= tol_both[o : o + B]).all()):
+            return o
+    return None
+
+
+def _permuted(got: torch.Tensor, exp: torch.Tensor, tol: torch.Tensor) -> bool:
+    """got holds exp's values in another order."""
+    order = exp.argsort()
+    return bool(((got.sort().values - exp[order]).abs() <= tol[order]).all())
+
+
 def _value_variants(got, expected, tol, average: bool) -> list[str]:
-    """Mistakes made with the right values: exchanged, reordered, shifted, rescaled."""
+    """Mistakes made with the right values: exchanged, shifted between rows, reordered, rescaled."""
     exp = [values(rows) for rows in expected]
-    found = []
-    if _matches(got, exp[::-1], tol[::-1]):
-        found.append("chosen-rejected-swapped")
     B = len(exp[0])
-    for perm in itertools.permutations(range(B)):
-        p = list(perm)
-        if p != list(range(B)) and _matches(got, [e[p] for e in exp], [t[p] for t in tol]):
-            shift = all(p[i] == (i + p[0]) % B for i in range(B))
-            found.append("rows-shifted" if shift else "rows-reordered")
-            break
-    if not found:  # rejected taken from the chosen's neighbour: a 2B batch split one row off
-        both = torch.cat(exp)
-        for k in (1, -1):
-            alt = torch.roll(both, k)
-            if _matches(got, [alt[:B], alt[B:]], tol):
-                found.append("rows-shifted")
-                break
+    both, tol_both = torch.cat(exp), torch.cat(tol)
+    found = []
+    offsets = [_window(g, both, tol_both) for g in got]
+    if offsets == [B, 0]:
+        found.append("chosen-rejected-swapped")
+    elif None not in offsets and offsets != [0, B]:
+        found.append("rows-shifted")
+    elif all(_permuted(g, e, t) for g, e, t in zip(got, exp, tol)):
+        found.append("rows-reordered")
     counts = [torch.tensor([float(max(r.tokens, 1)) for r in rows], dtype=torch.float64) for rows in expected]
     other = [e / c for e, c in zip(exp, counts)] if not average else [e * c for e, c in zip(exp, counts)]
     if _matches(got, other, tol):
@@ -193,8 +203,12 @@ def _say(key: str, world: World) -> str:
         text = text.format(n=arg)
     elif name == "batch-normalised":
         text = text.format(k=float(arg))
-    elif arg in ("True", "False"):
-        text += " (chosen and rejected padded as one batch)" if arg == "True" else " (chosen and rejected padded apart)"
+    elif arg:
+        together, _, unmasked = arg.partition(":")
+        text += (
+            " (chosen and rejected padded as one batch" if together == "True" else " (chosen and rejected padded apart"
+        )
+        text += ", no attention mask)" if unmasked else ")"
     return f"{name}: {text} [{world.name}: {world.describe}]"
 
 
@@ -229,25 +243,58 @@ def diagnose_world(target: PipelineTarget, cfg: Config, world: World) -> list[st
     return []
 
 
-def diagnose(target: PipelineTarget, cfg: Config, failed: set[str]) -> list[str]:
+STATE_MISTAKES = ("model-left-in-train-mode", "model-grad-left", "requires-grad-changed", "model-weights-changed")
+
+
+def diagnose(target: PipelineTarget, cfg: Config, failures: dict[str, str], passed: set[str]) -> list[str]:
+    """Name the mistakes behind the failed checks (`failures`: check name -> its message; `passed`: the checks
+    that passed). What fail-fast left unrun and the diagnosis needs (model state, batch dependence) is run here."""
     out: list[str] = []
-    if "pipeline_gradients" in failed and _detached(target):
+    state = failures.get("pipeline_model_unchanged", "")
+    if not state and "pipeline_model_unchanged" not in passed:
+        state = _failure(lambda: check_model_unchanged(target, cfg, {"world": "llama", "examples": DIAGNOSTIC[:2]}))
+    out += [f"{name}: {state}" for name in STATE_MISTAKES if f"({name})" in state]
+    if "pipeline_gradients" in failures and _detached(target):
         out.append("detached: the log-probs carry no autograd graph (.detach(), torch.no_grad or .item()): "
                    "training on them would not update the model")  # fmt: skip
-    value_checks = failed - {"pipeline_gradients", "pipeline_model_unchanged"}
+    value_checks = set(failures) - {"pipeline_gradients", "pipeline_model_unchanged"}
     if value_checks:
         seen_right = False
-        for world in (WORLDS["gpt2"], WORLDS["llama"]):
+        for world in (WORLDS["gpt2"], WORLDS["llama"], WORLDS["llama-no-pad"]):
             found = diagnose_world(target, cfg, world)
             if found is None:
                 seen_right = True
                 continue
             out += [f for f in found if f.split(":")[0] not in {o.split(":")[0] for o in out}]
-        if not out and "pipeline_batch_composition" in failed:
+        if not out and ("pipeline_batch_composition" in failures or _depends_on_batch(target, cfg)):
             out.append("depends-on-batch: a row's values change with the other rows of the batch")
-        if not out and seen_right and "pipeline_no_pad_token" in failed:
-            out.append("no-pad-token: fails only with a tokenizer that has no pad token")
+        if not out and seen_right and "pipeline_no_pad_token" in failures and _eos_lost(target):
+            out.append("eos-scored-as-pad: with no pad token it pads with EOS and masks every EOS, so the EOS it "
+                       "appends is not scored (it is elsewhere)")  # fmt: skip
+        if not out and seen_right and "pipeline_no_pad_token" in failures:
+            out.append("no-pad-token: wrong only with a tokenizer that has no pad token")
     return out
+
+
+def _failure(check) -> str:
+    """The message of a check run here ("" if it passes or cannot run)."""
+    try:
+        check()
+    except PropertyViolation as err:
+        return str(err)
+    except Exception:
+        return ""
+    return ""
+
+
+def _depends_on_batch(target: PipelineTarget, cfg: Config) -> bool:
+    return bool(_failure(lambda: check_batch_composition(target, cfg, {"world": "llama", "examples": DIAGNOSTIC})))
+
+
+def _eos_lost(target: PipelineTarget) -> bool:
+    """The convention detected elsewhere appends EOS, and without a pad token the values are those without it."""
+    conv, _, no_pad = target.conventions["llama-no-pad"]
+    return conv.eos and any(c == Convention(conv.tokenize, c.bos, False) for c in no_pad)
 
 
 def _detached(target: PipelineTarget) -> bool:

@@ -382,3 +382,14 @@ CASES: list[Case] = [
     _fb("simpo_on_sums", "simpo", "not-length-normalised", "log-probs not length-normalised"),
     _fb("dpop_is_dpo", "dpop", "dpo", "the penalty forgotten: plain DPO"),
 ]
+
+
+def _pipeline_cases() -> list[Case]:
+    """The pipeline and packed levels' cases, labelled in pipeline_index.py (with each correct pipeline's
+    tokenisation convention, which tests/meta/test_pipeline_corpus_selfcheck.py proves without the oracle)."""
+    from tests.corpus.pipeline_index import INDEX
+
+    return [Case(e.target, e.level, "dpo", e.conforms, e.diagnosis, {}, e.description, "pipeline") for e in INDEX]
+
+
+CASES += _pipeline_cases()
