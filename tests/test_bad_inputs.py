@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -213,6 +214,21 @@ def _train(out_key, sub="out", **kw):
     return run
 
 
+def _with(x: torch.Tensor, index: tuple, value: float) -> torch.Tensor:
+    x[index] = value
+    return x
+
+
+def _dpo(pc, pr, rc, rr, beta=0.1, label_smoothing=0.0):
+    return dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=label_smoothing).losses
+
+
+def _verify_api(**options):
+    import dpo_ref
+
+    return dpo_ref.verify(_dpo, **{"max_examples": 2, "checks": ["values"], **options})
+
+
 def _corrupt_checkpoint(f):
     from dpo_ref.train.rundir import load_tensors
 
@@ -273,6 +289,25 @@ API_CASES = [
     ("logits empty batch", lambda f: sequence_logps(torch.zeros(0, 3, 3), torch.zeros(0, 3, dtype=LONG)), InputError, "empty"),
     ("labels score nothing (average)", lambda f: sequence_logps(torch.zeros(2, 3, 4), t([[1, 2, 3], [1, -100, -100]]), average=True), InputError, "row 1"),
     ("only the unscored first label (average)", lambda f: sequence_logps(torch.zeros(1, 1, 4), t([[2]]), average=True), InputError, "row 0"),
+    # issue 20, bug 14: these passed validation, then failed inside gather (or with a bare TypeError)
+    ("int8 labels", lambda f: sequence_logps(torch.zeros(1, 3, 4), t([[0, 1, 2]], dtype=torch.int8)), InputTypeError, r"labels must be a torch.int64 or torch.int32 tensor .* got dtype torch.int8"),
+    ("int16 labels", lambda f: sequence_logps(torch.zeros(1, 3, 4), t([[0, 1, 2]], dtype=torch.int16)), InputTypeError, r"labels .*torch.int16"),
+    ("uint8 labels", lambda f: sequence_logps(torch.zeros(1, 3, 4), t([[0, 1, 2]], dtype=torch.uint8)), InputTypeError, r"labels .*torch.uint8"),
+    ("ignore_index None", lambda f: sequence_logps(torch.zeros(1, 3, 4), t([[0, 1, 2]]), ignore_index=None), InputTypeError, r"ignore_index must be an int"),
+    ("NaN logits", lambda f: sequence_logps(_with(torch.zeros(1, 3, 4), (0, 1, 2), nan), t([[0, 1, 2]])), InputError, r"logits\[0, 1\] \(which scores labels\[0, 2\]\) holds NaN"),
+    ("+inf logits", lambda f: sequence_logps(_with(torch.zeros(2, 3, 4), (1, 0, 3), inf), t([[0, 1, 2], [0, 1, 2]])), InputError, r"logits\[1, 0\]"),
+    # the coefficients: an overflow was a silent inf
+    ("beta overflows float32", lambda f: dpo_loss(*_four(), beta=1e300), InputError, r"beta=1e\+300 makes the chosen reward overflow torch.float32"),
+    ("beta overflows the loss", lambda f: dpo_loss(*_four((-3.0, -1.0, -1.5, -1.5)), beta=3e38), InputError, r"beta=3e\+38 makes the loss overflow"),
+    ("tau 1e-300 overflows", lambda f: ipo_loss(*_four(), tau=1e-300), InputError, r"tau=1e-300 makes the loss overflow"),
+    ("label_smoothing tensor of 2", lambda f: dpo_loss(*_four(), label_smoothing=t([0.1, 0.2])), InputError, "label_smoothing"),
+    ("label_smoothing complex", lambda f: dpo_loss(*_four(), label_smoothing=0.1j), InputTypeError, "label_smoothing"),
+    # issue 20, bug 15: dpo_ref.verify's options
+    ("verify: label_smoothing a string", lambda f: _verify_api(variant="cdpo", label_smoothing="x"), InputTypeError, r"label_smoothing must be a number in \(0, 0.5\), got str"),
+    ("verify: label_smoothing 0.5", lambda f: _verify_api(variant="cdpo", label_smoothing=0.5), InputError, r"label_smoothing must be in \(0, 0.5\)"),
+    ("verify: beta a string", lambda f: _verify_api(beta="0.1"), InputTypeError, r"beta must be a positive finite number, got str"),
+    ("verify: beta inf", lambda f: _verify_api(beta=inf), InputError, r"beta must be a positive finite number, got inf"),
+    ("verify: family coefficient a string", lambda f: _verify_api(variant="sppo_hard", coefficients={"beta": "x"}), InputTypeError, r"beta must be a number, got str"),
     # -- preference data
     ("data: broken JSON", _prepare("broken_json"), InputError, r"broken\.jsonl line 2: not valid JSON"),
     ("data: missing field", _prepare("missing_field"), InputError, r"line 1: field 'rejected' is missing"),
@@ -316,6 +351,24 @@ def test_api_bad_input_raises_a_specific_error_naming_the_argument(files, case, 
     # exactly the documented type: InputError is a ValueError; InputTypeError is also a TypeError
     assert type(info.value) is error
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "beta, label_smoothing",
+    [(np.float32(0.5), np.float64(0.1)), (torch.tensor(0.5), torch.tensor(0.1)), (1, 0), (np.int64(2), 0.25)],
+    ids=["numpy", "0-d tensors", "python ints", "numpy int"],
+)
+def test_api_coefficients_accept_any_real_number(beta, label_smoothing):
+    """Bug 15: beta took a 0-d tensor but label_smoothing did not, and a numpy float32 beta was refused. Every
+    scalar coefficient is read the same way: a real number (Python, numpy or a one-element tensor)."""
+    from dpo_ref.oracle.api import make_config
+
+    result = dpo_loss(*_four(), beta=beta, label_smoothing=label_smoothing)
+    expected = dpo_loss(*_four(), beta=float(beta), label_smoothing=float(label_smoothing))
+    torch.testing.assert_close(result.losses, expected.losses)
+    config = make_config("cdpo", beta=beta, label_smoothing=label_smoothing or 0.1)
+    assert config.beta == float(beta) and isinstance(config.beta, float)
+    assert ipo_loss(*_four(), tau=beta).losses.isfinite().all()
 
 
 def test_api_resume_without_a_checkpoint_is_refused(files, tmp_path):
