@@ -131,6 +131,22 @@ def files(tmp_path_factory):
         )
         + "\n",
     )
+    nan_weights = root / "nan_weights"
+    with torch.no_grad():
+        for p in tiny.parameters():
+            p.fill_(float("nan"))
+    tiny.save_pretrained(nan_weights)
+    tokenizer.save_pretrained(nan_weights)
+    f["nan_weights"] = str(nan_weights)
+    os.symlink(root / "nowhere", root / "dangling")
+    f["dangling"] = str(root / "dangling")
+    f["bom"] = _write(root / "bom.jsonl", b"\xef\xbb\xbf" + (line * 4).encode())
+    os.symlink(root / "bom.jsonl", root / "bom_link.jsonl")  # another spelling of the same file
+    f["bom_link"] = str(root / "bom_link.jsonl")
+    f["reversed_readme"] = _write(
+        root / "reversed.md", "a\n<!-- compliance-summary:end -->\nb\n<!-- compliance-summary:start -->\n"
+    )
+    f["latin1_readme"] = _write(root / "latin1.md", "caf\xe9\n".encode("latin-1"))
     fifo = root / "fifo"
     os.mkfifo(fifo)
     f["fifo"] = str(fifo)
@@ -457,6 +473,18 @@ CLI_CASES = [
     ("train: a pickle weights_only refuses", ["train", "--model", "{bad_pickle}", *_TRAIN], r"--model .*bad_pickle' holds its weights only as a pickle"),
     ("train: weights only as a pickle .bin", ["train", "--model", "{plain_pickle}", *_TRAIN], r"--model .*plain_pickle' holds its weights only as a pickle \(pytorch_model\.bin\); dpo-ref loads safetensors only.*from_pretrained\(.*\)\.save_pretrained\("),
     ("train: chat template raises", ["train", "--model", "{bad_template}", "--data", "{conversational}", *_TRAIN], r"line 1: field 'prompt': the tokenizer's chat template raised TemplateError: no system role here"),
+    # -- dpo-ref train: issue 20, bugs 7-9 (sizes unbounded, a batch repeating rows, outputs over inputs)
+    ("train: out a dangling symlink", ["train", "--data", "{good}", "--batch-size", "4", *_TRAIN, "--out", "{dangling}"], r"--out .*dangling' is a symbolic link to .*nowhere', which does not exist; expected a directory"),
+    ("train: out empty", ["train", "--data", "{good}", "--batch-size", "4", *_TRAIN, "--out", ""], r"--out is empty; expected a directory"),
+    ("train: json is the data", ["train", "--data", "{good}", "--batch-size", "4", "--json", "{good}", *_TRAIN], r"--json .*good\.jsonl' is the same file as --data .*good\.jsonl', an input of this run; choose another --json"),
+    ("train: json is the eval data", ["train", "--data", "{good}", "--eval-data", "{bom}", "--batch-size", "4", "--json", "{bom_link}", *_TRAIN], r"--json .*bom_link\.jsonl' is the same file as --eval-data .*bom\.jsonl'"),
+    ("train: json inside the model", ["train", "--model", "{truncated}", "--json", "{truncated}/r.json", *_TRAIN], r"--json .*r\.json' would write inside --model .*truncated'"),
+    ("train: batch larger than the data", ["train", "--data", "{good}", *_TRAIN], r"an update takes 32 pairs \(--batch-size 32 x --grad-accum 1 x 1 processes\) but the training data has 4; lower --batch-size, or pass --repeat-rows"),
+    ("train: batch-size 1e9", ["train", "--batch-size", "1000000000", *_TRAIN], r"--batch-size must be at most 65536, got 1000000000"),
+    ("train: batch x accumulation too large", ["train", "--batch-size", "65536", "--grad-accum", "2", *_TRAIN], r"--batch-size x --grad-accum must be at most 65536 pairs per update, got 65536 x 2"),
+    ("train: steps 1e12", ["train", "--sft-steps", "0", "--steps", "1000000000000", "--no-progress"], r"--steps must be at most 100000000, got 1000000000000"),
+    ("train: max-length 1e9", ["train", "--max-length", "1000000000", *_TRAIN], r"--max-length must be at most 1048576"),
+    ("train: weights not finite", ["train", "--model", "{nan_weights}", "--data", "{good}", "--batch-size", "4", *_TRAIN], r"--model .*nan_weights': its weights are not finite \(.* holds NaN or inf\)"),
     # -- dpo-ref prove
     ("prove: unknown proof", ["prove", "--only", "nosuch"], r"--only: unknown proof 'nosuch'"),
     ("prove: output under a file", ["prove", "--only", "init-ln2", "--output", "{plain_file}/x.md"], r"--output: directory"),
@@ -466,6 +494,9 @@ CLI_CASES = [
     ("matrix: out is a FIFO", ["matrix", "--out", "{fifo}"], r"--out .*fifo' is a FIFO \(named pipe\); expected a directory"),
     ("matrix: out is a file", ["matrix", "--out", "{plain_file}"], r"--out .*plain\.txt' is a file; expected a directory"),
     ("matrix: readme is a FIFO", ["matrix", "--out", "{root}", "--readme", "{fifo}"], r"--readme .*fifo' is a FIFO"),
+    ("matrix: readme markers reversed", ["matrix", "--out", "{root}", "--readme", "{reversed_readme}"], r"reversed\.md has no <!-- compliance-summary:start --> \.\.\. <!-- compliance-summary:end --> block to update \(both markers, in this order\)"),
+    ("matrix: readme not UTF-8", ["matrix", "--out", "{root}", "--readme", "{latin1_readme}"], r"--readme .*latin1\.md' is not UTF-8 \(byte 0xe9 at offset 3\)"),
+    ("matrix: readme is what out writes", ["matrix", "--out", "{root}", "--readme", "{root}/compliance.md"], r"--readme .* would write .*compliance\.md', which --out .* writes too"),
     # -- dpo-ref verify: usage and import problems (a target that runs but computes wrong is exit 1, below)
     ("verify: file does not exist", ["verify", "{missing}.py:loss"], r"target file .*no_such\.jsonl\.py' does not exist"),
     ("verify: syntax error", ["verify", "{syntax_error}:loss"], r"importing it raised SyntaxError"),
@@ -490,7 +521,12 @@ CLI_CASES = [
     ("bench: json under a file", ["bench", "--json", "{plain_file}/b.json"], r"--json .*: its directory does not exist"),
     ("bench: json is a FIFO", ["bench", "--json", "{fifo}"], r"--json .*fifo' is a FIFO \(named pipe\); expected a path to a regular file"),
     ("bench: json is a directory", ["bench", "--json", "{root}"], r"--json .* is a directory; expected a path to a regular file"),
+    ("bench: vocab 1", ["bench", "--size", "tiny", "--vocab", "1"], r"--vocab must be at least 16"),
+    ("bench: device mps", ["bench", "--device", "mps"], r"--device 'mps': dpo-ref trains on cpu or cuda only"),
+    ("bench: threads 0", ["bench", "--threads", "0"], r"--threads must be a positive integer, got 0"),
     # -- dpo-ref experiment
+    ("overfit: seed -1", ["experiment", "overfit", "--seed", "-1"], r"--seed must be an integer in \[0, 2\*\*32\), got -1"),
+    ("overfit: json is a file it writes", ["experiment", "overfit", "--epochs", "1", "--json", "{out}/overfit.json"], r"--json .*overfit\.json' would write .*, which --out .* writes too"),
     ("overfit: epochs 0", ["experiment", "overfit", "--epochs", "0"], r"--epochs must be a positive integer"),
     ("overfit: beta 0", ["experiment", "overfit", "--betas", "0.1", "0"], r"--betas must be a positive finite number, got 0"),
     ("overfit: tau nan", ["experiment", "overfit", "--taus", "nan"], r"--taus must be a positive finite number"),
@@ -499,12 +535,33 @@ CLI_CASES = [
     ("overfit: out under a file", ["experiment", "overfit", "--epochs", "1", "--out", "{plain_file}/o"], r"--out .* cannot be created"),
     ("displacement: rpo-alpha negative", ["experiment", "displacement", "--rpo-alpha", "-1"], r"--rpo-alpha must be a finite number >= 0"),
     ("displacement: steps 0", ["experiment", "displacement", "--steps", "0"], r"--steps must be a positive integer"),
-    ("displacement: out is a file", ["experiment", "displacement", "--steps", "1", "--out", "{plain_file}"], r"--out .* cannot be created"),
+    ("displacement: out is a file", ["experiment", "displacement", "--steps", "1", "--out", "{plain_file}"], r"--out .*plain\.txt' exists and is not a directory"),
     ("bandit: tau 0", ["experiment", "bandit", "--tau", "0"], r"--tau must be a positive finite number"),
     ("bandit: seeds 0", ["experiment", "bandit", "--seeds", "0"], r"--steps and --seeds must be positive integers"),
     ("bandit: json under a file", ["experiment", "bandit", "--steps", "1", "--seeds", "1", "--json", "{plain_file}/b.json"], r"--json .* its directory does not exist"),
     ("bandit: json is a FIFO", ["experiment", "bandit", "--steps", "1", "--seeds", "1", "--json", "{fifo}"], r"--json .*fifo' is a FIFO"),
 ]  # fmt: skip
+
+
+# refused once the run shows it (its progress lines came first): exit 2, the last line names the option, no
+# traceback, and no --out left behind, not even an empty one (issue 20, bug 13)
+RUN_TIME_CASES = [
+    ("overfit: lr 1e30", ["experiment", "overfit", "--epochs", "3", "--lr", "1e30"], r"--lr 1e\+30 with --betas 0.1: the weights became non-finite after 1 SGD steps; expected a smaller --lr"),
+    ("overfit: betas 1e308", ["experiment", "overfit", "--epochs", "2", "--betas", "1e308"], r"--betas 1e\+308: beta=1e\+308 makes the loss overflow"),
+    ("overfit: taus 1e-300", ["experiment", "overfit", "--epochs", "2", "--taus", "1e-300"], r"--taus 1e-300: tau=1e-300 makes the loss overflow"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, template, match", RUN_TIME_CASES, ids=[c[0] for c in RUN_TIME_CASES])
+def test_cli_bad_input_seen_during_the_run_names_the_option(files, tmp_path, capsys, case, template, match):
+    out = str(tmp_path / "out")
+    code = main(_argv(template, files, out))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("dpo-ref experiment: error: ") and re.search(match, last), last
+    assert "policy_chosen_logps" not in err  # an internal name
+    assert not os.path.exists(out)
 
 
 def _argv(template: list[str], files: dict, out: str) -> list[str]:
