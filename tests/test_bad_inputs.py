@@ -705,3 +705,127 @@ def test_cli_out_in_a_read_only_directory(files, tmp_path, capsys):
         assert os.listdir(locked) == []
     finally:
         locked.chmod(0o700)
+
+
+# ---------------------------------------------------------------------------------------------- issue 20: the rest
+
+
+@pytest.fixture(scope="module")
+def finished_run(files, tmp_path_factory):
+    """A one-step run of 8 pairs per update on 4 rows (--repeat-rows), its JSON results on standard output."""
+    import contextlib
+    import io
+
+    out = str(tmp_path_factory.mktemp("finished") / "run")
+    argv = ["train", "--data", files["good"], "--batch-size", "8", "--repeat-rows", *_TRAIN]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main([*argv, "--json", "-", "--out", out])
+    return {"out": out, "argv": argv, "code": code, "stdout": stdout.getvalue()}
+
+
+def test_train_repeat_rows_opts_in_and_json_dash_is_stdout(finished_run):
+    """Bug 7's opt-in: with --repeat-rows an update may hold more pairs than the data. `--json -` writes the
+    results on standard output, alone (the summary goes to stderr), and no file named '-'."""
+    assert finished_run["code"] == 0
+    results = json.loads(finished_run["stdout"])
+    assert results["settings"]["batch_size"] == 8 and results["train_pairs"] == 4
+    assert not os.path.exists("-")
+
+
+@pytest.mark.parametrize("line", ["5", "[]", "{}", '{"step": "3"}'])
+def test_resume_with_a_damaged_log_names_file_and_line(finished_run, tmp_path, capsys, line):
+    """Bug 12: a metrics.jsonl line `5`, `[]` or `{}` was a TypeError; now exit 2 naming file:line and what was
+    expected, before anything in --out changes."""
+    import shutil
+
+    out = str(tmp_path / "run")
+    shutil.copytree(finished_run["out"], out)
+    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+        f.write(line + "\n")
+    before = _snapshot(out)
+    code = main([*finished_run["argv"], "--out", out, "--resume"])
+    expected = r"--resume: .*metrics\.jsonl:\d+: expected a JSON object with an integer \"step\""
+    _assert_one_line_exit_2(code, capsys.readouterr().err, expected)
+    assert _snapshot(out) == before
+
+
+def test_overwrite_never_replaces_the_model_it_trains(finished_run, files, tmp_path, capsys):
+    """`--model OUT/model --out OUT --overwrite` replaced the input model; refused, OUT unchanged."""
+    import shutil
+
+    out = str(tmp_path / "run")
+    shutil.copytree(finished_run["out"], out)
+    before = _snapshot(out)
+    argv = ["train", "--model", os.path.join(out, "model"), "--data", files["good"], "--batch-size", "4"]
+    code = main([*argv, "--out", out, "--overwrite", *_TRAIN])
+    expected = r"--out .* would replace .*model', which holds --model .*model', an input of this run"
+    _assert_one_line_exit_2(code, capsys.readouterr().err, expected)
+    assert _snapshot(out) == before
+
+
+def test_data_with_a_byte_order_mark_is_read(files):
+    """A UTF-8 BOM at the start of a JSONL file was refused (not valid JSON); it is read as utf-8-sig."""
+    from dpo_ref.train.data import prepare_dataset
+    from dpo_ref.train.tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    assert prepare_dataset(files["bom"], tokenizer) == prepare_dataset(files["good"], tokenizer)
+
+
+def test_atomic_replace_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    """A 0600 file rewritten atomically stayed private no more (0644); it keeps its mode, a new file gets the umask's."""
+    from dpo_ref.atomic import write_text_atomic
+
+    private = tmp_path / "private.json"
+    private.write_text("old")
+    private.chmod(0o600)
+    write_text_atomic(str(private), "new")
+    assert private.read_text() == "new" and private.stat().st_mode & 0o777 == 0o600
+
+
+def test_nonfinite_loss_before_any_update_does_not_blame_the_learning_rate(files, tmp_path, capsys):
+    """At step 0 the policy is the reference: a non-finite loss there comes from the coefficient (here beta
+    overflows float32), and the message said "Lower --lr"."""
+    argv = ["train", "--data", files["good"], "--batch-size", "4", "--beta", "1e300", "--out", str(tmp_path / "o")]
+    code = main([*argv, *_TRAIN])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "at step 0" in err and "lower --beta" in err and "Lower --lr" not in err
+
+
+def test_an_experiment_never_overwrites_an_earlier_run_silently(tmp_path, capsys):
+    """Experiments replaced --out's results silently; now the rule train uses: refused unless --overwrite."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "overfit.csv").write_text("an earlier run")
+    before = _snapshot(out)
+    code = main(["experiment", "overfit", "--epochs", "1", "--betas", "0.1", "--taus", "0.1", "--out", str(out)])
+    _assert_one_line_exit_2(code, capsys.readouterr().err, r"--out .* already holds overfit\.csv .*--overwrite")
+    assert _snapshot(out) == before
+    argv = ["experiment", "overfit", "--epochs", "1", "--betas", "0.1", "--taus", "0.1", "--out", str(out)]
+    assert main([*argv, "--overwrite"]) == 0
+    assert (out / "overfit.csv").read_text() != "an earlier run"
+
+
+def _prove(*argv: str, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", *argv], env=env, cwd=ROOT, timeout=300, **kw)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [("dpo_ref", "prove"), ("proofs",)], ids=["dpo-ref prove", "python -m proofs"])
+def test_prove_to_a_full_stdout_is_one_line_exit_1(command):
+    with open("/dev/full", "w") as full:
+        run = _prove(*command, "--list", stdout=full, stderr=subprocess.PIPE, text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()] and "No space left" in run.stderr
+
+
+def test_prove_list_honours_output_and_dash_is_stdout(tmp_path, capsys):
+    """`prove --list --output f` ignored --output; `-` is standard output, as for every command."""
+    path = tmp_path / "list.txt"
+    assert main(["prove", "--list", "--only", "init-ln2", "--output", str(path)]) == 0
+    assert path.read_text().startswith("init-ln2: ") and capsys.readouterr().out == ""
+    assert main(["prove", "--list", "--only", "init-ln2", "--output", "-"]) == 0
+    assert capsys.readouterr().out == path.read_text() and not os.path.exists("-")
