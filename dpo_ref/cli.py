@@ -8,7 +8,6 @@ Each subcommand module defines `register(subparsers)`, which adds its parser and
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import importlib.util
 import os
@@ -16,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from dpo_ref.errors import InputError
+from dpo_ref.errors import OUTPUT_ERRNOS, InputError, output_failure
 
 # subcommand -> module defining register(subparsers); listed here, loaded lazily
 SUBCOMMANDS = {
@@ -121,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dpo-ref {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        if err.errno not in (errno.EBADF, errno.EPIPE, errno.ENOSPC):
+        if err.errno not in OUTPUT_ERRNOS:
             raise
-        print(f"dpo-ref {args.command}: error: cannot write the output ({err.strerror})", file=sys.stderr)
+        print(output_failure(err, f"dpo-ref {args.command}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:
         print(f"dpo-ref {args.command}: interrupted", file=sys.stderr)

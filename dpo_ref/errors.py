@@ -6,6 +6,8 @@ and prints one line and exits 2 instead of a traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class InputError(ValueError):
     """Bad input: the message names the argument (or file/row/field) and what was expected."""
@@ -21,3 +23,19 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+# the errors of writing to a standard stream that the reader or the disk caused: closed, gone, full
+OUTPUT_ERRNOS = (errno.EBADF, errno.EPIPE, errno.ENOSPC)
+
+
+def output_failure(err: OSError, prog: str) -> str:
+    """The one line a command prints when writing its output failed (`err.errno` in OUTPUT_ERRNOS, exit 1); the
+    standard output is then pointed at /dev/null, so the interpreter's own flush at exit fails no more."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    except OSError:
+        pass
+    return f"{prog}: error: cannot write the output ({err.strerror})"

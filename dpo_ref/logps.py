@@ -23,6 +23,7 @@ _CHUNKS = 16  # number of position chunks: the extra memory is about 1/_CHUNKS o
 _MIN_CHUNK_ELEMENTS = 1 << 20  # small inputs are done in one chunk: the absolute saving is nil
 
 
+LABEL_DTYPES = (torch.int64, torch.int32)
 IGNORE_INDEX = -100  # the label of a position that is not scored (prompt, padding); PyTorch's and HF's convention
 
 
@@ -107,8 +108,10 @@ def check_logits_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
         raise InputTypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
     if labels.dim() != 2:
         raise InputError(f"labels must have shape (B, T), got {tuple(labels.shape)}")
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
-        raise InputTypeError(f"labels must be an integer tensor of token ids, got dtype {labels.dtype}")
+    if labels.dtype not in LABEL_DTYPES:  # gather takes int64 or int32 indices only
+        raise InputTypeError(
+            f"labels must be a torch.int64 or torch.int32 tensor of token ids, got dtype {labels.dtype}"
+        )
     if tuple(logits.shape[:2]) != tuple(labels.shape):
         raise InputError(
             f"logits has shape {tuple(logits.shape)} but labels has shape {tuple(labels.shape)}; "
@@ -120,6 +123,19 @@ def check_logits_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
         raise InputError("logits is an empty batch; at least one sequence is needed")
     if logits.shape[2] == 0:
         raise InputError("logits has an empty vocabulary dimension (V = 0)")
+
+
+def check_scored_finite(token_logps: torch.Tensor, mask: torch.Tensor) -> None:
+    """InputError naming the first scored position whose log-prob is NaN: its logits row holds a NaN (or +inf,
+    which makes the softmax NaN too). Checked on the (B, T-1) log-probs, not on the (B, T, V) logits: no
+    logits-sized temporary; -inf logits (a masked-out token) are fine unless the label is that token."""
+    bad = mask & token_logps.isnan()
+    if bool(bad.any()):
+        b, t = (int(i) for i in bad.nonzero()[0])
+        raise InputError(
+            f"logits[{b}, {t}] (which scores labels[{b}, {t + 1}]) holds NaN or +inf; expected finite logits "
+            "(-inf is allowed for masked-out tokens)"
+        )
 
 
 def shift_labels(
@@ -187,10 +203,15 @@ def sequence_logps(
     """
     if validate:
         check_logits_labels(logits, labels)
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise InputTypeError(f"ignore_index must be an int (the label of unscored positions, e.g. -100), got "
+                                 f"{type(ignore_index).__name__}")  # fmt: skip
     shifted_labels, mask, target = shift_labels(labels, ignore_index)  # (B, T-1) each
     if validate:
         _check_label_range(shifted_labels, mask, logits.shape[-1], ignore_index)
     token_logps = _ShiftedTokenLogps.apply(logits, target)  # (B, T-1): position t scores label t+1
+    if validate:
+        check_scored_finite(token_logps, mask)
     token_logps = torch.where(mask, token_logps, torch.zeros_like(token_logps))
     total = token_logps.sum(-1)  # (B,)
     if not average:

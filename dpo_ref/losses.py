@@ -16,6 +16,7 @@ back to the inputs in their own dtype.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -48,15 +49,24 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return accumulation_dtype(dtype)
 
 
-def check_positive_scalar(value: object, name: str) -> float:
-    """`value` as a float; `InputError` naming `name` unless it is a finite real number > 0."""
+def real_number(value: object, name: str, expected: str) -> float:
+    """`value` as a float if it is a real number: a Python int or float, a numpy scalar, or a one-element
+    real tensor (a 0-d tensor such as `torch.tensor(0.1)`); `InputTypeError` naming `name` and `expected`
+    otherwise (a bool, a string, a complex number). Every scalar coefficient is read through here."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise InputError(f"{name} must be a positive finite number, got a tensor of shape {tuple(value.shape)}")
+            raise InputError(f"{name} must be {expected}, got a tensor of shape {tuple(value.shape)}")
+        if value.dtype == torch.bool or value.is_complex():
+            raise InputTypeError(f"{name} must be {expected}, got a tensor of dtype {value.dtype}")
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputTypeError(f"{name} must be a positive finite number, got {type(value).__name__}")
-    value = float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy registers its scalars as Real
+        raise InputTypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    return float(value)
+
+
+def check_positive_scalar(value: object, name: str) -> float:
+    """`value` as a float; `InputError` naming `name` unless it is a finite real number > 0."""
+    value = real_number(value, name, "a positive finite number")
     if not math.isfinite(value) or value <= 0:
         raise InputError(f"{name} must be a positive finite number, got {value!r}")
     return value
@@ -64,21 +74,14 @@ def check_positive_scalar(value: object, name: str) -> float:
 
 def check_label_smoothing(value: object) -> float:
     """`value` as a float; `InputError` unless 0 <= value < 0.5 (0.5 makes the loss ignore preference)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputTypeError(f"label_smoothing must be a number in [0, 0.5), got {type(value).__name__}")
-    value = float(value)
-    if not (0.0 <= value < 0.5):
-        raise InputError(f"label_smoothing must be in [0, 0.5), got {value!r}")
-    return value
+    return check_probability(value, "label_smoothing")
 
 
 def check_probability(value: object, name: str, *, low_inclusive: bool = True, high: float = 0.5) -> float:
     """`value` as a float; `InputError` naming `name` unless it lies in [0, high) (or (0, high) without
     `low_inclusive`). The preference-noise coefficients (cDPO/robust flip rates, EXO's eps) all live here."""
     interval = f"{'[' if low_inclusive else '('}0, {high!r})"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputTypeError(f"{name} must be a number in {interval}, got {type(value).__name__}")
-    value = float(value)
+    value = real_number(value, name, f"a number in {interval}")
     if not ((0.0 <= value if low_inclusive else 0.0 < value) and value < high):
         raise InputError(f"{name} must be in {interval}, got {value!r}")
     return value
@@ -87,9 +90,7 @@ def check_probability(value: object, name: str, *, low_inclusive: bool = True, h
 def check_finite_scalar(value: object, name: str, *, nonnegative: bool = False) -> float:
     """`value` as a float; `InputError` naming `name` unless it is a finite real number (>= 0 if asked)."""
     what = "a non-negative finite number" if nonnegative else "a finite number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputTypeError(f"{name} must be {what}, got {type(value).__name__}")
-    value = float(value)
+    value = real_number(value, name, what)
     if not math.isfinite(value) or (nonnegative and value < 0):
         raise InputError(f"{name} must be {what}, got {value!r}")
     return value
@@ -205,6 +206,19 @@ def _prepare(logps: tuple[torch.Tensor, ...], validate: bool) -> tuple[torch.Ten
     return tuple(t.to(dtype) for t in logps)
 
 
+def _check_overflow(result: PreferenceLoss, name: str, value: float) -> PreferenceLoss:
+    """`result`, or InputError naming the coefficient when finite log-probs gave a non-finite loss or reward:
+    `value` (beta, tau) so large or small that beta * h or 1/(2 tau) leaves the dtype's range (silent inf)."""
+    for what, t in zip(("loss", "chosen reward", "rejected reward"), result):
+        if not bool(torch.isfinite(t).all()):
+            i = int((~torch.isfinite(t)).nonzero()[0, 0])
+            raise InputError(
+                f"{name}={value!r} makes the {what} overflow {t.dtype} ({t[i].item()} at index {i}); expected a "
+                f"{name} whose losses and rewards are representable (e.g. in [1e-3, 1e3])"
+            )
+    return result
+
+
 def _rewards(scale: float, pc, pr, rc, rr) -> tuple[torch.Tensor, torch.Tensor]:
     return (scale * (pc - rc)).detach(), (scale * (pr - rr)).detach()
 
@@ -244,7 +258,8 @@ def dpo_loss(
         (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps), validate
     )
     losses = dpo_losses_from_margin(preference_margin(pc, pr, rc, rr), beta, label_smoothing)
-    return PreferenceLoss(losses, *_rewards(beta, pc, pr, rc, rr))
+    result = PreferenceLoss(losses, *_rewards(beta, pc, pr, rc, rr))
+    return _check_overflow(result, "beta", beta) if validate else result
 
 
 def ipo_loss(
@@ -274,4 +289,5 @@ def ipo_loss(
         (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps), validate
     )
     losses = ipo_losses_from_margin(preference_margin(pc, pr, rc, rr), tau)
-    return PreferenceLoss(losses, *_rewards(tau, pc, pr, rc, rr))
+    result = PreferenceLoss(losses, *_rewards(tau, pc, pr, rc, rr))
+    return _check_overflow(result, "tau", tau) if validate else result

@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--format", choices=("text", "markdown", "notebook"), default="text", help="output format (default: text)"
     )
     parser.add_argument("--lang", choices=("en", "zh"), default="en", help="language of names and prose (default: en)")
-    parser.add_argument("--output", metavar="FILE", help="write to FILE (atomically) instead of standard output")
+    parser.add_argument(
+        "--output", metavar="FILE", help="write to FILE (atomically) instead of standard output (- is standard output)"
+    )
     parser.add_argument("--list", action="store_true", help="list the proofs and the code each justifies, then exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="text format: show how each step was checked")
 
@@ -97,12 +99,18 @@ def handler(args: argparse.Namespace) -> int:
     from .core import run_proof
 
     names = _selected(args.only)
+    if args.output == "-":  # "-" is standard output, as for every command
+        args.output = None
     if args.output:
         _check_output(args.output)  # fail before minutes of sympy, not after
     lang = args.lang
     if args.list:
         lines = [f"{n}: {get(n).title(lang)}\n    {', '.join(get(n).justifies)}" for n in names]
-        _emit("\n".join(lines) + "\n")
+        text = "\n".join(lines) + "\n"
+        if args.output:
+            _write_atomic(args.output, text)
+        else:
+            _emit(text)
         return 0
 
     text_mode = args.format == "text"
@@ -155,12 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m proofs", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
+    from dpo_ref.errors import OUTPUT_ERRNOS, InputError, output_failure
+
     try:
         return handler(args)
-    except ValueError as err:
-        from dpo_ref.errors import InputError
-
-        if not isinstance(err, InputError):
-            raise
+    except InputError as err:
         print(f"python -m proofs: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # standard output full (> /dev/full) or closed: one line, exit 1
+        if err.errno not in OUTPUT_ERRNOS:
+            raise
+        print(output_failure(err, "python -m proofs"), file=sys.stderr)
+        return 1

@@ -35,6 +35,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
+from dpo_ref.atomic import STDOUT
 from dpo_ref.errors import InputError
 
 LOSS_RTOL = 1e-5  # first-step loss agreement required between the two sides (float32)
@@ -83,6 +84,7 @@ PRESETS = {
     ),
 }
 # dense bf16 peak of known accelerators, for MFU (TFLOP/s)
+MIN_VOCAB = 16
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
 
 
@@ -637,6 +639,8 @@ def format_table(r: dict) -> str:
 def _handler(args) -> int:
     import torch
 
+    from dpo_ref.train.config import check_device
+
     size = BenchSize(**asdict(PRESETS[args.size]))
     for field in ("hidden", "layers", "vocab", "seq_len", "prompt_len", "batch"):
         value = getattr(args, field)
@@ -648,12 +652,11 @@ def _handler(args) -> int:
         raise InputError(f"--prompt-len must be in [2, seq_len - 1), got {size.prompt_len} with seq_len {size.seq_len}")
     if size.hidden % size.heads:
         raise InputError(f"--hidden {size.hidden} must be a multiple of the {size.heads} attention heads")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine")
-    for name in ("steps", "repeats"):
+    if size.vocab < MIN_VOCAB:  # the rows are drawn from the words after the special tokens
+        raise InputError(f"--vocab must be at least {MIN_VOCAB} (4 special tokens and words to draw), got {size.vocab}")
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = "cpu" if device == "auto" else check_device(device)
+    for name in ("steps", "repeats", "threads"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name} must be a positive integer, got {getattr(args, name)}")
     if args.warmup < 1:
@@ -682,7 +685,7 @@ def _handler(args) -> int:
     except BenchError as err:
         print(f"dpo-ref bench: FAILED: {err}", file=sys.stderr)
         return 1
-    print(format_table(result))
+    print(format_table(result), file=sys.stderr if args.json == STDOUT else sys.stdout)  # stdout: the JSON alone
     if args.json:
         from dpo_ref.docgen.results import machine, write_results
 
@@ -729,6 +732,6 @@ def register(subparsers) -> None:
     a("--settings", default="both", choices=("both",) + REF_SETTINGS, help="reference settings to run (default both)")
     a("--no-logps", action="store_true", help="skip the log-prob benchmark")
     a("--no-verify", action="store_true", help="skip the verify timing")
-    a("--json", metavar="PATH", help="also write the results as JSON")
+    a("--json", metavar="PATH", help="also write the results as JSON (- for standard output)")
     a("--quiet", action="store_true", help="print only the final table")
     p.set_defaults(func=_handler)

@@ -32,7 +32,7 @@ import re
 import sys
 from pathlib import Path
 
-from dpo_ref.atomic import check_output_file, write_text_atomic
+from dpo_ref.atomic import check_output_file, write_output, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: dpo_ref/docgen/ -> .
 RESULTS = ROOT / "docs" / "results"
@@ -60,8 +60,9 @@ def machine() -> dict:
 
 
 def write_results(path: str, obj: dict) -> None:
-    """Write a results file atomically (the `--json PATH` of the commands that measure)."""
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+    """Write a results file atomically, or to standard output for "-" (the `--json PATH` of the commands that
+    measure)."""
+    write_output(path, json.dumps(obj, indent=2) + "\n")
 
 
 def check_results_path(path: str, option: str = "--json") -> str:

@@ -23,10 +23,15 @@ import time
 import numpy as np
 import torch
 
-from dpo_ref.atomic import atomic_path, write_text_atomic
+from dpo_ref.atomic import STDOUT, atomic_path, write_output, write_text_atomic
 from dpo_ref.errors import InputError
 from dpo_ref.losses import check_positive_scalar, dpo_loss, ipo_loss, ipo_target_margin
 from dpo_ref.progress import progress
+
+# what each experiment writes in --out (an --out holding any of them is replaced only with --overwrite)
+OVERFIT_FILES = ("overfit.csv", "overfit.json", "overfit.png")
+DISPLACEMENT_FILES = ("displacement.csv", "displacement.json", "displacement.png", "plain", "rpo")
+BANDIT_FILES = ("bandit.csv", "bandit.json", "bandit.png")
 
 ACTIONS = ("a", "b", "c")
 # preference datasets of the bandit, (winner, loser) pairs of action indices
@@ -48,8 +53,14 @@ def _write_csv(path: str, rows: list[dict]) -> None:
 
 
 def _write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+    if path != STDOUT:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_output(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _say(args, text: str) -> None:
+    """A line for the reader: on stdout, or on stderr when `--json -` puts the JSON alone on stdout."""
+    print(text, file=sys.stderr if args.json == STDOUT else sys.stdout)
 
 
 def _pyplot():
@@ -111,6 +122,7 @@ def _overfit(betas, taus, epochs: int, lr: float, max_grad_norm: float | None, s
     if show_progress:
         runs = progress(runs, "dpo-ref experiment overfit", lambda r: f"{r[0]} {r[1]:g}")
     for loss_type, param in runs:
+        option = f"--{'betas' if loss_type == 'dpo' else 'taus'} {param:g}"
         policy = build_tiny_model(tokenizer, seed)
         with torch.no_grad():
             ref_logps, _ = SequenceScorer(policy)(batch["input_ids"], batch["attention_mask"], batch["labels"])
@@ -119,11 +131,16 @@ def _overfit(betas, taus, epochs: int, lr: float, max_grad_norm: float | None, s
         for epoch in range(epochs + 1):
             logps, _ = scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])  # (2,)
             lp = logps.detach()
+            if not bool(torch.isfinite(lp).all()):
+                raise InputError(
+                    f"--lr {lr:g} with {option}: the weights became non-finite after {epoch} SGD steps; expected a "
+                    f"smaller --lr (default 0.1) or {option.split()[0]}"
+                )
             args = (logps[:1], logps[1:], ref_logps[:1], ref_logps[1:])
-            if loss_type == "dpo":
-                result = dpo_loss(*args, beta=param)
-            else:
-                result = ipo_loss(*args, tau=param)
+            try:
+                result = dpo_loss(*args, beta=param) if loss_type == "dpo" else ipo_loss(*args, tau=param)
+            except InputError as err:  # the coefficient overflows the loss: name the option, not the internals
+                raise InputError(f"{option}: {err}") from None
             margin = float((result.chosen_rewards - result.rejected_rewards) / param)  # h
             rows.append(
                 {
@@ -298,6 +315,22 @@ def _adam_bandit(pairs, loss: str, tau: float, steps: int, seeds: int, batch: in
 # ---------------------------------------------------------------------------------------------- CLI
 
 
+def _check_out(args, names: tuple[str, ...]) -> None:
+    """Refuse, before the run, an --out that cannot be written or already holds what this experiment writes
+    (`names`) unless --overwrite, and a --json that would write over one of them; creates nothing."""
+    from dpo_ref.atomic import check_apart
+    from dpo_ref.train.rundir import check_writable_dir
+
+    check_writable_dir(args.out, "--out")
+    check_apart({}, {"--out": args.out, "--json": args.json}, owned={"--out": names})
+    found = [n for n in names if os.path.lexists(os.path.join(args.out, n))]
+    if found and not args.overwrite:
+        raise InputError(
+            f"--out {args.out!r} already holds {', '.join(found)} from an earlier run: replace them with --overwrite, "
+            "or choose another --out"
+        )
+
+
 def _check_json(args) -> dict | None:
     """Check `--json` before the run, not after it; returns the machine as it was before the run."""
     if not args.json:
@@ -329,7 +362,7 @@ def _results_json(args, results: dict, lines: list[str], started: float, before:
 
 
 def _overfit_handler(args) -> int:
-    from dpo_ref.train.loop import check_writable_dir
+    from dpo_ref.train.config import check_seed
 
     for name, values in (("--betas", args.betas), ("--taus", args.taus)):
         for value in values:
@@ -338,10 +371,10 @@ def _overfit_handler(args) -> int:
     check_positive_scalar(args.max_grad_norm, "--max-grad-norm")
     if args.epochs < 1:
         raise InputError(f"--epochs must be a positive integer, got {args.epochs}")
-    check_writable_dir(args.out, "--out")
+    check_seed(args.seed)
+    _check_out(args, OVERFIT_FILES)
     before = _check_json(args)
     started = time.perf_counter()
-    os.makedirs(args.out, exist_ok=True)
     rows = run_overfit(
         betas=args.betas,
         taus=args.taus,
@@ -351,6 +384,7 @@ def _overfit_handler(args) -> int:
         seed=args.seed,
         show_progress=True,
     )
+    os.makedirs(args.out, exist_ok=True)  # only once the run has succeeded: a failed one leaves no empty --out
     csv_path = os.path.join(args.out, "overfit.csv")
     _write_csv(csv_path, rows)
     final = {}
@@ -379,14 +413,15 @@ def _overfit_handler(args) -> int:
             f"{f['margin_mean_last10']:>10.3f} "
             f"{f['sigmoid_beta_margin_end']:>14.4f} {target:>9}"
         )
-    print("\n".join(lines))
+    _say(args, "\n".join(lines))
     _results_json(args, final, lines, started, before)
     png = os.path.join(args.out, "overfit.png")
-    print(f"wrote {csv_path}, overfit.json" + (", overfit.png" if _plot_overfit(rows, png) else ""))
+    _say(args, f"wrote {csv_path}, overfit.json" + (", overfit.png" if _plot_overfit(rows, png) else ""))
     return 0
 
 
 def _displacement_handler(args) -> int:
+    _check_out(args, DISPLACEMENT_FILES)
     before = _check_json(args)
     started = time.perf_counter()
     overrides = {"steps": args.steps, "sft_steps": args.sft_steps, "eval_every": args.eval_every}
@@ -413,10 +448,10 @@ def _displacement_handler(args) -> int:
         f"  eval/accuracy {s['eval_accuracy_end']:.3f}"
         for variant, s in summary.items()
     ]
-    print("\n".join(lines))
+    _say(args, "\n".join(lines))
     _results_json(args, summary, lines, started, before)
     png = os.path.join(args.out, "displacement.png")
-    print(f"wrote {csv_path}, displacement.json" + (", displacement.png" if _plot_displacement(rows, png) else ""))
+    _say(args, f"wrote {csv_path}, displacement.json" + (", displacement.png" if _plot_displacement(rows, png) else ""))
     return 0
 
 
@@ -469,13 +504,14 @@ def _bandit_handler(args) -> int:
         raise InputError(f"--tau must be a positive finite number, got {args.tau}")
     if args.steps < 1 or args.seeds < 1:
         raise InputError("--steps and --seeds must be positive integers")
-    from dpo_ref.train.loop import check_writable_dir
-
-    check_writable_dir(args.out, "--out")
+    _check_out(args, BANDIT_FILES)
     if args.json:  # checked now, not after the runs
         from dpo_ref.atomic import check_output_file
+        from dpo_ref.train.rundir import check_writable_dir
 
-        check_writable_dir(os.path.dirname(check_output_file(args.json, "--json")), "--json")
+        target = check_output_file(args.json, "--json")
+        if target != "-":
+            check_writable_dir(os.path.dirname(target), "--json")
     results = []
     configurations = [(d, loss) for d in args.datasets for loss in args.losses]
     for dataset, loss in progress(configurations, "dpo-ref experiment bandit", lambda c: f"{c[0]} {c[1]}"):
@@ -489,10 +525,11 @@ def _bandit_handler(args) -> int:
         )
         results.append(record)
         cf = record["closed_form"]
-        print(
+        _say(
+            args,
             f"{dataset} {loss:<3} tau={args.tau:g}  policy "
             + " ".join(f"{a}={p:.4f}" for a, p in record["policy"].items())
-            + ("   closed form " + " ".join(f"{a}={p:.4f}" for a, p in cf.items()) if cf else "")
+            + ("   closed form " + " ".join(f"{a}={p:.4f}" for a, p in cf.items()) if cf else ""),
         )
     os.makedirs(args.out, exist_ok=True)
     _write_csv(
@@ -516,8 +553,11 @@ def _bandit_handler(args) -> int:
     png = os.path.join(args.out, "bandit.png")
     if _plot_bandit(results, png):
         written.append(png)
-    print("wrote " + ", ".join(written))
+    _say(args, "wrote " + ", ".join(written))
     return 0
+
+
+OVERWRITE_HELP = "replace the results an earlier run left in --out (without it, they are refused)"
 
 
 def register(subparsers) -> None:
@@ -543,6 +583,7 @@ def register(subparsers) -> None:
     o.add_argument("--max-grad-norm", type=float, default=0.3, help="gradient-norm clipping")
     o.add_argument("--seed", type=int, default=0, help="seed of the tiny model's weights")
     o.add_argument("--json", metavar="PATH", help="also write the results with their settings and machine as JSON")
+    o.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     o.set_defaults(func=_overfit_handler)
 
     d = sub.add_parser(
@@ -556,6 +597,7 @@ def register(subparsers) -> None:
     d.add_argument("--sft-steps", type=int, default=600, help="SFT warm-up updates (shared by both runs)")
     d.add_argument("--eval-every", type=int, default=25, help="evaluate every N updates")
     d.add_argument("--json", metavar="PATH", help="also write the results with their settings and machine as JSON")
+    d.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     d.set_defaults(func=_displacement_handler)
 
     b = sub.add_parser(
@@ -572,4 +614,5 @@ def register(subparsers) -> None:
     b.add_argument("--steps", type=int, default=18_000, help="Adam steps per seed")
     b.add_argument("--seeds", type=int, default=10, help="seeds averaged")
     b.add_argument("--json", metavar="PATH", help="write the JSON result here (default OUT/bandit.json)")
+    b.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     b.set_defaults(func=_bandit_handler)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 import time
 from collections.abc import Callable, Iterable
 
@@ -30,6 +29,7 @@ import torch
 
 from dpo_ref import variants as V
 from dpo_ref.errors import InputError
+from dpo_ref.losses import check_positive_scalar, check_probability, real_number
 from dpo_ref.oracle import options
 from dpo_ref.oracle.catalogue import Config
 from dpo_ref.oracle.levels import (
@@ -87,10 +87,8 @@ def make_config(
         from dpo_ref.oracle.pipeline import Convention
 
         convention = str(Convention.parse(convention))
-    if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0):
-        raise InputError(f"beta must be a positive number, got {beta!r}")
-    if beta is not None and not math.isfinite(beta):
-        raise InputError(f"beta must be finite, got {beta!r}")
+    if beta is not None:
+        beta = check_positive_scalar(beta, "beta")
     if variant in FAMILY_VARIANTS:
         fixed = family_coefficients(variant, beta, label_smoothing, coefficients)
         beta = label_smoothing = None
@@ -102,8 +100,7 @@ def make_config(
         if "label_smoothing" not in V.get(variant).coefficients:
             smoothed = ", ".join(v for v in V.CLASSIC_VARIANTS if "label_smoothing" in V.get(v).coefficients)
             raise InputError(f"label_smoothing applies to variant {smoothed} only (got variant {variant!r})")
-        if not (0.0 < float(label_smoothing) < 0.5):
-            raise InputError(f"label_smoothing must be in (0, 0.5), got {label_smoothing!r}")
+        label_smoothing = check_probability(label_smoothing, "label_smoothing", low_inclusive=False)
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
         raise InputError(f"max_examples must be a positive integer, got {max_examples!r}")
     if reduction not in REDUCTIONS:
@@ -139,14 +136,12 @@ def family_coefficients(variant: str, beta, label_smoothing, coefficients: dict 
     if unknown:
         takes = ", ".join(v.coefficients) or "none"
         raise InputError(f"variant {variant} takes coefficients {takes}; got {', '.join(sorted(unknown))}")
-    for k, value in fixed.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(f"{k} must be a number, got {value!r}")
+    fixed = {k: real_number(value, k, "a number") for k, value in fixed.items()}
     x = torch.tensor([-1.0, -2.0], dtype=torch.float64)
     n = torch.tensor([1, 2])
     lengths = {"chosen_lengths": n, "rejected_lengths": n} if v.needs_lengths else {}
     v.fn(x, x, x, x, **lengths, **fixed)  # InputError naming a coefficient out of its range
-    return {k: float(value) for k, value in fixed.items()}
+    return fixed
 
 
 def _names(value: Iterable[str] | str | None, what: str) -> list[str] | None:

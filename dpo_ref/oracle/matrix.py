@@ -32,7 +32,7 @@ import platform
 import sys
 import time
 
-from dpo_ref.atomic import check_output_file, special_file_kind, write_text_atomic
+from dpo_ref.atomic import check_apart, check_output_file, special_file_kind, write_text_atomic
 from dpo_ref.errors import InputError
 
 START, END = "<!-- compliance-summary:start -->", "<!-- compliance-summary:end -->"
@@ -320,9 +320,9 @@ def _grades(matrix: dict) -> dict:
 
 def replace_summary(readme: str, text: str, path: str = "README.md") -> str:
     """`readme` with the block between the summary markers replaced by `text`."""
-    if START not in readme or END not in readme:
-        raise InputError(f"{path} has no {START} ... {END} block to update")
-    head, rest = readme.split(START, 1)
+    head, start, rest = readme.partition(START)
+    if not start or END not in rest:  # also an END only before START: the markers in the wrong order
+        raise InputError(f"{path} has no {START} ... {END} block to update (both markers, in this order)")
     _, tail = rest.split(END, 1)
     return f"{head}{START}\n{text}\n{END}{tail}"
 
@@ -336,6 +336,7 @@ def handler(args: argparse.Namespace) -> int:
         raise InputError(f"--out: directory {args.out!r} does not exist")
     for name in ("compliance.json", "compliance.md"):  # what it writes, checked before the run
         check_output_file(os.path.join(args.out, name), "--out")
+    check_apart({}, {"--out": args.out, "--readme": args.readme}, owned={"--out": ("compliance.json", "compliance.md")})
     readme = None
     if args.readme is not None:
         check_output_file(args.readme, "--readme")  # read first, then replaced: never a FIFO (reading one blocks)
@@ -344,6 +345,11 @@ def handler(args: argparse.Namespace) -> int:
                 readme = f.read()
         except OSError as err:
             raise InputError(f"--readme {args.readme!r} cannot be read: {err.strerror}") from None
+        except UnicodeDecodeError as err:
+            raise InputError(
+                f"--readme {args.readme!r} is not UTF-8 (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                "expected a UTF-8 Markdown file"
+            ) from None
         replace_summary(readme, "", args.readme)  # the markers must be there before anything runs
     args.search = args.search_examples
     matrix = run(args, out=lambda line: print(line, flush=True))

@@ -16,6 +16,7 @@ import types
 import typing
 from dataclasses import MISSING, fields
 
+from dpo_ref.atomic import STDOUT
 from dpo_ref.train.config import TrainConfig
 
 
@@ -105,13 +106,14 @@ def _summary_lines(cfg: TrainConfig, summary: dict) -> list[str]:
 
 
 def _handler(args) -> int:
-    from dpo_ref.train.loop import train
+    from dpo_ref.train.loop import check_paths, train
 
     cfg = config_from_args(args)
     if args.json:  # checked before the run, not after it
         from dpo_ref.docgen.results import check_results_path, machine
 
         check_results_path(args.json)
+        check_paths(cfg, args.json)
         before = machine()  # the load average before the run: what else was running
     try:
         summary = train(cfg)
@@ -120,7 +122,7 @@ def _handler(args) -> int:
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         lines = _summary_lines(summary["config"], summary)
-        print("\n".join(lines))
+        print("\n".join(lines), file=sys.stderr if args.json == STDOUT else sys.stdout)  # stdout: the JSON alone
         if args.json:
             _write_results(args.json, cfg, summary, lines, before)
     return 0
@@ -171,6 +173,7 @@ def register(subparsers) -> None:
         "--json",
         default=None,
         metavar="PATH",
-        help="also write the run's settings, timings, first and last metrics and printed summary as JSON",
+        help="also write the run's settings, timings, first and last metrics and printed summary as JSON "
+        "(- for standard output; the summary then goes to stderr)",
     )
     p.set_defaults(func=_handler)

@@ -28,6 +28,17 @@ RECIPES = {
     "model": dict(lr=1e-6, sft_steps=0, sft_lr=1e-5, rpo_alpha=0.0),
 }
 SEED_LIMIT = 2**32  # seeds are in [0, 2**32), as numpy's
+# upper bounds of the counts read from the command line: beyond them a run only runs out of memory or time
+# (a --batch-size of 1e9 built 1e9 indices before the first step)
+MAX_STEPS = 10**8
+MAX_BATCH = 2**16  # pairs per update (batch-size x grad-accum x processes)
+MAX_TOKENS = 2**20  # a length in tokens
+BOUNDS = {
+    **dict.fromkeys("steps sft_steps warmup_steps stop_after log_every eval_every save_every".split(), MAX_STEPS),
+    **dict.fromkeys(("batch_size", "grad_accum"), MAX_BATCH),
+    **dict.fromkeys(("max_length", "max_prompt_length", "max_new_tokens"), MAX_TOKENS),
+    "threads": 4096,
+}
 BETA_DEFAULT = 0.1  # DPO/cDPO
 TAU_DEFAULT = 0.1  # IPO
 CDPO_LABEL_SMOOTHING_DEFAULT = 0.1
@@ -84,6 +95,9 @@ class TrainConfig:
     resume: bool = _opt(False, "continue the run in --out exactly (from its checkpoint, or redo its warm-up)")
     stop_after: int | None = _opt(None, "stop (with a checkpoint) after this many updates, as if interrupted")
     skip_bad_rows: bool = _opt(False, "skip malformed rows (and report their count) instead of stopping")
+    repeat_rows: bool = _opt(
+        False, "let an update hold more pairs than the data has (rows repeat within it); refused without this flag"
+    )
     skip_nonfinite: bool = _opt(
         False, "skip (and count) updates with a non-finite loss or gradient instead of stopping; one host sync a step"
     )
@@ -110,6 +124,15 @@ def check_rate(value, option: str) -> float:
     if value > FLOAT32_MAX:
         raise InputError(f"{option} must be at most {FLOAT32_MAX:.4g} (float32's largest number), got {value:g}")
     return float(value)
+
+
+def check_seed(seed: int, option: str = "--seed") -> int:
+    """A seed in [0, 2**32): torch seeds are 64-bit and the data order seeds each epoch with seed x 1_000_003 +
+    epoch, so numpy's range keeps both far from overflow (a larger seed crashed after the run directory was
+    claimed); a negative one is refused by numpy and by torch's generators alike."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise InputError(f"{option} must be an integer in [0, 2**32), got {seed}")
+    return seed
 
 
 def check_device(name: str) -> str:
@@ -176,10 +199,16 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         value = getattr(cfg, name)
         if value is not None and int(value) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    # torch seeds are 64-bit and the data order seeds each epoch with seed x 1_000_003 + epoch: numpy's range
-    # keeps both far from overflow (a larger seed crashed after the run directory was claimed)
-    if not 0 <= cfg.seed < SEED_LIMIT:
-        raise InputError(f"--seed must be an integer in [0, 2**32), got {cfg.seed}")
+    for name, limit in BOUNDS.items():
+        value = getattr(cfg, name)
+        if value is not None and int(value) > limit:
+            raise InputError(f"--{name.replace('_', '-')} must be at most {limit}, got {value}")
+    if cfg.batch_size * cfg.grad_accum > MAX_BATCH:
+        raise InputError(
+            f"--batch-size x --grad-accum must be at most {MAX_BATCH} pairs per update, got {cfg.batch_size} x "
+            f"{cfg.grad_accum}"
+        )
+    check_seed(cfg.seed)
     if cfg.rpo_alpha < 0 or not math.isfinite(cfg.rpo_alpha):
         raise InputError(f"--rpo-alpha must be a finite number >= 0, got {cfg.rpo_alpha}")
     if cfg.padding_side not in ("left", "right"):

@@ -93,7 +93,7 @@ def _read_jsonl(path: str) -> list[tuple[str, object]]:
         for number, raw in enumerate(f, start=1):
             where = f"{path} line {number}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a byte-order mark begins some files
             except UnicodeDecodeError as err:
                 rows.append((where, _BadJson(f"not UTF-8: byte 0x{raw[err.start]:02x} at column {err.start + 1}")))
                 continue

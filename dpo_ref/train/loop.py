@@ -34,6 +34,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
+from dpo_ref.atomic import check_apart
 from dpo_ref.errors import InputError
 from dpo_ref.logps import sequence_logps, shift_labels, token_logps
 from dpo_ref.losses import dpo_loss, ipo_loss
@@ -41,7 +42,7 @@ from dpo_ref.progress import phase
 from dpo_ref.rpo import per_token_nll, rpo_objective
 from dpo_ref.train.config import LOSSES, RESUME_KEYS, SFT_KEYS, TrainConfig, check_config, check_device
 from dpo_ref.train.data import IGNORE_INDEX, PreferenceCollator, TokenizedPair, pad_sequences, prepare_dataset
-from dpo_ref.train.rundir import RunDir, check_writable_dir
+from dpo_ref.train.rundir import RUN_FILES, RunDir, check_writable_dir
 
 COMMAND = "dpo-ref train"  # how progress lines name the command
 
@@ -468,9 +469,20 @@ class Data:
     eval_generation: bool
 
 
+def check_paths(cfg: TrainConfig, json_path: str | None = None) -> None:
+    """The outputs (the run files --out writes, --json) apart from the inputs (--data, --eval-data, --model) and
+    from each other, however spelled (`check_apart`); reads only."""
+    check_apart(
+        {"--data": cfg.data, "--eval-data": cfg.eval_data, "--model": cfg.model},
+        {"--out": cfg.out, "--json": json_path},
+        owned={"--out": (*RUN_FILES, ".lock")},
+    )
+
+
 def set_up(cfg: TrainConfig) -> Session:
     """Phase 1: every setting checked, the device and processes set up, the run directory checked (read only)."""
     cfg = check_config(cfg)
+    check_paths(cfg)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(cfg.device, local_rank)
@@ -511,6 +523,13 @@ def load_data(s: Session) -> Data:
     train_pairs, skipped = prepare_dataset(train_rows, tokenizer, **options)
     eval_pairs, eval_skipped = prepare_dataset(eval_rows, tokenizer, **options) if eval_rows else ([], 0)
     check_vocabulary(policy, train_pairs + eval_pairs, tokenizer.pad_token_id, cfg.model)
+    check_finite_weights(policy, cfg.model)
+    if s.global_batch > len(train_pairs) and not cfg.repeat_rows:
+        raise InputError(
+            f"an update takes {s.global_batch} pairs (--batch-size {cfg.batch_size} x --grad-accum {cfg.grad_accum} x "
+            f"{s.world} processes) but the training data has {len(train_pairs)}; lower --batch-size, or pass "
+            "--repeat-rows to let rows repeat within an update"
+        )
     disable_dropout(policy).to(s.device)
     policy.train()
     return Data(
@@ -536,6 +555,16 @@ def check_vocabulary(model: nn.Module, pairs: list[TokenizedPair], pad_id: int, 
             f"{rows} rows; resize it (model.resize_token_embeddings(len(tokenizer)), then save_pretrained) or "
             "bring the tokenizer it was trained with"
         )
+
+
+def check_finite_weights(model: nn.Module, path: str | None) -> None:
+    """InputError naming the first parameter of `--model` holding a NaN or inf: training it could only fail, and
+    the failure would look like a learning-rate problem."""
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise InputError(
+                f"--model {path!r}: its weights are not finite ({name} holds NaN or inf); expected finite weights"
+            )
 
 
 def claim_run_dir(s: Session) -> None:
@@ -703,9 +732,13 @@ class NonfiniteGuard:
             return
         checkpoint = self.s.run_dir.checkpoint
         kept = f"{checkpoint} (step {last_saved}) is the last good checkpoint" if last_saved else "none saved"
+        if bad == 0:  # no update yet: the policy is the reference (margin 0), so the coefficient overflowed
+            cause = "raise --tau" if self.s.cfg.loss == "ipo" else "lower --beta"
+            advice = f"Before any update the learning rate plays no part: {cause}"
+        else:
+            advice = "Lower --lr, or pass --skip-nonfinite to skip such updates"
         raise FloatingPointError(
-            f"non-finite loss or gradient at step {bad}: stopped before saving it; {kept}. "
-            "Lower --lr, or pass --skip-nonfinite to skip such updates"
+            f"non-finite loss or gradient at step {bad}: stopped before saving it; {kept}. {advice}"
         )
 
 

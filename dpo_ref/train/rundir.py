@@ -186,7 +186,14 @@ def read_checkpoint(path: str, *, model, optimizer, scheduler) -> dict:
 
 def check_writable_dir(path: str, option: str = "--out") -> None:
     """InputError unless `path` is, or can be created as, a writable directory; creates nothing."""
+    if not path:
+        raise InputError(f"{option} is empty; expected a directory")
     target = os.path.abspath(path)
+    if os.path.islink(target) and not os.path.exists(target):
+        raise InputError(
+            f"{option} {path!r} is a symbolic link to {os.readlink(target)!r}, which does not exist; expected a "
+            "directory (create its target, or choose another path)"
+        )
     if os.path.exists(target) and not os.path.isdir(target):
         raise InputError(f"{option} {path!r} exists and is not a directory")
     existing = target
@@ -261,6 +268,31 @@ class RunDir:
             raise InputError(f"--resume: {self.run_json!r} is not a JSON object")
         return saved
 
+    def metrics_records(self) -> list[dict]:
+        """The records of metrics.jsonl ([] without one); InputError naming file:line for a line that is not a
+        JSON object with an integer "step". A line that is not JSON is dropped: a writer killed mid-line leaves
+        one."""
+        if not os.path.exists(self.metrics):
+            return []
+        with open(self.metrics, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # only a killed writer's last line can be partial
+            step = record.get("step") if isinstance(record, dict) else None
+            if isinstance(step, bool) or not isinstance(step, int):
+                got = f"a JSON {type(record).__name__}" if not isinstance(record, dict) else "an object without one"
+                raise InputError(
+                    f'--resume: {self.metrics}:{number}: expected a JSON object with an integer "step", got {got}'
+                )
+            records.append(record)
+        return records
+
     def check(self, run_config: dict, *, resume: bool, overwrite: bool, resume_keys) -> None:
         """Everything about --out that can be refused, read only: InputError naming the problem."""
         check_writable_dir(self.path, "--out")
@@ -286,6 +318,7 @@ class RunDir:
                     f"--resume: the run in {self.path!r} was started with other settings: {diffs}; "
                     "use the same settings or another --out"
                 )
+            self.metrics_records()  # a damaged log is refused now, not after the lock is taken
         elif found and not overwrite:
             raise InputError(
                 f"--out {self.path!r} already holds a run ({', '.join(found)}): continue it with --resume, "
@@ -382,15 +415,7 @@ class RunDir:
         last line cut short by a kill is dropped too."""
         if not os.path.exists(self.metrics):
             return
-        kept = []
-        with open(self.metrics, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # only a killed writer's last line can be partial
-                if record["step"] < step:
-                    kept.append(record)
+        kept = [r for r in self.metrics_records() if r["step"] < step]
         self.write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
     def save_checkpoint(self, **kwargs) -> None:

@@ -44,7 +44,8 @@ def test_bandit_ipo_converges_to_its_closed_form_and_dpo_does_not(tmp_path, caps
     for dataset in ("D1", "D3"):
         path = tmp_path / f"{dataset}.json"
         args = ["experiment", "bandit", "--datasets", dataset, "--losses", "ipo", "--tau", str(tau)]
-        assert main(args + ["--steps", "2000", "--seeds", "32", "--out", str(tmp_path), "--json", str(path)]) == 0
+        out = str(tmp_path / dataset)  # a run of its own: an --out holding results is refused without --overwrite
+        assert main(args + ["--steps", "2000", "--seeds", "32", "--out", out, "--json", str(path)]) == 0
         assert capsys.readouterr().err.splitlines() == [f"dpo-ref experiment bandit: 1/1, {dataset} ipo"]
         result = json.loads(path.read_text())
         assert set(result) == {"dataset", "loss", "tau", "policy", "closed_form"}

@@ -246,3 +246,50 @@ def test_the_signed_channel_rejects_what_a_target_could_write():
     assert isolate.judge({**report, "checks": [{"name": "values", "status": "failed"}]}) is None  # contradicts
     assert isolate.judge({"passed": False, "checks": [{"name": "values", "status": "failed"}]}) is False
     assert isolate.judge({"passed": True, "checks": []}) is None  # no checks ran: not a pass
+
+
+@pytest.mark.parametrize("isolate", [False, True], ids=["in-process", "isolated"])
+def test_a_usage_error_is_exit_2_through_the_console(tmp_path, isolate):
+    """docs/guarantees.md, "What the gate promises": 2 is a usage error (here a target whose import fails), from the
+    real console with and without --isolate (the child's usage error is relayed, signed, as 2)."""
+    path = tmp_path / "target.py"
+    path.write_text("import no_such_module_for_the_gate\n")
+    out = _verify(f"{path}:loss", tmp_path, *(["--isolate"] if isolate else []))
+    err = out.stderr.decode(errors="replace")
+    assert out.returncode == 2, err
+    assert "Traceback" not in err and "importing it raised ModuleNotFoundError" in err.strip().splitlines()[-1]
+
+
+def test_in_process_a_target_that_ends_the_interpreter_mid_run_decides_the_status(tmp_path):
+    """The documented limit: without --isolate, a target calling os._exit(0) while being checked ends verify with
+    its own status, before any verdict (nothing printed after the header). --isolate turns the same into exit 1."""
+    leaves = "import os\n\ndef loss(pc, pr, rc, rr, beta=0.1):\n    os._exit(0)\n"
+    target, _ = _target(tmp_path, "leaves", "", loss=leaves)
+    out = _verify(target, tmp_path)
+    assert out.returncode == 0 and b"CONFORMS" not in out.stdout
+    isolated = _verify(target, tmp_path, "--isolate")
+    assert isolated.returncode == 1 and b"no signed report came back" in isolated.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_to_the_parent_takes_the_child_with_it(tmp_path):
+    """SIGKILL leaves the parent no cleanup: the child still dies with it (PR_SET_PDEATHSIG)."""
+    prelude = "import os\nopen(PIDS, 'a').write(str(os.getpid()) + '\\n')"  # the child itself logs its pid
+    hang = "import time\n\ndef loss(pc, pr, rc, rr, beta=0.1):\n    time.sleep(3600)\n"
+    target, pids = _target(tmp_path, "hang", prelude, loss=hang)
+    (tmp_path / "tmp").mkdir()
+    argv = [sys.executable, "-m", "dpo_ref", "verify", target, "--isolate", "--max-examples", "2"]
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    parent = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive(pids), "the target never started"
+    parent.kill()
+    parent.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = _alive(pids)
+    _kill(left)
+    assert left == [], "the child outlived its parent"

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,6 +131,22 @@ def files(tmp_path_factory):
         )
         + "\n",
     )
+    nan_weights = root / "nan_weights"
+    with torch.no_grad():
+        for p in tiny.parameters():
+            p.fill_(float("nan"))
+    tiny.save_pretrained(nan_weights)
+    tokenizer.save_pretrained(nan_weights)
+    f["nan_weights"] = str(nan_weights)
+    os.symlink(root / "nowhere", root / "dangling")
+    f["dangling"] = str(root / "dangling")
+    f["bom"] = _write(root / "bom.jsonl", b"\xef\xbb\xbf" + (line * 4).encode())
+    os.symlink(root / "bom.jsonl", root / "bom_link.jsonl")  # another spelling of the same file
+    f["bom_link"] = str(root / "bom_link.jsonl")
+    f["reversed_readme"] = _write(
+        root / "reversed.md", "a\n<!-- compliance-summary:end -->\nb\n<!-- compliance-summary:start -->\n"
+    )
+    f["latin1_readme"] = _write(root / "latin1.md", "caf\xe9\n".encode("latin-1"))
     fifo = root / "fifo"
     os.mkfifo(fifo)
     f["fifo"] = str(fifo)
@@ -213,6 +230,21 @@ def _train(out_key, sub="out", **kw):
     return run
 
 
+def _with(x: torch.Tensor, index: tuple, value: float) -> torch.Tensor:
+    x[index] = value
+    return x
+
+
+def _dpo(pc, pr, rc, rr, beta=0.1, label_smoothing=0.0):
+    return dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=label_smoothing).losses
+
+
+def _verify_api(**options):
+    import dpo_ref
+
+    return dpo_ref.verify(_dpo, **{"max_examples": 2, "checks": ["values"], **options})
+
+
 def _corrupt_checkpoint(f):
     from dpo_ref.train.rundir import load_tensors
 
@@ -273,6 +305,25 @@ API_CASES = [
     ("logits empty batch", lambda f: sequence_logps(torch.zeros(0, 3, 3), torch.zeros(0, 3, dtype=LONG)), InputError, "empty"),
     ("labels score nothing (average)", lambda f: sequence_logps(torch.zeros(2, 3, 4), t([[1, 2, 3], [1, -100, -100]]), average=True), InputError, "row 1"),
     ("only the unscored first label (average)", lambda f: sequence_logps(torch.zeros(1, 1, 4), t([[2]]), average=True), InputError, "row 0"),
+    # issue 20, bug 14: these passed validation, then failed inside gather (or with a bare TypeError)
+    ("int8 labels", lambda f: sequence_logps(torch.zeros(1, 3, 4), t([[0, 1, 2]], dtype=torch.int8)), InputTypeError, r"labels must be a torch.int64 or torch.int32 tensor .* got dtype torch.int8"),
+    ("int16 labels", lambda f: sequence_logps(torch.zeros(1, 3, 4), t([[0, 1, 2]], dtype=torch.int16)), InputTypeError, r"labels .*torch.int16"),
+    ("uint8 labels", lambda f: sequence_logps(torch.zeros(1, 3, 4), t([[0, 1, 2]], dtype=torch.uint8)), InputTypeError, r"labels .*torch.uint8"),
+    ("ignore_index None", lambda f: sequence_logps(torch.zeros(1, 3, 4), t([[0, 1, 2]]), ignore_index=None), InputTypeError, r"ignore_index must be an int"),
+    ("NaN logits", lambda f: sequence_logps(_with(torch.zeros(1, 3, 4), (0, 1, 2), nan), t([[0, 1, 2]])), InputError, r"logits\[0, 1\] \(which scores labels\[0, 2\]\) holds NaN"),
+    ("+inf logits", lambda f: sequence_logps(_with(torch.zeros(2, 3, 4), (1, 0, 3), inf), t([[0, 1, 2], [0, 1, 2]])), InputError, r"logits\[1, 0\]"),
+    # the coefficients: an overflow was a silent inf
+    ("beta overflows float32", lambda f: dpo_loss(*_four(), beta=1e300), InputError, r"beta=1e\+300 makes the chosen reward overflow torch.float32"),
+    ("beta overflows the loss", lambda f: dpo_loss(*_four((-3.0, -1.0, -1.5, -1.5)), beta=3e38), InputError, r"beta=3e\+38 makes the loss overflow"),
+    ("tau 1e-300 overflows", lambda f: ipo_loss(*_four(), tau=1e-300), InputError, r"tau=1e-300 makes the loss overflow"),
+    ("label_smoothing tensor of 2", lambda f: dpo_loss(*_four(), label_smoothing=t([0.1, 0.2])), InputError, "label_smoothing"),
+    ("label_smoothing complex", lambda f: dpo_loss(*_four(), label_smoothing=0.1j), InputTypeError, "label_smoothing"),
+    # issue 20, bug 15: dpo_ref.verify's options
+    ("verify: label_smoothing a string", lambda f: _verify_api(variant="cdpo", label_smoothing="x"), InputTypeError, r"label_smoothing must be a number in \(0, 0.5\), got str"),
+    ("verify: label_smoothing 0.5", lambda f: _verify_api(variant="cdpo", label_smoothing=0.5), InputError, r"label_smoothing must be in \(0, 0.5\)"),
+    ("verify: beta a string", lambda f: _verify_api(beta="0.1"), InputTypeError, r"beta must be a positive finite number, got str"),
+    ("verify: beta inf", lambda f: _verify_api(beta=inf), InputError, r"beta must be a positive finite number, got inf"),
+    ("verify: family coefficient a string", lambda f: _verify_api(variant="sppo_hard", coefficients={"beta": "x"}), InputTypeError, r"beta must be a number, got str"),
     # -- preference data
     ("data: broken JSON", _prepare("broken_json"), InputError, r"broken\.jsonl line 2: not valid JSON"),
     ("data: missing field", _prepare("missing_field"), InputError, r"line 1: field 'rejected' is missing"),
@@ -316,6 +367,24 @@ def test_api_bad_input_raises_a_specific_error_naming_the_argument(files, case, 
     # exactly the documented type: InputError is a ValueError; InputTypeError is also a TypeError
     assert type(info.value) is error
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "beta, label_smoothing",
+    [(np.float32(0.5), np.float64(0.1)), (torch.tensor(0.5), torch.tensor(0.1)), (1, 0), (np.int64(2), 0.25)],
+    ids=["numpy", "0-d tensors", "python ints", "numpy int"],
+)
+def test_api_coefficients_accept_any_real_number(beta, label_smoothing):
+    """Bug 15: beta took a 0-d tensor but label_smoothing did not, and a numpy float32 beta was refused. Every
+    scalar coefficient is read the same way: a real number (Python, numpy or a one-element tensor)."""
+    from dpo_ref.oracle.api import make_config
+
+    result = dpo_loss(*_four(), beta=beta, label_smoothing=label_smoothing)
+    expected = dpo_loss(*_four(), beta=float(beta), label_smoothing=float(label_smoothing))
+    torch.testing.assert_close(result.losses, expected.losses)
+    config = make_config("cdpo", beta=beta, label_smoothing=label_smoothing or 0.1)
+    assert config.beta == float(beta) and isinstance(config.beta, float)
+    assert ipo_loss(*_four(), tau=beta).losses.isfinite().all()
 
 
 def test_api_resume_without_a_checkpoint_is_refused(files, tmp_path):
@@ -404,6 +473,18 @@ CLI_CASES = [
     ("train: a pickle weights_only refuses", ["train", "--model", "{bad_pickle}", *_TRAIN], r"--model .*bad_pickle' holds its weights only as a pickle"),
     ("train: weights only as a pickle .bin", ["train", "--model", "{plain_pickle}", *_TRAIN], r"--model .*plain_pickle' holds its weights only as a pickle \(pytorch_model\.bin\); dpo-ref loads safetensors only.*from_pretrained\(.*\)\.save_pretrained\("),
     ("train: chat template raises", ["train", "--model", "{bad_template}", "--data", "{conversational}", *_TRAIN], r"line 1: field 'prompt': the tokenizer's chat template raised TemplateError: no system role here"),
+    # -- dpo-ref train: issue 20, bugs 7-9 (sizes unbounded, a batch repeating rows, outputs over inputs)
+    ("train: out a dangling symlink", ["train", "--data", "{good}", "--batch-size", "4", *_TRAIN, "--out", "{dangling}"], r"--out .*dangling' is a symbolic link to .*nowhere', which does not exist; expected a directory"),
+    ("train: out empty", ["train", "--data", "{good}", "--batch-size", "4", *_TRAIN, "--out", ""], r"--out is empty; expected a directory"),
+    ("train: json is the data", ["train", "--data", "{good}", "--batch-size", "4", "--json", "{good}", *_TRAIN], r"--json .*good\.jsonl' is the same file as --data .*good\.jsonl', an input of this run; choose another --json"),
+    ("train: json is the eval data", ["train", "--data", "{good}", "--eval-data", "{bom}", "--batch-size", "4", "--json", "{bom_link}", *_TRAIN], r"--json .*bom_link\.jsonl' is the same file as --eval-data .*bom\.jsonl'"),
+    ("train: json inside the model", ["train", "--model", "{truncated}", "--json", "{truncated}/r.json", *_TRAIN], r"--json .*r\.json' would write inside --model .*truncated'"),
+    ("train: batch larger than the data", ["train", "--data", "{good}", *_TRAIN], r"an update takes 32 pairs \(--batch-size 32 x --grad-accum 1 x 1 processes\) but the training data has 4; lower --batch-size, or pass --repeat-rows"),
+    ("train: batch-size 1e9", ["train", "--batch-size", "1000000000", *_TRAIN], r"--batch-size must be at most 65536, got 1000000000"),
+    ("train: batch x accumulation too large", ["train", "--batch-size", "65536", "--grad-accum", "2", *_TRAIN], r"--batch-size x --grad-accum must be at most 65536 pairs per update, got 65536 x 2"),
+    ("train: steps 1e12", ["train", "--sft-steps", "0", "--steps", "1000000000000", "--no-progress"], r"--steps must be at most 100000000, got 1000000000000"),
+    ("train: max-length 1e9", ["train", "--max-length", "1000000000", *_TRAIN], r"--max-length must be at most 1048576"),
+    ("train: weights not finite", ["train", "--model", "{nan_weights}", "--data", "{good}", "--batch-size", "4", *_TRAIN], r"--model .*nan_weights': its weights are not finite \(.* holds NaN or inf\)"),
     # -- dpo-ref prove
     ("prove: unknown proof", ["prove", "--only", "nosuch"], r"--only: unknown proof 'nosuch'"),
     ("prove: output under a file", ["prove", "--only", "init-ln2", "--output", "{plain_file}/x.md"], r"--output: directory"),
@@ -413,6 +494,9 @@ CLI_CASES = [
     ("matrix: out is a FIFO", ["matrix", "--out", "{fifo}"], r"--out .*fifo' is a FIFO \(named pipe\); expected a directory"),
     ("matrix: out is a file", ["matrix", "--out", "{plain_file}"], r"--out .*plain\.txt' is a file; expected a directory"),
     ("matrix: readme is a FIFO", ["matrix", "--out", "{root}", "--readme", "{fifo}"], r"--readme .*fifo' is a FIFO"),
+    ("matrix: readme markers reversed", ["matrix", "--out", "{root}", "--readme", "{reversed_readme}"], r"reversed\.md has no <!-- compliance-summary:start --> \.\.\. <!-- compliance-summary:end --> block to update \(both markers, in this order\)"),
+    ("matrix: readme not UTF-8", ["matrix", "--out", "{root}", "--readme", "{latin1_readme}"], r"--readme .*latin1\.md' is not UTF-8 \(byte 0xe9 at offset 3\)"),
+    ("matrix: readme is what out writes", ["matrix", "--out", "{root}", "--readme", "{root}/compliance.md"], r"--readme .* would write .*compliance\.md', which --out .* writes too"),
     # -- dpo-ref verify: usage and import problems (a target that runs but computes wrong is exit 1, below)
     ("verify: file does not exist", ["verify", "{missing}.py:loss"], r"target file .*no_such\.jsonl\.py' does not exist"),
     ("verify: syntax error", ["verify", "{syntax_error}:loss"], r"importing it raised SyntaxError"),
@@ -437,7 +521,12 @@ CLI_CASES = [
     ("bench: json under a file", ["bench", "--json", "{plain_file}/b.json"], r"--json .*: its directory does not exist"),
     ("bench: json is a FIFO", ["bench", "--json", "{fifo}"], r"--json .*fifo' is a FIFO \(named pipe\); expected a path to a regular file"),
     ("bench: json is a directory", ["bench", "--json", "{root}"], r"--json .* is a directory; expected a path to a regular file"),
+    ("bench: vocab 1", ["bench", "--size", "tiny", "--vocab", "1"], r"--vocab must be at least 16"),
+    ("bench: device mps", ["bench", "--device", "mps"], r"--device 'mps': dpo-ref trains on cpu or cuda only"),
+    ("bench: threads 0", ["bench", "--threads", "0"], r"--threads must be a positive integer, got 0"),
     # -- dpo-ref experiment
+    ("overfit: seed -1", ["experiment", "overfit", "--seed", "-1"], r"--seed must be an integer in \[0, 2\*\*32\), got -1"),
+    ("overfit: json is a file it writes", ["experiment", "overfit", "--epochs", "1", "--json", "{out}/overfit.json"], r"--json .*overfit\.json' would write .*, which --out .* writes too"),
     ("overfit: epochs 0", ["experiment", "overfit", "--epochs", "0"], r"--epochs must be a positive integer"),
     ("overfit: beta 0", ["experiment", "overfit", "--betas", "0.1", "0"], r"--betas must be a positive finite number, got 0"),
     ("overfit: tau nan", ["experiment", "overfit", "--taus", "nan"], r"--taus must be a positive finite number"),
@@ -446,12 +535,33 @@ CLI_CASES = [
     ("overfit: out under a file", ["experiment", "overfit", "--epochs", "1", "--out", "{plain_file}/o"], r"--out .* cannot be created"),
     ("displacement: rpo-alpha negative", ["experiment", "displacement", "--rpo-alpha", "-1"], r"--rpo-alpha must be a finite number >= 0"),
     ("displacement: steps 0", ["experiment", "displacement", "--steps", "0"], r"--steps must be a positive integer"),
-    ("displacement: out is a file", ["experiment", "displacement", "--steps", "1", "--out", "{plain_file}"], r"--out .* cannot be created"),
+    ("displacement: out is a file", ["experiment", "displacement", "--steps", "1", "--out", "{plain_file}"], r"--out .*plain\.txt' exists and is not a directory"),
     ("bandit: tau 0", ["experiment", "bandit", "--tau", "0"], r"--tau must be a positive finite number"),
     ("bandit: seeds 0", ["experiment", "bandit", "--seeds", "0"], r"--steps and --seeds must be positive integers"),
     ("bandit: json under a file", ["experiment", "bandit", "--steps", "1", "--seeds", "1", "--json", "{plain_file}/b.json"], r"--json .* its directory does not exist"),
     ("bandit: json is a FIFO", ["experiment", "bandit", "--steps", "1", "--seeds", "1", "--json", "{fifo}"], r"--json .*fifo' is a FIFO"),
 ]  # fmt: skip
+
+
+# refused once the run shows it (its progress lines came first): exit 2, the last line names the option, no
+# traceback, and no --out left behind, not even an empty one (issue 20, bug 13)
+RUN_TIME_CASES = [
+    ("overfit: lr 1e30", ["experiment", "overfit", "--epochs", "3", "--lr", "1e30"], r"--lr 1e\+30 with --betas 0.1: the weights became non-finite after 1 SGD steps; expected a smaller --lr"),
+    ("overfit: betas 1e308", ["experiment", "overfit", "--epochs", "2", "--betas", "1e308"], r"--betas 1e\+308: beta=1e\+308 makes the loss overflow"),
+    ("overfit: taus 1e-300", ["experiment", "overfit", "--epochs", "2", "--taus", "1e-300"], r"--taus 1e-300: tau=1e-300 makes the loss overflow"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, template, match", RUN_TIME_CASES, ids=[c[0] for c in RUN_TIME_CASES])
+def test_cli_bad_input_seen_during_the_run_names_the_option(files, tmp_path, capsys, case, template, match):
+    out = str(tmp_path / "out")
+    code = main(_argv(template, files, out))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("dpo-ref experiment: error: ") and re.search(match, last), last
+    assert "policy_chosen_logps" not in err  # an internal name
+    assert not os.path.exists(out)
 
 
 def _argv(template: list[str], files: dict, out: str) -> list[str]:
@@ -595,3 +705,127 @@ def test_cli_out_in_a_read_only_directory(files, tmp_path, capsys):
         assert os.listdir(locked) == []
     finally:
         locked.chmod(0o700)
+
+
+# ---------------------------------------------------------------------------------------------- issue 20: the rest
+
+
+@pytest.fixture(scope="module")
+def finished_run(files, tmp_path_factory):
+    """A one-step run of 8 pairs per update on 4 rows (--repeat-rows), its JSON results on standard output."""
+    import contextlib
+    import io
+
+    out = str(tmp_path_factory.mktemp("finished") / "run")
+    argv = ["train", "--data", files["good"], "--batch-size", "8", "--repeat-rows", *_TRAIN]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main([*argv, "--json", "-", "--out", out])
+    return {"out": out, "argv": argv, "code": code, "stdout": stdout.getvalue()}
+
+
+def test_train_repeat_rows_opts_in_and_json_dash_is_stdout(finished_run):
+    """Bug 7's opt-in: with --repeat-rows an update may hold more pairs than the data. `--json -` writes the
+    results on standard output, alone (the summary goes to stderr), and no file named '-'."""
+    assert finished_run["code"] == 0
+    results = json.loads(finished_run["stdout"])
+    assert results["settings"]["batch_size"] == 8 and results["train_pairs"] == 4
+    assert not os.path.exists("-")
+
+
+@pytest.mark.parametrize("line", ["5", "[]", "{}", '{"step": "3"}'])
+def test_resume_with_a_damaged_log_names_file_and_line(finished_run, tmp_path, capsys, line):
+    """Bug 12: a metrics.jsonl line `5`, `[]` or `{}` was a TypeError; now exit 2 naming file:line and what was
+    expected, before anything in --out changes."""
+    import shutil
+
+    out = str(tmp_path / "run")
+    shutil.copytree(finished_run["out"], out)
+    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+        f.write(line + "\n")
+    before = _snapshot(out)
+    code = main([*finished_run["argv"], "--out", out, "--resume"])
+    expected = r"--resume: .*metrics\.jsonl:\d+: expected a JSON object with an integer \"step\""
+    _assert_one_line_exit_2(code, capsys.readouterr().err, expected)
+    assert _snapshot(out) == before
+
+
+def test_overwrite_never_replaces_the_model_it_trains(finished_run, files, tmp_path, capsys):
+    """`--model OUT/model --out OUT --overwrite` replaced the input model; refused, OUT unchanged."""
+    import shutil
+
+    out = str(tmp_path / "run")
+    shutil.copytree(finished_run["out"], out)
+    before = _snapshot(out)
+    argv = ["train", "--model", os.path.join(out, "model"), "--data", files["good"], "--batch-size", "4"]
+    code = main([*argv, "--out", out, "--overwrite", *_TRAIN])
+    expected = r"--out .* would replace .*model', which holds --model .*model', an input of this run"
+    _assert_one_line_exit_2(code, capsys.readouterr().err, expected)
+    assert _snapshot(out) == before
+
+
+def test_data_with_a_byte_order_mark_is_read(files):
+    """A UTF-8 BOM at the start of a JSONL file was refused (not valid JSON); it is read as utf-8-sig."""
+    from dpo_ref.train.data import prepare_dataset
+    from dpo_ref.train.tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    assert prepare_dataset(files["bom"], tokenizer) == prepare_dataset(files["good"], tokenizer)
+
+
+def test_atomic_replace_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    """A 0600 file rewritten atomically stayed private no more (0644); it keeps its mode, a new file gets the umask's."""
+    from dpo_ref.atomic import write_text_atomic
+
+    private = tmp_path / "private.json"
+    private.write_text("old")
+    private.chmod(0o600)
+    write_text_atomic(str(private), "new")
+    assert private.read_text() == "new" and private.stat().st_mode & 0o777 == 0o600
+
+
+def test_nonfinite_loss_before_any_update_does_not_blame_the_learning_rate(files, tmp_path, capsys):
+    """At step 0 the policy is the reference: a non-finite loss there comes from the coefficient (here beta
+    overflows float32), and the message said "Lower --lr"."""
+    argv = ["train", "--data", files["good"], "--batch-size", "4", "--beta", "1e300", "--out", str(tmp_path / "o")]
+    code = main([*argv, *_TRAIN])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "at step 0" in err and "lower --beta" in err and "Lower --lr" not in err
+
+
+def test_an_experiment_never_overwrites_an_earlier_run_silently(tmp_path, capsys):
+    """Experiments replaced --out's results silently; now the rule train uses: refused unless --overwrite."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "overfit.csv").write_text("an earlier run")
+    before = _snapshot(out)
+    code = main(["experiment", "overfit", "--epochs", "1", "--betas", "0.1", "--taus", "0.1", "--out", str(out)])
+    _assert_one_line_exit_2(code, capsys.readouterr().err, r"--out .* already holds overfit\.csv .*--overwrite")
+    assert _snapshot(out) == before
+    argv = ["experiment", "overfit", "--epochs", "1", "--betas", "0.1", "--taus", "0.1", "--out", str(out)]
+    assert main([*argv, "--overwrite"]) == 0
+    assert (out / "overfit.csv").read_text() != "an earlier run"
+
+
+def _prove(*argv: str, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", *argv], env=env, cwd=ROOT, timeout=300, **kw)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [("dpo_ref", "prove"), ("proofs",)], ids=["dpo-ref prove", "python -m proofs"])
+def test_prove_to_a_full_stdout_is_one_line_exit_1(command):
+    with open("/dev/full", "w") as full:
+        run = _prove(*command, "--list", stdout=full, stderr=subprocess.PIPE, text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()] and "No space left" in run.stderr
+
+
+def test_prove_list_honours_output_and_dash_is_stdout(tmp_path, capsys):
+    """`prove --list --output f` ignored --output; `-` is standard output, as for every command."""
+    path = tmp_path / "list.txt"
+    assert main(["prove", "--list", "--only", "init-ln2", "--output", str(path)]) == 0
+    assert path.read_text().startswith("init-ln2: ") and capsys.readouterr().out == ""
+    assert main(["prove", "--list", "--only", "init-ln2", "--output", "-"]) == 0
+    assert capsys.readouterr().out == path.read_text() and not os.path.exists("-")
