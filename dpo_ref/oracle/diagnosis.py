@@ -482,6 +482,10 @@ def diagnose_logps(fn: Callable, average: bool) -> list[str]:
         # candidate and a bfloat16 one within it of the float16 candidate: both match. The two roundings differ
         # by 8x in eps, so the dtype actually used leaves the smaller residual; name only that one.
         del found[max(residual, key=residual.get)]
-    if not found and bool(((got - expected).abs() <= tol / P.EPS_FLOAT32 * HALF_EPS).all()):
+    # Half precision explains per token about eps_half (|logit| + 1) (the logits and the log-softmax rounded to a
+    # half's 8 or 11 significant bits; 2x for slack), n of them per row: not the float32 tolerance's K * 4 factor,
+    # which would make a window tens of nats wide and call unrelated mistakes "half-precision".
+    half = 2 * HALF_EPS * (P.logps_tolerance_scale(batch.rows) - 1.0) / 4 + tol
+    if not found and bool(((got - expected).abs() <= half).all()):
         found["half-precision"] = "half-precision: its values match only to half-precision (float16/bfloat16) rounding"
     return list(found.values())

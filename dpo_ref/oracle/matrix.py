@@ -46,7 +46,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", default="docs", help="directory for compliance.md and compliance.json (default docs)")
     p.add_argument("--max-examples", type=int, default=25, help="Hypothesis examples per loss-level check")
-    p.add_argument("--search-examples", type=int, default=8, help="Hypothesis batches per TRL loss type")
+    p.add_argument(
+        "--search-examples", type=int, default=None, help="Hypothesis batches per TRL loss type (default: 8, as verify)"
+    )
     p.add_argument("--readme", default=None, help="also rewrite the compliance summary block in this README")
     p.set_defaults(func=handler)
 
@@ -328,7 +330,7 @@ def replace_summary(readme: str, text: str, path: str = "README.md") -> str:
 
 
 def handler(args: argparse.Namespace) -> int:
-    if args.max_examples < 1 or args.search_examples < 1:
+    if args.max_examples < 1 or (args.search_examples is not None and args.search_examples < 1):
         raise InputError("--max-examples and --search-examples must be positive integers")
     if not os.path.isdir(args.out):
         if os.path.exists(args.out):
@@ -351,7 +353,9 @@ def handler(args: argparse.Namespace) -> int:
                 "expected a UTF-8 Markdown file"
             ) from None
         replace_summary(readme, "", args.readme)  # the markers must be there before anything runs
-    args.search = args.search_examples
+    from dpo_ref.oracle.adapters.trl_search import SEARCH_EXAMPLES
+
+    args.search = SEARCH_EXAMPLES if args.search_examples is None else args.search_examples
     matrix = run(args, out=lambda line: print(line, flush=True))
     write_text_atomic(os.path.join(args.out, "compliance.json"), json.dumps(matrix, indent=2) + "\n")
     write_text_atomic(os.path.join(args.out, "compliance.md"), markdown(matrix))

@@ -108,6 +108,9 @@ def _import_file(path: str):
         raise InputError(f"target file {path!r} cannot be imported as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[mod_name] = module  # dataclasses and pickling look the module up by name
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder not in sys.path:  # as `python file.py` has it: the file's folder first, so its siblings import
+        sys.path.insert(0, folder)
     try:
         module_spec.loader.exec_module(module)
     except Exception as err:

@@ -131,3 +131,22 @@ def test_isolate_passes_every_option_on_to_the_child():
     assert float(child[child.index("--label-smoothing") + 1]) == 0.2
     bare = oracle_cli.child_argv(parser.parse_args(["verify", "t.py:f"]))
     assert "--fail-fast" not in bare and "--strict" not in bare
+
+
+def test_a_target_file_imports_the_module_beside_it(tmp_path):
+    """As `python file.py` would: the target file's folder is on sys.path, so `import helpers` finds its sibling."""
+    import subprocess
+    import sys
+
+    (tmp_path / "my_helpers.py").write_text(
+        "import torch.nn.functional as F\n\ndef dpo(h, beta):\n    return -F.logsigmoid(beta * h)\n"
+    )
+    (tmp_path / "my_loss.py").write_text(
+        "from my_helpers import dpo\n\n\ndef loss(pc, pr, rc, rr, beta=0.1):\n"
+        "    return dpo((pc - rc) - (pr - rr), beta)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "dpo_ref", "verify", f"{tmp_path}/my_loss.py:loss", "--max-examples", "3"],
+        capture_output=True, text=True, cwd="/", timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr

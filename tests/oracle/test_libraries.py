@@ -116,3 +116,32 @@ def test_trl_builds_leave_no_temporary_folder_behind():
     assert out.stderr == "", out.stderr
     folder = out.stdout.strip().splitlines()[-1]
     assert folder and not os.path.exists(folder), f"{folder} was left behind"
+
+
+def _matrix_status(loss_type: str) -> str:
+    """The status `dpo-ref matrix` recorded for TRL's searched `loss_type` (docs/compliance.json)."""
+    import json
+    from pathlib import Path
+
+    matrix = json.loads((Path(__file__).resolve().parents[2] / "docs" / "compliance.json").read_text())
+    (status,) = [
+        e["status"] for e in matrix["entries"] if e["library"] == "trl" and e["check"] == f"search:{loss_type}"
+    ]
+    return status
+
+
+@pytest.mark.parametrize("variant", ["ipo-mean", pytest.param("dpo", marks=pytest.mark.slow)])
+def test_verify_trl_and_the_matrix_give_one_verdict(variant):
+    """`verify trl` asks the matrix's question too (the same derandomised row search), so both see TRL's IPO count
+    a completion token at position 0, which has no log-prob (count-plus-one)."""
+    pytest.importorskip("trl")
+    from dpo_ref import variants as V
+
+    loss_type = V.REGISTRY[variant].adapters["trl"]
+    from dpo_ref.oracle import verify
+
+    report = verify("trl", variant=variant)
+    (search,) = [c for c in report.checks if c.name == f"search:{loss_type}"]
+    assert search.status == _matrix_status(loss_type)
+    if variant == "ipo-mean":
+        assert not report.passed and "count-plus-one" in search.message

@@ -313,3 +313,20 @@ def test_reproduction_shows_a_plain_disagreement(name):
     assert abs(got - want) >= CLEAR_DISAGREEMENT * abs(want), result.message
     line = next(ln for ln in result.reproduction.splitlines() if ln.startswith("pc = "))
     assert line.count(",") == 1, line  # one value, then the dtype
+
+
+def test_half_precision_is_named_only_within_what_half_precision_explains():
+    """Half rounding explains about eps_half (|logit| + 1) per token: a row off by 1 nat (a wrong token, an
+    offset) is not "half-precision", while a log-softmax really done in bfloat16 is named as such."""
+    from dpo_ref.oracle.diagnosis import diagnose_logps
+
+    def offset(logits, labels):
+        return dpo_ref.sequence_logps(logits, labels) - 1.0
+
+    def in_bfloat16(logits, labels):
+        lp = logits[:, :-1].to(torch.bfloat16).log_softmax(-1).double()
+        mask = labels[:, 1:] != -100
+        return torch.where(mask, lp.gather(-1, labels[:, 1:].clamp(min=0)[..., None])[..., 0], 0.0).sum(-1)
+
+    assert not any("half" in d for d in diagnose_logps(offset, False))
+    assert any("bfloat16" in d or "half" in d for d in diagnose_logps(in_bfloat16, False))

@@ -21,11 +21,13 @@ import warnings
 
 import torch
 
+from dpo_ref import variants as V
 from dpo_ref.errors import InputError
-from dpo_ref.family import LOSS_FAMILY
+from dpo_ref.family import LOSS_FAMILY, TRL_LOSS_TYPES
 from dpo_ref.logps import sequence_logps
 from dpo_ref.losses import dpo_loss, ipo_loss
 from dpo_ref.oracle.adapters import tiny, trl_search
+from dpo_ref.oracle.adapters.trl_search import SEARCH_EXAMPLES
 from dpo_ref.oracle.adapters.trl_trainer import build, import_trl, loss_type_for
 from dpo_ref.oracle.report import FAILED, PASSED, CheckResult, Report
 
@@ -111,6 +113,9 @@ def run(cfg, only=None) -> Report:
     report.checks.append(_check_logps(trainer, per_example, variant, beta, eps))
     report.checks.append(_check_loss_values(trainer, per_example, refs, variant, beta, eps))
     report.checks.append(_check_gradients(trainer, examples, variant, beta, eps))
+    loss_type = V.REGISTRY[variant].adapters.get("trl")
+    if loss_type in TRL_LOSS_TYPES:  # the question `dpo-ref matrix` asks too: the same search, so one verdict
+        report.checks.append(trl_search.search(trl_search.build_search(), ((loss_type, 1.0),), SEARCH_EXAMPLES))
     return report
 
 
@@ -228,8 +233,7 @@ def _run_family(cfg, version: str) -> Report:
         "rows": "searched (Hypothesis) through TRL's _prepare_dataset and DataCollatorForPreference",
         "tolerance": f"relative {trl_search.RTOL:g}",
     }
-    examples = min(cfg.max_examples, 8)
-    report.checks.append(trl_search.search(trl_search.build_search(), ((loss_type, 1.0),), examples))
+    report.checks.append(trl_search.search(trl_search.build_search(), ((loss_type, 1.0),), SEARCH_EXAMPLES))
     return report
 
 

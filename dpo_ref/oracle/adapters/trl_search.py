@@ -33,6 +33,7 @@ from dpo_ref.oracle.adapters.trl_trainer import build
 from dpo_ref.oracle.report import FAILED, PASSED, CheckResult
 
 RTOL = 1e-5
+SEARCH_EXAMPLES = 8  # Hypothesis batches per loss type: `verify trl` and `matrix` search the same ones (derandomised)
 COEFFICIENTS = {"beta": 0.5, "tau": 0.5, "label_smoothing": 0.1, "delta": 0.0}
 TRL_EXTRA = {"exo_pair": {"label_smoothing": 1e-3}, "discopop": {"tau": 0.05}}
 DISCOPOP_TAU = 0.05
