@@ -2,7 +2,8 @@
 
     python benchmarks/verify_budget.py [--repeats 3] [--json docs/results/verify_budget.json]
 
-Budgets (2 cores): a loss-level verify on a correct target <= 10 s, a log-prob verify <= 5 s. Each verify runs
+Budgets (2 cores): a loss-level verify on a correct target <= 10 s, a log-prob verify <= 5 s, a pipeline
+verify <= 20 s, a packed verify <= 5 s. Each verify runs
 in a fresh interpreter (imports included, as a user sees it); the median of the repeats is printed beside the
 budget, with the load average, since a busy machine moves the numbers. Not a test: timings are not asserted.
 """
@@ -25,6 +26,18 @@ CASES = [  # key in the JSON, label, verify arguments, budget in seconds
         "logps",
         "logps, correct",
         ["tests/corpus/logps_correct.py:shift_gather_where", "--level", "logps"],
+        5.0,
+    ),
+    (
+        "pipeline",
+        "pipeline, correct (TRL-style)",
+        ["tests/corpus/pipeline_correct.py:trl_concatenated_forward", "--level", "pipeline"],
+        20.0,
+    ),
+    (
+        "packed",
+        "packed, correct",
+        ["tests/corpus/packed_correct.py:packed_segment_ids_index_add", "--level", "packed"],
         5.0,
     ),
 ]
