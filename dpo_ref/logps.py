@@ -265,8 +265,8 @@ def packed_sequence_logps(
         cu_seqlens: `(S+1,)` segment boundaries, 0 = cu_seqlens[0] <= ... <= cu_seqlens[S] = N.
         average: divide each segment by its number of scored tokens.
 
-    Proof: `dpo-loss` (per segment, as `sequence_logps`). Properties: the `packed` level of the oracle
-    (`dpo_ref.oracle.packed`: one segment at a time against `properties.loop_sequence_logps`).
+    Proof: none yet. Properties: `packed_properties.check_packed_values`,
+    `packed_properties.check_packed_gradients`.
     """
     if validate:
         check_logits_labels(logits, labels)

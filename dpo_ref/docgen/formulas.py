@@ -47,6 +47,9 @@ NOT_FORMULAS = {
     "dpo_ref.losses.check_finite_scalar": "input validation",
     "dpo_ref.losses.check_lengths": "input validation",
     "dpo_ref.losses.check_logps": "input validation",
+    "dpo_ref.losses.real_number": "input validation",
+    "dpo_ref.logps.check_cu_seqlens": "input validation",
+    "dpo_ref.logps.check_scored_finite": "input validation",
     "dpo_ref.logps.accumulation_dtype": "the half-precision-to-float32 rule",
     "dpo_ref.logps.check_logits_labels": "input validation",
     "dpo_ref.logps.shift_labels": "index bookkeeping of the one-token shift that sequence_logps defines",
@@ -55,6 +58,7 @@ NOT_FORMULAS = {
 PROPERTY_SOURCES = {
     "properties": "dpo_ref/checks/properties.py",
     "family_properties": "dpo_ref/checks/family_properties.py",
+    "packed_properties": "dpo_ref/checks/packed_properties.py",
     "test_proofs_linked": "tests/proofs/test_proofs_linked.py",
 }
 # where each property module's checks are run on dpo_ref's own functions (the catalogue is run by
@@ -62,11 +66,13 @@ PROPERTY_SOURCES = {
 PROPERTY_RUNNERS = {
     "properties": "dpo_ref/oracle/catalogue.py",
     "family_properties": "tests/reference/test_family.py",
+    "packed_properties": "dpo_ref/oracle/packed.py",
     "test_proofs_linked": "tests/proofs/test_proofs_linked.py",
 }
 PROPERTY_TESTS = {
     "properties": ("tests/checks/test_properties.py", "tests/checks/test_properties_bite.py"),
     "family_properties": ("tests/reference/test_family.py", "tests/checks/test_family_bite.py"),
+    "packed_properties": ("tests/oracle/test_levels_pipeline_packed.py",),
     "test_proofs_linked": ("tests/proofs/test_proofs_linked.py",),
 }
 

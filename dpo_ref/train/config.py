@@ -82,6 +82,14 @@ class TrainConfig:
     sft_steps: int | None = _opt(None, _recipe_help("sft_steps", "SFT warm-up updates on the chosen responses"))
     sft_lr: float | None = _opt(None, _recipe_help("sft_lr", "learning rate of the SFT warm-up"))
     precompute_ref: bool = _opt(False, "compute the reference log-probs once, then free the reference model")
+    prefix_sharing: bool = _opt(
+        False, "one row per pair, prompt | chosen | rejected, the rejected tokens masked from the chosen ones: the "
+        "prompt runs once (dpo_ref.train.layouts)"
+    )  # fmt: skip
+    packing: bool = _opt(
+        False, "pack each micro-batch's sequences into rows of at most --max-length tokens, no padding, each "
+        "sequence masked from the others (with --prefix-sharing: the shared rows are packed)"
+    )  # fmt: skip
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     threads: int | None = _opt(None, "CPU intra-op threads (default 1 for the built-in tiny model, else torch's)")
     seed: int = _opt(0, "seed of the weights (built-in model), the data order and every RNG; in [0, 2**32)")
@@ -103,6 +111,13 @@ class TrainConfig:
     )
     trust_remote_code: bool = _opt(False, "allow the custom modelling code of --model to run")
     progress: bool = _opt(True, "progress bar on a terminal, one plain line per phase otherwise")
+
+    @property
+    def layout(self) -> str:
+        """The batch layout (`dpo_ref.train.layouts.LAYOUTS`) the two flags choose."""
+        return {(False, False): "two-sequence", (True, False): "prefix-sharing", (False, True): "packing"}.get(
+            (self.prefix_sharing, self.packing), "both"
+        )
 
 
 # the settings a resumed run must share with the run it continues (data by content, not by path spelling);

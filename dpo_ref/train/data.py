@@ -205,6 +205,19 @@ def _prompt_ids(prompt: str, tokenizer, conversational: bool, max_prompt_length:
     return ids
 
 
+def response_ids(text: str, tokenizer) -> list[int]:
+    """A response's token ids, nothing added but the EOS it ends with (appended unless it is already last)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids if ids and ids[-1] == tokenizer.eos_token_id else ids + [tokenizer.eos_token_id]
+
+
+def untruncated_pair(row: dict, tokenizer, index: int = 0) -> TokenizedPair:
+    """`tokenize_pair` without its refusals and truncation: the token ids the trainer scores for a row."""
+    prompt, chosen, rejected, conversational = render_texts(row, tokenizer)
+    prompt_ids = _prompt_ids(prompt, tokenizer, conversational, None)
+    return TokenizedPair(prompt_ids, response_ids(chosen, tokenizer), response_ids(rejected, tokenizer), index)
+
+
 def tokenize_pair(
     row: dict,
     tokenizer,
@@ -232,13 +245,10 @@ def tokenize_pair(
                     f"field {field!r} has {char!r}, which the built-in character tokenizer cannot represent (it "
                     "knows printable ASCII and newline): bring a model with its own tokenizer (--model DIR)"
                 )
-    eos = tokenizer.eos_token_id
     prompt_ids = _prompt_ids(prompt, tokenizer, conversational, max_prompt_length)
     responses, full_lengths = [], []
     for text in (chosen, rejected):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids or ids[-1] != eos:
-            ids = ids + [eos]
+        ids = response_ids(text, tokenizer)
         full_lengths.append(len(ids))
         if max_length is not None:
             room = max_length - len(prompt_ids)

@@ -40,6 +40,7 @@ from dpo_ref.logps import sequence_logps, shift_labels, token_logps
 from dpo_ref.losses import dpo_loss, ipo_loss
 from dpo_ref.progress import phase
 from dpo_ref.rpo import per_token_nll, rpo_objective
+from dpo_ref.train import layouts
 from dpo_ref.train.config import LOSSES, RESUME_KEYS, SFT_KEYS, TrainConfig, check_config, check_device
 from dpo_ref.train.data import IGNORE_INDEX, PreferenceCollator, TokenizedPair, pad_sequences, prepare_dataset
 from dpo_ref.train.rundir import RUN_FILES, RunDir, check_writable_dir
@@ -78,7 +79,10 @@ class SequenceScorer(nn.Module):
             model.get_output_embeddings(), nn.Linear
         )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels=None, **layout):
+        if layout:  # a prefix-sharing or packed batch (dpo_ref.train.layouts): where each token is scored
+            batch = {"input_ids": input_ids, "attention_mask": attention_mask, **layout}
+            return layouts.score(self.model, batch, self.scored_head_only)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, T)
         _, mask, target = shift_labels(labels, IGNORE_INDEX)  # (N, T-1)
         counts = mask.sum(-1)  # (N,)
@@ -159,6 +163,12 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 @torch.no_grad()
+def scorer_inputs(batch: dict) -> dict[str, torch.Tensor]:
+    """A collated batch's tensors a `SequenceScorer` takes (all but `index`, which the layouts also need)."""
+    keep = {k: v for k, v in batch.items() if k != "index"}
+    return {**keep, "index": batch["index"]} if "score_slots" in batch else keep
+
+
 def pair_logps(scorer: SequenceScorer, pairs: list[TokenizedPair], collate, device, batch_size: int):
     """(chosen (P,), rejected (P,)) sequence log-probs of every pair under `scorer`, indexed by `pair.index`."""
     chosen = torch.zeros(len(pairs), dtype=torch.float32, device=device)
@@ -166,7 +176,7 @@ def pair_logps(scorer: SequenceScorer, pairs: list[TokenizedPair], collate, devi
     for start in range(0, len(pairs), batch_size):
         batch = to_device(collate(pairs[start : start + batch_size]), device)
         with autocast(device):
-            logps, _ = scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])  # (2B,)
+            logps, _ = scorer(**scorer_inputs(batch))  # (2B,)
         B = batch["index"].shape[0]
         chosen[batch["index"]] = logps[:B].float()
         rejected[batch["index"]] = logps[B:].float()
@@ -273,14 +283,14 @@ def preference_micro_batch(cfg: TrainConfig, scorer, batch: dict, ref_scorer=Non
     {name in STATISTICS: () float64 sum over the pairs}.
     """
     B = batch["index"].shape[0]
-    logps, counts = scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])  # (2B,)
+    logps, counts = scorer(**scorer_inputs(batch))  # (2B,)
     policy_chosen_logps, policy_rejected_logps = logps[:B], logps[B:]  # (B,), (B,)
     if ref_logps is not None:
         reference_chosen_logps = ref_logps[0][batch["index"]]  # (B,)
         reference_rejected_logps = ref_logps[1][batch["index"]]
     else:
         with torch.no_grad():
-            ref, _ = ref_scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])  # (2B,)
+            ref, _ = ref_scorer(**scorer_inputs(batch))  # (2B,)
         reference_chosen_logps, reference_rejected_logps = ref[:B], ref[B:]
     result = preference_loss(
         cfg, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
@@ -306,7 +316,7 @@ def preference_micro_batch(cfg: TrainConfig, scorer, batch: dict, ref_scorer=Non
 
 def sft_micro_batch(scorer, batch: dict):
     """(loss, stats) of one SFT micro-batch: the mean over rows of the per-token NLL of the response."""
-    logps, counts = scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])  # (B,)
+    logps, counts = scorer(**scorer_inputs(batch))  # (B,)
     nll = per_token_nll(logps.float(), counts, validate=False)  # (B,): counts >= 1, see preference_micro_batch
     return nll.mean(), {"nll": nll.detach().sum().double()}
 
@@ -538,7 +548,9 @@ def load_data(s: Session) -> Data:
         train_pairs=train_pairs,
         eval_pairs=eval_pairs,
         skipped=skipped + eval_skipped,
-        collate=PreferenceCollator(tokenizer.pad_token_id, cfg.padding_side),
+        collate=layouts.LayoutCollator(tokenizer.pad_token_id, cfg.layout, cfg.max_length)
+        if cfg.layout != "two-sequence"
+        else PreferenceCollator(tokenizer.pad_token_id, cfg.padding_side),
         collate_chosen=PreferenceCollator(tokenizer.pad_token_id, cfg.padding_side, responses=("chosen",)),
         eval_generation=builtin if cfg.eval_generation is None else cfg.eval_generation,
     )
