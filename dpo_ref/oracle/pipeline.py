@@ -41,8 +41,8 @@ MAX_EXAMPLES = 20  # per check by default: each example is a few dozen forward p
 
 @dataclass(frozen=True)
 class Convention:
-    """How a row becomes tokens: `tokenize` "separate" (prompt ids + completion ids) or "joint" (the ids of
-    prompt + completion; the completion is what follows len(ids(prompt))), BOS added, EOS appended and scored."""
+    """How a row becomes tokens: `tokenize` is one of TOKENIZATIONS; BOS added (the tokenizer's own, as
+    `add_special_tokens=True` adds it); EOS appended and scored."""
 
     tokenize: str = "separate"
     bos: bool = False
@@ -54,27 +54,49 @@ class Convention:
     @classmethod
     def parse(cls, text: str) -> Convention:
         parts = [p.strip() for p in str(text).split("+")]
-        if not parts or parts[0] not in ("separate", "joint") or not set(parts[1:]) <= {"bos", "eos"}:
+        if not parts or parts[0] not in TOKENIZATIONS or not set(parts[1:]) <= {"bos", "eos"}:
             raise InputError(
-                f"convention must be separate or joint, optionally followed by +bos and/or +eos (e.g. joint+eos), "
-                f"got {text!r}"
+                f"convention must be one of {', '.join(TOKENIZATIONS)}, optionally followed by +bos and/or +eos "
+                f"(e.g. joint+eos), got {text!r}"
             )
         return cls(parts[0], "bos" in parts[1:], "eos" in parts[1:])
 
 
-CONVENTIONS = tuple(Convention(t, b, e) for t in ("separate", "joint") for b in (False, True) for e in (False, True))
+TOKENIZATIONS = {
+    "separate": "prompt and completion tokenised apart, the ids concatenated",
+    "joint": "prompt + completion tokenised together; the completion is what follows len(ids(prompt))",
+    "diverge": "tokenised together; the completion starts where ids(prompt) and ids(prompt + completion) diverge",
+    "diverge-pair": "tokenised together; the completion starts where ids(prompt) diverges from the ids of prompt + "
+    "chosen or of prompt + rejected, whichever is first (TRL 1.16's tokenize_fn)",
+}
+CONVENTIONS = tuple(Convention(t, b, e) for t in TOKENIZATIONS for b in (False, True) for e in (False, True))
 
 
-def row_ids(tokenizer, prompt: str, completion: str, conv: Convention, *, completion_specials: bool = False):
-    """(token ids of the whole row, index of the first completion token) under `conv`."""
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def row_ids(tokenizer, ex: dict, side: str, conv: Convention, *, completion_specials: bool = False):
+    """(token ids of the row `ex` with its `side` completion, index of the first completion token) under `conv`."""
+    prompt, completion = ex["prompt"], ex[side]
     prompt_ids = tokenizer(prompt, add_special_tokens=conv.bos)["input_ids"]
+    start = len(prompt_ids)
     if conv.tokenize == "separate":
         ids = prompt_ids + tokenizer(completion, add_special_tokens=completion_specials)["input_ids"]
     else:
         ids = tokenizer(prompt + completion, add_special_tokens=conv.bos)["input_ids"]
+        if conv.tokenize.startswith("diverge"):
+            start = _common_prefix(prompt_ids, ids)
+        if conv.tokenize == "diverge-pair":
+            other = ex["rejected" if side == "chosen" else "chosen"]
+            start = min(start, _common_prefix(prompt_ids, tokenizer(prompt + other, add_special_tokens=conv.bos)
+                                              ["input_ids"]))  # fmt: skip
     if conv.eos:
         ids = ids + [tokenizer.eos_token_id]
-    return ids, len(prompt_ids)
+    return ids, start
 
 
 @dataclass
@@ -107,7 +129,7 @@ def reference(world: World, examples: list[dict], conv: Convention, average: boo
     for side in ("chosen", "rejected"):
         rows = []
         for ex in examples:
-            ids, start = row_ids(tok, ex["prompt"], ex[side], conv)
+            ids, start = row_ids(tok, ex, side, conv)
             rows.append(score_row(model, ids, start, average=average))
         out.append(rows)
     return out
@@ -192,7 +214,8 @@ def detect(target: PipelineTarget, cfg: Config) -> dict[str, tuple[Convention, f
 
     A pipeline has one convention: the one used everywhere is the first that matches in every world (a world
     whose tokenizer adds no BOS matches with and without it); failing that, the closest in the Llama world (the
-    one that shows BOS), so the worlds where the target departs from it fail."""
+    one that shows BOS) the one whose largest miss over the worlds is smallest, so the worlds where the target
+    departs from it fail."""
     found = {}
     candidates = [Convention.parse(cfg.convention)] if cfg.convention else list(CONVENTIONS)
     for name, world in WORLDS.items():
@@ -203,7 +226,7 @@ def detect(target: PipelineTarget, cfg: Config) -> dict[str, tuple[Convention, f
             continue
         found[name] = {c: _distance(got, reference(world, PROBE, c, cfg.average)) for c in candidates}
     common = [c for c in candidates if all(d[c] <= 1.0 for d in found.values())]
-    chosen = common[0] if common else min(found["llama"], key=found["llama"].get)
+    chosen = common[0] if common else min(candidates, key=lambda c: max(d[c] for d in found.values()))
     return {name: (chosen, d[chosen], [c for c in candidates if d[c] <= 1.0]) for name, d in found.items()}
 
 
@@ -240,8 +263,8 @@ def _scorable(world: World, rows: list[dict]) -> bool:
     tok = world.tokenizer()
     for ex in rows:
         for side in ("chosen", "rejected"):
-            for conv in (Convention("separate"), Convention("joint")):
-                ids, start = row_ids(tok, ex["prompt"], ex[side], conv)
+            for conv in (Convention(t) for t in TOKENIZATIONS):
+                ids, start = row_ids(tok, ex, side, conv)
                 if len(ids) <= start:
                     return False
     return True

@@ -66,7 +66,7 @@ def _slice(lp: torch.Tensor, start: int, stop: int, average: bool) -> float:
 def _token_variants(world: World, conv: Convention, average: bool) -> dict[str, list[torch.Tensor]]:
     """Scored-token mistakes, each as (chosen, rejected) values computed one row at a time."""
     tok, model = world.tokenizer(), world.model()
-    rows = {s: [row_ids(tok, e["prompt"], e[s], conv) for e in DIAGNOSTIC] for s in ("chosen", "rejected")}
+    rows = {s: [row_ids(tok, e, s, conv) for e in DIAGNOSTIC] for s in ("chosen", "rejected")}
     with torch.no_grad():
         lps = {s: [_token_logps(model, ids) for ids, _ in rows[s]] for s in rows}
 
@@ -89,7 +89,7 @@ def _token_variants(world: World, conv: Convention, average: bool) -> dict[str, 
         if world.bos and conv.tokenize == "separate":
             out["bos-in-the-middle"] = [
                 torch.stack([
-                    score_row(model, *row_ids(tok, e["prompt"], e[s], conv, completion_specials=True),
+                    score_row(model, *row_ids(tok, e, s, conv, completion_specials=True),
                               average=average).value
                     for e in DIAGNOSTIC
                 ])
@@ -103,7 +103,7 @@ def _padded(world: World, conv: Convention, average: bool, side: str, together: 
     """(chosen, rejected) values of a padded batch as a pipeline would build it (float64)."""
     tok, model = world.tokenizer(), world.model()
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    rows = {s: [row_ids(tok, e["prompt"], e[s], conv) for e in DIAGNOSTIC] for s in ("chosen", "rejected")}
+    rows = {s: [row_ids(tok, e, s, conv) for e in DIAGNOSTIC] for s in ("chosen", "rejected")}
     groups = [rows["chosen"] + rows["rejected"]] if together else [rows["chosen"], rows["rejected"]]
     results = []
     for group in groups:
@@ -268,10 +268,10 @@ def diagnose(target: PipelineTarget, cfg: Config, failures: dict[str, str], pass
             out += [f for f in found if f.split(":")[0] not in {o.split(":")[0] for o in out}]
         if not out and ("pipeline_batch_composition" in failures or _depends_on_batch(target, cfg)):
             out.append("depends-on-batch: a row's values change with the other rows of the batch")
-        if not out and seen_right and "pipeline_no_pad_token" in failures and _eos_lost(target):
+        if not out and seen_right and value_checks == {"pipeline_no_pad_token"} and _eos_lost(target):
             out.append("eos-scored-as-pad: with no pad token it pads with EOS and masks every EOS, so the EOS it "
                        "appends is not scored (it is elsewhere)")  # fmt: skip
-        if not out and seen_right and "pipeline_no_pad_token" in failures:
+        if not out and seen_right and value_checks == {"pipeline_no_pad_token"}:
             out.append("no-pad-token: wrong only with a tokenizer that has no pad token")
     return out
 

@@ -159,7 +159,7 @@ def test_a_pinned_convention_is_used_and_a_bad_one_refused():
     pinned = dpo_ref.verify(case.target, level="pipeline", convention="joint", checks=["pipeline_values"],
                             max_examples=3)  # fmt: skip
     assert not pinned.passed and "pinned: joint" in pinned.settings["convention"]
-    with pytest.raises(dpo_ref.InputError, match="convention must be separate or joint"):
+    with pytest.raises(dpo_ref.InputError, match="convention must be one of"):
         dpo_ref.verify(case.target, level="pipeline", convention="both")
     with pytest.raises(dpo_ref.InputError, match="pipeline level only"):
         dpo_ref.verify(case.target, level="loss", convention="joint")
