@@ -95,3 +95,72 @@ def test_cli_verify_trl_pipeline_exits_1(trl_pipeline):
     )  # fmt: skip
     assert run.returncode == 1, run.stdout + run.stderr
     assert "FAIL pipeline_values" in run.stdout
+
+
+# ---- torchtune ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def torchtune_pipeline():
+    pytest.importorskip("torchtune")
+    from dpo_ref.oracle.adapters.pipelines import torchtune_pipeline
+
+    return torchtune_pipeline
+
+
+def _torchtune_row(world: str, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    from torchtune.data import ChosenRejectedToMessages
+    from torchtune.datasets import PreferenceDataset
+
+    from dpo_ref.oracle.adapters.pipelines import _TorchtuneHFTokenizer
+
+    dataset = type("D", (), {})()
+    dataset._message_transform, dataset._tokenizer = (
+        ChosenRejectedToMessages(),
+        _TorchtuneHFTokenizer(WORLDS[world].tokenizer()),
+    )
+    conv = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    row = PreferenceDataset._prepare_sample(dataset, {"chosen": conv, "rejected": conv})
+    return list(row["chosen_input_ids"]), [int(x) for x in row["chosen_labels"]]
+
+
+def test_torchtune_hf_tokenizer_adds_bos_to_every_message(torchtune_pipeline):
+    """HuggingFaceBaseTokenizer.encode(add_bos=False) keeps the BOS the HF tokenizer adds itself: with a tokenizer
+    that adds BOS, the row starts <s> <s> and the completion starts with a scored <s>."""
+    ids, labels = _torchtune_row("llama", "a", "r")
+    assert ids == [1, 1, 4, 1, 8, 2]
+    assert labels == [-100, -100, -100, 1, 8, 2]
+
+
+def test_torchtune_strips_trailing_spaces_and_always_adds_bos(torchtune_pipeline):
+    """tokenize_messages_no_special_tokens rstrips each message: the prompt "sat "'s space is gone, a completion of
+    only spaces is just EOS; BOS is prepended although the GPT-2 world's tokenizer adds none."""
+    tok = WORLDS["gpt2"].tokenizer()
+    ids, labels = _torchtune_row("gpt2", "sat ", " a")
+    assert ids == [tok.bos_token_id] + tok("sat")["input_ids"] + tok(" a")["input_ids"] + [tok.eos_token_id]
+    _, labels = _torchtune_row("gpt2", "she", " ")
+    assert [x for x in labels if x != -100] == [tok.eos_token_id]
+
+
+def test_torchtune_batch_path_matches_its_own_rows_scored_alone(torchtune_pipeline):
+    """The collate + concatenated_forward + get_batch_log_probs part is right: each value is torchtune's own
+    tokenised row scored alone (the mismatch with the oracle is the tokenisation only)."""
+    w = WORLDS["gpt2"]
+    model = w.model()
+    rows = [{"prompt": "sat ", "chosen": " a", "rejected": "rr"}, {"prompt": "a", "chosen": "r tan", "rejected": "h"}]
+    got = torchtune_pipeline(model, w.tokenizer(), rows)
+    for g, side in zip(got, ("chosen", "rejected")):
+        want = []
+        for ex in rows:
+            ids, labels = _torchtune_row("gpt2", ex["prompt"], ex[side])
+            start = next(i for i, x in enumerate(labels) if x != -100)
+            want.append(score_row(model, ids, start).value.detach())
+        torch.testing.assert_close(g.detach(), torch.stack(want), rtol=0, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_torchtune_pipeline_verdict(torchtune_pipeline):
+    report, failed = _verdict(torchtune_pipeline, max_examples=5)
+    assert not report.passed
+    assert {"pipeline_values", "pipeline_one_token", "pipeline_gradients"} <= failed
+    assert not failed & {"call", "pipeline_batch_composition", "pipeline_model_unchanged"}

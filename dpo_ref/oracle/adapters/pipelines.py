@@ -17,7 +17,10 @@ import contextlib
 import copy
 import io
 import sys
+import types
 import warnings
+
+import torch
 
 from dpo_ref.atomic import scratch_dir
 from dpo_ref.oracle.adapters import trl_trainer
@@ -109,7 +112,7 @@ def trl_pipeline(model, tokenizer, examples):
 # ---------------------------------------------------------------------------------------------------
 # Dispatch: `dpo-ref verify trl --level pipeline`
 
-BUILTIN = {"trl": "trl_pipeline"}
+BUILTIN = {"trl": "trl_pipeline", "torchtune": "torchtune_pipeline"}
 
 
 def run(name: str, cfg, only=None):
@@ -123,3 +126,56 @@ def run(name: str, cfg, only=None):
     fn_name = BUILTIN[name]
     src = f"from dpo_ref.oracle.adapters.pipelines import {fn_name} as fn"
     return verify_pipeline(PipelineTarget(globals()[fn_name], name, src), cfg, only)
+
+
+# ---------------------------------------------------------------------------------------------------
+# torchtune
+
+
+class _TorchtuneHFTokenizer:
+    """torchtune's model-tokenizer contract (`encode`, `tokenize_messages`, `pad_id`) over torchtune's own
+    `HuggingFaceBaseTokenizer` (0.6.1 has no model tokenizer for a tokenizer.json). `tokenize_messages` is
+    torchtune's `tokenize_messages_no_special_tokens` (what its Llama 2, Mistral and Gemma tokenizers call) with BOS and
+    EOS ids; the one piece of glue is that `encode` accepts and ignores `trim_leading_whitespace`, which that function
+    passes and `HuggingFaceBaseTokenizer.encode` does not take (a SentencePiece quirk; byte-level BPE has none)."""
+
+    def __init__(self, hf_tokenizer):
+        from torchtune.modules.transforms.tokenizers import HuggingFaceBaseTokenizer
+
+        folder = scratch_dir("dpo-ref-torchtune-tok-")
+        hf_tokenizer.save_pretrained(folder)
+        self.base = HuggingFaceBaseTokenizer(f"{folder}/tokenizer.json",
+                                             tokenizer_config_json_path=f"{folder}/tokenizer_config.json")  # fmt: skip
+        self.pad_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0
+        self.max_seq_len = None  # the recipe default: no truncation
+
+    def encode(self, text, add_bos=True, add_eos=True, trim_leading_whitespace=False):
+        return self.base.encode(text, add_bos=add_bos, add_eos=add_eos)
+
+    def tokenize_messages(self, messages):
+        from torchtune.modules.transforms.tokenizers import tokenize_messages_no_special_tokens
+
+        return tokenize_messages_no_special_tokens(self, messages, bos_id=self.base.bos_id, eos_id=self.base.eos_id)
+
+
+def torchtune_pipeline(model, tokenizer, examples):
+    """torchtune 0.6.1's DPO path: each row as a user/assistant conversation through `ChosenRejectedToMessages`
+    and `PreferenceDataset._prepare_sample` (prompt labels -100), `padded_collate_dpo` (chosen rows then rejected,
+    right padding, no attention mask) and the recipe's `concatenated_forward` (lora_dpo_single_device.py:
+    `model(input_ids)`, then `rlhf.get_batch_log_probs`), the model's logits as torchtune's model output."""
+    from torchtune.data import ChosenRejectedToMessages, padded_collate_dpo
+    from torchtune.datasets import PreferenceDataset
+
+    from dpo_ref.oracle.adapters.torchtune_batch import recipe
+
+    tok = _TorchtuneHFTokenizer(tokenizer)
+    dataset = types.SimpleNamespace(_message_transform=ChosenRejectedToMessages(), _tokenizer=tok)
+    rows = []
+    for ex in examples:
+        conv = {side: [{"role": "user", "content": ex["prompt"]}, {"role": "assistant", "content": ex[side]}]
+                for side in ("chosen", "rejected")}  # fmt: skip
+        rows.append(PreferenceDataset._prepare_sample(dataset, conv))
+    batch = padded_collate_dpo(rows, padding_idx=tok.pad_id)
+    me = types.SimpleNamespace(_device=torch.device("cpu"), activations_handling_ctx=contextlib.nullcontext())
+    chosen, rejected, _, _ = recipe().concatenated_forward(me, lambda ids: model(input_ids=ids).logits, batch)
+    return chosen, rejected
