@@ -12,11 +12,15 @@ __all__ = ["from_concatenated", "from_hidden_states", "from_input_ids_mask", "fr
 
 def run(name: str, level: str | None, cfg, only=None) -> Report:
     """The report for adapter `name` at `level` (None: every level it supports)."""
+    if level == "pipeline":  # the library's own tokenisation, collation and forward (adapters.pipelines)
+        from dpo_ref.oracle.adapters import pipelines
+
+        return pipelines.run(name, cfg, only)
     if name == "trl":
         if level not in (None, "library"):
             raise InputError(
                 "trl has no standalone loss or log-prob function (DPOTrainer computes both inline); "
-                "verify it with --level library (the default for trl)"
+                "verify it with --level library (the default for trl) or --level pipeline (its batch log-prob path)"
             )
         from dpo_ref.oracle.adapters import trl
 
