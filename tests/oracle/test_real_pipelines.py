@@ -17,7 +17,7 @@ import dpo_ref
 from dpo_ref.oracle.pipeline import Convention, reference, score_row, values
 from dpo_ref.oracle.pipeline_worlds import WORLDS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # rows whose prompt and completions do not merge into one token when tokenised together, in any world
 NO_MERGE = [
     {"prompt": "a", "chosen": "r", "rejected": "h"},
@@ -79,22 +79,26 @@ def test_trl_completion_starts_where_the_pair_diverges(trl_pipeline):
 
 @pytest.mark.slow
 def test_trl_pipeline_verdict(trl_pipeline):
-    """Fails the value checks (the convention above is none of the oracle's); rows independent, model unchanged."""
+    """Conforms under the convention TRL 1.16 documents (the completion starts where the pair diverges from the
+    prompt's tokens: `diverge-pair`), with BOS where the tokenizer adds one and EOS appended."""
     report, failed = _verdict(trl_pipeline, max_examples=5)
-    assert not report.passed
-    assert {"pipeline_values", "pipeline_gradients"} <= failed
-    assert not failed & {"call", "pipeline_batch_composition", "pipeline_model_unchanged"}
+    assert report.passed, report.to_text()
+    assert report.detected["convention"].startswith("diverge-pair+bos+eos"), report.detected
 
 
 @pytest.mark.slow
-def test_cli_verify_trl_pipeline_exits_1(trl_pipeline):
-    run = subprocess.run(
-        [sys.executable, "-m", "dpo_ref", "verify", "trl", "--level", "pipeline", "--checks", "pipeline_one_token,"
-         "pipeline_values", "--max-examples", "5"],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300,
-    )  # fmt: skip
-    assert run.returncode == 1, run.stdout + run.stderr
-    assert "FAIL pipeline_values" in run.stdout
+def test_cli_verify_trl_pipeline_exits_0_and_1_when_another_convention_is_pinned(trl_pipeline):
+    def run(*extra):
+        return subprocess.run(
+            [sys.executable, "-m", "dpo_ref", "verify", "trl", "--level", "pipeline", "--checks", "pipeline_one_token,"
+             "pipeline_values", "--max-examples", "5", *extra],
+            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300,
+        )  # fmt: skip
+
+    ok = run()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    pinned = run("--convention", "joint+bos+eos")  # the merges at the boundary tell the two apart
+    assert pinned.returncode == 1 and "FAIL pipeline_values" in pinned.stdout, pinned.stdout + pinned.stderr
 
 
 # ---- torchtune ----------------------------------------------------------------------------------
