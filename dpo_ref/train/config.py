@@ -137,8 +137,9 @@ class TrainConfig:
 # the settings a resumed run must share with the run it continues (data by content, not by path spelling);
 # the batch split (batch_size, grad_accum, processes) may change at the same global batch
 RESUME_KEYS = (
-    "model data_sha256 eval_data_sha256 loss coef loss_weights beta label_smoothing tau rpo_alpha steps lr weight_decay warmup_steps "
-    "max_grad_norm max_length max_prompt_length padding_side sft_steps sft_lr precompute_ref seed global_batch"
+    "model data_sha256 eval_data_sha256 loss coef loss_weights beta label_smoothing tau rpo_alpha steps lr "
+    "weight_decay warmup_steps max_grad_norm max_length max_prompt_length padding_side sft_steps sft_lr precompute_ref "
+    "seed global_batch"
 ).split()
 
 # what the SFT warm-up's result depends on: a saved warm-up is reused only if all of these match

@@ -1,4 +1,7 @@
-"""`dpo-ref train`: preference fine-tuning (any loss of the registry, `dpo_ref.train.objective`) of a Hugging Face causal LM, read top to bottom.
+"""`dpo-ref train`: preference fine-tuning of a Hugging Face causal LM, read top to bottom.
+
+Any loss of the registry (`dpo_ref.variants`) or a weighted combination trains (`dpo_ref.train.objective`);
+DPO, cDPO and IPO alone keep `preference_loss` below.
 
 `train` runs six phases, each a function below:
 

@@ -42,7 +42,8 @@ def loss_names(text: str) -> tuple[str, ...]:
     for part in str(text).split(","):
         part = part.strip()
         if part not in LOSS_CHOICES:
-            raise InputError(f"--loss must be one of {', '.join(LOSS_CHOICES)} (or several joined by commas), got {part!r}")
+            choices = ", ".join(LOSS_CHOICES)
+            raise InputError(f"--loss must be one of {choices} (or several joined by commas), got {part!r}")
         name = get(part).name
         if name in names:
             raise InputError(f"--loss names {name} twice")
@@ -188,7 +189,11 @@ def _resolve(loss: str, coef: str | None, loss_weights: str | None, shorthands: 
             values[i][name] = check_param(p, value, option)
             sources[i][name] = option
     terms = []
-    for v, c, src, in zip(variants, values, sources):
+    for (
+        v,
+        c,
+        src,
+    ) in zip(variants, values, sources):
         for name in c:  # the function's own checks too (e.g. a coefficient whose product overflows)
             _probe(v, {name: c[name]}, src[name])
         _probe(v, c, "--coef")
