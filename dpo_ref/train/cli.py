@@ -1,7 +1,8 @@
 """`dpo-ref train` on the command line: options generated from `TrainConfig`, the handler, the summary.
 
 One option per `TrainConfig` field: `--field-name`, its type from the annotation, its help from the
-field's `help` metadata with the default shown, `choices` from the metadata. A bool field that defaults
+field's `help` metadata with the default shown, `choices` from the metadata, and its `parse` metadata, where
+there is one, as argparse's type (`--loss`: the registry's names). A bool field that defaults
 to False is a flag (`--resume`); one that defaults to True or None gets both forms (`--progress` /
 `--no-progress`). An optional int accepts `none`.
 """
@@ -56,7 +57,7 @@ def add_config_options(parser: argparse.ArgumentParser, config_class=TrainConfig
         elif kind is int and optional:
             parser.add_argument(option, type=_optional_int, **kwargs)
         else:
-            parser.add_argument(option, type=kind, **kwargs)
+            parser.add_argument(option, type=f.metadata.get("parse", kind), **kwargs)
 
 
 def config_from_args(args: argparse.Namespace, config_class=TrainConfig):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from dpo_ref.errors import InputError
 from dpo_ref.losses import check_label_smoothing, check_positive_scalar
-from dpo_ref.train.objective import LOSS_CHOICES, is_classic, loss_help, loss_names, resolve
+from dpo_ref.train.objective import LOSS_CHOICES, is_classic, loss_help, loss_names, loss_option, resolve
 
 LOSSES = LOSS_CHOICES  # every registry name and alias (dpo_ref.variants); dpo, cdpo, ipo keep their own checks
 DEVICE_TYPES = ("cpu", "cuda")
@@ -63,7 +63,7 @@ class TrainConfig:
     model: str | None = _opt(None, "local Hugging Face causal-LM directory (default: a tiny Llama built from a config)")
     out: str = _opt("runs/dpo", "output directory")
     overwrite: bool = _opt(False, "replace the run already in --out (without it, such a run is refused)")
-    loss: str = _opt("dpo", loss_help())
+    loss: str = _opt("dpo", loss_help(), parse=loss_option)
     coef: str | None = _opt(
         None, "the losses' coefficients as NAME=VALUE,... (LOSS.NAME=VALUE for one loss of several), each checked "
         "against its range in the registry (docs/variants.md); the default of each is the registry's"

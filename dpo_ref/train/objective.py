@@ -51,6 +51,16 @@ def loss_names(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def loss_option(text: str) -> str:
+    """argparse's type of `--loss`: the canonical names joined by commas (argparse's one-line error otherwise)."""
+    import argparse
+
+    try:
+        return ",".join(loss_names(text))
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--loss ")) from None
+
+
 def is_classic(cfg) -> bool:
     """Whether `cfg` trains DPO, cDPO or IPO alone with no --coef / --loss-weights: the original path."""
     return cfg.loss in CLASSIC and not cfg.coef and not cfg.loss_weights
