@@ -241,3 +241,21 @@ def test_bad_loss_settings_exit_2_with_one_line_naming_the_option(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not out.exists()  # refused before anything is written
+
+
+ROUTES = [
+    ("ipo-mean", {"precompute_ref": True}),
+    ("simpo", {"prefix_sharing": True}),
+    ("sigmoid_norm", {"packing": True}),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), ROUTES)
+def test_precomputed_references_and_the_layouts_give_the_same_losses(data, tmp_path, name, options):
+    """The counts and reference log-probs reach the losses the same way through --precompute-ref and the
+    prefix-sharing and packed layouts (averaged, length-normalised: the counts matter)."""
+    plain = train(small(data, tmp_path / "plain", loss=name, steps=3))["history"]
+    other = train(small(data, tmp_path / "other", loss=name, steps=3, **options))["history"]
+    assert [r["loss"] for r in other if "loss" in r] == pytest.approx(
+        [r["loss"] for r in plain if "loss" in r], abs=1e-5
+    )
