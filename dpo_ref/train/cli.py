@@ -1,7 +1,8 @@
 """`dpo-ref train` on the command line: options generated from `TrainConfig`, the handler, the summary.
 
 One option per `TrainConfig` field: `--field-name`, its type from the annotation, its help from the
-field's `help` metadata with the default shown, `choices` from the metadata. A bool field that defaults
+field's `help` metadata with the default shown, `choices` from the metadata, and its `parse` metadata, where
+there is one, as argparse's type (`--loss`: the registry's names). A bool field that defaults
 to False is a flag (`--resume`); one that defaults to True or None gets both forms (`--progress` /
 `--no-progress`). An optional int accepts `none`.
 """
@@ -18,6 +19,7 @@ from dataclasses import MISSING, fields
 
 from dpo_ref.atomic import STDOUT
 from dpo_ref.train.config import TrainConfig
+from dpo_ref.train.objective import is_classic, resolve, step0_value
 
 
 def _optional_int(text: str) -> int | None:
@@ -55,7 +57,7 @@ def add_config_options(parser: argparse.ArgumentParser, config_class=TrainConfig
         elif kind is int and optional:
             parser.add_argument(option, type=_optional_int, **kwargs)
         else:
-            parser.add_argument(option, type=kind, **kwargs)
+            parser.add_argument(option, type=f.metadata.get("parse", kind), **kwargs)
 
 
 def config_from_args(args: argparse.Namespace, config_class=TrainConfig):
@@ -80,13 +82,18 @@ def _summary_lines(cfg: TrainConfig, summary: dict) -> list[str]:
         lines.append(
             f"  loss                     {a['loss']:.6f} (step {a['step']}) -> {b['loss']:.4f} (step {b['step']})"
         )
-        if a["step"] == 0 and cfg.loss != "ipo":
+        if a["step"] == 0 and is_classic(cfg) and cfg.loss != "ipo":
             lines[-1] += f"   |loss - ln 2| at step 0: {abs(a['loss'] - math.log(2)):.1e}"
+        elif a["step"] == 0 and not is_classic(cfg) and (expected := step0_value(resolve(cfg))) is not None:
+            lines[-1] += f"   |loss - L(h = 0)| at step 0: {abs(a['loss'] - expected):.1e}"
+        for name in (k for k in a if k.startswith("loss/") and k not in ("loss/nll_chosen", "loss/total")):
+            lines.append(f"  {name:<24} {a[name]:.6f} -> {b[name]:.4f}")
         lines.append(f"  rewards/accuracies       {a['rewards/accuracies']:.3f} -> {b['rewards/accuracies']:.3f}")
-        lines.append(
-            f"  log-ratio chosen         {a['logratio/chosen']:+.3f} -> {b['logratio/chosen']:+.3f}   "
-            f"rejected {a['logratio/rejected']:+.3f} -> {b['logratio/rejected']:+.3f}   (log pi/pi_ref)"
-        )
+        if "logratio/chosen" in a:  # a reference-free loss has no reference
+            lines.append(
+                f"  log-ratio chosen         {a['logratio/chosen']:+.3f} -> {b['logratio/chosen']:+.3f}   "
+                f"rejected {a['logratio/rejected']:+.3f} -> {b['logratio/rejected']:+.3f}   (log pi/pi_ref)"
+            )
     if evals:
         a, b = evals[0], evals[-1]
         lines.append(f"  eval/accuracy            {a['eval/accuracy']:.3f} -> {b['eval/accuracy']:.3f} (held out)")
@@ -164,7 +171,8 @@ def register(subparsers) -> None:
     """Add `dpo-ref train` to the CLI."""
     p = subparsers.add_parser(
         "train",
-        help="DPO / cDPO / IPO training (default: a tiny Llama on the built-in reversal task)",
+        help="preference training with any loss of the registry (default: DPO, a tiny Llama on the built-in "
+        "reversal task)",
         description="Preference training of a Hugging Face causal LM. With no arguments: a tiny Llama "
         "on the built-in string-reversal task, SFT warm-up then DPO, in under a minute on a CPU.",
     )

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 from dpo_ref.errors import InputError
 from dpo_ref.losses import check_label_smoothing, check_positive_scalar
+from dpo_ref.train.objective import LOSS_CHOICES, is_classic, loss_help, loss_names, loss_option, resolve
 
-LOSSES = ("dpo", "cdpo", "ipo")
+LOSSES = LOSS_CHOICES  # every registry name and alias (dpo_ref.variants); dpo, cdpo, ipo keep their own checks
 DEVICE_TYPES = ("cpu", "cuda")
 FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: AdamW multiplies float32 weights by lr
 
@@ -62,12 +63,25 @@ class TrainConfig:
     model: str | None = _opt(None, "local Hugging Face causal-LM directory (default: a tiny Llama built from a config)")
     out: str = _opt("runs/dpo", "output directory")
     overwrite: bool = _opt(False, "replace the run already in --out (without it, such a run is refused)")
-    loss: str = _opt("dpo", "preference loss", choices=LOSSES)
-    beta: float | None = _opt(None, f"DPO/cDPO KL coefficient beta (default {BETA_DEFAULT}); not for ipo")
-    label_smoothing: float | None = _opt(
-        None, f"cDPO flip probability in (0, 0.5) (default {CDPO_LABEL_SMOOTHING_DEFAULT} with cdpo)"
+    loss: str = _opt("dpo", loss_help(), parse=loss_option)
+    coef: str | None = _opt(
+        None, "the losses' coefficients as NAME=VALUE,... (LOSS.NAME=VALUE for one loss of several), each checked "
+        "against its range in the registry (docs/variants.md); the default of each is the registry's"
+    )  # fmt: skip
+    loss_weights: str | None = _opt(
+        None, "weights of the losses of a combined --loss as NAME=W,... (default 1 each): the objective is "
+        "sum w_i mean(L_i), as TRL's loss_weights"
+    )  # fmt: skip
+    beta: float | None = _opt(
+        None, f"beta of the loss (DPO/cDPO default {BETA_DEFAULT}, others the registry's); not for ipo"
     )
-    tau: float | None = _opt(None, f"IPO regularisation tau, target margin 1/(2 tau) (default {TAU_DEFAULT}); ipo only")
+    label_smoothing: float | None = _opt(
+        None, f"flip probability eps of cdpo, robust, exo_pair, aot (cdpo: in (0, 0.5), default "
+        f"{CDPO_LABEL_SMOOTHING_DEFAULT})"
+    )  # fmt: skip
+    tau: float | None = _opt(
+        None, f"tau: IPO's regularisation, target margin 1/(2 tau) (default {TAU_DEFAULT}), or DiscoPOP's temperature"
+    )
     rpo_alpha: float | None = _opt(None, _recipe_help("rpo_alpha", "weight of the chosen-response NLL (RPO)"))
     steps: int = _opt(150, "preference optimizer updates")
     batch_size: int = _opt(32, "pairs per micro-batch per process")
@@ -123,8 +137,9 @@ class TrainConfig:
 # the settings a resumed run must share with the run it continues (data by content, not by path spelling);
 # the batch split (batch_size, grad_accum, processes) may change at the same global batch
 RESUME_KEYS = (
-    "model data_sha256 eval_data_sha256 loss beta label_smoothing tau rpo_alpha steps lr weight_decay warmup_steps "
-    "max_grad_norm max_length max_prompt_length padding_side sft_steps sft_lr precompute_ref seed global_batch"
+    "model data_sha256 eval_data_sha256 loss coef loss_weights beta label_smoothing tau rpo_alpha steps lr "
+    "weight_decay warmup_steps max_grad_norm max_length max_prompt_length padding_side sft_steps sft_lr precompute_ref "
+    "seed global_batch"
 ).split()
 
 # what the SFT warm-up's result depends on: a saved warm-up is reused only if all of these match
@@ -171,19 +186,32 @@ def check_device(name: str) -> str:
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
     """Validate every setting of `cfg` (InputError naming the option) and fill the defaults; touches no file."""
-    if cfg.loss not in LOSSES:
-        raise InputError(f"--loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
-    if cfg.loss == "ipo" and cfg.beta is not None:
-        raise InputError(
-            f"--beta is the DPO/cDPO coefficient; IPO's regularisation is --tau (TRL passes IPO's tau as `beta`: "
-            f"use --tau {cfg.beta:g})"
-        )
-    if cfg.loss != "ipo" and cfg.tau is not None:
-        raise InputError(f"--tau is IPO's regularisation (--loss ipo); {cfg.loss} uses --beta (--beta {cfg.tau:g})")
-    if cfg.loss == "ipo":
-        cfg.tau = check_positive_scalar(TAU_DEFAULT if cfg.tau is None else cfg.tau, "--tau")
-    else:
-        cfg.beta = check_positive_scalar(BETA_DEFAULT if cfg.beta is None else cfg.beta, "--beta")
+    cfg.loss = ",".join(loss_names(cfg.loss))  # aliases -> registry names
+    if is_classic(cfg):  # DPO, cDPO, IPO alone: the trainer's original checks and defaults
+        if cfg.loss == "ipo" and cfg.beta is not None:
+            raise InputError(
+                f"--beta is the DPO/cDPO coefficient; IPO's regularisation is --tau (TRL passes IPO's tau as `beta`: "
+                f"use --tau {cfg.beta:g})"
+            )
+        if cfg.loss != "ipo" and cfg.tau is not None:
+            raise InputError(f"--tau is IPO's regularisation (--loss ipo); {cfg.loss} uses --beta (--beta {cfg.tau:g})")
+        if cfg.loss == "ipo":
+            cfg.tau = check_positive_scalar(TAU_DEFAULT if cfg.tau is None else cfg.tau, "--tau")
+        else:
+            cfg.beta = check_positive_scalar(BETA_DEFAULT if cfg.beta is None else cfg.beta, "--beta")
+        if cfg.label_smoothing is None:
+            cfg.label_smoothing = CDPO_LABEL_SMOOTHING_DEFAULT if cfg.loss == "cdpo" else 0.0
+        cfg.label_smoothing = check_label_smoothing(cfg.label_smoothing)
+        if cfg.loss == "dpo" and cfg.label_smoothing > 0:
+            raise InputError("--label-smoothing > 0 is conservative DPO: use --loss cdpo")
+        if cfg.loss == "ipo" and cfg.label_smoothing > 0:
+            raise InputError("--label-smoothing is a (c)DPO option; IPO has none: drop it or use --loss cdpo")
+        if cfg.loss == "cdpo" and cfg.label_smoothing == 0:
+            raise InputError("--loss cdpo needs --label-smoothing in (0, 0.5)")
+    else:  # any registry loss or combination: coefficients checked against the registry's ranges
+        objective = resolve(cfg)
+        if cfg.precompute_ref and not objective.needs_reference:
+            raise InputError(f"--precompute-ref: {cfg.loss} is reference-free, there is no reference to precompute")
     recipe = RECIPES["builtin" if cfg.model is None else "model"]
     for name, value in recipe.items():
         if getattr(cfg, name) is None:
@@ -195,15 +223,6 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     wd = cfg.weight_decay
     if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not (wd >= 0 and math.isfinite(wd)):
         raise InputError(f"--weight-decay must be a finite number >= 0, got {wd}")
-    if cfg.label_smoothing is None:
-        cfg.label_smoothing = CDPO_LABEL_SMOOTHING_DEFAULT if cfg.loss == "cdpo" else 0.0
-    cfg.label_smoothing = check_label_smoothing(cfg.label_smoothing)
-    if cfg.loss == "dpo" and cfg.label_smoothing > 0:
-        raise InputError("--label-smoothing > 0 is conservative DPO: use --loss cdpo")
-    if cfg.loss == "ipo" and cfg.label_smoothing > 0:
-        raise InputError("--label-smoothing is a (c)DPO option; IPO has none: drop it or use --loss cdpo")
-    if cfg.loss == "cdpo" and cfg.label_smoothing == 0:
-        raise InputError("--loss cdpo needs --label-smoothing in (0, 0.5)")
     for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "save_every", "max_new_tokens"):
         if int(getattr(cfg, name)) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(cfg, name)}")

@@ -1,4 +1,7 @@
-"""`dpo-ref train`: DPO / cDPO / IPO fine-tuning of a Hugging Face causal LM, read top to bottom.
+"""`dpo-ref train`: preference fine-tuning of a Hugging Face causal LM, read top to bottom.
+
+Any loss of the registry (`dpo_ref.variants`) or a weighted combination trains (`dpo_ref.train.objective`);
+DPO, cDPO and IPO alone keep `preference_loss` below.
 
 `train` runs six phases, each a function below:
 
@@ -43,6 +46,7 @@ from dpo_ref.rpo import per_token_nll, rpo_objective
 from dpo_ref.train import layouts
 from dpo_ref.train.config import LOSSES, RESUME_KEYS, SFT_KEYS, TrainConfig, check_config, check_device
 from dpo_ref.train.data import IGNORE_INDEX, PreferenceCollator, TokenizedPair, pad_sequences, prepare_dataset
+from dpo_ref.train.objective import is_classic, resolve
 from dpo_ref.train.rundir import RUN_FILES, RunDir, check_writable_dir
 
 COMMAND = "dpo-ref train"  # how progress lines name the command
@@ -169,18 +173,24 @@ def scorer_inputs(batch: dict) -> dict[str, torch.Tensor]:
     return {**keep, "index": batch["index"]} if "score_slots" in batch else keep
 
 
-def pair_logps(scorer: SequenceScorer, pairs: list[TokenizedPair], collate, device, batch_size: int):
-    """(chosen (P,), rejected (P,)) sequence log-probs of every pair under `scorer`, indexed by `pair.index`."""
+def pair_logps(
+    scorer: SequenceScorer, pairs: list[TokenizedPair], collate, device, batch_size: int, *, counts: bool = False
+):
+    """(chosen (P,), rejected (P,)) sequence log-probs of every pair under `scorer`, indexed by `pair.index`;
+    with `counts`, also (chosen (P,), rejected (P,)) scored-token counts."""
     chosen = torch.zeros(len(pairs), dtype=torch.float32, device=device)
     rejected = torch.zeros_like(chosen)
+    n_chosen = torch.zeros(len(pairs), dtype=torch.long, device=device)
+    n_rejected = torch.zeros_like(n_chosen)
     for start in range(0, len(pairs), batch_size):
         batch = to_device(collate(pairs[start : start + batch_size]), device)
         with autocast(device):
-            logps, _ = scorer(**scorer_inputs(batch))  # (2B,)
+            logps, n = scorer(**scorer_inputs(batch))  # (2B,)
         B = batch["index"].shape[0]
         chosen[batch["index"]] = logps[:B].float()
         rejected[batch["index"]] = logps[B:].float()
-    return chosen, rejected
+        n_chosen[batch["index"]], n_rejected[batch["index"]] = n[:B], n[B:]
+    return (chosen, rejected, n_chosen, n_rejected) if counts else (chosen, rejected)
 
 
 @torch.no_grad()
@@ -266,11 +276,13 @@ METRICS = (
 
 
 def step_metrics(stats: dict[str, torch.Tensor], pairs: int, rpo_alpha: float) -> dict[str, float]:
-    """The `METRICS` of an update, in order, from its `STATISTICS` summed over `pairs` pairs (a host sync)."""
-    mean = {name: stats[name].item() / pairs for name in STATISTICS}
+    """The `METRICS` of an update, in order, from its statistics summed over `pairs` pairs (a host sync): the
+    `STATISTICS`, less the log-ratios of a reference-free loss, then each loss of a combination (`loss/NAME`)."""
+    mean = {name: stats[name].item() / pairs for name in stats}
     mean["loss/total"] = mean["loss"] + rpo_alpha * mean["loss/nll_chosen"]
     mean["rewards/margins"] = mean["rewards/chosen"] - mean["rewards/rejected"]
-    return {name: mean[name] for name in METRICS}
+    extra = [name for name in stats if name not in METRICS]
+    return {name: mean[name] for name in (*METRICS, *extra) if name in mean}
 
 
 def preference_micro_batch(cfg: TrainConfig, scorer, batch: dict, ref_scorer=None, ref_logps=None):
@@ -282,6 +294,8 @@ def preference_micro_batch(cfg: TrainConfig, scorer, batch: dict, ref_scorer=Non
     the mean per-token NLL of the chosen responses (RPO, against likelihood displacement). `stats`:
     {name in STATISTICS: () float64 sum over the pairs}.
     """
+    if not is_classic(cfg):
+        return objective_micro_batch(cfg, scorer, batch, ref_scorer, ref_logps)
     B = batch["index"].shape[0]
     logps, counts = scorer(**scorer_inputs(batch))  # (2B,)
     policy_chosen_logps, policy_rejected_logps = logps[:B], logps[B:]  # (B,), (B,)
@@ -311,6 +325,47 @@ def preference_micro_batch(cfg: TrainConfig, scorer, batch: dict, ref_scorer=Non
             "logratio/rejected": policy_rejected_logps - reference_rejected_logps,
         }
         stats = {name: values[name].sum().double() for name in STATISTICS}
+    return loss, stats
+
+
+def objective_micro_batch(cfg: TrainConfig, scorer, batch: dict, ref_scorer=None, ref_logps=None):
+    """`preference_micro_batch` for any registry loss or combination (`dpo_ref.train.objective`).
+
+    The losses get the scored-token counts (length-normalised ones use them), and the whole micro-batch at
+    once (batch-coupled ones sort or average over it). With no reference (every loss reference-free) the
+    reference log-probs passed are zeros the losses never read, and no log-ratio is logged. A combination
+    also logs each loss (`loss/NAME`, unweighted); `loss` is the weighted sum.
+    """
+    objective = resolve(cfg)
+    B = batch["index"].shape[0]
+    logps, counts = scorer(**scorer_inputs(batch))  # (2B,), (2B,)
+    pc, pr = logps[:B], logps[B:]  # (B,), (B,)
+    if ref_logps is not None:
+        rc, rr = ref_logps[0][batch["index"]], ref_logps[1][batch["index"]]
+    elif ref_scorer is not None:
+        with torch.no_grad():
+            ref, _ = ref_scorer(**scorer_inputs(batch))  # (2B,)
+        rc, rr = ref[:B], ref[B:]
+    else:  # reference-free
+        rc = rr = torch.zeros_like(pc).detach()
+    losses, chosen_rewards, rejected_rewards, parts = objective(pc, pr, rc, rr, counts[:B], counts[B:])
+    nll_chosen = per_token_nll(pc.float(), counts[:B], validate=False)  # (B,)
+    loss = rpo_objective(losses.float(), pc.float(), counts[:B], cfg.rpo_alpha, validate=False)
+    with torch.no_grad():
+        values = {
+            "loss": losses,
+            "loss/nll_chosen": nll_chosen,
+            "rewards/chosen": chosen_rewards,
+            "rewards/rejected": rejected_rewards,
+            "rewards/accuracies": chosen_rewards > rejected_rewards,
+            "logps/chosen": pc,
+            "logps/rejected": pr,
+        }
+        if objective.needs_reference:
+            values.update({"logratio/chosen": pc - rc, "logratio/rejected": pr - rr})
+        if objective.combined:
+            values.update({f"loss/{name}": part for name, part in parts.items()})
+        stats = {name: value.sum().double() for name, value in values.items()}
     return loss, stats
 
 
@@ -633,7 +688,10 @@ class Reference:
 
 
 def make_reference(s: Session, d: Data) -> Reference:
-    """Phase 4: a frozen copy of the (warmed-up) policy, or with --precompute-ref its log-probs only."""
+    """Phase 4: a frozen copy of the (warmed-up) policy, or with --precompute-ref its log-probs only; none at all
+    for a reference-free loss (SimPO, SFT: no second model in memory)."""
+    if not is_classic(s.cfg) and not resolve(s.cfg).needs_reference:
+        return Reference()
     scorer = SequenceScorer(frozen_reference(d.policy))
     if not s.cfg.precompute_ref:
         return Reference(scorer=scorer)
@@ -650,6 +708,8 @@ def evaluate(s: Session, d: Data, ref: Reference) -> dict:
     if not d.eval_pairs:
         return {}
     cfg, policy = s.cfg, d.policy
+    if not is_classic(cfg):
+        return evaluate_objective(s, d, ref)
     policy.eval()
     with torch.no_grad():
         pc, pr = pair_logps(SequenceScorer(policy), d.eval_pairs, d.collate, s.device, 2 * cfg.batch_size)
@@ -664,6 +724,42 @@ def evaluate(s: Session, d: Data, ref: Reference) -> dict:
             "eval/logps/chosen": pc.mean().item(),
             "eval/logps/rejected": pr.mean().item(),
         }
+    if d.eval_generation:
+        metrics["eval/generation_accuracy"] = generation_accuracy(
+            policy,
+            d.eval_pairs,
+            max_new_tokens=cfg.max_new_tokens,
+            pad_id=d.tokenizer.pad_token_id,
+            eos_id=d.tokenizer.eos_token_id,
+            device=s.device,
+        )
+    policy.train()
+    return metrics
+
+
+def evaluate_objective(s: Session, d: Data, ref: Reference) -> dict:
+    """`evaluate` for any registry loss or combination: the loss over the whole held-out set at once."""
+    cfg, policy = s.cfg, d.policy
+    objective = resolve(cfg)
+    size = 2 * cfg.batch_size
+    policy.eval()
+    with torch.no_grad():
+        pc, pr, nc, nr = pair_logps(SequenceScorer(policy), d.eval_pairs, d.collate, s.device, size, counts=True)
+        if ref.logps is not None:
+            rc, rr = ref.logps["eval"]
+        elif ref.scorer is not None:
+            rc, rr = pair_logps(ref.scorer, d.eval_pairs, d.collate, s.device, size)
+        else:  # reference-free
+            rc = rr = torch.zeros_like(pc)
+        losses, chosen_rewards, rejected_rewards, parts = objective(pc, pr, rc, rr, nc, nr)
+        metrics = {
+            "eval/loss": losses.mean().item(),
+            "eval/accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+            "eval/logps/chosen": pc.mean().item(),
+            "eval/logps/rejected": pr.mean().item(),
+        }
+        if objective.combined:
+            metrics.update({f"eval/loss/{name}": part.mean().item() for name, part in parts.items()})
     if d.eval_generation:
         metrics["eval/generation_accuracy"] = generation_accuracy(
             policy,
