@@ -143,16 +143,17 @@ def _repeated(t, cfg, ex):
         PP.check_packed_values(t, ex["batch"], cfg.average, torch.float64)
 
 
+def _value_check(name: str, description: str, strategy, run=None, snippet=_values) -> Check:
+    """A check of the per-segment values against each segment scored alone."""
+    run = run or _values_run(torch.float64)
+    return Check(name, description, strategy, run, snippet, inputs=_inputs, value=True, table=PACKED)
+
+
 PACKED_CHECKS: tuple[Check, ...] = (
-    Check(
+    _value_check(
         "packed_values",
         "each segment's log-prob equals scoring it alone: the shift inside the segment, -100 masked (float64)",
         _draw(),
-        _values_run(torch.float64),
-        _values,
-        inputs=_inputs,
-        value=True,
-        table=PACKED,
     ),
     Check(
         "packed_values_float32",
@@ -164,35 +165,20 @@ PACKED_CHECKS: tuple[Check, ...] = (
         value=True,
         table=PACKED,
     ),
-    Check(
+    _value_check(
         "packed_boundary",
         "every segment's first label is set and must not be scored: nothing is predicted across a boundary",
         _draw(boundary=True),
-        _values_run(torch.float64),
-        _values,
-        inputs=_inputs,
-        value=True,
-        table=PACKED,
     ),
-    Check(
+    _value_check(
         "packed_single_tokens",
         "many segments of one or two tokens (a one-token segment scores nothing: 0)",
         _draw(max_segments=24, max_length=2),
-        _values_run(torch.float64),
-        _values,
-        inputs=_inputs,
-        value=True,
-        table=PACKED,
     ),
-    Check(
+    _value_check(
         "packed_large",
         "64 short segments in one row, and 600-token segments over a 1031-token vocabulary",
         _large,
-        _values_run(torch.float64),
-        _values,
-        inputs=_inputs,
-        value=True,
-        table=PACKED,
     ),
     Check(
         "packed_repeatable",

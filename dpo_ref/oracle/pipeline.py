@@ -432,56 +432,36 @@ def _call_snippet(what: str):
     return snippet
 
 
+def _value_check(name: str, description: str, strategy) -> Check:
+    """A check of the rows' values against each row scored alone, on the examples `strategy` draws."""
+    return Check(name, description, strategy, check_values, _values_snippet, inputs=_inputs, value=True, table=PIPELINE)
+
+
 PIPELINE_CHECKS: tuple[Check, ...] = (
-    Check(
+    _value_check(
         "pipeline_values",
         "each row's chosen and rejected log-probs equal the row scored alone (1 to 8 rows; Llama, GPT-2)",
         examples_strategy(("llama", "gpt2")),
-        check_values,
-        _values_snippet,
-        inputs=_inputs,
-        value=True,
-        table=PIPELINE,
     ),
-    Check(
+    _value_check(
         "pipeline_absolute_positions",
         "the same with absolute position embeddings (GPT-2): left padding needs position ids there",
         examples_strategy(("gpt2",), max_rows=4),
-        check_values,
-        _values_snippet,
-        inputs=_inputs,
-        value=True,
-        table=PIPELINE,
     ),
-    Check(
+    _value_check(
         "pipeline_long_rows",
         "one long row (60-100 characters) among short ones: no silent truncation, no padding effect",
         examples_strategy(("llama", "gpt2"), max_rows=3, long_row=True),
-        check_values,
-        _values_snippet,
-        inputs=_inputs,
-        value=True,
-        table=PIPELINE,
     ),
-    Check(
+    _value_check(
         "pipeline_one_token",
         "one-character prompts and completions",
         examples_strategy(("llama", "gpt2"), max_rows=4, max_prompt=1, max_completion=1),
-        check_values,
-        _values_snippet,
-        inputs=_inputs,
-        value=True,
-        table=PIPELINE,
     ),
-    Check(
+    _value_check(
         "pipeline_no_pad_token",
         "a tokenizer without a pad token (as many base models ship): pad with something and mask it",
         examples_strategy(("llama-no-pad",), max_rows=4),
-        check_values,
-        _values_snippet,
-        inputs=_inputs,
-        value=True,
-        table=PIPELINE,
     ),
     Check(
         "pipeline_batch_composition",
