@@ -192,9 +192,8 @@ def openrlhf_logps(logits, labels):
         raise ValueError("OpenRLHF's convention needs at least one scored token per row")
     first = torch.where(scored, pos, T).min(dim=1).values
     last = torch.where(scored, pos, -1).max(dim=1).values
-    attention_mask = (pos <= last[:, None]).long()
-    if not torch.equal((pos >= first[:, None]) & (pos <= last[:, None]), scored):
-        raise ValueError("OpenRLHF's convention (prompt, then response, then padding) needs contiguous scored labels")
+    # a -100 hole inside a response is stated as a zero of the mask, which OpenRLHF's loss mask does not score
+    attention_mask = ((pos <= last[:, None]) & (scored | (pos < first[:, None]))).long()
     actor = SimpleNamespace(
         packing_samples=False, temperature=1.0, model=lambda *a, **k: {"logits": logits}, is_vlm=False
     )

@@ -132,7 +132,8 @@ def test_displacement_cli_writes_both_variants(tmp_path, capsys):
     # progress in a log (stderr is not a terminal here): a plain line per run and per phase
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "dpo-ref experiment displacement: run 1/2, dpo" and "dpo-ref train: sft warm-up (5 steps)" in err
-    assert main(args) == 0  # a rerun replaces the experiment's own run directories
+    assert main(args) == 2  # a rerun is refused: the earlier results stay
+    assert main(args + ["--overwrite"]) == 0  # unless asked for: it replaces the experiment's own run directories
 
 
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib (the plot extra) is not installed")
