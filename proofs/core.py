@@ -695,6 +695,10 @@ class Positive(Claim):
         return out + [_rel(self._word)] + _given_parts(self.given)
 
     def method(self, lang: str = "en", latex: bool = False) -> str:
+        if self.restates:
+            if lang == "zh":
+                return "不是结论：它只是重述其符号的假设（在假设划出的每个区域上符号都已确定）"
+            return "not a result: it restates its symbols' hypotheses (its sign is fixed on every region they cut out)"
         if lang == "zh":
             first = "先化为显然的形式（已验证相等），再" if self.manifest is not None else ""
             return first + f"由 sympy 的假设系统证明 {self._word}"
@@ -1040,6 +1044,7 @@ class Step:
         global _USES
         outer, _USES = _USES, []
         try:
+            self._checked = True
             detail = self._check()
             used = {hp.symbol: hp for hp in _USES}
             self.used = tuple(sorted(used.values(), key=str))
@@ -1048,6 +1053,15 @@ class Step:
             return detail
         finally:
             _USES = outer
+
+    def hypotheses_used(self) -> tuple:
+        """The hypotheses its check relies on (checking it first if it has not been checked)."""
+        if not getattr(self, "_checked", False):
+            try:
+                self.check()
+            except Exception:
+                return ()
+        return self.used
 
     def _check(self) -> str:
         claim = self.unfolded()
@@ -1120,6 +1134,16 @@ class Proof:
     justifies: tuple[str, ...]
     steps: list[Step]
     conclusion: Text | None = None
+
+    def hypotheses(self) -> list[tuple[Hypothesis, list[int]]]:
+        """Its symbols' hypotheses (signs, ranges, integer counts), each with the 1-based steps that mention
+        it ([] when every step does not matter: listed only where it is not all of them)."""
+        where: dict = {}
+        for index, step in enumerate(self.steps, 1):
+            for hp in hypotheses_of(list(_claim_fields(step.claim).values()) + list((step.where or {}).items())):
+                where.setdefault(hp, []).append(index)
+        out = [(hp, [] if len(ix) == len(self.steps) else ix) for hp, ix in where.items()]
+        return sorted(out, key=lambda item: (item[0].integer, str(item[0])))
 
 
 @dataclass

@@ -147,3 +147,44 @@ def test_no_forced_branch_in_the_checker():
     for fn in (core._same, core._zero, core._run_chain, core.GlobalMinimum.check, core.Equal.check):
         assert "force=True" not in inspect.getsource(fn)
     assert src.count("force=True") == 3  # only in _FORCED, which diagnoses a failed step and never accepts one
+
+
+# ---- hypotheses displayed (issue 24, item 2) -------------------------------------------------------------
+
+
+def _text(name):
+    import proofs
+    from proofs import render
+
+    return render.text_proof(run_proof(proofs.get(name)), 1, 1)
+
+
+@pytest.mark.parametrize(
+    "name,hypothesis,step",
+    [
+        ("implicit-reward-kl", "h > 0", 6),  # the β → ∞ limit of the loss is 0 only for a positive margin
+        ("implicit-reward-kl", "d₂ > 0", 4),
+        ("implicit-reward-kl", "d₃ > 0", 4),
+        ("deterministic-preference", "a_w ≤ 0", 10),
+        ("robust-dpo", "0 < ε < 1/2", 5),
+    ],
+)
+def test_a_proof_renders_its_hypotheses_and_each_step_says_which_it_uses(name, hypothesis, step):
+    import proofs
+
+    text = _text(name)
+    head = text.split("\n  ✓ 1.")[0]
+    assert "Hypotheses: " in head and hypothesis in head, head  # listed before the steps
+    block = text.split(f"\n  ✓ {step}. ")[1].split("\n  ✓ ")[0]
+    assert f"uses {hypothesis}" in block or ("uses " in block and hypothesis in block), block
+    assert any(str(hp) == hypothesis for hp, _ in proofs.get(name).hypotheses())
+
+
+def test_every_proof_lists_its_hypotheses_in_the_markdown():
+    import proofs
+    from proofs import render
+
+    md = render.markdown([run_proof(proofs.get("implicit-reward-kl"))])
+    assert "*Hypotheses: " in md and "$`h > 0`$" in md and "uses $`h > 0`$" in md
+    for proof in proofs.all_proofs():
+        assert proof.hypotheses(), proof.name  # every derivation assumes something (β > 0 at least)
