@@ -46,9 +46,11 @@ notebook's closing section calls it); `dpo-ref prove --only SLUG` runs it.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
+from typing import ClassVar
 
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
@@ -171,12 +173,199 @@ def _fact(expr: sp.Expr, attr: str) -> bool:
     return getattr(target, attr) is True or getattr(sp.simplify(target), attr) is True
 
 
-def _restates_assumption(expr: sp.Basic) -> bool:
-    """A number, or a constant times one symbol: its sign is a declared assumption, not a result."""
+def _number_or_scaled_symbol(expr: sp.Basic) -> bool:
+    """A number, or a constant times one symbol (the shape of an equation that is already solved)."""
     if expr.is_number:
         return True
     _, rest = sp.sympify(expr).as_coeff_Mul()
     return isinstance(rest, (sp.Symbol, sp.Indexed))
+
+
+# ---- hypotheses ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """What a symbol is assumed to satisfy: its sign (sympy assumptions) or its range (`bounded`).
+
+    `symbol` is a Symbol or an Indexed (p_i of a positive IndexedBase); `low`/`high` are the bounds (None
+    where there is none), `strict` whether they are strict, `integer` for a positive (or nonnegative)
+    integer such as a number of responses.
+    """
+
+    symbol: sp.Basic
+    low: object = None
+    high: object = None
+    strict: bool = True
+    integer: bool = False
+
+    def parts(self) -> list:
+        if self.integer:
+            first = 1 if self.strict else 0
+            return [self.symbol, Tok(f"\\in \\{{{first}, {first + 1}, \\dots\\}}", f" ∈ {{{first}, {first + 1}, …}}")]
+        lt = Tok("<", " < ") if self.strict else Tok("\\le", " ≤ ")
+        gt = Tok(">", " > ") if self.strict else Tok("\\ge", " ≥ ")
+        if self.low is not None and self.high is not None:
+            return [self.low, Tok("<", " < "), self.symbol, Tok("<", " < "), self.high]
+        if self.low is not None:
+            return [self.symbol, gt, self.low]
+        return [self.symbol, lt, self.high]
+
+    def tex(self) -> str:
+        return join_tex(self.parts())
+
+    def __str__(self) -> str:
+        return join_unicode(self.parts())
+
+    def cuts(self) -> list:
+        """The points where the hypothesis switches between true and false on the real line."""
+        return [b for b in (self.low, self.high) if b is not None]
+
+    def holds_on(self, lo: object, hi: object) -> bool:
+        """Whether the hypothesis holds on the open interval (lo, hi) between two consecutive cuts."""
+        if self.low is not None and not (lo != -sp.oo and sp.sympify(lo) >= self.low):
+            return False
+        return self.high is None or (hi != sp.oo and sp.sympify(hi) <= self.high)
+
+
+def hypothesis(symbol: sp.Basic) -> Hypothesis | None:
+    """The hypothesis declared on `symbol` (its `bounded` range, else its sign), or None for a real symbol."""
+    if symbol in BOUNDED:
+        iv = BOUNDED[symbol]
+        return Hypothesis(symbol, iv.inf, None if iv.sup is sp.oo else iv.sup)
+    if symbol.is_integer and symbol.is_nonnegative:
+        return Hypothesis(symbol, low=0, strict=bool(symbol.is_positive), integer=True)
+    for attr, low, high, strict in (
+        ("is_positive", 0, None, True),
+        ("is_negative", None, 0, True),
+        ("is_nonnegative", 0, None, False),
+        ("is_nonpositive", None, 0, False),
+    ):
+        if getattr(symbol, attr):
+            return Hypothesis(symbol, low, high, strict)
+    return None
+
+
+def _atoms(value: object) -> set:
+    """The symbols (and the Indexed p_i) of an expression; bound variables of sums and Dummies excluded."""
+    out: set = set()
+    for e in _flat(value):
+        indexed = e.atoms(sp.Indexed)
+        labels = {i.base.label for i in indexed} | {i.base for i in indexed}
+        out |= indexed | {a for a in e.free_symbols if not isinstance(a, sp.Dummy) and a not in labels}
+    return out
+
+
+def hypotheses_of(value: object) -> list[Hypothesis]:
+    """The hypotheses of the symbols an expression is written with, in a stable order."""
+    found = [hp for a in _atoms(value) if (hp := hypothesis(a)) is not None]
+    return sorted(found, key=lambda hp: (hp.integer, str(hp)))
+
+
+def _relaxed(symbol: sp.Basic) -> sp.Dummy:
+    """A stand-in for `symbol` with its hypothesis dropped (real if it is real)."""
+    return sp.Dummy(str(symbol), real=True) if symbol.is_real else sp.Dummy(str(symbol))
+
+
+# The hypotheses a step's check relied on, collected while it runs (see Step.check).
+_USES: list | None = None
+
+
+def _note_use(*symbols: sp.Basic) -> None:
+    if _USES is not None:
+        _USES.extend(hp for s in symbols if (hp := hypothesis(s)) is not None)
+
+
+def _sign_symbols(expr: sp.Basic) -> list:
+    return sorted((a for a in _atoms(expr) if hypothesis(a) is not None and not hypothesis(a).integer), key=str)
+
+
+def _fact_noting_uses(expr: sp.Basic, attr: str) -> bool:
+    """`_fact`, and note each hypothesis without which sympy's assumptions no longer decide it."""
+    if not _fact(expr, attr):
+        return False
+    if _USES is not None:
+        for s in _sign_symbols(expr):
+            if not _fact(expr.xreplace({s: _relaxed(s)}), attr):
+                _note_use(s)
+    return True
+
+
+_SAMPLES = (sp.Rational(1, 3), sp.Integer(1), sp.Integer(4))
+_FREE_SAMPLES = (sp.Integer(-2), sp.Rational(1, 2), sp.Integer(3))
+
+
+def _listed(hyps: Sequence[Hypothesis]) -> str:
+    return ", ".join(str(hp) for hp in hyps)
+
+
+def _cell_values(hp: Hypothesis) -> list[tuple[sp.Expr, bool]]:
+    """The open intervals into which the hypothesis's bounds cut the real line: a witness ranging over each
+    (a Dummy u > 0) and whether the hypothesis holds there."""
+    cuts = sorted(set(hp.cuts()), key=lambda c: float(c))
+    ends = [-sp.oo, *cuts, sp.oo]
+    out = []
+    for lo, hi in zip(ends, ends[1:]):
+        u = sp.Dummy("u", positive=True)
+        if lo == -sp.oo:
+            w = hi - u
+        elif hi == sp.oo:
+            w = lo + u
+        else:
+            w = lo + (hi - lo) / (1 + u)
+        out.append((w, hp.holds_on(lo, hi)))
+    return out
+
+
+def _decide_cell(expr: sp.Expr, attr: str) -> bool | None:
+    """The truth of `attr` on one cell: sympy's assumptions, else agreement of sample points (None: varies)."""
+    verdict = getattr(expr, attr)
+    if verdict is not None:
+        return bool(verdict)
+    free = sorted(expr.free_symbols, key=str)
+    if len(free) > 6:
+        return None
+    grids = [_SAMPLES if f.is_positive else _FREE_SAMPLES for f in free]
+    seen = set()
+    for values in itertools.islice(itertools.product(*grids), 243):
+        v = sp.N(expr.subs(dict(zip(free, values))), 30)
+        seen.add(bool(v.is_number and v.is_real and getattr(v, attr)))
+        if len(seen) > 1:
+            return None
+    return seen.pop()
+
+
+def _restates_hypotheses(expr: sp.Basic, attr: str = "is_positive") -> list[Hypothesis] | None:
+    """The hypotheses that `attr` of expr merely restates, or None if it is a result.
+
+    It restates them when its truth is fixed by which hypotheses hold: cut the real line of each symbol at
+    its hypothesis's bounds (h > 0: at 0; 0 < ε < 1/2: at 0 and 1/2) and decide the claim on every cell with
+    the hypotheses dropped (sympy's assumptions on a witness of the cell, else substitution of sample
+    points). If every cell is decided and some cell makes it false, the claim holds because the hypotheses
+    do and says nothing more: Positive(1 − 2ε) is ε < 1/2 again. So is a claim written with
+    hypothesis-bearing symbols only that sympy's assumptions decide from their signs alone (β + τ > 0).
+    A number is a restatement of nothing (returns []).
+    """
+    expr = sp.sympify(expr)
+    if expr.is_number:
+        return []
+    symbols = _sign_symbols(expr)
+    if not symbols:
+        return None
+    if set(symbols) == _atoms(expr) and getattr(witness(expr), attr):
+        # written with hypothesis-bearing symbols only, and sign arithmetic on them decides it (β + τ > 0)
+        return [hypothesis(s) for s in symbols]
+    if len(symbols) > 5:
+        return None
+    hyps = [hypothesis(s) for s in symbols]
+    any_false = False
+    for cells in itertools.product(*[_cell_values(hp) for hp in hyps]):
+        e = expr.xreplace({s: w for s, (w, _) in zip(symbols, cells)})
+        verdict = _decide_cell(e, attr)
+        if verdict is None:
+            return None
+        any_false = any_false or not verdict
+    return hyps if any_false else None
 
 
 # ---- rendering -----------------------------------------------------------------------------------------
@@ -257,19 +446,40 @@ def _given_parts(given: dict | None) -> list:
 # ---- rewrites ------------------------------------------------------------------------------------------
 
 # Named rewrites. An Equal applies its chain in order to lhs - rhs and succeeds as soon as the result is
-# exactly 0. `force=True` in the log rewrites is sound here because every symbol under a log is declared
-# positive where the claim is made (sympy would do the same without force; force only saves it the search).
+# exactly 0. None of them forces a branch: expand_log, logcombine and powsimp (the BRANCH rewrites) split
+# log(ab), log(h^2), sqrt(a) sqrt(b) only where the symbols' assumptions make it valid (a, b, h > 0), so a
+# step that needs such a hypothesis fails, naming it, unless its symbols declare it (see `_zero`).
 REWRITES: dict[str, Callable[[sp.Expr], sp.Expr]] = {
     "expand": sp.expand,
     "cancel": lambda e: sp.cancel(sp.together(e)),
-    "expand_log": lambda e: sp.expand(sp.expand_log(e, force=True)),
-    "logcombine": lambda e: sp.logcombine(e, force=True),
-    "powsimp": lambda e: sp.powsimp(e, force=True),
+    "expand_log": lambda e: sp.expand(sp.expand_log(e)),
+    "logcombine": sp.logcombine,
+    "powsimp": sp.powsimp,
     "exp": lambda e: e.rewrite(sp.exp),
     "doit": lambda e: e.doit(),
     "sums": lambda e: sp.factor_terms(sp.expand(e)),  # split sums over + and pull constant factors out
     "simplify": sp.simplify,
 }
+BRANCH = ("expand_log", "logcombine", "powsimp")
+# The same rewrites choosing every branch (sympy's force flag): never used to accept a step, only to say which
+# hypothesis a failing step is missing.
+_FORCED: dict[str, Callable[[sp.Expr], sp.Expr]] = {
+    "expand_log": lambda e: sp.expand(sp.expand_log(e, force=True)),
+    "logcombine": lambda e: sp.logcombine(e, force=True),
+    "powsimp": lambda e: sp.powsimp(e, force=True),
+}
+
+
+def _branch_symbols(expr: sp.Basic) -> list:
+    """The symbols under a log or a non-integer power: the ones a branch choice is about."""
+    out: set = set()
+    for e in _flat(expr):
+        for a in e.atoms(sp.log):
+            out |= _atoms(a.args[0])
+        for a in e.atoms(sp.Pow):
+            if not a.exp.is_integer:
+                out |= _atoms(a.base)
+    return sorted((s for s in out if not s.is_integer), key=str)
 
 
 def _same_object(a: object, b: object) -> bool:
@@ -284,24 +494,81 @@ def _is_zero(expr: sp.Basic) -> bool:
     return expr == 0
 
 
-def _zero(diff: sp.Basic, via: Sequence[str], given: dict | None = None) -> tuple[bool, sp.Basic, list[str]]:
-    """Apply the rewrites in order (entrywise for a matrix) until the expression is exactly 0.
+def _apply(name: str, diff: sp.Basic, table: dict | None = None) -> sp.Basic:
+    rewrite = (table or REWRITES).get(name, REWRITES[name])
+    return diff.applyfunc(rewrite) if isinstance(diff, sp.MatrixBase) else rewrite(diff)
 
-    The hypotheses in `given` are substituted before and after every rewrite: a rewrite can expose a
-    hypothesis's left-hand side (e.g. simplify collects sum_i q_i, which `given` sets to 1).
-    """
+
+def _run_chain(diff: sp.Basic, via: Sequence[str], given: dict | None, table: dict | None = None):
     used: list[str] = []
     if given:
         diff = diff.subs(given)
     for name in via:
-        rewrite = REWRITES[name]
-        diff = diff.applyfunc(rewrite) if isinstance(diff, sp.MatrixBase) else rewrite(diff)
-        if given:
-            diff = diff.subs(given)
+        new = _apply(name, diff, table)
+        if table is None and name in BRANCH and new != diff:
+            for s in _branch_symbols(diff):  # a hypothesis the rewrite used: without it, it rewrites differently
+                if hypothesis(s) is None:
+                    continue
+                d = _relaxed(s)
+                if _apply(name, diff.xreplace({s: d})).xreplace({d: s}) != new:
+                    _note_use(s)
+        diff = new.subs(given) if given else new
         used.append(name)
         if _is_zero(diff):
             return True, diff, used
     return _is_zero(diff), diff, used
+
+
+def _missing_hypotheses(diff: sp.Basic, via: Sequence[str], given: dict | None) -> list[str]:
+    """Why an exact chain that reaches 0 with forced branches does not: the hypotheses it would need."""
+    if not any(name in BRANCH or name == "simplify" for name in via):
+        return []
+    table = dict(_FORCED)
+    table.setdefault("simplify", sp.simplify)
+    if not _run_chain(diff, [*via, "expand_log", "simplify"], given, table)[0]:
+        return []
+    candidates = [s for s in _branch_symbols(diff) if not s.is_positive]
+    for group in [[s] for s in candidates] + [candidates]:
+        subs = {s: sp.Dummy(str(s), positive=True) for s in group}
+        if group and _run_chain(diff.xreplace(subs), via, given, table={})[0]:
+            return [str(Hypothesis(s, low=0)) for s in group]
+    return [f"a branch choice for the log or root of {', '.join(map(str, candidates)) or 'a constant'}"]
+
+
+def _zero(diff: sp.Basic, via: Sequence[str], given: dict | None = None) -> tuple[bool, sp.Basic, list[str]]:
+    """Apply the rewrites in order (entrywise for a matrix) until the expression is exactly 0.
+
+    The hypotheses in `given` are substituted before and after every rewrite: a rewrite can expose a
+    hypothesis's left-hand side (e.g. simplify collects sum_i q_i, which `given` sets to 1). If the chain
+    stops short of 0 and the expression has bounded symbols, it is run again with each replaced by its
+    witness (exactly its range, so a + b with 0 < a < 1 knows 1 - a > 0), which uses that range.
+    """
+    ok, rest, used = _run_chain(diff, via, given)
+    if ok:
+        return ok, rest, used
+    bounded_here = [s for s in _atoms(diff) if s in BOUNDED]
+    if bounded_here:
+        ok2, rest2, used2 = _run_chain(witness(diff), via, witness(given) if given else None)
+        if ok2:
+            _note_use(*bounded_here)
+            return ok2, rest2, used2
+    return ok, rest, used
+
+
+def _needs(diff: sp.Basic, via: Sequence[str], given: dict | None = None) -> str:
+    """'; needs h > 0' if the chain would reach 0 under a sign hypothesis the symbols do not declare."""
+    try:
+        missing = _missing_hypotheses(diff, via, given)
+    except Exception:  # the diagnosis is best effort; the step has already failed
+        return ""
+    if not missing:
+        return ""
+    return f"; it holds only with a branch choice: needs {', '.join(missing)} (declare it on the symbol)"
+
+
+def _same(a: sp.Expr, b: sp.Expr) -> bool:
+    """a and b are the same number: equal, or a - b rewrites to exactly 0 (no branch forced)."""
+    return a == b or _zero(sp.sympify(a) - sp.sympify(b), ("expand_log", "simplify"))[0]
 
 
 # ---- claims --------------------------------------------------------------------------------------------
@@ -361,6 +628,7 @@ class Equal(Claim):
                 where = f" in case {case}" if case else ""
                 raise ClaimError(
                     f"lhs - rhs did not rewrite to 0{where} (via {' -> '.join(used)}); left with {_short(rest)}"
+                    + _needs(one, self.via, self.given)
                 )
         n = f" in all {len(self.cases)} cases" if self.cases else ""
         return f"lhs - rhs = 0 via {' -> '.join(used)}{n}"
@@ -395,6 +663,7 @@ class Positive(Claim):
     manifest: object | None = None
     via: Sequence[str] = ("expand", "simplify")
     given: dict | None = None
+    restates: bool = False  # a consequence of the hypotheses shown as such (not a result), see _restates_hypotheses
     kind = "positive"
     _attr = "is_positive"
     _word = "> 0"
@@ -405,9 +674,19 @@ class Positive(Claim):
         if self.manifest is not None:
             note = Equal(self.expr, self.manifest, self.via, self.given).check() + "; then "
             target = sp.sympify(self.manifest)
-        elif guard and _restates_assumption(target):
-            raise ClaimError(f"tautology: {target} {self._word} restates a declared assumption (nothing to prove)")
-        if _fact(target, self._attr):
+        elif self.restates:
+            restated = _restates_hypotheses(target, self._attr)
+            if not restated or not _fact(target, self._attr):
+                raise ClaimError(f"{target} {self._word} is not a restatement of the hypotheses (state it as a result)")
+            _note_use(*(hp.symbol for hp in restated))
+            return f"restates the hypotheses {_listed(restated)} (sign fixed on every region they cut out)"
+        elif guard and (restated := _restates_hypotheses(target, self._attr)) is not None:
+            what = f"restates the hypotheses {_listed(restated)}" if restated else "is a number"
+            raise ClaimError(
+                f"tautology: {target} {self._word} {what}: decided by them alone on every region they cut out "
+                "(nothing to prove)"
+            )
+        if _fact_noting_uses(target, self._attr):
             return note + f"sympy's assumptions give {self._word}"
         raise ClaimError(f"sympy's assumptions cannot show {_short(target)} {self._word}")
 
@@ -416,6 +695,10 @@ class Positive(Claim):
         return out + [_rel(self._word)] + _given_parts(self.given)
 
     def method(self, lang: str = "en", latex: bool = False) -> str:
+        if self.restates:
+            if lang == "zh":
+                return "不是结论：它只是重述其符号的假设（在假设划出的每个区域上符号都已确定）"
+            return "not a result: it restates its symbols' hypotheses (its sign is fixed on every region they cut out)"
         if lang == "zh":
             first = "先化为显然的形式（已验证相等），再" if self.manifest is not None else ""
             return first + f"由 sympy 的假设系统证明 {self._word}"
@@ -459,6 +742,17 @@ class Limit(Claim):
         got = sp.limit(expr, self.var, self.point, self.direction)
         expected = sp.sympify(self.expected)
         if got == expected or (got.is_finite and expected.is_finite and sp.simplify(got - expected) == 0):
+            if _USES is not None:  # a sign the limit depends on: with it dropped, sympy gives something else
+                for s in _sign_symbols(expr):
+                    if s == self.var:
+                        continue
+                    d = _relaxed(s)
+                    try:
+                        other = sp.limit(expr.xreplace({s: d}), self.var, self.point, self.direction).xreplace({d: s})
+                    except Exception:
+                        other = None
+                    if other != got:
+                        _note_use(s)
             return f"sympy.limit gives {got}"
         raise ClaimError(f"sympy.limit gives {_short(got)}, expected {_short(expected)}")
 
@@ -467,10 +761,6 @@ class Limit(Claim):
 
     def method(self, lang: str = "en", latex: bool = False) -> str:
         return "由 sympy.limit 计算" if lang == "zh" else "computed by sympy.limit"
-
-
-def _same(a: sp.Expr, b: sp.Expr) -> bool:
-    return a == b or sp.simplify(sp.expand_log(a - b, force=True)) == 0
 
 
 def _solved_form(equation: sp.Basic, unknowns: Sequence[sp.Symbol]) -> bool:
@@ -482,7 +772,7 @@ def _solved_form(equation: sp.Basic, unknowns: Sequence[sp.Symbol]) -> bool:
     for u in unknowns:
         c = expr.coeff(u)
         rest = expr - c * u
-        if c in (1, -1) and not rest.has(*unknowns) and _restates_assumption(rest):
+        if c in (1, -1) and not rest.has(*unknowns) and _number_or_scaled_symbol(rest):
             return True
     return False
 
@@ -594,19 +884,20 @@ class GlobalMinimum(Claim):
         if not f.has(self.var):
             raise ClaimError(f"tautology: f does not depend on {self.var}")
         dom = _var_domain(self.var)
-        if not _fact(x0, "is_real"):
+        if not _fact_noting_uses(x0, "is_real"):
             raise ClaimError(f"the minimiser {_short(x0)} is not shown to be real")
         for side, end, gap in (("lower", dom.inf, x0 - dom.inf), ("upper", dom.sup, dom.sup - x0)):
             if end.is_infinite:
                 continue
-            if not _fact(gap, "is_positive"):
+            _note_use(self.var)
+            if not _fact_noting_uses(gap, "is_positive"):
                 raise ClaimError(f"the minimiser {_short(x0)} is not shown to be inside {dom} ({side} end)")
         second = sp.diff(f, self.var, 2)
         if self.curvature is not None:
             ok, rest, _ = _zero(second - sp.sympify(self.curvature), ("expand", "simplify"))
             if not ok:
                 raise ClaimError(f"f'' - curvature did not rewrite to 0; left with {_short(rest)}")
-        if not _fact(sp.sympify(self.curvature if self.curvature is not None else second), "is_positive"):
+        if not _fact_noting_uses(sp.sympify(self.curvature if self.curvature is not None else second), "is_positive"):
             raise ClaimError(f"sympy's assumptions cannot show f'' = {_short(second)} > 0 on {dom}")
         slope = sp.simplify(sp.diff(f, self.var).subs(self.var, x0))
         if slope != 0:
@@ -614,9 +905,10 @@ class GlobalMinimum(Claim):
         note = ""
         if self.value is not None:
             # a point evaluation: substituting x0 is the whole check, so no tautology guard here
-            at = sp.simplify(sp.expand_log(f.subs(self.var, x0) - sp.sympify(self.value), force=True))
-            if at != 0:
-                raise ClaimError(f"f(x0) - value = {_short(at)}, not 0")
+            gap = f.subs(self.var, x0) - sp.sympify(self.value)
+            ok, at, _ = _zero(gap, ("expand_log", "simplify"))
+            if not ok:
+                raise ClaimError(f"f(x0) - value = {_short(at)}, not 0" + _needs(gap, ("expand_log", "simplify")))
             note = ", f(x0) = value"
         return "x0 real and in the domain, f'' > 0 on the domain (sympy's assumptions) and f'(x0) = 0" + note
 
@@ -674,10 +966,11 @@ class PositiveDefinite(Claim):
             m = sp.Matrix(self.manifest)
         if m != m.T:
             raise ClaimError("matrix is not symmetric")
-        if guard and self.manifest is None and m.is_diagonal() and all(_restates_assumption(d) for d in m.diagonal()):
+        diagonal = m.is_diagonal() and all(_restates_hypotheses(d) is not None for d in m.diagonal())
+        if guard and self.manifest is None and diagonal:
             raise ClaimError("tautology: a diagonal of numbers or declared-positive symbols (nothing to prove)")
         minors = [sp.simplify(m[:k, :k].det()) for k in range(1, m.rows + 1)]
-        if not all(_fact(d, "is_positive") for d in minors):
+        if not all(_fact_noting_uses(d, "is_positive") for d in minors):
             raise ClaimError(f"leading principal minors {minors} are not all > 0")
         return note + f"leading principal minors {minors}"
 
@@ -739,12 +1032,38 @@ class Step:
     explain: Text
     claim: Claim
     where: dict | None = None
+    # the hypotheses its last check relied on (set by check(); shown as "uses h > 0")
+    used: ClassVar[tuple] = ()  # not a field: a result of checking, not part of what the step says
 
     def unfolded(self) -> Claim:
         """The claim with abbreviations, σ, d/dx and |_{x=a} replaced by what they mean: what is checked."""
         return replace(self.claim, **{k: unfold(v, self.where) for k, v in _claim_fields(self.claim).items()})
 
     def check(self) -> str:
+        """Check the claim; record in `used` the hypotheses the check relied on."""
+        global _USES
+        outer, _USES = _USES, []
+        try:
+            self._checked = True
+            detail = self._check()
+            used = {hp.symbol: hp for hp in _USES}
+            self.used = tuple(sorted(used.values(), key=str))
+            if self.used:
+                detail += "; uses " + _listed(self.used)
+            return detail
+        finally:
+            _USES = outer
+
+    def hypotheses_used(self) -> tuple:
+        """The hypotheses its check relies on (checking it first if it has not been checked)."""
+        if not getattr(self, "_checked", False):
+            try:
+                self.check()
+            except Exception:
+                return ()
+        return self.used
+
+    def _check(self) -> str:
         claim = self.unfolded()
         if isinstance(claim, Equal) and not claim.cases:
             # A displayed derivative or point evaluation may make the two sides equal by evaluation alone
@@ -815,6 +1134,16 @@ class Proof:
     justifies: tuple[str, ...]
     steps: list[Step]
     conclusion: Text | None = None
+
+    def hypotheses(self) -> list[tuple[Hypothesis, list[int]]]:
+        """Its symbols' hypotheses (signs, ranges, integer counts), each with the 1-based steps that mention
+        it ([] when every step does not matter: listed only where it is not all of them)."""
+        where: dict = {}
+        for index, step in enumerate(self.steps, 1):
+            for hp in hypotheses_of(list(_claim_fields(step.claim).values()) + list((step.where or {}).items())):
+                where.setdefault(hp, []).append(index)
+        out = [(hp, [] if len(ix) == len(self.steps) else ix) for hp, ix in where.items()]
+        return sorted(out, key=lambda item: (item[0].integer, str(item[0])))
 
 
 @dataclass

@@ -77,7 +77,7 @@ PROOF = Proof(
                 "For $\\varepsilon < 1/2$ the noisy optimum is positive: the model still prefers $y_w$.",
                 "当 $\\varepsilon < 1/2$ 时，噪声下的最优点为正：模型仍然偏好 $y_w$。",
             ),
-            Positive(H_STAR),
+            Positive(H_STAR, restates=True),
         ),
         Step(
             Text("Noise shrinks the optimum", "噪声使最优点收缩"),

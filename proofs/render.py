@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .core import ProofResult, StepResult
+from .core import Proof, ProofResult, StepResult
 
 _INLINE_MATH = re.compile(r"\$([^$\n]+?)\$")
 
@@ -19,6 +19,10 @@ LABELS = {
         "title": "Executable proofs: DPO, IPO, cDPO and the loss family, step by step",
         "banner": "dpo-ref prove: every step of each derivation is checked by sympy",
         "Justifies": "Justifies: ",
+        "hypotheses": "Hypotheses: ",
+        "none": "none",
+        "steps_word": "steps",
+        "uses": "uses ",
         "end": ".",
         "step": "Step",
         "conclusion": "Conclusion",
@@ -58,6 +62,10 @@ LABELS = {
         "title": "可执行的证明：一步一步推导 DPO、IPO、cDPO 与损失函数族",
         "banner": "dpo-ref prove：每个推导的每一步都由 sympy 检验",
         "Justifies": "对应代码：",
+        "hypotheses": "假设：",
+        "none": "无",
+        "steps_word": "步骤",
+        "uses": "用到 ",
         "end": "。",
         "step": "步骤",
         "conclusion": "结论",
@@ -103,6 +111,28 @@ def failure_lines(results: list[ProofResult], lang: str = "en") -> list[str]:
     return [_failure_line(r, lang) for r in results if not r.ok]
 
 
+def _hyp_items(proof: Proof, lang: str, latex: bool) -> list[str]:
+    L = LABELS[lang]
+    out = []
+    for hp, steps in proof.hypotheses():
+        shown = f"$`{hp.tex()}`$" if latex else str(hp)
+        out.append(shown + (f" ({L['steps_word']} {', '.join(map(str, steps))})" if steps else ""))
+    return out
+
+
+def hypotheses_line(proof: Proof, lang: str = "en", latex: bool = False) -> str:
+    """The proof's hypotheses, collected from its symbols' assumptions and declared ranges."""
+    L = LABELS[lang]
+    return L["hypotheses"] + ("; ".join(_hyp_items(proof, lang, latex)) or L["none"])
+
+
+def uses_text(step_result: StepResult, lang: str = "en", latex: bool = False) -> str:
+    used = step_result.step.hypotheses_used() if step_result.ok else ()
+    if not used:
+        return ""
+    return LABELS[lang]["uses"] + ", ".join(f"$`{hp.tex()}`$" if latex else str(hp) for hp in used)
+
+
 def text_header(lang: str = "en") -> str:
     return LABELS[lang]["banner"] + "\n"
 
@@ -113,6 +143,7 @@ def text_proof(result: ProofResult, position: int, total: int, lang: str = "en",
     proof = result.proof
     lines = [f"[{position}/{total}] {proof.name}: {proof.title(lang)}"]
     lines.append(f"    {L['Justifies']}{', '.join(proof.justifies)}")
+    lines.append(f"    {hypotheses_line(proof, lang)}")
     done = {s.index: s for s in result.steps}
     for index, step in enumerate(proof.steps, 1):
         res: StepResult | None = done.get(index)
@@ -125,6 +156,8 @@ def text_proof(result: ProofResult, position: int, total: int, lang: str = "en",
             lines.append(f"       {L['failed_md']}{res.detail}")
         elif verbose:
             lines.append(f"       [{res.detail}; {res.seconds:.2f} s]")
+        elif res.step.hypotheses_used():
+            lines.append(f"       ({uses_text(res, lang)})")
     return "\n".join(lines) + "\n"
 
 
@@ -152,6 +185,7 @@ def markdown(results: list[ProofResult], lang: str = "en") -> str:
         out += [f'<a id="{proof.name}"></a>', "", f"## {i}. {proof.title(lang)}", "", _gh(proof.intro(lang)), ""]
         code = ", ".join(f"`{name}`" for name in proof.justifies)
         out += [f"*{L['Justifies'].strip()}* {code} · *{L['run_one'].strip()}* `dpo-ref prove --only {proof.name}`", ""]
+        out += [f"*{hypotheses_line(proof, lang, latex=True)}*", ""]
         done = {s.index: s for s in r.steps}
         for index, step in enumerate(proof.steps, 1):
             res = done.get(index)
@@ -160,7 +194,9 @@ def markdown(results: list[ProofResult], lang: str = "en") -> str:
             if res is None:
                 out += [f"<sub>· {L['not_run']}</sub>", ""]
             elif res.ok:
-                out += [f"<sub>✓ {L['checked']}{step.claim.method(lang, latex=True)}</sub>", ""]
+                uses = uses_text(res, lang, latex=True)
+                uses = f" · {uses}" if uses else ""
+                out += [f"<sub>✓ {L['checked']}{step.claim.method(lang, latex=True)}{uses}</sub>", ""]
             else:
                 out += [f"<sub>✗ {L['failed_md']}{res.detail}</sub>", ""]
         if proof.conclusion is not None:

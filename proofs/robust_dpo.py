@@ -99,7 +99,7 @@ PROOF = Proof(
                 "当 $\\varepsilon < 1/2$ 时分母 $1 - 2\\varepsilon$ 为正，所以损失的符号和极限与其分子 "
                 "$(1 - \\varepsilon)\\ell(h) - \\varepsilon\\ell(-h)$ 相同。",
             ),
-            Positive(1 - 2 * eps),
+            Positive(1 - 2 * eps, restates=True),
         ),
         Step(
             Text("Unbounded below", "无下界"),
