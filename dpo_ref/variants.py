@@ -108,6 +108,11 @@ def _sft(rows, c):
     return [-r[0] / n_bar for r in rows]
 
 
+def _sft_slope(rows, c):
+    """d sum_i L_i / d pc_j = -1 / n_bar (n_bar the batch's mean chosen length); no other input moves it."""
+    return len(rows) / float(sum(float(r[4]) for r in rows))
+
+
 # --- coefficients -------------------------------------------------------------------------------------
 
 
@@ -192,6 +197,8 @@ class Variant:
     gradient_terms: Callable[[dict, float], float] = lambda c, loss: c.get("beta", 1.0)
     kink: Callable[[tuple, dict], tuple[float, float]] | None = None  # (distance, scale) to a gradient jump
     quantile_key: Callable[[tuple, int], float] | None = None  # the sort key of a quantile-paired loss
+    slope: Callable[[list, dict], float] | None = None  # batch-coupled: a bound on |d sum_i L_i / dx| for any one
+    # input x, the tolerance's G on large batches (its mpmath derivatives cost 4 B whole-batch evaluations there)
     proofs: tuple[str, ...] = ()
     no_proof: str = ""  # why there is no proof, when there is none
     properties: tuple[str, ...] = ()
@@ -265,6 +272,11 @@ _L = "dpo_ref.losses:"
 _F = "dpo_ref.family:"
 _h = margin
 _hbar = normalised_margin
+
+
+def _aot_slope(rows: list, c: dict) -> float:
+    """One input moves one sorted key by 1, so one quantile's smoothed loss, whose slope in z is at most 1: beta."""
+    return c["beta"]
 
 
 def _hinge_kink(row: tuple, c: dict) -> tuple[float, float]:
@@ -389,16 +401,16 @@ RECORDS: tuple[Variant, ...] = (
         lambda rows, c: _aot(rows, c, lambda pc, pr, rc, rr, nc, nr: pc - pr, lambda pc, pr, rc, rr, nc, nr: rc - rr),
         (BETA, _with_default(FLIP, 0.0)), "Melnyk et al. 2024 (paired)",
         "smoothed DPO on sort(log pi(y_w) - log pi(y_l)) - sort(reference's)", trl="aot", batch_coupled=True,
-        quantile_key=lambda r, k: float(r[0] - r[1]), no_proof="not derived yet (issue 24)",
-        properties=_general(), adapters={"trl": "aot"},
+        quantile_key=lambda r, k: float(r[0] - r[1]), slope=_aot_slope, no_proof="not derived yet (issue 24)",
+        properties=_general("large_batch"), adapters={"trl": "aot"},
     ),
     Variant(
         "aot_unpaired", "aot_unpaired", _F + "aot_unpaired_loss",
         lambda rows, c: _aot(rows, c, lambda pc, pr, rc, rr, nc, nr: pc - rc, lambda pc, pr, rc, rr, nc, nr: pr - rr),
         (BETA, _with_default(FLIP, 0.0)), "Melnyk et al. 2024 (unpaired)", "smoothed DPO on sort(r_w) - sort(r_l)",
         trl="aot_unpaired", batch_coupled=True, shift_invariant=BATCH_CONSTANT,
-        quantile_key=lambda r, k: float(r[k] - r[k + 2]), no_proof="not derived yet (issue 24)",
-        properties=_general(), adapters={"trl": "aot_unpaired"},
+        quantile_key=lambda r, k: float(r[k] - r[k + 2]), slope=_aot_slope, no_proof="not derived yet (issue 24)",
+        properties=_general("large_batch"), adapters={"trl": "aot_unpaired"},
     ),
     Variant(
         "apo_zero", "apo_zero", _F + "apo_zero_loss",
@@ -427,8 +439,8 @@ RECORDS: tuple[Variant, ...] = (
     Variant(
         "sft", "sft", _F + "sft_loss", _sft, (), "negative log-likelihood (token mean)",
         "-log pi(y_w) / n_bar, n_bar the batch's mean chosen length", trl="sft", needs_lengths=True,
-        length_normalised=True, batch_coupled=True, shift_invariant=NO, reference_free=True,
-        no_proof="not derived yet (issue 24)", properties=_general(), adapters={"trl": "sft"},
+        length_normalised=True, batch_coupled=True, shift_invariant=NO, reference_free=True, slope=_sft_slope,
+        no_proof="not derived yet (issue 24)", properties=_general("large_batch"), adapters={"trl": "sft"},
     ),
     Variant(
         "sigmoid_norm", "sigmoid_norm", _F + "sigmoid_norm_loss",

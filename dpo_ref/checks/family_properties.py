@@ -66,6 +66,7 @@ from dpo_ref.checks.properties import (
 )
 
 mp.mp.dps = 30
+SMALL_BATCH = 4  # up to this batch size a batch-coupled loss's G is its exact mpmath derivative (the drawn batches)
 FamilyFn = Callable[..., torch.Tensor]
 Row = tuple  # (pc, pr, rc, rr, nc, nr) as mpf
 
@@ -190,6 +191,9 @@ def _scales(spec: FamilySpec, rows: list[Row]) -> tuple[list[float], list[float]
     S = [float(sum(abs(x) for x in r[:4])) for r in rows]
     G = []
     coupled = spec.record.batch_coupled
+    if coupled and spec.record.slope is not None and B > SMALL_BATCH:
+        # 4 B mpmath derivatives of the whole batch's loss would cost seconds: the record's bound on them instead
+        return [max(S)] * B, [spec.record.slope(rows, spec.coefficients)] * B
     for i in range(B):
         G.append(max(float(abs(spec.directional(rows, _unit(B, i, k), 1, None if coupled else i)))
                      for k in range(4)))  # fmt: skip

@@ -29,6 +29,9 @@ from dpo_ref.oracle.snippets import tensor_src
 from dpo_ref.variants import MPMATH
 
 FAMILY_BATCH = 4  # pairs per drawn batch: the mpmath reference costs ~10 ms a row
+# Batch-coupled losses (one loss per quantile or per batch) are also called on these fixed batch sizes: a loss
+# sorted, paired or averaged per chunk of up to FAMILY_BATCH rows is exact on every drawn batch.
+COUPLED_SIZES = (5, 17, 96)
 
 
 def _coefficients(cfg: Config) -> st.SearchStrategy[dict]:
@@ -98,6 +101,58 @@ def _mean_only(target, cfg: Config) -> bool:
 def _setup(target, cfg: Config, ex: dict):
     spec = FP.FamilySpec(cfg.family, ex["coefficients"])
     return target.per_example(ex["coefficients"]), spec, *_inputs(ex)
+
+
+def coupled_batch(size: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed batch of `size` pairs of the `large_batch` check: float64 log-probs in [-40, 0] (seed `size`) and
+    int64 scored-token counts in [1, 64]."""
+    batch = dst.fixed_preference_batch(size, seed=size).tensors()
+    gen = torch.Generator().manual_seed(size)
+    lengths = (torch.randint(1, 65, (size,), generator=gen), torch.randint(1, 65, (size,), generator=gen))
+    return batch, lengths
+
+
+def _fixed_coefficients(cfg: Config) -> st.SearchStrategy[dict]:
+    """One example: the fixed coefficients, the others at the record's defaults."""
+    c = {**cfg.record.defaults(), **dict(cfg.coefficients)}
+    return st.just({"coefficients": c, "sizes": COUPLED_SIZES})
+
+
+def _run_large(target, cfg, ex):
+    spec = FP.FamilySpec(cfg.family, ex["coefficients"])
+    fn = target.per_example(ex["coefficients"])
+    check = FP.check_mean_value if _mean_only(target, cfg) else FP.check_values
+    for size in ex["sizes"]:
+        batch, lengths = coupled_batch(size)
+        try:
+            check(fn, spec, batch, lengths)
+        except P.PropertyViolation as err:
+            raise P.PropertyViolation(f"batch of {size} pairs: {err}", err.disagreement, err.index, err.tol) from None
+
+
+def _large_inputs(target, cfg: Config, ex: dict) -> str:
+    return "from dpo_ref.oracle.family_checks import coupled_batch  # fixed batches (seeded): log-probs, counts"
+
+
+def _large_snippet(target, cfg: Config, ex: dict, err) -> str:
+    c = ex["coefficients"]
+    values = "check_mean_value" if _mean_only(target, cfg) else "check_values"
+    message = str(err).splitlines()[0] if err is not None else ""
+    return "\n".join(
+        [
+            "from dpo_ref.checks import family_properties as FP",
+            "from dpo_ref.oracle.targets import LossTarget",
+            f"target = LossTarget.from_callable(fn, {cfg.variant!r}, 'fn', '')",
+            f"target.detect_reduction({c!r})",
+            f"per_example = target.per_example({c!r})",
+            f"spec = FP.FamilySpec({cfg.family!r}, {c!r})",
+            f"with FP.oracle_tolerance(strict={cfg.strict!r}):",
+            f"    for size in {tuple(ex['sizes'])!r}:",
+            "        (pc, pr, rc, rr), (nc, nr) = coupled_batch(size)",
+            f"        FP.{values}(per_example, spec, (pc, pr, rc, rr), (nc, nr))",
+            f"# raises: {message}",
+        ]
+    )
 
 
 def _run_values(target, cfg, ex):
@@ -235,6 +290,17 @@ GENERAL_CHECKS: tuple[Check, ...] = (
         _snippet("{values}(per_example, spec, (pc, pr, rc, rr), (nc, nr))"),
         MPMATH,
         family_inputs,
+        value=True,
+    ),
+    Check(
+        "large_batch",
+        "loss values on fixed batches of " + ", ".join(map(str, COUPLED_SIZES)) + " pairs (batch-coupled losses: "
+        f"sorted, paired or averaged over the whole batch, not per chunk of {FAMILY_BATCH})",
+        _fixed_coefficients,
+        _oracle(_run_large),
+        _large_snippet,
+        MPMATH,
+        _large_inputs,
         value=True,
     ),
     Check(

@@ -19,6 +19,9 @@ Three groups, told apart by `Case.group`:
 - "family": one correct and one broken implementation per family variant; the diagnosis is the oracle's
   (a registry variant or a known mistake). tests/oracle/test_family.py runs them and refuses a registry
   variant without both.
+- "family-extra": broken family implementations beyond the one per variant, each for a coverage hole of issue 21
+  (a batch-coupled loss right only on small batches, wrong rewards, ...): the checks it must fail (`fails`);
+  tests/oracle/test_family_holes.py runs them.
 
 Diagnosis names of the outside group (loss level): plain-dpo, robust-dpo, cdpo-weights-exchanged,
 ipo-target-1/tau, chosen-rejected-swapped, beta-ignored, beta-squared, no-reference, batch-sum, ipo-not-dpo,
@@ -381,6 +384,18 @@ CASES: list[Case] = [
     _fb("sigmoid_norm_on_sums", "sigmoid_norm", "not-length-normalised", "log-probs not length-normalised"),
     _fb("simpo_on_sums", "simpo", "not-length-normalised", "log-probs not length-normalised"),
     _fb("dpop_is_dpo", "dpop", "dpo", "the penalty forgotten: plain DPO"),
+    # ------------------------------------------------------------------ the family's coverage holes (issue 21)
+    Case(
+        target("family_broken", "aot_sorted_per_chunk"),
+        "loss",
+        "aot",
+        False,
+        None,
+        {},
+        "sorted per chunk of 4 pairs: exact on every batch of <= 4, wrong on larger ones",
+        "family-extra",
+        fails=("large_batch",),
+    ),  # fmt: skip
 ]
 
 

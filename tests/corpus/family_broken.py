@@ -86,3 +86,16 @@ def simpo_on_sums(pc, pr, rc, rr, beta=2.0, gamma=0.5, chosen_lengths=None, reje
 def dpop_is_dpo(pc, pr, rc, rr, beta=0.1, dpop_lambda=50.0):
     """The penalty forgotten: plain DPO."""
     return F.softplus(-beta * _h(pc, pr, rc, rr))
+
+
+def aot_sorted_per_chunk(pc, pr, rc, rr, beta=0.1, label_smoothing=0.0):
+    """AOT sorted per micro-batch of 4 pairs (a gradient-accumulation loop that sorts each chunk on its own): on a
+    batch of at most 4 pairs it is AOT exactly; on a larger one the quantiles are paired within each chunk."""
+    out = []
+    for start in range(0, pc.shape[0], 4):
+        sl = slice(start, start + 4)
+        u = torch.sort(pc[sl] - pr[sl]).values
+        v = torch.sort(rc[sl] - rr[sl]).values
+        z = beta * (u - v)
+        out.append((1 - label_smoothing) * F.softplus(-z) + label_smoothing * F.softplus(z))
+    return torch.cat(out)
