@@ -210,6 +210,31 @@ def _run_flip_noise(target, cfg, ex):
     FP.check_noisy_ipo_optimum(fn, spec, ex["flip"], batch[2:], lengths, ex["rel"] / _scale(ex))
 
 
+def _run_rewards(target, cfg, ex):
+    _, spec, batch, lengths = _setup(target, cfg, ex)
+    FP.check_rewards(target.rewards(ex["coefficients"]), spec, batch, lengths)
+
+
+def _run_rewards_detached(target, cfg, ex):
+    _, spec, batch, lengths = _setup(target, cfg, ex)
+    FP.check_rewards_detached(target.rewards(ex["coefficients"]), spec, batch, lengths)
+
+
+def _skip_no_rewards(target, cfg: Config) -> str | None:
+    return "returns no implicit rewards" if target.reward_access is None else None
+
+
+def _rewards_carry_graph(target, cfg: Config) -> bool:
+    """The advice to detach applies when the rewards returned on the probe batch (leaves requiring grad) are
+    tensors carrying the graph, not when reading them raised."""
+    from dpo_ref.oracle.levels import probe_coefficients
+    from dpo_ref.oracle.targets import PROBE_LENGTHS, PROBE_LOGPS
+
+    leaves = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in PROBE_LOGPS]
+    rewards = target.rewards(probe_coefficients(cfg))(*leaves, *(n.clone() for n in PROBE_LENGTHS))
+    return any(isinstance(r, torch.Tensor) and r.requires_grad for r in rewards)
+
+
 def _run_unmodified(target, cfg, ex):
     fn, spec, batch, lengths = _setup(target, cfg, ex)
     P.check_inputs_unmodified(lambda *x: fn(*x, *lengths), spec, batch)
@@ -226,7 +251,7 @@ def family_inputs(target, cfg: Config, ex: dict) -> str:
     return "\n".join(lines)
 
 
-def _snippet(call: str, module: str = "FP."):
+def _snippet(call: str, module: str = "FP.", rewards: bool = False):
     """Lines that rebuild the target as the oracle called it and re-run `call` (FP.<check>(...)) on it."""
 
     def body(target, cfg: Config, ex: dict, err) -> str:
@@ -242,6 +267,11 @@ def _snippet(call: str, module: str = "FP."):
                 f"target = LossTarget.from_callable(fn, {cfg.variant!r}, 'fn', '')",
                 f"target.detect_reduction({c!r})",
                 f"per_example = target.per_example({c!r})  # fn(pc, pr, rc, rr, nc, nr) -> (B,)",
+                *(
+                    [f"rewards = target.rewards({c!r})  # fn(pc, pr, rc, rr, nc, nr) -> (chosen, rejected)"]
+                    if rewards
+                    else []
+                ),
                 f"spec = FP.FamilySpec({cfg.family!r}, {c!r})",
                 f"with FP.oracle_tolerance(strict={cfg.strict!r}):",
                 f"    {module}{call.format(**_format_args(target, cfg, ex))}",
@@ -385,6 +415,30 @@ GENERAL_CHECKS: tuple[Check, ...] = (
         _snippet("check_noisy_ipo_optimum(per_example, spec, {flip}, (rc, rr), (nc, nr), {delta})"),
         MPMATH,
         family_inputs,
+    ),
+    Check(
+        "rewards",
+        "returned implicit rewards are the variant's: beta (log pi - log pi_ref), or its own (SimPO: beta log pi / n)",
+        _base(),
+        _oracle(_run_rewards),
+        _snippet("check_rewards(rewards, spec, (pc, pr, rc, rr), (nc, nr))", rewards=True),
+        MPMATH,
+        family_inputs,
+        skip_when=_skip_no_rewards,
+    ),
+    Check(
+        "rewards_detached",
+        "returned implicit rewards carry no autograd graph",
+        _base(),
+        _oracle(_run_rewards_detached),
+        _snippet("check_rewards_detached(rewards, spec, (pc, pr, rc, rr), (nc, nr))", rewards=True),
+        MPMATH,
+        family_inputs,
+        advisory=True,
+        advice="returns implicit rewards that carry the autograd graph: detach them (.detach()) so logging them "
+        "does not keep the graph alive",
+        cause=_rewards_carry_graph,
+        skip_when=_skip_no_rewards,
     ),
     Check(
         "inputs_unmodified",

@@ -440,7 +440,7 @@ class LossTarget:
         return lambda pc, pr, rc, rr, nc=None, nr=None: first_item(self.call(coefficients, pc, pr, rc, rr, nc, nr))
 
     def rewards(self, coefficients: dict | LossSpec) -> Callable[..., tuple]:
-        """fn(pc, pr, rc, rr) -> (chosen_rewards, rejected_rewards) from the target's return value."""
+        """fn(pc, pr, rc, rr[, nc, nr]) -> (chosen_rewards, rejected_rewards) from the target's return value."""
         chosen, rejected = self.reward_access or ("[1]", "[2]")
 
         def get(out, access: str):
@@ -452,8 +452,8 @@ class LossTarget:
                 else out[int(access[1:-1])]
             )
 
-        return lambda pc, pr, rc, rr: (lambda out: (get(out, chosen), get(out, rejected)))(
-            self.call(coefficients, pc, pr, rc, rr)
+        return lambda pc, pr, rc, rr, nc=None, nr=None: (lambda out: (get(out, chosen), get(out, rejected)))(
+            self.call(coefficients, pc, pr, rc, rr, nc, nr)
         )
 
     def rewards_src(self) -> str:

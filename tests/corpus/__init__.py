@@ -396,6 +396,48 @@ CASES: list[Case] = [
         "family-extra",
         fails=("large_batch",),
     ),  # fmt: skip
+    Case(
+        target("family_correct", "hinge_with_rewards"),
+        "loss",
+        "hinge",
+        True,
+        None,
+        {},
+        "(losses, chosen_rewards, rejected_rewards), rewards beta (log pi - log pi_ref) detached",
+        "family-extra",
+    ),
+    Case(
+        target("family_correct", "simpo_with_rewards"),
+        "loss",
+        "simpo",
+        True,
+        None,
+        {},
+        'dict with "loss" and SimPO\'s rewards beta log pi / n',
+        "family-extra",
+    ),
+    Case(
+        target("family_broken", "nca_rewards_without_beta"),
+        "loss",
+        "nca_pair",
+        False,
+        None,
+        {},
+        "right losses; rewards are the raw log-ratios (not scaled by beta)",
+        "family-extra",
+        fails=("rewards",),
+    ),
+    Case(
+        target("family_broken", "simpo_rewards_with_reference"),
+        "loss",
+        "simpo",
+        False,
+        None,
+        {},
+        "right loss; rewards are DPO's beta (log pi - log pi_ref), not beta log pi / n",
+        "family-extra",
+        fails=("rewards",),
+    ),
 ]
 
 

@@ -99,3 +99,20 @@ def aot_sorted_per_chunk(pc, pr, rc, rr, beta=0.1, label_smoothing=0.0):
         z = beta * (u - v)
         out.append((1 - label_smoothing) * F.softplus(-z) + label_smoothing * F.softplus(z))
     return torch.cat(out)
+
+
+def nca_rewards_without_beta(pc, pr, rc, rr, beta=0.1):
+    """Right losses; the returned rewards are the raw log-ratios (not scaled by beta)."""
+    w, lo = pc - rc, pr - rr
+    losses = F.softplus(-beta * w) + 0.5 * F.softplus(beta * w) + 0.5 * F.softplus(beta * lo)
+    return losses, w.detach(), lo.detach()
+
+
+def simpo_rewards_with_reference(pc, pr, rc, rr, beta=2.0, gamma=0.5, chosen_lengths=None, rejected_lengths=None):
+    """Right loss; the returned rewards are DPO's beta (log pi - log pi_ref), not SimPO's beta log pi / n."""
+    margin = beta * (pc / chosen_lengths - pr / rejected_lengths) - gamma
+    return {
+        "loss": F.softplus(-margin).mean(),
+        "chosen_rewards": beta * (pc - rc),
+        "rejected_rewards": beta * (pr - rr),
+    }

@@ -51,3 +51,32 @@ def test_large_batch_passes_the_correct_ones_within_its_budget(variant):
         report = dpo_ref.verify(fn, variant=variant, checks=["large_batch"])
         assert report.passed, report.to_text()
         assert time.perf_counter() - start < 2.0  # ~0.05 s measured; the exact G would cost ~12 s
+
+
+# ---------------------------------------------------------------------------------------------------
+# Family rewards checked like DPO's: where the registry says the variant has implicit rewards
+
+
+def test_rewards_checked_where_the_registry_defines_them():
+    for v in RECORDS:
+        assert ("rewards" in v.properties) == ("rewards_detached" in v.properties) == bool(v.rewards), v.name
+    assert [v.name for v in RECORDS if not v.rewards] == ["sft"]  # reference-free NLL: no implicit reward
+
+
+@pytest.mark.parametrize("case", select("family-extra"), ids=lambda c: c.name)
+def test_family_extra_cases(case):
+    report = dpo_ref.verify(load(case), variant=case.variant, max_examples=3)
+    assert report.passed == case.conforms, report.to_text()
+    failed = {c.name for c in report.checks if c.failed}
+    assert failed == set(case.fails), (failed, case.fails)
+    if "rewards" in case.fails or (case.conforms and "rewards" in case.style):
+        assert "rewards" in report.detected
+
+
+def test_rewards_without_beta_named():
+    report = dpo_ref.verify(load(find("family_broken", "nca_rewards_without_beta")), variant="nca_pair",
+                            max_examples=3, checks=["rewards"])  # fmt: skip
+    assert "the rewards are without the coefficient (beta taken as 1)" in report["rewards"].message
+    report = dpo_ref.verify(load(find("family_broken", "simpo_rewards_with_reference")), variant="simpo",
+                            max_examples=3, checks=["rewards"])  # fmt: skip
+    assert "the rewards are beta (log pi - log pi_ref)" in report["rewards"].message
