@@ -227,11 +227,10 @@ def _skip_no_rewards(target, cfg: Config) -> str | None:
 def _rewards_carry_graph(target, cfg: Config) -> bool:
     """The advice to detach applies when the rewards returned on the probe batch (leaves requiring grad) are
     tensors carrying the graph, not when reading them raised."""
-    from dpo_ref.oracle.levels import probe_coefficients
     from dpo_ref.oracle.targets import PROBE_LENGTHS, PROBE_LOGPS
 
     leaves = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in PROBE_LOGPS]
-    rewards = target.rewards(probe_coefficients(cfg))(*leaves, *(n.clone() for n in PROBE_LENGTHS))
+    rewards = target.rewards({**cfg.record.defaults(), **dict(cfg.coefficients)})(*leaves, *(n.clone() for n in PROBE_LENGTHS))
     return any(isinstance(r, torch.Tensor) and r.requires_grad for r in rewards)
 
 
