@@ -230,7 +230,9 @@ def _rewards_carry_graph(target, cfg: Config) -> bool:
     from dpo_ref.oracle.targets import PROBE_LENGTHS, PROBE_LOGPS
 
     leaves = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in PROBE_LOGPS]
-    rewards = target.rewards({**cfg.record.defaults(), **dict(cfg.coefficients)})(*leaves, *(n.clone() for n in PROBE_LENGTHS))
+    rewards = target.rewards({**cfg.record.defaults(), **dict(cfg.coefficients)})(
+        *leaves, *(n.clone() for n in PROBE_LENGTHS)
+    )
     return any(isinstance(r, torch.Tensor) and r.requires_grad for r in rewards)
 
 

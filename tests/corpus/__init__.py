@@ -438,6 +438,27 @@ CASES: list[Case] = [
         "family-extra",
         fails=("rewards",),
     ),
+    Case(
+        target("family_correct", "sft_token_mean_expanded"),
+        "loss",
+        "sft",
+        True,
+        None,
+        {},
+        "TRL's sft shape: the batch's token-mean NLL .expand()-ed to (B,)",
+        "family-extra",
+    ),
+    Case(
+        target("family_broken", "sft_expanded_counts_plus_one"),
+        "loss",
+        "sft",
+        False,
+        "count-plus-one",
+        {},
+        "TRL's sft shape with every count one too many",
+        "family-extra",
+        fails=("values", "values_float32", "large_batch", "gradients"),
+    ),
 ]
 
 

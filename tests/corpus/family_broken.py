@@ -116,3 +116,9 @@ def simpo_rewards_with_reference(pc, pr, rc, rr, beta=2.0, gamma=0.5, chosen_len
         "chosen_rewards": beta * (pc - rc),
         "rejected_rewards": beta * (pr - rr),
     }
+
+
+def sft_expanded_counts_plus_one(pc, pr, rc, rr, chosen_lengths=None, rejected_lengths=None):
+    """TRL's sft shape (the batch's token-mean NLL expanded to every row) with every count one too many."""
+    nll = -pc.sum() / (chosen_lengths + 1).sum()
+    return nll.expand(pc.size(0))

@@ -123,3 +123,10 @@ def simpo_with_rewards(pc, pr, rc, rr, beta=2.0, gamma=0.5, chosen_lengths=None,
     rejected_rewards = beta * pr / rejected_lengths
     loss = F.softplus(gamma - (chosen_rewards - rejected_rewards)).mean()
     return {"loss": loss, "chosen_rewards": chosen_rewards.detach(), "rejected_rewards": rejected_rewards.detach()}
+
+
+def sft_token_mean_expanded(pc, pr, rc, rr, chosen_lengths=None, rejected_lengths=None):
+    """TRL's sft shape: one token-mean NLL for the batch, copied to every row with .expand (a (B,) view of stride
+    0; only its mean is meant to be used)."""
+    nll = -pc.sum() / chosen_lengths.sum()
+    return nll.expand(pc.size(0))

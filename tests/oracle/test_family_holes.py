@@ -2,6 +2,9 @@
 
 - Batch-coupled losses (AOT, unpaired AOT, SFT) are also called on fixed batches of 5, 17 and 96 pairs (the
   `large_batch` check): a loss sorted per chunk of 4 pairs is exact on every drawn batch (<= 4 pairs).
+- Family rewards are checked like DPO's (`rewards`, `rewards_detached`) against the registry's `rewards`.
+- TRL's `sft` shape (the batch's token-mean NLL `.expand`-ed to (B,)) is recognised by the `call` probe
+  (reduction "mean-expanded"), named in the report and checked as the batch mean.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import time
 import pytest
 
 import dpo_ref
-from dpo_ref.oracle.family_checks import COUPLED_SIZES, FAMILY_BATCH
+from dpo_ref.oracle.family_checks import COUPLED_SIZES, FAMILY_BATCH, coupled_batch
 from dpo_ref.oracle.levels import check_names
 from dpo_ref.variants import RECORDS
 from tests.corpus import find, load, select
@@ -71,6 +74,8 @@ def test_family_extra_cases(case):
     assert failed == set(case.fails), (failed, case.fails)
     if "rewards" in case.fails or (case.conforms and "rewards" in case.style):
         assert "rewards" in report.detected
+    if case.diagnosis is not None:
+        assert any(d.startswith(case.diagnosis + ":") for d in report.diagnosis), report.diagnosis
 
 
 def test_rewards_without_beta_named():
@@ -80,3 +85,37 @@ def test_rewards_without_beta_named():
     report = dpo_ref.verify(load(find("family_broken", "simpo_rewards_with_reference")), variant="simpo",
                             max_examples=3, checks=["rewards"])  # fmt: skip
     assert "the rewards are beta (log pi - log pi_ref)" in report["rewards"].message
+
+
+# ---------------------------------------------------------------------------------------------------
+# TRL's sft shape: the batch's token-mean NLL expanded to every row, recognised and named
+
+
+def test_trl_sft_shape_recognised_and_named():
+    from dpo_ref.checks import family_properties as FP
+    from dpo_ref.oracle.targets import MEAN_EXPANDED, LossTarget
+    from tests.corpus.family_correct import sft_token_mean_expanded as fn
+
+    report = dpo_ref.verify(fn, variant="sft", max_examples=FEW)
+    assert report.passed, report.to_text()
+    assert "as TRL's sft loss returns it (batch_loss.expand(batch_size))" in report.detected["reduction"]
+    assert "expanded to every row" in report.to_text()
+    target = LossTarget.from_callable(fn, "sft", "fn", "")
+    assert target.detect_reduction({}) == MEAN_EXPANDED
+    # read as per-example losses (before the shape was recognised) its rows are rejected one by one
+    batch, lengths = coupled_batch(5)
+    with pytest.raises(AssertionError, match="loss value: at index"):
+        FP.check_values(lambda *a: fn(*a[:4], chosen_lengths=a[4], rejected_lengths=a[5]), FP.FamilySpec("sft"),
+                        batch, lengths)  # fmt: skip
+
+
+def test_trl_sft_shape_only_for_batch_coupled_losses():
+    """A per-example variant's rows are its losses: one value copied to every row is not accepted there."""
+    import torch.nn.functional as F
+
+    def dpo_mean_expanded(pc, pr, rc, rr, beta=0.1):
+        return F.softplus(-beta * ((pc - rc) - (pr - rr))).mean().expand(pc.size(0))
+
+    report = dpo_ref.verify(dpo_mean_expanded, variant="hinge", max_examples=FEW, checks=["values"])
+    assert report.detected["reduction"] == "per-example losses (B,)"
+    assert not report.passed
