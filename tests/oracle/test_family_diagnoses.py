@@ -5,8 +5,12 @@ Tuning: the broken family cases with a labelled diagnosis (tests/corpus/family_b
 were tuned and never used to tune them. A case is diagnosed right when the oracle rejects it and the FIRST
 diagnosis it names is the labelled one. Measured (see the closing note of issue 21):
 
-    before (dpo_ref 947b599): tuning 14 of 17, held out 7 of 18
-    after:                    see RATES
+    before (diagnosis.py as of 947b599): tuning 16 of 17, held out 8 of 18
+    after (family_alternatives: the closed-form catalogue's mistakes for every member, the claimed variant's own
+           mistakes before other members, BCO's delta diagnosed at 1): tuning 17 of 17, held out 15 of 18
+
+The held-out misses were visible when the "before" score was printed; the changes are the closed-form level's
+mistakes carried over and were checked on the tuning set, but the held-out "after" figure is not blind.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from tests.corpus import load, select
 
 TUNING = [c for g in ("family", "family-extra") for c in select(g, conforms=False) if c.diagnosis]
 HELDOUT = select("family-heldout", conforms=False)
-RATES = {"tuning": 2 / 3, "held-out": 2 / 3}  # the least share right each set must keep
+RATES = {"tuning": 17 / 17, "held-out": 15 / 18}  # the shares measured: a regression fails (the goal was 2/3)
 
 
 def diagnosed(case) -> tuple[bool, list[str]]:
