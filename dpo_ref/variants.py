@@ -11,7 +11,9 @@ A record (`Variant`) says what the loss is and how to check it:
 - its structure: `needs_lengths` (takes scored-token counts), `length_normalised`, `batch_coupled` (one
   loss per quantile or per batch, not per example), `shift_invariant` (adding f(x) to both policy log-probs),
   `reference_free`, `optimum(**c)`, `bounds(c)`, and what the tolerances need (`constants`, `gradient_terms`,
-  the `kink` where the gradient jumps, the `quantile_key` a sorted loss pairs by);
+  the `kink` where the gradient jumps, the `quantile_key` a sorted loss pairs by, the `slope` bound of a
+  batch-coupled loss on large batches), and `rewards`, the implicit rewards a target may return beside the loss
+  (beta (log pi - log pi_ref) unless the variant defines its own; none for SFT);
 - `paper` (and equation), `proofs` (ids in `proofs/`), `properties` (the checks that apply: the oracle, the
   suite and the docs read them), `oracle` (which check table: "closed-form" margin losses have closed-form
   values and gradients, the others the mpmath reference), `average` (the log-prob level averages), and
@@ -108,6 +110,11 @@ def _sft(rows, c):
     return [-r[0] / n_bar for r in rows]
 
 
+def _sft_slope(rows, c):
+    """d sum_i L_i / d pc_j = -1 / n_bar (n_bar the batch's mean chosen length); no other input moves it."""
+    return len(rows) / float(sum(float(r[4]) for r in rows))
+
+
 # --- coefficients -------------------------------------------------------------------------------------
 
 
@@ -169,6 +176,29 @@ def _nonnegative(c: dict) -> tuple[float | None, float | None]:
     return 0.0, None
 
 
+def scaled_logratios(pc, pr, rc, rr, nc, nr, c):
+    """The implicit rewards of DPO and of every loss TRL trains: beta (log pi - log pi_ref) per response (TRL's
+    `beta * chosen_logratios`; its beta stands for tau under IPO)."""
+    k = c["beta"] if "beta" in c else c["tau"]
+    return k * (pc - rc), k * (pr - rr)
+
+
+def normalised_logratios(pc, pr, rc, rr, nc, nr, c):
+    """The length-normalised losses' own rewards (dpo_ref.family's ipo-norm and sigmoid_norm): beta r / n, the
+    per-token log-ratio their margin h_bar is made of. TRL logs the unnormalised beta r for them (also accepted)."""
+    k = c["beta"] if "beta" in c else c["tau"]
+    return k * (pc - rc) / nc, k * (pr - rr) / nr
+
+
+def simpo_rewards(pc, pr, rc, rr, nc, nr, c):
+    """SimPO's reward (Meng et al. 2024, Eq. 4): beta log pi(y) / |y|, no reference (TRL's CPO trainer and
+    Liger report these)."""
+    return c["beta"] * pc / nc, c["beta"] * pr / nr
+
+
+NORMALISED_REWARDS = (normalised_logratios, scaled_logratios)
+
+
 @dataclass(frozen=True)
 class Variant:
     """One preference loss and every fact the code, the checks and the docs need about it (module docstring)."""
@@ -192,6 +222,11 @@ class Variant:
     gradient_terms: Callable[[dict, float], float] = lambda c, loss: c.get("beta", 1.0)
     kink: Callable[[tuple, dict], tuple[float, float]] | None = None  # (distance, scale) to a gradient jump
     quantile_key: Callable[[tuple, int], float] | None = None  # the sort key of a quantile-paired loss
+    # the implicit rewards a target may return beside the loss, each (pc, pr, rc, rr, nc, nr, c) -> (chosen,
+    # rejected) on tensors or numbers: the accepted definitions, the variant's own first; (): none (SFT)
+    rewards: tuple[Callable, ...] = (scaled_logratios,)
+    slope: Callable[[list, dict], float] | None = None  # batch-coupled: a bound on |d sum_i L_i / dx| for any one
+    # input x, the tolerance's G on large batches (its mpmath derivatives cost 4 B whole-batch evaluations there)
     proofs: tuple[str, ...] = ()
     no_proof: str = ""  # why there is no proof, when there is none
     properties: tuple[str, ...] = ()
@@ -257,14 +292,22 @@ CDPO_MISTAKES = ("plain-dpo", "robust-dpo", "cdpo-weights-exchanged", *_COMMON_M
 IPO_MISTAKES = ("ipo-target-1/tau", "ipo-times-tau-squared", *_COMMON_MISTAKES, *_REFERENCE_MISTAKES, "dpo-not-ipo")
 
 
-def _general(*extra: str) -> tuple[str, ...]:
-    return GENERAL_PROPERTIES + extra
+REWARD_PROPERTIES = ("rewards", "rewards_detached")
+
+
+def _general(*extra: str, rewards: bool = True) -> tuple[str, ...]:
+    return GENERAL_PROPERTIES + extra + (REWARD_PROPERTIES if rewards else ())
 
 
 _L = "dpo_ref.losses:"
 _F = "dpo_ref.family:"
 _h = margin
 _hbar = normalised_margin
+
+
+def _aot_slope(rows: list, c: dict) -> float:
+    """One input moves one sorted key by 1, so one quantile's smoothed loss, whose slope in z is at most 1: beta."""
+    return c["beta"]
 
 
 def _hinge_kink(row: tuple, c: dict) -> tuple[float, float]:
@@ -318,7 +361,7 @@ RECORDS: tuple[Variant, ...] = (
         _pairwise(lambda pc, pr, rc, rr, nc, nr, c: (_hbar(pc, pr, rc, rr, nc, nr) - 1 / (2 * c["tau"])) ** 2),
         (TAU_OR_BETA,), "Azar et al. 2023, Eq. 17 on per-token averages", "(h_bar - 1/(2 tau))^2", trl="ipo",
         needs_lengths=True, length_normalised=True, shift_invariant=EQUAL_LENGTHS, optimum=_ipo_optimum,
-        constants=lambda c: (1 / (2 * c["tau"]), 0.0), proofs=("ipo-noise",),
+        constants=lambda c: (1 / (2 * c["tau"]), 0.0), proofs=("ipo-noise",), rewards=NORMALISED_REWARDS,
         properties=_general("optimum", "flip_noise_optimum"), aliases=("ipo_norm",), adapters={"trl": "ipo"},
     ),
     Variant(
@@ -389,16 +432,16 @@ RECORDS: tuple[Variant, ...] = (
         lambda rows, c: _aot(rows, c, lambda pc, pr, rc, rr, nc, nr: pc - pr, lambda pc, pr, rc, rr, nc, nr: rc - rr),
         (BETA, _with_default(FLIP, 0.0)), "Melnyk et al. 2024 (paired)",
         "smoothed DPO on sort(log pi(y_w) - log pi(y_l)) - sort(reference's)", trl="aot", batch_coupled=True,
-        quantile_key=lambda r, k: float(r[0] - r[1]), no_proof="not derived yet (issue 24)",
-        properties=_general(), adapters={"trl": "aot"},
+        quantile_key=lambda r, k: float(r[0] - r[1]), slope=_aot_slope, no_proof="not derived yet (issue 24)",
+        properties=_general("large_batch"), adapters={"trl": "aot"},
     ),
     Variant(
         "aot_unpaired", "aot_unpaired", _F + "aot_unpaired_loss",
         lambda rows, c: _aot(rows, c, lambda pc, pr, rc, rr, nc, nr: pc - rc, lambda pc, pr, rc, rr, nc, nr: pr - rr),
         (BETA, _with_default(FLIP, 0.0)), "Melnyk et al. 2024 (unpaired)", "smoothed DPO on sort(r_w) - sort(r_l)",
         trl="aot_unpaired", batch_coupled=True, shift_invariant=BATCH_CONSTANT,
-        quantile_key=lambda r, k: float(r[k] - r[k + 2]), no_proof="not derived yet (issue 24)",
-        properties=_general(), adapters={"trl": "aot_unpaired"},
+        quantile_key=lambda r, k: float(r[k] - r[k + 2]), slope=_aot_slope, no_proof="not derived yet (issue 24)",
+        properties=_general("large_batch"), adapters={"trl": "aot_unpaired"},
     ),
     Variant(
         "apo_zero", "apo_zero", _F + "apo_zero_loss",
@@ -427,14 +470,15 @@ RECORDS: tuple[Variant, ...] = (
     Variant(
         "sft", "sft", _F + "sft_loss", _sft, (), "negative log-likelihood (token mean)",
         "-log pi(y_w) / n_bar, n_bar the batch's mean chosen length", trl="sft", needs_lengths=True,
-        length_normalised=True, batch_coupled=True, shift_invariant=NO, reference_free=True,
-        no_proof="not derived yet (issue 24)", properties=_general(), adapters={"trl": "sft"},
+        length_normalised=True, batch_coupled=True, shift_invariant=NO, reference_free=True, slope=_sft_slope,
+        rewards=(), no_proof="not derived yet (issue 24)", properties=_general("large_batch", rewards=False),
+        adapters={"trl": "sft"},
     ),
     Variant(
         "sigmoid_norm", "sigmoid_norm", _F + "sigmoid_norm_loss",
         _pairwise(lambda pc, pr, rc, rr, nc, nr, c: -logsig(c["beta"] * _hbar(pc, pr, rc, rr, nc, nr))),
         (BETA,), "Rafailov et al. 2023, Eq. 7 on per-token averages", "-log sigma(beta h_bar)", trl="sigmoid_norm",
-        needs_lengths=True, length_normalised=True, shift_invariant=EQUAL_LENGTHS,
+        needs_lengths=True, length_normalised=True, shift_invariant=EQUAL_LENGTHS, rewards=NORMALISED_REWARDS,
         no_proof="DPO's proofs with h_bar for h", properties=_general(), adapters={"trl": "sigmoid_norm"},
     ),
     Variant(
@@ -444,7 +488,8 @@ RECORDS: tuple[Variant, ...] = (
                                          means="target reward margin")),
         "Meng et al. 2024, Eq. 6", "-log sigma(beta log pi(y_w)/n_w - beta log pi(y_l)/n_l - gamma)",
         needs_lengths=True, length_normalised=True, shift_invariant=EQUAL_LENGTHS, reference_free=True,
-        constants=lambda c: (0.0, c["gamma"]), no_proof="not derived yet (issue 24)", properties=_general(),
+        constants=lambda c: (0.0, c["gamma"]), rewards=(simpo_rewards,), no_proof="not derived yet (issue 24)",
+        properties=_general(),
         adapters={"liger": "simpo"},
     ),
     Variant(

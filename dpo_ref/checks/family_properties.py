@@ -66,6 +66,7 @@ from dpo_ref.checks.properties import (
 )
 
 mp.mp.dps = 30
+SMALL_BATCH = 4  # up to this batch size a batch-coupled loss's G is its exact mpmath derivative (the drawn batches)
 FamilyFn = Callable[..., torch.Tensor]
 Row = tuple  # (pc, pr, rc, rr, nc, nr) as mpf
 
@@ -190,6 +191,9 @@ def _scales(spec: FamilySpec, rows: list[Row]) -> tuple[list[float], list[float]
     S = [float(sum(abs(x) for x in r[:4])) for r in rows]
     G = []
     coupled = spec.record.batch_coupled
+    if coupled and spec.record.slope is not None and B > SMALL_BATCH:
+        # 4 B mpmath derivatives of the whole batch's loss would cost seconds: the record's bound on them instead
+        return [max(S)] * B, [spec.record.slope(rows, spec.coefficients)] * B
     for i in range(B):
         G.append(max(float(abs(spec.directional(rows, _unit(B, i, k), 1, None if coupled else i)))
                      for k in range(4)))  # fmt: skip
@@ -554,3 +558,75 @@ def check_batch_structure(fn: FamilyFn, spec: FamilySpec, batch, lengths, perm: 
     if not quantiles:
         tol = [tol[j] for j in perm.tolist()]
     _compare(out.tolist(), want.tolist(), tol, f"{spec.describe()} losses after permuting the batch by {perm.tolist()}")
+
+
+def check_rewards(fn: Callable, spec: FamilySpec, batch: tuple[torch.Tensor, ...], lengths=None) -> None:
+    """Implicit rewards returned beside the loss equal the variant's (the registry's `rewards`: beta (log pi -
+    log pi_ref) for chosen and rejected unless the variant defines its own, e.g. SimPO's beta log pi / n).
+
+    `fn(pc, pr, rc, rr, nc, nr) -> (chosen_rewards, rejected_rewards)`. When they differ, the message says what
+    they are instead (without the coefficient, policy only, exchanged, not length-normalised)."""
+    B = batch[0].shape[0]
+    leaves = tuple(t.detach().clone().requires_grad_(True) for t in batch)
+    args = tuple(lengths) if lengths is not None else (None, None)
+    chosen, rejected = fn(*leaves, *args)
+    x = [t.detach().double() for t in batch]
+    n = [t.double() for t in lengths] if lengths is not None else [torch.ones(B, dtype=torch.float64)] * 2
+    c = dict(spec.coefficients)
+    define = spec.record.rewards[0]  # the variant's own; any of `rewards` is accepted
+    expected = torch.stack(define(*x, *n, c))  # (2, B)
+    got = []
+    for r, name in ((chosen, "chosen_rewards"), (rejected, "rejected_rewards")):
+        if not isinstance(r, torch.Tensor) or r.numel() != B:
+            shape = tuple(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__
+            raise PropertyViolation(f"{name}: expected a tensor of {B} rewards, got {shape}")
+        got.append(r.detach().double().reshape(B))
+    got = torch.stack(got)  # (2, B)
+    k = abs(c.get("beta", c.get("tau", 1.0)))
+    size = torch.stack([x[0].abs() + x[2].abs(), x[1].abs() + x[3].abs()])
+    tol = TOLERANCE_K * _eps(batch[0].dtype) * (k * size + expected.abs() + 1)
+    for accepted in spec.record.rewards:
+        if bool(((got - torch.stack(accepted(*x, *n, c))).abs() <= tol).all()):
+            return
+    bad = ~((got - expected).abs() <= tol)
+    key = "beta" if "beta" in c else "tau"
+    alternatives = {
+        f"without the coefficient ({key} taken as 1)": torch.stack(define(*x, *n, {**c, key: 1.0})),
+        f"{key} squared": torch.stack(define(*x, *n, {**c, key: c[key] ** 2})),
+        "chosen and rejected exchanged": expected.flip(0),
+        "beta (log pi - log pi_ref)": torch.stack(V.scaled_logratios(*x, *n, c)),
+        "beta log pi (no reference)": torch.stack([k * x[0], k * x[1]]),
+        "beta (log pi - log pi_ref) / n (length-normalised)": torch.stack(V.scaled_logratios(*x, *n, c))
+        / torch.stack(n),
+        "not length-normalised": torch.stack(define(*x, torch.ones(B), torch.ones(B), c)),
+    }
+    what = next(
+        (name for name, alt in alternatives.items() if bool(((got - alt).abs() <= tol).all())),
+        "none of the usual alternatives",
+    )
+    i_k, i = (int(v) for v in bad.nonzero()[0])
+    raise PropertyViolation(
+        f"{spec.describe()} {('chosen', 'rejected')[i_k]}_rewards at index {i}: got {got[i_k, i].item()!r}, expected "
+        f"{expected[i_k, i].item()!r} = {_reward_formula(define, key)}; the rewards are {what}",
+        float((got[i_k, i] - expected[i_k, i]).abs() / max(abs(expected[i_k, i].item()), tol[i_k, i].item())),
+        i_k * B + i,
+    )
+
+
+def _reward_formula(define: Callable, key: str) -> str:
+    if define is V.simpo_rewards:
+        return "beta log pi / n"
+    if define is V.normalised_logratios:
+        return f"{key} * (log pi - log pi_ref) / n (or TRL's unnormalised {key} * (log pi - log pi_ref))"
+    return f"{key} * (log pi - log pi_ref)"
+
+
+def check_rewards_detached(fn: Callable, spec: FamilySpec, batch: tuple[torch.Tensor, ...], lengths=None) -> None:
+    """Returned implicit rewards carry no autograd graph (metrics: logging them must not keep it alive)."""
+    leaves = tuple(t.detach().clone().requires_grad_(True) for t in batch)
+    args = tuple(lengths) if lengths is not None else (None, None)
+    for r, name in zip(fn(*leaves, *args), ("chosen_rewards", "rejected_rewards")):
+        if isinstance(r, torch.Tensor) and r.requires_grad:
+            raise PropertyViolation(
+                f"{name} carry a gradient: implicit rewards are metrics and should be detached (.detach())"
+            )

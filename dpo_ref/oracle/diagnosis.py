@@ -167,7 +167,18 @@ def diagnose_loss(target, cfg, coefficients: dict) -> list[str]:
     other members of the family; for the others, the family members and the variant's own mistakes."""
     if cfg.record.oracle == V.CLOSED_FORM:
         return _diagnose_margin(target.per_example, cfg.loss_variant, cfg.beta, cfg.label_smoothing)
-    return diagnose_family(target, cfg.record.key, coefficients)
+    return diagnose_family(target, cfg.record.key, diagnostic_coefficients(cfg, coefficients))
+
+
+def diagnostic_coefficients(cfg, coefficients: dict) -> dict:
+    """The probe's coefficients, except that a drawn (not fixed) coefficient whose default 0 makes it vanish from
+    the formula (BCO's reward shift delta, drawn from (-10, 10)) is taken as 1, so that ignoring it shows."""
+    fixed = dict(cfg.coefficients)
+    out = dict(coefficients)
+    for p in cfg.record.params:
+        if p.name not in fixed and p.default == 0.0 and p.draw[0] == "uniform" and p.draw[1] < 1.0 < p.draw[2]:
+            out[p.name] = 1.0
+    return out
 
 
 def _diagnose_margin(
@@ -247,41 +258,48 @@ def coefficients_for(key: str, claimed: dict) -> dict:
 
 
 def family_alternatives(key: str, claimed: dict, lengths: bool) -> list[tuple[str, str, Callable]]:
-    """(name, what it is, fn(pc, pr, rc, rr, nc, nr) -> (B,) float64) for every other family member and the
-    common mistakes in `key` itself (chosen/rejected swapped, coefficient ignored, no reference; for the
-    length-normalised: counts one too many, no normalisation). Members needing lengths only when `lengths`."""
+    """(name, what it is, fn(pc, pr, rc, rr, nc, nr) -> (B,) float64): first the common mistakes in `key` itself
+    (the closed-form level's catalogue carried over: chosen/rejected swapped; the scale coefficient ignored,
+    squared, outside the loss, dividing; no reference, the reference's sign flipped; any other coefficient
+    ignored; for the length-normalised: counts one too many, no normalisation; IPO's target 1/tau), then every
+    other family member. A mistake of the claimed variant names what its code does to that variant, so it comes
+    before a member it happens to equal (sigmoid_norm on sums is DPO). Members needing lengths only when
+    `lengths`."""
     from dpo_ref.family import LOSS_FAMILY
     from dpo_ref.variants import ORACLE_NAME
 
     claimed_name = ORACLE_NAME[key]
-    out = []
-    for other, v in LOSS_FAMILY.items():
-        if other == key or (v.needs_lengths and not lengths):
-            continue
-        coefs = coefficients_for(other, claimed)
-        if v.reduces_to is not None and coefs.get(v.reduces_to[0]) == v.reduces_to[1]:
-            continue  # there it is another member (cDPO and rDPO at eps = 0 are plain DPO), already a candidate
-        shown = ", ".join(f"{k}={x!r}" for k, x in coefs.items())
-        out.append(
-            (
-                ORACLE_NAME[other],
-                f"{ORACLE_NAME[other]}({shown}) ({v.paper}), not {claimed_name}",
-                v.bind(**coefs),
-            )
-        )
     own = LOSS_FAMILY[key]
     fn = own.bind(**claimed)
-    out.append(
+    out = [
         (
             "chosen-rejected-swapped",
             f"{claimed_name} with chosen and rejected swapped",
             lambda pc, pr, rc, rr, nc, nr: fn(pr, pc, rr, rc, nr, nc),
         )
-    )
+    ]
     for coef in ("beta", "tau"):
         if coef in claimed and claimed[coef] != 1.0:
-            ignored = own.bind(**{**claimed, coef: 1.0})
-            out.append(("beta-ignored", f"{claimed_name} with {coef} ignored (taken as 1)", ignored))
+            k = claimed[coef]
+            out.append(
+                ("beta-ignored", f"{claimed_name} with {coef} ignored (taken as 1)", own.bind(**{**claimed, coef: 1.0}))
+            )
+            out.append(("beta-squared", f"{claimed_name} with {coef} squared", own.bind(**{**claimed, coef: k * k})))
+            unit = own.bind(**{**claimed, coef: 1.0})
+            out.append(
+                (
+                    "beta-outside",
+                    f"{claimed_name} at {coef} = 1, multiplied by {coef} (the coefficient outside the loss)",
+                    lambda *x, unit=unit, k=k: k * unit(*x),
+                )
+            )
+            out.append(
+                (
+                    "beta-divides",
+                    f"{claimed_name} with 1/{coef} for {coef} (the coefficient used as a temperature)",
+                    own.bind(**{**claimed, coef: 1.0 / k}),
+                )
+            )
     if not own.reference_free:
         out.append(
             (
@@ -289,6 +307,21 @@ def family_alternatives(key: str, claimed: dict, lengths: bool) -> list[tuple[st
                 f"{claimed_name} without the reference model (reference log-probs taken as 0)",
                 lambda pc, pr, rc, rr, nc, nr: fn(pc, pr, 0 * rc, 0 * rr, nc, nr),
             )
+        )
+        out.append(
+            (
+                "reference-sign",
+                f"{claimed_name} with the reference log-probs' sign flipped (the reference log-ratio added)",
+                lambda pc, pr, rc, rr, nc, nr: fn(pc, pr, -rc, -rr, nc, nr),
+            )
+        )
+    for name, value in claimed.items():
+        if name in ("beta", "tau") or value == 0.0:
+            continue
+        if own.reduces_to is not None and own.reduces_to[:2] == (name, 0.0):
+            continue  # there it is another member (rDPO at eps = 0 is DPO), named as that member below
+        out.append(
+            (f"{name}-ignored", f"{claimed_name} with {name} ignored (taken as 0)", own.bind(**{**claimed, name: 0.0}))
         )
     if own.needs_lengths:
         out.append(
@@ -304,6 +337,28 @@ def family_alternatives(key: str, claimed: dict, lengths: bool) -> list[tuple[st
                 "not-length-normalised",
                 f"{claimed_name} on summed log-probs (no division by the token counts)",
                 lambda pc, pr, rc, rr, nc, nr: fn(pc, pr, rc, rr, torch.ones_like(nc), torch.ones_like(nr)),
+            )
+        )
+    if key == "ipo":  # IPO on per-token averages: the closed-form IPO's own mistake
+        out.append(
+            (
+                "ipo-target-1/tau",
+                f"{claimed_name} with target 1/tau instead of 1/(2 tau): (h_bar - 1/tau)^2",
+                own.bind(**{**claimed, "tau": claimed["tau"] / 2}),
+            )
+        )
+    for other, v in LOSS_FAMILY.items():
+        if other == key or (v.needs_lengths and not lengths):
+            continue
+        coefs = coefficients_for(other, claimed)
+        if v.reduces_to is not None and coefs.get(v.reduces_to[0]) == v.reduces_to[1]:
+            continue  # there it is another member (cDPO and rDPO at eps = 0 are plain DPO), already a candidate
+        shown = ", ".join(f"{k}={x!r}" for k, x in coefs.items())
+        out.append(
+            (
+                ORACLE_NAME[other],
+                f"{ORACLE_NAME[other]}({shown}) ({v.paper}), not {claimed_name}",
+                v.bind(**coefs),
             )
         )
     return out

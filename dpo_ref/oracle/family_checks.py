@@ -29,6 +29,9 @@ from dpo_ref.oracle.snippets import tensor_src
 from dpo_ref.variants import MPMATH
 
 FAMILY_BATCH = 4  # pairs per drawn batch: the mpmath reference costs ~10 ms a row
+# Batch-coupled losses (one loss per quantile or per batch) are also called on these fixed batch sizes: a loss
+# sorted, paired or averaged per chunk of up to FAMILY_BATCH rows is exact on every drawn batch.
+COUPLED_SIZES = (5, 17, 96)
 
 
 def _coefficients(cfg: Config) -> st.SearchStrategy[dict]:
@@ -100,6 +103,58 @@ def _setup(target, cfg: Config, ex: dict):
     return target.per_example(ex["coefficients"]), spec, *_inputs(ex)
 
 
+def coupled_batch(size: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed batch of `size` pairs of the `large_batch` check: float64 log-probs in [-40, 0] (seed `size`) and
+    int64 scored-token counts in [1, 64]."""
+    batch = dst.fixed_preference_batch(size, seed=size).tensors()
+    gen = torch.Generator().manual_seed(size)
+    lengths = (torch.randint(1, 65, (size,), generator=gen), torch.randint(1, 65, (size,), generator=gen))
+    return batch, lengths
+
+
+def _fixed_coefficients(cfg: Config) -> st.SearchStrategy[dict]:
+    """One example: the fixed coefficients, the others at the record's defaults."""
+    c = {**cfg.record.defaults(), **dict(cfg.coefficients)}
+    return st.just({"coefficients": c, "sizes": COUPLED_SIZES})
+
+
+def _run_large(target, cfg, ex):
+    spec = FP.FamilySpec(cfg.family, ex["coefficients"])
+    fn = target.per_example(ex["coefficients"])
+    check = FP.check_mean_value if _mean_only(target, cfg) else FP.check_values
+    for size in ex["sizes"]:
+        batch, lengths = coupled_batch(size)
+        try:
+            check(fn, spec, batch, lengths)
+        except P.PropertyViolation as err:
+            raise P.PropertyViolation(f"batch of {size} pairs: {err}", err.disagreement, err.index, err.tol) from None
+
+
+def _large_inputs(target, cfg: Config, ex: dict) -> str:
+    return "from dpo_ref.oracle.family_checks import coupled_batch  # fixed batches (seeded): log-probs, counts"
+
+
+def _large_snippet(target, cfg: Config, ex: dict, err) -> str:
+    c = ex["coefficients"]
+    values = "check_mean_value" if _mean_only(target, cfg) else "check_values"
+    message = str(err).splitlines()[0] if err is not None else ""
+    return "\n".join(
+        [
+            "from dpo_ref.checks import family_properties as FP",
+            "from dpo_ref.oracle.targets import LossTarget",
+            f"target = LossTarget.from_callable(fn, {cfg.variant!r}, 'fn', '')",
+            f"target.detect_reduction({c!r})",
+            f"per_example = target.per_example({c!r})",
+            f"spec = FP.FamilySpec({cfg.family!r}, {c!r})",
+            f"with FP.oracle_tolerance(strict={cfg.strict!r}):",
+            f"    for size in {tuple(ex['sizes'])!r}:",
+            "        (pc, pr, rc, rr), (nc, nr) = coupled_batch(size)",
+            f"        FP.{values}(per_example, spec, (pc, pr, rc, rr), (nc, nr))",
+            f"# raises: {message}",
+        ]
+    )
+
+
 def _run_values(target, cfg, ex):
     fn, spec, batch, lengths = _setup(target, cfg, ex)
     precision = (FP.check_mean_value if _mean_only(target, cfg) else FP.check_values)(fn, spec, batch, lengths)
@@ -155,6 +210,32 @@ def _run_flip_noise(target, cfg, ex):
     FP.check_noisy_ipo_optimum(fn, spec, ex["flip"], batch[2:], lengths, ex["rel"] / _scale(ex))
 
 
+def _run_rewards(target, cfg, ex):
+    _, spec, batch, lengths = _setup(target, cfg, ex)
+    FP.check_rewards(target.rewards(ex["coefficients"]), spec, batch, lengths)
+
+
+def _run_rewards_detached(target, cfg, ex):
+    _, spec, batch, lengths = _setup(target, cfg, ex)
+    FP.check_rewards_detached(target.rewards(ex["coefficients"]), spec, batch, lengths)
+
+
+def _skip_no_rewards(target, cfg: Config) -> str | None:
+    return "returns no implicit rewards" if target.reward_access is None else None
+
+
+def _rewards_carry_graph(target, cfg: Config) -> bool:
+    """The advice to detach applies when the rewards returned on the probe batch (leaves requiring grad) are
+    tensors carrying the graph, not when reading them raised."""
+    from dpo_ref.oracle.targets import PROBE_LENGTHS, PROBE_LOGPS
+
+    leaves = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in PROBE_LOGPS]
+    rewards = target.rewards({**cfg.record.defaults(), **dict(cfg.coefficients)})(
+        *leaves, *(n.clone() for n in PROBE_LENGTHS)
+    )
+    return any(isinstance(r, torch.Tensor) and r.requires_grad for r in rewards)
+
+
 def _run_unmodified(target, cfg, ex):
     fn, spec, batch, lengths = _setup(target, cfg, ex)
     P.check_inputs_unmodified(lambda *x: fn(*x, *lengths), spec, batch)
@@ -171,7 +252,7 @@ def family_inputs(target, cfg: Config, ex: dict) -> str:
     return "\n".join(lines)
 
 
-def _snippet(call: str, module: str = "FP."):
+def _snippet(call: str, module: str = "FP.", rewards: bool = False):
     """Lines that rebuild the target as the oracle called it and re-run `call` (FP.<check>(...)) on it."""
 
     def body(target, cfg: Config, ex: dict, err) -> str:
@@ -187,6 +268,11 @@ def _snippet(call: str, module: str = "FP."):
                 f"target = LossTarget.from_callable(fn, {cfg.variant!r}, 'fn', '')",
                 f"target.detect_reduction({c!r})",
                 f"per_example = target.per_example({c!r})  # fn(pc, pr, rc, rr, nc, nr) -> (B,)",
+                *(
+                    [f"rewards = target.rewards({c!r})  # fn(pc, pr, rc, rr, nc, nr) -> (chosen, rejected)"]
+                    if rewards
+                    else []
+                ),
                 f"spec = FP.FamilySpec({cfg.family!r}, {c!r})",
                 f"with FP.oracle_tolerance(strict={cfg.strict!r}):",
                 f"    {module}{call.format(**_format_args(target, cfg, ex))}",
@@ -235,6 +321,17 @@ GENERAL_CHECKS: tuple[Check, ...] = (
         _snippet("{values}(per_example, spec, (pc, pr, rc, rr), (nc, nr))"),
         MPMATH,
         family_inputs,
+        value=True,
+    ),
+    Check(
+        "large_batch",
+        "loss values on fixed batches of " + ", ".join(map(str, COUPLED_SIZES)) + " pairs (batch-coupled losses: "
+        f"sorted, paired or averaged over the whole batch, not per chunk of {FAMILY_BATCH})",
+        _fixed_coefficients,
+        _oracle(_run_large),
+        _large_snippet,
+        MPMATH,
+        _large_inputs,
         value=True,
     ),
     Check(
@@ -319,6 +416,30 @@ GENERAL_CHECKS: tuple[Check, ...] = (
         _snippet("check_noisy_ipo_optimum(per_example, spec, {flip}, (rc, rr), (nc, nr), {delta})"),
         MPMATH,
         family_inputs,
+    ),
+    Check(
+        "rewards",
+        "returned implicit rewards are the variant's: beta (log pi - log pi_ref), or its own (SimPO: beta log pi / n)",
+        _base(),
+        _oracle(_run_rewards),
+        _snippet("check_rewards(rewards, spec, (pc, pr, rc, rr), (nc, nr))", rewards=True),
+        MPMATH,
+        family_inputs,
+        skip_when=_skip_no_rewards,
+    ),
+    Check(
+        "rewards_detached",
+        "returned implicit rewards carry no autograd graph",
+        _base(),
+        _oracle(_run_rewards_detached),
+        _snippet("check_rewards_detached(rewards, spec, (pc, pr, rc, rr), (nc, nr))", rewards=True),
+        MPMATH,
+        family_inputs,
+        advisory=True,
+        advice="returns implicit rewards that carry the autograd graph: detach them (.detach()) so logging them "
+        "does not keep the graph alive",
+        cause=_rewards_carry_graph,
+        skip_when=_skip_no_rewards,
     ),
     Check(
         "inputs_unmodified",

@@ -218,8 +218,11 @@ def _reduction_verdict(report: Report, call: CheckResult, reduction: str, declar
         "mean": "mean over the batch (scalar)",
         "sum": "sum over the batch (scalar)",
         "unknown": "a scalar that is neither the mean nor the sum of the expected losses",
+        "mean-expanded": "the batch mean expanded to every row (B,), as TRL's sft loss returns it "
+        "(batch_loss.expand(batch_size)): checked as the batch mean",
     }[reduction]
-    if declared not in ("auto", {"per-example": "none"}.get(reduction, reduction)) and reduction != "unknown":
+    as_declared = {"per-example": "none", "mean-expanded": "mean"}.get(reduction, reduction)
+    if declared not in ("auto", as_declared) and reduction != "unknown":
         call.status = FAILED
         call.message = f"declared reduction {declared!r}, but the target returns {report.detected['reduction']}"
     elif reduction == "sum" and declared != "sum":

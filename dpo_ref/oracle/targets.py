@@ -294,15 +294,30 @@ def _probe() -> tuple[torch.Tensor, ...]:
     return tuple(torch.tensor(v, dtype=torch.float64) for v in PROBE_LOGPS)
 
 
-def _reduction_of(out: object, expected: Callable[[], torch.Tensor]) -> str:
-    """per-example, mean, sum or unknown: what a target's loss item `out` on the probe batch of 3 is, given the
-    expected per-example losses; `AssertionError` when it is no tensor or has another shape."""
+MEAN_EXPANDED = "mean-expanded"  # the batch mean copied to every row: TRL's sft shape
+
+
+def _is_mean_expanded(out: torch.Tensor, expected: Callable[[], torch.Tensor]) -> bool:
+    """Whether (3,) `out` holds one value in every row while the expected per-example losses differ: the shape of
+    TRL's `sft` loss (dpo_trainer.py:1495-1502, `batch_loss.expand(batch_size)`), whose rows are no per-example
+    losses, only copies of the batch's token-mean NLL (only their mean is used). Recognised by the shape, right or
+    wrong: the value checks then compare that one value with the batch mean."""
+    values = out.detach().double()
+    ref = expected().detach().double()
+    same = float(values.max() - values.min()) <= 1e-9 * (1.0 + float(values.abs().max()))
+    return same and float(ref.max() - ref.min()) > 1e-3 * (1.0 + float(ref.abs().max()))
+
+
+def _reduction_of(out: object, expected: Callable[[], torch.Tensor], coupled: bool = False) -> str:
+    """per-example, mean, sum, mean-expanded (a batch-coupled loss's batch mean copied to every row, when
+    `coupled`) or unknown: what a target's loss item `out` on the probe batch of 3 is, given the expected
+    per-example losses; `AssertionError` when it is no tensor or has another shape."""
     if not isinstance(out, torch.Tensor):
         raise AssertionError(
             f"returned {type(out).__name__}; expected a tensor of losses (or a tuple or dict holding them)"
         )
     if tuple(out.shape) == (3,):
-        return "per-example"
+        return MEAN_EXPANDED if coupled and _is_mean_expanded(out, expected) else "per-example"
     if out.numel() != 1:
         raise AssertionError(
             f"returned shape {tuple(out.shape)} for a batch of 3; expected per-example losses (3,) or a scalar"
@@ -386,7 +401,7 @@ class LossTarget:
     variant: str = "dpo"
     keywords: dict[str, str] | None = None  # coefficient -> the target's keyword; None: the registry's names
     lengths: bool = False  # chosen_lengths=, rejected_lengths= passed
-    reduction: str = "per-example"  # per-example | mean | sum | unknown
+    reduction: str = "per-example"  # per-example | mean | sum | mean-expanded (batch-coupled only) | unknown
     call_src_template: str | None = None  # e.g. "DPOLoss({kwargs})({args})" for adapters
     arg_names: list[str] | None = None  # keyword names of the four log-probs, when mapped by name
     reward_access: tuple[str, str] | None = None  # where the return value keeps the rewards
@@ -440,7 +455,7 @@ class LossTarget:
         return lambda pc, pr, rc, rr, nc=None, nr=None: first_item(self.call(coefficients, pc, pr, rc, rr, nc, nr))
 
     def rewards(self, coefficients: dict | LossSpec) -> Callable[..., tuple]:
-        """fn(pc, pr, rc, rr) -> (chosen_rewards, rejected_rewards) from the target's return value."""
+        """fn(pc, pr, rc, rr[, nc, nr]) -> (chosen_rewards, rejected_rewards) from the target's return value."""
         chosen, rejected = self.reward_access or ("[1]", "[2]")
 
         def get(out, access: str):
@@ -452,8 +467,8 @@ class LossTarget:
                 else out[int(access[1:-1])]
             )
 
-        return lambda pc, pr, rc, rr: (lambda out: (get(out, chosen), get(out, rejected)))(
-            self.call(coefficients, pc, pr, rc, rr)
+        return lambda pc, pr, rc, rr, nc=None, nr=None: (lambda out: (get(out, chosen), get(out, rejected)))(
+            self.call(coefficients, pc, pr, rc, rr, nc, nr)
         )
 
     def rewards_src(self) -> str:
@@ -469,6 +484,8 @@ class LossTarget:
         if self.reduction == "per-example":
             return raw
         if self.record.batch_coupled:
+            if self.reduction == MEAN_EXPANDED:
+                return raw  # already (B,), every row the batch mean (the value checks compare each row with it)
             return lambda pc, *rest: torch.as_tensor(raw(pc, *rest)).reshape(()).expand(pc.shape[0])
 
         def one_at_a_time(pc, pr, rc, rr, nc=None, nr=None):
@@ -493,7 +510,7 @@ class LossTarget:
         full = self.call(coefficients, *probe, nc, nr)
         self.reward_access = find_rewards(full)
         expected = self.record.bind(**_as_coefficients(coefficients))
-        self.reduction = _reduction_of(first_item(full), lambda: expected(*probe, nc, nr))
+        self.reduction = _reduction_of(first_item(full), lambda: expected(*probe, nc, nr), self.record.batch_coupled)
         return self.reduction
 
 

@@ -19,6 +19,12 @@ Three groups, told apart by `Case.group`:
 - "family": one correct and one broken implementation per family variant; the diagnosis is the oracle's
   (a registry variant or a known mistake). tests/oracle/test_family.py runs them and refuses a registry
   variant without both.
+- "family-heldout": broken family implementations held out of the diagnoses' tuning (family_heldout.py),
+  labelled before the family diagnoses were tuned on family_broken.py; tests/oracle/test_family_diagnoses.py
+  measures the share right on each set.
+- "family-extra": broken family implementations beyond the one per variant, each for a coverage hole of issue 21
+  (a batch-coupled loss right only on small batches, wrong rewards, ...): the checks it must fail (`fails`);
+  tests/oracle/test_family_holes.py runs them.
 
 Diagnosis names of the outside group (loss level): plain-dpo, robust-dpo, cdpo-weights-exchanged,
 ipo-target-1/tau, chosen-rejected-swapped, beta-ignored, beta-squared, no-reference, batch-sum, ipo-not-dpo,
@@ -381,6 +387,108 @@ CASES: list[Case] = [
     _fb("sigmoid_norm_on_sums", "sigmoid_norm", "not-length-normalised", "log-probs not length-normalised"),
     _fb("simpo_on_sums", "simpo", "not-length-normalised", "log-probs not length-normalised"),
     _fb("dpop_is_dpo", "dpop", "dpo", "the penalty forgotten: plain DPO"),
+    # ------------------------------------------------------------------ the family's coverage holes (issue 21)
+    Case(
+        target("family_broken", "aot_sorted_per_chunk"),
+        "loss",
+        "aot",
+        False,
+        None,
+        {},
+        "sorted per chunk of 4 pairs: exact on every batch of <= 4, wrong on larger ones",
+        "family-extra",
+        fails=("large_batch",),
+    ),  # fmt: skip
+    Case(
+        target("family_correct", "hinge_with_rewards"),
+        "loss",
+        "hinge",
+        True,
+        None,
+        {},
+        "(losses, chosen_rewards, rejected_rewards), rewards beta (log pi - log pi_ref) detached",
+        "family-extra",
+    ),
+    Case(
+        target("family_correct", "simpo_with_rewards"),
+        "loss",
+        "simpo",
+        True,
+        None,
+        {},
+        'dict with "loss" and SimPO\'s rewards beta log pi / n',
+        "family-extra",
+    ),
+    Case(
+        target("family_broken", "nca_rewards_without_beta"),
+        "loss",
+        "nca_pair",
+        False,
+        None,
+        {},
+        "right losses; rewards are the raw log-ratios (not scaled by beta)",
+        "family-extra",
+        fails=("rewards",),
+    ),
+    Case(
+        target("family_broken", "simpo_rewards_with_reference"),
+        "loss",
+        "simpo",
+        False,
+        None,
+        {},
+        "right loss; rewards are DPO's beta (log pi - log pi_ref), not beta log pi / n",
+        "family-extra",
+        fails=("rewards",),
+    ),
+    Case(
+        target("family_correct", "sft_token_mean_expanded"),
+        "loss",
+        "sft",
+        True,
+        None,
+        {},
+        "TRL's sft shape: the batch's token-mean NLL .expand()-ed to (B,)",
+        "family-extra",
+    ),
+    Case(
+        target("family_broken", "sft_expanded_counts_plus_one"),
+        "loss",
+        "sft",
+        False,
+        "count-plus-one",
+        {},
+        "TRL's sft shape with every count one too many",
+        "family-extra",
+        fails=("values", "values_float32", "large_batch", "gradients"),
+    ),
+]
+
+
+def _hb(name, variant, diagnosis, style):
+    return Case(target("family_heldout", name), "loss", variant, False, diagnosis, {}, style, "family-heldout")
+
+
+# Held out of the family diagnoses' tuning (family_heldout.py): labelled before diagnosis.py was changed.
+CASES += [
+    _hb("hinge_relu_no_beta", "hinge", "beta-ignored", "beta accepted and forgotten, batch mean"),
+    _hb("sigmoid_norm_reference_added", "sigmoid_norm", "reference-sign", "pi_logratios + ref_logratios per token"),
+    _hb("ipo_norm_tau_squared", "ipo-norm", "beta-squared", "tau squared by a helper"),
+    _hb("simpo_gamma_dropped", "simpo", "gamma-ignored", "the target margin never subtracted"),
+    _hb("exo_is_dpo", "exo_pair", "dpo", "DPO's BCE-with-logits for EXO's KL"),
+    _hb("robust_eps_unused", "robust", "dpo", "label_smoothing never reaches the loss: plain DPO, batch mean"),
+    _hb("bco_delta_forgotten", "bco_pair", "delta-ignored", "the reward shift never applied"),
+    _hb("sppo_swapped_arguments", "sppo_hard", "chosen-rejected-swapped", "chosen and rejected read the other way"),
+    _hb("apo_zero_beta_twice", "apo_zero", "beta-squared", "rewards scaled by beta twice"),
+    _hb("nca_policy_only", "nca_pair", "no-reference", "the reference log-probs unused"),
+    _hb("discopop_temperature_one", "discopop", "beta-ignored", "the temperature tau hard-coded to 1"),
+    _hb("dpop_reference_sign", "dpop", "reference-sign", "the reference log-ratio added"),
+    _hb("sigmoid_norm_is_ipo", "sigmoid_norm", "ipo-norm", "falls through to TRL's ipo branch"),
+    _hb("aot_unpaired_unsorted", "aot_unpaired", "dpo", "the sort forgotten: per-pair DPO, batch mean"),
+    _hb("ipo_norm_target_inverse_tau", "ipo-norm", "ipo-target-1/tau", "target 1/tau, not 1/(2 tau)"),
+    _hb("simpo_beta_outside", "simpo", "beta-outside", "beta multiplies the loss"),
+    _hb("sft_mean_of_sequence_means", "sft", "mean-of-sequence-means", "per-sequence means, then their mean"),
+    _hb("sppo_beta_as_temperature", "sppo_hard", "beta-inverted", "targets +-beta/2: beta used as its reciprocal"),
 ]
 
 

@@ -86,3 +86,39 @@ def simpo_on_sums(pc, pr, rc, rr, beta=2.0, gamma=0.5, chosen_lengths=None, reje
 def dpop_is_dpo(pc, pr, rc, rr, beta=0.1, dpop_lambda=50.0):
     """The penalty forgotten: plain DPO."""
     return F.softplus(-beta * _h(pc, pr, rc, rr))
+
+
+def aot_sorted_per_chunk(pc, pr, rc, rr, beta=0.1, label_smoothing=0.0):
+    """AOT sorted per micro-batch of 4 pairs (a gradient-accumulation loop that sorts each chunk on its own): on a
+    batch of at most 4 pairs it is AOT exactly; on a larger one the quantiles are paired within each chunk."""
+    out = []
+    for start in range(0, pc.shape[0], 4):
+        sl = slice(start, start + 4)
+        u = torch.sort(pc[sl] - pr[sl]).values
+        v = torch.sort(rc[sl] - rr[sl]).values
+        z = beta * (u - v)
+        out.append((1 - label_smoothing) * F.softplus(-z) + label_smoothing * F.softplus(z))
+    return torch.cat(out)
+
+
+def nca_rewards_without_beta(pc, pr, rc, rr, beta=0.1):
+    """Right losses; the returned rewards are the raw log-ratios (not scaled by beta)."""
+    w, lo = pc - rc, pr - rr
+    losses = F.softplus(-beta * w) + 0.5 * F.softplus(beta * w) + 0.5 * F.softplus(beta * lo)
+    return losses, w.detach(), lo.detach()
+
+
+def simpo_rewards_with_reference(pc, pr, rc, rr, beta=2.0, gamma=0.5, chosen_lengths=None, rejected_lengths=None):
+    """Right loss; the returned rewards are DPO's beta (log pi - log pi_ref), not SimPO's beta log pi / n."""
+    margin = beta * (pc / chosen_lengths - pr / rejected_lengths) - gamma
+    return {
+        "loss": F.softplus(-margin).mean(),
+        "chosen_rewards": beta * (pc - rc),
+        "rejected_rewards": beta * (pr - rr),
+    }
+
+
+def sft_expanded_counts_plus_one(pc, pr, rc, rr, chosen_lengths=None, rejected_lengths=None):
+    """TRL's sft shape (the batch's token-mean NLL expanded to every row) with every count one too many."""
+    nll = -pc.sum() / (chosen_lengths + 1).sum()
+    return nll.expand(pc.size(0))

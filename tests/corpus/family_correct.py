@@ -104,3 +104,29 @@ def dpop_where_softplus(pc, pr, rc, rr, beta=0.1, dpop_lambda=50.0):
     chosen_logratio, rejected_logratio = pc - rc, pr - rr
     penalty = torch.where(rc > pc, rc - pc, torch.zeros_like(pc))
     return F.softplus(-beta * (chosen_logratio - rejected_logratio - dpop_lambda * penalty))
+
+
+# ---- beyond one per variant (group "family-extra"): implicit rewards returned beside the loss
+
+
+def hinge_with_rewards(pc, pr, rc, rr, beta=0.1):
+    """The original DPO repo's return shape: (losses, chosen_rewards, rejected_rewards), rewards detached."""
+    chosen_rewards = beta * (pc - rc).detach()
+    rejected_rewards = beta * (pr - rr).detach()
+    losses = torch.relu(1 - beta * _h(pc, pr, rc, rr))
+    return losses, chosen_rewards, rejected_rewards
+
+
+def simpo_with_rewards(pc, pr, rc, rr, beta=2.0, gamma=0.5, chosen_lengths=None, rejected_lengths=None):
+    """A dict, as CPO-style trainers log it: SimPO's rewards are beta * the average log-prob (no reference)."""
+    chosen_rewards = beta * pc / chosen_lengths
+    rejected_rewards = beta * pr / rejected_lengths
+    loss = F.softplus(gamma - (chosen_rewards - rejected_rewards)).mean()
+    return {"loss": loss, "chosen_rewards": chosen_rewards.detach(), "rejected_rewards": rejected_rewards.detach()}
+
+
+def sft_token_mean_expanded(pc, pr, rc, rr, chosen_lengths=None, rejected_lengths=None):
+    """TRL's sft shape: one token-mean NLL for the batch, copied to every row with .expand (a (B,) view of stride
+    0; only its mean is meant to be used)."""
+    nll = -pc.sum() / chosen_lengths.sum()
+    return nll.expand(pc.size(0))
