@@ -445,6 +445,7 @@ def _given_parts(given: dict | None) -> list:
 
 # ---- rewrites ------------------------------------------------------------------------------------------
 
+
 # Named rewrites. An Equal applies its chain in order to lhs - rhs and succeeds as soon as the result is
 # exactly 0. None of them forces a branch: expand_log, logcombine and powsimp (the BRANCH rewrites) split
 # log(ab), log(h^2), sqrt(a) sqrt(b) only where the symbols' assumptions make it valid (a, b, h > 0), so a

@@ -42,7 +42,10 @@ a_w, a_l, b_w, b_l = sp.symbols("a_w a_l b_w b_l", real=True)
 
 PROOF = Proof(
     name="plackett-luce",
-    title=Text("The Plackett–Luce DPO loss and its gradient, for every K", "普拉克特-卢斯（Plackett–Luce）DPO 损失及其梯度（任意 K）"),
+    title=Text(
+        "The Plackett–Luce DPO loss and its gradient, for every K",
+        "普拉克特-卢斯（Plackett–Luce）DPO 损失及其梯度（任意 K）",
+    ),
     intro=Text(
         "With $K$ ranked responses instead of a pair, the Plackett–Luce model gives the probability of the "
         "whole ranking: the best response is chosen by a softmax over all $K$, the next by a softmax over the "
@@ -145,8 +148,11 @@ PROOF = Proof(
                 "$-1 + e^{\\hat r_1}/\\sum_{j=1}^{K} e^{\\hat r_j}$，其中 $R = \\sum_{j=2}^{K} e^{\\hat r_j} > 0$"
                 "（至少还有一个回答）：等于另一个回答被排在首位的概率的相反数。",
             ),
-            Negative(-1 + sp.exp(U[1]) / (sp.exp(U[1]) + R_other), manifest=-R_other / (sp.exp(U[1]) + R_other),
-                     via=("cancel",)),
+            Negative(
+                -1 + sp.exp(U[1]) / (sp.exp(U[1]) + R_other),
+                manifest=-R_other / (sp.exp(U[1]) + R_other),
+                via=("cancel",),
+            ),
         ),
         Step(
             Text("The worst response is pushed down", "最差的回答被压低"),
