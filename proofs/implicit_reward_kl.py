@@ -54,6 +54,7 @@ PROOF = Proof(
         "通过任意一个回答 $i$ 相对最好回答的赔率来检验。",
     ),
     justifies=("dpo_ref.losses.dpo_loss",),
+    source="dpo",
     steps=[
         Step(
             Text("Mean implicit reward under the policy (any n)", "策略下隐式奖励的均值（任意 n）"),
@@ -108,7 +109,8 @@ PROOF = Proof(
             Text(
                 "... and as it vanishes the odds of every response worse than the best go to 0 (this is where "
                 "$d_i > 0$ is used: with a tie for the best, the mass would be shared).",
-                "……而当惩罚消失时，每个比最好回答差的回答的赔率趋于 0（这里用到 $d_i > 0$：若有并列最好，概率会被分摊）。",
+                "……而当惩罚消失时，每个比最好回答差的回答的赔率趋于 0（这里用到 $d_i > 0$：若有并列最好，概率会被分摊"
+                "）。",
             ),
             Limit(RATIO, beta, 0, 0, "+"),
         ),

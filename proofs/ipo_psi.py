@@ -101,6 +101,7 @@ PROOF = Proof(
         "对 $n$ 个回答的求和在符号 $n$ 下检验。",
     ),
     justifies=("dpo_ref.losses.ipo_loss", "dpo_ref.losses.ipo_losses_from_margin"),
+    source="ipo",
     steps=[
         Step(
             Text("Ψ = logit undoes Bradley–Terry", "Ψ = logit 还原布拉德利-特里模型中的奖励差"),
@@ -143,10 +144,12 @@ PROOF = Proof(
                 "probability $p^* = \\sigma(r_y - r_{y'})$, DPO's expected loss is a binary cross-entropy in the "
                 "margin $h$; it is strictly convex with its unique minimiser at $\\beta h = r_y - r_{y'}$, the "
                 "margin of $\\pi^* \\propto \\pi_{\\mathrm{ref}} e^{r/\\beta}$ (proof 2). So on every compared pair "
-                "the DPO optimum is the RLHF optimum of proof 1, the maximiser of ΨPO with $\\Psi = \\operatorname{logit}$.",
+                "the DPO optimum is the RLHF optimum of proof 1, the maximiser of ΨPO with $\\Psi = "
+                "\\operatorname{logit}$.",
                 "DPO 拟合的是同一个策略。对按布拉德利-特里概率 $p^* = \\sigma(r_y - r_{y'})$ 抽取标签的一对 $(y, y')$，"
                 "DPO 的期望损失是关于间隔 $h$ 的二元交叉熵；它严格凸，唯一最小值点在 $\\beta h = r_y - r_{y'}$，"
-                "正是 $\\pi^* \\propto \\pi_{\\mathrm{ref}} e^{r/\\beta}$ 的间隔（证明 2）。因此在每个被比较的样本对上，"
+                "正是 $\\pi^* \\propto \\pi_{\\mathrm{ref}} e^{r/\\beta}$ 的间隔（证明 2）。因此在每个被比较的样本对"
+                "上，"
                 "DPO 的最优点就是证明 1 的 RLHF 最优点，即 $\\Psi = \\operatorname{logit}$ 时 ΨPO 的最大值点。",
             ),
             GlobalMinimum(
@@ -200,7 +203,9 @@ PROOF = Proof(
             eq="Eq. 17",
         ),
         Step(
-            Text("Thm. 2: the population loss splits at a = mean target (any n)", "定理 2：总体损失在 a 处分解（任意 n）"),
+            Text(
+                "Thm. 2: the population loss splits at a = mean target (any n)", "定理 2：总体损失在 a 处分解（任意 n）"
+            ),
             Text(
                 "Write each log-ratio as $g_j = a_j + \\delta_j$, with $a_j$ the $\\mu$-average of the targets "
                 "$c_{jm}$ (under the formula). Expanding the square splits $L$ into the spread of $\\delta$, a cross "
@@ -223,7 +228,8 @@ PROOF = Proof(
                 "it is the same antisymmetry argument: swapping $j$ and $k$ changes its sign). So "
                 "$L(a + \\delta) = L(a) + \\sum_{j,k}\\mu_j\\mu_k(\\delta_j - \\delta_k)^2 \\ge L(a)$, with equality "
                 "only if $\\delta_j = \\delta_k$ for every pair with $\\mu_j \\mu_k > 0$.",
-                "由于 $c$ 反对称而 $a_j$ 是平均目标，对任意 $\\delta$ 与任意权重 $\\mu$，交叉项都为 0；对 $n = 2, 3, 4$ "
+                "由于 $c$ 反对称而 $a_j$ 是平均目标，对任意 $\\delta$ 与任意权重 $\\mu$，交叉项都为 0；对 $n = 2, 3, "
+                "4$ "
                 "完整展开检验（对一般 $n$ 是同样的反对称论证：交换 $j$ 与 $k$ 使其变号）。因此 "
                 "$L(a + \\delta) = L(a) + \\sum_{j,k}\\mu_j\\mu_k(\\delta_j - \\delta_k)^2 \\ge L(a)$，"
                 "仅当对每个 $\\mu_j \\mu_k > 0$ 的对都有 $\\delta_j = \\delta_k$ 时取等号。",
@@ -244,7 +250,8 @@ PROOF = Proof(
                 "当每个 $\\mu_j > 0$（支撑集假设：参考策略能产生的每个回答都会被比较）时，取等迫使 $\\delta$ 为常数，"
                 "于是 $g = a + $ 常数，归一化确定常数：最小值点 $\\pi^* \\propto \\pi_{\\mathrm{ref}}\\, e^{a}$ 唯一，"
                 "且 $a_j = (p^*(y_j \\succ \\mu) - 1/2)/\\tau$ 正是上一步的 ΨPO 最优点。没有这个假设唯一性就不成立："
-                "若某个回答从未被比较（下面 $\\nu_3 = 0$，$n = 3$），损失完全不依赖它的对数比值，任何 $\\pi(y_3)$ 都是最优的。",
+                "若某个回答从未被比较（下面 $\\nu_3 = 0$，$n = 3$），损失完全不依赖它的对数比值，任何 $\\pi(y_3)$ 都"
+                "是最优的。",
             ),
             Equal(sp.Derivative(L3_NU, G[3]), 0, via=("expand",), given={NU[3]: 0}),
             eq="Thm. 2",

@@ -87,6 +87,7 @@ PROOF = Proof(
         "另有一步在 $n = 3$ 时完整展开检验。",
     ),
     justifies=("dpo_ref.losses.dpo_loss",),
+    source="dpo",
     steps=[
         Step(
             Text("The optimal policy is a probability distribution (any n)", "最优策略是一个概率分布（任意 n）"),
@@ -239,8 +240,10 @@ PROOF = Proof(
                 "$-\\beta \\sum_i v_i^2 / q_i$: the Hessian is $-\\beta\\,\\mathrm{diag}(1/q_i)$, and by the previous "
                 "step each term is $\\le 0$ and zero only if $v_i = 0$, so $v^\\top H v < 0$ for every $v \\ne 0$. "
                 "The objective is strictly concave and the stationary point on the simplex is the unique maximiser.",
-                "对任意 $n$ 和任意方向 $v = (v_1, \\dots, v_n)$，目标函数沿 $q + t v$ 在 $t = 0$ 处的二阶导数就是黑塞矩阵的"
-                "二次型 $v^\\top H v$。它等于 $-\\beta \\sum_i v_i^2 / q_i$：黑塞矩阵为 $-\\beta\\,\\mathrm{diag}(1/q_i)$，"
+                "对任意 $n$ 和任意方向 $v = (v_1, \\dots, v_n)$，目标函数沿 $q + t v$ 在 $t = 0$ 处的二阶导数就是黑塞"
+                "矩阵的"
+                "二次型 $v^\\top H v$。它等于 $-\\beta \\sum_i v_i^2 / q_i$：黑塞矩阵为 $-\\beta\\,\\mathrm{diag}(1/q"
+                "_i)$，"
                 "由上一步每一项 $\\le 0$ 且仅当 $v_i = 0$ 时为零，所以对每个 $v \\ne 0$ 有 $v^\\top H v < 0$。"
                 "目标函数严格凹，单纯形上的驻点就是唯一的最大值点。",
             ),

@@ -74,7 +74,8 @@ PROOF = Proof(
                 "the loss of the whole ranking is the same sum from position 1. The base case $K = 1$ is "
                 "$\\log e^{\\hat r_1} - \\hat r_1 = 0 = -\\log 1$.",
                 "整个排序的概率等于最好回答的 softmax 权重乘以其余 $K - 1$ 个回答排序的概率 $P_{2..K}$。若这个较短排序"
-                "的损失等于从第 2 个位置起的 log-sum-exp 减去奖励之和（归纳假设，见括号），则整个排序的损失就是从第 1 个"
+                "的损失等于从第 2 个位置起的 log-sum-exp 减去奖励之和（归纳假设，见括号），则整个排序的损失就是从第 1"
+                " 个"
                 "位置起的同一个和。基础情形 $K = 1$ 为 $\\log e^{\\hat r_1} - \\hat r_1 = 0 = -\\log 1$。",
             ),
             Equal(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .common import beta, eps, h, sigma
-from .core import NAMES
-from .core import Equal, GlobalMinimum, Limit, Negative, Positive, Proof, Step, Text, bounded
+from .core import NAMES, Equal, GlobalMinimum, Limit, Negative, Positive, Proof, Step, Text, bounded
 
 ell = sp.Function("ell")  # the clean per-pair loss, shown as ℓ(h)
 ELL = {ell(h): -sp.log(sigma(beta * h)), ell(-h): -sp.log(sigma(-beta * h))}
@@ -48,6 +47,7 @@ PROOF = Proof(
         "各步骤在 $0 < \\varepsilon < 1/2$ 上检验；$\\varepsilon = 0$ 就是 DPO。",
     ),
     justifies=("dpo_ref.family.robust_loss",),
+    source="rdpo",
     steps=[
         Step(
             Text("Unbiased under label flips", "在标签翻转下无偏"),
@@ -137,13 +137,16 @@ PROOF = Proof(
                 "curvature) with the unique minimiser $\\beta h^* = \\operatorname{logit}\\hat q$, where "
                 "$\\hat q = (\\hat p - \\varepsilon)/(1 - 2\\varepsilon)$ is the frequency with the flips removed; it "
                 "exists exactly when $\\varepsilon < \\hat p < 1 - \\varepsilon$, i.e. $0 < \\hat q < 1$. So "
-                "$h^* = \\operatorname{logit}((\\hat p - \\varepsilon)/(1 - 2\\varepsilon))/\\beta$: the flips are undone "
+                "$h^* = \\operatorname{logit}((\\hat p - \\varepsilon)/(1 - 2\\varepsilon))/\\beta$: the flips are "
+                "undone "
                 "before the logit. A pair seen once ($\\hat p = 1$) has $\\hat q > 1$: no minimiser (step 6).",
-                "缺失的最小值点属于只出现一次的样本对。若这一对中 $y_w$ 被偏好的频率为 $\\hat p$，对其标签取平均的损失严格凸"
+                "缺失的最小值点属于只出现一次的样本对。若这一对中 $y_w$ 被偏好的频率为 $\\hat p$，对其标签取平均的损"
+                "失严格凸"
                 "（与 DPO 曲率相同），唯一最小值点为 $\\beta h^* = \\operatorname{logit}\\hat q$，其中 "
                 "$\\hat q = (\\hat p - \\varepsilon)/(1 - 2\\varepsilon)$ 是去除翻转后的频率；它恰在 "
                 "$\\varepsilon < \\hat p < 1 - \\varepsilon$，即 $0 < \\hat q < 1$ 时存在。因此 "
-                "$h^* = \\operatorname{logit}((\\hat p - \\varepsilon)/(1 - 2\\varepsilon))/\\beta$：先消去翻转再取 logit。"
+                "$h^* = \\operatorname{logit}((\\hat p - \\varepsilon)/(1 - 2\\varepsilon))/\\beta$：先消去翻转再取 l"
+                "ogit。"
                 "只出现一次的样本对（$\\hat p = 1$）有 $\\hat q > 1$：没有最小值点（第 6 步）。",
             ),
             GlobalMinimum(
