@@ -193,7 +193,13 @@ def run_layouts(size, device_name: str, steps: int, chosen: tuple[str, ...], sha
             r = result[shape][lay]
             r["peak_mb"] = peaks[shape][lay]
             r["memory_ratio"] = peaks[shape][lay] / peaks[shape]["two-sequence"]
-    return {"device": device_name, "steps": steps, "layouts": list(chosen), "size": asdict(size), "shapes": result}
+    out = {"device": device_name, "steps": steps, "layouts": list(chosen), "size": asdict(size), "shapes": result}
+    if "prefix-sharing" in chosen:  # the issue's `train` target
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="dpo-ref-bench-train-") as folder:
+            out["train_long_prompts"] = train_long_prompts(TRAIN_STEPS, TRAIN_REPEATS, folder, device_name)
+    return out
 
 
 def format_layouts(result: dict) -> str:
@@ -205,4 +211,71 @@ def format_layouts(result: dict) -> str:
                 f"{shape:10} {lay:15} {r['median_s']:8.3f} {r['speedup']:9.2f} {r['tokens_per_s']:9.0f} "
                 f"{r['peak_mb']:8.0f}  {r['rows']} x {r['row_length']}"
             )
+    t = result.get("train_long_prompts")
+    if t:
+        lines.append(
+            f"dpo-ref train, {t['shape']['prompt']}-token prompts, {t['shape']['completion']}-token completions, "
+            f"batch {t['shape']['batch']}, {t['steps']} steps: two-sequence {t['median_s']['two-sequence']:.1f} s, "
+            f"--prefix-sharing {t['median_s']['prefix-sharing']:.1f} s ({t['speedup']:.2f}x); step-0 losses equal, "
+            f"final losses {t['final_loss_rel_diff']:.1e} apart (relative)"
+        )
     return "\n".join(lines)
+
+
+TRAIN_STEPS, TRAIN_REPEATS = 10, 2
+LONG_PROMPT = {"prompt": 240, "completion": 48, "pairs": 64, "batch": 8}  # the issue's `train` target shape
+
+
+def train_long_prompts(steps: int, repeats: int, folder: str, device: str = "cpu") -> dict:
+    """`dpo-ref train` with and without --prefix-sharing on long prompts (240-token prompts, 48-token completions,
+    batch 8; the bench's Llama shape, 256 hidden and 4 layers, with 512 positions and the built-in character
+    tokenizer, saved as a local `--model` directory, so one character is one token), whole runs
+    interleaved (A B A B ...), `steps` DPO steps each, no warm-up. The step-0 losses must be equal (both ln 2) and
+    the final losses within 1e-3 relative (the same updates in another float32 summation order)."""
+    import os
+
+    from dpo_ref.train.loop import TrainConfig, train
+    from dpo_ref.train.model import TinyLlamaSize, build_tiny_model
+    from dpo_ref.train.tasks import ALPHABET
+    from dpo_ref.train.tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    shape = TinyLlamaSize(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, max_position_embeddings=512)
+    model_dir = os.path.join(folder, "model")
+    build_tiny_model(tokenizer, 0, shape).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    rng = random.Random(0)
+
+    def text(n: int) -> str:
+        return "".join(rng.choice(ALPHABET) for _ in range(n))
+
+    data = os.path.join(folder, "long_prompts.jsonl")
+    with open(data, "w", encoding="utf-8") as f:
+        for _ in range(LONG_PROMPT["pairs"]):
+            row = {"prompt": text(LONG_PROMPT["prompt"] - 1) + ">", "chosen": text(LONG_PROMPT["completion"])}
+            row["rejected"] = text(LONG_PROMPT["completion"])
+            f.write(json.dumps(row) + "\n")
+    times: dict[str, list[float]] = {"two-sequence": [], "prefix-sharing": []}
+    losses: dict[str, tuple[float, float]] = {}
+    for r in range(repeats):
+        for lay in times:
+            cfg = TrainConfig(
+                data=data, model=model_dir, out=os.path.join(folder, f"{lay}-{r}"), sft_steps=0, steps=steps, lr=1e-4,
+                batch_size=LONG_PROMPT["batch"], eval_every=10**6, save_every=10**6, log_every=1, progress=False,
+                prefix_sharing=lay == "prefix-sharing", overwrite=True, device=device,
+            )  # fmt: skip
+            t = time.perf_counter()
+            history = train(cfg)["history"]
+            times[lay].append(time.perf_counter() - t)
+            losses[lay] = (history[0]["loss"], history[-1]["loss"])
+    (first_a, last_a), (first_b, last_b) = losses["two-sequence"], losses["prefix-sharing"]
+    if first_a != first_b or not abs(last_a - last_b) <= 1e-3 * abs(last_a):
+        raise LayoutMismatch(
+            f"train: prefix sharing losses {losses['prefix-sharing']}, two-sequence {losses['two-sequence']}"
+        )
+    med = {lay: statistics.median(t) for lay, t in times.items()}
+    return {
+        "shape": LONG_PROMPT, "steps": steps, "repeats": repeats, "runs_s": times, "median_s": med,
+        "speedup": med["two-sequence"] / med["prefix-sharing"], "losses": losses,
+        "final_loss_rel_diff": abs(last_a - last_b) / abs(last_a),
+    }  # fmt: skip
