@@ -64,6 +64,15 @@ def peft_without_old_torchao():
             module.is_torchao_available = original
 
 
+@contextlib.contextmanager
+def quiet_peft():
+    """peft 0.21 asks transformers 5 for the deprecated `is_gradient_checkpointing`: a FutureWarning that is not the
+    user's to act on, hidden (only that one)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def is_peft(model: nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
@@ -120,7 +129,7 @@ def apply_lora(model: nn.Module, *, r: int, alpha: float, dropout: float, target
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules(model, targets), bias="none"
     )
-    with peft_without_old_torchao():
+    with peft_without_old_torchao(), quiet_peft():
         return get_peft_model(model, config)
 
 
@@ -188,9 +197,7 @@ class LoraExport:
         if self.merge:
             inner.save_pretrained(directory, state_dict=base_state_dict(self.model, merged=True))
             return
-        with peft_without_old_torchao(), warnings.catch_warnings():
-            # peft's model card asks transformers' deprecated `is_gradient_checkpointing`: not the user's to see
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with peft_without_old_torchao(), quiet_peft():
             self.model.save_pretrained(directory)
         if self.write_base:
             inner.save_pretrained(os.path.join(directory, BASE_DIR), state_dict=base_state_dict(self.model, merged=False))
