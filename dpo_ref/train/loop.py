@@ -724,7 +724,9 @@ def make_reference(s: Session, d: Data) -> Reference:
     size = 2 * s.cfg.batch_size
     logps = {
         "train": pair_logps(scorer, d.train_pairs, d.collate, s.device, size, dtype=s.cfg.dtype),
-        "eval": pair_logps(scorer, d.eval_pairs, d.collate, s.device, size, dtype=s.cfg.dtype) if d.eval_pairs else None,
+        "eval": pair_logps(scorer, d.eval_pairs, d.collate, s.device, size, dtype=s.cfg.dtype)
+        if d.eval_pairs
+        else None,
     }
     return Reference(logps=logps)  # the reference model is freed here
 

@@ -172,7 +172,9 @@ def base_state_dict(model: nn.Module, *, merged: bool) -> dict[str, torch.Tensor
     deltas = {}
     if merged:
         with peft_without_old_torchao():
-            deltas = {f"{name}.base_layer.weight": layer.get_delta_weight(ADAPTER) for name, layer in lora_layers(model)}
+            deltas = {
+                f"{name}.base_layer.weight": layer.get_delta_weight(ADAPTER) for name, layer in lora_layers(model)
+            }
     state = {}
     for key, value in inner.state_dict().items():
         if ".lora_" in key:
@@ -200,7 +202,9 @@ class LoraExport:
         with peft_without_old_torchao(), quiet_peft():
             self.model.save_pretrained(directory)
         if self.write_base:
-            inner.save_pretrained(os.path.join(directory, BASE_DIR), state_dict=base_state_dict(self.model, merged=False))
+            inner.save_pretrained(
+                os.path.join(directory, BASE_DIR), state_dict=base_state_dict(self.model, merged=False)
+            )
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
