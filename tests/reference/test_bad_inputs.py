@@ -531,6 +531,8 @@ CLI_CASES = [
     # -- dpo-ref bench (all checked before the bench imports TRL or starts a process)
     ("bench: batch 0", ["bench", "--batch", "0"], r"--batch must be a positive integer"),
     ("bench: steps 0", ["bench", "--steps", "0"], r"--steps must be a positive integer"),
+    ("bench: unknown layout", ["bench", "--layout", "prefix"], r"--layout: unknown layout 'prefix'; expected 'all' or"),
+    ("bench: layout with a shape", ["bench", "--layout", "all", "--seq-len", "64"], r"--seq-len cannot be combined with --layout"),
     ("bench: warmup 0", ["bench", "--warmup", "0"], r"--warmup must be >= 1"),
     ("bench: prompt-len too long", ["bench", "--seq-len", "8", "--prompt-len", "8"], r"--prompt-len must be in \[2, seq_len - 1\)"),
     ("bench: json under a file", ["bench", "--json", "{plain_file}/b.json"], r"--json .*: its directory does not exist"),
