@@ -103,6 +103,9 @@ def handler(args: argparse.Namespace) -> int:
         args.output = None
     if args.output:
         _check_output(args.output)  # fail before minutes of sympy, not after
+        from dpo_ref.atomic import hold  # no torch import
+
+        hold({"--output": args.output})  # one prove at a time writes it (dpo_ref.atomic)
     lang = args.lang
     if args.list:
         lines = [f"{n}: {get(n).title(lang)}\n    {', '.join(get(n).justifies)}" for n in names]
@@ -175,3 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(output_failure(err, "python -m proofs"), file=sys.stderr)
         return 1
+    finally:
+        from dpo_ref.atomic import release_held
+
+        release_held()
