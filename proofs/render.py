@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from .core import Proof, ProofResult, StepResult
+from .papers import NOTATION, PAPERS
 
 _INLINE_MATH = re.compile(r"\$([^$\n]+?)\$")
 
@@ -57,6 +58,10 @@ LABELS = {
             "($n = 3$, or $K = 3$ for rankings), and steps about one generic response $i$ hold for all $n$."
         ),
         "regenerate": "Regenerate with `dpo-ref prove --format markdown --output docs/lesson.md`.",
+        "source": "Source: ",
+        "notation": "Notation",
+        "symbol": "Symbol",
+        "meaning": "Meaning",
     },
     "zh": {
         "title": "可执行的证明：一步一步推导 DPO、IPO、cDPO 与损失函数族",
@@ -95,6 +100,10 @@ LABELS = {
             "（$n = 3$，排序则为 $K = 3$）；只涉及任意一个回答 $i$ 的步骤对所有 $n$ 都成立。"
         ),
         "regenerate": "重新生成：`dpo-ref prove --format markdown --lang zh --output docs/lesson.zh.md`。",
+        "source": "出处：",
+        "notation": "记号",
+        "symbol": "符号",
+        "meaning": "含义",
     },
 }
 
@@ -176,7 +185,10 @@ def text_summary(results: list[ProofResult], seconds: float, lang: str = "en") -
 def markdown(results: list[ProofResult], lang: str = "en") -> str:
     """The proofs as a Markdown lesson. Deterministic (no timings), so a committed copy stays stable."""
     L = LABELS[lang]
-    out = [f"# {L['title']}", "", _gh(L["how_to_read"]), "", f"## {L['contents']}", ""]
+    out = [f"# {L['title']}", "", _gh(L["how_to_read"]), "", f"## {L['notation']}", ""]
+    out += [f"| {L['symbol']} | {L['meaning']} |", "| --- | --- |"]
+    out += [f"| $`{sym}`$ | {_gh(meaning(lang))} |" for sym, meaning in NOTATION]
+    out += ["", f"## {L['contents']}", ""]
     for i, r in enumerate(results, 1):
         out.append(f"{i}. [{r.proof.title(lang)}](#{r.proof.name}) (`{r.proof.name}`)")
     out.append("")
@@ -185,11 +197,14 @@ def markdown(results: list[ProofResult], lang: str = "en") -> str:
         out += [f'<a id="{proof.name}"></a>', "", f"## {i}. {proof.title(lang)}", "", _gh(proof.intro(lang)), ""]
         code = ", ".join(f"`{name}`" for name in proof.justifies)
         out += [f"*{L['Justifies'].strip()}* {code} · *{L['run_one'].strip()}* `dpo-ref prove --only {proof.name}`", ""]
+        if proof.source is not None:
+            out += [f"*{L['source'].strip()}* {PAPERS[proof.source]}", ""]
         out += [f"*{hypotheses_line(proof, lang, latex=True)}*", ""]
         done = {s.index: s for s in r.steps}
         for index, step in enumerate(proof.steps, 1):
             res = done.get(index)
-            out += [f"**{L['step']} {i}.{index} · {step.name(lang)}{L['end']}** {_gh(step.explain(lang))}", ""]
+            cite = f" ({step.eq})" if step.eq else ""
+            out += [f"**{L['step']} {i}.{index} · {step.name(lang)}{cite}{L['end']}** {_gh(step.explain(lang))}", ""]
             out += ["```math", step.statement, "```", ""]
             if res is None:
                 out += [f"<sub>· {L['not_run']}</sub>", ""]
