@@ -87,7 +87,8 @@ def test_gradient_check_catches_a_checkpoint_that_cuts_the_graph(batch):
 
 def test_checkpointed_training_run_matches_the_plain_one(tmp_path):
     """Three updates of the trainer with and without --gradient-checkpointing: the same metrics (CPU)."""
-    from tests.train.test_lora import small, write_jsonl
+    from tests.train.conftest import write_jsonl
+    from tests.train.test_lora import small
 
     rows, held = reversal_rows(ReversalTask(train_size=24, eval_size=8, max_len=4))
     data = write_jsonl(tmp_path / "t.jsonl", rows), write_jsonl(tmp_path / "e.jsonl", held)

@@ -25,7 +25,7 @@ import dpo_ref
 from dpo_ref.train import layouts
 from dpo_ref.train.data import TokenizedPair
 from dpo_ref.train.loop import train
-from tests.train.test_train import data, small, state  # noqa: F401  (the module-scoped data fixture)
+from tests.train.test_train import small, state
 
 LAYOUT_TARGETS = ("two_sequence", "prefix_sharing", "packing", "prefix_sharing_packed")
 

@@ -3,7 +3,6 @@ adapters train, OUT/model loads with peft, --merge-lora loads with transformers 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -15,23 +14,9 @@ import torch
 import dpo_ref.train.loop as train_module
 from dpo_ref.train import lora
 from dpo_ref.train.loop import TrainConfig, read_metrics, train
-from dpo_ref.train.tasks import ReversalTask, reversal_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IDS = torch.tensor([[1, 69, 70, 34, 71, 72], [1, 73, 74, 75, 34, 69]])  # two rows of the character vocabulary
-
-
-def write_jsonl(path, rows) -> str:
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rows, held_out = reversal_rows(ReversalTask(train_size=48, eval_size=16, max_len=4))
-    return write_jsonl(root / "train.jsonl", rows), write_jsonl(root / "eval.jsonl", held_out)
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,10 @@ from dpo_ref.train.model import build_tiny_model
 from dpo_ref.train.precision import autocast, check_dtype
 from dpo_ref.train.tasks import ReversalTask, reversal_rows
 from dpo_ref.train.tokenizer import build_char_tokenizer
-from tests.train.test_lora import small, write_jsonl
+from tests.train.test_lora import small
 
 BF16_U = 2.0**-8  # bf16 keeps 8 significant bits (7 stored + the implicit one): relative rounding 2^-8
 FP32_U = 2.0**-24
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rows, held_out = reversal_rows(ReversalTask(train_size=48, eval_size=16, max_len=4))
-    return write_jsonl(root / "train.jsonl", rows), write_jsonl(root / "eval.jsonl", held_out)
 
 
 def test_default_and_refusals():
