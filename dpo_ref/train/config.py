@@ -288,6 +288,10 @@ def check_lora(cfg: TrainConfig) -> None:
         if cfg.merge_lora:
             raise InputError("--merge-lora needs --lora-r: there are no adapters to merge without LoRA")
         return
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise InputError("--lora-r needs peft, which is not installed: pip install 'dpo-ref[lora]'")
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise InputError(f"--lora-r must be a positive integer, got {r}")
     if cfg.lora_alpha is None:

@@ -277,3 +277,14 @@ def test_lora_torchrun_two_processes_match_one_process(data, tmp_path):
         torch.allclose(value, half[[k for k in half if k.replace(".default", "") == key][0]], rtol=1e-4, atol=1e-5)
         for key, value in ddp.items()
     )
+
+
+def test_lora_without_peft_installed_is_refused_in_one_line(monkeypatch):
+    import sys
+
+    from dpo_ref.errors import InputError
+    from dpo_ref.train.config import check_lora
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if not installed: find_spec answers None
+    with pytest.raises(InputError, match=r"--lora-r needs peft, which is not installed: pip install 'dpo-ref\[lora\]'"):
+        check_lora(TrainConfig(lora_r=4))
