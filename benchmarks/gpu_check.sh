@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Everything GPU-specific in one call (about 6 minutes on an H100/H200-class GPU; each part has its own
-# time limit so the whole stays under 8):
+# Everything GPU-specific in one call (about 7 minutes on an H100/H200-class GPU; each part has its own
+# time limit, 590 s in all, under the device's 10-minute limit per command):
 #
 #   1. the CUDA tests            pytest -m gpu (bf16 step 0 = ln 2, live vs precomputed reference, bench path)
 #   2. a bf16 training smoke run  dpo-ref train --device cuda on the built-in task; step 0 must be ln 2
 #   3. dpo-ref bench on CUDA      a Qwen2.5-0.5B-shaped Llama, 1024 tokens, 8 pairs, against TRL's DPOTrainer:
 #                                 step time, tokens/s, peak memory, their ratios and model FLOPs utilisation
+#   4. dpo-ref bench --layout     the trainer's step in each batch layout (two-sequence, prefix sharing, packing,
+#                                 both) side by side on CUDA: step time, tokens/s, peak memory and ratios
 #
 # Usage: benchmarks/gpu_check.sh [OUTDIR]   (default gpu_check_out; results in OUTDIR/*.json and *.log)
 # Needs the test and bench extras: pip install -e ".[test,bench]". Exit status: 0 all passed, 3 no GPU
@@ -24,11 +26,11 @@ fi
 mkdir -p "$OUT"
 "$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(f'gpu_check: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}')" | tee "$OUT/device.log"
 
-echo "== 1/3 CUDA tests" | tee -a "$OUT/device.log"
-timeout 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$OUT/tests.log" | tail -5
+echo "== 1/4 CUDA tests" | tee -a "$OUT/device.log"
+timeout 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$OUT/tests.log" | tail -5
 
-echo "== 2/3 bf16 training smoke run (built-in task, 100 SFT + 40 DPO steps)" | tee -a "$OUT/device.log"
-timeout 150 "$PY" -m dpo_ref train --device cuda --sft-steps 100 --steps 40 --eval-every 20 --out "$OUT/smoke" \
+echo "== 2/4 bf16 training smoke run (built-in task, 100 SFT + 40 DPO steps)" | tee -a "$OUT/device.log"
+timeout 120 "$PY" -m dpo_ref train --device cuda --sft-steps 100 --steps 40 --eval-every 20 --out "$OUT/smoke" \
     --overwrite --no-progress 2>&1 | tee "$OUT/smoke.log"
 "$PY" - "$OUT/smoke/metrics.jsonl" <<'PY'
 import json, math, sys
@@ -38,7 +40,11 @@ print(f"gpu_check: bf16 step-0 loss {first:.8f}, |loss - ln 2| = {abs(first - ma
 sys.exit(0 if abs(first - math.log(2)) < 1e-6 else 1)
 PY
 
-echo "== 3/3 dpo-ref bench --size 0.5b on CUDA against TRL" | tee -a "$OUT/device.log"
-timeout 300 "$PY" -m dpo_ref bench --size 0.5b --device cuda --threads 4 --steps 5 --warmup 2 --repeats 1 \
+echo "== 3/4 dpo-ref bench --size 0.5b on CUDA against TRL" | tee -a "$OUT/device.log"
+timeout 240 "$PY" -m dpo_ref bench --size 0.5b --device cuda --threads 4 --steps 5 --warmup 2 --repeats 1 \
     --no-verify --json "$OUT/bench_0.5b.json" 2>&1 | tee "$OUT/bench.log"
+
+echo "== 4/4 dpo-ref bench --layout all on CUDA (batch layouts side by side)" | tee -a "$OUT/device.log"
+timeout 110 "$PY" -m dpo_ref bench --layout all --device cuda --threads 4 --steps 5 --json "$OUT/layouts.json" \
+    2>&1 | tee "$OUT/layouts.log"
 echo "gpu_check: all passed; results in $OUT/"

@@ -41,7 +41,7 @@ step "log-prob memory -> $OUT/logps_memory.json"
 python benchmarks/logps_memory.py --json "$OUT/logps_memory.json"
 
 step "batch layouts -> $OUT/layouts.json"
-python benchmarks/layouts.py --steps 3 --json "$OUT/layouts.json"
+python -m dpo_ref bench --layout all --steps 3 --threads 2 --json "$OUT/layouts.json"
 
 step "verify budgets -> $OUT/verify_budget.json"
 python benchmarks/verify_budget.py --repeats 3 --json "$OUT/verify_budget.json"

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import os
 import shutil
+import socket
 import stat
 import sys
 import tempfile
@@ -183,3 +185,165 @@ def scratch_dir(prefix: str) -> str:
 def remove_scratch_dirs() -> None:
     while _SCRATCH:
         shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- output locks
+# One lock rule for every command that writes files: an output is written by one dpo-ref process at a time.
+#
+#     a directory output (train --out, experiment --out, matrix --out)   OUT/.lock
+#     a file output (--json, --readme, prove --output, ...)              .NAME.lock beside it
+#
+# Every writing command (train, experiment, matrix, verify, bench, prove, the doc generators) validates its
+# arguments first (nothing is created before that), then takes the locks of all its outputs (`hold`, or
+# `OutputLocks` as a context) before its first write and keeps them until it ends: so the files of one output
+# come from one run, and a second command naming an output in use exits 2 at once with one line naming the
+# holder (pid and host); it neither waits nor writes. A lock is an `flock`: the kernel drops it when its
+# process dies, so a killed command never blocks the next one (its lock file stays behind, stale, and is
+# reused). A command removes its lock files when it ends, and a directory it created for an output and left
+# empty. Standard output (`-`) is never locked. No torch import: the proofs CLI uses this too.
+
+DIR_LOCK = ".lock"  # inside a directory output
+
+
+def lock_path(path: str, directory: bool) -> str:
+    """Where the lock of output `path` lives: OUT/.lock for a directory, .NAME.lock beside a file (links
+    followed, so two spellings of one output share one lock)."""
+    real = os.path.realpath(path)
+    if directory:
+        return os.path.join(real, DIR_LOCK)
+    return os.path.join(os.path.dirname(real), f".{os.path.basename(real)}.lock")
+
+
+def _read_holder(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 4096).decode("utf-8", "replace").strip()
+    return text or "a process that has not yet written its id"
+
+
+def holder(path: str, directory: bool) -> str | None:
+    """'pid N on HOST' of the live process holding the lock of output `path`, or None (no lock file, or a stale
+    one left by a killed process). Reads only."""
+    try:
+        fd = os.open(lock_path(path, directory), os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def in_use(option: str, path: str, who: str) -> InputError:
+    return InputError(
+        f"{option} {path!r} is in use by another dpo-ref process ({who}); wait for it to end or choose another {option}"
+    )
+
+
+def _given(outputs: dict[str, str | None]) -> dict[str, str]:
+    return {option: path for option, path in outputs.items() if path and path != STDOUT}
+
+
+def check_free(outputs: dict[str, str | None], directories: tuple[str, ...] = ()) -> None:
+    """InputError naming the first output (option -> path; None or "-": none) another live process holds.
+    `directories` names the options whose path is a directory. Reads only."""
+    for option, path in _given(outputs).items():
+        who = holder(path, option in directories)
+        if who is not None:
+            raise in_use(option, path, who)
+
+
+class OutputLocks:
+    """The locks of a command's outputs, taken together (`acquire`) and dropped together (`release`); a context
+    manager. A directory output that does not exist yet is created (and removed at release if still empty)."""
+
+    def __init__(self, outputs: dict[str, str | None], directories: tuple[str, ...] = ()):
+        self.outputs = _given(outputs)
+        self.directories = directories
+        self._held: list[tuple[str, int]] = []  # (lock file, descriptor)
+        self._created: list[str] = []
+
+    @property
+    def held(self) -> bool:
+        return bool(self._held)
+
+    def acquire(self) -> OutputLocks:
+        """Take every lock, or none: InputError naming the output held by another process."""
+        seen = set()
+        try:
+            for option, path in self.outputs.items():
+                directory = option in self.directories
+                file = lock_path(path, directory)
+                if file in seen:  # two options naming one output are refused before (check_apart)
+                    continue
+                seen.add(file)
+                if directory and not os.path.isdir(file[: -len(DIR_LOCK) - 1]):
+                    os.makedirs(os.path.dirname(file))
+                    self._created.append(os.path.dirname(file))
+                self._held.append((file, self._take(file, option, path)))
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    @staticmethod
+    def _take(file: str, option: str, path: str) -> int:
+        while True:
+            fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                who = _read_holder(fd)
+                os.close(fd)
+                raise in_use(option, path, who) from None
+            # the previous holder may have removed the file between our open and flock: lock the live file
+            try:
+                same = os.stat(file).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        return fd
+
+    def release(self) -> None:
+        """Drop every lock and remove its file (a no-op when none is held); remove directories this created
+        that stayed empty."""
+        while self._held:
+            file, fd = self._held.pop()
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(file)
+            os.close(fd)  # closing the descriptor releases the flock
+        while self._created:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._created.pop())  # only when empty
+
+    def __enter__(self) -> OutputLocks:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+_HELD: list[OutputLocks] = []
+
+
+def hold(outputs: dict[str, str | None], directories: tuple[str, ...] = ()) -> None:
+    """Take the locks of a command's outputs now, once its arguments are validated and before its first write;
+    they are dropped when the command ends (`release_held`: `dpo_ref.cli.main` calls it, and exit does)."""
+    locks = OutputLocks(outputs, directories).acquire()
+    if not _HELD:
+        atexit.register(release_held)
+    _HELD.append(locks)
+
+
+def release_held() -> None:
+    """Drop the locks `hold` took (a no-op when none)."""
+    while _HELD:
+        _HELD.pop().release()

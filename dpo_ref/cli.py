@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         print(f"dpo-ref {args.command}: interrupted", file=sys.stderr)
         return 128 + getattr(err, "signum", signal.SIGINT)
+    finally:
+        from dpo_ref.atomic import release_held
+
+        release_held()  # the output locks the command took (dpo_ref.atomic)
 
 
 def console() -> None:

@@ -179,7 +179,7 @@ def discopop_loss(pc, pr, rc, rr, *, beta: float = 0.1, tau: float = 0.05, valid
     stays finite where sigma(rho/tau) underflows to 0 and exp(-rho) overflows (0 * inf would be NaN);
     TRL multiplies the two factors (dpo_trainer.py:1483-1493). Rewards: beta r_w, beta r_l.
 
-    Proof: none yet. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
+    Proof: `discopop`. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
     `family_properties.check_finite`.
     """
     beta = check_positive_scalar(beta, "beta")
@@ -217,7 +217,7 @@ def simpo_loss(
     The reference log-probs are accepted (and validated) for a uniform signature but do not enter.
     beta > 0, target reward margin gamma >= 0. Rewards: beta log pi(y)/n (the paper's Eq. 4).
 
-    Proof: none yet. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
+    Proof: `simpo-sft-aot`. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
     `family_properties.check_shift`.
     """
     beta = check_positive_scalar(beta, "beta")
@@ -358,7 +358,7 @@ def aot_loss(pc, pr, rc, rr, *, beta: float = 0.1, label_smoothing: float = 0.0,
     (TRL applies `label_smoothing` here although its documentation names only robust and EXO).
     TRL: dpo_trainer.py:1447-1456. Rewards: beta r_w, beta r_l per example.
 
-    Proof: none yet. Properties: `family_properties.check_values`, `family_properties.check_batch_structure`.
+    Proof: `simpo-sft-aot`. Properties: `family_properties.check_values`, `family_properties.check_batch_structure`.
     """
     beta = check_positive_scalar(beta, "beta")
     eps = check_probability(label_smoothing, "label_smoothing")
@@ -397,7 +397,7 @@ def sft_loss(pc, pr, rc, rr, *, chosen_lengths, rejected_lengths=None, validate:
     same gradient. Neither the rejected completion nor the reference enters (`rejected_lengths` unused).
     No implicit reward: the policy sequence log-probs are returned in its place.
 
-    Proof: none yet. Properties: `family_properties.check_values`, `family_properties.check_gradients`.
+    Proof: `simpo-sft-aot`. Properties: `family_properties.check_values`, `family_properties.check_gradients`.
     """
     pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
     if chosen_lengths is None:

@@ -37,6 +37,8 @@ MODULES = {
     "sppo-hard": "sppo_hard",
     "shift-invariance": "shift_invariance",
     "bounded-losses": "bounded_losses",
+    "discopop": "discopop",
+    "simpo-sft-aot": "simpo_sft_aot",
 }
 
 

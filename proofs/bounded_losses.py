@@ -35,6 +35,7 @@ PROOF = Proof(
         "APO 的两个变体是两个逻辑斯谛项之和，取值严格介于 0 与 2 之间。",
     ),
     justifies=("dpo_ref.family.nca_pair_loss", "dpo_ref.family.apo_zero_loss", "dpo_ref.family.apo_down_loss"),
+    source="apo",
     steps=[
         Step(
             Text("NCA's target for the chosen log-ratio", "NCA 对被选对数比值的目标"),

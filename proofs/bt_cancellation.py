@@ -51,6 +51,7 @@ PROOF = Proof(
         "只剩下可以计算的策略对数比值。",
     ),
     justifies=("dpo_ref.losses.preference_margin", "dpo_ref.losses.dpo_losses_from_margin"),
+    source="dpo",
     steps=[
         Step(
             Text(

@@ -33,6 +33,7 @@ PROOF = Proof(
         "这是 `dpo_loss` 除 $\\varepsilon = 0$（普通 DPO，证明 12）之外接受的范围。",
     ),
     justifies=("dpo_ref.losses.dpo_losses_from_margin", "dpo_ref.losses.dpo_loss"),
+    source="cdpo",
     steps=[
         Step(
             Text("The complement of the logistic function", "逻辑斯谛函数的补"),

@@ -129,6 +129,9 @@ def handler(args: argparse.Namespace) -> int:
         args.output = None
     if args.output:
         _check_output(args.output)  # fail before minutes of sympy, not after
+        from dpo_ref.atomic import hold  # no torch import
+
+        hold({"--output": args.output})  # one prove at a time writes it (dpo_ref.atomic)
     if args.figures:
         _check_figures(args.figures)
     lang = args.lang
@@ -206,3 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(output_failure(err, "python -m proofs"), file=sys.stderr)
         return 1
+    finally:
+        from dpo_ref.atomic import release_held
+
+        release_held()

@@ -445,10 +445,30 @@ def _given_parts(given: dict | None) -> list:
 
 # ---- rewrites ------------------------------------------------------------------------------------------
 
+
 # Named rewrites. An Equal applies its chain in order to lhs - rhs and succeeds as soon as the result is
 # exactly 0. None of them forces a branch: expand_log, logcombine and powsimp (the BRANCH rewrites) split
 # log(ab), log(h^2), sqrt(a) sqrt(b) only where the symbols' assumptions make it valid (a, b, h > 0), so a
 # step that needs such a hypothesis fails, naming it, unless its symbols declare it (see `_zero`).
+def _first_term(expr: sp.Expr) -> sp.Expr:
+    """Split the first term off each top-level sum: sum_{k=a}^{b} f(k) = f(a) + sum_{k=a+1}^{b} f(k).
+
+    Only where b - a >= 0 follows from the symbols' assumptions (the sum is not empty), and only for sums
+    that are terms (or factors of terms) of the expanded expression, not sums nested inside a function:
+    the induction step of a proof over the number of terms.
+    """
+
+    def nonempty(a: sp.Basic) -> bool:
+        return isinstance(a, sp.Sum) and len(a.limits) == 1 and (a.limits[0][2] - a.limits[0][1]).is_nonnegative is True
+
+    def peel(a: sp.Sum) -> sp.Expr:
+        k, lo, hi = a.limits[0]
+        return a.function.subs(k, lo) + sp.Sum(a.function, (k, lo + 1, hi))
+
+    terms = sp.Add.make_args(sp.expand(expr))
+    return sp.Add(*[sp.Mul(*[peel(f) if nonempty(f) else f for f in sp.Mul.make_args(t)]) for t in terms])
+
+
 REWRITES: dict[str, Callable[[sp.Expr], sp.Expr]] = {
     "expand": sp.expand,
     "cancel": lambda e: sp.cancel(sp.together(e)),
@@ -458,6 +478,7 @@ REWRITES: dict[str, Callable[[sp.Expr], sp.Expr]] = {
     "exp": lambda e: e.rewrite(sp.exp),
     "doit": lambda e: e.doit(),
     "sums": lambda e: sp.factor_terms(sp.expand(e)),  # split sums over + and pull constant factors out
+    "first_term": _first_term,  # sum_{k=a}^{b} f = f(a) + sum_{k=a+1}^{b} f where b >= a (an induction step)
     "simplify": sp.simplify,
 }
 BRANCH = ("expand_log", "logcombine", "powsimp")
@@ -1032,6 +1053,7 @@ class Step:
     explain: Text
     claim: Claim
     where: dict | None = None
+    eq: str | None = None  # the paper's label for this result ("Eq. 7", "Thm. 2"), shown with the step
     # the hypotheses its last check relied on (set by check(); shown as "uses h > 0")
     used: ClassVar[tuple] = ()  # not a field: a result of checking, not part of what the step says
 
@@ -1134,6 +1156,7 @@ class Proof:
     justifies: tuple[str, ...]
     steps: list[Step]
     conclusion: Text | None = None
+    source: str | None = None  # the paper it follows: a key of proofs.papers.PAPERS, cited with each `eq`
 
     def hypotheses(self) -> list[tuple[Hypothesis, list[int]]]:
         """Its symbols' hypotheses (signs, ranges, integer counts), each with the 1-based steps that mention

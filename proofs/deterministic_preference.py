@@ -40,6 +40,7 @@ PROOF = Proof(
         "这会使 $\\pi(y_l) \\to 0$，无论 $\\beta$ 多大。KL 正则项也阻止不了这一点。这正是提出 IPO 和 cDPO 的动机。",
     ),
     justifies=("dpo_ref.losses.dpo_losses_from_margin",),
+    source="ipo",
     steps=[
         Step(
             Text("The optimum for an uncertain preference", "不确定偏好下的最优点"),

@@ -36,6 +36,7 @@ PROOF = Proof(
         "并按当前隐式奖励模型把每一对排错的程度给它加权。",
     ),
     justifies=("dpo_ref.losses.dpo_losses_from_margin", "dpo_ref.losses.dpo_loss"),
+    source="dpo",
     steps=[
         Step(
             Text("Derivative of the log-sigmoid", "对数 sigmoid 的导数"),

@@ -41,6 +41,7 @@ PROOF = Proof(
         "dpo_ref.losses.dpo_loss",
         "dpo_ref.logps.sequence_logps",
     ),
+    source="dpo",
     steps=[
         Step(
             Text(

@@ -42,6 +42,7 @@ PROOF = Proof(
         "对同一提示下 $n$ 个回答的求和在符号 $n$ 下检验。",
     ),
     justifies=("dpo_ref.losses.dpo_loss", "dpo_ref.losses.preference_margin"),
+    source="dpo",
     steps=[
         Step(
             Text("Identifiability: preferences fix reward differences", "可辨识性：偏好确定奖励之差"),

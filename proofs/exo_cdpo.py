@@ -38,6 +38,7 @@ PROOF = Proof(
         "再回到 $h$。各步骤在 $0 < \\varepsilon < 1/2$ 上检验，这正是 `exo_pair_loss` 接受的范围。",
     ),
     justifies=("dpo_ref.family.exo_pair_loss", "dpo_ref.losses.dpo_losses_from_margin"),
+    source="exo",
     steps=[
         Step(
             Text("EXO as a function of the model's probability", "以模型概率为自变量的 EXO"),

@@ -28,6 +28,7 @@ PROOF = Proof(
         "拐点以上取 $\\beta h = 1 + s$，以下取 $\\beta h = 1 - s$（$s > 0$），拐点本身单独检验。",
     ),
     justifies=("dpo_ref.family.hinge_loss",),
+    source="slic",
     steps=[
         Step(
             Text("Past the margin the loss is zero", "越过间隔后损失为零"),

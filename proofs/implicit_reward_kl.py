@@ -6,7 +6,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .common import Z, beta, h, sigma
-from .core import Equal, Limit, Proof, Step, Text
+from .core import NAMES, Equal, Limit, Proof, Step, Text
 
 n = sp.Symbol("n", integer=True, positive=True)
 i = sp.Symbol("i", integer=True, positive=True)
@@ -22,13 +22,15 @@ def S(term: sp.Expr) -> sp.Sum:
 KL_Q = S(Q[i] * sp.log(Q[i] / P[i]))  # KL(pi || pi_ref)
 KL_P = S(P[i] * sp.log(P[i] / Q[i]))  # KL(pi_ref || pi)
 RHAT = beta * sp.log(Q[i] / P[i])  # the implicit reward of response i
-# n = 3 optimal policy, rewards shifted so the best is r_1 = 0 (a shift changes nothing): r_2 = -d_2, r_3 = -d_3
-p = sp.symbols("p_1:4", positive=True)
-d2, d3 = sp.symbols("d_2 d_3", positive=True)
-pistar1 = sp.Symbol("pi^*_1", positive=True)
-p3 = 1 - p[0] - p[1]  # the reference sums to one
-Z3 = p[0] + p[1] * sp.exp(-d2 / beta) + p3 * sp.exp(-d3 / beta)
-OPT1 = {pistar1: p[0] / Z, Z: Z3}
+# Any n: rewards shifted so the best response is y_1 with r_1 = 0 (a shift changes nothing, proof 4), and
+# r_i = -d_i for the others; d_i > 0 makes y_1 the unique best response (used as beta -> 0 only).
+PIS = sp.IndexedBase("pi^*", positive=True)
+p_i, p_1, d_i = sp.symbols("p_i p_1 d_i", positive=True)
+pis_i, pis_1 = sp.symbols("pi^*_i pi^*_1", positive=True)
+r_i, r_1 = sp.symbols("r_i r_1", real=True)
+RATIO = p_i / p_1 * sp.exp(-d_i / beta)  # pi*_i / pi*_1, the odds of response i against the best
+OPT_I = {pis_i: p_i * sp.exp(r_i / beta) / Z, pis_1: p_1 * sp.exp(r_1 / beta) / Z}
+NAMES.update({"pi^*_i": ("\\pi^*_i", "π*ᵢ"), "pi^*_1": ("\\pi^*_1", "π*₁")})
 h_pos = sp.Symbol("h", positive=True)
 LOSS = -sp.log(sigma(beta * h))
 
@@ -40,17 +42,19 @@ PROOF = Proof(
         "how far the policy has moved: their mean under the policy is $\\beta\\,\\mathrm{KL}(\\pi \\,\\|\\, "
         "\\pi_{\\mathrm{ref}})$, $\\beta$ times the KL divergence of the policy from the reference. And $\\beta$ "
         "interpolates between staying at the reference ($\\beta \\to \\infty$) and "
-        "greedy reward maximisation ($\\beta \\to 0$). Sums over the $n$ responses are checked for symbolic "
-        "$n$; the limits of the optimal policy for $n = 3$.",
+        "greedy reward maximisation ($\\beta \\to 0$). Every step holds for any number $n$ of responses: "
+        "sums are checked for symbolic $n$, and the limits of the optimal policy through the odds of a "
+        "generic response $i$ against the best.",
         "`dpo_loss` 报告的奖励 $\\hat r = \\beta \\log\\frac"
         "{\\pi}{\\pi_{\\mathrm{ref}}}$ 与策略偏离参考策略的程度相联系："
         "它在策略下的均值是 $\\beta\\,\\mathrm{KL}(\\pi \\,\\|\\, \\pi_{\\mathrm{ref}})$，即策略相对于参考策略的 KL 散"
         "度的 "
         "$\\beta$ 倍。而 $\\beta$ 在停留于参考策略（$\\beta \\to \\infty$）与贪心地最大化奖励（$\\beta \\to 0$）"
-        "这两个极端之间调节。对 $n$ 个回答的求和在符号 $n$ 下检验；最优策略的极限在 "
-        "$n = 3$ 时检验。",
+        "这两个极端之间调节。每一步对任意回答数 $n$ 成立：求和在符号 $n$ 下检验，最优策略的极限"
+        "通过任意一个回答 $i$ 相对最好回答的赔率来检验。",
     ),
     justifies=("dpo_ref.losses.dpo_loss",),
+    source="dpo",
     steps=[
         Step(
             Text("Mean implicit reward under the policy (any n)", "策略下隐式奖励的均值（任意 n）"),
@@ -80,29 +84,60 @@ PROOF = Proof(
             where={D_ref: KL_P},
         ),
         Step(
-            Text("β → ∞: the optimal policy tends to the reference", "β → ∞：最优策略趋于参考策略"),
+            Text("The odds against the best response (any n)", "相对最好回答的赔率（任意 n）"),
             Text(
-                "Shift the rewards so the best is $r_1 = 0$ (the shift does not change the optimal policy, proof 4); "
-                "then $r_2 = -d_2$, $r_3 = -d_3$ with $d_2, d_3 > 0$, and the optimal policy "
-                "$\\pi^* = \\pi_{\\mathrm{ref}} e^{r/\\beta} / Z$ tends to $\\pi_{\\mathrm{ref}}$ as the KL penalty "
-                "grows. Checked here for the best response, $\\pi^*_1 \\to p_1$; for the others the computation "
-                "is the same, since every $e^{r_i/\\beta} \\to 1$ and so $Z \\to 1$ ...",
-                "平移奖励使最好的回答 $r_1 = 0$（由证明 4，平移不改变最优策略）；于是 $r_2 = -d_2$，$r_3 = -d_3$，"
-                "$d_2, d_3 > 0$，当 KL 惩罚变大时最优策略 "
-                "$\\pi^* = \\pi_{\\mathrm{ref}} e^{r/\\beta} / Z$ 趋于 $\\pi_{\\mathrm{ref}}$。这里检验的是最好的回答："
-                "$\\pi^*_1 \\to p_1$；其他回答的计算相同，因为每个 $e^{r_i/\\beta} \\to 1$，从而 $Z \\to 1$……",
+                "Let $y_1$ be the best response: every other response has $r_i = r_1 - d_i$ with $d_i > 0$ (a "
+                "reward shift does not change the optimal policy, proof 4). In the odds "
+                "$\\pi^*_i / \\pi^*_1$ of response $i$ against the best, the partition function cancels, for any $n$.",
+                "设 $y_1$ 为最好的回答：其余每个回答 $r_i = r_1 - d_i$，$d_i > 0$（由证明 4，奖励平移不改变最优策略）。"
+                "在回答 $i$ 相对最好回答的赔率 $\\pi^*_i / \\pi^*_1$ 中，配分函数约去（任意 $n$）。",
             ),
-            Limit(pistar1, beta, sp.oo, p[0]),
-            where=OPT1,
+            Equal(pis_i / pis_1, RATIO, via=("cancel",), given={r_i: r_1 - d_i}),
+            where=OPT_I,
         ),
         Step(
-            Text("β → 0: the optimal policy picks the best response", "β → 0：最优策略选出最好的回答"),
+            Text("β → ∞: the odds tend to the reference's", "β → ∞：赔率趋于参考策略的赔率"),
             Text(
-                "... and puts all its mass on the best response as it vanishes: unregularised reward maximisation.",
-                "……而当惩罚消失时把全部概率放在最好的回答上：即无正则的奖励最大化。",
+                "As the KL penalty grows, every $e^{r_i/\\beta} \\to 1$ and the odds tend to the reference's "
+                "$p_i / p_1$ (for any reward, best or not) ...",
+                "当 KL 惩罚变大时，每个 $e^{r_i/\\beta} \\to 1$，赔率趋于参考策略的 $p_i / p_1$（对任何奖励都成立）……",
             ),
-            Limit(pistar1, beta, 0, 1, "+"),
-            where=OPT1,
+            Limit(RATIO, beta, sp.oo, p_i / p_1),
+        ),
+        Step(
+            Text("β → 0: the odds of every other response vanish", "β → 0：其余每个回答的赔率趋于零"),
+            Text(
+                "... and as it vanishes the odds of every response worse than the best go to 0 (this is where "
+                "$d_i > 0$ is used: with a tie for the best, the mass would be shared).",
+                "……而当惩罚消失时，每个比最好回答差的回答的赔率趋于 0（这里用到 $d_i > 0$：若有并列最好，概率会被分摊"
+                "）。",
+            ),
+            Limit(RATIO, beta, 0, 0, "+"),
+        ),
+        Step(
+            Text("The best response's probability from the odds (any n)", "由赔率得到最好回答的概率（任意 n）"),
+            Text(
+                "Since $\\pi^*$ sums to one (proof 1, step 1), $\\pi^*_1$ is one over the sum of the odds. A "
+                "finite sum of limits is the limit of the sum, so by the two previous steps "
+                "$\\pi^*_1 \\to 1/(1 + 0 + \\dots + 0) = 1$ as $\\beta \\to 0$ (and $\\pi^*_i = $ odds "
+                "$\\times\\, \\pi^*_1 \\to 0$): greedy reward maximisation ...",
+                "由于 $\\pi^*$ 之和为一（证明 1 第 1 步），$\\pi^*_1$ 等于赔率之和的倒数。有限个极限之和等于和的极限，"
+                "所以由前两步，$\\beta \\to 0$ 时 $\\pi^*_1 \\to 1/(1 + 0 + \\dots + 0) = 1$"
+                "（且 $\\pi^*_i = $ 赔率 $\\times\\, \\pi^*_1 \\to 0$）：即贪心的奖励最大化……",
+            ),
+            Equal(1 / S(PIS[i] / PIS[1]), PIS[1], via=("sums",), given={S(PIS[i]): 1}),
+        ),
+        Step(
+            Text("β → ∞: the optimal policy tends to the reference (any n)", "β → ∞：最优策略趋于参考策略（任意 n）"),
+            Text(
+                "... and as $\\beta \\to \\infty$ the odds tend to $p_i/p_1$, so $\\pi^*_1$ tends to one over "
+                "their sum, which is $p_1$ because the reference sums to one; then $\\pi^*_i \\to (p_i/p_1)\\,p_1 "
+                "= p_i$ for every $i$: $\\pi^* \\to \\pi_{\\mathrm{ref}}$.",
+                "……而 $\\beta \\to \\infty$ 时赔率趋于 $p_i/p_1$，于是 $\\pi^*_1$ 趋于它们之和的倒数，"
+                "因参考策略之和为一，它等于 $p_1$；从而对每个 $i$ 有 $\\pi^*_i \\to (p_i/p_1)\\,p_1 = p_i$："
+                "$\\pi^* \\to \\pi_{\\mathrm{ref}}$。",
+            ),
+            Equal(1 / S(P[i] / P[1]), P[1], via=("sums",), given={S(P[i]): 1}),
         ),
         Step(
             Text("β → 0: the loss forgets the data", "β → 0：损失不再依赖数据"),
@@ -126,8 +161,8 @@ PROOF = Proof(
             Text("β → ∞: a wrongly ordered pair costs without bound", "β → ∞：排序错误的样本对损失无界"),
             Text(
                 "... and for a negative margin it grows without bound: the loss becomes a hard 0/∞ test of the "
-                "margin's sign, while the optimal policy (step 3 of this proof) stays at the reference.",
-                "……对负的间隔则无界增长：损失变成对间隔符号的硬性 0/∞ 判定，而最优策略（本证明第 3 步）停留在参考策略"
+                "margin's sign, while the optimal policy (step 7 of this proof) stays at the reference.",
+                "……对负的间隔则无界增长：损失变成对间隔符号的硬性 0/∞ 判定，而最优策略（本证明第 7 步）停留在参考策略"
                 "。",
             ),
             Limit(LOSS.subs(h, -h_pos), beta, sp.oo, sp.oo),

@@ -26,6 +26,7 @@ PROOF = Proof(
         "这可以用来快速检查 DPO 实现：如果第一次的损失不是 $\\ln 2$，说明策略并非从参考策略出发，或者损失算错了。",
     ),
     justifies=("dpo_ref.losses.dpo_losses_from_margin", "dpo_ref.losses.dpo_loss"),
+    source="dpo",
     steps=[
         Step(
             Text("The loss at zero margin", "间隔为零时的损失"),

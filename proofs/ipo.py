@@ -44,6 +44,7 @@ PROOF = Proof(
         "确定性偏好也有有限的最优点，并且由 $\\tau$ 控制策略偏离参考策略的程度。",
     ),
     justifies=("dpo_ref.losses.ipo_losses_from_margin", "dpo_ref.losses.ipo_loss", "dpo_ref.losses.ipo_target_margin"),
+    source="ipo",
     steps=[
         Step(
             Text("The empirical loss of one observed pair", "单个观测样本对的经验损失"),

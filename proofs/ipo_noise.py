@@ -37,6 +37,7 @@ PROOF = Proof(
         "是长度归一化间隔 $\\bar h$ 的同一个函数，所以同样的代数对 $\\bar h$ 也成立。",
     ),
     justifies=("dpo_ref.losses.ipo_losses_from_margin", "dpo_ref.family.ipo_norm_loss"),
+    source="ipo",
     steps=[
         Step(
             Text("The population loss under label flips", "标签翻转下的总体损失"),

@@ -153,20 +153,26 @@ FIXES: dict[str, Text] = {
     "dpop": Text("the chosen likelihood falling below the reference's", "被选回答的似然低于参考"),
 }
 
-# the proof whose checked claims state a variant's optimum (the first claim `optimum_of` recognises); a variant
-# not listed has none stated (a proof may cover several losses, so the record's own proof list is not enough)
-OPTIMUM_FROM: dict[str, str] = {
+# where a variant's optimum is stated: a proof, or (proof, the prefix of its steps' names that are about this
+# variant); `optimum_of` reads the claims. A variant not listed has none stated (a proof may cover several
+# losses, so the record's own proof list is not enough)
+OPTIMUM_FROM: dict[str, str | tuple[str, str]] = {
     "dpo": "deterministic-preference",
     "cdpo": "cdpo",
     "ipo": "ipo",
     "ipo-mean": "ipo",
     "hinge": "hinge",
     "exo_pair": "exo-cdpo",
-    "nca_pair": "bounded-losses",
+    "nca_pair": ("bounded-losses", "NCA"),
     "robust": "robust-dpo",
     "sppo_hard": "sppo-hard",
+    "discopop": "discopop",
+    "simpo": ("simpo-sft-aot", "SimPO"),
+    "aot": ("simpo-sft-aot", "AOT"),
 }
-_OPTIMUM_VARS = ("h", "r_w", "r_l")  # a minimiser in one of these (by name) is an optimum of a loss
+# a minimiser in one of these (by name) is an optimum of a loss: the margin, the log-ratios, DiscoPOP's
+# rho = beta h, AOT's quantile gap delta, SimPO's chosen log-probability A_w
+_OPTIMUM_VARS = ("h", "r_w", "r_l", "rho", "delta", "A_w")
 
 
 def lesson_order(names: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -189,11 +195,10 @@ def figure_path(name: str) -> str:
 
 @dataclass(frozen=True)
 class Optimum:
-    """A loss's optimum as a checked claim states it: the display, and the proof and step it comes from."""
+    """A loss's optimum as checked claims state it: (display, step) pairs, all from one proof."""
 
-    tex: str
+    parts: tuple[tuple[str, int], ...]
     proof: str
-    step: int
 
 
 def _named(symbol: object) -> str:
@@ -204,40 +209,58 @@ def _star(symbol: sp.Symbol) -> str:
     return f"{tex(symbol)}^*"
 
 
-def optimum_of(proof: Proof) -> Optimum | None:
-    """The first claim of `proof` that states an optimum in the margin (or a log-ratio): a unique minimiser
-    (with the limit of that minimiser, if a later step takes one), a solved stationary point, a stationary
-    point by substitution, the region where the loss is zero, or a limit that shows there is no finite one."""
-    for k, step in enumerate(proof.steps, 1):
-        c = step.claim
-        if isinstance(c, GlobalMinimum) and _named(c.var) in _OPTIMUM_VARS:
-            shown = f"{_star(c.var)} = {tex(c.x0)}"
-            for later in proof.steps[k:]:
-                lc = later.claim
-                if isinstance(lc, Limit) and sp.sympify(lc.expr) == sp.sympify(c.x0):
-                    arrow = f"^{lc.direction}" if sp.sympify(lc.point).is_finite else ""
-                    shown += f" \\to {tex(lc.expected)} \\text{{ as }} {tex(lc.var)} \\to {tex(lc.point)}{arrow}"
-            return Optimum(shown, proof.name, k)
-        if isinstance(c, SystemSolution) and all(_named(u) in _OPTIMUM_VARS for u in c.unknowns):
-            return Optimum(",\\ ".join(f"{_star(u)} = {tex(c.expected[u])}" for u in c.unknowns), proof.name, k)
-        if isinstance(c, Equal) and sp.sympify(c.rhs) == 0 and isinstance(c.lhs, sp.Subs):
-            (var,), (point,) = c.lhs.variables, c.lhs.point
-            if _named(var) in _OPTIMUM_VARS and c.lhs.expr.has(sp.Derivative):
-                return Optimum(f"{_star(var)} = {tex(point)}", proof.name, k)
-        if isinstance(c, Equal) and sp.sympify(c.rhs) == 0 and c.given and len(c.given) == 1:
-            ((var, at),) = c.given.items()
-            if _named(var) in _OPTIMUM_VARS:
-                free = sorted((s for s in sp.sympify(at).free_symbols if s in BOUNDED), key=str)
-                cond = ", ".join(f"{tex(s)} > {tex(BOUNDED[s].inf)}" for s in free)
-                return Optimum(f"L = 0 \\text{{ at }} {tex(var)} = {tex(at)}" + (f",\\ {cond}" if cond else ""),
-                               proof.name, k)  # fmt: skip
-        if isinstance(c, Limit) and _named(c.var) in _OPTIMUM_VARS and sp.sympify(c.point).is_infinite:
-            if sp.sympify(c.expected).is_infinite:
-                shown = (
-                    f"\\text{{none finite: }} L \\to {tex(c.expected)} \\text{{ as }} {tex(c.var)} \\to {tex(c.point)}"
-                )
-                return Optimum(shown, proof.name, k)
+def _minimiser(proof: Proof, k: int, c: object) -> str | None:
+    """The display of claim `c` (step k of `proof`) if it states a minimiser or stationary point, else None."""
+    if isinstance(c, GlobalMinimum) and _named(c.var) in _OPTIMUM_VARS:
+        shown = f"{_star(c.var)} = {tex(c.x0)}"
+        for later in proof.steps[k:]:
+            lc = later.claim
+            if isinstance(lc, Limit) and sp.sympify(lc.expr) == sp.sympify(c.x0):
+                arrow = f"^{lc.direction}" if sp.sympify(lc.point).is_finite else ""
+                shown += f" \\to {tex(lc.expected)} \\text{{ as }} {tex(lc.var)} \\to {tex(lc.point)}{arrow}"
+        return shown
+    if isinstance(c, SystemSolution) and all(_named(u) in _OPTIMUM_VARS for u in c.unknowns):
+        return ",\\ ".join(f"{_star(u)} = {tex(c.expected[u])}" for u in c.unknowns)
+    if isinstance(c, Equal) and sp.sympify(c.rhs) == 0 and isinstance(c.lhs, sp.Subs):
+        (var,), (point,) = c.lhs.variables, c.lhs.point
+        if _named(var) in _OPTIMUM_VARS and c.lhs.expr.has(sp.Derivative):
+            return f"{_star(var)} = {tex(point)}"
+    if isinstance(c, Equal) and sp.sympify(c.rhs) == 0 and c.given and len(c.given) == 1:
+        ((var, at),) = c.given.items()
+        if _named(var) in _OPTIMUM_VARS:
+            free = sorted((s for s in sp.sympify(at).free_symbols if s in BOUNDED), key=str)
+            cond = ", ".join(f"{tex(s)} > {tex(BOUNDED[s].inf)}" for s in free)
+            return f"L = 0 \\text{{ at }} {tex(var)} = {tex(at)}" + (f",\\ {cond}" if cond else "")
     return None
+
+
+def _escape(c: object) -> str | None:
+    """The display of a limit as an optimum variable grows without bound: where the infimum is approached
+    (a limit towards -oo may be a supremum, as EXO's bound: not taken)."""
+    if isinstance(c, Limit) and _named(c.var) in _OPTIMUM_VARS and sp.sympify(c.point) == sp.oo:
+        at = f"\\text{{ as }} {tex(c.var)} \\to \\infty"
+        if sp.sympify(c.expected) == -sp.oo:
+            return f"\\text{{no minimiser: }} L \\to -\\infty {at}"
+        if sp.sympify(c.expected).is_finite:
+            return f"\\text{{none finite: }} L \\to {tex(c.expected)} {at}"
+    return None
+
+
+def optimum_of(proof: Proof, prefix: str = "") -> Optimum | None:
+    """What the claims of `proof` (its steps named `prefix`...) state about an optimum in the margin (or a
+    log-ratio): the first limit showing where the infimum lies (at infinity), and the first minimiser (with the
+    limit of that minimiser, if a later step takes one), a solved stationary point, a stationary point by
+    substitution, or the region where the loss is zero."""
+    escape = minimiser = None
+    for k, step in enumerate(proof.steps, 1):
+        if not step.name.en.startswith(prefix):
+            continue
+        if escape is None and (shown := _escape(step.claim)) is not None:
+            escape = (shown, k)
+        if minimiser is None and (shown := _minimiser(proof, k, step.claim)) is not None:
+            minimiser = (shown, k)
+    parts = tuple(p for p in (escape, minimiser) if p is not None)
+    return Optimum(parts, proof.name) if parts else None
 
 
 @dataclass(frozen=True)
@@ -260,9 +283,14 @@ def summary_rows(lang: str = "en", available: Sequence[str] | None = None) -> li
     names = list(MODULES) if available is None else list(available)
     rows = []
     for v in variants.RECORDS:
-        slug = OPTIMUM_FROM.get(v.name)
-        optimum = optimum_of(get(slug)) if slug in names else None
-        why = ", ".join(p for p in v.proofs if p in names) or v.no_proof
+        where = OPTIMUM_FROM.get(v.name)
+        slug, prefix = (where, "") if isinstance(where, str) or where is None else where
+        optimum = optimum_of(get(slug), prefix) if slug in names else None
+        own = [p for p in v.proofs if p in names]
+        if not own:  # a proof that derives the record's function, though the record does not list it (yet)
+            function = v.function.replace(":", ".")
+            own = [p for p in names if function in get(p).justifies]
+        why = ", ".join(own) or v.no_proof
         fixes = FIXES[v.name](lang) if v.name in FIXES else ""
         rows.append(LossRow(v.name, v.formula, v.paper, optimum, why, fixes))
     return rows

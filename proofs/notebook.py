@@ -16,6 +16,7 @@ import json
 
 from .core import ProofResult
 from .lesson import compare, recheck
+from .papers import PAPERS
 
 __all__ = ["compare", "notebook", "recheck"]
 
@@ -104,9 +105,13 @@ def _proof_cells(r: ProofResult, i: int, lang: str) -> list[dict]:
     proof = r.proof
     code = ", ".join(f"`{name}`" for name in proof.justifies)
     head = f"### {i}. {proof.title(lang)}\n\n{proof.intro(lang)}\n\n*{L['Justifies'].strip()}* {code}"
+    if proof.source is not None:
+        head += f"\n\n*{L['source'].strip()}* {PAPERS[proof.source]}"
     cells = [_markdown(f"{proof.name}", head)]
     for k, step in enumerate(proof.steps, 1):
-        text = f"**{L['step']} {i}.{k} · {step.name(lang)}{L['end']}** {step.explain(lang)}\n\n$$\n{step.latex()}\n$$"
+        cite = f" ({step.eq})" if step.eq else ""
+        name = f"{step.name(lang)}{cite}{L['end']}"
+        text = f"**{L['step']} {i}.{k} · {name}** {step.explain(lang)}\n\n$$\n{step.latex()}\n$$"
         cells.append(_markdown(f"{proof.name}-{k}-md", text))
         cells.append(_code(f"{proof.name}-{k}", f'lesson.recheck("{proof.name}", {k})'))
     if proof.conclusion is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .common import Z, beta
-from .core import Equal, GlobalMinimum, Negative, PositiveDefinite, Proof, Solutions, Step, Text
+from .core import Equal, GlobalMinimum, Negative, Proof, Solutions, Step, Text
 
 # A response space of n = 3 with symbolic probabilities: reference p_i, policy q_i, rewards r_i.
 p = sp.symbols("p_1:4", positive=True)
@@ -47,8 +47,9 @@ PIS = sp.IndexedBase("pi^*", positive=True)  # the optimal policy, shown as an a
 OPT_N = {PIS[i]: P[i] * sp.exp(R[i] / beta) / Z, Z: Zn}  # pi*_i = p_i e^{r_i/beta} / Z, Z = sum_j ...
 pis3 = sp.symbols("pi^*_1:4", positive=True)
 OPT_3 = {**{s: e for s, e in zip(pis3, [pi * sp.exp(ri / beta) / Z for pi, ri in zip(p, r)])}, Z: Z3}
-J = sp.Function("J")(*q)  # the objective at n = 3, as a function of (q_1, q_2, q_3)
 simplex_n_rho = {S(Q[i]): 1, S(RHO[i]): 1}
+V = sp.IndexedBase("v", real=True)  # a direction in the space of policies
+t = sp.Symbol("t", real=True)
 
 # One generic term i: q_i, p_i, r_i with Z a positive symbol.
 qi, pi_, ri = sp.Symbol("q_i", positive=True), sp.Symbol("p_i", positive=True), sp.Symbol("r_i", real=True)
@@ -74,7 +75,7 @@ PROOF = Proof(
         "finite, with $n$ responses $y_1, \\dots, y_n$ to the prompt $x$; we write $p_i = "
         "\\pi_{\\mathrm{ref}}(y_i|x)$ for the reference, $q_i = \\pi(y_i|x)$ for the policy and $r_i = "
         "r(x, y_i)$; $p_i$ keeps this meaning in every later proof. Sums over $i = 1..n$ are checked with "
-        "symbolic $n$, and a few steps are also written out in full at $n = 3$.",
+        "symbolic $n$, and one step is also written out in full at $n = 3$.",
         "RLHF 在最大化期望奖励的同时，用 KL 惩罚把策略约束在参考策略附近："
         "$\\max_\\pi \\mathbb{E}_{y\\sim\\pi}[r(x,y)] - \\beta\\,\\mathrm{KL}(\\pi\\,\\Vert\\,\\pi_{\\mathrm{ref}})$。"
         "我们用两种方法证明其最大值点有闭式形式 "
@@ -83,9 +84,10 @@ PROOF = Proof(
         "二是拉格朗日乘子法。回答空间有限：提示 $x$ 下共有 $n$ 个回答 $y_1, \\dots, y_n$；记参考策略的概率为 "
         "$p_i = \\pi_{\\mathrm{ref}}(y_i|x)$，策略的概率为 $q_i = \\pi(y_i|x)$，奖励为 $r_i = r(x, y_i)$，"
         "$p_i$ 在后面所有证明中都是这个含义。对 $i = 1..n$ 的求和在 $n$ 为符号变量时检验，"
-        "另有几步在 $n = 3$ 时完整展开检验。",
+        "另有一步在 $n = 3$ 时完整展开检验。",
     ),
     justifies=("dpo_ref.losses.dpo_loss",),
+    source="dpo",
     steps=[
         Step(
             Text("The optimal policy is a probability distribution (any n)", "最优策略是一个概率分布（任意 n）"),
@@ -231,20 +233,25 @@ PROOF = Proof(
             ),
         ),
         Step(
-            Text("Second-order condition: the Hessian (checked at n = 3)", "二阶条件：黑塞矩阵（在 n = 3 时检验）"),
+            Text("Second-order condition: the Hessian (any n)", "二阶条件：黑塞矩阵（任意 n）"),
             Text(
-                "Written out at $n = 3$: the negative Hessian of the objective in $(q_1, q_2, q_3)$ is "
-                "$\\beta\\,\\mathrm{diag}(1/q_i)$, positive definite, so the objective is strictly concave and "
-                "the stationary point on the simplex is the unique maximiser.",
-                "在 $n = 3$ 时完整写出：目标函数关于 $(q_1, q_2, q_3)$ 的负黑塞矩阵为 "
-                "$\\beta\\,\\mathrm{diag}(1/q_i)$，正定，所以目标函数严格凹，单纯形上的驻点就是唯一的最大值点。",
+                "For any $n$ and any direction $v = (v_1, \\dots, v_n)$, the second derivative of the objective "
+                "along $q + t v$ at $t = 0$ is the Hessian's quadratic form $v^\\top H v$. It is "
+                "$-\\beta \\sum_i v_i^2 / q_i$: the Hessian is $-\\beta\\,\\mathrm{diag}(1/q_i)$, and by the previous "
+                "step each term is $\\le 0$ and zero only if $v_i = 0$, so $v^\\top H v < 0$ for every $v \\ne 0$. "
+                "The objective is strictly concave and the stationary point on the simplex is the unique maximiser.",
+                "对任意 $n$ 和任意方向 $v = (v_1, \\dots, v_n)$，目标函数沿 $q + t v$ 在 $t = 0$ 处的二阶导数就是黑塞"
+                "矩阵的"
+                "二次型 $v^\\top H v$。它等于 $-\\beta \\sum_i v_i^2 / q_i$：黑塞矩阵为 $-\\beta\\,\\mathrm{diag}(1/q"
+                "_i)$，"
+                "由上一步每一项 $\\le 0$ 且仅当 $v_i = 0$ 时为零，所以对每个 $v \\ne 0$ 有 $v^\\top H v < 0$。"
+                "目标函数严格凹，单纯形上的驻点就是唯一的最大值点。",
             ),
-            PositiveDefinite(
-                sp.Matrix(3, 3, lambda j, k: -sp.Derivative(J, q[j], q[k])),
-                manifest=sp.diag(*[beta / qk for qk in q]),
-                via=("simplify",),
+            Equal(
+                sp.Subs(sp.Derivative(objective_of(Q[i] + t * V[i]), (t, 2)), t, 0),
+                -beta * S(V[i] ** 2 / Q[i]),
+                via=("sums", "simplify"),
             ),
-            where={J: objective},
         ),
     ],
     conclusion=Text(

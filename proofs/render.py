@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from .core import Proof, ProofResult, StepResult
+from .papers import NOTATION, PAPERS
 
 _INLINE_MATH = re.compile(r"\$([^$\n]+?)\$")
 
@@ -86,6 +87,10 @@ LABELS = {
         "exercise": "Exercise",
         "solution": "Solution",
         "figure": "Figure",
+        "source": "Source: ",
+        "notation": "Notation",
+        "symbol": "Symbol",
+        "meaning": "Meaning",
     },
     "zh": {
         "title": "可执行的证明：一步一步推导 DPO、IPO、cDPO 与损失函数族",
@@ -153,6 +158,10 @@ LABELS = {
         "exercise": "练习",
         "solution": "答案",
         "figure": "图",
+        "source": "出处：",
+        "notation": "记号",
+        "symbol": "符号",
+        "meaning": "含义",
     },
 }
 
@@ -245,11 +254,14 @@ def _proof_section(r: ProofResult, i: int, lang: str) -> list[str]:
     out = [f'<a id="{proof.name}"></a>', "", f"### {i}. {proof.title(lang)}", "", _gh(proof.intro(lang)), ""]
     code = ", ".join(f"`{name}`" for name in proof.justifies)
     out += [f"*{L['Justifies'].strip()}* {code} · *{L['run_one'].strip()}* `dpo-ref prove --only {proof.name}`", ""]
+    if proof.source is not None:
+        out += [f"*{L['source'].strip()}* {PAPERS[proof.source]}", ""]
     out += [f"*{hypotheses_line(proof, lang, latex=True)}*", ""]
     done = {s.index: s for s in r.steps}
     for index, step in enumerate(proof.steps, 1):
         res = done.get(index)
-        out += [f"**{L['step']} {i}.{index} · {step.name(lang)}{L['end']}** {_gh(step.explain(lang))}", ""]
+        cite = f" ({step.eq})" if step.eq else ""
+        out += [f"**{L['step']} {i}.{index} · {step.name(lang)}{cite}{L['end']}** {_gh(step.explain(lang))}", ""]
         out += ["```math", step.statement, "```", ""]
         if res is None:
             out += [f"<sub>· {L['not_run']}</sub>", ""]
@@ -285,7 +297,8 @@ def losses_table(numbers: dict[str, int], lang: str = "en") -> list[str]:
     for row in lesson.summary_rows(lang, available=list(numbers)):
         if row.optimum is not None:
             o = row.optimum
-            optimum = f"$`{o.tex}`$ ([{L['step_ref']} {numbers[o.proof]}.{o.step}](#{o.proof}))"
+            shown = [f"$`{t}`$ ([{L['step_ref']} {numbers[o.proof]}.{k}](#{o.proof}))" for t, k in o.parts]
+            optimum = "; ".join(shown)
         else:
             optimum = L["no_optimum"]
         proofs = [p for p in row.why.split(", ") if p in numbers]
@@ -332,11 +345,15 @@ def markdown(results: list[ProofResult], lang: str = "en") -> str:
         out.append("")
         out += [f"{numbers[r.proof.name]}. [{r.proof.title(lang)}](#{r.proof.name}) (`{r.proof.name}`)" for r in core]
         out.append("")
-    out += [f"**[{L['losses']}](#losses)** · **[{L['exercises']}](#exercises)**", ""]
+    out += [f"**[{L['losses']}](#losses)** · **[{L['exercises']}](#exercises)** · **[{L['notation']}](#notation)**", ""]
     if rest:
         out += [f"**[{L['further']}](#further)**", ""]
         out += [f"{numbers[r.proof.name]}. [{r.proof.title(lang)}](#{r.proof.name}) (`{r.proof.name}`)" for r in rest]
         out.append("")
+    out += ['<a id="notation"></a>', "", f"## {L['notation']}", ""]
+    out += [f"| {L['symbol']} | {L['meaning']} |", "| --- | --- |"]
+    out += [f"| $`{sym}`$ | {_gh(meaning(lang))} |" for sym, meaning in NOTATION]
+    out.append("")
     placed = set()
     if core:
         out += ['<a id="core-path"></a>', "", f"## {L['core']}", ""]

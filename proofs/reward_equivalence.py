@@ -49,6 +49,7 @@ PROOF = Proof(
         "恰好保留一个成员），DPO 报告的隐式奖励也只有差值才有意义。",
     ),
     justifies=("dpo_ref.losses.dpo_loss", "dpo_ref.losses.preference_margin"),
+    source="dpo",
     steps=[
         Step(
             Text("Bradley–Terry ignores a prompt-only shift", "布拉德利-特里模型不受仅依赖提示的平移影响"),

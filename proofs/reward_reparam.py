@@ -44,6 +44,7 @@ PROOF = Proof(
         "正是这一步让 DPO 能用策略本身代替奖励模型。",
     ),
     justifies=("dpo_ref.losses.dpo_loss", "dpo_ref.losses.preference_margin"),
+    source="dpo",
     steps=[
         Step(
             Text("Solve the optimal policy for the reward", "由最优策略反解奖励"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .common import beta, eps, h, sigma
-from .core import Equal, Limit, Negative, Positive, Proof, Step, Text
+from .core import NAMES, Equal, GlobalMinimum, Limit, Negative, Positive, Proof, Step, Text, bounded
 
 ell = sp.Function("ell")  # the clean per-pair loss, shown as ℓ(h)
 ELL = {ell(h): -sp.log(sigma(beta * h)), ell(-h): -sp.log(sigma(-beta * h))}
@@ -22,6 +22,13 @@ ROBUST_EXPLICIT = ROBUST.xreplace(ELL)
 DPO_MINUS = -sp.log(sigma(beta * h)) - eps * beta * h / (1 - 2 * eps)
 SLOPE = -beta * sigma(-beta * h) - eps * beta / (1 - 2 * eps)  # manifestly negative
 NUMERATOR = (1 - eps) * ell(h) - eps * ell(-h)
+
+# A pair seen with y_w preferred a fraction p_hat of the time: p_hat = eps + (1 - 2 eps) q_hat, where q_hat in
+# (0, 1) is the de-noised frequency (eps < p_hat < 1 - eps exactly when 0 < q_hat < 1).
+q_hat = bounded(sp.Symbol("qhat", positive=True), sp.Interval.open(0, 1))
+p_hat = sp.Symbol("phat", real=True)
+NAMES.update({"qhat": ("\\hat q", "q̂"), "phat": ("\\hat p", "p̂")})
+AT_FREQUENCY = p_hat * ROBUST_EXPLICIT + (1 - p_hat) * ROBUST_EXPLICIT.subs(h, -h)
 
 PROOF = Proof(
     name="robust-dpo",
@@ -40,6 +47,7 @@ PROOF = Proof(
         "各步骤在 $0 < \\varepsilon < 1/2$ 上检验；$\\varepsilon = 0$ 就是 DPO。",
     ),
     justifies=("dpo_ref.family.robust_loss",),
+    source="rdpo",
     steps=[
         Step(
             Text("Unbiased under label flips", "在标签翻转下无偏"),
@@ -120,6 +128,34 @@ PROOF = Proof(
             ),
             Equal(sp.Subs(ROBUST, eps, 0), ell(h), via=("simplify",)),
             where=ELL,
+        ),
+        Step(
+            Text("At preference frequency p̂: the minimiser", "偏好频率为 p̂ 时的最小值点"),
+            Text(
+                "The missing minimiser is that of a pair seen once. If the pair is seen with $y_w$ preferred a "
+                "fraction $\\hat p$ of the time, the loss averaged over its labels is strictly convex (DPO's "
+                "curvature) with the unique minimiser $\\beta h^* = \\operatorname{logit}\\hat q$, where "
+                "$\\hat q = (\\hat p - \\varepsilon)/(1 - 2\\varepsilon)$ is the frequency with the flips removed; it "
+                "exists exactly when $\\varepsilon < \\hat p < 1 - \\varepsilon$, i.e. $0 < \\hat q < 1$. So "
+                "$h^* = \\operatorname{logit}((\\hat p - \\varepsilon)/(1 - 2\\varepsilon))/\\beta$: the flips are "
+                "undone "
+                "before the logit. A pair seen once ($\\hat p = 1$) has $\\hat q > 1$: no minimiser (step 6).",
+                "缺失的最小值点属于只出现一次的样本对。若这一对中 $y_w$ 被偏好的频率为 $\\hat p$，对其标签取平均的损"
+                "失严格凸"
+                "（与 DPO 曲率相同），唯一最小值点为 $\\beta h^* = \\operatorname{logit}\\hat q$，其中 "
+                "$\\hat q = (\\hat p - \\varepsilon)/(1 - 2\\varepsilon)$ 是去除翻转后的频率；它恰在 "
+                "$\\varepsilon < \\hat p < 1 - \\varepsilon$，即 $0 < \\hat q < 1$ 时存在。因此 "
+                "$h^* = \\operatorname{logit}((\\hat p - \\varepsilon)/(1 - 2\\varepsilon))/\\beta$：先消去翻转再取 l"
+                "ogit。"
+                "只出现一次的样本对（$\\hat p = 1$）有 $\\hat q > 1$：没有最小值点（第 6 步）。",
+            ),
+            GlobalMinimum(
+                AT_FREQUENCY,
+                h,
+                sp.log(q_hat / (1 - q_hat)) / beta,
+                curvature=beta**2 * sigma(beta * h) * sigma(-beta * h),
+            ),
+            where={p_hat: eps + (1 - 2 * eps) * q_hat},
         ),
     ],
     conclusion=Text(

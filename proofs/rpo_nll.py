@@ -31,6 +31,7 @@ PROOF = Proof(
         "损失中没有任何东西阻止两个对数概率一起下降。NLL 项则无论间隔多大，都对被选回答保持 $\\alpha/T$ 的拉力。",
     ),
     justifies=("dpo_ref.rpo.rpo_objective",),
+    source="rpo",
     steps=[
         Step(
             Text("Gradient on the chosen log-probability", "对被选回答对数概率的梯度"),

@@ -53,6 +53,7 @@ PROOF = Proof(
         "dpo_ref.family.apo_down_loss",
         "dpo_ref.family.bco_pair_loss",
     ),
+    source="trl",
     steps=[
         Step(
             Text("The margin does not see f(x)", "间隔看不到 f(x)"),

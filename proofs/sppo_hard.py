@@ -32,6 +32,7 @@ PROOF = Proof(
         "它对每个对数比值分别设定目标。",
     ),
     justifies=("dpo_ref.family.sppo_hard_loss",),
+    source="sppo",
     steps=[
         Step(
             Text("The stationary point", "驻点"),

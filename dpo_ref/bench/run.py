@@ -33,9 +33,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from dpo_ref.atomic import STDOUT
+from dpo_ref.bench.sizes import MIN_VOCAB, PRESETS, BenchSize, bench_model  # noqa: F401  (bench.PRESETS etc.)
 from dpo_ref.errors import InputError
 
 LOSS_RTOL = 1e-5  # first-step loss agreement required between the two sides (float32)
@@ -50,41 +51,7 @@ class BenchError(RuntimeError):
     """A worker failed, or the two sides did not compute the same thing (the correctness guard)."""
 
 
-@dataclass
-class BenchSize:
-    """Model and batch of one benchmark: a Llama built from a config, `batch` pairs of `seq_len` tokens."""
-
-    hidden: int = 256
-    layers: int = 4
-    heads: int = 4
-    kv_heads: int = 4
-    intermediate: int = 1024
-    vocab: int = 8192
-    seq_len: int = 256  # tokens per sequence: prompt (with BOS) + response (with EOS)
-    prompt_len: int = 64  # prompt tokens, BOS included
-    batch: int = 8  # preference pairs per step: one (2 * batch, seq_len) forward
-
-
-PRESETS = {
-    "default": BenchSize(),
-    "tiny": BenchSize(
-        hidden=32, layers=2, heads=2, kv_heads=2, intermediate=64, vocab=512, seq_len=32, prompt_len=8, batch=2
-    ),
-    # a Qwen2.5-0.5B-shaped Llama (untied head), for a GPU
-    "0.5b": BenchSize(
-        hidden=896,
-        layers=24,
-        heads=14,
-        kv_heads=2,
-        intermediate=4864,
-        vocab=151936,
-        seq_len=1024,
-        prompt_len=256,
-        batch=8,
-    ),
-}
 # dense bf16 peak of known accelerators, for MFU (TFLOP/s)
-MIN_VOCAB = 16
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
 
 
@@ -120,21 +87,6 @@ def bench_rows(size: BenchSize, seed: int = 0) -> list[dict]:
         {"prompt": words(prompt_words), "chosen": " " + words(response_words), "rejected": " " + words(response_words)}
         for _ in range(size.batch)
     ]
-
-
-def bench_model(size: BenchSize, seed: int):
-    """A float32 `LlamaForCausalLM` of `size`, initialised deterministically from `seed` (no dropout)."""
-    from dpo_ref.train.model import TinyLlamaSize, llama_config, tiny_llama
-
-    shape = TinyLlamaSize(
-        hidden_size=size.hidden,
-        intermediate_size=size.intermediate,
-        num_hidden_layers=size.layers,
-        num_attention_heads=size.heads,
-        num_key_value_heads=size.kv_heads,
-        max_position_embeddings=max(size.seq_len, 128),
-    )
-    return tiny_llama(llama_config(size.vocab, shape, use_cache=False), seed)
 
 
 def param_count(size: BenchSize) -> int:
@@ -641,6 +593,16 @@ def _handler(args) -> int:
 
     from dpo_ref.train.config import check_device
 
+    if args.layout is not None:  # checked first: the layout bench has its own shapes
+        from dpo_ref.bench import layouts as bench_layouts
+
+        bench_layouts.parse_layouts(args.layout)
+        fixed = [f"--{f.replace('_', '-')}" for f in ("seq_len", "prompt_len", "batch") if getattr(args, f) is not None]
+        if fixed:
+            raise InputError(
+                f"{', '.join(fixed)} cannot be combined with --layout: the layout bench runs its own shapes "
+                f"({', '.join(bench_layouts.SHAPES)}, {bench_layouts.PAIRS} pairs)"
+            )
     size = BenchSize(**asdict(PRESETS[args.size]))
     for field in ("hidden", "layers", "vocab", "seq_len", "prompt_len", "batch"):
         value = getattr(args, field)
@@ -665,10 +627,15 @@ def _handler(args) -> int:
         from dpo_ref.atomic import check_output_file
 
         check_output_file(args.json, "--json")
+    if args.layout is not None:
+        return _layout_handler(args, size, device)
     try:
         import trl  # noqa: F401
     except ImportError as err:
         raise InputError(f"the bench needs TRL: pip install 'dpo-ref[bench]' ({err})") from err
+    from dpo_ref.atomic import hold
+
+    hold({"--json": args.json})  # one bench at a time writes it (dpo_ref.atomic)
     log = print if not args.quiet else (lambda *a, **k: None)
     try:
         result = run_bench(
@@ -690,6 +657,35 @@ def _handler(args) -> int:
         from dpo_ref.docgen.results import machine, write_results
 
         write_results(args.json, {"machine": machine(), "command": _command(args), **result})
+    return 0
+
+
+def _layout_handler(args, size: BenchSize, device: str) -> int:
+    """`--layout`: the trainer's step in each batch layout, side by side (`dpo_ref.bench.layouts`); no TRL."""
+    import torch
+
+    from dpo_ref.atomic import hold
+    from dpo_ref.bench import layouts as bench_layouts
+
+    chosen = bench_layouts.parse_layouts(args.layout)
+    hold({"--json": args.json})
+    torch.set_num_threads(args.threads)
+    from dpo_ref.docgen.results import machine
+
+    before = machine()  # the load average before the run: what else was running
+    try:
+        result = bench_layouts.run_layouts(size, device, args.steps, chosen)
+    except bench_layouts.LayoutMismatch as err:
+        print(f"dpo-ref bench: FAILED: {err}", file=sys.stderr)
+        return 1
+    print(bench_layouts.format_layouts(result), file=sys.stderr if args.json == STDOUT else sys.stdout)
+    if args.json:
+        from dpo_ref.docgen.results import write_results
+
+        command = (
+            f"dpo-ref bench --layout {args.layout} --size {args.size} --steps {args.steps} --threads {args.threads}"
+        )
+        write_results(args.json, {"machine": before, "command": command, **result})
     return 0
 
 
@@ -732,6 +728,15 @@ def register(subparsers) -> None:
     a("--settings", default="both", choices=("both",) + REF_SETTINGS, help="reference settings to run (default both)")
     a("--no-logps", action="store_true", help="skip the log-prob benchmark")
     a("--no-verify", action="store_true", help="skip the verify timing")
+    a(
+        "--layout",
+        metavar="NAMES",
+        default=None,
+        help="instead of the TRL comparison, time dpo-ref's step in these batch layouts side by side: 'all' or a "
+        "comma-separated list of two-sequence, prefix-sharing, packing, both (two-sequence, the baseline, is always "
+        "run); shapes prompt 64 / completion 192, prompt 256 / completion 128 and a drawn mix; --repeats, "
+        "--settings, --no-logps and --no-verify do not apply",
+    )
     a("--json", metavar="PATH", help="also write the results as JSON (- for standard output)")
     a("--quiet", action="store_true", help="print only the final table")
     p.set_defaults(func=_handler)

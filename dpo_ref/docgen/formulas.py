@@ -306,9 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"formulas: {line}", file=sys.stderr)
     text = markdown()
     if args.output:
-        from dpo_ref.atomic import write_text_atomic
+        from dpo_ref.atomic import OutputLocks, write_text_atomic
 
-        write_text_atomic(args.output, text)
+        with OutputLocks({"--output": args.output}):
+            write_text_atomic(args.output, text)
     else:
         print(text, end="")
     return 1 if found else 0

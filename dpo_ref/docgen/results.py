@@ -32,7 +32,7 @@ import re
 import sys
 from pathlib import Path
 
-from dpo_ref.atomic import check_output_file, write_output, write_text_atomic
+from dpo_ref.atomic import OutputLocks, check_output_file, write_output, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: dpo_ref/docgen/ -> .
 RESULTS = ROOT / "docs" / "results"
@@ -173,14 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     results = Results()
     status = 0
     for path in doc_files():
-        text = path.read_text(encoding="utf-8")
         rel = path.relative_to(ROOT)
         if args.action == "refresh":
-            new = render(text, results)
-            if new != text:
-                write_text_atomic(str(path), new)
-                print(f"rewrote {rel}")
+            with OutputLocks({str(rel): str(path)}):  # read, then rewritten: one refresh at a time
+                text = path.read_text(encoding="utf-8")
+                new = render(text, results)
+                if new != text:
+                    write_text_atomic(str(path), new)
+                    print(f"rewrote {rel}")
         else:
+            text = path.read_text(encoding="utf-8")
             for line in mismatches(text, results):
                 print(f"{rel}: {line}")
                 status = 1

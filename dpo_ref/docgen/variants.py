@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from dpo_ref import variants as V
-from dpo_ref.atomic import write_text_atomic
+from dpo_ref.atomic import OutputLocks, write_text_atomic
 
 STRUCTURE = {
     V.YES: "invariant",
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text = render()
     if args.output:
-        write_text_atomic(args.output, text)
+        with OutputLocks({"--output": args.output}):
+            write_text_atomic(args.output, text)
     else:
         print(text, end="")
     return 0

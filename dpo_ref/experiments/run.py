@@ -352,6 +352,14 @@ def _check_json(args) -> dict | None:
     return machine()
 
 
+def _hold_outputs(args) -> None:
+    """Lock --out and --json (`dpo_ref.atomic`) once every argument is checked: one experiment at a time writes
+    them. A --out created for the lock and left empty (the run failed) is removed again."""
+    from dpo_ref.atomic import hold
+
+    hold({"--out": args.out, "--json": args.json}, directories=("--out",))
+
+
 def _results_json(
     args, results: dict, lines: list[str], started: float, before: dict | None, extra: dict | None = None
 ) -> None:
@@ -389,6 +397,7 @@ def _overfit_handler(args) -> int:
     check_seed(args.seed)
     _check_out(args, OVERFIT_FILES)
     before = _check_json(args)
+    _hold_outputs(args)
     started = time.perf_counter()
     rows = run_overfit(
         betas=args.betas,
@@ -438,6 +447,7 @@ def _overfit_handler(args) -> int:
 def _displacement_handler(args) -> int:
     _check_out(args, DISPLACEMENT_FILES)
     before = _check_json(args)
+    _hold_outputs(args)
     started = time.perf_counter()
     overrides = {"steps": args.steps, "sft_steps": args.sft_steps, "eval_every": args.eval_every}
     rows = run_displacement(args.out, rpo_alpha=args.rpo_alpha, **overrides)
@@ -527,6 +537,7 @@ def _bandit_handler(args) -> int:
         target = check_output_file(args.json, "--json")
         if target != "-":
             check_writable_dir(os.path.dirname(target), "--json")
+    _hold_outputs(args)
     results = []
     configurations = [(d, loss) for d in args.datasets for loss in args.losses]
     for dataset, loss in progress(configurations, "dpo-ref experiment bandit", lambda c: f"{c[0]} {c[1]}"):

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from dpo_ref.atomic import check_output_file, write_text_atomic
+from dpo_ref.atomic import check_output_file, hold, write_text_atomic
 from dpo_ref.errors import InputError
 from dpo_ref.oracle import options
 from dpo_ref.oracle.options import parse_coefficients
@@ -52,6 +52,7 @@ def handler(args: argparse.Namespace) -> int:
     if args.report_fd is not None:
         return _isolated_child(args)
     _check_arguments(args)
+    hold({"--json": args.json})  # this process writes the report (never the --isolate child)
     if args.isolate:
         return run_isolated(args)
     to_json = args.json == "-"

@@ -32,7 +32,7 @@ import platform
 import sys
 import time
 
-from dpo_ref.atomic import check_apart, check_output_file, special_file_kind, write_text_atomic
+from dpo_ref.atomic import check_apart, check_output_file, hold, special_file_kind, write_text_atomic
 from dpo_ref.errors import InputError
 
 START, END = "<!-- compliance-summary:start -->", "<!-- compliance-summary:end -->"
@@ -342,6 +342,9 @@ def handler(args: argparse.Namespace) -> int:
     readme = None
     if args.readme is not None:
         check_output_file(args.readme, "--readme")  # read first, then replaced: never a FIFO (reading one blocks)
+    # locked before the README is read: it is read, then rewritten with the new summary (dpo_ref.atomic)
+    hold({"--out": args.out, "--readme": args.readme}, directories=("--out",))
+    if args.readme is not None:
         try:
             with open(args.readme, encoding="utf-8") as f:
                 readme = f.read()

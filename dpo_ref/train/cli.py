@@ -113,6 +113,7 @@ def _summary_lines(cfg: TrainConfig, summary: dict) -> list[str]:
 
 
 def _handler(args) -> int:
+    from dpo_ref.atomic import hold
     from dpo_ref.train.loop import check_paths, train
 
     cfg = config_from_args(args)
@@ -122,12 +123,14 @@ def _handler(args) -> int:
         check_results_path(args.json)
         check_paths(cfg, args.json)
         before = machine()  # the load average before the run: what else was running
+    main = int(os.environ.get("RANK", "0")) == 0  # the other processes write nothing
+    hold({"--json": args.json if main else None})  # --out is locked by the run itself (RunDir.claim)
     try:
         summary = train(cfg)
     except FloatingPointError as err:  # not a usage error (exit 2): the run itself failed
         print(f"dpo-ref train: {err}", file=sys.stderr)
         return 1
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main:
         lines = _summary_lines(summary["config"], summary)
         print("\n".join(lines), file=sys.stderr if args.json == STDOUT else sys.stdout)  # stdout: the JSON alone
         if args.json:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from dpo_ref.errors import InputError
 from dpo_ref.losses import check_label_smoothing, check_positive_scalar
 from dpo_ref.train.objective import LOSS_CHOICES, is_classic, loss_help, loss_names, loss_option, resolve
+from dpo_ref.train.precision import DTYPES, check_dtype
 
 LOSSES = LOSS_CHOICES  # every registry name and alias (dpo_ref.variants); dpo, cdpo, ipo keep their own checks
 DEVICE_TYPES = ("cpu", "cuda")
@@ -105,6 +106,25 @@ class TrainConfig:
         "sequence masked from the others (with --prefix-sharing: the shared rows are packed)"
     )  # fmt: skip
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    dtype: str | None = _opt(
+        None, "mixed precision: float32, bfloat16 (autocast; float32 weights, gradients and optimizer) or float16 "
+        "(CUDA only, with loss scaling); log-probs summed in float32 (default bfloat16 on a GPU that has it, else "
+        "float32)", choices=DTYPES
+    )  # fmt: skip
+    lora_r: int | None = _opt(None, "train LoRA adapters of rank R (peft) instead of every weight; the reference is "
+                              "the same model with the adapters off")  # fmt: skip
+    lora_alpha: float | None = _opt(None, "LoRA scale numerator: the update is (alpha / r) B A (default 2 x --lora-r)")
+    lora_dropout: float = _opt(0.0, "dropout on the LoRA branch's input, in [0, 1)")
+    lora_target_modules: str | None = _opt(
+        None, "the layers LoRA adapts, NAME,NAME,... (leaf names such as q_proj,v_proj) or all-linear (default: "
+        "peft's for the model type; q_proj,v_proj for Llama)"
+    )  # fmt: skip
+    merge_lora: bool = _opt(False, "write OUT/model as the merged weights W + (alpha/r) B A (from_pretrained loads "
+                            "it alone) instead of the adapters")  # fmt: skip
+    gradient_checkpointing: bool = _opt(
+        False, "recompute each decoder layer's activations in the backward pass instead of keeping them (less "
+        "memory, one more forward)"
+    )  # fmt: skip
     threads: int | None = _opt(None, "CPU intra-op threads (default 1 for the built-in tiny model, else torch's)")
     seed: int = _opt(0, "seed of the weights (built-in model), the data order and every RNG; in [0, 2**32)")
     log_every: int = _opt(10, "log the training statistics every N updates")
@@ -139,12 +159,13 @@ class TrainConfig:
 RESUME_KEYS = (
     "model data_sha256 eval_data_sha256 loss coef loss_weights beta label_smoothing tau rpo_alpha steps lr "
     "weight_decay warmup_steps max_grad_norm max_length max_prompt_length padding_side sft_steps sft_lr precompute_ref "
-    "seed global_batch"
+    "seed global_batch dtype lora_r lora_alpha lora_dropout lora_target_modules"
 ).split()
 
 # what the SFT warm-up's result depends on: a saved warm-up is reused only if all of these match
 SFT_KEYS = (
-    "model data_sha256 sft_steps sft_lr seed max_grad_norm max_length max_prompt_length padding_side global_batch"
+    "model data_sha256 sft_steps sft_lr seed max_grad_norm max_length max_prompt_length padding_side global_batch "
+    "dtype lora_r lora_alpha lora_dropout lora_target_modules"
 ).split()
 
 
@@ -250,4 +271,37 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.resume and cfg.overwrite:
         raise InputError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     check_device(cfg.device)
+    cfg.dtype = check_dtype(cfg.dtype, cfg.device)
+    check_lora(cfg)
     return cfg
+
+
+def check_lora(cfg: TrainConfig) -> None:
+    """The LoRA settings (the target modules are checked against the model once it is loaded)."""
+    r = cfg.lora_r
+    if r is None:
+        for name in ("lora_alpha", "lora_target_modules"):
+            if getattr(cfg, name) is not None:
+                raise InputError(f"--{name.replace('_', '-')} needs --lora-r (LoRA is off without it)")
+        if cfg.lora_dropout != 0.0:
+            raise InputError("--lora-dropout needs --lora-r (LoRA is off without it)")
+        if cfg.merge_lora:
+            raise InputError("--merge-lora needs --lora-r: there are no adapters to merge without LoRA")
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise InputError("--lora-r needs peft, which is not installed: pip install 'dpo-ref[lora]'")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise InputError(f"--lora-r must be a positive integer, got {r}")
+    if cfg.lora_alpha is None:
+        from dpo_ref.train.lora import default_alpha
+
+        cfg.lora_alpha = default_alpha(r)
+    alpha = cfg.lora_alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (alpha > 0 and math.isfinite(alpha)):
+        raise InputError(f"--lora-alpha must be a positive finite number, got {alpha}")
+    cfg.lora_alpha = float(alpha)
+    p = cfg.lora_dropout
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise InputError(f"--lora-dropout must be in [0, 1), got {p}")

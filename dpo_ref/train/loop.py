@@ -43,10 +43,11 @@ from dpo_ref.logps import sequence_logps, shift_labels, token_logps
 from dpo_ref.losses import dpo_loss, ipo_loss
 from dpo_ref.progress import phase
 from dpo_ref.rpo import per_token_nll, rpo_objective
-from dpo_ref.train import layouts
+from dpo_ref.train import layouts, lora
 from dpo_ref.train.config import LOSSES, RESUME_KEYS, SFT_KEYS, TrainConfig, check_config, check_device
 from dpo_ref.train.data import IGNORE_INDEX, PreferenceCollator, TokenizedPair, pad_sequences, prepare_dataset
 from dpo_ref.train.objective import is_classic, resolve
+from dpo_ref.train.precision import autocast, grad_scaler
 from dpo_ref.train.rundir import RUN_FILES, RunDir, check_writable_dir
 
 COMMAND = "dpo-ref train"  # how progress lines name the command
@@ -77,7 +78,7 @@ class SequenceScorer(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model
+        self.model = model = lora.inner_model(model)  # a LoRA policy: the HF model, its adapters injected
         model_type = getattr(model.config, "model_type", "")
         self.scored_head_only = model_type in _PLAIN_HEAD_MODEL_TYPES and isinstance(
             model.get_output_embeddings(), nn.Linear
@@ -157,11 +158,6 @@ class BatchOrder:
         return out
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op (float32) on CPU."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -174,7 +170,14 @@ def scorer_inputs(batch: dict) -> dict[str, torch.Tensor]:
 
 
 def pair_logps(
-    scorer: SequenceScorer, pairs: list[TokenizedPair], collate, device, batch_size: int, *, counts: bool = False
+    scorer: SequenceScorer,
+    pairs: list[TokenizedPair],
+    collate,
+    device,
+    batch_size: int,
+    *,
+    counts: bool = False,
+    dtype: str | None = None,
 ):
     """(chosen (P,), rejected (P,)) sequence log-probs of every pair under `scorer`, indexed by `pair.index`;
     with `counts`, also (chosen (P,), rejected (P,)) scored-token counts."""
@@ -184,7 +187,7 @@ def pair_logps(
     n_rejected = torch.zeros_like(n_chosen)
     for start in range(0, len(pairs), batch_size):
         batch = to_device(collate(pairs[start : start + batch_size]), device)
-        with autocast(device):
+        with autocast(device, dtype):
             logps, n = scorer(**scorer_inputs(batch))  # (2B,)
         B = batch["index"].shape[0]
         chosen[batch["index"]] = logps[:B].float()
@@ -195,13 +198,13 @@ def pair_logps(
 
 @torch.no_grad()
 def greedy_generate(
-    model: nn.Module, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int, eos_id: int, device
+    model: nn.Module, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int, eos_id: int, device, dtype=None
 ) -> list[list[int]]:
     """Greedy completions (up to and including EOS) of a batch of prompts: `model.generate`, left-padded,
     with its KV cache (4x faster than a loop re-running the whole sequence, on the built-in eval set)."""
     input_ids = pad_sequences(prompts, pad_id, "left").to(device)  # (N, T)
     attention_mask = pad_sequences([[1] * len(p) for p in prompts], 0, "left").to(device)  # (N, T)
-    with autocast(device):
+    with autocast(device, dtype):
         output = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -217,7 +220,7 @@ def greedy_generate(
     return out
 
 
-def generation_accuracy(model, pairs, *, max_new_tokens, pad_id, eos_id, device, batch_size=256) -> float:
+def generation_accuracy(model, pairs, *, max_new_tokens, pad_id, eos_id, device, batch_size=256, dtype=None) -> float:
     """Fraction of pairs whose greedy completion of the prompt is exactly the chosen response (with EOS)."""
     was_training = model.training
     model.eval()
@@ -232,6 +235,7 @@ def generation_accuracy(model, pairs, *, max_new_tokens, pad_id, eos_id, device,
             pad_id=pad_id,
             eos_id=eos_id,
             device=device,
+            dtype=dtype,
         )
         correct += sum(c == p.chosen_ids for c, p in zip(completions, chunk))
     model.train(was_training)
@@ -391,6 +395,8 @@ def update_step(
     scheduler=None,
     ddp=None,
     skip: Callable[[dict, torch.Tensor], bool] | None = None,
+    dtype: str | None = None,
+    scaler=None,
 ) -> tuple[dict, torch.Tensor, bool]:
     """One optimizer update, shared by the SFT warm-up, the preference loop and `dpo-ref bench`.
 
@@ -398,22 +404,28 @@ def update_step(
     losses; under DDP the gradients are all-reduced on the last micro-batch only), clipping to
     `max_grad_norm`, `optimizer.step()` unless `skip(stats, grad_norm)` says so, the schedule, zero_grad.
     Returns (stats summed over the micro-batches, grad_norm, skipped); no host synchronisation unless
-    `skip` makes one.
+    `skip` makes one. `dtype`: the --dtype of the autocast (`dpo_ref.train.precision`); `scaler`: float16's loss
+    scale (the gradients are unscaled before clipping; the scaler skips an update whose scaled gradient overflowed).
     """
     stats: dict[str, torch.Tensor] = {}
     n = len(micro_batches)
     for i, batch in enumerate(micro_batches):
         sync = ddp is None or i == n - 1
-        with ddp.no_sync() if not sync else nullcontext(), autocast(device):
+        with ddp.no_sync() if not sync else nullcontext(), autocast(device, dtype):
             loss, micro_stats = loss_fn(batch)
-            (loss / n if n > 1 else loss).backward()
+            loss = loss / n if n > 1 else loss
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         for name, value in micro_stats.items():
             stats[name] = stats[name] + value if name in stats else value
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     skipped = bool(skip(stats, grad_norm)) if skip is not None else False
     if not skipped:  # a skipped update leaves weights and AdamW state as they were
-        optimizer.step()
+        scaler.step(optimizer) if scaler is not None else optimizer.step()
+    if scaler is not None:
+        scaler.update()
     if scheduler is not None:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -571,7 +583,7 @@ def set_up(cfg: TrainConfig) -> Session:
 
 def load_data(s: Session) -> Data:
     """Phase 2: the model and tokenizer, and the preference rows tokenised; every input read and validated."""
-    from dpo_ref.train.model import load_model_and_tokenizer, max_positions
+    from dpo_ref.train.model import enable_gradient_checkpointing, load_model_and_tokenizer, max_positions
     from dpo_ref.train.tasks import reversal_rows
 
     cfg = s.cfg
@@ -596,6 +608,12 @@ def load_data(s: Session) -> Data:
             "--repeat-rows to let rows repeat within an update"
         )
     disable_dropout(policy).to(s.device)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
+    if cfg.lora_r is not None:  # after disable_dropout: --lora-dropout is kept
+        policy = lora.apply_lora(
+            policy, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_target_modules
+        )
     policy.train()
     return Data(
         policy=policy,
@@ -654,7 +672,8 @@ def warm_up(s: Session, d: Data) -> dict:
     if cfg.resume and s.run_dir.load_sft(d.policy, sft_key, s.device):
         return {"steps": cfg.sft_steps, "reused": s.run_dir.sft}
     scorer = s.wrap(SequenceScorer(d.policy))
-    optimizer = adamw(d.policy.parameters(), lr=cfg.sft_lr, weight_decay=0.0, device=s.device)
+    optimizer = adamw(lora.trainable_parameters(d.policy), lr=cfg.sft_lr, weight_decay=0.0, device=s.device)
+    scaler = grad_scaler(s.device, cfg.dtype)
     order = BatchOrder(len(d.train_pairs), s.global_batch, cfg.seed + 1)
     first = None
     bar = phase(COMMAND, "sft warm-up", cfg.sft_steps, enabled=s.show_progress)
@@ -666,6 +685,8 @@ def warm_up(s: Session, d: Data) -> dict:
             max_grad_norm=cfg.max_grad_norm,
             device=s.device,
             ddp=scorer if s.distributed else None,
+            dtype=cfg.dtype,
+            scaler=scaler,
         )
         if step == 0:
             first = stats["nll"].item() / s.per_rank
@@ -674,6 +695,8 @@ def warm_up(s: Session, d: Data) -> dict:
     last = stats["nll"].item() / s.per_rank
     if not all(torch.isfinite(p).all() for p in d.policy.parameters()):  # never save a broken warm-up
         raise FloatingPointError("the SFT warm-up made the weights non-finite; try a lower --sft-lr")
+    if lora.is_peft(d.policy):  # the warmed-up model is the reference: its adapters folded into the base
+        lora.fold_adapters(d.policy)
     if s.main:
         s.run_dir.save_sft(d.policy, sft_key)
     return {"steps": cfg.sft_steps, "nll_first": first, "nll_last": last}
@@ -692,13 +715,18 @@ def make_reference(s: Session, d: Data) -> Reference:
     for a reference-free loss (SimPO, SFT: no second model in memory)."""
     if not is_classic(s.cfg) and not resolve(s.cfg).needs_reference:
         return Reference()
-    scorer = SequenceScorer(frozen_reference(d.policy))
+    if lora.is_peft(d.policy):  # the same weights with the adapters off: no second copy
+        scorer = lora.AdaptersOff(SequenceScorer(d.policy), d.policy)
+    else:
+        scorer = SequenceScorer(frozen_reference(d.policy))
     if not s.cfg.precompute_ref:
         return Reference(scorer=scorer)
     size = 2 * s.cfg.batch_size
     logps = {
-        "train": pair_logps(scorer, d.train_pairs, d.collate, s.device, size),
-        "eval": pair_logps(scorer, d.eval_pairs, d.collate, s.device, size) if d.eval_pairs else None,
+        "train": pair_logps(scorer, d.train_pairs, d.collate, s.device, size, dtype=s.cfg.dtype),
+        "eval": pair_logps(scorer, d.eval_pairs, d.collate, s.device, size, dtype=s.cfg.dtype)
+        if d.eval_pairs
+        else None,
     }
     return Reference(logps=logps)  # the reference model is freed here
 
@@ -712,11 +740,12 @@ def evaluate(s: Session, d: Data, ref: Reference) -> dict:
         return evaluate_objective(s, d, ref)
     policy.eval()
     with torch.no_grad():
-        pc, pr = pair_logps(SequenceScorer(policy), d.eval_pairs, d.collate, s.device, 2 * cfg.batch_size)
+        size = 2 * cfg.batch_size
+        pc, pr = pair_logps(SequenceScorer(policy), d.eval_pairs, d.collate, s.device, size, dtype=cfg.dtype)
         if ref.logps is not None:
             rc, rr = ref.logps["eval"]
         else:
-            rc, rr = pair_logps(ref.scorer, d.eval_pairs, d.collate, s.device, 2 * cfg.batch_size)
+            rc, rr = pair_logps(ref.scorer, d.eval_pairs, d.collate, s.device, size, dtype=cfg.dtype)
         result = preference_loss(cfg, pc, pr, rc, rr)
         metrics = {
             "eval/loss": result.losses.mean().item(),
@@ -732,6 +761,7 @@ def evaluate(s: Session, d: Data, ref: Reference) -> dict:
             pad_id=d.tokenizer.pad_token_id,
             eos_id=d.tokenizer.eos_token_id,
             device=s.device,
+            dtype=cfg.dtype,
         )
     policy.train()
     return metrics
@@ -744,11 +774,13 @@ def evaluate_objective(s: Session, d: Data, ref: Reference) -> dict:
     size = 2 * cfg.batch_size
     policy.eval()
     with torch.no_grad():
-        pc, pr, nc, nr = pair_logps(SequenceScorer(policy), d.eval_pairs, d.collate, s.device, size, counts=True)
+        pc, pr, nc, nr = pair_logps(
+            SequenceScorer(policy), d.eval_pairs, d.collate, s.device, size, counts=True, dtype=cfg.dtype
+        )
         if ref.logps is not None:
             rc, rr = ref.logps["eval"]
         elif ref.scorer is not None:
-            rc, rr = pair_logps(ref.scorer, d.eval_pairs, d.collate, s.device, size)
+            rc, rr = pair_logps(ref.scorer, d.eval_pairs, d.collate, s.device, size, dtype=cfg.dtype)
         else:  # reference-free
             rc = rr = torch.zeros_like(pc)
         losses, chosen_rewards, rejected_rewards, parts = objective(pc, pr, rc, rr, nc, nr)
@@ -768,6 +800,7 @@ def evaluate_objective(s: Session, d: Data, ref: Reference) -> dict:
             pad_id=d.tokenizer.pad_token_id,
             eos_id=d.tokenizer.eos_token_id,
             device=s.device,
+            dtype=cfg.dtype,
         )
     policy.train()
     return metrics
@@ -775,28 +808,34 @@ def evaluate_objective(s: Session, d: Data, ref: Reference) -> dict:
 
 def preference_optimizer(cfg: TrainConfig, policy: nn.Module, device: torch.device):
     """(AdamW at --lr, its schedule): a linear warmup over --warmup-steps updates, then constant."""
-    optimizer = adamw(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
+    optimizer = adamw(lora.trainable_parameters(policy), lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     )
     return optimizer, scheduler
 
 
-def resume_checkpoint(s: Session, policy: nn.Module, optimizer, scheduler) -> tuple[int, int]:
+def resume_checkpoint(s: Session, policy: nn.Module, optimizer, scheduler, scaler=None) -> tuple[int, int]:
     """(first step, updates skipped so far by --skip-nonfinite): (0, 0) for a fresh run; with --resume and a
     checkpoint, its state loaded in place and the metrics records it does not cover dropped."""
     if not (s.cfg.resume and s.run_dir.has_checkpoint()):
         return 0, 0
     meta = s.run_dir.load_checkpoint(model=policy, optimizer=optimizer, scheduler=scheduler)
+    if scaler is not None and "grad_scaler" in meta:  # float16's loss scale
+        scaler.load_state_dict(meta["grad_scaler"])
     if s.main:
         s.run_dir.keep_metrics_before(meta["step"])
     return meta["step"], meta.get("nonfinite_skipped", 0)
 
 
-def save_checkpoint(s: Session, policy: nn.Module, optimizer, scheduler, step: int, nonfinite_skipped: int) -> None:
+def save_checkpoint(
+    s: Session, policy: nn.Module, optimizer, scheduler, step: int, nonfinite_skipped: int, scaler=None
+) -> None:
     """OUT/checkpoint.safetensors after `step` updates (written by the main process only)."""
     if s.main:
         extra = {"nonfinite_skipped": nonfinite_skipped}
+        if scaler is not None:
+            extra["grad_scaler"] = scaler.state_dict()
         s.run_dir.save_checkpoint(
             model=policy, optimizer=optimizer, scheduler=scheduler, step=step, config=s.run_config, extra=extra
         )
@@ -818,7 +857,9 @@ class NonfiniteGuard:
     def skip(self, stats: dict, grad_norm: torch.Tensor, *, step: int) -> bool:
         """Whether `update_step` skips update `step` (its `skip` argument)."""
         finite = torch.isfinite(stats["loss"]) & torch.isfinite(stats["loss/nll_chosen"])
-        nonfinite = ~(finite & torch.isfinite(grad_norm))  # () bool, on the device
+        if self.s.cfg.dtype != "float16":  # under float16 an overflowed gradient is the loss scaler's to skip
+            finite = finite & torch.isfinite(grad_norm)
+        nonfinite = ~finite  # () bool, on the device
         if not self.s.cfg.skip_nonfinite:
             self.first = torch.where(nonfinite & (self.first < 0), step, self.first)
             return False
@@ -881,7 +922,8 @@ def preference_loop(s: Session, d: Data, ref: Reference) -> dict:
     """
     cfg = s.cfg
     optimizer, scheduler = preference_optimizer(cfg, d.policy, s.device)
-    start_step, nonfinite_skipped = resume_checkpoint(s, d.policy, optimizer, scheduler)
+    scaler = grad_scaler(s.device, cfg.dtype)
+    start_step, nonfinite_skipped = resume_checkpoint(s, d.policy, optimizer, scheduler, scaler)
     end_step = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
     last_saved = start_step or None  # the step of the last checkpoint written (or resumed from)
     scorer = s.wrap(SequenceScorer(d.policy))
@@ -907,6 +949,8 @@ def preference_loop(s: Session, d: Data, ref: Reference) -> dict:
             device=s.device,
             ddp=scorer if s.distributed else None,
             skip=partial(guard.skip, step=step),
+            dtype=cfg.dtype,
+            scaler=scaler,
         )
         nonfinite_skipped += skipped
         if logs_at(cfg, step):
@@ -921,10 +965,19 @@ def preference_loop(s: Session, d: Data, ref: Reference) -> dict:
         bar.update(1)
         if saves_after(cfg, step + 1, end_step):
             guard.stop_if_seen(last_saved)  # a bad state is never saved
-            save_checkpoint(s, d.policy, optimizer, scheduler, step + 1, nonfinite_skipped)
+            save_checkpoint(s, d.policy, optimizer, scheduler, step + 1, nonfinite_skipped, scaler)
             last_saved = step + 1
     bar.close()
     return {"history": history, "end_step": end_step, "nonfinite_skipped": nonfinite_skipped}
+
+
+def model_export(s: Session, policy: nn.Module):
+    """What OUT/model holds: the policy (`save_pretrained`), or for LoRA its adapters (with the base they apply
+    to where that is not --model as it is) or, with --merge-lora, the merged weights (`dpo_ref.train.lora`)."""
+    if not lora.is_peft(policy):
+        return policy
+    write_base = s.cfg.model is None or bool(s.cfg.sft_steps)
+    return lora.LoraExport(policy, merge=s.cfg.merge_lora, write_base=write_base)
 
 
 def finish(s: Session, d: Data, ref: Reference, loop: dict, sft_summary: dict) -> dict:
@@ -951,7 +1004,7 @@ def finish(s: Session, d: Data, ref: Reference, loop: dict, sft_summary: dict) -
             if len(final) > 1:
                 run_dir.append_metrics(final)
                 history.append(final)
-            run_dir.save_model(d.policy, d.tokenizer)
+            run_dir.save_model(model_export(s, d.policy), d.tokenizer)
         summary["model_dir"] = run_dir.model
     s.barrier()
     summary["seconds"] = time.perf_counter() - s.started

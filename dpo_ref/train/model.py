@@ -182,3 +182,16 @@ def load_model_and_tokenizer(path: str | None, *, seed: int = 0, trust_remote_co
     if tokenizer.eos_token_id is None:
         raise InputError(f"--model {path!r}: the tokenizer has no EOS token; responses must end with one")
     return model, tokenizer
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """--gradient-checkpointing: each decoder layer keeps only its input for the backward pass and recomputes its
+    activations there (transformers' `gradient_checkpointing_enable`, non-reentrant `torch.utils.checkpoint`, which
+    needs no input that requires a gradient, so frozen embeddings under LoRA are fine). Active in training mode
+    only; the recomputed forward is the same computation, so the gradients are those without it."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise InputError(
+            f"--gradient-checkpointing: {type(model).__name__} does not support gradient checkpointing in "
+            "transformers; run without it"
+        )
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -11,10 +11,10 @@ Life of a run: `check` (read only: the directory can be written, no other proces
 already there is refused unless resumed or overwritten, a resume has the same settings) before anything
 is loaded; `claim` (the first write: take the lock, check again, remove stray temporary files, clear an
 overwritten run, write run.json) once every input has been read and validated; `release` at the end.
-The lock is an `flock` on OUT/.lock: the kernel drops it when its process dies, so a killed run never
-blocks the next one. Every file is written atomically (temporary file + rename) with the permissions the
-umask gives. A failed write (e.g. a full disk) is an InputError naming the file; the previous version
-of the file stays intact.
+The lock is the rule every writing command follows (`dpo_ref.atomic`): an `flock` on OUT/.lock, which the
+kernel drops when its process dies, so a killed run never blocks the next one. Every file is written
+atomically (temporary file + rename) with the permissions the umask gives. A failed write (e.g. a full
+disk) is an InputError naming the file; the previous version of the file stays intact.
 
 Checkpoints: one safetensors file holding model, optimizer, RNG and step. Tensors (model weights, AdamW
 moments, RNG states) go in the safetensors body; everything else (step, scheduler state, optimizer
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import glob
 import json
 import os
@@ -37,11 +36,18 @@ import random
 import re
 import shutil
 import signal
-import socket
 
 import torch
 
-from dpo_ref.atomic import atomic_path, give_umask_permissions, write_text_atomic
+from dpo_ref.atomic import (
+    OutputLocks,
+    atomic_path,
+    give_umask_permissions,
+    holder,
+    in_use,
+    lock_path,
+    write_text_atomic,
+)
 from dpo_ref.errors import InputError
 
 RUN_FILES = ("run.json", "metrics.jsonl", "sft.safetensors", "checkpoint.safetensors", "model")
@@ -225,8 +231,8 @@ class RunDir:
         self.sft = os.path.join(path, "sft.safetensors")
         self.checkpoint = os.path.join(path, "checkpoint.safetensors")
         self.model = os.path.join(path, "model")
-        self.lock = os.path.join(path, ".lock")
-        self._lock_fd: int | None = None
+        self.lock = lock_path(path, directory=True)
+        self._locks = OutputLocks({"--out": path}, directories=("--out",))
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -234,26 +240,8 @@ class RunDir:
         return [name for name in RUN_FILES if os.path.lexists(os.path.join(self.path, name))]
 
     def lock_holder(self) -> str | None:
-        """'pid N on HOST' of the live process holding the lock, or None (no lock, or a stale one)."""
-        try:
-            fd = os.open(self.lock, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return self._read_holder(fd)
-            fcntl.flock(fd, fcntl.LOCK_UN)  # nobody holds it: a killed run's stale file
-            return None
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def _read_holder(fd: int) -> str:
-        os.lseek(fd, 0, os.SEEK_SET)
-        text = os.read(fd, 4096).decode("utf-8", "replace").strip()
-        return text or "a process that has not yet written its id"
+        """'pid N on HOST' of the live process holding OUT's lock, or None (no lock, or a stale one)."""
+        return holder(self.path, directory=True)
 
     def saved_config(self) -> dict | None:
         """The settings the run in this directory started with (run.json), or None."""
@@ -296,11 +284,9 @@ class RunDir:
     def check(self, run_config: dict, *, resume: bool, overwrite: bool, resume_keys) -> None:
         """Everything about --out that can be refused, read only: InputError naming the problem."""
         check_writable_dir(self.path, "--out")
-        holder = None if self._lock_fd is not None else self.lock_holder()  # our own lock is not another run
-        if holder is not None:
-            raise InputError(
-                f"--out {self.path!r} is in use by another run ({holder}); wait for it to end or choose another --out"
-            )
+        who = None if self._locks.held else self.lock_holder()  # our own lock is not another run
+        if who is not None:
+            raise in_use("--out", self.path, who)
         found = self.existing_run_files()
         if resume:
             saved = self.saved_config()
@@ -345,37 +331,11 @@ class RunDir:
             raise
 
     def _acquire(self) -> None:
-        while True:
-            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = self._read_holder(fd)
-                os.close(fd)
-                raise InputError(
-                    f"--out {self.path!r} is in use by another run ({holder}); wait for it to end or choose "
-                    "another --out"
-                ) from None
-            # the previous holder may have removed the file between our open and flock: lock the live file
-            try:
-                same = os.stat(self.lock).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-        self._lock_fd = fd
+        self._locks.acquire()
 
     def release(self) -> None:
         """Drop the lock (and its file); a no-op when not held."""
-        if self._lock_fd is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self.lock)
-        os.close(self._lock_fd)  # closing the descriptor releases the flock
-        self._lock_fd = None
+        self._locks.release()
 
     @staticmethod
     def _remove(path: str) -> None:

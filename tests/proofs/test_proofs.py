@@ -219,7 +219,8 @@ def test_cdpo_holds_on_its_true_domain_only():
 
 def test_no_step_has_a_hand_written_formula():
     """A step's display is rendered from its claim's sympy objects; there is no free-text statement field."""
-    assert [f.name for f in dataclasses.fields(Step)] == ["name", "explain", "claim", "where"]
+    # `eq` is the paper's label ("Eq. 7"), shown beside the step's name: a citation, not a formula
+    assert [f.name for f in dataclasses.fields(Step)] == ["name", "explain", "claim", "where", "eq"]
     lesson = (ROOT / "docs/lesson.md").read_text(encoding="utf-8")
     for proof in proofs.all_proofs():
         for step in proof.steps:

@@ -16,11 +16,12 @@ import sympy as sp
 import proofs
 from proofs import bounded_losses as bl
 from proofs import core as proofs_core
-from proofs import exo_cdpo, hinge, ipo_noise, robust_dpo, shift_invariance, sppo_hard
+from proofs import discopop, exo_cdpo, hinge, ipo_noise, robust_dpo, shift_invariance, simpo_sft_aot, sppo_hard
 from proofs.common import LOGPS, beta, eps, h, margin, sigma, tau
 from proofs.core import BOUNDED, StepFailed, check_proof
 
 FAMILY = ["exo-cdpo", "ipo-noise", "robust-dpo", "hinge", "sppo-hard", "shift-invariance", "bounded-losses"]
+FAMILY += ["discopop", "simpo-sft-aot"]
 
 _REGISTERED = {id(s): s for name in FAMILY for s in proofs.get(name).steps}
 _DECIDED: dict[int, str] = {}
@@ -48,6 +49,8 @@ sr_w, sr_l, sf = shift_invariance.r_w, shift_invariance.r_l, shift_invariance.f
 s = hinge.s
 q = exo_cdpo.q
 LN2 = shift_invariance.LN2
+rho = discopop.rho
+k_ = simpo_sft_aot.i
 
 # (proof, step, field of the claim, false value)
 FALSE = [
@@ -74,6 +77,7 @@ FALSE = [
     ("robust-dpo", 5, "expr", 1 - 3 * eps),  # positive only for eps < 1/3
     ("robust-dpo", 6, "expected", sp.Integer(0)),  # DPO's limit, not robust DPO's
     ("robust-dpo", 7, "rhs", ell(-h)),  # the flipped loss
+    ("robust-dpo", 8, "x0", sp.log(robust_dpo.q_hat / (1 - robust_dpo.q_hat)) / (2 * beta)),  # logit q̂ / (2β)
     # hinge
     ("hinge", 1, "given", {h: (1 - s) / beta}),  # below the margin instead of above
     ("hinge", 2, "rhs", -beta),  # the active slope past the margin
@@ -109,6 +113,23 @@ FALSE = [
     ("bounded-losses", 5, "expr", sp.Add(1, sp.Mul(-1, bl.APO_ZERO, evaluate=False), evaluate=False)),  # L < 1
     ("bounded-losses", 6, "expr", bl.APO_DOWN - 1),  # L > 1
     ("bounded-losses", 7, "expr", sp.Add(1, sp.Mul(-1, bl.APO_DOWN, evaluate=False), evaluate=False)),  # L < 1
+    # discopop
+    ("discopop", 1, "rhs", discopop.DISCOPOP.subs(tau, 2 * tau)),  # the weight's temperature doubled
+    ("discopop", 2, "manifest", sigma(-rho / tau) * sp.log(sigma(rho)) + sigma(rho / tau) * sp.exp(-rho)),  # sign
+    ("discopop", 3, "expected", sp.log(2)),  # DPO's value at rho = 0 taken as the limit
+    ("discopop", 4, "rhs", (1 - sp.log(2)) / (4 * tau) - sp.Rational(1, 4)),  # the exponential term's slope dropped
+    # simpo-sft-aot
+    ("simpo-sft-aot", 1, "rhs", -beta * sigma(-simpo_sft_aot.SIMPO_Z)),  # the 1/n_w of length normalisation dropped
+    ("simpo-sft-aot", 2, "rhs", beta / simpo_sft_aot.n_w * sigma(-simpo_sft_aot.SIMPO_Z)),  # the chosen count
+    ("simpo-sft-aot", 3, "expected", simpo_sft_aot.gamma),  # a finite floor at the target margin
+    ("simpo-sft-aot", 4, "rhs", -beta * (1 - eps) * sigma(-beta * simpo_sft_aot.delta)),  # the eps term dropped
+    ("simpo-sft-aot", 5, "x0", sp.log((1 - 2 * eps) / eps) / beta),  # 1 - 2 eps for 1 - eps
+    (
+        "simpo-sft-aot",
+        6,
+        "rhs",
+        -sp.Sum(simpo_sft_aot.A[k_] / simpo_sft_aot.N[k_], (k_, 1, simpo_sft_aot.B)) / simpo_sft_aot.B,
+    ),  # the mean of per-example token means
 ]
 
 

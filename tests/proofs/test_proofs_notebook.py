@@ -11,6 +11,7 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pytest
+import torch
 import torch.nn.functional as F
 
 import dpo_ref.losses
@@ -103,6 +104,29 @@ def _dpo_loss_without_beta(pc, pr, rc, rr, *, beta=0.1, label_smoothing=0.0, val
     return dpo_ref.losses.PreferenceLoss(-F.logsigmoid(m), (pc - rc).detach(), (pr - rr).detach())
 
 
+def _discopop_weights_swapped(pc, pr, rc, rr, *, beta=0.1, tau=0.05, validate=True):
+    """sigma(rho/tau) on the logistic term and 1 - sigma(rho/tau) on the exponential one."""
+    rho = beta * ((pc - rc) - (pr - rr))
+    losses = torch.sigmoid(rho / tau) * -F.logsigmoid(rho) + torch.sigmoid(-rho / tau) * torch.exp(-rho)
+    return dpo_ref.losses.PreferenceLoss(losses, losses.detach(), losses.detach())
+
+
+def _simpo_lengths_swapped(pc, pr, rc, rr, *, chosen_lengths, rejected_lengths, beta=2.0, gamma=0.5, validate=True):
+    losses = -F.logsigmoid(beta * pc / rejected_lengths - beta * pr / chosen_lengths - gamma)
+    return dpo_ref.losses.PreferenceLoss(losses, losses.detach(), losses.detach())
+
+
+def _aot_unsorted(pc, pr, rc, rr, *, beta=0.1, label_smoothing=0.0, validate=True):
+    """Per example instead of per quantile: cDPO on the unsorted differences."""
+    losses = _dpo_without_beta(beta * ((pc - pr) - (rc - rr)), beta, label_smoothing)
+    return dpo_ref.losses.PreferenceLoss(losses, losses.detach(), losses.detach())
+
+
+def _sft_per_example_mean(pc, pr, rc, rr, *, chosen_lengths, rejected_lengths=None, validate=True):
+    """Each example's own token mean: the batch mean then weights short examples as much as long ones."""
+    return dpo_ref.losses.PreferenceLoss(-pc / chosen_lengths, pc.detach(), pr.detach())
+
+
 BROKEN = {  # a wrong version of each function the proofs justify
     "dpo_ref.losses.dpo_loss": _dpo_loss_without_beta,
     "dpo_ref.losses.dpo_losses_from_margin": _dpo_without_beta,
@@ -110,6 +134,10 @@ BROKEN = {  # a wrong version of each function the proofs justify
     "dpo_ref.losses.preference_margin": _reference_added,
     "dpo_ref.plackett_luce.plackett_luce_losses": plackett_luce_wrong_end,
     "dpo_ref.rpo.rpo_objective": rpo_per_sequence,
+    "dpo_ref.family.discopop_loss": _discopop_weights_swapped,
+    "dpo_ref.family.simpo_loss": _simpo_lengths_swapped,
+    "dpo_ref.family.aot_loss": _aot_unsorted,
+    "dpo_ref.family.sft_loss": _sft_per_example_mean,
     **BROKEN_FAMILY,
 }
 

@@ -485,6 +485,21 @@ CLI_CASES = [
     ("train: steps 1e12", ["train", "--sft-steps", "0", "--steps", "1000000000000", "--no-progress"], r"--steps must be at most 100000000, got 1000000000000"),
     ("train: max-length 1e9", ["train", "--max-length", "1000000000", *_TRAIN], r"--max-length must be at most 1048576"),
     ("train: weights not finite", ["train", "--model", "{nan_weights}", "--data", "{good}", "--batch-size", "4", *_TRAIN], r"--model .*nan_weights': its weights are not finite \(.* holds NaN or inf\)"),
+    # -- dpo-ref train: LoRA, --dtype (issue 23)
+    ("train: lora-r 0", ["train", "--lora-r", "0", *_TRAIN], r"--lora-r must be a positive integer, got 0"),
+    ("train: lora-r negative", ["train", "--lora-r", "-2", *_TRAIN], r"--lora-r must be a positive integer, got -2"),
+    ("train: lora-alpha 0", ["train", "--lora-r", "4", "--lora-alpha", "0", *_TRAIN], r"--lora-alpha must be a positive finite number, got 0"),
+    ("train: lora-alpha negative", ["train", "--lora-r", "4", "--lora-alpha", "-8", *_TRAIN], r"--lora-alpha must be a positive finite number, got -8"),
+    ("train: lora-dropout 1", ["train", "--lora-r", "4", "--lora-dropout", "1", *_TRAIN], r"--lora-dropout must be in \[0, 1\), got 1"),
+    ("train: lora-dropout negative", ["train", "--lora-r", "4", "--lora-dropout", "-0.1", *_TRAIN], r"--lora-dropout must be in \[0, 1\), got -0.1"),
+    ("train: merge-lora without lora-r", ["train", "--merge-lora", *_TRAIN], r"--merge-lora needs --lora-r"),
+    ("train: lora-alpha without lora-r", ["train", "--lora-alpha", "16", *_TRAIN], r"--lora-alpha needs --lora-r"),
+    ("train: lora target names no module", ["train", "--lora-r", "4", "--lora-target-modules", "q_proj,nosuch", *_TRAIN], r"--lora-target-modules: nosuch names no module of the model; its linear layers are down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj \(or all-linear\)"),
+    *(
+        [("train: dtype float16 on CPU", ["train", "--dtype", "float16", *_TRAIN], r"--dtype float16 on CPU: float16 autocast needs CUDA")]
+        if not torch.cuda.is_available()
+        else []
+    ),
     # -- dpo-ref prove
     ("prove: unknown proof", ["prove", "--only", "nosuch"], r"--only: unknown proof 'nosuch'"),
     ("prove: output under a file", ["prove", "--only", "init-ln2", "--output", "{plain_file}/x.md"], r"--output: directory"),
@@ -516,6 +531,8 @@ CLI_CASES = [
     # -- dpo-ref bench (all checked before the bench imports TRL or starts a process)
     ("bench: batch 0", ["bench", "--batch", "0"], r"--batch must be a positive integer"),
     ("bench: steps 0", ["bench", "--steps", "0"], r"--steps must be a positive integer"),
+    ("bench: unknown layout", ["bench", "--layout", "prefix"], r"--layout: unknown layout 'prefix'; expected 'all' or"),
+    ("bench: layout with a shape", ["bench", "--layout", "all", "--seq-len", "64"], r"--seq-len cannot be combined with --layout"),
     ("bench: warmup 0", ["bench", "--warmup", "0"], r"--warmup must be >= 1"),
     ("bench: prompt-len too long", ["bench", "--seq-len", "8", "--prompt-len", "8"], r"--prompt-len must be in \[2, seq_len - 1\)"),
     ("bench: json under a file", ["bench", "--json", "{plain_file}/b.json"], r"--json .*: its directory does not exist"),
@@ -619,6 +636,18 @@ def test_cli_bad_input_leaves_a_previous_run_untouched(files, tmp_path, capsys):
         ["--data", files["good"], "--seed", str(2**60), "--overwrite"],  # its data order overflowed
         ["--data", files["good"]],  # a rerun without --resume or --overwrite
         ["--data", files["good"], "--resume"],  # metrics and checkpoints but no run.json: nothing resumable
+        ["--data", files["good"], "--overwrite", "--lora-r", "0"],
+        [
+            "--data",
+            files["good"],
+            "--overwrite",
+            "--batch-size",
+            "4",
+            "--lora-r",
+            "4",
+            "--lora-target-modules",
+            "nosuch",
+        ],
     ):
         code = main(["train", *bad, "--out", str(out), *_TRAIN])
         _assert_one_line_exit_2(code, capsys.readouterr().err, ".")

@@ -341,7 +341,7 @@ def test_a_second_run_on_a_directory_in_use_is_refused_naming_the_other_process(
         before = _files(out)
         code = main(_argv(data, out, **QUICK) + ["--overwrite"])
         line = _one_line_exit_2(code, capsys.readouterr().err)
-        assert f"is in use by another run (pid {holder.pid} on " in line
+        assert f"is in use by another dpo-ref process (pid {holder.pid} on " in line
         assert _files(out) == before  # nothing of the other run touched
     finally:
         holder.kill()

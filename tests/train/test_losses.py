@@ -4,7 +4,6 @@ the reference-free losses. Every parametrization is read from `dpo_ref.variants`
 
 from __future__ import annotations
 
-import json
 import math
 
 import mpmath
@@ -17,7 +16,6 @@ from dpo_ref.train.config import TrainConfig, check_config
 from dpo_ref.train.data import prepare_dataset
 from dpo_ref.train.loop import frozen_reference, train
 from dpo_ref.train.model import load_model_and_tokenizer
-from dpo_ref.train.tasks import ReversalTask, reversal_rows
 from dpo_ref.variants import RECORDS, REGISTRY
 
 NAMES = [v.name for v in RECORDS]
@@ -46,19 +44,6 @@ AT_INIT = {
     "sigmoid_norm": lambda c: LN2,
     "dpop": lambda c: LN2,  # the penalty max(0, 0) is 0
 }
-
-
-def write_jsonl(path, rows) -> str:
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rows, held_out = reversal_rows(ReversalTask(train_size=48, eval_size=16, max_len=4))
-    return write_jsonl(root / "train.jsonl", rows), write_jsonl(root / "eval.jsonl", held_out)
 
 
 def small(data, out, **overrides) -> TrainConfig:

@@ -15,23 +15,9 @@ import dpo_ref.train.loop as train_module
 from dpo_ref.errors import InputError
 from dpo_ref.train.loop import TrainConfig, frozen_reference, read_metrics, train
 from dpo_ref.train.rundir import atomic_save_tensors, load_tensors
-from dpo_ref.train.tasks import ReversalTask, reversal_rows
+from tests.train.conftest import write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def write_jsonl(path, rows) -> str:
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """48 training and 16 held-out pairs of the reversal task, as JSONL files."""
-    root = tmp_path_factory.mktemp("data")
-    rows, held_out = reversal_rows(ReversalTask(train_size=48, eval_size=16, max_len=4))
-    return write_jsonl(root / "train.jsonl", rows), write_jsonl(root / "eval.jsonl", held_out)
 
 
 def small(data, out, **overrides) -> TrainConfig:
