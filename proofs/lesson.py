@@ -199,6 +199,7 @@ class Optimum:
 
     parts: tuple[tuple[str, int], ...]
     proof: str
+    minimiser: dict = dataclasses.field(default_factory=dict)  # variable name -> the minimiser, as sympy
 
 
 def _named(symbol: object) -> str:
@@ -207,6 +208,15 @@ def _named(symbol: object) -> str:
 
 def _star(symbol: sp.Symbol) -> str:
     return f"{tex(symbol)}^*"
+
+
+def _solved(c: object) -> dict:
+    """The minimiser a GlobalMinimum or SystemSolution claim states, by variable name ({} for other claims)."""
+    if isinstance(c, GlobalMinimum):
+        return {_named(c.var): sp.sympify(c.x0)}
+    if isinstance(c, SystemSolution):
+        return {_named(u): sp.sympify(c.expected[u]) for u in c.unknowns}
+    return {}
 
 
 def _minimiser(proof: Proof, k: int, c: object) -> str | None:
@@ -252,15 +262,16 @@ def optimum_of(proof: Proof, prefix: str = "") -> Optimum | None:
     limit of that minimiser, if a later step takes one), a solved stationary point, a stationary point by
     substitution, or the region where the loss is zero."""
     escape = minimiser = None
+    solved: dict = {}
     for k, step in enumerate(proof.steps, 1):
         if not step.name.en.startswith(prefix):
             continue
         if escape is None and (shown := _escape(step.claim)) is not None:
             escape = (shown, k)
         if minimiser is None and (shown := _minimiser(proof, k, step.claim)) is not None:
-            minimiser = (shown, k)
+            minimiser, solved = (shown, k), _solved(step.claim)
     parts = tuple(p for p in (escape, minimiser) if p is not None)
-    return Optimum(parts, proof.name) if parts else None
+    return Optimum(parts, proof.name, solved) if parts else None
 
 
 @dataclass(frozen=True)
@@ -656,8 +667,8 @@ def optimal_policy(betas: Sequence[float], rewards: Sequence[float], reference: 
     from .optimal_policy import p, pistar, r
 
     values = {**dict(zip(p, reference)), **dict(zip(r, rewards))}
-    fns = [sp.lambdify(b, e.subs(values), "math") for e in pistar]
-    return [[fn(x) for x in betas] for fn in fns]
+    fns = [sp.lambdify(b, e.subs(values), "mpmath") for e in pistar]  # mpmath: e^{r/beta} overflows no float
+    return [[float(fn(x)) for x in betas] for fn in fns]
 
 
 def plot_optimal_policy(
