@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output", metavar="FILE", help="write to FILE (atomically) instead of standard output (- is standard output)"
     )
+    parser.add_argument(
+        "--figures",
+        metavar="DIR",
+        help="also draw the lesson's plots into DIR as PNG files, atomically (docs/lesson; needs the plot extra)",
+    )
     parser.add_argument("--list", action="store_true", help="list the proofs and the code each justifies, then exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="text format: show how each step was checked")
 
@@ -74,6 +79,27 @@ def _check_output(path: str) -> str:
     return folder
 
 
+def _check_figures(folder: str) -> None:
+    """InputError unless the lesson's plots can be drawn into `folder`: matplotlib installed, and `folder` an
+    existing directory or a new one in an existing directory. Creates nothing."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise _input_error("--figures: the plots need matplotlib; install the plot extra (pip install -e '.[plot]')")
+    target = os.path.abspath(folder)
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise _input_error(f"--figures: {folder!r} is not a directory")
+    if not os.path.isdir(os.path.dirname(target)):
+        raise _input_error(f"--figures: directory {os.path.dirname(target)!r} does not exist")
+
+
+def _write_figures(folder: str) -> list[str]:
+    from .lesson import write_figures
+
+    os.makedirs(folder, exist_ok=True)
+    return write_figures(folder)
+
+
 def _write_atomic(path: str, text: str) -> None:
     from dpo_ref.atomic import write_text_atomic  # no torch import
 
@@ -106,6 +132,8 @@ def handler(args: argparse.Namespace) -> int:
         from dpo_ref.atomic import hold  # no torch import
 
         hold({"--output": args.output})  # one prove at a time writes it (dpo_ref.atomic)
+    if args.figures:
+        _check_figures(args.figures)
     lang = args.lang
     if args.list:
         lines = [f"{n}: {get(n).title(lang)}\n    {', '.join(get(n).justifies)}" for n in names]
@@ -158,6 +186,9 @@ def handler(args: argparse.Namespace) -> int:
     failures = R.failure_lines(results, "en")
     for line in failures:
         print(f"dpo-ref prove: {line}", file=sys.stderr)
+    if args.figures and not failures:
+        written = _write_figures(args.figures)
+        print(f"dpo-ref prove: wrote {', '.join(written)}", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -167,6 +167,17 @@ def _overfit(betas, taus, epochs: int, lr: float, max_grad_norm: float | None, s
     return rows
 
 
+def overfit_trajectory(rows: list[dict]) -> dict[str, dict[str, list]]:
+    """Per run (`dpo_0.1`, `ipo_0.05`, ...): the epochs and, per epoch, pi(y_l) and the margin h (the lesson's
+    plot of pi(y_l) -> 0 under DPO against IPO's fixed point reads these from docs/results/overfit.json)."""
+    out: dict[str, dict[str, list]] = {}
+    for r in rows:
+        run = out.setdefault(f"{r['loss_type']}_{r['param']:g}", {"epoch": [], "p_rejected": [], "margin": []})
+        for key in run:
+            run[key].append(r[key])
+    return out
+
+
 def _plot_overfit(rows: list[dict], path: str) -> bool:
     plt = _pyplot()
     if plt is None:
@@ -349,8 +360,11 @@ def _hold_outputs(args) -> None:
     hold({"--out": args.out, "--json": args.json}, directories=("--out",))
 
 
-def _results_json(args, results: dict, lines: list[str], started: float, before: dict | None) -> None:
-    """`--json PATH`: the experiment's results with its settings, time and machine (`docs/results/`)."""
+def _results_json(
+    args, results: dict, lines: list[str], started: float, before: dict | None, extra: dict | None = None
+) -> None:
+    """`--json PATH`: the experiment's results with its settings, time and machine (`docs/results/`), and any
+    `extra` keys (the overfit run's per-epoch trajectory, which the lesson plots)."""
     if not args.json:
         return
     from dpo_ref.docgen.results import write_results
@@ -365,6 +379,7 @@ def _results_json(args, results: dict, lines: list[str], started: float, before:
             "seconds": time.perf_counter() - started,
             "results": results,
             "printed": lines,
+            **(extra or {}),
         },
     )
 
@@ -423,7 +438,7 @@ def _overfit_handler(args) -> int:
             f"{f['sigmoid_beta_margin_end']:>14.4f} {target:>9}"
         )
     _say(args, "\n".join(lines))
-    _results_json(args, final, lines, started, before)
+    _results_json(args, final, lines, started, before, {"trajectory": overfit_trajectory(rows)})
     png = os.path.join(args.out, "overfit.png")
     _say(args, f"wrote {csv_path}, overfit.json" + (", overfit.png" if _plot_overfit(rows, png) else ""))
     return 0

@@ -114,6 +114,16 @@ def test_overfit_json_results_file_holds_what_it_printed(tmp_path, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert printed[: len(result["printed"])] == result["printed"] and set(result["results"]) == {"dpo_0.1", "ipo_0.1"}
     assert result["settings"]["epochs"] == 2 and result["machine"]["cpu_count"]
+    # the per-epoch trajectory the lesson plots: the CSV's rows, run by run (epoch 0 is the reference: h = 0)
+    with open(tmp_path / "o" / "overfit.csv") as f:
+        rows = list(csv.DictReader(f))
+    trajectory = result["trajectory"]
+    assert set(trajectory) == {"dpo_0.1", "ipo_0.1"}
+    for name, run in trajectory.items():
+        mine = [r for r in rows if f"{r['loss_type']}_{float(r['param']):g}" == name]
+        assert run["epoch"] == [0, 1, 2] and run["margin"][0] == 0.0
+        assert run["p_rejected"] == [float(r["p_rejected"]) for r in mine]
+        assert run["margin"] == [float(r["margin"]) for r in mine]
 
 
 @pytest.mark.slow

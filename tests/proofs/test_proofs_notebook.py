@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import dpo_ref.losses
 import proofs
-from proofs import cli, notebook, numeric
+from proofs import cli, lesson, notebook, numeric
 from proofs.common import beta
 from proofs.core import ProofResult, StepFailed, StepResult
 from tests.proofs.test_proofs_family_linked import BROKEN_FAMILY
@@ -31,10 +31,15 @@ def _all_steps_hold(proof) -> ProofResult:
     return ProofResult(proof, [StepResult(s, k, True, "", 0.0) for k, s in enumerate(proof.steps, 1)])
 
 
-def test_committed_notebook_is_current():
-    """docs/lesson.ipynb is exactly what `dpo-ref prove --format notebook --output docs/lesson.ipynb` writes."""
-    committed = NOTEBOOK.read_text(encoding="utf-8")
-    assert committed == notebook.notebook([_all_steps_hold(p) for p in proofs.all_proofs()], "en")
+NOTEBOOKS = [("en", NOTEBOOK), ("zh", ROOT / "docs" / "lesson.zh.ipynb")]
+
+
+@pytest.mark.parametrize("lang,path", NOTEBOOKS)
+def test_committed_notebook_is_current(lang, path):
+    """docs/lesson.ipynb and docs/lesson.zh.ipynb are exactly what `dpo-ref prove --format notebook [--lang zh]
+    --output ...` writes."""
+    committed = path.read_text(encoding="utf-8")
+    assert committed == notebook.notebook([_all_steps_hold(p) for p in proofs.all_proofs()], lang)
 
 
 def test_notebook_is_valid_and_has_a_check_cell_per_step_and_a_comparison_per_proof():
@@ -50,17 +55,24 @@ def test_notebook_is_valid_and_has_a_check_cell_per_step_and_a_comparison_per_pr
 
 
 @pytest.mark.slow
-def test_notebook_executes_on_a_fresh_kernel():
-    """Every check cell and every comparison passes when the notebook is run top to bottom."""
-    nb = nbformat.reads(NOTEBOOK.read_text(encoding="utf-8"), as_version=4)
+@pytest.mark.parametrize("lang,path", NOTEBOOKS)
+def test_notebook_executes_on_a_fresh_kernel(lang, path):
+    """Every check cell, comparison, plot and exercise passes when the notebook is run top to bottom."""
+    pytest.importorskip("matplotlib")  # the plot cells (the `plot` extra, which .ci/run installs)
+    nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": "docs"}})
     client.execute()  # raises CellExecutionError naming the cell on any failure
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     for proof in proofs.all_proofs():
         for k in range(1, len(proof.steps) + 1):
             assert f"✓ {proof.name}, step {k}: " in text
-    assert "✗" not in text
     assert text.count("dpo_ref (float64)") == len(proofs.MODULES)
+    for ex in lesson.EXERCISES:
+        assert f"· {ex.name}: not answered yet" in text and f"✓ {ex.name}: right" in text
+    plots = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(plots) == len(lesson.FIGURES)
+    # the only ✗ printed is the one the first exercise asks for (its edited step, then restored)
+    assert text.count("✗") == 1 and "✗ ipo, step 2 " in text
 
 
 def _run_cells(nb_text: str) -> None:
@@ -161,8 +173,7 @@ def test_prove_writes_the_notebook(tmp_path):
     target = tmp_path / "lesson.ipynb"
     assert cli.main(["--only", "init-ln2", "--format", "notebook", "--output", str(target)]) == 0
     nb = json.loads(target.read_text(encoding="utf-8"))
-    assert (
-        nb["nbformat"] == 4
-        and sum(c["cell_type"] == "code" for c in nb["cells"]) == 1 + len(proofs.get("init-ln2").steps) + 1
-    )
+    assert nb["nbformat"] == 4 and sum(c["cell_type"] == "code" for c in nb["cells"]) == 1 + len(
+        proofs.get("init-ln2").steps
+    ) + 1 + 2 * len(lesson.EXERCISES) + len(lesson.FIGURES)
     assert [p.name for p in tmp_path.iterdir()] == ["lesson.ipynb"]
