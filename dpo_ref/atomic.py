@@ -248,15 +248,6 @@ def _given(outputs: dict[str, str | None]) -> dict[str, str]:
     return {option: path for option, path in outputs.items() if path and path != STDOUT}
 
 
-def check_free(outputs: dict[str, str | None], directories: tuple[str, ...] = ()) -> None:
-    """InputError naming the first output (option -> path; None or "-": none) another live process holds.
-    `directories` names the options whose path is a directory. Reads only."""
-    for option, path in _given(outputs).items():
-        who = holder(path, option in directories)
-        if who is not None:
-            raise in_use(option, path, who)
-
-
 class OutputLocks:
     """The locks of a command's outputs, taken together (`acquire`) and dropped together (`release`); a context
     manager. A directory output that does not exist yet is created (and removed at release if still empty)."""
@@ -281,9 +272,10 @@ class OutputLocks:
                 if file in seen:  # two options naming one output are refused before (check_apart)
                     continue
                 seen.add(file)
-                if directory and not os.path.isdir(file[: -len(DIR_LOCK) - 1]):
-                    os.makedirs(os.path.dirname(file))
-                    self._created.append(os.path.dirname(file))
+                folder = os.path.dirname(file)
+                if directory and not os.path.isdir(folder):
+                    os.makedirs(folder)
+                    self._created.append(folder)
                 self._held.append((file, self._take(file, option, path)))
         except BaseException:
             self.release()

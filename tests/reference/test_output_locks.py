@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from dpo_ref.atomic import OutputLocks, check_free, hold, holder, lock_path, release_held
+from dpo_ref.atomic import OutputLocks, hold, holder, lock_path, release_held
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 HOLD = """
@@ -186,12 +186,13 @@ def test_a_lock_taken_here_is_seen_by_another_process_and_dropped_when_released(
 def test_a_killed_holder_never_blocks_the_next_command(tmp_path, held):
     out = str(tmp_path / "o.json")
     child = held(out, False)
+    assert holder(out, False) == f"pid {child.pid} on {os.uname().nodename}"
     with pytest.raises(Exception, match="in use by another dpo-ref process"):
-        check_free({"--json": out})
+        OutputLocks({"--json": out}).acquire()
     child.kill()
     child.wait()
     assert os.path.exists(lock_path(out, False))  # stale file left by the kill
-    check_free({"--json": out})
+    assert holder(out, False) is None
     with OutputLocks({"--json": out}):
         assert holder(out, False) is None or holder(out, False).startswith(f"pid {os.getpid()} ")
 
