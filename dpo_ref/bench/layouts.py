@@ -45,17 +45,44 @@ class LayoutMismatch(Exception):
     """A layout's step computes another loss than the two-sequence step (the bench's verdict: exit 1)."""
 
 
-def parse_layouts(text: str) -> tuple[str, ...]:
-    """`--layout`: "all" or comma-separated names of `layouts.LAYOUTS`; two-sequence is added first (the
-    baseline every ratio is taken against)."""
-    names = list(layouts.LAYOUTS) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in layouts.LAYOUTS]
+FLEX = "+flex"  # a layout run with FlexAttention's block mask (`dpo_ref.train.attention`), CUDA only
+
+
+def split_kernel(name: str) -> tuple[str, str]:
+    """ "packing+flex" -> ("packing", "flex"); "packing" -> ("packing", "mask")."""
+    return (name[: -len(FLEX)], "flex") if name.endswith(FLEX) else (name, "mask")
+
+
+def parse_layouts(text: str, device: str | None = None) -> tuple[str, ...]:
+    """`--layout`: "all" or comma-separated names of `layouts.LAYOUTS`, each but two-sequence also as NAME+flex
+    (FlexAttention); two-sequence is added first (the baseline every ratio is taken against). On a CUDA `device`
+    "all" adds the +flex layouts; on the CPU a +flex layout is refused (no FlexAttention backward there);
+    `device` None checks the names only."""
+    shared = [n for n in layouts.LAYOUTS if n != "two-sequence"]
+    known = [*layouts.LAYOUTS, *(n + FLEX for n in shared)]
+    if text.strip() == "all":
+        names = list(layouts.LAYOUTS) + ([n + FLEX for n in shared] if device and device.startswith("cuda") else [])
+    else:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise InputError(
             f"--layout: unknown layout {', '.join(map(repr, unknown)) or repr(text)}; "
-            f"expected 'all' or a comma-separated list of {', '.join(layouts.LAYOUTS)}"
+            f"expected 'all' or a comma-separated list of {', '.join(known)}"
         )
+    if device is not None and not device.startswith("cuda") and any(n.endswith(FLEX) for n in names):
+        raise InputError("--layout: the +flex layouts run FlexAttention, which has no backward pass on the CPU in "
+                         "this torch; use --device cuda or drop +flex")  # fmt: skip
     return tuple(dict.fromkeys(["two-sequence", *names]))
+
+
+def use_kernel(models, name: str) -> None:
+    """Set each model's attention to what layout `name` runs: FlexAttention for NAME+flex, else its own."""
+    for model in models:
+        own = model.__dict__.setdefault("_bench_attention", model.config._attn_implementation)
+        wanted = "flex_attention" if split_kernel(name)[1] == "flex" else own
+        if model.config._attn_implementation != wanted:
+            model.set_attn_implementation(wanted)
 
 
 def pairs_for(shape: str, vocab: int, seed: int = 0) -> list[TokenizedPair]:
@@ -87,6 +114,7 @@ def step(policy, reference, batch, beta: float = 0.1) -> float:
 def collated(pairs, layout: str, device) -> dict[str, torch.Tensor]:
     from dpo_ref.train.data import PreferenceCollator
 
+    layout = split_kernel(layout)[0]
     if layout == "two-sequence":  # the trainer's own two-sequence path (2-D mask, right padding)
         batch = PreferenceCollator(0)(pairs)
     else:
@@ -117,6 +145,7 @@ def timing(size, device, steps: int, chosen: tuple[str, ...], shapes=tuple(SHAPE
         for i in range(steps + 1):
             for lay in chosen:
                 policy.zero_grad(set_to_none=True)
+                use_kernel((policy, reference), lay)
                 _sync(device)
                 t = time.perf_counter()
                 loss = step(policy, reference, batches[lay])
@@ -160,6 +189,7 @@ def memory_worker(spec: dict) -> None:
     size = BenchSize(**spec["size"])
     policy, reference = models(size, device)
     batch = collated(pairs_for(spec["shape"], size.vocab), spec["layout"], device)
+    use_kernel((policy, reference), spec["layout"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     before = _vmhwm()
@@ -203,12 +233,12 @@ def run_layouts(size, device_name: str, steps: int, chosen: tuple[str, ...], sha
 
 
 def format_layouts(result: dict) -> str:
-    lines = [f"{'shape':10} {'layout':15} {'step s':>8} {'x two-seq':>9} {'tokens/s':>9} {'peak MB':>8}  rows x length"]
+    lines = [f"{'shape':10} {'layout':20} {'step s':>8} {'x two-seq':>9} {'tokens/s':>9} {'peak MB':>8}  rows x length"]
     for shape, rows in result["shapes"].items():
         for lay in result["layouts"]:
             r = rows[lay]
             lines.append(
-                f"{shape:10} {lay:15} {r['median_s']:8.3f} {r['speedup']:9.2f} {r['tokens_per_s']:9.0f} "
+                f"{shape:10} {lay:20} {r['median_s']:8.3f} {r['speedup']:9.2f} {r['tokens_per_s']:9.0f} "
                 f"{r['peak_mb']:8.0f}  {r['rows']} x {r['row_length']}"
             )
     t = result.get("train_long_prompts")

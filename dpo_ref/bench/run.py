@@ -667,7 +667,7 @@ def _layout_handler(args, size: BenchSize, device: str) -> int:
     from dpo_ref.atomic import hold
     from dpo_ref.bench import layouts as bench_layouts
 
-    chosen = bench_layouts.parse_layouts(args.layout)
+    chosen = bench_layouts.parse_layouts(args.layout, device)
     hold({"--json": args.json})
     torch.set_num_threads(args.threads)
     from dpo_ref.docgen.results import machine

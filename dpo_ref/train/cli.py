@@ -72,6 +72,7 @@ def _summary_lines(cfg: TrainConfig, summary: dict) -> list[str]:
         f"dpo-ref train: {cfg.loss} on {summary['train_pairs']} pairs, {cfg.steps} steps"
         + (f" after {cfg.sft_steps} SFT warm-up steps" if cfg.sft_steps else "")
         + f", {summary['device']} x{summary['world_size']}, {summary['seconds']:.1f} s"
+        + ("" if summary["layout"] == "two-sequence" else f", {summary['layout']} layout ({summary['attention']})")
     ]
     if summary["skipped_rows"]:
         lines.append(f"  skipped {summary['skipped_rows']} malformed rows")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from dpo_ref.errors import InputError
 from dpo_ref.losses import check_label_smoothing, check_positive_scalar
+from dpo_ref.train.attention import KERNELS
 from dpo_ref.train.objective import LOSS_CHOICES, is_classic, loss_help, loss_names, loss_option, resolve
 from dpo_ref.train.precision import DTYPES, check_dtype
 
@@ -104,6 +105,11 @@ class TrainConfig:
     packing: bool = _opt(
         False, "pack each micro-batch's sequences into rows of at most --max-length tokens, no padding, each "
         "sequence masked from the others (with --prefix-sharing: the shared rows are packed)"
+    )  # fmt: skip
+    attention: str = _opt(
+        "auto", "attention kernel of --prefix-sharing/--packing: mask (a 4-D boolean mask, any attention), flex "
+        "(FlexAttention's block mask, CUDA) or auto (flex on CUDA where the model supports it, else mask)",
+        choices=KERNELS,
     )  # fmt: skip
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     dtype: str | None = _opt(

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from dpo_ref.logps import token_logps
+from dpo_ref.train import attention
 
 LAYOUTS = ("two-sequence", "prefix-sharing", "packing", "both")  # both = prefix sharing, then packing
 
@@ -90,7 +91,8 @@ def rows_of(seqs: list[list[Piece]], packing: bool, max_length: int | None) -> l
 
 def collate(pairs, layout: str, pad_token_id: int, max_length: int | None = None) -> dict[str, torch.Tensor]:
     """The batch of `pairs` in `layout`: input_ids (R, T), attention_mask (R, 1, T, T) bool, position_ids (R, T),
-    and where each scored token is read: rows, preds (the predicting position), targets, slots (S,); index (B,)."""
+    the same mask as per-token ids (segment_ids, piece_ids, shared (R, T): `dpo_ref.train.attention`), and
+    where each scored token is read: rows, preds (the predicting position), targets, slots (S,); index (B,)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     seqs = sequences(pairs, prefix_sharing=layout in ("prefix-sharing", "both"))
@@ -100,15 +102,22 @@ def collate(pairs, layout: str, pad_token_id: int, max_length: int | None = None
     input_ids = torch.full((R, T), pad_token_id, dtype=torch.long)
     position_ids = torch.zeros(R, T, dtype=torch.long)
     mask = torch.zeros(R, T, T, dtype=torch.bool)
+    segment_ids = torch.full((R, T), -1, dtype=torch.long)  # the block mask's description (dpo_ref.train.attention)
+    piece_ids = torch.full((R, T), -1, dtype=torch.long)
+    shared = torch.zeros(R, T, dtype=torch.bool)
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     score_rows, preds, targets, slots = [], [], [], []
     for r, row in enumerate(rows):
-        at = 0
-        for seq in row:
+        at = pieces = 0
+        for s, seq in enumerate(row):
             starts = []
-            for piece in seq:
+            seen = {j for piece in seq for j in piece.sees}
+            for k, piece in enumerate(seq):
                 a, n = at, len(piece.tokens)
                 starts.append(a)
+                segment_ids[r, a : a + n] = s
+                piece_ids[r, a : a + n] = pieces + k
+                shared[r, a : a + n] = k in seen
                 input_ids[r, a : a + n] = torch.tensor(piece.tokens)
                 position_ids[r, a : a + n] = torch.tensor(piece.positions)
                 mask[r, a : a + n, a : a + n] = causal[:n, :n]
@@ -125,11 +134,15 @@ def collate(pairs, layout: str, pad_token_id: int, max_length: int | None = None
                         targets.append(piece.tokens[t])
                         slots.append(slot)
                 at += n
+            pieces += len(seq)
         mask[r, at:, at:] = torch.eye(T - at, dtype=torch.bool)  # padding sees itself only (no empty softmax row)
     return {
         "input_ids": input_ids,
         "attention_mask": mask.unsqueeze(1),  # (R, 1, T, T)
         "position_ids": position_ids,
+        "segment_ids": segment_ids,
+        "piece_ids": piece_ids,
+        "shared": shared,
         "score_rows": torch.tensor(score_rows, dtype=torch.long),
         "score_preds": torch.tensor(preds, dtype=torch.long),
         "score_targets": torch.tensor(targets, dtype=torch.long),
@@ -143,6 +156,8 @@ def score(model, batch: dict, scored_head_only: bool = False) -> tuple[torch.Ten
     predicted (chosen of pair i in slot i, rejected in slot B + i). `scored_head_only`: the output layer runs
     only at the predicting positions (a plain `nn.Linear` head), so the (R, T, V) logits never exist."""
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    if getattr(model.config, "_attn_implementation", None) == "flex_attention":  # --attention flex
+        inputs["attention_mask"] = attention.block_mask(batch)
     where = (batch["score_rows"], batch["score_preds"])
     if scored_head_only:
         hidden = model.base_model(**inputs, use_cache=False).last_hidden_state  # (R, T, H)

@@ -43,7 +43,7 @@ from dpo_ref.logps import sequence_logps, shift_labels, token_logps
 from dpo_ref.losses import dpo_loss, ipo_loss
 from dpo_ref.progress import phase
 from dpo_ref.rpo import per_token_nll, rpo_objective
-from dpo_ref.train import layouts, lora
+from dpo_ref.train import attention, layouts, lora
 from dpo_ref.train.config import LOSSES, RESUME_KEYS, SFT_KEYS, TrainConfig, check_config, check_device
 from dpo_ref.train.data import IGNORE_INDEX, PreferenceCollator, TokenizedPair, pad_sequences, prepare_dataset
 from dpo_ref.train.objective import is_classic, resolve
@@ -544,6 +544,7 @@ class Data:
     collate: PreferenceCollator
     collate_chosen: PreferenceCollator
     eval_generation: bool
+    attention: str = "mask"  # the layout's attention kernel (dpo_ref.train.attention)
 
 
 def check_paths(cfg: TrainConfig, json_path: str | None = None) -> None:
@@ -610,6 +611,8 @@ def load_data(s: Session) -> Data:
     disable_dropout(policy).to(s.device)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
+    kernel = attention.choose(cfg.attention, cfg.layout, s.device, policy)
+    attention.use(policy, kernel)  # before the reference is copied from the policy: both run the same kernel
     if cfg.lora_r is not None:  # after disable_dropout: --lora-dropout is kept
         policy = lora.apply_lora(
             policy, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_target_modules
@@ -626,6 +629,7 @@ def load_data(s: Session) -> Data:
         else PreferenceCollator(tokenizer.pad_token_id, cfg.padding_side),
         collate_chosen=PreferenceCollator(tokenizer.pad_token_id, cfg.padding_side, responses=("chosen",)),
         eval_generation=builtin if cfg.eval_generation is None else cfg.eval_generation,
+        attention=kernel,
     )
 
 
@@ -990,6 +994,8 @@ def finish(s: Session, d: Data, ref: Reference, loop: dict, sft_summary: dict) -
         "checkpoint": run_dir.checkpoint,
         "device": str(s.device),
         "world_size": s.world,
+        "layout": cfg.layout,
+        "attention": d.attention,
         "train_pairs": len(d.train_pairs),
         "eval_pairs": len(d.eval_pairs),
         "skipped_rows": d.skipped,

@@ -73,3 +73,27 @@ def test_layout_names_always_include_the_baseline(text, expected):
 def test_an_unknown_layout_is_refused_naming_the_choices(text):
     with pytest.raises(InputError, match="--layout: unknown layout .*two-sequence, prefix-sharing, packing, both"):
         bench_layouts.parse_layouts(text)
+
+
+def test_flex_layouts_are_named_with_their_kernel_and_refused_on_the_cpu():
+    assert bench_layouts.parse_layouts("packing+flex") == ("two-sequence", "packing+flex")
+    assert bench_layouts.split_kernel("both+flex") == ("both", "flex")
+    assert bench_layouts.split_kernel("both") == ("both", "mask")
+    on_cuda = bench_layouts.parse_layouts("all", "cuda")
+    assert {"prefix-sharing+flex", "packing+flex", "both+flex"} <= set(on_cuda)
+    assert not any(n.endswith("+flex") for n in bench_layouts.parse_layouts("all", "cpu"))
+    with pytest.raises(InputError, match="no backward pass on the CPU"):
+        bench_layouts.parse_layouts("prefix-sharing+flex", "cpu")
+    with pytest.raises(InputError, match="unknown layout 'two-sequence\\+flex'"):
+        bench_layouts.parse_layouts("two-sequence+flex")
+
+
+def test_the_kernel_is_switched_per_layout_and_restored():
+    from dpo_ref.bench.sizes import bench_model
+
+    model = bench_model(TINY, 0)
+    own = model.config._attn_implementation
+    bench_layouts.use_kernel([model], "packing+flex")
+    assert model.config._attn_implementation == "flex_attention"
+    bench_layouts.use_kernel([model], "packing")
+    assert model.config._attn_implementation == own

@@ -1,0 +1,101 @@
+"""The attention kernel of the shared-prompt and packed layouts: a 4-D boolean mask, or FlexAttention's block mask.
+
+`dpo_ref.train.layouts.collate` gives every row a dense (T, T) mask, which any attention implementation that
+takes a 4-D mask runs (SDPA, eager): `mask`. On CUDA the same pattern can instead go to FlexAttention
+(`torch.nn.attention.flex_attention`) as a `BlockMask`, which skips the (query block, key block) tiles that are
+all masked out (the chosen tokens for a rejected query, the other sequences of a packed row) and never builds the
+(T, T) mask on the device: `flex`. The block mask is not read from the dense one but built from three per-token
+ids by one rule (`allowed`), so the two are independent descriptions of the layout and a test holds them equal:
+
+    key kv is visible from query q  <=>  q == kv                                       (every token sees itself)
+                                      or  same sequence, kv <= q, and (same piece or kv in a shared piece)
+
+where a sequence is one pair's tokens (or one of its two sequences) in the row, a piece its prompt, chosen or
+rejected block (`layouts.Piece`), and a piece is shared when later pieces see it (the prompt under prefix
+sharing). Padding is a sequence of its own per token (it sees only itself, as in the dense mask).
+
+`auto` picks `flex` on CUDA when torch has FlexAttention and the model's transformers class supports it, `mask`
+otherwise; the trainer names the kernel in its log. FlexAttention has no backward on CPU (torch 2.13), so `flex`
+is refused there for training.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dpo_ref.errors import InputError
+
+if TYPE_CHECKING:  # torch is imported where it runs: the CLI's option table reads KERNELS without it
+    import torch
+
+KERNELS = ("auto", "mask", "flex")
+
+
+def allowed(segment_ids: torch.Tensor, piece_ids: torch.Tensor, shared: torch.Tensor, b, q, kv) -> torch.Tensor:
+    """The visibility rule above for row `b`, query `q`, key `kv` (tensors broadcast): True where kv is seen."""
+    same_sequence = (segment_ids[b, q] == segment_ids[b, kv]) & (segment_ids[b, q] >= 0)
+    same_or_shared = (piece_ids[b, q] == piece_ids[b, kv]) | shared[b, kv]
+    return (q == kv) | (same_sequence & (kv <= q) & same_or_shared)
+
+
+def dense_from_ids(segment_ids: torch.Tensor, piece_ids: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """`allowed` evaluated on every (q, kv): (R, T, T) bool, what the block mask stands for."""
+    import torch
+
+    R, T = segment_ids.shape
+    b = torch.arange(R).view(R, 1, 1)
+    q = torch.arange(T).view(1, T, 1)
+    kv = torch.arange(T).view(1, 1, T)
+    return allowed(segment_ids, piece_ids, shared, b, q, kv)
+
+
+def block_mask(batch: dict):
+    """FlexAttention's `BlockMask` of a collated layout batch (on the batch's device), from its per-token ids."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    segment_ids, piece_ids, shared = batch["segment_ids"], batch["piece_ids"], batch["shared"]
+    R, T = segment_ids.shape
+
+    def mask_mod(b, h, q, kv):
+        return allowed(segment_ids, piece_ids, shared, b, q, kv)
+
+    return create_block_mask(mask_mod, R, None, T, T, device=segment_ids.device)
+
+
+def flex_supported(model) -> bool:
+    """Whether torch has FlexAttention and `model`'s transformers class can run it."""
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return bool(getattr(model, "_supports_flex_attn", False))
+
+
+def choose(requested: str, layout: str, device: torch.device, model) -> str:
+    """The kernel `--attention requested` runs for `layout` on `device`: `mask` or `flex` (InputError if refused).
+    The two-sequence layout uses the model's own attention with its 2-D padding mask: `mask`."""
+    if requested not in KERNELS:
+        raise InputError(f"--attention must be one of {', '.join(KERNELS)}, got {requested!r}")
+    if layout == "two-sequence":
+        if requested == "flex":
+            raise InputError("--attention flex needs --prefix-sharing or --packing (the two-sequence layout has no "
+                             "block mask)")  # fmt: skip
+        return "mask"
+    if requested == "mask":
+        return "mask"
+    usable = device.type == "cuda" and flex_supported(model)
+    if requested == "auto":
+        return "flex" if usable else "mask"
+    if device.type != "cuda":
+        raise InputError("--attention flex: FlexAttention has no backward pass on the CPU in this torch; use "
+                         "--attention mask (or auto) on the CPU")  # fmt: skip
+    if not usable:
+        raise InputError(f"--attention flex: {type(model).__name__} cannot run FlexAttention in this transformers "
+                         "(or torch lacks it); use --attention mask")  # fmt: skip
+    return "flex"
+
+
+def use(model, kernel: str) -> None:
+    """Switch `model`'s attention to what `kernel` needs (FlexAttention for `flex`; `mask` keeps the model's)."""
+    if kernel == "flex":
+        model.set_attn_implementation("flex_attention")

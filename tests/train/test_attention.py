@@ -1,0 +1,174 @@
+"""The layouts' attention kernels (`dpo_ref.train.attention`): FlexAttention's block mask is the dense mask.
+
+1. The block mask's rule, evaluated on every (query, key), equals the dense (T, T) mask that `layouts.collate`
+   builds piece by piece (two descriptions of one layout, built independently), over drawn batches of every
+   layout; a rule that lets the rejected tokens see the chosen ones is caught.
+2. The model run with FlexAttention and the block mask scores what it scores with SDPA and the dense mask, on
+   the CPU in the forward pass (FlexAttention has no CPU backward in torch 2.13, and inductor's CPU flex kernel
+   fails to compile here, so the test runs torch's eager flex_attention in place of transformers' compiled
+   wrapper). Both compute the same float32 softmax over the same keys; the values differ at most by the order
+   of the sums, a few float32 ulps of each token's log-prob (|log p| <= ~10 here: ~1e-6 each), summed over at
+   most ~60 tokens a sequence: atol 1e-4. A block mask that leaks is caught at the same tolerance.
+3. The kernel choice: auto is the mask on the CPU and FlexAttention on CUDA where the model supports it;
+   --attention flex is refused (one line, exit 2, nothing written) on the CPU and for the two-sequence layout.
+4. On CUDA only (skipped here): training with --attention flex equals --attention mask over a short run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dpo_ref.errors import InputError
+from dpo_ref.train import attention, layouts
+from dpo_ref.train.data import TokenizedPair
+
+# torch warns that eager flex_attention is unfused: on the CPU, eager is the point
+pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+
+ids = st.lists(st.integers(3, 30), min_size=1, max_size=9)
+pair_lists = st.lists(st.tuples(ids, ids, ids), min_size=1, max_size=5)
+
+
+def _pairs(drawn) -> list[TokenizedPair]:
+    return [TokenizedPair(p, c, r, i) for i, (p, c, r) in enumerate(drawn)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(drawn=pair_lists, layout=st.sampled_from(layouts.LAYOUTS), max_length=st.sampled_from([None, 8, 20]))
+def test_the_block_mask_rule_is_the_dense_mask(drawn, layout, max_length):
+    batch = layouts.collate(_pairs(drawn), layout, 0, max_length)
+    rule = attention.dense_from_ids(batch["segment_ids"], batch["piece_ids"], batch["shared"])
+    assert torch.equal(rule, batch["attention_mask"][:, 0])
+
+
+def _leaky_rule(segment_ids, piece_ids, shared, b, q, kv):
+    """Causal within each sequence, the chosen/rejected split forgotten: the rejected tokens see the chosen."""
+    same = (segment_ids[b, q] == segment_ids[b, kv]) & (segment_ids[b, q] >= 0)
+    return (q == kv) | (same & (kv <= q))
+
+
+def test_a_rule_that_lets_rejected_see_chosen_differs_from_the_dense_mask():
+    batch = layouts.collate(_pairs([([5, 6], [7, 8], [9])]), "prefix-sharing", 0)
+    leaky = _leaky_rule(batch["segment_ids"], batch["piece_ids"], batch["shared"],
+                        *torch.meshgrid(torch.arange(1), torch.arange(5), torch.arange(5), indexing="ij"))  # fmt: skip
+    assert not torch.equal(leaky, batch["attention_mask"][:, 0])
+
+
+@pytest.fixture
+def eager_flex(monkeypatch):
+    """transformers' FlexAttention path with torch's eager flex_attention in place of its compiled wrapper."""
+    hf_flex = pytest.importorskip("transformers.integrations.flex_attention")
+    from torch.nn.attention.flex_attention import flex_attention
+
+    monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention", lambda q, k, v, training=False, **kw:
+                        flex_attention(q, k, v, **kw))  # fmt: skip
+
+
+def _model():
+    from dpo_ref.train.model import TinyLlamaSize, llama_config, tiny_llama
+
+    size = TinyLlamaSize(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    return tiny_llama(llama_config(32, size), seed=0).eval()
+
+
+MIXED = [([5, 6, 7, 8, 9, 10, 11], [12], [13]), ([5], [6, 7, 8, 9, 10, 11, 12, 13, 14], [15, 16]),
+         ([7, 8], [9, 10], [11, 12, 13]), ([9] * 20, [4, 5], [6] * 17)]  # fmt: skip
+
+
+def _flex_vs_mask(layout, max_length=None):
+    model = _model()
+    batch = layouts.collate(_pairs(MIXED), layout, 0, max_length)
+    with torch.no_grad():
+        expected, counts = layouts.score(model, batch)
+        attention.use(model, "flex")
+        got, flex_counts = layouts.score(model, batch)
+    assert torch.equal(counts, flex_counts)
+    return got, expected
+
+
+@pytest.mark.parametrize("layout,max_length", [("prefix-sharing", None), ("packing", 48), ("both", 64)])
+def test_flex_attention_scores_what_the_dense_mask_scores(eager_flex, layout, max_length):
+    got, expected = _flex_vs_mask(layout, max_length)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+
+
+def test_a_leaky_block_mask_is_caught(eager_flex, monkeypatch):
+    monkeypatch.setattr(attention, "allowed", _leaky_rule)
+    got, expected = _flex_vs_mask("prefix-sharing")
+    assert (got - expected).abs().max() > 1e-2  # the rejected rows now condition on the chosen tokens
+
+
+# ---------------------------------------------------------------------------------------------- the choice
+
+
+class _Flexible(torch.nn.Module):
+    _supports_flex_attn = True
+
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.mark.parametrize("requested,layout,device,model,expected", [
+    ("auto", "prefix-sharing", CPU, _Flexible(), "mask"),
+    ("auto", "packing", CUDA, _Flexible(), "flex"),
+    ("auto", "both", CUDA, torch.nn.Module(), "mask"),  # a model class without FlexAttention support
+    ("auto", "two-sequence", CUDA, _Flexible(), "mask"),
+    ("mask", "both", CUDA, _Flexible(), "mask"),
+    ("flex", "prefix-sharing", CUDA, _Flexible(), "flex"),
+])  # fmt: skip
+def test_the_kernel_choice(requested, layout, device, model, expected):
+    assert attention.choose(requested, layout, device, model) == expected
+
+
+@pytest.mark.parametrize("requested,layout,device,model,words", [
+    ("flex", "prefix-sharing", CPU, _Flexible(), "no backward pass on the CPU"),
+    ("flex", "two-sequence", CUDA, _Flexible(), "needs --prefix-sharing or --packing"),
+    ("flex", "packing", CUDA, torch.nn.Module(), "cannot run FlexAttention"),
+    ("fast", "packing", CUDA, _Flexible(), "must be one of auto, mask, flex"),
+])  # fmt: skip
+def test_refused_kernels_name_the_reason(requested, layout, device, model, words):
+    with pytest.raises(InputError, match=words):
+        attention.choose(requested, layout, device, model)
+
+
+def test_cli_refuses_flex_on_the_cpu_in_one_line_and_writes_nothing(tmp_path, capsys):
+    from dpo_ref.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--out", str(out), "--steps", "1", "--prefix-sharing", "--attention", "flex",
+                 "--device", "cpu", "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--attention flex" in err[0], err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_summary_names_the_layout_and_kernel(data, tmp_path):
+    from dpo_ref.train.cli import _summary_lines
+    from dpo_ref.train.loop import train
+    from tests.train.test_train import small
+
+    summary = train(small(data, tmp_path / "run", steps=1, prefix_sharing=True))
+    assert summary["attention"] == "mask" and summary["layout"] == "prefix-sharing"
+    assert "prefix-sharing layout (mask)" in _summary_lines(summary["config"], summary)[0]
+    assert abs(summary["history"][0]["loss"] - math.log(2)) < 1e-6
+
+
+@pytest.mark.gpu  # FlexAttention trains on CUDA only
+def test_training_with_flex_equals_the_dense_mask_on_cuda(data, tmp_path):
+    """Same losses to float32 rounding carried through a few updates (relative 1e-4, as in test_layouts.py)."""
+    from dpo_ref.train.loop import train
+    from tests.train.test_train import small
+
+    runs = {}
+    for kernel in ("mask", "flex"):
+        flags = dict(prefix_sharing=True, packing=True, max_length=64, attention=kernel, device="cuda", dtype="float32")
+        runs[kernel] = train(small(data, tmp_path / kernel, steps=4, **flags))
+    assert runs["flex"]["attention"] == "flex"
+    for a, b in zip(runs["mask"]["history"], runs["flex"]["history"]):
+        if "loss" in a:
+            assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4, abs_tol=1e-6), (a, b)
