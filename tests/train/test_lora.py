@@ -122,16 +122,19 @@ def test_lora_with_precomputed_reference_and_reference_free_losses(data, tmp_pat
 
 def _improved(summary) -> bool:
     last = [r for r in summary["history"] if "eval/loss" in r][-1]
-    return last["eval/loss"] < math.log(2) - 0.02 and last["eval/accuracy"] > 0.5
+    return last["eval/loss"] < math.log(2) - 0.05 and last["eval/accuracy"] > 0.8
 
 
 def test_lora_learns(data, tmp_path):
-    """30 steps on the untrained tiny model (held-out loss 0.664 measured); a learning rate of ~0 does not learn."""
+    """40 steps of rank-16 adapters fit the training pairs, scored on themselves: loss 0.590 and 0.602, accuracy
+    0.96 at seeds 0 and 1 (measured; held-out pairs of the tiny model move too little in 40 steps to be a stable
+    criterion: 0.664 on one machine, 0.685 on another); a learning rate of ~0 stays at ln 2."""
     settings = dict(
-        steps=30, batch_size=8, eval_every=30, log_every=10, lora_alpha=32.0, lora_target_modules="all-linear"
-    )
+        steps=40, batch_size=8, eval_every=40, log_every=10, lr=3e-3, lora_r=16, lora_alpha=32.0,
+        lora_target_modules="all-linear", eval_data=data[0],
+    )  # fmt: skip
     assert _improved(train(small(data, tmp_path / "a", **settings)))
-    assert not _improved(train(small(data, tmp_path / "b", lr=1e-12, **settings)))
+    assert not _improved(train(small(data, tmp_path / "b", **{**settings, "lr": 1e-12})))
 
 
 def test_lora_resumes_exactly(data, tmp_path):
