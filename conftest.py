@@ -5,8 +5,9 @@ Tiers:
             each evidence suite (the corpus verified with fail-fast)
   full      `pytest -n auto --full` (or DPO_REF_FULL=1; CI runs it): also the tests marked `slow`: whole-corpus
             verification with every check and reproduction, real libraries, kill -9 fault injection, the
-            default recipe's numbers, bench, torchrun, the TRL row search over every loss type, and every test
-            marked `download` (it fetches a library's wheel from the package registry)
+            default recipe's numbers, bench, torchrun, the TRL row search over every loss type, every test
+            marked `download` (it fetches a library's wheel from the package registry), and the slowest of the
+            rest, listed by node id in tests/full_tier.txt
 
 Profiles (pick with `--hypothesis-profile=NAME`):
   ci        fast and deterministic; loaded automatically when the CI environment variable is set
@@ -81,10 +82,22 @@ def pytest_report_header(config):
     return "dpo-ref: quick tier; tests marked slow are skipped (`pytest -n auto --full` runs them; CI does)"
 
 
+FULL_TIER_LIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", "full_tier.txt")
+
+
+def full_tier_only() -> set[str]:
+    """The node ids tests/full_tier.txt moves to the full tier (one a line, `#` comments)."""
+    with open(FULL_TIER_LIST, encoding="utf-8") as f:
+        return {line.split("  #")[0].strip() for line in f if line.strip() and not line.startswith("#")}
+
+
 def pytest_collection_modifyitems(config, items):
     skip_slow = pytest.mark.skip(reason=FULL_HINT)
     skip_gpu = None if _cuda_available() else pytest.mark.skip(reason="needs a CUDA device; none is present")
+    listed = full_tier_only()
     for item in items:
+        if item.nodeid in listed:
+            item.add_marker(pytest.mark.slow)
         if ("slow" in item.keywords or "download" in item.keywords) and not full_tier(config):
             item.add_marker(skip_slow)
         if "gpu" in item.keywords and skip_gpu is not None:
