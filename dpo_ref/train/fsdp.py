@@ -57,10 +57,9 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 def shard(model: nn.Module, device: torch.device) -> nn.Module:
     """`model` (a transformers model, or a peft model around one) sharded in place over every process: each
     decoder layer its own FSDP unit, then the root (the embeddings, final norm and output layer)."""
+    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-
-    import torch.distributed as dist
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     root = lora.inner_model(model)  # a LoRA policy: the HF model inside the peft wrapper is the root
@@ -213,9 +212,7 @@ def load_checkpoint(run_dir, *, model, optimizer, scheduler) -> dict:
         dcp.load(state, checkpoint_id=path)
     except (OSError, ValueError, RuntimeError) as err:
         raise InputError(f"checkpoint {path!r} cannot be read: {str(err).splitlines()[0]}") from err
-    set_state_dict(
-        lora.inner_model(model), optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
-    )
+    set_state_dict(lora.inner_model(model), optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     if "cuda" in state["rng"] and torch.cuda.is_available():
