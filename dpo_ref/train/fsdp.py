@@ -8,9 +8,9 @@ all-reduce averages them). The model's own `forward` must run for the root's hoo
 output layer runs at every position (`SequenceScorer` then takes the full-logits path). Every forward is a
 collective, so every process evaluates and generates, the main one alone writing.
 
-A separate reference (full fine-tuning) is a copy of the policy sharded the same way (`copy_shards` refreshes
-it after the warm-up: each process copies its own shards); a LoRA reference is the policy with its adapters
-off, as without FSDP.
+A separate reference (full fine-tuning) is the policy's class built on the meta device and sharded the same way,
+then filled from the policy's shards (`fill`, again after the warm-up: each process copies its own shards), so
+no process holds a whole copy; a LoRA reference is the policy with its adapters off, as without FSDP.
 
     OUT/checkpoint.dcp/             `torch.distributed.checkpoint` (DCP) directory: each process writes its shards
       .metadata, __R_0.distcp       DCP's own files: the model's and AdamW's sharded tensors, the torch RNG state
@@ -69,6 +69,20 @@ def shard(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+def empty_reference(policy: nn.Module) -> nn.Module:
+    """A model of the (not yet sharded) policy's class and config on the meta device: no memory, no values. Shard
+    it, then `fill` it, for a reference of which no process ever holds a whole weight."""
+    with torch.device("meta"):
+        return type(policy)(policy.config).eval().requires_grad_(False)
+
+
+def fill(reference: nn.Module, policy: nn.Module, device: torch.device) -> nn.Module:
+    """The sharded meta `reference` given storage on `device` and the sharded policy's values (`copy_shards`)."""
+    reference.to_empty(device=device)
+    copy_shards(reference, policy)
+    return reference
+
+
 def is_sharded(model: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
@@ -106,19 +120,30 @@ def all_finite(model: nn.Module) -> bool:
     return not bool(bad)
 
 
+def tied_names(model: nn.Module) -> dict[str, str]:
+    """{alias: original}: the state-dict names of the HF model that share one parameter (tied embeddings)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, p in lora.inner_model(model).named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return aliases
+
+
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict of the HF model (inside a peft wrapper, if any), every shard gathered, on the CPU of the
-    main process ({} on the others). A collective: every process calls it."""
+    main process ({} on the others); tied names given one tensor, as `state_dict()` gives them (save_pretrained
+    then writes it once). A collective: every process calls it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(lora.inner_model(model), options=options)
-    seen, out = set(), {}
-    for key, value in state.items():  # safetensors refuses two names for one storage (tied weights): copy those
-        ptr = value.untyped_storage().data_ptr()
-        out[key] = value.clone() if ptr in seen else value
-        seen.add(ptr)
-    return out
+    for alias, original in tied_names(model).items():
+        if alias in state:
+            state[alias] = state[original]
+    return state
 
 
 def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -133,10 +158,11 @@ def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 
 def save_sft(run_dir, model: nn.Module, sft_key: dict, *, main: bool) -> None:
     """OUT/sft.safetensors from the sharded model (gathered; written by the main process)."""
-    state = full_state_dict(model)
-    if main:
+    state, aliases = full_state_dict(model), tied_names(model)
+    if main:  # tied entries stored once, as `RunDir.save_sft` stores them (safetensors refuses shared tensors)
+        tensors = {k: v for k, v in state.items() if k not in aliases}
         with run_dir.writing(run_dir.sft):
-            atomic_save_tensors(state, run_dir.sft, {"sft": sft_key, "aliases": {}})
+            atomic_save_tensors(tensors, run_dir.sft, {"sft": sft_key, "aliases": aliases})
 
 
 def load_sft(run_dir, model: nn.Module, sft_key: dict) -> bool:
@@ -144,7 +170,7 @@ def load_sft(run_dir, model: nn.Module, sft_key: dict) -> bool:
     if not os.path.exists(run_dir.sft) or read_metadata(run_dir.sft).get("sft") != sft_key:
         return False
     tensors, meta = load_tensors(run_dir.sft)
-    for alias, original in meta.get("aliases", {}).items():  # written without FSDP: tied entries stored once
+    for alias, original in meta.get("aliases", {}).items():  # tied entries are stored once
         tensors[alias] = tensors[original]
     load_full_state_dict(model, tensors)
     return True

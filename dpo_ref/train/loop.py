@@ -632,9 +632,11 @@ def load_data(s: Session) -> Data:
         )
     reference = None
     if cfg.fsdp:
-        if not lora.is_peft(policy) and needs_reference(cfg):  # copied before sharding, then sharded alike
-            reference = fsdp.shard(frozen_reference(policy), s.device)
+        if not lora.is_peft(policy) and needs_reference(cfg):  # sharded alike, never whole (see fsdp.fill)
+            reference = fsdp.shard(fsdp.empty_reference(policy), s.device)
         policy = fsdp.shard(policy, s.device)
+        if reference is not None:
+            reference = fsdp.fill(reference, policy, s.device)
     policy.train()
     return Data(
         policy=policy,
@@ -748,9 +750,9 @@ def make_reference(s: Session, d: Data) -> Reference:
         return Reference()
     if lora.is_peft(d.policy):  # the same weights with the adapters off: no second copy
         scorer = lora.AdaptersOff(SequenceScorer(d.policy), d.policy)
-    elif d.reference is not None:  # --fsdp: the sharded copy made at load, given the warmed-up weights
+    elif d.reference is not None:  # --fsdp: the sharded reference made at load, given the warmed-up weights
         fsdp.copy_shards(d.reference, d.policy)
-        scorer = SequenceScorer(d.reference.eval())
+        scorer = SequenceScorer(d.reference)
         d.reference = None  # held by the scorer alone: freed with it (--precompute-ref)
     else:
         scorer = SequenceScorer(frozen_reference(d.policy))
