@@ -134,16 +134,12 @@ def tied_names(model: nn.Module) -> dict[str, str]:
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict of the HF model (inside a peft wrapper, if any), every shard gathered, on the CPU of the
-    main process ({} on the others); tied names given one tensor, as `state_dict()` gives them (save_pretrained
-    then writes it once). A collective: every process calls it."""
+    main process ({} on the others); tied names share one tensor, as in `state_dict()`, so save_pretrained writes
+    it once (tests/train/test_fsdp.py checks it). A collective: every process calls it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = get_model_state_dict(lora.inner_model(model), options=options)
-    for alias, original in tied_names(model).items():
-        if alias in state:
-            state[alias] = state[original]
-    return state
+    return get_model_state_dict(lora.inner_model(model), options=options)
 
 
 def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

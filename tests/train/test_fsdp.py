@@ -166,6 +166,39 @@ def test_fsdp_over_one_process_trains_resumes_and_exports_as_without_it(data, tm
         torch.testing.assert_close(a[k], plain[k], rtol=RTOL, atol=ATOL)
 
 
+@pytest.fixture(scope="module")
+def tied_gpt2_dir(tmp_path_factory):
+    """A local GPT-2 (another family) whose output layer is its input embedding (tied)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from dpo_ref.train.tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(6)
+    directory = str(tmp_path_factory.mktemp("hf") / "gpt2")
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_tied_weights_are_gathered_as_one_tensor_as_without_fsdp(data, tmp_path, group_of_one, tied_gpt2_dir):
+    from dpo_ref.train.rundir import read_metadata
+
+    settings = dict(model=tied_gpt2_dir, steps=2, sft_lr=3e-3)
+    sharded = train(small(data, tmp_path / "fsdp", fsdp=True, **settings))
+    plain = train(small(data, tmp_path / "plain", **settings))
+    a, b = weights(sharded["model_dir"]), weights(plain["model_dir"])
+    assert a.keys() == b.keys() and "lm_head.weight" not in a  # written once, under the embedding's name
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=RTOL, atol=ATOL)  # RTOL, ATOL: see above
+    sft = [read_metadata(os.path.join(run["out"], "sft.safetensors"))["aliases"] for run in (sharded, plain)]
+    assert sft[0] == sft[1] == {"lm_head.weight": "transformer.wte.weight"}
+
+
 # ---------------------------------------------------------------------------------------------- torchrun
 
 
