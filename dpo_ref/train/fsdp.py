@@ -36,7 +36,7 @@ import torch.nn as nn
 from dpo_ref.atomic import write_text_atomic
 from dpo_ref.errors import InputError
 from dpo_ref.train import lora
-from dpo_ref.train.rundir import TMP_PREFIX, _kill_hook, atomic_save_tensors, load_tensors, read_metadata
+from dpo_ref.train.rundir import TMP_PREFIX, kill_hook, atomic_save_tensors, load_tensors, read_metadata
 
 STATE_FILE = "run_state.json"  # the checkpoint's non-tensor state, as JSON (nothing of ours is pickled)
 
@@ -210,7 +210,7 @@ def save_checkpoint(run_dir, *, model, optimizer, scheduler, step: int, config: 
         }
         with run_dir.writing(final):
             write_text_atomic(os.path.join(tmp, STATE_FILE), json.dumps(meta))
-            kill = _kill_hook(step)  # tests: crash between the write and the swap
+            kill = kill_hook(step)  # tests: crash between the write and the swap
             if kill is not None:
                 kill(tmp)
             shutil.rmtree(old, ignore_errors=True)

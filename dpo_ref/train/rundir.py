@@ -83,7 +83,7 @@ def remove_stray_temp_files(directory: str) -> list[str]:
     return stray
 
 
-def _kill_hook(step: int):
+def kill_hook(step: int):
     if os.environ.get(KILL_IN_CHECKPOINT_ENV) != str(step):
         return None
     return lambda tmp: os.kill(os.getpid(), signal.SIGKILL)
@@ -158,7 +158,7 @@ def write_checkpoint(
         "config": config,
         **(extra or {}),
     }
-    atomic_save_tensors({k: v.cpu() for k, v in tensors.items()}, path, metadata, _before_replace=_kill_hook(step))
+    atomic_save_tensors({k: v.cpu() for k, v in tensors.items()}, path, metadata, _before_replace=kill_hook(step))
 
 
 def cuda_rng_states(tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:

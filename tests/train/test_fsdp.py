@@ -2,7 +2,8 @@
 OUT/model loads with transformers (and LoRA's with peft), and the refusals.
 
 The quick tier runs FSDP over one process in this process (a gloo group of one): sharding, the DCP checkpoint,
-resume and the consolidated OUT/model, without torchrun. The slow tier runs `torchrun --nproc_per_node=2`.
+resume and the consolidated OUT/model, without torchrun; and the refusals. The slow tier adds tied weights (one
+process) and runs `torchrun --nproc_per_node=2`: the equality with one process, resume, a kill, LoRA.
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ def tied_gpt2_dir(tmp_path_factory):
     return directory
 
 
+@pytest.mark.slow
 def test_tied_weights_are_gathered_as_one_tensor_as_without_fsdp(data, tmp_path, group_of_one, tied_gpt2_dir):
     from dpo_ref.train.rundir import read_metadata
 
