@@ -36,7 +36,7 @@ import torch.nn as nn
 from dpo_ref.atomic import write_text_atomic
 from dpo_ref.errors import InputError
 from dpo_ref.train import lora
-from dpo_ref.train.rundir import TMP_PREFIX, kill_hook, atomic_save_tensors, load_tensors, read_metadata
+from dpo_ref.train.rundir import TMP_PREFIX, atomic_save_tensors, kill_hook, load_tensors, read_metadata
 
 STATE_FILE = "run_state.json"  # the checkpoint's non-tensor state, as JSON (nothing of ours is pickled)
 
