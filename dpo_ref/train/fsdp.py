@@ -224,6 +224,7 @@ def save_checkpoint(run_dir, *, model, optimizer, scheduler, step: int, config: 
 def load_checkpoint(run_dir, *, model, optimizer, scheduler) -> dict:
     """Restore what `save_checkpoint` wrote, in place (each process reads its shards); returns run_state.json."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     path = run_dir.checkpoint_dcp
@@ -232,8 +233,12 @@ def load_checkpoint(run_dir, *, model, optimizer, scheduler) -> dict:
             meta = json.load(f)
         state = _state(model, optimizer)
         dcp.load(state, checkpoint_id=path)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise InputError(f"checkpoint {path!r} cannot be read: {str(err).splitlines()[0]}") from err
+    # DCP reports a damaged shard as a CheckpointException, a BaseException
+    except (OSError, ValueError, RuntimeError, CheckpointException) as err:
+        # a CheckpointException holds each failed process's (exception, traceback): the first one's is the news
+        cause = next(iter(err.failures.values()))[0] if isinstance(err, CheckpointException) else err
+        first = next((line for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+        raise InputError(f"checkpoint {path!r} cannot be read: {first}") from err
     set_state_dict(lora.inner_model(model), optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])

@@ -167,6 +167,17 @@ def test_fsdp_over_one_process_trains_resumes_and_exports_as_without_it(data, tm
         torch.testing.assert_close(a[k], plain[k], rtol=RTOL, atol=ATOL)
 
 
+def test_a_damaged_shard_is_refused_in_one_line_not_loaded(data, tmp_path, group_of_one):
+    from dpo_ref.errors import InputError
+
+    settings = dict(steps=2, sft_steps=0, fsdp=True)
+    train(small(data, tmp_path, stop_after=1, **settings))
+    with open(tmp_path / "checkpoint.dcp" / "__0_0.distcp", "r+b") as f:
+        f.truncate(100)  # as a full disk leaves it
+    with pytest.raises(InputError, match=r"checkpoint\.dcp' cannot be read: EOFError"):
+        train(small(data, tmp_path, resume=True, **settings))
+
+
 @pytest.fixture(scope="module")
 def tied_gpt2_dir(tmp_path_factory):
     """A local GPT-2 (another family) whose output layer is its input embedding (tied)."""
