@@ -131,6 +131,10 @@ class TrainConfig:
         False, "recompute each decoder layer's activations in the backward pass instead of keeping them (less "
         "memory, one more forward)"
     )  # fmt: skip
+    fsdp: bool = _opt(
+        False, "shard the weights, gradients and AdamW state over the torchrun processes (FSDP2: fully_shard per "
+        "decoder layer, then the root); a sharded checkpoint OUT/checkpoint.dcp; run under torchrun"
+    )  # fmt: skip
     threads: int | None = _opt(None, "CPU intra-op threads (default 1 for the built-in tiny model, else torch's)")
     seed: int = _opt(0, "seed of the weights (built-in model), the data order and every RNG; in [0, 2**32)")
     log_every: int = _opt(10, "log the training statistics every N updates")
@@ -165,7 +169,7 @@ class TrainConfig:
 RESUME_KEYS = (
     "model data_sha256 eval_data_sha256 loss coef loss_weights beta label_smoothing tau rpo_alpha steps lr "
     "weight_decay warmup_steps max_grad_norm max_length max_prompt_length padding_side sft_steps sft_lr precompute_ref "
-    "seed global_batch dtype lora_r lora_alpha lora_dropout lora_target_modules"
+    "seed global_batch dtype lora_r lora_alpha lora_dropout lora_target_modules fsdp"
 ).split()
 
 # what the SFT warm-up's result depends on: a saved warm-up is reused only if all of these match
@@ -279,7 +283,33 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     check_device(cfg.device)
     cfg.dtype = check_dtype(cfg.dtype, cfg.device)
     check_lora(cfg)
+    check_fsdp(cfg)
     return cfg
+
+
+def check_fsdp(cfg: TrainConfig, environ=None) -> None:
+    """--fsdp's refusals: it needs the processes torchrun starts, and a combination it has no shard-aware
+    form of is refused rather than run wrong. `environ`: the environment (default os.environ)."""
+    if not cfg.fsdp:
+        return
+    import os
+
+    environ = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in environ:
+        raise InputError(
+            "--fsdp shards over the processes torchrun starts, and WORLD_SIZE is not set: run it as torchrun "
+            "--nproc_per_node=N -m dpo_ref train --fsdp ..."
+        )
+    if cfg.dtype == "float16":
+        raise InputError(
+            "--fsdp with --dtype float16: its loss scaler (torch.amp.GradScaler) does not handle sharded gradients; "
+            "use --dtype bfloat16"
+        )
+    if cfg.merge_lora:
+        raise InputError(
+            "--fsdp with --merge-lora: the merge needs each whole weight; train with --fsdp, then merge the saved "
+            "adapters (peft's merge_and_unload)"
+        )
 
 
 def check_lora(cfg: TrainConfig) -> None:

@@ -11,8 +11,9 @@ DPO, cDPO and IPO alone keep `preference_loss` below.
     3. warm_up        optional SFT warm-up on the chosen responses (reused from OUT/sft.safetensors on resume)
     4. make_reference a frozen copy of the policy after warm-up, or (--precompute-ref) its log-probs only
     5. preference_loop one concatenated chosen+rejected forward per micro-batch, loss from dpo_ref.losses,
-                      AdamW, gradient accumulation and clipping, linear warmup; DDP under torchrun;
-                      resumable from OUT/checkpoint.safetensors
+                      AdamW, gradient accumulation and clipping, linear warmup; DDP under torchrun, or
+                      FSDP2 with --fsdp (`dpo_ref.train.fsdp`); resumable from OUT/checkpoint.safetensors
+                      (OUT/checkpoint.dcp with --fsdp)
     6. finish         final evaluation and OUT/model (save_pretrained)
 
 The SFT warm-up, the preference loop and `dpo-ref bench` share one optimizer update (`update_step`).
@@ -43,7 +44,7 @@ from dpo_ref.logps import sequence_logps, shift_labels, token_logps
 from dpo_ref.losses import dpo_loss, ipo_loss
 from dpo_ref.progress import phase
 from dpo_ref.rpo import per_token_nll, rpo_objective
-from dpo_ref.train import attention, layouts, lora
+from dpo_ref.train import attention, fsdp, layouts, lora
 from dpo_ref.train.config import LOSSES, RESUME_KEYS, SFT_KEYS, TrainConfig, check_config, check_device
 from dpo_ref.train.data import IGNORE_INDEX, PreferenceCollator, TokenizedPair, pad_sequences, prepare_dataset
 from dpo_ref.train.objective import is_classic, resolve
@@ -80,8 +81,11 @@ class SequenceScorer(nn.Module):
         super().__init__()
         self.model = model = lora.inner_model(model)  # a LoRA policy: the HF model, its adapters injected
         model_type = getattr(model.config, "model_type", "")
-        self.scored_head_only = model_type in _PLAIN_HEAD_MODEL_TYPES and isinstance(
-            model.get_output_embeddings(), nn.Linear
+        # under FSDP the output layer outside the model's forward would miss the root's all-gather
+        self.scored_head_only = (
+            model_type in _PLAIN_HEAD_MODEL_TYPES
+            and isinstance(model.get_output_embeddings(), nn.Linear)
+            and not fsdp.is_sharded(model)
         )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels=None, **layout):
@@ -420,7 +424,7 @@ def update_step(
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    grad_norm = fsdp.full(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))  # FSDP: a DTensor, made whole
     skipped = bool(skip(stats, grad_norm)) if skip is not None else False
     if not skipped:  # a skipped update leaves weights and AdamW state as they were
         scaler.step(optimizer) if scaler is not None else optimizer.step()
@@ -503,6 +507,17 @@ class Session:
         return self.rank == 0
 
     @property
+    def ddp(self) -> bool:
+        """Whether the scorer runs under DDP: several processes, without --fsdp."""
+        return self.distributed and not self.cfg.fsdp
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether this process runs the evaluations: the main one, or under FSDP every one (each forward is a
+        collective); only the main one writes them."""
+        return self.main or self.cfg.fsdp
+
+    @property
     def per_rank(self) -> int:
         return self.cfg.batch_size * self.cfg.grad_accum
 
@@ -517,8 +532,8 @@ class Session:
             dist.barrier()
 
     def wrap(self, scorer: nn.Module):
-        """The scorer under DDP when several processes train, else itself."""
-        if not self.distributed:
+        """The scorer under DDP when several processes train without --fsdp, else itself."""
+        if not self.ddp:
             return scorer
         from torch.nn.parallel import DistributedDataParallel
 
@@ -545,6 +560,7 @@ class Data:
     collate_chosen: PreferenceCollator
     eval_generation: bool
     attention: str = "mask"  # the layout's attention kernel (dpo_ref.train.attention)
+    reference: nn.Module | None = None  # --fsdp, full fine-tuning: the reference, sharded as the policy is
 
 
 def check_paths(cfg: TrainConfig, json_path: str | None = None) -> None:
@@ -569,7 +585,7 @@ def set_up(cfg: TrainConfig) -> Session:
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:  # the other processes never write the run directory
         run_dir.check(config, resume=cfg.resume, overwrite=cfg.overwrite, resume_keys=RESUME_KEYS)
-    if world > 1:
+    if world > 1 or cfg.fsdp:  # --fsdp (checked to run under torchrun) shards even over one process
         import torch.distributed as dist
 
         if not dist.is_initialized():
@@ -617,9 +633,17 @@ def load_data(s: Session) -> Data:
         policy = lora.apply_lora(
             policy, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_target_modules
         )
+    reference = None
+    if cfg.fsdp:
+        if not lora.is_peft(policy) and needs_reference(cfg):  # sharded alike, never whole (see fsdp.fill)
+            reference = fsdp.shard(fsdp.empty_reference(policy), s.device)
+        policy = fsdp.shard(policy, s.device)
+        if reference is not None:
+            reference = fsdp.fill(reference, policy, s.device)
     policy.train()
     return Data(
         policy=policy,
+        reference=reference,
         tokenizer=tokenizer,
         train_pairs=train_pairs,
         eval_pairs=eval_pairs,
@@ -673,7 +697,8 @@ def warm_up(s: Session, d: Data) -> dict:
     if not cfg.sft_steps:
         return {}
     sft_key = {k: s.run_config[k] for k in SFT_KEYS}
-    if cfg.resume and s.run_dir.load_sft(d.policy, sft_key, s.device):
+    load = partial(fsdp.load_sft, s.run_dir) if cfg.fsdp else partial(s.run_dir.load_sft, device=s.device)
+    if cfg.resume and load(d.policy, sft_key):
         return {"steps": cfg.sft_steps, "reused": s.run_dir.sft}
     scorer = s.wrap(SequenceScorer(d.policy))
     optimizer = adamw(lora.trainable_parameters(d.policy), lr=cfg.sft_lr, weight_decay=0.0, device=s.device)
@@ -688,7 +713,7 @@ def warm_up(s: Session, d: Data) -> dict:
             optimizer=optimizer,
             max_grad_norm=cfg.max_grad_norm,
             device=s.device,
-            ddp=scorer if s.distributed else None,
+            ddp=scorer if s.ddp else None,
             dtype=cfg.dtype,
             scaler=scaler,
         )
@@ -697,11 +722,14 @@ def warm_up(s: Session, d: Data) -> dict:
         bar.update(1)
     bar.close()
     last = stats["nll"].item() / s.per_rank
-    if not all(torch.isfinite(p).all() for p in d.policy.parameters()):  # never save a broken warm-up
+    finite = fsdp.all_finite(d.policy) if cfg.fsdp else all(torch.isfinite(p).all() for p in d.policy.parameters())
+    if not finite:  # never save a broken warm-up
         raise FloatingPointError("the SFT warm-up made the weights non-finite; try a lower --sft-lr")
     if lora.is_peft(d.policy):  # the warmed-up model is the reference: its adapters folded into the base
         lora.fold_adapters(d.policy)
-    if s.main:
+    if cfg.fsdp:
+        fsdp.save_sft(s.run_dir, d.policy, sft_key, main=s.main)
+    elif s.main:
         s.run_dir.save_sft(d.policy, sft_key)
     return {"steps": cfg.sft_steps, "nll_first": first, "nll_last": last}
 
@@ -714,13 +742,22 @@ class Reference:
     logps: dict | None = None  # {"train": (chosen (P,), rejected (P,)), "eval": ... or None}
 
 
+def needs_reference(cfg: TrainConfig) -> bool:
+    """Whether the loss reads a reference (every loss but the reference-free ones: SimPO, SFT)."""
+    return is_classic(cfg) or resolve(cfg).needs_reference
+
+
 def make_reference(s: Session, d: Data) -> Reference:
     """Phase 4: a frozen copy of the (warmed-up) policy, or with --precompute-ref its log-probs only; none at all
     for a reference-free loss (SimPO, SFT: no second model in memory)."""
-    if not is_classic(s.cfg) and not resolve(s.cfg).needs_reference:
+    if not needs_reference(s.cfg):
         return Reference()
     if lora.is_peft(d.policy):  # the same weights with the adapters off: no second copy
         scorer = lora.AdaptersOff(SequenceScorer(d.policy), d.policy)
+    elif d.reference is not None:  # --fsdp: the sharded reference made at load, given the warmed-up weights
+        fsdp.copy_shards(d.reference, d.policy)
+        scorer = SequenceScorer(d.reference)
+        d.reference = None  # held by the scorer alone: freed with it (--precompute-ref)
     else:
         scorer = SequenceScorer(frozen_reference(d.policy))
     if not s.cfg.precompute_ref:
@@ -824,7 +861,10 @@ def resume_checkpoint(s: Session, policy: nn.Module, optimizer, scheduler, scale
     checkpoint, its state loaded in place and the metrics records it does not cover dropped."""
     if not (s.cfg.resume and s.run_dir.has_checkpoint()):
         return 0, 0
-    meta = s.run_dir.load_checkpoint(model=policy, optimizer=optimizer, scheduler=scheduler)
+    if s.cfg.fsdp:
+        meta = fsdp.load_checkpoint(s.run_dir, model=policy, optimizer=optimizer, scheduler=scheduler)
+    else:
+        meta = s.run_dir.load_checkpoint(model=policy, optimizer=optimizer, scheduler=scheduler)
     if scaler is not None and "grad_scaler" in meta:  # float16's loss scale
         scaler.load_state_dict(meta["grad_scaler"])
     if s.main:
@@ -835,11 +875,17 @@ def resume_checkpoint(s: Session, policy: nn.Module, optimizer, scheduler, scale
 def save_checkpoint(
     s: Session, policy: nn.Module, optimizer, scheduler, step: int, nonfinite_skipped: int, scaler=None
 ) -> None:
-    """OUT/checkpoint.safetensors after `step` updates (written by the main process only)."""
-    if s.main:
-        extra = {"nonfinite_skipped": nonfinite_skipped}
-        if scaler is not None:
-            extra["grad_scaler"] = scaler.state_dict()
+    """OUT/checkpoint.safetensors after `step` updates (written by the main process only); with --fsdp,
+    OUT/checkpoint.dcp (every process writes its shards)."""
+    extra = {"nonfinite_skipped": nonfinite_skipped}
+    if scaler is not None:
+        extra["grad_scaler"] = scaler.state_dict()
+    if s.cfg.fsdp:
+        fsdp.save_checkpoint(
+            s.run_dir, model=policy, optimizer=optimizer, scheduler=scheduler, step=step, config=s.run_config,
+            extra=extra, main=s.main,
+        )  # fmt: skip
+    elif s.main:
         s.run_dir.save_checkpoint(
             model=policy, optimizer=optimizer, scheduler=scheduler, step=step, config=s.run_config, extra=extra
         )
@@ -940,7 +986,7 @@ def preference_loop(s: Session, d: Data, ref: Reference) -> dict:
     for step in range(start_step, end_step):
         record: dict = {"step": step}
         if step % cfg.eval_every == 0:
-            if s.main:
+            if s.evaluates:
                 record.update(evaluate(s, d, ref))
             s.barrier()
         lr = optimizer.param_groups[0]["lr"]  # the rate this update uses
@@ -951,7 +997,7 @@ def preference_loop(s: Session, d: Data, ref: Reference) -> dict:
             scheduler=scheduler,
             max_grad_norm=cfg.max_grad_norm,
             device=s.device,
-            ddp=scorer if s.distributed else None,
+            ddp=scorer if s.ddp else None,
             skip=partial(guard.skip, step=step),
             dtype=cfg.dtype,
             scaler=scaler,
@@ -978,9 +1024,11 @@ def preference_loop(s: Session, d: Data, ref: Reference) -> dict:
 def model_export(s: Session, policy: nn.Module):
     """What OUT/model holds: the policy (`save_pretrained`), or for LoRA its adapters (with the base they apply
     to where that is not --model as it is) or, with --merge-lora, the merged weights (`dpo_ref.train.lora`)."""
+    write_base = s.cfg.model is None or bool(s.cfg.sft_steps)
+    if s.cfg.fsdp:  # the shards gathered on the main process (every process calls this)
+        return fsdp.FullExport(policy, write_base=write_base)
     if not lora.is_peft(policy):
         return policy
-    write_base = s.cfg.model is None or bool(s.cfg.sft_steps)
     return lora.LoraExport(policy, merge=s.cfg.merge_lora, write_base=write_base)
 
 
@@ -991,7 +1039,7 @@ def finish(s: Session, d: Data, ref: Reference, loop: dict, sft_summary: dict) -
     summary = {
         "out": cfg.out,
         "metrics": run_dir.metrics,
-        "checkpoint": run_dir.checkpoint,
+        "checkpoint": run_dir.checkpoint_dcp if cfg.fsdp else run_dir.checkpoint,
         "device": str(s.device),
         "world_size": s.world,
         "layout": cfg.layout,
@@ -1005,12 +1053,13 @@ def finish(s: Session, d: Data, ref: Reference, loop: dict, sft_summary: dict) -
         "history": history,
     }
     if loop["end_step"] == cfg.steps:
+        final = {"step": cfg.steps, **evaluate(s, d, ref)} if s.evaluates else {}
+        export = model_export(s, d.policy) if s.main or cfg.fsdp else None
         if s.main:
-            final = {"step": cfg.steps, **evaluate(s, d, ref)}
             if len(final) > 1:
                 run_dir.append_metrics(final)
                 history.append(final)
-            run_dir.save_model(model_export(s, d.policy), d.tokenizer)
+            run_dir.save_model(export, d.tokenizer)
         summary["model_dir"] = run_dir.model
     s.barrier()
     summary["seconds"] = time.perf_counter() - s.started

@@ -4,6 +4,7 @@
     OUT/metrics.jsonl           one JSON object per logged or evaluated step
     OUT/sft.safetensors         the policy after the SFT warm-up (the reference), reused by --resume
     OUT/checkpoint.safetensors  everything needed to continue exactly (`write_checkpoint`)
+    OUT/checkpoint.dcp/         the same, sharded, with --fsdp (`dpo_ref.train.fsdp`)
     OUT/model/                  the final model and tokenizer (save_pretrained)
     OUT/.lock                   held (flock) by the process writing the run; names it (pid, host)
 
@@ -50,7 +51,7 @@ from dpo_ref.atomic import (
 )
 from dpo_ref.errors import InputError
 
-RUN_FILES = ("run.json", "metrics.jsonl", "sft.safetensors", "checkpoint.safetensors", "model")
+RUN_FILES = ("run.json", "metrics.jsonl", "sft.safetensors", "checkpoint.safetensors", "checkpoint.dcp", "model")
 TMP_PREFIX = ".tmp-"
 # test hook: SIGKILL this process after the temporary file of the checkpoint of this step is written, before
 # the rename (tests/train/test_faults.py uses it to crash exactly mid-write); never set outside tests
@@ -82,7 +83,7 @@ def remove_stray_temp_files(directory: str) -> list[str]:
     return stray
 
 
-def _kill_hook(step: int):
+def kill_hook(step: int):
     if os.environ.get(KILL_IN_CHECKPOINT_ENV) != str(step):
         return None
     return lambda tmp: os.kill(os.getpid(), signal.SIGKILL)
@@ -157,7 +158,7 @@ def write_checkpoint(
         "config": config,
         **(extra or {}),
     }
-    atomic_save_tensors({k: v.cpu() for k, v in tensors.items()}, path, metadata, _before_replace=_kill_hook(step))
+    atomic_save_tensors({k: v.cpu() for k, v in tensors.items()}, path, metadata, _before_replace=kill_hook(step))
 
 
 def cuda_rng_states(tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -230,6 +231,7 @@ class RunDir:
         self.metrics = os.path.join(path, "metrics.jsonl")
         self.sft = os.path.join(path, "sft.safetensors")
         self.checkpoint = os.path.join(path, "checkpoint.safetensors")
+        self.checkpoint_dcp = os.path.join(path, "checkpoint.dcp")  # --fsdp
         self.model = os.path.join(path, "model")
         self.lock = lock_path(path, directory=True)
         self._locks = OutputLocks({"--out": path}, directories=("--out",))
@@ -320,7 +322,8 @@ class RunDir:
         try:
             self.check(run_config, resume=resume, overwrite=overwrite, resume_keys=resume_keys)
             remove_stray_temp_files(self.path)  # left by a writer killed mid-write; the files they replace are intact
-            for stray in (self.model + ".tmp", self.model + ".old"):
+            dcp_tmp = os.path.join(self.path, TMP_PREFIX + os.path.basename(self.checkpoint_dcp))
+            for stray in (self.model + ".tmp", self.model + ".old", dcp_tmp, self.checkpoint_dcp + ".old"):
                 shutil.rmtree(stray, ignore_errors=True)
             if not resume:
                 for name in RUN_FILES:
@@ -386,7 +389,8 @@ class RunDir:
         return read_checkpoint(self.checkpoint, **kwargs)
 
     def has_checkpoint(self) -> bool:
-        return os.path.exists(self.checkpoint)
+        """Whether a checkpoint is there (one or the other: --fsdp is a resume key, so a run has one kind)."""
+        return os.path.exists(self.checkpoint) or os.path.exists(self.checkpoint_dcp)
 
     def save_sft(self, model, sft_key: dict) -> None:
         tensors, aliases = model_tensors(model)
