@@ -42,24 +42,35 @@ MAX_EXAMPLES = 20  # per check by default: each example is a few dozen forward p
 @dataclass(frozen=True)
 class Convention:
     """How a row becomes tokens: `tokenize` is one of TOKENIZATIONS; BOS added (the tokenizer's own, as
-    `add_special_tokens=True` adds it); EOS appended and scored."""
+    `add_special_tokens=True` adds it); EOS appended and scored; `space_eos`: the EOS is appended to the text after
+    a space (OpenRLHF 0.11's `RewardDataset.__getitem__`: `chosen += " " + tokenizer.eos_token`), so the space is
+    tokenised with the completion's last characters and scored with it (implies `eos`)."""
 
     tokenize: str = "separate"
     bos: bool = False
     eos: bool = False
+    space_eos: bool = False
+
+    def __post_init__(self):
+        if self.space_eos and not self.eos:
+            raise InputError("Convention(space_eos=True) appends an EOS: it needs eos=True")
 
     def __str__(self) -> str:
-        return "+".join([self.tokenize] + (["bos"] if self.bos else []) + (["eos"] if self.eos else []))
+        eos = ["space-eos"] if self.space_eos else ["eos"] if self.eos else []
+        return "+".join([self.tokenize] + (["bos"] if self.bos else []) + eos)
 
     @classmethod
     def parse(cls, text: str) -> Convention:
         parts = [p.strip() for p in str(text).split("+")]
-        if not parts or parts[0] not in TOKENIZATIONS or not set(parts[1:]) <= {"bos", "eos"}:
+        extras = parts[1:]
+        if (not parts or parts[0] not in TOKENIZATIONS or not set(extras) <= {"bos", "eos", "space-eos"}
+                or {"eos", "space-eos"} <= set(extras)):  # fmt: skip
             raise InputError(
-                f"convention must be one of {', '.join(TOKENIZATIONS)}, optionally followed by +bos and/or +eos "
-                f"(e.g. joint+eos), got {text!r}"
+                f"convention must be one of {', '.join(TOKENIZATIONS)}, optionally followed by +bos and one of +eos "
+                f"or +space-eos (e.g. joint+eos), got {text!r}"
             )
-        return cls(parts[0], "bos" in parts[1:], "eos" in parts[1:])
+        space = "space-eos" in extras
+        return cls(parts[0], "bos" in extras, "eos" in extras or space, space)
 
 
 TOKENIZATIONS = {
@@ -69,7 +80,8 @@ TOKENIZATIONS = {
     "diverge-pair": "tokenised together; the completion starts where ids(prompt) diverges from the ids of prompt + "
     "chosen or of prompt + rejected, whichever is first (TRL 1.16's tokenize_fn)",
 }
-CONVENTIONS = tuple(Convention(t, b, e) for t in TOKENIZATIONS for b in (False, True) for e in (False, True))
+EOS_WAYS = ((False, False), (True, False), (True, True))  # (eos, space_eos): none, the EOS token, " " + EOS text
+CONVENTIONS = tuple(Convention(t, b, e, s) for t in TOKENIZATIONS for b in (False, True) for e, s in EOS_WAYS)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -81,7 +93,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 def row_ids(tokenizer, ex: dict, side: str, conv: Convention, *, completion_specials: bool = False):
     """(token ids of the row `ex` with its `side` completion, index of the first completion token) under `conv`."""
-    prompt, completion = ex["prompt"], ex[side]
+    prompt, completion = ex["prompt"], ex[side] + (" " if conv.space_eos else "")
     prompt_ids = tokenizer(prompt, add_special_tokens=conv.bos)["input_ids"]
     start = len(prompt_ids)
     if conv.tokenize == "separate":
@@ -91,7 +103,7 @@ def row_ids(tokenizer, ex: dict, side: str, conv: Convention, *, completion_spec
         if conv.tokenize.startswith("diverge"):
             start = _common_prefix(prompt_ids, ids)
         if conv.tokenize == "diverge-pair":
-            other = ex["rejected" if side == "chosen" else "chosen"]
+            other = ex["rejected" if side == "chosen" else "chosen"] + (" " if conv.space_eos else "")
             start = min(start, _common_prefix(prompt_ids, tokenizer(prompt + other, add_special_tokens=conv.bos)
                                               ["input_ids"]))  # fmt: skip
     if conv.eos:
