@@ -1,0 +1,252 @@
+"""OpenRLHF's and LLaMA-Factory's DPO batch log-prob paths through the pipeline level, and the `+space-eos`
+convention OpenRLHF needs.
+
+The convention tests are quick (detection, slow): an EOS appended to the text after a space is detected (on a pipeline written here,
+which spells the EOS as text and lets the tokenizer split it off), told apart from `+eos`, and a pipeline with that
+convention and a bug is still rejected with the bug named. The library tests execute OpenRLHF 0.11.2's and
+LLaMA-Factory 0.9.5's modules from their wheels (downloaded once; skipped when the registry cannot be reached) and
+are slow: the minimal reproductions behind docs/pipelines.md, and each verdict.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dpo_ref
+from dpo_ref.errors import InputError
+from dpo_ref.oracle.pipeline import CONVENTIONS, PIPELINE_CHECKS, Convention, reference, row_ids, score_row, values
+from dpo_ref.oracle.pipeline_worlds import WORLDS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROWS = [
+    {"prompt": "a", "chosen": "r", "rejected": "h"},  # "r" + " " stay apart
+    {"prompt": "sat a", "chosen": "r the", "rejected": "hes"},  # "the" + " " merge into "the ", "s" + " " into "s "
+]
+# float32 log-softmax over a few dozen tokens of |logit| < 50: the adapters' values (float32 upcasts) are within
+# n u32 (max|logit| + 1) of the float64 reference, about 1e-4 here; 1e-3 leaves room and is far below a token's
+# log-prob (the smallest differences the tests below look for are a whole token, > 0.1)
+F32 = 1e-3
+
+
+# ---- the +space-eos convention ------------------------------------------------------------------
+
+
+def space_eos_rows(model, tokenizer, examples):
+    """A pipeline with OpenRLHF's convention, written without it: each row alone, prompt + completion + " " + the EOS
+    as *text*, tokenised together without special tokens; the prompt's own token count marks the completion."""
+    out = []
+    for side in ("chosen", "rejected"):
+        vals = []
+        for ex in examples:
+            n = len(tokenizer(ex["prompt"], add_special_tokens=False)["input_ids"])
+            ids = tokenizer(ex["prompt"] + ex[side] + " " + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+            logp = model(input_ids=torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
+            vals.append(logp.gather(-1, torch.tensor(ids[1:])[:, None])[n - 1 :].sum())
+        out.append(torch.stack(vals))
+    return tuple(out)
+
+
+def space_eos_first_token_dropped(model, tokenizer, examples):
+    """The same, with the first completion token never scored (the mask starts one token late)."""
+    out = []
+    for side in ("chosen", "rejected"):
+        vals = []
+        for ex in examples:
+            n = len(tokenizer(ex["prompt"], add_special_tokens=False)["input_ids"])
+            ids = tokenizer(ex["prompt"] + ex[side] + " " + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+            logp = model(input_ids=torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
+            vals.append(logp.gather(-1, torch.tensor(ids[1:])[:, None])[n:].sum())
+        out.append(torch.stack(vals))
+    return tuple(out)
+
+
+def test_space_eos_parses_prints_and_is_a_candidate():
+    conv = Convention.parse("joint+space-eos")
+    assert conv == Convention("joint", False, True, True) and str(conv) == "joint+space-eos"
+    assert str(Convention.parse("separate+bos+space-eos")) == "separate+bos+space-eos"
+    assert conv in CONVENTIONS and Convention("joint", True, True, True) in CONVENTIONS
+    with pytest.raises(InputError, match="one of \\+eos or \\+space-eos"):
+        Convention.parse("joint+eos+space-eos")
+    with pytest.raises(InputError, match="needs eos=True"):
+        Convention("joint", space_eos=True)
+
+
+def test_space_eos_tokenises_the_space_with_the_completion():
+    """The row is what the tokenizer makes of the text with " </s>" at the end: the space is a token of its own,
+    or merged with the completion's last characters ("the " and "s " are tokens), and scored."""
+    tok = WORLDS["gpt2"].tokenizer()
+    conv = Convention.parse("joint+space-eos")
+    for ex in ROWS:
+        for side in ("chosen", "rejected"):
+            ids, start = row_ids(tok, ex, side, conv)
+            assert ids == tok(ex["prompt"] + ex[side] + " </s>", add_special_tokens=False)["input_ids"]
+            assert start == len(tok(ex["prompt"], add_special_tokens=False)["input_ids"])
+    ids, _ = row_ids(tok, ROWS[1], "chosen", conv)
+    assert tok.convert_ids_to_tokens(ids[-2:]) == ["the ", "</s>"]
+    plain, _ = row_ids(tok, ROWS[1], "chosen", Convention("joint", eos=True))
+    assert tok.convert_ids_to_tokens(plain[-2:]) == ["the", "</s>"]
+
+
+@pytest.mark.slow  # about 8 s here: detection runs every convention in three worlds
+def test_space_eos_is_detected_and_conforms():
+    report = dpo_ref.verify(space_eos_rows, level="pipeline", max_examples=3, checks=["pipeline_values"])
+    assert report.passed, report.to_text()
+    assert report.detected["convention"].startswith("joint+space-eos"), report.detected
+
+
+def test_space_eos_is_not_taken_for_eos():
+    """Pinned to joint+eos, the same pipeline fails: the two conventions differ by the scored space."""
+    report = dpo_ref.verify(space_eos_rows, level="pipeline", max_examples=3, convention="joint+eos",
+                            checks=["pipeline_values"])  # fmt: skip
+    assert not report.passed
+
+
+def test_a_broken_space_eos_pipeline_is_killed_with_its_diagnosis():
+    report = dpo_ref.verify(space_eos_first_token_dropped, level="pipeline", max_examples=3,
+                            checks=["pipeline_values"])  # fmt: skip
+    assert not report.passed
+    assert "first-completion-token-dropped" in [d.split(":")[0] for d in report.diagnosis], report.diagnosis
+
+
+# ---- OpenRLHF 0.11.2 ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def openrlhf():
+    from dpo_ref.oracle.adapters import openrlhf_pipeline
+    from dpo_ref.oracle.adapters.wheel import Unavailable
+
+    try:
+        openrlhf_pipeline.load()
+    except Unavailable as err:
+        pytest.skip(str(err))
+    return openrlhf_pipeline
+
+
+def _all_passed(report) -> bool:
+    names = {c.name: c.status for c in report.checks}
+    return report.passed and all(names.get(c.name) == "passed" for c in PIPELINE_CHECKS)
+
+
+def _openrlhf_rows(openrlhf, world: str, examples):
+    """OpenRLHF's own tokenised rows: (ids, prompt token count) per side, from RewardDataset.__getitem__."""
+    lib = openrlhf.load()
+    tok = openrlhf._tokenizer(WORLDS[world].tokenizer())
+    ds = openrlhf._dataset(lib, tok, examples)
+    items = [ds[i] for i in range(len(ds))]
+    return {side: [(item[k][0].tolist(), item[4]) for item in items] for side, k in (("chosen", 0), ("rejected", 2))}
+
+
+@pytest.mark.slow
+def test_openrlhf_appends_space_and_eos_text(openrlhf):
+    """RewardDataset.__getitem__ (reward_dataset.py:141-143): prompt + completion + " " + EOS text, no specials
+    (no BOS even where the tokenizer adds one); the prompt's count from the prompt tokenised alone (:113-121)."""
+    for world in ("llama", "gpt2"):
+        tok = WORLDS[world].tokenizer()
+        rows = _openrlhf_rows(openrlhf, world, ROWS)
+        for side in ("chosen", "rejected"):
+            for ex, (ids, n) in zip(ROWS, rows[side]):
+                assert ids == tok(ex["prompt"] + ex[side] + " </s>", add_special_tokens=False)["input_ids"]
+                assert n == len(tok(ex["prompt"], add_special_tokens=False)["input_ids"])
+                assert (ids, n) == row_ids(tok, ex, side, Convention.parse("joint+space-eos"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_openrlhf_batch_values_are_its_rows_scored_alone(openrlhf, packed):
+    """The collation, Actor.forward (padded: position ids from the mask; packed: one row, flash-attn's padding
+    helpers' stand-ins) and _get_batch_logps give each row's own score: rows of unequal length in one batch."""
+    fn = openrlhf.openrlhf_packed_pipeline if packed else openrlhf.openrlhf_pipeline
+    examples = ROWS + [{"prompt": "the rat sat", "chosen": " there", "rejected": "n ants ate the tea"}]
+    for world in ("llama", "gpt2"):
+        model = WORLDS[world].model()
+        got = fn(model, WORLDS[world].tokenizer(), examples)
+        rows = _openrlhf_rows(openrlhf, world, examples)
+        for g, side in zip(got, ("chosen", "rejected")):
+            want = torch.stack([score_row(model, ids, n).value.detach() for ids, n in rows[side]])
+            torch.testing.assert_close(g.detach().double(), want, rtol=0, atol=F32)
+
+
+@pytest.mark.slow
+def test_openrlhf_packed_row_would_attend_across_sequences_with_a_cache(openrlhf):
+    """Why the adapter sets use_cache = False as Actor.__init__ does (actor.py:210): with the model's default cache
+    transformers does not look for packed sequences in the position ids, and every sequence after the first attends
+    to the ones before it. The packed path then differs from the padded one."""
+    world = WORLDS["llama"]
+    examples = ROWS
+    model = world.model()
+    lib = openrlhf.load()
+    tok = openrlhf._tokenizer(world.tokenizer())
+    ds = openrlhf._dataset(lib, tok, examples)
+    batch = ds.collate_fn([ds[i] for i in range(len(ds))])
+    actor = lib.Actor.__new__(lib.Actor)
+    torch.nn.Module.__init__(actor)
+    actor.model, actor.packing_samples, actor.temperature = model, True, 1.0
+    trainer = lib.DPOTrainer.__new__(lib.DPOTrainer)
+    trainer.tokenizer, trainer.strategy = tok, type("S", (), {"ring_attn_group": None})()
+    assert model.config.use_cache
+    leaky = trainer.concatenated_forward(actor, *batch)[:2]
+    right = openrlhf.openrlhf_packed_pipeline(model, world.tokenizer(), examples)
+    assert model.config.use_cache  # restored
+    assert float((leaky[0][1:] - right[0][1:]).detach().abs().min()) > 0.1
+    torch.testing.assert_close(leaky[0][0], right[0][0], rtol=0, atol=F32)  # the first sequence sees nothing before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["openrlhf", "openrlhf-packed"])
+def test_openrlhf_pipeline_verdict(openrlhf, name):
+    report = dpo_ref.verify(name, level="pipeline", max_examples=5)
+    assert _all_passed(report), report.to_text()
+    assert report.detected["convention"].startswith("joint+space-eos"), report.detected
+
+
+# ---- LLaMA-Factory 0.9.5 ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llamafactory():
+    from dpo_ref.oracle.adapters import llamafactory_pipeline
+    from dpo_ref.oracle.adapters.wheel import Unavailable
+
+    try:
+        llamafactory_pipeline.load()
+    except Unavailable as err:
+        pytest.skip(str(err))
+    return llamafactory_pipeline
+
+
+@pytest.mark.slow
+def test_llamafactory_empty_template_scores_the_completion_alone(llamafactory):
+    """With no --template and no chat template in the tokenizer, get_template_and_fix_tokenizer picks `empty`
+    (template.py:636-637), whose assistant slot is the content only (:890-891): prompt and completion encoded apart
+    without special tokens, no BOS, no EOS. The values are the oracle's `separate` convention."""
+    for world in ("llama", "gpt2", "llama-no-pad"):
+        w = WORLDS[world]
+        got = llamafactory.llamafactory_pipeline(w.model(), w.tokenizer(), ROWS)
+        for conv in ("separate", "separate+eos"):
+            want = reference(w, ROWS, Convention.parse(conv), average=False)
+            close = all(bool(((g.detach().double() - values(r)).abs() <= F32).all()) for g, r in zip(got, want))
+            assert close == (conv == "separate"), (world, conv)
+
+
+@pytest.mark.slow
+def test_llamafactory_pipeline_verdict(llamafactory):
+    report = dpo_ref.verify("llamafactory", level="pipeline", max_examples=5)
+    assert _all_passed(report), report.to_text()
+    assert report.detected["convention"].startswith("separate"), report.detected
+
+
+# ---- names --------------------------------------------------------------------------------------
+
+
+def test_cli_pipeline_only_adapters_refuse_other_levels():
+    run = subprocess.run([sys.executable, "-m", "dpo_ref", "verify", "openrlhf", "--level", "loss"],
+                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                         timeout=120)  # fmt: skip
+    assert run.returncode == 2 and "--level pipeline only" in run.stderr, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
