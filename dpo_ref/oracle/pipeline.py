@@ -225,9 +225,10 @@ def detect(target: PipelineTarget, cfg: Config) -> dict[str, tuple[Convention, f
     """Per world: (the convention the expected values use, its distance on the probe, the conventions that match).
 
     A pipeline has one convention: the one used everywhere is the first that matches in every world (a world
-    whose tokenizer adds no BOS matches with and without it); failing that, the closest in the Llama world (the
-    one that shows BOS) the one whose largest miss over the worlds is smallest, so the worlds where the target
-    departs from it fail."""
+    whose tokenizer adds no BOS matches with and without it); failing that, the one that matches in the most
+    worlds (ties: the smallest largest miss over the worlds), so that the worlds where the target departs from
+    it are the ones that fail: a pipeline right everywhere but without a pad token is judged by the convention
+    of the two worlds where it is right, not by whichever misses least there."""
     found = {}
     candidates = [Convention.parse(cfg.convention)] if cfg.convention else list(CONVENTIONS)
     for name, world in WORLDS.items():
@@ -238,7 +239,13 @@ def detect(target: PipelineTarget, cfg: Config) -> dict[str, tuple[Convention, f
             continue
         found[name] = {c: _distance(got, reference(world, PROBE, c, cfg.average)) for c in candidates}
     common = [c for c in candidates if all(d[c] <= 1.0 for d in found.values())]
-    chosen = common[0] if common else min(candidates, key=lambda c: max(d[c] for d in found.values()))
+    chosen = (
+        common[0]
+        if common
+        else min(
+            candidates, key=lambda c: (-sum(d[c] <= 1.0 for d in found.values()), max(d[c] for d in found.values()))
+        )
+    )
     return {name: (chosen, d[chosen], [c for c in candidates if d[c] <= 1.0]) for name, d in found.items()}
 
 
@@ -249,7 +256,10 @@ def describe_detection(detected: dict) -> str:
         return f"{conv} (values match: {' = '.join(str(c) for c in same)})" if len(same) > 1 else str(conv)
     apart = {n: "/".join(str(c) for c in m) or "none" for n, (_, _, m) in detected.items()}
     where = ", ".join(f"{n}: {m}" for n, m in apart.items())
-    return f"no one convention matches in every world ({where}); the expected values use {conv}"
+    right = [n for n, (_, d, _) in detected.items() if d <= 1.0]
+    why = (f"it matches in {len(right)} of {len(detected)} worlds ({', '.join(right)}), the most of any"
+           if right else "no convention matches in any world; it misses least")  # fmt: skip
+    return f"no one convention matches in every world ({where}); the expected values use {conv}: {why}"
 
 
 # ---------------------------------------------------------------------------------------------------

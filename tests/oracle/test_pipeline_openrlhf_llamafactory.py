@@ -1,9 +1,10 @@
 """OpenRLHF's and LLaMA-Factory's DPO batch log-prob paths through the pipeline level, and the `+space-eos`
 convention OpenRLHF needs.
 
-The convention tests are quick (detection, slow): an EOS appended to the text after a space is detected (on a pipeline written here,
-which spells the EOS as text and lets the tokenizer split it off), told apart from `+eos`, and a pipeline with that
-convention and a bug is still rejected with the bug named. The library tests execute OpenRLHF 0.11.2's and
+The convention tests: an EOS appended to the text after a space is detected (on a pipeline written here, which
+spells the EOS as text and lets the tokenizer split it off), told apart from `+eos`, and a pipeline with that
+convention and a bug is still rejected with the bug named; when no convention matches in every world the one of
+the most worlds is taken; a BOS added where the tokenizer adds none, or before every message, is named. The library tests execute OpenRLHF 0.11.2's and
 LLaMA-Factory 0.9.5's modules from their wheels (downloaded once; skipped when the registry cannot be reached) and
 are slow: the minimal reproductions behind docs/pipelines.md, and each verdict.
 """
@@ -111,6 +112,82 @@ def test_a_broken_space_eos_pipeline_is_killed_with_its_diagnosis():
                             checks=["pipeline_values"])  # fmt: skip
     assert not report.passed
     assert "first-completion-token-dropped" in [d.split(":")[0] for d in report.diagnosis], report.diagnosis
+
+
+# ---- detection when no convention matches everywhere; BOS mistakes ---------------------------------
+
+
+def _rows_scored(model, tokenizer, examples, encode):
+    """Each row alone: `encode(prompt, completion)` -> (ids, index of the first completion token), summed."""
+    out = []
+    for side in ("chosen", "rejected"):
+        vals = []
+        for ex in examples:
+            ids, start = encode(ex["prompt"], ex[side])
+            logp = model(input_ids=torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
+            vals.append(logp.gather(-1, torch.tensor(ids[1:])[:, None])[start - 1 :].sum())
+        out.append(torch.stack(vals))
+    return tuple(out)
+
+
+def eos_lost_without_pad(model, tokenizer, examples):
+    """separate+bos+eos, except that with no pad token the EOS is not scored (padded with EOS, every EOS masked)."""
+
+    def encode(prompt, completion):
+        p = tokenizer(prompt)["input_ids"]
+        eos = [tokenizer.eos_token_id] if tokenizer.pad_token_id is not None else []
+        return p + tokenizer(completion, add_special_tokens=False)["input_ids"] + eos, len(p)
+
+    return _rows_scored(model, tokenizer, examples, encode)
+
+
+def bos_always(model, tokenizer, examples):
+    """A BOS id of its own before the prompt, the texts encoded without special tokens (right where the tokenizer
+    adds a BOS itself, one BOS too many where it adds none)."""
+
+    def encode(prompt, completion):
+        p = [tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return p + tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id], len(p)
+
+    return _rows_scored(model, tokenizer, examples, encode)
+
+
+def bos_per_message(model, tokenizer, examples):
+    """A BOS of its own at the start, each message encoded with the tokenizer's special tokens: where the
+    tokenizer adds a BOS, `<s> <s> prompt <s> completion </s>` with the middle `<s>` scored (torchtune 0.6.1's rows
+    with a Hugging Face tokenizer that adds BOS, docs/pipelines.md)."""
+
+    def encode(prompt, completion):
+        p = [tokenizer.bos_token_id] + tokenizer(prompt)["input_ids"]
+        return p + tokenizer(completion)["input_ids"] + [tokenizer.eos_token_id], len(p)
+
+    return _rows_scored(model, tokenizer, examples, encode)
+
+
+@pytest.mark.slow  # about 8 s: every check
+def test_fallback_takes_the_convention_of_the_most_worlds():
+    """Right in two worlds, wrong only without a pad token: the expected values use the two worlds' convention, so
+    only the no-pad check fails (judged by the convention that misses least overall, separate+space-eos here,
+    every value check would fail), and the report says why it was taken."""
+    report = dpo_ref.verify(eos_lost_without_pad, level="pipeline", max_examples=2)
+    failed = {c.name for c in report.checks if c.status == "failed"}
+    assert failed == {"pipeline_no_pad_token"}, report.to_text()
+    text = report.detected["convention"]
+    assert "use separate+bos+eos: it matches in 2 of 3 worlds (llama, gpt2)" in text, text
+    assert [d.split(":")[0] for d in report.diagnosis] == ["eos-scored-as-pad"], report.diagnosis
+
+
+def test_bos_added_where_the_tokenizer_adds_none_is_named():
+    report = dpo_ref.verify(bos_always, level="pipeline", max_examples=2, checks=["pipeline_values"])
+    assert not report.passed
+    assert "bos-added" in [d.split(":")[0] for d in report.diagnosis], report.diagnosis
+    assert "bos-per-message" not in [d.split(":")[0] for d in report.diagnosis], report.diagnosis
+
+
+def test_bos_before_every_message_is_named():
+    report = dpo_ref.verify(bos_per_message, level="pipeline", max_examples=2, checks=["pipeline_values"])
+    named = [d.split(":")[0] for d in report.diagnosis]
+    assert not report.passed and {"bos-per-message", "bos-added"} <= set(named), report.diagnosis
 
 
 # ---- OpenRLHF 0.11.2 ----------------------------------------------------------------------------
