@@ -4,9 +4,11 @@ convention OpenRLHF needs.
 The convention tests: an EOS appended to the text after a space is detected (on a pipeline written here, which
 spells the EOS as text and lets the tokenizer split it off), told apart from `+eos`, and a pipeline with that
 convention and a bug is still rejected with the bug named; when no convention matches in every world the one of
-the most worlds is taken; a BOS added where the tokenizer adds none, or before every message, is named. The library tests execute OpenRLHF 0.11.2's and
-LLaMA-Factory 0.9.5's modules from their wheels (downloaded once; skipped when the registry cannot be reached) and
-are slow: the minimal reproductions behind docs/pipelines.md, and each verdict.
+the most worlds is taken; a BOS added where the tokenizer adds none, or before every message, is named.
+
+The library tests execute OpenRLHF 0.11.2's and LLaMA-Factory 0.9.5's modules from their wheels (downloaded once;
+skipped when the registry cannot be reached) and are slow: the minimal reproductions behind docs/pipelines.md, and
+each verdict.
 """
 
 from __future__ import annotations
