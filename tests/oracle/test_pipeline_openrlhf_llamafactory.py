@@ -302,7 +302,7 @@ def llamafactory():
 @pytest.mark.slow
 def test_llamafactory_empty_template_scores_the_completion_alone(llamafactory):
     """With no --template and no chat template in the tokenizer, get_template_and_fix_tokenizer picks `empty`
-    (template.py:636-637), whose assistant slot is the content only (:890-891): prompt and completion encoded apart
+    (template.py:635-636), whose assistant slot is the content only (:890-891): prompt and completion encoded apart
     without special tokens, no BOS, no EOS. The values are the oracle's `separate` convention."""
     for world in ("llama", "gpt2", "llama-no-pad"):
         w = WORLDS[world]

@@ -15,7 +15,7 @@ The calls, LLaMA-Factory 0.9.5 (file:line in the wheel):
                                                                        chosen and rejected as two assistant turns)
     get_template_and_fix_tokenizer             data/template.py:628   (no template given and no chat template in the
                                                                        tokenizer: the `empty` template, :890; the
-                                                                       pad token set to EOS when missing, :201)
+                                                                       pad token set to EOS when missing, :202-203)
     PairwiseDatasetProcessor.preprocess_dataset data/processor/pairwise.py:71 (`_encode_data_example`, :31:
                                                                        `Template.encode_oneturn`, template.py:60,
                                                                        each message encoded apart without special
