@@ -329,3 +329,57 @@ def test_cli_pipeline_only_adapters_refuse_other_levels():
                          timeout=120)  # fmt: skip
     assert run.returncode == 2 and "--level pipeline only" in run.stderr, run.stdout + run.stderr
     assert "Traceback" not in run.stderr
+
+
+# ---- ms-swift 4.6.0, padding-free (--level packed) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def swift_packed():
+    from dpo_ref.oracle.adapters import swift_packed
+    from dpo_ref.oracle.adapters.wheel import Unavailable
+
+    try:
+        swift_packed.load()
+    except Unavailable as err:
+        pytest.skip(str(err))
+    return swift_packed
+
+
+def _segment_logp(logits, labels, start, stop, extra=None):
+    """sum over t in [start+1, stop) of log p(labels[t] | position t-1), float64 (and, with `extra` = (t, label),
+    log p(label | position t) added: a prediction from position t of a label that is not its segment's)."""
+    lp = logits[0].double().log_softmax(-1)
+    total = sum(float(lp[t - 1, labels[0, t]]) for t in range(start + 1, stop) if labels[0, t] != -100)
+    if extra is not None:
+        total += float(lp[extra[0], extra[1]])
+    return total
+
+
+@pytest.mark.slow
+def test_swift_scores_the_next_segments_first_label(swift_packed):
+    """concatenated_forward rolls the labels by one over the whole packed row (dpo_trainer.py:143-145) and sums
+    over the unshifted cu_seqlens (:152-167): the last position of segment 0 scores segment 1's first label, and
+    the last segment scores segment 0's first label (the roll wraps). Harmless only where every segment's first
+    label is -100."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 5, 7, dtype=torch.float64)
+    labels = torch.tensor([[3, 1, 4, 1, 5]])  # every label set, segment 1's first (position 2) included
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    got = swift_packed.swift_packed_logps(logits, labels, cu)
+    right = [_segment_logp(logits, labels, 0, 2), _segment_logp(logits, labels, 2, 5)]
+    swift = [_segment_logp(logits, labels, 0, 2, extra=(1, 4)), _segment_logp(logits, labels, 2, 5, extra=(4, 3))]
+    torch.testing.assert_close(got, torch.tensor(swift, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert min(abs(g - r) for g, r in zip(got.tolist(), right)) > 0.1
+    labels[0, 0] = labels[0, 2] = -100  # every first label unscored: then it is right
+    got = swift_packed.swift_packed_logps(logits, labels, cu)
+    right = [_segment_logp(logits, labels, 0, 2), _segment_logp(logits, labels, 2, 5)]
+    torch.testing.assert_close(got, torch.tensor(right, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_swift_packed_verdict(swift_packed):
+    report = dpo_ref.verify(swift_packed.swift_packed_logps, level="packed", max_examples=20)
+    failed = {c.name for c in report.checks if c.status == "failed"}
+    assert "packed_boundary" in failed and "packed_inputs_unmodified" not in failed, report.to_text()
+    assert [d.split(":")[0] for d in report.diagnosis] == ["cross-boundary"], report.diagnosis
