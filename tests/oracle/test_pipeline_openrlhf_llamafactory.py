@@ -383,3 +383,23 @@ def test_swift_packed_verdict(swift_packed):
     failed = {c.name for c in report.checks if c.status == "failed"}
     assert "packed_boundary" in failed and "packed_inputs_unmodified" not in failed, report.to_text()
     assert [d.split(":")[0] for d in report.diagnosis] == ["cross-boundary"], report.diagnosis
+
+
+@pytest.mark.slow
+def test_swift_padded_path_wraps_the_first_label_too(swift_packed):
+    """The same roll without padding_free (dpo_trainer.py:143-145, one row per sequence): a row whose first label
+    is set scores it from its last position. `--level logps` (docs/verify.md) did not draw such rows then."""
+    from types import SimpleNamespace
+
+    lib = swift_packed.load()
+    me = swift_packed._trainer(lib)
+    me.template.padding_free = False
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, dtype=torch.float64)
+    labels = torch.tensor([[2, 1, 3], [-100, 1, 3]])
+    batch = {"input_ids": labels.clamp(min=0), "labels": labels}
+    out = lib.DPOTrainer.concatenated_forward(me, lambda **kw: SimpleNamespace(logits=logits), batch)
+    lp = logits.log_softmax(-1)
+    right = [float(lp[r, 0, 1] + lp[r, 1, 3]) for r in (0, 1)]  # labels[:, 1:] from positions 0, 1
+    assert abs(float(out["rejected_logps"][0]) - right[1]) < 1e-12  # first label -100: right
+    assert abs(float(out["chosen_logps"][0]) - (right[0] + float(lp[0, 2, 2]))) < 1e-12  # + log p(2 | last)
