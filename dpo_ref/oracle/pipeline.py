@@ -239,13 +239,11 @@ def detect(target: PipelineTarget, cfg: Config) -> dict[str, tuple[Convention, f
             continue
         found[name] = {c: _distance(got, reference(world, PROBE, c, cfg.average)) for c in candidates}
     common = [c for c in candidates if all(d[c] <= 1.0 for d in found.values())]
-    chosen = (
-        common[0]
-        if common
-        else min(
-            candidates, key=lambda c: (-sum(d[c] <= 1.0 for d in found.values()), max(d[c] for d in found.values()))
-        )
-    )
+
+    def rank(c: Convention) -> tuple[int, float]:  # the most worlds matched first, then the smallest largest miss
+        return -sum(d[c] <= 1.0 for d in found.values()), max(d[c] for d in found.values())
+
+    chosen = common[0] if common else min(candidates, key=rank)
     return {name: (chosen, d[chosen], [c for c in candidates if d[c] <= 1.0]) for name, d in found.items()}
 
 
