@@ -109,6 +109,7 @@ def test_space_eos_is_not_taken_for_eos():
     assert not report.passed
 
 
+@pytest.mark.slow  # about 8 s: detection, the failing check's shrinking, the diagnosis
 def test_a_broken_space_eos_pipeline_is_killed_with_its_diagnosis():
     report = dpo_ref.verify(space_eos_first_token_dropped, level="pipeline", max_examples=3,
                             checks=["pipeline_values"])  # fmt: skip
@@ -186,6 +187,7 @@ def test_bos_added_where_the_tokenizer_adds_none_is_named():
     assert "bos-per-message" not in [d.split(":")[0] for d in report.diagnosis], report.diagnosis
 
 
+@pytest.mark.slow  # about 5 s
 def test_bos_before_every_message_is_named():
     report = dpo_ref.verify(bos_per_message, level="pipeline", max_examples=2, checks=["pipeline_values"])
     named = [d.split(":")[0] for d in report.diagnosis]
