@@ -28,7 +28,8 @@ def register(subparsers) -> None:
         description="Run the conformance checks on TARGET and print which pass; each failure comes with the "
         "smallest input that shows it, as a Python snippet. Exit 0 if it conforms, 1 if not, 2 on a usage error.",
     )
-    p.add_argument("target", metavar="TARGET", help="path/to/file.py:name, package.module:name, trl or torchtune")
+    p.add_argument("target", metavar="TARGET", help="path/to/file.py:name, package.module:name, or a built-in "
+                   "adapter: trl, torchtune, openrlhf, openrlhf-packed, llamafactory")  # fmt: skip
     options.add_cli_arguments(p)  # the verification settings: dpo_ref.oracle.options.OPTIONS
     p.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON to PATH (- for stdout)")
     p.add_argument(
@@ -84,6 +85,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.timeout is not None and not (0 < args.timeout < float("inf")):
         raise InputError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     parse_coefficients(args.coef)  # a malformed --coef is a usage error before anything runs
+    from dpo_ref.oracle.targets import PIPELINE_ONLY
+
+    if args.level not in (None, "pipeline") and args.target in PIPELINE_ONLY:
+        raise InputError(f"{args.target} is verified at --level pipeline only, got --level {args.level}")
     if args.level == "library" and args.target not in ("trl", "torchtune"):
         raise InputError("--level library applies to the built-in adapters (trl, torchtune) only")
     if args.xfail_file:
@@ -96,8 +101,9 @@ def _verify(args: argparse.Namespace, stream):
     """Run the checks, streaming one line per check to `stream`; the report. A target that raises
     SystemExit (`sys.exit` inside the loss) does not end verify with its exit status: that is a failure."""
     from dpo_ref.oracle.api import verify
+    from dpo_ref.oracle.targets import ADAPTERS, PIPELINE_ONLY
 
-    level = args.level or ("loss" if args.target not in ("trl", "torchtune") else None)
+    level = args.level or ("pipeline" if args.target in PIPELINE_ONLY else None if args.target in ADAPTERS else "loss")
     print(f"dpo-ref verify: {args.target}  (level={level or 'every level it supports'}, variant={args.variant})",
           file=stream, flush=True)  # fmt: skip
     keywords = {**options.from_cli(args), "level": level}

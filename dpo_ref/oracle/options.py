@@ -180,7 +180,8 @@ OPTIONS: tuple[VerifyOption, ...] = (
     ),
     VerifyOption(
         "convention",
-        "pipeline level: the tokenisation convention, separate|joint[+bos][+eos] (default: detected and reported)",
+        "pipeline level: the tokenisation convention, separate|joint|diverge|diverge-pair[+bos][+eos|+space-eos] "
+        "(default: detected and reported)",
         metavar="CONVENTION",
     ),
     VerifyOption(

@@ -42,24 +42,35 @@ MAX_EXAMPLES = 20  # per check by default: each example is a few dozen forward p
 @dataclass(frozen=True)
 class Convention:
     """How a row becomes tokens: `tokenize` is one of TOKENIZATIONS; BOS added (the tokenizer's own, as
-    `add_special_tokens=True` adds it); EOS appended and scored."""
+    `add_special_tokens=True` adds it); EOS appended and scored; `space_eos`: the EOS is appended to the text after
+    a space (OpenRLHF 0.11's `RewardDataset.__getitem__`: `chosen += " " + tokenizer.eos_token`), so the space is
+    tokenised with the completion's last characters and scored with it (implies `eos`)."""
 
     tokenize: str = "separate"
     bos: bool = False
     eos: bool = False
+    space_eos: bool = False
+
+    def __post_init__(self):
+        if self.space_eos and not self.eos:
+            raise InputError("Convention(space_eos=True) appends an EOS: it needs eos=True")
 
     def __str__(self) -> str:
-        return "+".join([self.tokenize] + (["bos"] if self.bos else []) + (["eos"] if self.eos else []))
+        eos = ["space-eos"] if self.space_eos else ["eos"] if self.eos else []
+        return "+".join([self.tokenize] + (["bos"] if self.bos else []) + eos)
 
     @classmethod
     def parse(cls, text: str) -> Convention:
         parts = [p.strip() for p in str(text).split("+")]
-        if not parts or parts[0] not in TOKENIZATIONS or not set(parts[1:]) <= {"bos", "eos"}:
+        extras = parts[1:]
+        if (not parts or parts[0] not in TOKENIZATIONS or not set(extras) <= {"bos", "eos", "space-eos"}
+                or {"eos", "space-eos"} <= set(extras)):  # fmt: skip
             raise InputError(
-                f"convention must be one of {', '.join(TOKENIZATIONS)}, optionally followed by +bos and/or +eos "
-                f"(e.g. joint+eos), got {text!r}"
+                f"convention must be one of {', '.join(TOKENIZATIONS)}, optionally followed by +bos and one of +eos "
+                f"or +space-eos (e.g. joint+eos), got {text!r}"
             )
-        return cls(parts[0], "bos" in parts[1:], "eos" in parts[1:])
+        space = "space-eos" in extras
+        return cls(parts[0], "bos" in extras, "eos" in extras or space, space)
 
 
 TOKENIZATIONS = {
@@ -69,7 +80,8 @@ TOKENIZATIONS = {
     "diverge-pair": "tokenised together; the completion starts where ids(prompt) diverges from the ids of prompt + "
     "chosen or of prompt + rejected, whichever is first (TRL 1.16's tokenize_fn)",
 }
-CONVENTIONS = tuple(Convention(t, b, e) for t in TOKENIZATIONS for b in (False, True) for e in (False, True))
+EOS_WAYS = ((False, False), (True, False), (True, True))  # (eos, space_eos): none, the EOS token, " " + EOS text
+CONVENTIONS = tuple(Convention(t, b, e, s) for t in TOKENIZATIONS for b in (False, True) for e, s in EOS_WAYS)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -81,7 +93,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 def row_ids(tokenizer, ex: dict, side: str, conv: Convention, *, completion_specials: bool = False):
     """(token ids of the row `ex` with its `side` completion, index of the first completion token) under `conv`."""
-    prompt, completion = ex["prompt"], ex[side]
+    prompt, completion = ex["prompt"], ex[side] + (" " if conv.space_eos else "")
     prompt_ids = tokenizer(prompt, add_special_tokens=conv.bos)["input_ids"]
     start = len(prompt_ids)
     if conv.tokenize == "separate":
@@ -91,7 +103,7 @@ def row_ids(tokenizer, ex: dict, side: str, conv: Convention, *, completion_spec
         if conv.tokenize.startswith("diverge"):
             start = _common_prefix(prompt_ids, ids)
         if conv.tokenize == "diverge-pair":
-            other = ex["rejected" if side == "chosen" else "chosen"]
+            other = ex["rejected" if side == "chosen" else "chosen"] + (" " if conv.space_eos else "")
             start = min(start, _common_prefix(prompt_ids, tokenizer(prompt + other, add_special_tokens=conv.bos)
                                               ["input_ids"]))  # fmt: skip
     if conv.eos:
@@ -213,9 +225,10 @@ def detect(target: PipelineTarget, cfg: Config) -> dict[str, tuple[Convention, f
     """Per world: (the convention the expected values use, its distance on the probe, the conventions that match).
 
     A pipeline has one convention: the one used everywhere is the first that matches in every world (a world
-    whose tokenizer adds no BOS matches with and without it); failing that, the closest in the Llama world (the
-    one that shows BOS) the one whose largest miss over the worlds is smallest, so the worlds where the target
-    departs from it fail."""
+    whose tokenizer adds no BOS matches with and without it); failing that, the one that matches in the most
+    worlds (ties: the smallest largest miss over the worlds), so that the worlds where the target departs from
+    it are the ones that fail: a pipeline right everywhere but without a pad token is judged by the convention
+    of the two worlds where it is right, not by whichever misses least there."""
     found = {}
     candidates = [Convention.parse(cfg.convention)] if cfg.convention else list(CONVENTIONS)
     for name, world in WORLDS.items():
@@ -226,7 +239,11 @@ def detect(target: PipelineTarget, cfg: Config) -> dict[str, tuple[Convention, f
             continue
         found[name] = {c: _distance(got, reference(world, PROBE, c, cfg.average)) for c in candidates}
     common = [c for c in candidates if all(d[c] <= 1.0 for d in found.values())]
-    chosen = common[0] if common else min(candidates, key=lambda c: max(d[c] for d in found.values()))
+
+    def rank(c: Convention) -> tuple[int, float]:  # the most worlds matched first, then the smallest largest miss
+        return -sum(d[c] <= 1.0 for d in found.values()), max(d[c] for d in found.values())
+
+    chosen = common[0] if common else min(candidates, key=rank)
     return {name: (chosen, d[chosen], [c for c in candidates if d[c] <= 1.0]) for name, d in found.items()}
 
 
@@ -237,7 +254,10 @@ def describe_detection(detected: dict) -> str:
         return f"{conv} (values match: {' = '.join(str(c) for c in same)})" if len(same) > 1 else str(conv)
     apart = {n: "/".join(str(c) for c in m) or "none" for n, (_, _, m) in detected.items()}
     where = ", ".join(f"{n}: {m}" for n, m in apart.items())
-    return f"no one convention matches in every world ({where}); the expected values use {conv}"
+    right = [n for n, (_, d, _) in detected.items() if d <= 1.0]
+    why = (f"it matches in {len(right)} of {len(detected)} worlds ({', '.join(right)}), the most of any"
+           if right else "no convention matches in any world; it misses least")  # fmt: skip
+    return f"no one convention matches in every world ({where}); the expected values use {conv}: {why}"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 fixed diagnostic batch, and matched against the target's values there.
 
 Mistakes are of three kinds: which tokens are scored (the prompt too, the first completion token dropped, the
-row cut to N tokens, a BOS between prompt and completion), how the batch is laid out (left padding without
+row cut to N tokens, a BOS between prompt and completion, a BOS added where the tokenizer adds none or before
+every message where it adds one), how the batch is laid out (left padding without
 position ids, pads attended or scored, with chosen and rejected padded together as one 2B batch or apart), and
 what is done with the values (chosen and rejected swapped, rows reordered or shifted, a mean for a sum, a
 normalisation by a batch statistic). The gradient and model-state checks name their own mistakes.
@@ -40,6 +41,9 @@ EXPLAIN = {
     "first-completion-token-dropped": "never scores the first completion token",
     "truncated": "silently truncates each row to {n} tokens",
     "bos-in-the-middle": "tokenises the completion with special tokens: a BOS sits between prompt and completion",
+    "bos-added": "puts a BOS before each row although the tokenizer adds none",
+    "bos-per-message": "adds a BOS to every message although the tokenizer already adds one: the row starts with two "
+    "BOS, and a BOS is scored as the completion's first token",
     "left-padding-without-position-ids": "pads on the left without passing position ids (absolute positions shift)",
     "attention-mask-ignored": "pads on the left and attends to the pads (no attention mask)",
     "pads-scored": "also scores the padding after each completion (as the pad token)",
@@ -92,6 +96,20 @@ def _token_variants(world: World, conv: Convention, average: bool) -> dict[str, 
                     score_row(model, *row_ids(tok, e, s, conv, completion_specials=True),
                               average=average).value
                     for e in DIAGNOSTIC
+                ])
+                for s in rows
+            ]  # fmt: skip
+        bos = tok.bos_token_id
+        if bos is not None and not world.bos:  # a BOS of its own, where the tokenizer adds none
+            out["bos-added"] = [
+                torch.stack([score_row(model, [bos] + ids, start + 1, average=average).value for ids, start in rows[s]])
+                for s in rows
+            ]
+        if world.bos and conv.bos and conv.tokenize == "separate":  # one more BOS before the prompt's own
+            out["bos-per-message"] = [
+                torch.stack([
+                    score_row(model, [bos] + ids, start + 1, average=average).value
+                    for ids, start in (row_ids(tok, e, s, conv, completion_specials=True) for e in DIAGNOSTIC)
                 ])
                 for s in rows
             ]  # fmt: skip

@@ -36,7 +36,8 @@ from dpo_ref import variants as V
 from dpo_ref.checks.properties import LossSpec, PropertyViolation
 from dpo_ref.errors import InputError
 
-ADAPTERS = ("trl", "torchtune")
+ADAPTERS = ("trl", "torchtune", "openrlhf", "openrlhf-packed", "llamafactory")
+PIPELINE_ONLY = ("openrlhf", "openrlhf-packed", "llamafactory")  # adapters with only a pipeline level
 
 
 class TargetImportFailed(Exception):

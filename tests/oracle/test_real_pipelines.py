@@ -168,3 +168,5 @@ def test_torchtune_pipeline_verdict(torchtune_pipeline):
     assert not report.passed
     assert {"pipeline_values", "pipeline_one_token", "pipeline_gradients"} <= failed
     assert not failed & {"call", "pipeline_batch_composition", "pipeline_model_unchanged"}
+    # the defects found by reading torchtune's code (docs/pipelines.md), named by the diagnosis
+    assert {"bos-per-message", "bos-added"} <= {d.split(":")[0] for d in report.diagnosis}, report.diagnosis

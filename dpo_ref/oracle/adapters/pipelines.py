@@ -7,7 +7,8 @@ inline in `DPOTrainer._compute_loss`), `_locals_at` runs the method as it is and
 where they are bound, then stops it (the rest is the loss and its metrics). docs/pipelines.md gives, per library,
 the functions exercised (file:line in the version read), the convention the oracle detects and the verdict.
 
-`dpo-ref verify trl --level pipeline` (and `torchtune`) runs these; any adapter is also a verify target:
+`dpo-ref verify trl --level pipeline` (and `torchtune`; `openrlhf`, `openrlhf-packed` and `llamafactory`, whose
+adapters live in `openrlhf_pipeline.py` and `llamafactory_pipeline.py`) runs these; any adapter is also a verify target:
 `dpo-ref verify dpo_ref.oracle.adapters.pipelines:trl_pipeline --level pipeline`.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import io
 import sys
 import types
@@ -112,7 +114,13 @@ def trl_pipeline(model, tokenizer, examples):
 # ---------------------------------------------------------------------------------------------------
 # Dispatch: `dpo-ref verify trl --level pipeline`
 
-BUILTIN = {"trl": "trl_pipeline", "torchtune": "torchtune_pipeline"}
+BUILTIN = {  # name -> (module, function)
+    "trl": ("dpo_ref.oracle.adapters.pipelines", "trl_pipeline"),
+    "torchtune": ("dpo_ref.oracle.adapters.pipelines", "torchtune_pipeline"),
+    "openrlhf": ("dpo_ref.oracle.adapters.openrlhf_pipeline", "openrlhf_pipeline"),
+    "openrlhf-packed": ("dpo_ref.oracle.adapters.openrlhf_pipeline", "openrlhf_packed_pipeline"),
+    "llamafactory": ("dpo_ref.oracle.adapters.llamafactory_pipeline", "llamafactory_pipeline"),
+}
 
 
 def run(name: str, cfg, only=None):
@@ -123,9 +131,9 @@ def run(name: str, cfg, only=None):
 
     if name not in BUILTIN:
         raise InputError(f"{name} has no pipeline-level adapter; pipeline adapters: {', '.join(BUILTIN)}")
-    fn_name = BUILTIN[name]
-    src = f"from dpo_ref.oracle.adapters.pipelines import {fn_name} as fn"
-    return verify_pipeline(PipelineTarget(globals()[fn_name], name, src), cfg, only)
+    module, fn_name = BUILTIN[name]
+    src = f"from {module} import {fn_name} as fn"
+    return verify_pipeline(PipelineTarget(getattr(importlib.import_module(module), fn_name), name, src), cfg, only)
 
 
 # ---------------------------------------------------------------------------------------------------
