@@ -48,7 +48,7 @@ def bradley_terry(r_w: sp.Expr, r_l: sp.Expr) -> sp.Expr:
 def plackett_luce(rewards: list[sp.Expr], ranking: tuple[int, ...]) -> sp.Expr:
     """p(ranking) = prod_k e^{r_{omega(k)}} / sum_{j >= k} e^{r_{omega(j)}} (best first)."""
     p = sp.Integer(1)
-    for k in range(len(ranking)):
+    for k in range(len(ranking) - 1):  # the last choice is forced: its factor e^{r}/e^{r} is 1
         rest = ranking[k:]
         p *= sp.exp(rewards[ranking[k]]) / sp.Add(*[sp.exp(rewards[j]) for j in rest])
     return p

@@ -57,6 +57,7 @@ PROOF = Proof(
                 manifest=sigma(-rho / tau) * sp.log(1 + sp.exp(-rho)) + sigma(rho / tau) * sp.exp(-rho),
                 via=("exp", "simplify"),
             ),
+            eq="Eq. 5",
         ),
         Step(
             Text("It tends to 0: no finite minimiser", "它趋于 0：没有有限的最小值点"),
@@ -67,6 +68,7 @@ PROOF = Proof(
                 "一样，间隔被无限推高。",
             ),
             Limit(DISCOPOP, rho, sp.oo, 0),
+            eq="Eq. 5",
         ),
         Step(
             Text("Its slope at ρ = 0: not convex", "ρ = 0 处的斜率：不是凸的"),
@@ -81,6 +83,7 @@ PROOF = Proof(
                 "这个斜率乘以 $\\beta$。",
             ),
             Equal(sp.Subs(sp.Derivative(DISCOPOP, rho), rho, 0), SLOPE_AT_0, via=("exp", "simplify")),
+            eq="Eq. 5",
         ),
     ],
     conclusion=Text(

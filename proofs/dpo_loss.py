@@ -57,6 +57,7 @@ PROOF = Proof(
             Equal(
                 -sp.log(sp.Product(P[k], (k, 1, N))), sp.Sum(-sp.log(P[k]), (k, 1, N)), via=("expand_log", "simplify")
             ),
+            eq="Eq. 2",
         ),
         Step(
             Text("Negative log-likelihood of one comparison", "单次比较的负对数似然"),
@@ -73,6 +74,7 @@ PROOF = Proof(
                 via=("expand_log", "expand", "simplify"),
             ),
             where={r_w: reward_w, r_l: reward_l, h: H},
+            eq="Eq. 2",
         ),
         Step(
             Text("A stable form of the softplus", "softplus 的数值稳定形式"),
@@ -90,6 +92,7 @@ PROOF = Proof(
                 "要求两者之差不超过 $10^{-11} + 10^{-9}\\,\\mathcal{L}$。",
             ),
             Equal(sp.log(1 + sp.exp(-z)), -z + sp.log(1 + sp.exp(z)), via=("simplify",)),
+            eq="Eq. 7",
         ),
         Step(
             Text("The margin is a difference of log-ratios", "间隔是两个对数比值之差"),
@@ -105,6 +108,7 @@ PROOF = Proof(
                 margin(sp.log(pw), sp.log(pl), sp.log(qw), sp.log(ql)),
                 via=("expand_log",),
             ),
+            eq="Eq. 7",
         ),
         Step(
             Text("Sequence log-probability is a sum over tokens (any T)", "序列对数概率是各词元对数概率之和（任意 T）"),
@@ -119,6 +123,7 @@ PROOF = Proof(
             Equal(
                 sp.log(sp.Product(TOK[t], (t, 1, T))), sp.Sum(sp.log(TOK[t]), (t, 1, T)), via=("expand_log", "simplify")
             ),
+            eq="Eq. 7",
         ),
         Step(
             Text("The DPO loss", "DPO 损失"),
@@ -130,6 +135,7 @@ PROOF = Proof(
             ),
             Equal(-sp.log(sigma(beta * h)), -sp.log(bradley_terry(r_w, r_l)), via=("expand_log", "expand", "simplify")),
             where={r_w: reward_w, r_l: reward_l, h: H},
+            eq="Eq. 7",
         ),
     ],
     conclusion=Text(

@@ -55,6 +55,7 @@ PROOF = Proof(
                 "偏好能确定奖励的等价类，仅此而已。",
             ),
             Solutions(sp.Eq(sigma(rp_w - rp_l), sigma(r_w - r_l)), rp_w, [rp_l + r_w - r_l]),
+            eq="Thm. 1",
         ),
         Step(
             Text("Existence: the projection stays in the class", "存在性：投影仍在同一等价类中"),
@@ -70,6 +71,7 @@ PROOF = Proof(
             ),
             Equal(beta * sp.log(PIR[i] / P[i]) - R[i], -beta * sp.log(Z), via=("expand_log",)),
             where={PIR[i]: P[i] * sp.exp(R[i] / beta) / Z},
+            eq="Thm. 1",
         ),
         Step(
             Text("Uniqueness: two members differ by a factor", "唯一性：两个成员相差一个因子"),
@@ -88,6 +90,7 @@ PROOF = Proof(
                 [PI[i] * sp.exp(f / beta)],
                 sp.Interval.open(0, sp.oo),
             ),
+            eq="Thm. 1",
         ),
         Step(
             Text("Normalisation (any n)", "归一化（任意 n）"),
@@ -97,6 +100,7 @@ PROOF = Proof(
                 "两者都是策略。对 $n$ 个回答求和 $\\pi'_i = \\pi_i e^{f/\\beta}$，并利用 $\\sum_i \\pi_i = 1$：",
             ),
             Equal(S(PI[i] * sp.exp(f / beta)), sp.exp(f / beta), via=("sums",), given={S(PI[i]): 1}),
+            eq="Thm. 1",
         ),
         Step(
             Text("So the shift is zero and the member is unique", "所以平移为零，成员唯一"),
@@ -107,6 +111,7 @@ PROOF = Proof(
                 "每个等价类恰有一个重参数化形式的成员。",
             ),
             Solutions(sp.Eq(sp.exp(f / beta), 1), f, [0]),
+            eq="Thm. 1",
         ),
     ],
     conclusion=Text(

@@ -54,6 +54,7 @@ PROOF = Proof(
                 "$\\mathcal{L}_{\\mathrm{EXO}} \\ge 0$。",
             ),
             GlobalMinimum(EXO_Q, q, 1 - eps, value=0),
+            eq="Eq. 16",
         ),
         Step(
             Text("The probability is strictly increasing in the margin", "概率随间隔严格递增"),
@@ -65,6 +66,7 @@ PROOF = Proof(
             Positive(
                 sp.Derivative(sigma(beta * h), h), manifest=beta * sigma(beta * h) * sigma(-beta * h), via=("simplify",)
             ),
+            eq="Eq. 16",
         ),
         Step(
             Text("cDPO's optimal margin gives that probability", "cDPO 的最优间隔给出这个概率"),
@@ -77,6 +79,8 @@ PROOF = Proof(
                 "$q = 1 - \\varepsilon$。由前两步，它就是使 EXO 最小的唯一间隔，且 EXO 在此处为 0。",
             ),
             Equal(sp.Subs(sigma(beta * h), h, H_STAR), 1 - eps, via=("simplify",)),
+            eq="cDPO loss",
+            paper="cdpo",
         ),
         Step(
             Text("EXO's gradient in the margin", "EXO 对间隔的梯度"),
@@ -89,6 +93,7 @@ PROOF = Proof(
                 "它在 $h^*$ 以下为负、以上为正。对 EXO 做梯度下降会把每个间隔推向 $h^*$。",
             ),
             Equal(sp.Derivative(EXO, h), EXO_GRAD, via=("expand_log", "simplify")),
+            eq="Eq. 16",
         ),
         Step(
             Text("cDPO is stationary at the same margin", "cDPO 在同一间隔处驻定"),
@@ -98,6 +103,8 @@ PROOF = Proof(
                 "cDPO 的梯度在同一个 $h^*$ 处为零；cDPO 的证明表明 cDPO 严格凸，所以这也是它唯一的最小值点。",
             ),
             Equal(sp.Subs(sp.Derivative(CDPO, h), h, H_STAR), 0, via=("simplify",)),
+            eq="cDPO gradient",
+            paper="cdpo",
         ),
         Step(
             Text("EXO is bounded above", "EXO 有上界"),
@@ -114,6 +121,7 @@ PROOF = Proof(
                 manifest=BOUND_GAP,
                 via=("expand_log", "simplify"),
             ),
+            eq="Eq. 16",
         ),
         Step(
             Text("The upper bound is approached as the margin falls", "间隔趋于负无穷时逼近上界"),
@@ -122,6 +130,7 @@ PROOF = Proof(
                 "当 $h \\to -\\infty$ 时损失趋于 $-\\log\\varepsilon$，所以没有更小的常数能作为它的上界。",
             ),
             Limit(EXO, h, -sp.oo, -sp.log(eps)),
+            eq="Eq. 16",
         ),
     ],
     conclusion=Text(

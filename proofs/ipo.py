@@ -56,6 +56,7 @@ PROOF = Proof(
                 "间隔为 $-h$。对两个平方误差取平均并配方，得到 IPO 损失加一个常数。",
             ),
             Equal(SYMMETRISED, IPO_LOSS + CONSTANT, via=("expand",)),
+            eq="Eq. 17",
         ),
         Step(
             Text("The per-pair minimiser", "单个样本对的最小值点"),
@@ -66,6 +67,7 @@ PROOF = Proof(
                 "正则化越强（$\\tau$ 越大）它越小。",
             ),
             GlobalMinimum(IPO_LOSS, h, H_STAR, value=0),
+            eq="Eq. 17",
         ),
         Step(
             Text("Softmax normaliser cancels in a log-ratio", "softmax 的归一化项在对数比值中约去"),
@@ -81,6 +83,7 @@ PROOF = Proof(
                 via=("expand_log",),
             ),
             where=SOFTMAX,
+            eq="§5.2",
         ),
         Step(
             Text("Least squares over three pairs depends only on the gaps", "三对样本上的最小二乘只依赖于 logit 之差"),
@@ -95,6 +98,7 @@ PROOF = Proof(
             ),
             Equal(LSQ_SHOWN, LSQ_GAPS, via=("expand_log", "expand")),
             where={**SOFTMAX, **SHIFT},
+            eq="§5.2",
         ),
         Step(
             Text("The normal equations", "正规方程"),
@@ -107,6 +111,7 @@ PROOF = Proof(
                 [sp.Derivative(L_GAPS, d1), sp.Derivative(L_GAPS, d2)], [d1, d2], {d1: GAP_STAR, d2: GAP_STAR}
             ),
             where={L_GAPS: LSQ_GAPS},
+            eq="§5.2",
         ),
         Step(
             Text("The stationary point is the minimum", "驻点就是最小值点"),
@@ -122,6 +127,7 @@ PROOF = Proof(
                 manifest=sp.Matrix([[4, 2], [2, 4]]),
             ),
             where={L_GAPS: LSQ_GAPS},
+            eq="§5.2",
         ),
     ],
     conclusion=Text(

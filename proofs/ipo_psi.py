@@ -72,7 +72,8 @@ A_WHERE = {a_fn(jj): a_def(jj), a_fn(kk): a_def(kk)}
 SAMPLED = sp.Rational(1, 2) * ((h - I_lab / tau) ** 2 + (-h - (1 - I_lab) / tau) ** 2)  # ipo.py's loss, label I
 TARGET = (pstar - sp.Rational(1, 2)) / tau
 L3_NU = sp.Add(
-    *[NU[x] * NU[y] * (G[x] - G[y] - c(x, y)) ** 2 for x in range(1, 4) for y in range(1, 4)], evaluate=False
+    *[NU[x] * NU[y] * (G[x] - G[y] - c(x, y)) ** 2 for x in range(1, 4) for y in range(1, 4) if x != y],  # j = k: 0
+    evaluate=False,
 )
 
 
@@ -112,6 +113,7 @@ PROOF = Proof(
             ),
             Equal(sp.log(pstar / (1 - pstar)), r_y - r_yp, via=("exp", "simplify")),
             where={pstar: sigma(r_y - r_yp)},
+            eq="Prop. 1",
         ),
         Step(
             Text("Averaging over the comparison partner (any n)", "对比较对象取平均（任意 n）"),
@@ -123,6 +125,7 @@ PROOF = Proof(
             ),
             Equal(S(MU[j] * (r_y - R[j]), j), r_y - rbar, via=("sums",), given={S(MU[j], j): 1}),
             where={rbar: S(MU[j] * R[j], j)},
+            eq="Prop. 1",
         ),
         Step(
             Text("Prop. 1: Ψ = logit is the RLHF objective (any n)", "命题 1：Ψ = logit 即 RLHF 目标（任意 n）"),
@@ -136,6 +139,7 @@ PROOF = Proof(
             Equal(
                 S(Q[i] * (R[i] - rbar)) - tau * KL, S(Q[i] * R[i]) - tau * KL - rbar, via=("sums",), given={S(Q[i]): 1}
             ),
+            eq="Prop. 1",
         ),
         Step(
             Text("Prop. 1, the DPO half: DPO's population optimum is π*", "命题 1 的 DPO 部分：DPO 的总体最优点是 π*"),
@@ -177,6 +181,7 @@ PROOF = Proof(
             ),
             Equal(sp.log(pi_y / p_y) - sp.log(pi_yp / p_yp), (g_y - g_yp) / tau, via=("expand_log", "expand")),
             where={pi_y: p_y * sp.exp(g_y / tau) / Z, pi_yp: p_yp * sp.exp(g_yp / tau) / Z},
+            eq="§5",
         ),
         Step(
             Text("Thm. 2, sampled → population: a pair's expected loss", "定理 2，从样本到总体：一对样本的期望损失"),
@@ -279,6 +284,7 @@ PROOF = Proof(
                 given={mu_a: sp.Rational(1, 3), mu_b: sp.Rational(1, 3), mu_c: sp.Rational(1, 3)},
             ),
             where=G_D1,
+            eq="§5.2",
         ),
     ],
     conclusion=Text(

@@ -99,6 +99,7 @@ PROOF = Proof(
             ),
             Equal(S(PIS[i]), 1, via=("powsimp", "cancel")),
             where=OPT_N,
+            eq="Eq. 4",
         ),
         Step(
             Text("Logarithm of the optimal policy", "最优策略的对数"),
@@ -107,6 +108,7 @@ PROOF = Proof(
                 "取对数把乘积变成求和；后面的步骤用的都是这个形式。",
             ),
             Equal(sp.log(pi_ * sp.exp(ri / beta) / Z), sp.log(pi_) + ri / beta - sp.log(Z), via=("expand_log",)),
+            eq="Eq. 4",
         ),
         Step(
             Text(
@@ -128,6 +130,7 @@ PROOF = Proof(
                 simplex_n,
             ),
             where=OPT_N,
+            eq="App. A.1",
         ),
         Step(
             Text("The same identity written out for n = 3", "同一恒等式在 n = 3 时的完整展开"),
@@ -139,6 +142,7 @@ PROOF = Proof(
             ),
             Equal(objective, -beta * kl(q, pis3) + beta * sp.log(Z), via=("expand_log",), given=simplex_q),
             where=OPT_3,
+            eq="App. A.1",
         ),
         Step(
             Text("Gibbs' lemma: log x ≤ x − 1", "吉布斯引理：log x ≤ x − 1"),
@@ -149,6 +153,7 @@ PROOF = Proof(
                 "是唯一的最小值点，$f \\ge f(1) = 0$，当且仅当 $x = 1$ 时取等号。",
             ),
             GlobalMinimum(gibbs_f, x, 1, value=0),
+            eq="App. A.1",
         ),
         Step(
             Text("KL divergence as a sum of Gibbs terms (any n)", "KL 散度写成吉布斯项之和（任意 n）"),
@@ -164,6 +169,7 @@ PROOF = Proof(
                 ("expand_log", "simplify", "sums"),
                 simplex_n_rho,
             ),
+            eq="App. A.1",
         ),
         Step(
             Text(
@@ -179,6 +185,7 @@ PROOF = Proof(
                 "$\\mathrm{KL}(\\pi\\Vert\\rho) \\ge 0$，当且仅当 $\\pi = \\rho$ 时取等号。",
             ),
             GlobalMinimum(qi * gibbs_f.subs(x, rho_i / qi), rho_i, qi, value=0),
+            eq="App. A.1",
         ),
         Step(
             Text("The optimal policy attains the upper bound (any n)", "最优策略达到上界（任意 n）"),
@@ -191,6 +198,7 @@ PROOF = Proof(
             ),
             Equal(objective_of(PIS[i]), beta * sp.log(Z), via=("sums",)),
             where=OPT_N,
+            eq="Eq. 4",
         ),
         Step(
             Text("Lagrangian stationarity", "拉格朗日函数的驻点条件"),
@@ -206,6 +214,7 @@ PROOF = Proof(
                 qi,
                 [pi_ * sp.exp(ri / beta) * sp.exp(lam / beta - 1)],
             ),
+            eq="Eq. 4",
         ),
         Step(
             Text("The multiplier is fixed by normalisation", "乘子由归一化条件确定"),
@@ -218,6 +227,7 @@ PROOF = Proof(
             ),
             Solutions(sp.Eq(C * Z, 1), C, [1 / Z]),
             where={Z: Zn},
+            eq="Eq. 4",
         ),
         Step(
             Text("Second-order condition: each term is strictly concave (any n)", "二阶条件：每一项严格凹（任意 n）"),
@@ -231,6 +241,7 @@ PROOF = Proof(
             Negative(
                 sp.Derivative(qi * ri - beta * qi * sp.log(qi / pi_), (qi, 2)), manifest=-beta / qi, via=("simplify",)
             ),
+            eq="Eq. 4",
         ),
         Step(
             Text("Second-order condition: the Hessian (any n)", "二阶条件：黑塞矩阵（任意 n）"),
@@ -252,6 +263,7 @@ PROOF = Proof(
                 -beta * S(V[i] ** 2 / Q[i]),
                 via=("sums", "simplify"),
             ),
+            eq="Eq. 4",
         ),
     ],
     conclusion=Text(

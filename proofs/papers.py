@@ -7,7 +7,7 @@ as its one table of symbols.
 
 from __future__ import annotations
 
-from .core import Text
+from .core import Proof, Step, Text
 
 PAPERS: dict[str, str] = {
     "dpo": "Rafailov et al. 2023, *Direct Preference Optimization: Your Language Model is Secretly a Reward "
@@ -88,3 +88,15 @@ NOTATION: list[tuple[str, Text]] = [
         ),
     ),
 ]
+
+
+def short(key: str) -> str:
+    """A paper's short citation: 'Rafailov et al. 2023' (a repository for TRL)."""
+    return PAPERS[key].split(",")[0] if key != "trl" else "TRL 1.16"
+
+
+def citation(proof: Proof, step: Step) -> str | None:
+    """Where the step's result is in the literature: 'Rafailov et al. 2023, Eq. 4' (None without a label)."""
+    if not step.eq:
+        return None
+    return f"{short(step.paper or proof.source)}, {step.eq}" if (step.paper or proof.source) else step.eq

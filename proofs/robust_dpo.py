@@ -60,6 +60,7 @@ PROOF = Proof(
             ),
             Equal((1 - eps) * ROBUST + eps * ROBUST_FLIPPED, ell(h), via=("expand", "simplify")),
             where=ELL,
+            eq="rDPO loss",
         ),
         Step(
             Text("Robust DPO is DPO minus a linear term", "稳健 DPO 等于 DPO 减去一个线性项"),
@@ -74,6 +75,7 @@ PROOF = Proof(
             ),
             Equal(ROBUST, DPO_MINUS, via=("expand_log", "simplify")),
             where=ELL,
+            eq="rDPO loss",
         ),
         Step(
             Text("The same curvature as DPO", "与 DPO 相同的曲率"),
@@ -86,6 +88,7 @@ PROOF = Proof(
             Equal(
                 sp.Derivative(ROBUST_EXPLICIT, h, 2), beta**2 * sigma(beta * h) * sigma(-beta * h), via=("simplify",)
             ),
+            eq="rDPO loss",
         ),
         Step(
             Text("The slope is negative everywhere", "斜率处处为负"),
@@ -98,6 +101,7 @@ PROOF = Proof(
                 "该损失没有驻点，因此没有有限的最小值点。",
             ),
             Negative(sp.Derivative(ROBUST_EXPLICIT, h), manifest=SLOPE, via=("simplify",)),
+            eq="rDPO loss",
         ),
         Step(
             Text("The normaliser is positive", "归一化因子为正"),
@@ -108,6 +112,7 @@ PROOF = Proof(
                 "$(1 - \\varepsilon)\\ell(h) - \\varepsilon\\ell(-h)$ 相同。",
             ),
             Positive(1 - 2 * eps, restates=True),
+            eq="rDPO loss",
         ),
         Step(
             Text("Unbounded below", "无下界"),
@@ -118,6 +123,7 @@ PROOF = Proof(
             ),
             Limit(NUMERATOR, h, sp.oo, -sp.oo),
             where=ELL,
+            eq="rDPO loss",
         ),
         Step(
             Text("Without noise it is DPO", "无噪声时就是 DPO"),
@@ -128,6 +134,7 @@ PROOF = Proof(
             ),
             Equal(sp.Subs(ROBUST, eps, 0), ell(h), via=("simplify",)),
             where=ELL,
+            eq="rDPO loss",
         ),
         Step(
             Text("At preference frequency p̂: the minimiser", "偏好频率为 p̂ 时的最小值点"),
@@ -156,6 +163,7 @@ PROOF = Proof(
                 curvature=beta**2 * sigma(beta * h) * sigma(-beta * h),
             ),
             where={p_hat: eps + (1 - 2 * eps) * q_hat},
+            eq="rDPO loss",
         ),
     ],
     conclusion=Text(
