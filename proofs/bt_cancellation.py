@@ -9,7 +9,7 @@ import sympy as sp
 from .common import Z, beta, bradley_terry, plackett_luce, sigma
 from .core import NAMES, Equal, FreeOf, Proof, Step, Text
 
-r_w, r_l = sp.symbols("r_w r_l", real=True)
+r_w, r_l = sp.symbols("r(y_w) r(y_l)", real=True)  # rewards; r_w, r_l are the family's log-ratios
 # policy and reference probabilities of the chosen (w) and rejected (l) responses
 pi_w, pi_l, ref_w, ref_l = sp.symbols("pi_w pi_l pi^ref_w pi^ref_l", positive=True)
 
@@ -58,8 +58,8 @@ PROOF = Proof(
                 "Bradley–Terry is a logistic model of the reward difference", "布拉德利-特里模型是奖励差的逻辑斯谛模型"
             ),
             Text(
-                "Dividing numerator and denominator by $e^{r_w}$ shows that only $r_w - r_l$ matters.",
-                "分子分母同除以 $e^{r_w}$，可见只有 $r_w - r_l$ 起作用。",
+                "Dividing numerator and denominator by $e^{r(y_w)}$ shows that only $r(y_w) - r(y_l)$ matters.",
+                "分子分母同除以 $e^{r(y_w)}$，可见只有 $r(y_w) - r(y_l)$ 起作用。",
             ),
             Equal(bradley_terry(r_w, r_l), sigma(r_w - r_l), via=("expand", "cancel")),
             eq="Eq. 1",

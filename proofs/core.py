@@ -47,6 +47,7 @@ notebook's closing section calls it); `dpo-ref prove --only SLUG` runs it.
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -406,7 +407,7 @@ def _plain_factor(f: sp.Basic) -> bool:
 def _chosen_rank(term: sp.Basic) -> int:
     """Chosen before rejected: 0 for a term written with a _w symbol and no _l one, 2 the other way, else 1."""
     names = [str(a) for a in term.free_symbols]
-    w, l = (any(n.endswith(tag) for n in names) for tag in ("_w", "_l"))
+    w, l = (any(re.search(tag + "(?![a-z])", n) for n in names) for tag in ("_w", "_l"))  # a_w, r(y_w), not _lam
     return 0 if w and not l else 2 if l and not w else 1
 
 

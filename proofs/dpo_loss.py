@@ -19,7 +19,7 @@ NLL = -sp.log(bradley_terry(reward_w, reward_l))
 H = margin(a_w, a_l, b_w, b_l)
 LOSS = sp.log(1 + sp.exp(-beta * H))
 
-r_w, r_l = sp.symbols("r_w r_l", real=True)  # abbreviations shown in the steps
+r_w, r_l = sp.symbols("r(y_w) r(y_l)", real=True)  # the rewards, abbreviations shown in the steps
 pw, pl, qw, ql = sp.symbols("pi_w pi_l pi^ref_w pi^ref_l", positive=True)
 k, t = sp.symbols("k t", integer=True, positive=True)
 N, T = sp.symbols("N T", integer=True, positive=True)  # number of comparisons, number of tokens
@@ -115,10 +115,10 @@ PROOF = Proof(
             Text(
                 "An autoregressive policy factorises $\\pi(y|x) = \\prod_t \\pi(y_t|x, y_{<t})$; write "
                 "$\\pi_t$ for the probability of token $t$. So $\\log\\pi(y|x)$ is the sum of "
-                "the $T$ token log-probabilities: what `sequence_logps` computes from the logits.",
+                "the $T$ token log-probabilities: what `sequence_logps` computes from the network's output scores.",
                 "自回归策略可分解为 $\\pi(y|x) = \\prod_t \\pi(y_t|x, y_{<t})$，记第 $t$ 个词元的概率为 "
                 "$\\pi_t$。因此 $\\log\\pi(y|x)$ 是 $T$ 个词元对数概率之和：这就是 "
-                "`sequence_logps` 从 logits 计算的量。",
+                "`sequence_logps` 从网络输出的分数计算的量。",
             ),
             Equal(
                 sp.log(sp.Product(TOK[t], (t, 1, T))), sp.Sum(sp.log(TOK[t]), (t, 1, T)), via=("expand_log", "simplify")

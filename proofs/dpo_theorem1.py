@@ -8,7 +8,7 @@ import sympy as sp
 from .common import Z, beta, sigma
 from .core import NAMES, Equal, Proof, Solutions, Step, Text
 
-r_w, r_l, rp_w, rp_l = sp.symbols("r_w r_l r'_w r'_l", real=True)  # two reward functions on a pair
+r_w, r_l, rp_w, rp_l = sp.symbols("r(y_w) r(y_l) r'(y_w) r'(y_l)", real=True)  # two reward functions on a pair
 f = sp.Symbol("f", real=True)  # f(x): a function of the prompt only
 n = sp.Symbol("n", integer=True, positive=True)
 i = sp.Symbol("i", integer=True, positive=True)
@@ -48,10 +48,11 @@ PROOF = Proof(
             Text("Identifiability: preferences fix reward differences", "可辨识性：偏好确定奖励之差"),
             Text(
                 "If two rewards $r, r'$ give the same Bradley–Terry probability on a pair, then, $\\sigma$ being "
-                "strictly increasing, $r'_w - r_w = r'_l - r_l$: on every pair they differ by the same amount, "
+                "strictly increasing, $r'(y_w) - r(y_w) = r'(y_l) - r(y_l)$: on every pair they differ by the same "
+                "amount, "
                 "so $r' - r$ depends on the prompt alone. Preferences identify the reward class and no more.",
                 "若两个奖励 $r, r'$ 在某一对上给出相同的布拉德利-特里概率，则由于 $\\sigma$ 严格递增，"
-                "$r'_w - r_w = r'_l - r_l$：它们在每一对上相差同样的量，所以 $r' - r$ 只依赖于提示。"
+                "$r'(y_w) - r(y_w) = r'(y_l) - r(y_l)$：它们在每一对上相差同样的量，所以 $r' - r$ 只依赖于提示。"
                 "偏好能确定奖励的等价类，仅此而已。",
             ),
             Solutions(sp.Eq(sigma(rp_w - rp_l), sigma(r_w - r_l)), rp_w, [rp_l + r_w - r_l]),

@@ -7,7 +7,7 @@ import sympy as sp
 from .common import Z, beta, bradley_terry, plackett_luce
 from .core import Equal, Proof, Step, Text
 
-r_w, r_l = sp.symbols("r_w r_l", real=True)
+r_w, r_l = sp.symbols("r(y_w) r(y_l)", real=True)  # rewards of the chosen and rejected response
 f = sp.Symbol("f", real=True)  # f(x): any function of the prompt only
 p = sp.symbols("p_1:4", positive=True)
 r = sp.symbols("r_1:4", real=True)

@@ -15,7 +15,7 @@ import pytest
 import sympy as sp
 
 import proofs
-from proofs import core, papers
+from proofs import bt_cancellation, core, papers
 from proofs.core import ClaimError, Positive, Step, display_form, evaluated
 
 ALL = [(p.name, k) for p in proofs.all_proofs() for k in range(1, len(p.steps) + 1)]
@@ -38,13 +38,12 @@ def test_every_display_re_evaluates_to_the_checked_expression(name, k):
 
 
 def test_a_display_that_differs_from_the_checked_expression_is_refused(monkeypatch):
-    """A display_form that changes a term (here a sign: r_w + r_l for r_w - r_l) makes printing fail."""
-    step = proofs.get("bt-cancellation").steps[0]  # e^{r_w}/(e^{r_w} + e^{r_l}) = σ(r_w - r_l)
+    """A display_form that changes a term (here a sign: r(y_w) + r(y_l) for r(y_w) - r(y_l)) makes printing fail."""
+    step = proofs.get("bt-cancellation").steps[0]  # e^{r(y_w)}/(e^{r(y_w)} + e^{r(y_l)}) = σ(r(y_w) - r(y_l))
     honest = core.display_form
 
     def drifted(expr):
-        out = honest(expr)
-        return out.xreplace({sp.Symbol("r_l", real=True): -sp.Symbol("r_l", real=True)})
+        return honest(expr).xreplace({bt_cancellation.r_l: -bt_cancellation.r_l})
 
     monkeypatch.setattr(core, "display_form", drifted)
     with pytest.raises(ClaimError, match="does not re-evaluate"):
@@ -60,8 +59,8 @@ def test_a_display_that_differs_from_the_checked_expression_is_refused(monkeypat
         (
             "bt-cancellation",
             1,
-            "\\frac{e^{r_{w}}}{e^{r_{w}} + e^{r_{l}}} = \\sigma{\\left(r_{w} - r_{l} \\right)}",
-            "- r_{l} + r_{w}",
+            "\\frac{e^{r(y_w)}}{e^{r(y_w)} + e^{r(y_l)}} = \\sigma{\\left(r(y_w) - r(y_l) \\right)}",
+            "- r(y_l) + r(y_w)",
         ),
         # E[r] - β KL with q before log(q/p), as in the paper (was "-β Σ log(q/p) q + Σ q r")
         (
@@ -137,6 +136,32 @@ def test_the_lesson_cites_the_paper_with_each_step():
         for step in proof.steps:
             if step.eq:
                 assert f"{step.name('en')} ({papers.citation(proof, step)})." in text, (proof.name, step.name.en)
+
+
+# Different sympy symbols shown alike on purpose: the same quantity under two names in two proofs.
+ALIASES = {"\\hat r": {"rhat", "u"}}  # the implicit rewards (reward-reparam, bt-cancellation; plackett-luce's u_k)
+
+
+def display_collisions() -> dict[str, set]:
+    """Displayed symbols that stand for more than one sympy symbol across all proofs (an overloaded letter)."""
+    seen: dict[str, set] = {}
+    for proof in proofs.all_proofs():
+        for step in proof.steps:
+            for obj in _objects(step):
+                atoms = obj.atoms(sp.Symbol) | {i.base.label for i in obj.atoms(sp.Indexed)}
+                for a in atoms - obj.atoms(sp.Dummy):
+                    seen.setdefault(core.tex(a), set()).add(a.name)
+    return {shown: names for shown, names in seen.items() if len(names) > 1 and ALIASES.get(shown) != names}
+
+
+def test_no_letter_is_displayed_with_two_meanings():
+    assert display_collisions() == {}
+
+
+def test_an_overloaded_letter_is_caught(monkeypatch):
+    """DiscoPOP's temperature shown as τ again would be IPO's τ with another meaning."""
+    monkeypatch.setitem(core.NAMES, "tau_discopop", ("\\tau", "τ"))
+    assert display_collisions() == {"\\tau": {"tau", "tau_discopop"}}
 
 
 def test_the_notation_table_lists_each_symbol_once():
