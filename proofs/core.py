@@ -14,6 +14,12 @@ a step displays means editing what it checks. Write the claim's objects in the f
                         an abbreviation: F (a Symbol or an applied undefined Function) is shown in the claim
                         and the line "where F = expr" is shown under it; it is replaced by expr when checked
 
+The display is `display_form` of the claim's objects: the same expression tree with the terms of each sum and
+the factors of each product in the order a paper writes them (r_w - r_l, q log q, -(1 - ε) log σ), refused by
+`shown` unless it re-evaluates to the checked expression; an Add built with evaluate=False is shown as written.
+A step cites its result with `eq` (the paper's label, "Eq. 4", "Thm. 1", "App. A.1") in the proof's `source`
+paper, or in `paper` (a key of proofs.papers.PAPERS) when it is another paper's.
+
 Claims come in a few kinds, each with one exact decision procedure and a tautology guard (a claim that
 holds without the check doing any work is rejected):
 
@@ -394,8 +400,9 @@ def _as_written(expr: sp.Add) -> bool:
 # sympy prints a sum or a product in its own canonical order (-r_l + r_w, log(q/p)·q, e^{r/β} p). A display
 # is printed from `display_form(expr)` instead: the same expression tree, rebuilt unevaluated with the terms
 # in the order a paper writes them, and printed as written. Only the order of the arguments of commutative
-# + and · changes, so re-evaluating the display gives back exactly the checked expression
-# (`evaluated(display_form(e)) == e`, asserted on every print and tested for every step).
+# + and · changes (and a factor negative by its hypotheses is written as minus a positive one), so
+# re-evaluating the display gives back exactly the checked expression, or one whose difference from it
+# expands to 0 (`_same_display`, asserted on every print and tested for every step).
 
 
 def _plain_factor(f: sp.Basic) -> bool:
@@ -442,6 +449,9 @@ def display_form(expr: object) -> object:
     if isinstance(expr, sp.Mul):
         coeff, rest = expr.as_coeff_Mul()
         factors = sorted(rest.as_ordered_factors(), key=lambda f: 0 if _plain_factor(f) else 1)  # q log q
+        for k, f in enumerate(factors):  # a factor negative by its hypotheses as minus a positive one:
+            if isinstance(f, sp.Add) and witness(f).is_negative:  # (ε - 1) log σ as -(1 - ε) log σ
+                factors[k], coeff = -f, -coeff
         shown = [display_form(f) for f in factors]
         return (
             sp.Mul(*([coeff] if coeff != 1 else []), *shown, evaluate=False)
@@ -472,10 +482,21 @@ def _same_tree(a: object, b: object) -> bool:
     return a == b
 
 
+def _same_display(shown: object, expr: object) -> bool:
+    """The display re-evaluates to exactly `expr`, or (a sign moved out of a factor: -(1 - ε) for (ε - 1)) their
+    difference expands to exactly 0."""
+    a, b = evaluated(shown), evaluated(expr)
+    if _same_tree(a, b):
+        return True
+    if isinstance(a, sp.MatrixBase) or isinstance(b, sp.MatrixBase):
+        return all(sp.expand(x - y) == 0 for x, y in zip(sp.ImmutableMatrix(a), sp.ImmutableMatrix(b)))
+    return isinstance(a, sp.Expr) and isinstance(b, sp.Expr) and sp.expand(a - b) == 0
+
+
 def shown(expr: object) -> object:
-    """What is printed for `expr`: its display form, refused if re-evaluating it does not give `expr` back."""
+    """What is printed for `expr`: its display form, refused unless it re-evaluates to `expr` (_same_display)."""
     out = display_form(expr)
-    if not _same_tree(evaluated(out), evaluated(expr)):
+    if not _same_display(out, expr):
         raise ClaimError(f"display of {_short(expr)} does not re-evaluate to it: {_short(evaluated(out))}")
     return out
 

@@ -12,7 +12,8 @@ rho = sp.Symbol("rho", real=True)  # rho = beta h
 # the temperature of the modulation (the paper's and the code's `tau`), shown as kappa: tau is IPO's regularisation
 tau = sp.Symbol("tau_discopop", positive=True)
 NAMES["tau_discopop"] = ("\\kappa", "κ")
-DISCOPOP = (1 - sigma(rho / tau)) * (-sp.log(sigma(rho))) + sigma(rho / tau) * sp.exp(-rho)  # the paper's Eq. 5
+# the paper's Eq. 5, its two terms in the paper's order (an unevaluated sum is displayed as written)
+DISCOPOP = sp.Add((1 - sigma(rho / tau)) * (-sp.log(sigma(rho))), sigma(rho / tau) * sp.exp(-rho), evaluate=False)
 CODE = sigma(-rho / tau) * (-sp.log(sigma(rho))) + sp.exp(sp.log(sigma(rho / tau)) - rho)  # what discopop_loss computes
 SLOPE_AT_0 = (1 - sp.log(2)) / (4 * tau) - sp.Rational(3, 4)
 
