@@ -376,7 +376,7 @@ def aot_unpaired_loss(pc, pr, rc, rr, *, beta: float = 0.1, label_smoothing: flo
     One loss per quantile. Adding f(x) to both policy log-probs changes the sorted pairing unless f is the
     same for the whole batch. TRL: dpo_trainer.py:1458-1465. Rewards: beta r_w, beta r_l per example.
 
-    Proof: none yet. Properties: `family_properties.check_values`, `family_properties.check_batch_structure`,
+    Proof: `simpo-sft-aot`. Properties: `family_properties.check_values`, `family_properties.check_batch_structure`,
     `family_properties.check_shift`.
     """
     beta = check_positive_scalar(beta, "beta")

@@ -432,7 +432,7 @@ RECORDS: tuple[Variant, ...] = (
         lambda rows, c: _aot(rows, c, lambda pc, pr, rc, rr, nc, nr: pc - pr, lambda pc, pr, rc, rr, nc, nr: rc - rr),
         (BETA, _with_default(FLIP, 0.0)), "Melnyk et al. 2024 (paired)",
         "smoothed DPO on sort(log pi(y_w) - log pi(y_l)) - sort(reference's)", trl="aot", batch_coupled=True,
-        quantile_key=lambda r, k: float(r[0] - r[1]), slope=_aot_slope, no_proof="not derived yet (issue 24)",
+        quantile_key=lambda r, k: float(r[0] - r[1]), slope=_aot_slope, proofs=("simpo-sft-aot",),
         properties=_general("large_batch"), adapters={"trl": "aot"},
     ),
     Variant(
@@ -440,7 +440,7 @@ RECORDS: tuple[Variant, ...] = (
         lambda rows, c: _aot(rows, c, lambda pc, pr, rc, rr, nc, nr: pc - rc, lambda pc, pr, rc, rr, nc, nr: pr - rr),
         (BETA, _with_default(FLIP, 0.0)), "Melnyk et al. 2024 (unpaired)", "smoothed DPO on sort(r_w) - sort(r_l)",
         trl="aot_unpaired", batch_coupled=True, shift_invariant=BATCH_CONSTANT,
-        quantile_key=lambda r, k: float(r[k] - r[k + 2]), slope=_aot_slope, no_proof="not derived yet (issue 24)",
+        quantile_key=lambda r, k: float(r[k] - r[k + 2]), slope=_aot_slope, proofs=("simpo-sft-aot",),
         properties=_general("large_batch"), adapters={"trl": "aot_unpaired"},
     ),
     Variant(
@@ -465,13 +465,13 @@ RECORDS: tuple[Variant, ...] = (
         (BETA, _with_default(TAU, 0.05, draw=("log", 0.01, 1.0), means="temperature of the modulation")),
         "Lu et al. 2024, Eq. 5", "(1 - sigma(rho/tau)) (-log sigma(rho)) + sigma(rho/tau) exp(-rho), rho = beta h",
         trl="discopop", gradient_terms=lambda c, loss: c["beta"] * (1 + 1 / c["tau"]) * (abs(loss) + 1),
-        no_proof="not derived yet (issue 24)", properties=_general(), adapters={"trl": "discopop"},
+        proofs=("discopop",), properties=_general(), adapters={"trl": "discopop"},
     ),
     Variant(
         "sft", "sft", _F + "sft_loss", _sft, (), "negative log-likelihood (token mean)",
         "-log pi(y_w) / n_bar, n_bar the batch's mean chosen length", trl="sft", needs_lengths=True,
         length_normalised=True, batch_coupled=True, shift_invariant=NO, reference_free=True, slope=_sft_slope,
-        rewards=(), no_proof="not derived yet (issue 24)", properties=_general("large_batch", rewards=False),
+        rewards=(), proofs=("simpo-sft-aot",), properties=_general("large_batch", rewards=False),
         adapters={"trl": "sft"},
     ),
     Variant(
@@ -488,7 +488,7 @@ RECORDS: tuple[Variant, ...] = (
                                          means="target reward margin")),
         "Meng et al. 2024, Eq. 6", "-log sigma(beta log pi(y_w)/n_w - beta log pi(y_l)/n_l - gamma)",
         needs_lengths=True, length_normalised=True, shift_invariant=EQUAL_LENGTHS, reference_free=True,
-        constants=lambda c: (0.0, c["gamma"]), rewards=(simpo_rewards,), no_proof="not derived yet (issue 24)",
+        constants=lambda c: (0.0, c["gamma"]), rewards=(simpo_rewards,), proofs=("simpo-sft-aot",),
         properties=_general(),
         adapters={"liger": "simpo"},
     ),

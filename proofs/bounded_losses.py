@@ -47,6 +47,8 @@ PROOF = Proof(
                 "$\\sigma(\\beta r_w^*) = 2/3$；最小值为 $\\frac32\\ln 3 - \\ln 2 \\approx 0.955$。",
             ),
             GlobalMinimum(NCA_CHOSEN, r_w, R_W_STAR, value=NCA_INF),
+            eq="NCA loss",
+            paper="nca",
         ),
         Step(
             Text("NCA's rejected part is positive", "NCA 的被拒部分为正"),
@@ -56,6 +58,8 @@ PROOF = Proof(
                 "被拒部分 $-\\frac12\\log\\sigma(-\\beta r_l)$ 为正，所以 NCA 处处大于 $\\frac32\\ln 3 - \\ln 2$……",
             ),
             Positive(NCA_REJECTED),
+            eq="NCA loss",
+            paper="nca",
         ),
         Step(
             Text("NCA's rejected part vanishes only in the limit", "NCA 的被拒部分只在极限中消失"),
@@ -66,6 +70,8 @@ PROOF = Proof(
                 "损失会一直把 $\\pi(y_l)$ 往下压。",
             ),
             Limit(NCA, r_l, -sp.oo, NCA_CHOSEN),
+            eq="NCA loss",
+            paper="nca",
         ),
         Step(
             Text("APO-zero is positive", "APO-zero 为正"),
@@ -76,6 +82,7 @@ PROOF = Proof(
                 "。",
             ),
             Positive(APO_ZERO, manifest=sigma(-beta * r_w) + sigma(beta * r_l), via=("simplify",)),
+            eq="Eq. 7",
         ),
         Step(
             Text("APO-zero is below 2", "APO-zero 小于 2"),
@@ -86,6 +93,7 @@ PROOF = Proof(
                 "$0 < \\mathcal{L}_{\\mathrm{APO\\text{-}zero}} < 2$。",
             ),
             Positive(two_minus(APO_ZERO), manifest=sigma(beta * r_w) + sigma(-beta * r_l), via=("simplify",)),
+            eq="Eq. 7",
         ),
         Step(
             Text("APO-down is positive", "APO-down 为正"),
@@ -96,6 +104,7 @@ PROOF = Proof(
                 "和……",
             ),
             Positive(APO_DOWN, manifest=sigma(beta * r_w) + sigma(-beta * (r_w - r_l)), via=("simplify",)),
+            eq="Eq. 8",
         ),
         Step(
             Text("APO-down is below 2", "APO-down 小于 2"),
@@ -104,6 +113,7 @@ PROOF = Proof(
                 "……$2 - \\mathcal{L}$ 也是：$0 < \\mathcal{L}_{\\mathrm{APO\\text{-}down}} < 2$。",
             ),
             Positive(two_minus(APO_DOWN), manifest=sigma(-beta * r_w) + sigma(beta * (r_w - r_l)), via=("simplify",)),
+            eq="Eq. 8",
         ),
     ],
     conclusion=Text(

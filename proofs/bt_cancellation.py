@@ -9,7 +9,7 @@ import sympy as sp
 from .common import Z, beta, bradley_terry, plackett_luce, sigma
 from .core import NAMES, Equal, FreeOf, Proof, Step, Text
 
-r_w, r_l = sp.symbols("r_w r_l", real=True)
+r_w, r_l = sp.symbols("r(y_w) r(y_l)", real=True)  # rewards; r_w, r_l are the family's log-ratios
 # policy and reference probabilities of the chosen (w) and rejected (l) responses
 pi_w, pi_l, ref_w, ref_l = sp.symbols("pi_w pi_l pi^ref_w pi^ref_l", positive=True)
 
@@ -58,10 +58,11 @@ PROOF = Proof(
                 "Bradley–Terry is a logistic model of the reward difference", "布拉德利-特里模型是奖励差的逻辑斯谛模型"
             ),
             Text(
-                "Dividing numerator and denominator by $e^{r_w}$ shows that only $r_w - r_l$ matters.",
-                "分子分母同除以 $e^{r_w}$，可见只有 $r_w - r_l$ 起作用。",
+                "Dividing numerator and denominator by $e^{r(y_w)}$ shows that only $r(y_w) - r(y_l)$ matters.",
+                "分子分母同除以 $e^{r(y_w)}$，可见只有 $r(y_w) - r(y_l)$ 起作用。",
             ),
             Equal(bradley_terry(r_w, r_l), sigma(r_w - r_l), via=("expand", "cancel")),
+            eq="Eq. 1",
         ),
         Step(
             Text("Substitute the reparameterised reward", "代入重参数化的奖励"),
@@ -72,6 +73,7 @@ PROOF = Proof(
                 "的逻辑斯谛函数，其中 $h$ 是偏好间隔（margin）。",
             ),
             Equal(BT_REPARAM, sigma(beta * H), via=("expand_log", "expand", "cancel")),
+            eq="Eq. 6",
         ),
         Step(
             Text("The partition function cancels", "配分函数被约去"),
@@ -81,6 +83,7 @@ PROOF = Proof(
                 "虽然上式左边写着 $Z$，它对 $Z$ 的导数却为零：偏好概率与配分函数无关。",
             ),
             FreeOf(BT_REPARAM, Z, via=("expand", "powsimp", "cancel")),
+            eq="Eq. 6",
         ),
         Step(
             Text("Plackett–Luce is a distribution over rankings (K = 3)", "普拉克特-卢斯模型是排序上的分布（K = 3）"),
@@ -91,6 +94,7 @@ PROOF = Proof(
                 "它在 $3! = 6$ 种排序上的概率之和为 1。",
             ),
             Equal(sp.Add(*[plackett_luce(list(r3), rk) for rk in RANKINGS]), 1, via=("cancel",)),
+            eq="Eq. 18",
         ),
         Step(
             Text("Substitute the reparameterised reward into Plackett–Luce", "把重参数化奖励代入普拉克特-卢斯模型"),
@@ -105,6 +109,7 @@ PROOF = Proof(
                 "对全部 $3! = 6$ 种排序 $(\\omega_1, \\omega_2, \\omega_3)$（最好的在前）逐一检验。",
             ),
             Equal(PL_RANKED_REPARAM, PL_RANKED_POLICY, via=("expand", "cancel"), cases=ALL_RANKINGS),
+            eq="Eq. 18",
         ),
         Step(
             Text("Plackett–Luce does not depend on Z either", "普拉克特-卢斯概率同样与 Z 无关"),
@@ -113,6 +118,7 @@ PROOF = Proof(
                 "代入后的排序概率对 $Z$ 的导数为零。",
             ),
             FreeOf(PL_REPARAM, Z, via=("expand", "cancel")),
+            eq="Eq. 18",
         ),
     ],
     conclusion=Text(

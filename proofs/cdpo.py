@@ -42,6 +42,7 @@ PROOF = Proof(
                 "被翻转的标签的概率为 $1 - \\sigma(z) = \\sigma(-z)$。",
             ),
             Equal(1 - sigma(z), sigma(-z), via=("simplify",)),
+            eq="cDPO loss",
         ),
         Step(
             Text("Conservative DPO is a smoothed cross-entropy", "保守 DPO 是平滑后的交叉熵"),
@@ -52,6 +53,7 @@ PROOF = Proof(
                 "时计算的损失。",
             ),
             Equal(SMOOTHED_NLL, CDPO, via=("simplify",)),
+            eq="cDPO loss",
         ),
         Step(
             Text("cDPO is DPO plus a linear term", "cDPO 等于 DPO 加一个线性项"),
@@ -62,6 +64,7 @@ PROOF = Proof(
                 "即一个恒定的（梯度为 $\\varepsilon\\beta$）、抵抗间隔增大的推力。",
             ),
             Equal(CDPO, DPO_PLUS, via=("expand_log", "simplify")),
+            eq="cDPO loss",
         ),
         Step(
             Text("The cDPO gradient", "cDPO 的梯度"),
@@ -70,6 +73,7 @@ PROOF = Proof(
                 "对 $h$ 求导：",
             ),
             Equal(sp.Derivative(CDPO, h), GRAD, via=("simplify",)),
+            eq="cDPO gradient",
         ),
         Step(
             Text("The optimal margin", "最优间隔"),
@@ -81,6 +85,7 @@ PROOF = Proof(
                 "$h^* = \\beta^{-1}\\ln\\frac{1-\\varepsilon}{\\varepsilon}$ 处为零，因此它是唯一的最小值点。",
             ),
             GlobalMinimum(CDPO, h, H_STAR),
+            eq="cDPO loss",
         ),
         Step(
             Text("At the optimum the model matches the label noise", "最优点处模型与标签噪声一致"),
@@ -89,6 +94,7 @@ PROOF = Proof(
                 "模型在 $h^*$ 处给出的偏好概率恰好是 $1 - \\varepsilon$。",
             ),
             Equal(sigma(beta * H_STAR), 1 - eps, via=("simplify",)),
+            eq="cDPO loss",
         ),
         Step(
             Text("Without smoothing the optimum escapes to infinity", "不加平滑时最优点逃向无穷"),
@@ -98,6 +104,7 @@ PROOF = Proof(
                 "当 $\\varepsilon \\to 0^+$ 时最优间隔发散：这就回到了确定性偏好下的普通 DPO（证明 12）。",
             ),
             Limit(H_STAR, eps, 0, sp.oo, "+"),
+            eq="cDPO loss",
         ),
         Step(
             Text("Maximal smoothing removes the preference", "最大平滑消除了偏好"),
@@ -109,6 +116,7 @@ PROOF = Proof(
                 "标签不含任何信息，这就是 `dpo_loss` 要求 $\\varepsilon < 1/2$ 的原因。",
             ),
             Equal(sp.Subs(H_STAR, eps, sp.Rational(1, 2)), 0, via=("simplify",)),
+            eq="cDPO loss",
         ),
     ],
     conclusion=Text(

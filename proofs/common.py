@@ -14,7 +14,7 @@ beta = sp.Symbol("beta", positive=True)  # KL coefficient, beta > 0
 tau = sp.Symbol("tau", positive=True)  # IPO regularisation, tau > 0
 eps = bounded(sp.Symbol("epsilon", positive=True), sp.Interval.open(0, sp.Rational(1, 2)))  # label-flip prob.
 h = sp.Symbol("h", real=True)  # preference margin
-z = sp.Symbol("z", real=True)  # a generic logit
+z = sp.Symbol("z", real=True)  # a generic argument of sigma
 Z = sp.Symbol("Z", positive=True)  # partition function Z(x) > 0, used where its formula does not matter
 
 # Log-probabilities (real numbers) of the chosen (w) and rejected (l) responses under the policy and the
@@ -28,6 +28,8 @@ NAMES.update(
         "epsilon": (r"\varepsilon", "ε"),  # the glyph the prose uses
         "pi^ref_w": (r"\pi^{\mathrm{ref}}_w", "πʳᵉᶠ_w"),
         "pi^ref_l": (r"\pi^{\mathrm{ref}}_l", "πʳᵉᶠ_l"),
+        # the rewards of the chosen and the rejected response (r_w, r_l are the family's log-ratios)
+        **{f"r{p}(y_{s})": (f"r{p}(y_{s})", f"r{p}(y_{s})") for p in ("", "'") for s in "wl"},
     }
 )
 
@@ -48,7 +50,7 @@ def bradley_terry(r_w: sp.Expr, r_l: sp.Expr) -> sp.Expr:
 def plackett_luce(rewards: list[sp.Expr], ranking: tuple[int, ...]) -> sp.Expr:
     """p(ranking) = prod_k e^{r_{omega(k)}} / sum_{j >= k} e^{r_{omega(j)}} (best first)."""
     p = sp.Integer(1)
-    for k in range(len(ranking)):
+    for k in range(len(ranking) - 1):  # the last choice is forced: its factor e^{r}/e^{r} is 1
         rest = ranking[k:]
         p *= sp.exp(rewards[ranking[k]]) / sp.Add(*[sp.exp(rewards[j]) for j in rest])
     return p

@@ -14,6 +14,12 @@ a step displays means editing what it checks. Write the claim's objects in the f
                         an abbreviation: F (a Symbol or an applied undefined Function) is shown in the claim
                         and the line "where F = expr" is shown under it; it is replaced by expr when checked
 
+The display is `display_form` of the claim's objects: the same expression tree with the terms of each sum and
+the factors of each product in the order a paper writes them (r_w - r_l, q log q, -(1 - ε) log σ), refused by
+`shown` unless it re-evaluates to the checked expression; an Add built with evaluate=False is shown as written.
+A step cites its result with `eq` (the paper's label, "Eq. 4", "Thm. 1", "App. A.1") in the proof's `source`
+paper, or in `paper` (a key of proofs.papers.PAPERS) when it is another paper's.
+
 Claims come in a few kinds, each with one exact decision procedure and a tautology guard (a claim that
 holds without the check doing any work is rejected):
 
@@ -47,6 +53,7 @@ notebook's closing section calls it); `dpo-ref prove --only SLUG` runs it.
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -389,21 +396,126 @@ def _as_written(expr: sp.Add) -> bool:
     return sp.Add(*expr.args) != expr
 
 
+# ---- display order -------------------------------------------------------------------------------------
+# sympy prints a sum or a product in its own canonical order (-r_l + r_w, log(q/p)·q, e^{r/β} p). A display
+# is printed from `display_form(expr)` instead: the same expression tree, rebuilt unevaluated with the terms
+# in the order a paper writes them, and printed as written. Only the order of the arguments of commutative
+# + and · changes (and a factor negative by its hypotheses is written as minus a positive one), so
+# re-evaluating the display gives back exactly the checked expression, or one whose difference from it
+# expands to 0 (`_same_display`, asserted on every print and tested for every step).
+
+
+def _plain_factor(f: sp.Basic) -> bool:
+    """A symbol, an indexed symbol or a power of one: written before the functions it multiplies (q log q)."""
+    base = f.base if isinstance(f, sp.Pow) else f
+    return isinstance(base, (sp.Symbol, sp.Indexed, sp.Number))
+
+
+def _chosen_rank(term: sp.Basic) -> int:
+    """Chosen before rejected: 0 for a term written with a _w symbol and no _l one, 2 the other way, else 1."""
+    names = [str(a) for a in term.free_symbols]
+    w, l = (any(re.search(tag + "(?![a-z])", n) for n in names) for tag in ("_w", "_l"))  # a_w, r(y_w), not _lam
+    return 0 if w and not l else 2 if l and not w else 1
+
+
+def _paper_terms(expr: sp.Add) -> list:
+    """The terms of a sum in the paper's order: sympy's order, chosen before rejected, starting at its first
+    positive term (r_w - r_l, not -r_l + r_w), and a constant first in a sum of functions (1 + e^{-z})."""
+    terms = expr.as_ordered_terms()
+    ranks = [_chosen_rank(t) for t in terms]
+    if 0 in ranks and 2 in ranks:  # a chosen and a rejected term: chosen first, sympy's order otherwise
+        terms = [t for _, t in sorted(zip(ranks, terms), key=lambda rt: rt[0] == 2)]
+    k = next((j for j, t in enumerate(terms) if not t.could_extract_minus_sign()), 0)
+    terms = terms[k:] + terms[:k]  # the leading negative terms go last: r_w - r_l, E[r] - beta KL
+    numbers = [t for t in terms if t.is_number]
+    if (
+        len(numbers) == 1
+        and numbers[0].is_positive
+        and all(isinstance(t, (sp.exp, sp.log, sp.Function)) for t in terms if not t.is_number)
+    ):
+        terms = numbers + [t for t in terms if not t.is_number]
+    return terms
+
+
+def display_form(expr: object) -> object:
+    """`expr` rebuilt unevaluated in the paper's order (see above); an unevaluated Add is kept as written."""
+    if isinstance(expr, sp.MatrixBase):
+        return sp.ImmutableMatrix(expr.rows, expr.cols, [display_form(e) for e in expr])
+    if not isinstance(expr, sp.Basic) or not expr.args or isinstance(expr, (sp.Indexed, sp.Number, sp.Symbol)):
+        return expr
+    if isinstance(expr, sp.Add):
+        terms = list(expr.args) if _as_written(expr) else _paper_terms(expr)
+        return sp.Add(*[display_form(t) for t in terms], evaluate=False)
+    if isinstance(expr, sp.Mul):
+        coeff, rest = expr.as_coeff_Mul()
+        factors = sorted(rest.as_ordered_factors(), key=lambda f: 0 if _plain_factor(f) else 1)  # q log q
+        for k, f in enumerate(factors):  # a factor negative by its hypotheses as minus a positive one:
+            if isinstance(f, sp.Add) and witness(f).is_negative:  # (ε - 1) log σ as -(1 - ε) log σ
+                factors[k], coeff = -f, -coeff
+        shown = [display_form(f) for f in factors]
+        return (
+            sp.Mul(*([coeff] if coeff != 1 else []), *shown, evaluate=False)
+            if len(shown) + (coeff != 1) > 1
+            else shown[0]
+        )
+    args = [display_form(a) for a in expr.args]
+    if isinstance(expr, (sp.Pow, sp.Function, sp.core.relational.Relational)):
+        try:
+            return expr.func(*args, evaluate=False)
+        except TypeError:
+            pass
+    return expr.func(*args)
+
+
+def evaluated(expr: object) -> object:
+    """A display re-evaluated: every node rebuilt with sympy's automatic evaluation (undoes display_form)."""
+    if isinstance(expr, sp.MatrixBase):
+        return sp.ImmutableMatrix(expr.rows, expr.cols, [evaluated(e) for e in expr])
+    if not isinstance(expr, sp.Basic) or not expr.args or isinstance(expr, (sp.Indexed, sp.Number, sp.Symbol)):
+        return expr
+    return expr.func(*[evaluated(a) for a in expr.args])
+
+
+def _same_tree(a: object, b: object) -> bool:
+    if isinstance(a, sp.MatrixBase) or isinstance(b, sp.MatrixBase):
+        return sp.ImmutableMatrix(a) == sp.ImmutableMatrix(b)
+    return a == b
+
+
+def _same_display(shown: object, expr: object) -> bool:
+    """The display re-evaluates to exactly `expr`, or (a sign moved out of a factor: -(1 - ε) for (ε - 1)) their
+    difference expands to exactly 0."""
+    a, b = evaluated(shown), evaluated(expr)
+    if _same_tree(a, b):
+        return True
+    if isinstance(a, sp.MatrixBase) or isinstance(b, sp.MatrixBase):
+        return all(sp.expand(x - y) == 0 for x, y in zip(sp.ImmutableMatrix(a), sp.ImmutableMatrix(b)))
+    return isinstance(a, sp.Expr) and isinstance(b, sp.Expr) and sp.expand(a - b) == 0
+
+
+def shown(expr: object) -> object:
+    """What is printed for `expr`: its display form, refused unless it re-evaluates to `expr` (_same_display)."""
+    out = display_form(expr)
+    if not _same_display(out, expr):
+        raise ClaimError(f"display of {_short(expr)} does not re-evaluate to it: {_short(evaluated(out))}")
+    return out
+
+
 class _Tex(LatexPrinter):
-    def _print_Add(self, expr, order=None):
-        return super()._print_Add(expr, "none" if _as_written(expr) else order)
+    def __init__(self, settings=None):
+        super().__init__({"order": "none", **(settings or {})})  # display_form has put the terms in order
 
     def _print_Symbol(self, expr, style="plain"):
         return NAMES[expr.name][0] if expr.name in NAMES else super()._print_Symbol(expr, style)
 
 
 def tex(expr: object) -> str:
-    return _Tex().doprint(expr)
+    return _Tex().doprint(shown(expr))
 
 
 class _Uni(PrettyPrinter):
-    def _print_Add(self, expr, order=None):
-        return super()._print_Add(expr, "none" if _as_written(expr) else order)
+    def __init__(self, settings=None):
+        super().__init__({"order": "none", **(settings or {})})
 
     def _print_Symbol(self, e, bold_name=False):
         if e.name in NAMES:
@@ -417,7 +529,7 @@ class _Uni(PrettyPrinter):
 def _uni_form(part: object) -> prettyForm:
     if isinstance(part, Tok):
         return prettyForm(part.uni)
-    return _Uni({"use_unicode": True, "wrap_line": False})._print(part)
+    return _Uni({"use_unicode": True, "wrap_line": False})._print(shown(part))
 
 
 def join_tex(parts: Sequence[object]) -> str:
@@ -1053,7 +1165,8 @@ class Step:
     explain: Text
     claim: Claim
     where: dict | None = None
-    eq: str | None = None  # the paper's label for this result ("Eq. 7", "Thm. 2"), shown with the step
+    eq: str | None = None  # the paper's label for this result ("Eq. 7", "Thm. 2", "App. A.1"), shown with the step
+    paper: str | None = None  # the paper it cites (a key of proofs.papers.PAPERS) when not the proof's `source`
     # the hypotheses its last check relied on (set by check(); shown as "uses h > 0")
     used: ClassVar[tuple] = ()  # not a field: a result of checking, not part of what the step says
 

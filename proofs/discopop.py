@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .common import beta, sigma, tau
-from .core import Equal, Limit, Positive, Proof, Step, Text
+from .common import beta, sigma
+from .core import NAMES, Equal, Limit, Positive, Proof, Step, Text
 
 rho = sp.Symbol("rho", real=True)  # rho = beta h
-DISCOPOP = (1 - sigma(rho / tau)) * (-sp.log(sigma(rho))) + sigma(rho / tau) * sp.exp(-rho)  # the paper's Eq. 5
+# the temperature of the modulation (the paper's and the code's `tau`), shown as kappa: tau is IPO's regularisation
+tau = sp.Symbol("tau_discopop", positive=True)
+NAMES["tau_discopop"] = ("\\kappa", "κ")
+# the paper's Eq. 5, its two terms in the paper's order (an unevaluated sum is displayed as written)
+DISCOPOP = sp.Add((1 - sigma(rho / tau)) * (-sp.log(sigma(rho))), sigma(rho / tau) * sp.exp(-rho), evaluate=False)
 CODE = sigma(-rho / tau) * (-sp.log(sigma(rho))) + sp.exp(sp.log(sigma(rho / tau)) - rho)  # what discopop_loss computes
 SLOPE_AT_0 = (1 - sp.log(2)) / (4 * tau) - sp.Rational(3, 4)
 
@@ -18,14 +22,17 @@ PROOF = Proof(
     title=Text("DiscoPOP: a blend of the logistic and the exponential loss", "DiscoPOP：逻辑损失与指数损失的混合"),
     intro=Text(
         "DiscoPOP (Lu et al. 2024), found by an LLM-driven search, blends the DPO loss $-\\log\\sigma(\\rho)$ and "
-        "the exponential loss $e^{-\\rho}$ of $\\rho = \\beta h$ with the weight $\\sigma(\\rho/\\tau)$. What makes "
+        "the exponential loss $e^{-\\rho}$ of $\\rho = \\beta h$ with the weight $\\sigma(\\rho/\\kappa)$ "
+        "($\\kappa$: the paper's temperature $\\tau$, `tau` in the code). What makes "
         "`discopop_loss` right is that its overflow-safe form is the paper's formula; its minimiser has no "
         "closed form because there is none: the loss is positive and tends to 0 as $\\rho \\to \\infty$, so, like DPO, "
-        "it has no finite minimiser, and it is not convex (its slope at $\\rho = 0$ is positive for small $\\tau$).",
-        "DiscoPOP（Lu 等，2024）由大模型驱动的搜索发现，它用权重 $\\sigma(\\rho/\\tau)$ 把 DPO 损失 "
+        "it has no finite minimiser, and it is not convex (its slope at $\\rho = 0$ is positive for small $\\kappa$).",
+        "DiscoPOP（Lu 等，2024）由大模型驱动的搜索发现，它用权重 $\\sigma(\\rho/\\kappa)$（$\\kappa$ 即论文中的温度 "
+        "$\\tau$，代码中的 `tau`）把 DPO 损失 "
         "$-\\log\\sigma(\\rho)$ 与指数损失 $e^{-\\rho}$（$\\rho = \\beta h$）混合起来。`discopop_loss` 正确的依据是："
         "它防溢出的写法就是论文的公式；它的最小值点没有闭式形式，因为根本不存在：损失为正且当 $\\rho \\to \\infty$ "
-        "时趋于 0，所以与 DPO 一样没有有限的最小值点，而且它不是凸的（$\\tau$ 较小时它在 $\\rho = 0$ 处的斜率为正）。",
+        "时趋于 0，所以与 DPO 一样没有有限的最小值点，而且它不是凸的（$\\kappa$ 较小时它在 $\\rho = 0$ "
+        "处的斜率为正）。",
     ),
     justifies=("dpo_ref.family.discopop_loss",),
     source="discopop",
@@ -33,12 +40,15 @@ PROOF = Proof(
         Step(
             Text("The code's form is the paper's loss", "代码的写法就是论文的损失"),
             Text(
-                "`discopop_loss` writes $1 - \\sigma(\\rho/\\tau)$ as $\\sigma(-\\rho/\\tau)$ and the second term as "
-                "$e^{\\log\\sigma(\\rho/\\tau) - \\rho}$, which stays finite where $\\sigma(\\rho/\\tau)$ underflows "
+                "`discopop_loss` writes $1 - \\sigma(\\rho/\\kappa)$ as $\\sigma(-\\rho/\\kappa)$ and the second "
+                "term as "
+                "$e^{\\log\\sigma(\\rho/\\kappa) - \\rho}$, which stays finite where $\\sigma(\\rho/\\kappa)$ "
+                "underflows "
                 "and "
                 "$e^{-\\rho}$ overflows. The two forms are the same function.",
-                "`discopop_loss` 把 $1 - \\sigma(\\rho/\\tau)$ 写成 $\\sigma(-\\rho/\\tau)$，把第二项写成 "
-                "$e^{\\log\\sigma(\\rho/\\tau) - \\rho}$：在 $\\sigma(\\rho/\\tau)$ 下溢、$e^{-\\rho}$ 上溢处它仍有限。"
+                "`discopop_loss` 把 $1 - \\sigma(\\rho/\\kappa)$ 写成 $\\sigma(-\\rho/\\kappa)$，把第二项写成 "
+                "$e^{\\log\\sigma(\\rho/\\kappa) - \\rho}$：在 $\\sigma(\\rho/\\kappa)$ 下溢、$e^{-\\rho}$ "
+                "上溢处它仍有限。"
                 "两种写法是同一个函数。",
             ),
             Equal(CODE, DISCOPOP, via=("exp", "simplify")),
@@ -57,6 +67,7 @@ PROOF = Proof(
                 manifest=sigma(-rho / tau) * sp.log(1 + sp.exp(-rho)) + sigma(rho / tau) * sp.exp(-rho),
                 via=("exp", "simplify"),
             ),
+            eq="Eq. 5",
         ),
         Step(
             Text("It tends to 0: no finite minimiser", "它趋于 0：没有有限的最小值点"),
@@ -67,20 +78,22 @@ PROOF = Proof(
                 "一样，间隔被无限推高。",
             ),
             Limit(DISCOPOP, rho, sp.oo, 0),
+            eq="Eq. 5",
         ),
         Step(
             Text("Its slope at ρ = 0: not convex", "ρ = 0 处的斜率：不是凸的"),
             Text(
-                "At $\\rho = 0$ the slope is $(1 - \\log 2)/(4\\tau) - 3/4$, positive for $\\tau < (1 - \\log 2)/3 "
-                "\\approx 0.10$ (the paper's $\\tau = 0.05$): near the start of training the loss rises before it "
+                "At $\\rho = 0$ the slope is $(1 - \\log 2)/(4\\kappa) - 3/4$, positive for $\\kappa < (1 - \\log 2)/3 "
+                "\\approx 0.10$ (the paper's default 0.05): near the start of training the loss rises before it "
                 "falls, so it is not convex, and the gradient the code's autograd returns is this slope times "
                 "$\\beta$.",
-                "在 $\\rho = 0$ 处斜率为 $(1 - \\log 2)/(4\\tau) - 3/4$，当 $\\tau < (1 - \\log 2)/3 \\approx 0.10$"
-                "（论文取 $\\tau = 0.05$）时为正：训练开始附近损失先升后降，因此它不是凸的；代码经自动微分得到的梯度"
+                "在 $\\rho = 0$ 处斜率为 $(1 - \\log 2)/(4\\kappa) - 3/4$，当 $\\kappa < (1 - \\log 2)/3 \\approx 0.10$"
+                "（论文的默认值 0.05）时为正：训练开始附近损失先升后降，因此它不是凸的；代码经自动微分得到的梯度"
                 "就是"
                 "这个斜率乘以 $\\beta$。",
             ),
             Equal(sp.Subs(sp.Derivative(DISCOPOP, rho), rho, 0), SLOPE_AT_0, via=("exp", "simplify")),
+            eq="Eq. 5",
         ),
     ],
     conclusion=Text(

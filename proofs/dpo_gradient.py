@@ -45,6 +45,7 @@ PROOF = Proof(
                 "逻辑斯谛函数满足 $\\sigma'(z) = \\sigma(z)\\sigma(-z)$，因此：",
             ),
             Equal(sp.Derivative(sp.log(sigma(z)), z), 1 - sigma(z), via=("simplify",)),
+            eq="App. A.4",
         ),
         Step(
             Text("Gradient with respect to the margin", "对间隔的梯度"),
@@ -53,6 +54,7 @@ PROOF = Proof(
                 "对 $\\beta h$ 用链式法则：",
             ),
             Equal(sp.Derivative(LOSS_H, h), -beta * sigma(-beta * h), via=("simplify",)),
+            eq="App. A.4",
         ),
         Step(
             Text("Gradient through the policy", "经由策略的梯度"),
@@ -69,6 +71,7 @@ PROOF = Proof(
                 via=("simplify",),
             ),
             where={H_theta: margin(A_w, A_l, b_w, b_l), rhat_w: beta * (A_w - b_w), rhat_l: beta * (A_l - b_l)},
+            eq="§4",
         ),
         Step(
             Text("Gradient with respect to the chosen log-probability", "对被选回答对数概率的梯度"),
@@ -78,6 +81,7 @@ PROOF = Proof(
             ),
             Equal(sp.Derivative(LOSS_H, a_w), -beta * sigma(rhat_l - rhat_w), via=("simplify",)),
             where=REWARDS,
+            eq="§4",
         ),
         Step(
             Text("Gradient with respect to the rejected log-probability", "对被拒回答对数概率的梯度"),
@@ -87,6 +91,7 @@ PROOF = Proof(
             ),
             Equal(sp.Derivative(LOSS_H, a_l), beta * sigma(rhat_l - rhat_w), via=("simplify",)),
             where=REWARDS,
+            eq="§4",
         ),
         Step(
             Text("The weight exceeds ½ exactly when the pair is misordered", "当这一对被排错时权重大于 ½"),
@@ -98,6 +103,7 @@ PROOF = Proof(
                 "权重 $\\sigma(\\hat r(y_l) - \\hat r(y_w))$ 大于 ½：被排错的样本对得到更大的权重。",
             ),
             Equal(sigma(z) - sp.Rational(1, 2), sp.tanh(z / 2) / 2, via=("exp", "simplify")),
+            eq="§4",
         ),
     ],
     conclusion=Text(

@@ -19,7 +19,7 @@ NLL = -sp.log(bradley_terry(reward_w, reward_l))
 H = margin(a_w, a_l, b_w, b_l)
 LOSS = sp.log(1 + sp.exp(-beta * H))
 
-r_w, r_l = sp.symbols("r_w r_l", real=True)  # abbreviations shown in the steps
+r_w, r_l = sp.symbols("r(y_w) r(y_l)", real=True)  # the rewards, abbreviations shown in the steps
 pw, pl, qw, ql = sp.symbols("pi_w pi_l pi^ref_w pi^ref_l", positive=True)
 k, t = sp.symbols("k t", integer=True, positive=True)
 N, T = sp.symbols("N T", integer=True, positive=True)  # number of comparisons, number of tokens
@@ -57,6 +57,7 @@ PROOF = Proof(
             Equal(
                 -sp.log(sp.Product(P[k], (k, 1, N))), sp.Sum(-sp.log(P[k]), (k, 1, N)), via=("expand_log", "simplify")
             ),
+            eq="Eq. 2",
         ),
         Step(
             Text("Negative log-likelihood of one comparison", "单次比较的负对数似然"),
@@ -73,6 +74,7 @@ PROOF = Proof(
                 via=("expand_log", "expand", "simplify"),
             ),
             where={r_w: reward_w, r_l: reward_l, h: H},
+            eq="Eq. 2",
         ),
         Step(
             Text("A stable form of the softplus", "softplus 的数值稳定形式"),
@@ -90,6 +92,7 @@ PROOF = Proof(
                 "要求两者之差不超过 $10^{-11} + 10^{-9}\\,\\mathcal{L}$。",
             ),
             Equal(sp.log(1 + sp.exp(-z)), -z + sp.log(1 + sp.exp(z)), via=("simplify",)),
+            eq="Eq. 7",
         ),
         Step(
             Text("The margin is a difference of log-ratios", "间隔是两个对数比值之差"),
@@ -105,20 +108,22 @@ PROOF = Proof(
                 margin(sp.log(pw), sp.log(pl), sp.log(qw), sp.log(ql)),
                 via=("expand_log",),
             ),
+            eq="Eq. 7",
         ),
         Step(
             Text("Sequence log-probability is a sum over tokens (any T)", "序列对数概率是各词元对数概率之和（任意 T）"),
             Text(
                 "An autoregressive policy factorises $\\pi(y|x) = \\prod_t \\pi(y_t|x, y_{<t})$; write "
                 "$\\pi_t$ for the probability of token $t$. So $\\log\\pi(y|x)$ is the sum of "
-                "the $T$ token log-probabilities: what `sequence_logps` computes from the logits.",
+                "the $T$ token log-probabilities: what `sequence_logps` computes from the network's output scores.",
                 "自回归策略可分解为 $\\pi(y|x) = \\prod_t \\pi(y_t|x, y_{<t})$，记第 $t$ 个词元的概率为 "
                 "$\\pi_t$。因此 $\\log\\pi(y|x)$ 是 $T$ 个词元对数概率之和：这就是 "
-                "`sequence_logps` 从 logits 计算的量。",
+                "`sequence_logps` 从网络输出的分数计算的量。",
             ),
             Equal(
                 sp.log(sp.Product(TOK[t], (t, 1, T))), sp.Sum(sp.log(TOK[t]), (t, 1, T)), via=("expand_log", "simplify")
             ),
+            eq="Eq. 7",
         ),
         Step(
             Text("The DPO loss", "DPO 损失"),
@@ -130,6 +135,7 @@ PROOF = Proof(
             ),
             Equal(-sp.log(sigma(beta * h)), -sp.log(bradley_terry(r_w, r_l)), via=("expand_log", "expand", "simplify")),
             where={r_w: reward_w, r_l: reward_l, h: H},
+            eq="Eq. 7",
         ),
     ],
     conclusion=Text(

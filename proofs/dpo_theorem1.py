@@ -8,7 +8,7 @@ import sympy as sp
 from .common import Z, beta, sigma
 from .core import NAMES, Equal, Proof, Solutions, Step, Text
 
-r_w, r_l, rp_w, rp_l = sp.symbols("r_w r_l r'_w r'_l", real=True)  # two reward functions on a pair
+r_w, r_l, rp_w, rp_l = sp.symbols("r(y_w) r(y_l) r'(y_w) r'(y_l)", real=True)  # two reward functions on a pair
 f = sp.Symbol("f", real=True)  # f(x): a function of the prompt only
 n = sp.Symbol("n", integer=True, positive=True)
 i = sp.Symbol("i", integer=True, positive=True)
@@ -48,13 +48,15 @@ PROOF = Proof(
             Text("Identifiability: preferences fix reward differences", "可辨识性：偏好确定奖励之差"),
             Text(
                 "If two rewards $r, r'$ give the same Bradley–Terry probability on a pair, then, $\\sigma$ being "
-                "strictly increasing, $r'_w - r_w = r'_l - r_l$: on every pair they differ by the same amount, "
+                "strictly increasing, $r'(y_w) - r(y_w) = r'(y_l) - r(y_l)$: on every pair they differ by the same "
+                "amount, "
                 "so $r' - r$ depends on the prompt alone. Preferences identify the reward class and no more.",
                 "若两个奖励 $r, r'$ 在某一对上给出相同的布拉德利-特里概率，则由于 $\\sigma$ 严格递增，"
-                "$r'_w - r_w = r'_l - r_l$：它们在每一对上相差同样的量，所以 $r' - r$ 只依赖于提示。"
+                "$r'(y_w) - r(y_w) = r'(y_l) - r(y_l)$：它们在每一对上相差同样的量，所以 $r' - r$ 只依赖于提示。"
                 "偏好能确定奖励的等价类，仅此而已。",
             ),
             Solutions(sp.Eq(sigma(rp_w - rp_l), sigma(r_w - r_l)), rp_w, [rp_l + r_w - r_l]),
+            eq="Thm. 1",
         ),
         Step(
             Text("Existence: the projection stays in the class", "存在性：投影仍在同一等价类中"),
@@ -70,6 +72,7 @@ PROOF = Proof(
             ),
             Equal(beta * sp.log(PIR[i] / P[i]) - R[i], -beta * sp.log(Z), via=("expand_log",)),
             where={PIR[i]: P[i] * sp.exp(R[i] / beta) / Z},
+            eq="Thm. 1",
         ),
         Step(
             Text("Uniqueness: two members differ by a factor", "唯一性：两个成员相差一个因子"),
@@ -88,6 +91,7 @@ PROOF = Proof(
                 [PI[i] * sp.exp(f / beta)],
                 sp.Interval.open(0, sp.oo),
             ),
+            eq="Thm. 1",
         ),
         Step(
             Text("Normalisation (any n)", "归一化（任意 n）"),
@@ -97,6 +101,7 @@ PROOF = Proof(
                 "两者都是策略。对 $n$ 个回答求和 $\\pi'_i = \\pi_i e^{f/\\beta}$，并利用 $\\sum_i \\pi_i = 1$：",
             ),
             Equal(S(PI[i] * sp.exp(f / beta)), sp.exp(f / beta), via=("sums",), given={S(PI[i]): 1}),
+            eq="Thm. 1",
         ),
         Step(
             Text("So the shift is zero and the member is unique", "所以平移为零，成员唯一"),
@@ -107,6 +112,7 @@ PROOF = Proof(
                 "每个等价类恰有一个重参数化形式的成员。",
             ),
             Solutions(sp.Eq(sp.exp(f / beta), 1), f, [0]),
+            eq="Thm. 1",
         ),
     ],
     conclusion=Text(

@@ -37,6 +37,7 @@ PROOF = Proof(
                 "当 $\\beta h > 1$ 时损失恰好为 0……",
             ),
             Equal(HINGE, 0, via=("simplify",), given=SATISFIED),
+            eq="calibration loss",
         ),
         Step(
             Text("... and so is its gradient", "……梯度也为零"),
@@ -45,6 +46,7 @@ PROOF = Proof(
                 "……其导数也为零：已经满足间隔的样本不会再推动策略。",
             ),
             Equal(sp.Derivative(HINGE, h), 0, via=("simplify",), given=SATISFIED),
+            eq="calibration loss",
         ),
         Step(
             Text("At the kink the loss is zero", "拐点处损失为零"),
@@ -53,6 +55,7 @@ PROOF = Proof(
                 "在 $\\beta h = 1$ 处损失同样为 0。",
             ),
             Equal(sp.Subs(HINGE, h, KINK), 0),
+            eq="calibration loss",
         ),
         Step(
             Text("The slope from the right of the kink", "拐点右侧的斜率"),
@@ -61,6 +64,7 @@ PROOF = Proof(
                 "从上方趋近拐点时导数为 0……",
             ),
             Limit(sp.Derivative(HINGE, h), h, KINK, 0, "+"),
+            eq="calibration loss",
         ),
         Step(
             Text("The slope from the left of the kink", "拐点左侧的斜率"),
@@ -72,6 +76,7 @@ PROOF = Proof(
                 "它在 0 处的梯度取 0，即右侧的值，所以代码给出的梯度恰好在 $\\beta h \\ge 1$ 时为零。",
             ),
             Limit(sp.Derivative(HINGE, h), h, KINK, -beta, "-"),
+            eq="calibration loss",
         ),
         Step(
             Text("Below the margin the loss is linear", "间隔以下损失是线性的"),
@@ -80,6 +85,7 @@ PROOF = Proof(
                 "当 $\\beta h < 1$ 时损失为 $1 - \\beta h$……",
             ),
             Equal(HINGE, 1 - beta * h, via=("simplify",), given=ACTIVE),
+            eq="calibration loss",
         ),
         Step(
             Text("... and positive", "……且为正"),
@@ -88,6 +94,7 @@ PROOF = Proof(
                 "……此时它等于 $s > 0$。",
             ),
             Positive(1 - beta * h, manifest=s, via=("expand",), given=ACTIVE),
+            eq="calibration loss",
         ),
         Step(
             Text("Below the margin the slope is constant", "间隔以下斜率为常数"),
@@ -98,6 +105,7 @@ PROOF = Proof(
                 "它既不会对排序很差的样本对变大，也不会在到达间隔前逐渐消失。",
             ),
             Equal(sp.Derivative(HINGE, h), -beta, via=("simplify",), given=ACTIVE),
+            eq="calibration loss",
         ),
     ],
     conclusion=Text(

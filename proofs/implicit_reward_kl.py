@@ -69,6 +69,7 @@ PROOF = Proof(
             ),
             Equal(S(Q[i] * RHAT), beta * D, via=("sums",)),
             where={D: KL_Q},
+            eq="Eq. 3",
         ),
         Step(
             Text("Mean implicit reward under the reference (any n)", "参考策略下隐式奖励的均值（任意 n）"),
@@ -82,6 +83,7 @@ PROOF = Proof(
             ),
             Equal(S(P[i] * RHAT), -beta * D_ref, via=("expand_log", "sums")),
             where={D_ref: KL_P},
+            eq="Eq. 3",
         ),
         Step(
             Text("The odds against the best response (any n)", "相对最好回答的赔率（任意 n）"),
@@ -94,6 +96,7 @@ PROOF = Proof(
             ),
             Equal(pis_i / pis_1, RATIO, via=("cancel",), given={r_i: r_1 - d_i}),
             where=OPT_I,
+            eq="Eq. 4",
         ),
         Step(
             Text("β → ∞: the odds tend to the reference's", "β → ∞：赔率趋于参考策略的赔率"),
@@ -103,6 +106,7 @@ PROOF = Proof(
                 "当 KL 惩罚变大时，每个 $e^{r_i/\\beta} \\to 1$，赔率趋于参考策略的 $p_i / p_1$（对任何奖励都成立）……",
             ),
             Limit(RATIO, beta, sp.oo, p_i / p_1),
+            eq="Eq. 4",
         ),
         Step(
             Text("β → 0: the odds of every other response vanish", "β → 0：其余每个回答的赔率趋于零"),
@@ -113,6 +117,7 @@ PROOF = Proof(
                 "）。",
             ),
             Limit(RATIO, beta, 0, 0, "+"),
+            eq="Eq. 4",
         ),
         Step(
             Text("The best response's probability from the odds (any n)", "由赔率得到最好回答的概率（任意 n）"),
@@ -126,6 +131,7 @@ PROOF = Proof(
                 "（且 $\\pi^*_i = $ 赔率 $\\times\\, \\pi^*_1 \\to 0$）：即贪心的奖励最大化……",
             ),
             Equal(1 / S(PIS[i] / PIS[1]), PIS[1], via=("sums",), given={S(PIS[i]): 1}),
+            eq="Eq. 4",
         ),
         Step(
             Text("β → ∞: the optimal policy tends to the reference (any n)", "β → ∞：最优策略趋于参考策略（任意 n）"),
@@ -138,6 +144,7 @@ PROOF = Proof(
                 "$\\pi^* \\to \\pi_{\\mathrm{ref}}$。",
             ),
             Equal(1 / S(P[i] / P[1]), P[1], via=("sums",), given={S(P[i]): 1}),
+            eq="Eq. 4",
         ),
         Step(
             Text("β → 0: the loss forgets the data", "β → 0：损失不再依赖数据"),
@@ -148,6 +155,7 @@ PROOF = Proof(
                 "梯度 $-\\beta\\sigma(-\\beta h)$ 也随之消失。",
             ),
             Limit(LOSS, beta, 0, sp.log(2), "+"),
+            eq="Eq. 7",
         ),
         Step(
             Text("β → ∞: a correctly ordered pair's loss vanishes", "β → ∞：排序正确的样本对损失趋于零"),
@@ -156,6 +164,7 @@ PROOF = Proof(
                 "对正的间隔，当 $\\beta \\to \\infty$ 时损失趋于 0……",
             ),
             Limit(LOSS.subs(h, h_pos), beta, sp.oo, 0),
+            eq="Eq. 7",
         ),
         Step(
             Text("β → ∞: a wrongly ordered pair costs without bound", "β → ∞：排序错误的样本对损失无界"),
@@ -166,6 +175,7 @@ PROOF = Proof(
                 "。",
             ),
             Limit(LOSS.subs(h, -h_pos), beta, sp.oo, sp.oo),
+            eq="Eq. 7",
         ),
     ],
     conclusion=Text(

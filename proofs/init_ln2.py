@@ -35,6 +35,7 @@ PROOF = Proof(
                 "代入 $h = 0$：$\\sigma(0) = \\tfrac12$。",
             ),
             Equal(sp.Subs(LOSS_H, h, 0), INIT_LOSS, via=("expand_log", "simplify")),
+            eq="Eq. 7",
         ),
         Step(
             Text("The slope at initialisation", "初始化时的斜率"),
@@ -46,6 +47,7 @@ PROOF = Proof(
                 "都是 $\\beta/2$（每个间隔实际移动多少，还取决于模型对数概率的梯度）。",
             ),
             Equal(sp.Subs(sp.Derivative(LOSS_H, h), h, 0), INIT_SLOPE, via=("simplify",)),
+            eq="Eq. 7",
         ),
         Step(
             Text("The curvature", "曲率"),
@@ -54,6 +56,7 @@ PROOF = Proof(
                 "求二阶导数：",
             ),
             Equal(sp.Derivative(LOSS_H, (h, 2)), CURVATURE, via=("simplify",)),
+            eq="Eq. 7",
         ),
         Step(
             Text("A hyperbolic form of σ(z)σ(−z)", "σ(z)σ(−z) 的双曲函数形式"),
@@ -62,6 +65,7 @@ PROOF = Proof(
                 "把两个逻辑斯谛函数乘开：",
             ),
             Equal(sigma(z) * sigma(-z), 1 / (4 * sp.cosh(z / 2) ** 2), via=("exp", "simplify")),
+            eq="Eq. 7",
         ),
         Step(
             Text("The curvature is positive", "曲率为正"),
@@ -70,6 +74,7 @@ PROOF = Proof(
                 "在双曲函数形式下曲率显然为正：损失关于 $h$ 严格凸。",
             ),
             Positive(CURVATURE, manifest=beta**2 / (4 * sp.cosh(beta * h / 2) ** 2), via=("exp", "simplify")),
+            eq="Eq. 7",
         ),
         Step(
             Text("The curvature is at most β²/4", "曲率至多为 β²/4"),
@@ -80,6 +85,7 @@ PROOF = Proof(
             Nonnegative(
                 CURVATURE_MAX - CURVATURE, manifest=beta**2 * sp.tanh(beta * h / 2) ** 2 / 4, via=("exp", "simplify")
             ),
+            eq="Eq. 7",
         ),
         Step(
             Text("The maximum curvature is reached at zero margin", "最大曲率在间隔为零处取得"),
@@ -90,6 +96,7 @@ PROOF = Proof(
                 "并在 $h = 0$（初始化时每一对的间隔）处最大。",
             ),
             Equal(sp.Subs(CURVATURE, h, 0), CURVATURE_MAX, via=("simplify",)),
+            eq="Eq. 7",
         ),
     ],
     conclusion=Text(

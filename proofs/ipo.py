@@ -17,7 +17,7 @@ GAP_STAR = 1 / (3 * tau)
 
 # A tabular softmax policy over three responses {a, b, c} and a uniform reference.
 th_a, th_b, th_c = sp.symbols("theta_a theta_b theta_c", real=True)
-d1, d2 = sp.symbols("d_1 d_2", real=True)  # the logit gaps theta_a - theta_b and theta_b - theta_c
+d1, d2 = sp.symbols("d_1 d_2", real=True)  # the gaps of the softmax parameters theta_a - theta_b and theta_b - theta_c
 _norm = sp.exp(th_a) + sp.exp(th_b) + sp.exp(th_c)
 PAIRS = (("a", "b"), ("b", "c"), ("a", "c"))
 LSQ_GAPS = (d1 - H_STAR) ** 2 + (d2 - H_STAR) ** 2 + (d1 + d2 - H_STAR) ** 2  # the claimed form
@@ -56,6 +56,7 @@ PROOF = Proof(
                 "间隔为 $-h$。对两个平方误差取平均并配方，得到 IPO 损失加一个常数。",
             ),
             Equal(SYMMETRISED, IPO_LOSS + CONSTANT, via=("expand",)),
+            eq="Eq. 17",
         ),
         Step(
             Text("The per-pair minimiser", "单个样本对的最小值点"),
@@ -66,14 +67,16 @@ PROOF = Proof(
                 "正则化越强（$\\tau$ 越大）它越小。",
             ),
             GlobalMinimum(IPO_LOSS, h, H_STAR, value=0),
+            eq="Eq. 17",
         ),
         Step(
             Text("Softmax normaliser cancels in a log-ratio", "softmax 的归一化项在对数比值中约去"),
             Text(
                 "For a tabular softmax policy $\\pi(k) \\propto e^{\\theta_k}$ over three responses $a, b, c$ "
-                "and a uniform reference, the margin of the pair $(a, b)$ is the logit gap $\\theta_a - \\theta_b$.",
+                "and a uniform reference, the margin of the pair $(a, b)$ is the gap $\\theta_a - \\theta_b$ of the "
+                "softmax parameters.",
                 "对于三个回答 $a, b, c$ 上的表格型 softmax 策略 $\\pi(k) \\propto e^{\\theta_k}$ 和均匀的参考策略，"
-                "$(a, b)$ 这一对的间隔就是 logit 之差 $\\theta_a - \\theta_b$。",
+                "$(a, b)$ 这一对的间隔就是 softmax 参数之差 $\\theta_a - \\theta_b$。",
             ),
             Equal(
                 sp.log(pi_k["a"] / sp.Rational(1, 3)) - sp.log(pi_k["b"] / sp.Rational(1, 3)),
@@ -81,9 +84,10 @@ PROOF = Proof(
                 via=("expand_log",),
             ),
             where=SOFTMAX,
+            eq="§5.2",
         ),
         Step(
-            Text("Least squares over three pairs depends only on the gaps", "三对样本上的最小二乘只依赖于 logit 之差"),
+            Text("Least squares over three pairs depends only on the gaps", "三对样本上的最小二乘只依赖于参数之差"),
             Text(
                 "Train on the pairs $(a, b)$, $(b, c)$, $(a, c)$, each seen once with its first response "
                 "preferred. Writing "
@@ -91,10 +95,11 @@ PROOF = Proof(
                 "is a quadratic in the gaps alone; $\\theta_c$ drops out (softmax is shift invariant).",
                 "在 $(a, b)$、$(b, c)$、$(a, c)$ 三对上训练，每对各出现一次，且前一个回答被偏好。令 "
                 "$\\theta_a = \\theta_c + d_1 + d_2$，$\\theta_b = \\theta_c + d_2$，则 IPO 损失之和是只关于"
-                " logit 之差 $d_1, d_2$ 的二次函数，$\\theta_c$ 被消去（softmax 具有平移不变性）。",
+                " 参数之差 $d_1, d_2$ 的二次函数，$\\theta_c$ 被消去（softmax 具有平移不变性）。",
             ),
             Equal(LSQ_SHOWN, LSQ_GAPS, via=("expand_log", "expand")),
             where={**SOFTMAX, **SHIFT},
+            eq="§5.2",
         ),
         Step(
             Text("The normal equations", "正规方程"),
@@ -107,6 +112,7 @@ PROOF = Proof(
                 [sp.Derivative(L_GAPS, d1), sp.Derivative(L_GAPS, d2)], [d1, d2], {d1: GAP_STAR, d2: GAP_STAR}
             ),
             where={L_GAPS: LSQ_GAPS},
+            eq="§5.2",
         ),
         Step(
             Text("The stationary point is the minimum", "驻点就是最小值点"),
@@ -122,6 +128,7 @@ PROOF = Proof(
                 manifest=sp.Matrix([[4, 2], [2, 4]]),
             ),
             where={L_GAPS: LSQ_GAPS},
+            eq="§5.2",
         ),
     ],
     conclusion=Text(

@@ -49,6 +49,7 @@ PROOF = Proof(
                 "$(1-\\varepsilon)(h - \\frac{1}{2\\tau})^2 + \\varepsilon(h + \\frac{1}{2\\tau})^2$。",
             ),
             Equal(NOISY, POPULATION, via=("expand",)),
+            eq="Eq. 17",
         ),
         Step(
             Text("The noisy optimum", "噪声下的最优点"),
@@ -61,6 +62,7 @@ PROOF = Proof(
                 "其最小值 $\\varepsilon(1-\\varepsilon)/\\tau^2$ 为正：没有哪个间隔能同时拟合两种顺序。",
             ),
             GlobalMinimum(POPULATION, h, H_STAR, value=MIN_VALUE),
+            eq="Eq. 17",
         ),
         Step(
             Text("Linear in the preference probability", "与偏好概率成线性关系"),
@@ -71,6 +73,7 @@ PROOF = Proof(
                 "的一条直线。",
             ),
             Equal(H_STAR, ((1 - eps) - sp.Rational(1, 2)) / tau, via=("expand",)),
+            eq="Eq. 17",
         ),
         Step(
             Text("The optimum keeps the preference's direction", "最优点保持偏好的方向"),
@@ -79,6 +82,7 @@ PROOF = Proof(
                 "当 $\\varepsilon < 1/2$ 时，噪声下的最优点为正：模型仍然偏好 $y_w$。",
             ),
             Positive(H_STAR, restates=True),
+            eq="Eq. 17",
         ),
         Step(
             Text("Noise shrinks the optimum", "噪声使最优点收缩"),
@@ -87,6 +91,7 @@ PROOF = Proof(
                 "无噪声的最优点 $1/(2\\tau)$ 比噪声下的大 $\\varepsilon/\\tau > 0$。",
             ),
             Positive(1 / (2 * tau) - H_STAR, manifest=eps / tau, via=("expand",)),
+            eq="Eq. 17",
         ),
         Step(
             Text("Labels carrying no information", "不含信息的标签"),
@@ -96,6 +101,7 @@ PROOF = Proof(
                 "在边界 $\\varepsilon = 1/2$（不在其他步骤假设的范围内），公式给出 $h^* = 0$：策略停留在参考策略上。",
             ),
             Equal(sp.Subs(H_STAR, eps, sp.Rational(1, 2)), 0, via=("simplify",)),
+            eq="Eq. 17",
         ),
     ],
     conclusion=Text(

@@ -20,9 +20,17 @@ pstar = bounded(sp.Symbol("p^*", positive=True), sp.Interval.open(0, 1))
 rbar = sp.Symbol("rbar", real=True)  # E_{y' ~ mu}[r(y')]
 pi_y, pi_yp = sp.symbols("pi^*_y pi^*_y'", positive=True)
 NAMES.update({"rbar": (r"\bar r", "r̄")})
+# the bounded score p*(y > mu) of IPO is shown as the paper writes it (g_j below is a log-ratio, not this)
+NAMES.update(
+    {
+        "g_y": (r"p^*(y \succ \mu)", "p*(y ≻ μ)"),
+        "g_y'": (r"p^*(y' \succ \mu)", "p*(y' ≻ μ)"),
+        **{f"g_{r}": (rf"p^*({r} \succ \mu)", f"p*({r} ≻ μ)") for r in "abc"},
+    }
+)
 mu_a, mu_b, mu_c = sp.symbols("mu_a mu_b mu_c", positive=True)
 g_a, g_b, g_c = sp.symbols("g_a g_b g_c", real=True)
-# the D1 bandit: a > b > c always; p*(y > y) = 1/2. g(y) = p*(y > mu) = sum_y' mu(y') p*(y > y')
+# the D1 bandit: a > b > c always; p*(y > y) = 1/2. p*(y > mu) = sum_y' mu(y') p*(y > y') (g_a: its symbol for a)
 HALF = sp.Rational(1, 2)
 G_D1 = {g_a: mu_a * HALF + mu_b + mu_c, g_b: mu_b * HALF + mu_c, g_c: mu_c * HALF}
 
@@ -72,7 +80,8 @@ A_WHERE = {a_fn(jj): a_def(jj), a_fn(kk): a_def(kk)}
 SAMPLED = sp.Rational(1, 2) * ((h - I_lab / tau) ** 2 + (-h - (1 - I_lab) / tau) ** 2)  # ipo.py's loss, label I
 TARGET = (pstar - sp.Rational(1, 2)) / tau
 L3_NU = sp.Add(
-    *[NU[x] * NU[y] * (G[x] - G[y] - c(x, y)) ** 2 for x in range(1, 4) for y in range(1, 4)], evaluate=False
+    *[NU[x] * NU[y] * (G[x] - G[y] - c(x, y)) ** 2 for x in range(1, 4) for y in range(1, 4) if x != y],  # j = k: 0
+    evaluate=False,
 )
 
 
@@ -112,6 +121,7 @@ PROOF = Proof(
             ),
             Equal(sp.log(pstar / (1 - pstar)), r_y - r_yp, via=("exp", "simplify")),
             where={pstar: sigma(r_y - r_yp)},
+            eq="Prop. 1",
         ),
         Step(
             Text("Averaging over the comparison partner (any n)", "对比较对象取平均（任意 n）"),
@@ -123,6 +133,7 @@ PROOF = Proof(
             ),
             Equal(S(MU[j] * (r_y - R[j]), j), r_y - rbar, via=("sums",), given={S(MU[j], j): 1}),
             where={rbar: S(MU[j] * R[j], j)},
+            eq="Prop. 1",
         ),
         Step(
             Text("Prop. 1: Ψ = logit is the RLHF objective (any n)", "命题 1：Ψ = logit 即 RLHF 目标（任意 n）"),
@@ -136,6 +147,7 @@ PROOF = Proof(
             Equal(
                 S(Q[i] * (R[i] - rbar)) - tau * KL, S(Q[i] * R[i]) - tau * KL - rbar, via=("sums",), given={S(Q[i]): 1}
             ),
+            eq="Prop. 1",
         ),
         Step(
             Text("Prop. 1, the DPO half: DPO's population optimum is π*", "命题 1 的 DPO 部分：DPO 的总体最优点是 π*"),
@@ -164,19 +176,28 @@ PROOF = Proof(
         Step(
             Text("Ψ the identity: the ΨPO optimum and its gaps", "Ψ 取恒等函数：ΨPO 的最优点及其差值"),
             Text(
-                "With $\\Psi(u) = u$ the objective is $\\mathbb{E}_\\pi[g] - \\tau\\,\\mathrm{KL}$ with the bounded "
-                "score $g(y) = p^*(y \\succ \\mu) = \\mathbb{E}_{y' \\sim \\mu}[p^*(y \\succ y')]$, so by proof 1 its "
-                "unique maximiser is $\\pi^* \\propto \\pi_{\\mathrm{ref}} e^{g/\\tau}$, and its log-ratio gaps are "
-                "$(g(y) - g(y'))/\\tau$: since $0 \\le g \\le 1$, at most $1/\\tau$ in size, even for deterministic "
+                "With $\\Psi(u) = u$ the objective is $\\mathbb{E}_{y \\sim \\pi}[p^*(y \\succ \\mu)] - "
+                "\\tau\\,\\mathrm{KL}$ "
+                "with the bounded score $p^*(y \\succ \\mu) = \\mathbb{E}_{y' \\sim \\mu}[p^*(y \\succ y')]$, so by "
+                "proof 1 "
+                "its unique maximiser is $\\pi^*(y) \\propto \\pi_{\\mathrm{ref}}(y) e^{p^*(y \\succ \\mu)/\\tau}$, "
+                "and its "
+                "log-ratio gaps are $(p^*(y \\succ \\mu) - p^*(y' \\succ \\mu))/\\tau$: since the score lies in "
+                "$[0, 1]$, "
+                "at most $1/\\tau$ in size, even for deterministic "
                 "preferences.",
-                "取 $\\Psi(u) = u$ 时目标为 $\\mathbb{E}_\\pi[g] - \\tau\\,\\mathrm{KL}$，其中有界得分 "
-                "$g(y) = p^*(y \\succ \\mu) = \\mathbb{E}_{y' \\sim \\mu}[p^*(y \\succ y')]$，由证明 1，"
-                "其唯一最大值点为 $\\pi^* \\propto \\pi_{\\mathrm{ref}} e^{g/\\tau}$，对数比值之差为 "
-                "$(g(y) - g(y'))/\\tau$：由于 $0 \\le g \\le 1$，其绝对值至多为 $1/\\tau$，即使偏好是确定性的也是如此"
+                "取 $\\Psi(u) = u$ 时目标为 $\\mathbb{E}_{y \\sim \\pi}[p^*(y \\succ \\mu)] - "
+                "\\tau\\,\\mathrm{KL}$，其中有界得分 "
+                "$p^*(y \\succ \\mu) = \\mathbb{E}_{y' \\sim \\mu}[p^*(y \\succ y')]$，由证明 1，"
+                "其唯一最大值点为 $\\pi^*(y) \\propto \\pi_{\\mathrm{ref}}(y) e^{p^*(y \\succ "
+                "\\mu)/\\tau}$，对数比值之差为 "
+                "$(p^*(y \\succ \\mu) - p^*(y' \\succ \\mu))/\\tau$：由于该得分在 $[0, 1]$ 内，其绝对值至多为 "
+                "$1/\\tau$，即使偏好是确定性的也是如此"
                 "。",
             ),
             Equal(sp.log(pi_y / p_y) - sp.log(pi_yp / p_yp), (g_y - g_yp) / tau, via=("expand_log", "expand")),
             where={pi_y: p_y * sp.exp(g_y / tau) / Z, pi_yp: p_yp * sp.exp(g_yp / tau) / Z},
+            eq="§5",
         ),
         Step(
             Text("Thm. 2, sampled → population: a pair's expected loss", "定理 2，从样本到总体：一对样本的期望损失"),
@@ -260,14 +281,16 @@ PROOF = Proof(
             Text("Uniform comparisons: the gaps are 1/(3τ)", "均匀比较：差值为 1/(3τ)"),
             Text(
                 "The D1 bandit: three responses with $a \\succ b \\succ c$ always, so $p^*(y \\succ y') = 1$ when "
-                "$y$ ranks above $y'$, $0$ when below, and $1/2$ for $y' = y$; then $g(y) = \\sum_{y'} \\mu(y') p^*(y "
-                "\\succ y')$ is as "
+                "$y$ ranks above $y'$, $0$ when below, and $1/2$ for $y' = y$; then $p^*(y \\succ \\mu) = "
+                "\\sum_{y'} \\mu(y') "
+                "p^*(y \\succ y')$ is as "
                 "written under the formula. When every pair is compared equally often ($\\mu$ uniform), the "
                 "optimal log-ratio gaps are $1/(3\\tau)$: exactly the minimiser of the empirical IPO loss on "
                 "the pairs $(a, b), (b, c), (a, c)$ in proof 13. The empirical loss on the three pairs and the "
                 "population objective have the same optimum.",
                 "D1 老虎机：三个回答总有 $a \\succ b \\succ c$，即 $y$ 排在 $y'$ 之上时 $p^*(y \\succ y') = 1$，"
-                "在其下时为 $0$，$y' = y$ 时为 $1/2$；于是 $g(y) = \\sum_{y'} \\mu(y') p^*(y \\succ y')$ 如公式下方所列"
+                "在其下时为 $0$，$y' = y$ 时为 $1/2$；于是 $p^*(y \\succ \\mu) = \\sum_{y'} \\mu(y') p^*(y \\succ "
+                "y')$ 如公式下方所列"
                 "。"
                 "当每一对被比较的次数相同（$\\mu$ 均匀）时，最优的对数比值差为 $1/(3\\tau)$：恰是证明 13 中在 "
                 "$(a, b), (b, c), (a, c)$ 上经验 IPO 损失的最小值点。这三对上的经验损失与总体目标有相同的最优点。",
@@ -279,14 +302,16 @@ PROOF = Proof(
                 given={mu_a: sp.Rational(1, 3), mu_b: sp.Rational(1, 3), mu_c: sp.Rational(1, 3)},
             ),
             where=G_D1,
+            eq="§5.2",
         ),
     ],
     conclusion=Text(
         "DPO and IPO optimise the same kind of objective with different $\\Psi$. The unbounded logit lets "
         "DPO's optimum escape for deterministic preferences (proof 12); the identity keeps IPO's at gaps "
-        "$(g(y) - g(y'))/\\tau$, which `ipo_loss` reaches on the D1 bandit.",
+        "$(p^*(y \\succ \\mu) - p^*(y' \\succ \\mu))/\\tau$, which `ipo_loss` reaches on the D1 bandit.",
         "DPO 与 IPO 优化的是同一类目标，只是 $\\Psi$ 不同。无界的 logit 使 DPO 的最优点在确定性偏好下逃逸（证明 12）；"
-        "恒等函数则把 IPO 的最优点保持在差值 $(g(y) - g(y'))/\\tau$，`ipo_loss` 在 D1 老虎机上正好达到它。",
+        "恒等函数则把 IPO 的最优点保持在差值 $(p^*(y \\succ \\mu) - p^*(y' \\succ \\mu))/\\tau$，`ipo_loss` 在 D1 "
+        "老虎机上正好达到它。",
     ),
 )
 

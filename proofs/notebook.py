@@ -16,7 +16,7 @@ import json
 
 from .core import ProofResult
 from .lesson import compare, recheck
-from .papers import PAPERS
+from .papers import PAPERS, citation
 
 __all__ = ["compare", "notebook", "recheck"]
 
@@ -109,7 +109,7 @@ def _proof_cells(r: ProofResult, i: int, lang: str) -> list[dict]:
         head += f"\n\n*{L['source'].strip()}* {PAPERS[proof.source]}"
     cells = [_markdown(f"{proof.name}", head)]
     for k, step in enumerate(proof.steps, 1):
-        cite = f" ({step.eq})" if step.eq else ""
+        cite = f" ({c})" if (c := citation(proof, step)) else ""
         name = f"{step.name(lang)}{cite}{L['end']}"
         text = f"**{L['step']} {i}.{k} · {name}** {step.explain(lang)}\n\n$$\n{step.latex()}\n$$"
         cells.append(_markdown(f"{proof.name}-{k}-md", text))

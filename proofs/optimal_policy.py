@@ -25,7 +25,7 @@ objective = sp.Add(*[qi * ri for qi, ri in zip(q, r)]) - beta * kl(q, p)  # E_pi
 # Any n: IndexedBase sums over i = 1..n with symbolic n, Z(x) written as such a sum.
 n = sp.Symbol("n", integer=True, positive=True)
 i = sp.Symbol("i", integer=True, positive=True)
-P, Q, RHO = (sp.IndexedBase(name, positive=True) for name in ("p", "q", "rho"))
+P, Q, RHO = (sp.IndexedBase(name, positive=True) for name in ("p", "q", "q'"))  # q': a second distribution
 R = sp.IndexedBase("r", real=True)
 
 
@@ -53,7 +53,7 @@ t = sp.Symbol("t", real=True)
 
 # One generic term i: q_i, p_i, r_i with Z a positive symbol.
 qi, pi_, ri = sp.Symbol("q_i", positive=True), sp.Symbol("p_i", positive=True), sp.Symbol("r_i", real=True)
-rho_i = sp.Symbol("rho_i", positive=True)
+rho_i = sp.Symbol("q'_i", positive=True)
 x = sp.Symbol("x", positive=True)
 lam = sp.Symbol("lambda", real=True)
 C = sp.Symbol("C", positive=True)
@@ -99,6 +99,7 @@ PROOF = Proof(
             ),
             Equal(S(PIS[i]), 1, via=("powsimp", "cancel")),
             where=OPT_N,
+            eq="Eq. 4",
         ),
         Step(
             Text("Logarithm of the optimal policy", "最优策略的对数"),
@@ -107,6 +108,7 @@ PROOF = Proof(
                 "取对数把乘积变成求和；后面的步骤用的都是这个形式。",
             ),
             Equal(sp.log(pi_ * sp.exp(ri / beta) / Z), sp.log(pi_) + ri / beta - sp.log(Z), via=("expand_log",)),
+            eq="Eq. 4",
         ),
         Step(
             Text(
@@ -128,6 +130,7 @@ PROOF = Proof(
                 simplex_n,
             ),
             where=OPT_N,
+            eq="App. A.1",
         ),
         Step(
             Text("The same identity written out for n = 3", "同一恒等式在 n = 3 时的完整展开"),
@@ -139,24 +142,28 @@ PROOF = Proof(
             ),
             Equal(objective, -beta * kl(q, pis3) + beta * sp.log(Z), via=("expand_log",), given=simplex_q),
             where=OPT_3,
+            eq="App. A.1",
         ),
         Step(
             Text("Gibbs' lemma: log x ≤ x − 1", "吉布斯引理：log x ≤ x − 1"),
             Text(
-                "$f(x) = x - 1 - \\log x$ has $f''(x) = 1/x^2 > 0$ and $f'(1) = 0$, so $x = 1$ is its unique "
-                "minimiser on $x > 0$ and $f \\ge f(1) = 0$, with equality only at $x = 1$.",
-                "$f(x) = x - 1 - \\log x$ 满足 $f''(x) = 1/x^2 > 0$ 且 $f'(1) = 0$，因此在 $x > 0$ 上 $x = 1$ "
-                "是唯一的最小值点，$f \\ge f(1) = 0$，当且仅当 $x = 1$ 时取等号。",
+                "$\\phi(x) = x - 1 - \\log x$ has $\\phi''(x) = 1/x^2 > 0$ and $\\phi'(1) = 0$, so $x = 1$ is its "
+                "unique "
+                "minimiser on $x > 0$ and $\\phi \\ge \\phi(1) = 0$, with equality only at $x = 1$.",
+                "$\\phi(x) = x - 1 - \\log x$ 满足 $\\phi''(x) = 1/x^2 > 0$ 且 $\\phi'(1) = 0$，因此在 $x > 0$ 上 "
+                "$x = 1$ "
+                "是唯一的最小值点，$\\phi \\ge \\phi(1) = 0$，当且仅当 $x = 1$ 时取等号。",
             ),
             GlobalMinimum(gibbs_f, x, 1, value=0),
+            eq="App. A.1",
         ),
         Step(
             Text("KL divergence as a sum of Gibbs terms (any n)", "KL 散度写成吉布斯项之和（任意 n）"),
             Text(
-                "Term by term $q_i\\log(q_i/\\rho_i) = q_i f(\\rho_i/q_i) + q_i - \\rho_i$; summed over $i$ "
-                "the last two give $1 - 1 = 0$ for two distributions $\\pi = (q_i)$ and $\\rho = (\\rho_i)$.",
-                "逐项有 $q_i\\log(q_i/\\rho_i) = q_i f(\\rho_i/q_i) + q_i - \\rho_i$。对两个分布 $\\pi = (q_i)$ 与 "
-                "$\\rho = (\\rho_i)$ 按 $i$ 求和，最后两项之和为 $1 - 1 = 0$。",
+                "Term by term $q_i\\log(q_i/q'_i) = q_i \\phi(q'_i/q_i) + q_i - q'_i$; summed over $i$ "
+                "the last two give $1 - 1 = 0$ for two distributions $\\pi = (q_i)$ and $\\pi' = (q'_i)$.",
+                "逐项有 $q_i\\log(q_i/q'_i) = q_i \\phi(q'_i/q_i) + q_i - q'_i$。对两个分布 $\\pi = (q_i)$ 与 "
+                "$\\pi' = (q'_i)$ 按 $i$ 求和，最后两项之和为 $1 - 1 = 0$。",
             ),
             Equal(
                 S(Q[i] * sp.log(Q[i] / RHO[i])),
@@ -164,21 +171,24 @@ PROOF = Proof(
                 ("expand_log", "simplify", "sums"),
                 simplex_n_rho,
             ),
+            eq="App. A.1",
         ),
         Step(
             Text(
-                "Gibbs' inequality: KL ≥ 0, with equality only at π = ρ", "吉布斯不等式：KL ≥ 0，当且仅当 π = ρ 时取等"
+                "Gibbs' inequality: KL ≥ 0, with equality only at π = π′",
+                "吉布斯不等式：KL ≥ 0，当且仅当 π = π′ 时取等",
             ),
             Text(
-                "Each term $g(\\rho_i) = q_i f(\\rho_i/q_i) = \\rho_i - q_i - q_i\\log(\\rho_i/q_i)$ is strictly "
-                "convex in $\\rho_i$ with its minimum 0 at $\\rho_i = q_i$. A sum of nonnegative terms is "
-                "nonnegative, and it is zero only if every term is: $\\mathrm{KL}(\\pi\\Vert\\rho) \\ge 0$, "
-                "with equality iff $\\pi = \\rho$.",
-                "每一项 $g(\\rho_i) = q_i f(\\rho_i/q_i) = \\rho_i - q_i - q_i\\log(\\rho_i/q_i)$ 关于 $\\rho_i$ "
-                "严格凸，在 $\\rho_i = q_i$ 处取得最小值 0。非负项之和非负，且仅当每一项都为零时和为零："
-                "$\\mathrm{KL}(\\pi\\Vert\\rho) \\ge 0$，当且仅当 $\\pi = \\rho$ 时取等号。",
+                "Each term $q_i \\phi(q'_i/q_i) = q'_i - q_i - q_i\\log(q'_i/q_i)$ is strictly "
+                "convex in $q'_i$ with its minimum 0 at $q'_i = q_i$. A sum of nonnegative terms is "
+                "nonnegative, and it is zero only if every term is: $\\mathrm{KL}(\\pi\\Vert\\pi') \\ge 0$, "
+                "with equality iff $\\pi = \\pi'$.",
+                "每一项 $q_i \\phi(q'_i/q_i) = q'_i - q_i - q_i\\log(q'_i/q_i)$ 关于 $q'_i$ "
+                "严格凸，在 $q'_i = q_i$ 处取得最小值 0。非负项之和非负，且仅当每一项都为零时和为零："
+                "$\\mathrm{KL}(\\pi\\Vert\\pi') \\ge 0$，当且仅当 $\\pi = \\pi'$ 时取等号。",
             ),
             GlobalMinimum(qi * gibbs_f.subs(x, rho_i / qi), rho_i, qi, value=0),
+            eq="App. A.1",
         ),
         Step(
             Text("The optimal policy attains the upper bound (any n)", "最优策略达到上界（任意 n）"),
@@ -191,6 +201,7 @@ PROOF = Proof(
             ),
             Equal(objective_of(PIS[i]), beta * sp.log(Z), via=("sums",)),
             where=OPT_N,
+            eq="Eq. 4",
         ),
         Step(
             Text("Lagrangian stationarity", "拉格朗日函数的驻点条件"),
@@ -206,6 +217,7 @@ PROOF = Proof(
                 qi,
                 [pi_ * sp.exp(ri / beta) * sp.exp(lam / beta - 1)],
             ),
+            eq="Eq. 4",
         ),
         Step(
             Text("The multiplier is fixed by normalisation", "乘子由归一化条件确定"),
@@ -218,6 +230,7 @@ PROOF = Proof(
             ),
             Solutions(sp.Eq(C * Z, 1), C, [1 / Z]),
             where={Z: Zn},
+            eq="Eq. 4",
         ),
         Step(
             Text("Second-order condition: each term is strictly concave (any n)", "二阶条件：每一项严格凹（任意 n）"),
@@ -231,6 +244,7 @@ PROOF = Proof(
             Negative(
                 sp.Derivative(qi * ri - beta * qi * sp.log(qi / pi_), (qi, 2)), manifest=-beta / qi, via=("simplify",)
             ),
+            eq="Eq. 4",
         ),
         Step(
             Text("Second-order condition: the Hessian (any n)", "二阶条件：黑塞矩阵（任意 n）"),
@@ -252,6 +266,7 @@ PROOF = Proof(
                 -beta * S(V[i] ** 2 / Q[i]),
                 via=("sums", "simplify"),
             ),
+            eq="Eq. 4",
         ),
     ],
     conclusion=Text(

@@ -7,7 +7,7 @@ as its one table of symbols.
 
 from __future__ import annotations
 
-from .core import Text
+from .core import Proof, Step, Text
 
 PAPERS: dict[str, str] = {
     "dpo": "Rafailov et al. 2023, *Direct Preference Optimization: Your Language Model is Secretly a Reward "
@@ -43,13 +43,20 @@ NOTATION: list[tuple[str, Text]] = [
         Text("the policy, the reference policy, the optimal policy", "策略、参考策略、最优策略"),
     ),
     (
-        "q_i,\\ p_i",
+        "q_i,\\ p_i,\\ q'_i",
         Text(
-            "the policy's and the reference's probability of response $y_i$ (finite response space)",
-            "策略与参考策略给回答 $y_i$ 的概率（有限回答空间）",
+            "the policy's and the reference's probability of response $y_i$ (finite response space); $q'_i$ those of "
+            "a second distribution $\\pi'$ (Gibbs' inequality)",
+            "策略与参考策略给回答 $y_i$ 的概率（有限回答空间）；$q'_i$ 为第二个分布 $\\pi'$ 的概率（吉布斯不等式）",
         ),
     ),
-    ("r_i,\\ r(x, y)", Text("a reward (Bradley–Terry)", "奖励（布拉德利-特里模型）")),
+    (
+        "r(x, y),\\ r_i,\\ r(y_w),\\ r(y_l)",
+        Text(
+            "a reward (Bradley–Terry), that of response $y_i$, of the chosen and of the rejected response",
+            "奖励（布拉德利-特里模型）、回答 $y_i$ 的奖励、被选中与被拒绝回答的奖励",
+        ),
+    ),
     ("\\hat r = \\beta \\log\\frac{\\pi}{\\pi_{\\mathrm{ref}}}", Text("the implicit reward", "隐式奖励")),
     (
         "a_w,\\ a_l,\\ b_w,\\ b_l",
@@ -70,13 +77,46 @@ NOTATION: list[tuple[str, Text]] = [
     ("h = r_w - r_l", Text("the preference margin", "偏好间隔")),
     ("\\beta,\\ \\tau", Text("the KL coefficient of DPO, IPO's regularisation", "DPO 的 KL 系数、IPO 的正则化系数")),
     ("\\varepsilon", Text("the label-flip probability (cDPO, robust DPO, EXO)", "标签翻转概率（cDPO、稳健 DPO、EXO）")),
-    ("p^*(y \\succ y')", Text("the true preference probability", "真实的偏好概率")),
+    (
+        "p^*(y \\succ y'),\\ p^*(y \\succ \\mu)",
+        Text(
+            "the true preference probability; its mean over $y' \\sim \\mu$ (IPO's bounded score)",
+            "真实的偏好概率；它对 $y' \\sim \\mu$ 的平均（IPO 的有界得分）",
+        ),
+    ),
+    (
+        "p_\\theta = \\sigma(\\beta h)",
+        Text("the model's probability of the observed order (EXO)", "模型给所观察顺序的概率（EXO）"),
+    ),
+    (
+        "\\hat p,\\ \\tilde p",
+        Text(
+            "how often a pair was seen with $y_w$ preferred; that frequency with the label flips removed (robust DPO)",
+            "一对样本中 $y_w$ 被偏好的频率；去除标签翻转后的频率（稳健 DPO）",
+        ),
+    ),
+    (
+        "g_j,\\ c_{jk}",
+        Text(
+            "the log-ratio $\\log(\\pi(y_j)/\\pi_{\\mathrm{ref}}(y_j))$ and the regression target "
+            "$(p^*(y_j \\succ y_k) - 1/2)/\\tau$ (IPO's Theorem 2)",
+            "对数比值 $\\log(\\pi(y_j)/\\pi_{\\mathrm{ref}}(y_j))$ 与回归目标 $(p^*(y_j \\succ y_k) - "
+            "1/2)/\\tau$（IPO 定理 2）",
+        ),
+    ),
+    (
+        "\\rho = \\beta h,\\ \\kappa",
+        Text(
+            "DiscoPOP's scaled margin and its temperature (the paper's and the code's $\\tau$)",
+            "DiscoPOP 的缩放间隔与温度（论文与代码中的 $\\tau$）",
+        ),
+    ),
     ("\\mu", Text("the distribution the compared responses are drawn from (IPO)", "被比较回答的来源分布（IPO）")),
     (
         "\\sigma(z) = 1/(1 + e^{-z})",
         Text(
-            "the logistic function; $\\operatorname{logit} = \\sigma^{-1}$",
-            "逻辑函数；$\\operatorname{logit} = \\sigma^{-1}$",
+            "the logistic function; $\\operatorname{logit} = \\sigma^{-1}$ (the only meaning of logit here)",
+            "逻辑函数；$\\operatorname{logit} = \\sigma^{-1}$（本文中 logit 只有这一个含义）",
         ),
     ),
     ("Z(x)", Text("the partition function $\\sum_y \\pi_{\\mathrm{ref}}(y|x) e^{r(x,y)/\\beta}$", "配分函数")),
@@ -88,3 +128,15 @@ NOTATION: list[tuple[str, Text]] = [
         ),
     ),
 ]
+
+
+def short(key: str) -> str:
+    """A paper's short citation: 'Rafailov et al. 2023' (a repository for TRL)."""
+    return PAPERS[key].split(",")[0] if key != "trl" else "TRL 1.16"
+
+
+def citation(proof: Proof, step: Step) -> str | None:
+    """Where the step's result is in the literature: 'Rafailov et al. 2023, Eq. 4' (None without a label)."""
+    if not step.eq:
+        return None
+    return f"{short(step.paper or proof.source)}, {step.eq}" if (step.paper or proof.source) else step.eq

@@ -127,6 +127,7 @@ PROOF = Proof(
                 via=("doit", "cancel"),
                 cases=[{K: n, i: q} for n in range(2, 6) for q in range(1, n + 1)],
             ),
+            eq="App. A.3",
         ),
         Step(
             Text("The gradient sums to zero (any K)", "梯度之和为零（任意 K）"),
@@ -137,6 +138,7 @@ PROOF = Proof(
                 "由链式法则，梯度各分量之和为零。",
             ),
             FreeOf(FORM_K.xreplace({U[k]: U[k] + c, U[j]: U[j] + c}), c, via=("simplify",)),
+            eq="App. A.3",
         ),
         Step(
             Text("The best response is pushed up (any K)", "最好的回答被推高（任意 K）"),
@@ -154,6 +156,7 @@ PROOF = Proof(
                 manifest=-R_other / (sp.exp(U[1]) + R_other),
                 via=("cancel",),
             ),
+            eq="App. A.3",
         ),
         Step(
             Text("The worst response is pushed down", "最差的回答被压低"),
@@ -165,6 +168,7 @@ PROOF = Proof(
                 "剩下若干个正的 softmax 权重之和（这里对 $K = 3$ 写出；对任意 $K$，同样的相消留下 $K - 1$ 个正权重）。",
             ),
             Positive(GRAD[2]),
+            eq="App. A.3",
         ),
     ],
     conclusion=Text(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from .core import Proof, ProofResult, StepResult
-from .papers import NOTATION, PAPERS
+from .papers import NOTATION, PAPERS, citation
 
 _INLINE_MATH = re.compile(r"\$([^$\n]+?)\$")
 
@@ -215,7 +215,8 @@ def text_proof(result: ProofResult, position: int, total: int, lang: str = "en",
     for index, step in enumerate(proof.steps, 1):
         res: StepResult | None = done.get(index)
         mark = "·" if res is None else ("✓" if res.ok else "✗")
-        lines.append(f"  {mark} {index}. {step.name(lang)}")
+        cite = f" ({c})" if (c := citation(proof, step)) else ""
+        lines.append(f"  {mark} {index}. {step.name(lang)}{cite}")
         lines += ["       " + line for line in step.unicode().split("\n")]
         if res is None:
             lines.append(f"       ({L['not_run']})")
@@ -260,7 +261,7 @@ def _proof_section(r: ProofResult, i: int, lang: str) -> list[str]:
     done = {s.index: s for s in r.steps}
     for index, step in enumerate(proof.steps, 1):
         res = done.get(index)
-        cite = f" ({step.eq})" if step.eq else ""
+        cite = f" ({c})" if (c := citation(proof, step)) else ""
         out += [f"**{L['step']} {i}.{index} · {step.name(lang)}{cite}{L['end']}** {_gh(step.explain(lang))}", ""]
         out += ["```math", step.statement, "```", ""]
         if res is None:

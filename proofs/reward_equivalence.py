@@ -7,7 +7,7 @@ import sympy as sp
 from .common import Z, beta, bradley_terry, plackett_luce
 from .core import Equal, Proof, Step, Text
 
-r_w, r_l = sp.symbols("r_w r_l", real=True)
+r_w, r_l = sp.symbols("r(y_w) r(y_l)", real=True)  # rewards of the chosen and rejected response
 f = sp.Symbol("f", real=True)  # f(x): any function of the prompt only
 p = sp.symbols("p_1:4", positive=True)
 r = sp.symbols("r_1:4", real=True)
@@ -58,6 +58,7 @@ PROOF = Proof(
                 "两个奖励都加上 $f(x)$，相当于分子和分母同乘 $e^{f(x)}$。",
             ),
             Equal(bradley_terry(r_w + f, r_l + f), bradley_terry(r_w, r_l), via=("expand", "cancel")),
+            eq="Lemma 1",
         ),
         Step(
             Text("So does Plackett–Luce (K = 3)", "普拉克特-卢斯模型也是如此（K = 3）"),
@@ -66,6 +67,7 @@ PROOF = Proof(
                 "同一个因子在排序的每一阶段都约去。",
             ),
             Equal(plackett_luce(shifted, (0, 1, 2)), plackett_luce(list(r), (0, 1, 2)), via=("expand", "cancel")),
+            eq="Lemma 1",
         ),
         Step(
             Text("The partition function absorbs the shift (any n)", "配分函数吸收了平移（任意 n）"),
@@ -74,6 +76,7 @@ PROOF = Proof(
                 "对任意回答数 $n$，都有 $Z'(x) = e^{f(x)/\\beta} Z(x)$。",
             ),
             Equal(Zn_shifted, sp.exp(f / beta) * Zn, via=("sums",)),
+            eq="Lemma 2",
         ),
         Step(
             Text("Equivalent rewards have the same optimal policy (any n)", "等价的奖励有相同的最优策略（任意 n）"),
@@ -84,6 +87,7 @@ PROOF = Proof(
             Equal(
                 P[i] * sp.exp((R[i] + f) / beta) / Zn_shifted, P[i] * sp.exp(R[i] / beta) / Zn, via=("sums", "cancel")
             ),
+            eq="Lemma 2",
         ),
         Step(
             Text("Implicit reward differences are reward differences (any n)", "隐式奖励之差等于奖励之差（任意 n）"),
@@ -97,6 +101,7 @@ PROOF = Proof(
             ),
             Equal(beta * sp.log(PIS[i] / P[i]) - beta * sp.log(PIS[k] / P[k]), R[i] - R[k], via=("expand_log",)),
             where={PIS[i]: P[i] * sp.exp(R[i] / beta) / Z, PIS[k]: P[k] * sp.exp(R[k] / beta) / Z, Z: Zn},
+            eq="Thm. 1",
         ),
     ],
     conclusion=Text(

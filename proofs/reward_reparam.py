@@ -54,6 +54,7 @@ PROOF = Proof(
                 "对 $\\pi^* = \\pi_{\\mathrm{ref}} e^{r/\\beta}/Z$ 取对数并解出 $r$；实数解唯一。",
             ),
             Solutions(sp.Eq(pistar_i, p_i * sp.exp(r_i / beta) / Z), r_i, [REPARAM]),
+            eq="Eq. 5",
         ),
         Step(
             Text("Check by substitution", "代回验证"),
@@ -62,6 +63,7 @@ PROOF = Proof(
                 "把重参数化后的奖励代回闭式形式，得到的正是 $\\pi^*$。",
             ),
             Equal(p_i * sp.exp(REPARAM / beta) / Z, pistar_i, via=("expand_log", "powsimp", "simplify")),
+            eq="Eq. 5",
         ),
         Step(
             Text(
@@ -75,6 +77,7 @@ PROOF = Proof(
             ),
             Equal(R[i] - beta * sp.log(PIS[i] / P[i]), beta * sp.log(Z), via=("expand_log",)),
             where={PIS[i]: P[i] * sp.exp(R[i] / beta) / Z, Z: Zn},
+            eq="Eq. 5",
         ),
         Step(
             Text("Implicit reward of a policy (any n)", "策略的隐式奖励（任意 n）"),
@@ -87,6 +90,7 @@ PROOF = Proof(
             ),
             Equal(S(P[j] * sp.exp(RH[j] / beta)), 1, via=("sums",), given={S(Q[j]): 1}),
             where={RH[j]: IMPLICIT[RH[j]]},
+            eq="Thm. 1",
         ),
         Step(
             Text(
@@ -105,6 +109,7 @@ PROOF = Proof(
                 P[i] * sp.exp(RH[i] / beta) / S(P[j] * sp.exp(RH[j] / beta)), Q[i], via=("sums",), given={S(Q[j]): 1}
             ),
             where=IMPLICIT,
+            eq="Thm. 1",
         ),
     ],
     conclusion=Text(

@@ -27,7 +27,7 @@ NUMERATOR = (1 - eps) * ell(h) - eps * ell(-h)
 # (0, 1) is the de-noised frequency (eps < p_hat < 1 - eps exactly when 0 < q_hat < 1).
 q_hat = bounded(sp.Symbol("qhat", positive=True), sp.Interval.open(0, 1))
 p_hat = sp.Symbol("phat", real=True)
-NAMES.update({"qhat": ("\\hat q", "q̂"), "phat": ("\\hat p", "p̂")})
+NAMES.update({"qhat": ("\\tilde p", "p̃"), "phat": ("\\hat p", "p̂")})
 AT_FREQUENCY = p_hat * ROBUST_EXPLICIT + (1 - p_hat) * ROBUST_EXPLICIT.subs(h, -h)
 
 PROOF = Proof(
@@ -60,6 +60,7 @@ PROOF = Proof(
             ),
             Equal((1 - eps) * ROBUST + eps * ROBUST_FLIPPED, ell(h), via=("expand", "simplify")),
             where=ELL,
+            eq="rDPO loss",
         ),
         Step(
             Text("Robust DPO is DPO minus a linear term", "稳健 DPO 等于 DPO 减去一个线性项"),
@@ -74,6 +75,7 @@ PROOF = Proof(
             ),
             Equal(ROBUST, DPO_MINUS, via=("expand_log", "simplify")),
             where=ELL,
+            eq="rDPO loss",
         ),
         Step(
             Text("The same curvature as DPO", "与 DPO 相同的曲率"),
@@ -86,6 +88,7 @@ PROOF = Proof(
             Equal(
                 sp.Derivative(ROBUST_EXPLICIT, h, 2), beta**2 * sigma(beta * h) * sigma(-beta * h), via=("simplify",)
             ),
+            eq="rDPO loss",
         ),
         Step(
             Text("The slope is negative everywhere", "斜率处处为负"),
@@ -98,6 +101,7 @@ PROOF = Proof(
                 "该损失没有驻点，因此没有有限的最小值点。",
             ),
             Negative(sp.Derivative(ROBUST_EXPLICIT, h), manifest=SLOPE, via=("simplify",)),
+            eq="rDPO loss",
         ),
         Step(
             Text("The normaliser is positive", "归一化因子为正"),
@@ -108,6 +112,7 @@ PROOF = Proof(
                 "$(1 - \\varepsilon)\\ell(h) - \\varepsilon\\ell(-h)$ 相同。",
             ),
             Positive(1 - 2 * eps, restates=True),
+            eq="rDPO loss",
         ),
         Step(
             Text("Unbounded below", "无下界"),
@@ -118,6 +123,7 @@ PROOF = Proof(
             ),
             Limit(NUMERATOR, h, sp.oo, -sp.oo),
             where=ELL,
+            eq="rDPO loss",
         ),
         Step(
             Text("Without noise it is DPO", "无噪声时就是 DPO"),
@@ -128,26 +134,28 @@ PROOF = Proof(
             ),
             Equal(sp.Subs(ROBUST, eps, 0), ell(h), via=("simplify",)),
             where=ELL,
+            eq="rDPO loss",
         ),
         Step(
             Text("At preference frequency p̂: the minimiser", "偏好频率为 p̂ 时的最小值点"),
             Text(
                 "The missing minimiser is that of a pair seen once. If the pair is seen with $y_w$ preferred a "
                 "fraction $\\hat p$ of the time, the loss averaged over its labels is strictly convex (DPO's "
-                "curvature) with the unique minimiser $\\beta h^* = \\operatorname{logit}\\hat q$, where "
-                "$\\hat q = (\\hat p - \\varepsilon)/(1 - 2\\varepsilon)$ is the frequency with the flips removed; it "
-                "exists exactly when $\\varepsilon < \\hat p < 1 - \\varepsilon$, i.e. $0 < \\hat q < 1$. So "
+                "curvature) with the unique minimiser $\\beta h^* = \\operatorname{logit}\\tilde p$, where "
+                "$\\tilde p = (\\hat p - \\varepsilon)/(1 - 2\\varepsilon)$ is the frequency with the flips "
+                "removed; it "
+                "exists exactly when $\\varepsilon < \\hat p < 1 - \\varepsilon$, i.e. $0 < \\tilde p < 1$. So "
                 "$h^* = \\operatorname{logit}((\\hat p - \\varepsilon)/(1 - 2\\varepsilon))/\\beta$: the flips are "
                 "undone "
-                "before the logit. A pair seen once ($\\hat p = 1$) has $\\hat q > 1$: no minimiser (step 6).",
+                "before the logit. A pair seen once ($\\hat p = 1$) has $\\tilde p > 1$: no minimiser (step 6).",
                 "缺失的最小值点属于只出现一次的样本对。若这一对中 $y_w$ 被偏好的频率为 $\\hat p$，对其标签取平均的损"
                 "失严格凸"
-                "（与 DPO 曲率相同），唯一最小值点为 $\\beta h^* = \\operatorname{logit}\\hat q$，其中 "
-                "$\\hat q = (\\hat p - \\varepsilon)/(1 - 2\\varepsilon)$ 是去除翻转后的频率；它恰在 "
-                "$\\varepsilon < \\hat p < 1 - \\varepsilon$，即 $0 < \\hat q < 1$ 时存在。因此 "
+                "（与 DPO 曲率相同），唯一最小值点为 $\\beta h^* = \\operatorname{logit}\\tilde p$，其中 "
+                "$\\tilde p = (\\hat p - \\varepsilon)/(1 - 2\\varepsilon)$ 是去除翻转后的频率；它恰在 "
+                "$\\varepsilon < \\hat p < 1 - \\varepsilon$，即 $0 < \\tilde p < 1$ 时存在。因此 "
                 "$h^* = \\operatorname{logit}((\\hat p - \\varepsilon)/(1 - 2\\varepsilon))/\\beta$：先消去翻转再取 l"
                 "ogit。"
-                "只出现一次的样本对（$\\hat p = 1$）有 $\\hat q > 1$：没有最小值点（第 6 步）。",
+                "只出现一次的样本对（$\\hat p = 1$）有 $\\tilde p > 1$：没有最小值点（第 6 步）。",
             ),
             GlobalMinimum(
                 AT_FREQUENCY,
@@ -156,6 +164,7 @@ PROOF = Proof(
                 curvature=beta**2 * sigma(beta * h) * sigma(-beta * h),
             ),
             where={p_hat: eps + (1 - 2 * eps) * q_hat},
+            eq="rDPO loss",
         ),
     ],
     conclusion=Text(

@@ -68,6 +68,7 @@ PROOF = Proof(
                 "只有 $n_w = n_l$ 时才不变；此处未检验。）",
             ),
             FreeOf(margin(a_w + f, a_l + f, b_w, b_l), f),
+            eq="sigmoid",
         ),
         Step(
             Text("NCA's rate of change in f", "NCA 关于 f 的变化率"),
@@ -78,6 +79,8 @@ PROOF = Proof(
                 "$-\\beta\\sigma(-\\beta r_w) + \\frac{\\beta}{2}(\\sigma(\\beta r_w) + \\sigma(\\beta r_l))$……",
             ),
             Equal(rate(NCA), NCA_RATE, via=("simplify",)),
+            eq="NCA loss",
+            paper="nca",
         ),
         Step(
             Text("NCA is not invariant", "NCA 不具有不变性"),
@@ -88,6 +91,8 @@ PROOF = Proof(
                 "NCA 的损失。",
             ),
             Equal(rate(NCA, r_w=LN2, r_l=LN2), beta / 3, via=("simplify",)),
+            eq="NCA loss",
+            paper="nca",
         ),
         Step(
             Text("APO-zero is not invariant", "APO-zero 不具有不变性"),
@@ -96,6 +101,8 @@ PROOF = Proof(
                 "APO-zero 在 $r_w = 0$、$r_l = \\ln 2/\\beta$ 处关于 $f$ 的变化率为 $-\\beta/36$。",
             ),
             Equal(rate(APO_ZERO, r_w=0, r_l=LN2), -beta / 36, via=("simplify",)),
+            eq="Eq. 7",
+            paper="apo",
         ),
         Step(
             Text("APO-down always moves with f", "APO-down 总随 f 变化"),
@@ -107,6 +114,8 @@ PROOF = Proof(
                 "把两个似然降低同样的量总会降低损失。",
             ),
             Positive(rate(APO_DOWN), manifest=beta * sigma(beta * r_w) * sigma(-beta * r_w), via=("simplify",)),
+            eq="Eq. 8",
+            paper="apo",
         ),
         Step(
             Text("BCO is not invariant", "BCO 不具有不变性"),
@@ -117,6 +126,7 @@ PROOF = Proof(
                 "$\\beta/6$。",
             ),
             Equal(rate(BCO.subs(delta, 0), r_w=LN2, r_l=0), beta / 6, via=("simplify",)),
+            eq="bco_pair",
         ),
     ],
     conclusion=Text(

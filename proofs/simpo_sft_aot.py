@@ -42,7 +42,12 @@ PROOF = Proof(
         "具有 cDPO 的梯度与最优点。SFT 项返回 TRL 按词元平均的负对数似然的逐样本份额：对任意批大小，它们的均值就是这个"
         "词元平均，所以它们的梯度就是它的梯度。",
     ),
-    justifies=("dpo_ref.family.simpo_loss", "dpo_ref.family.aot_loss", "dpo_ref.family.sft_loss"),
+    justifies=(
+        "dpo_ref.family.simpo_loss",
+        "dpo_ref.family.aot_loss",
+        "dpo_ref.family.aot_unpaired_loss",
+        "dpo_ref.family.sft_loss",
+    ),
     source="simpo",
     steps=[
         Step(
@@ -75,14 +80,17 @@ PROOF = Proof(
                 "有限的最小值点；$\\gamma$ 只是平移了权重 $\\sigma(-z)$ 等于一半的位置。",
             ),
             Limit(SIMPO, A_w, sp.oo, 0),
+            eq="Eq. 6",
         ),
         Step(
             Text("AOT: a quantile's gradient is cDPO's", "AOT：每个分位数的梯度就是 cDPO 的梯度"),
             Text(
-                "For the quantile difference $\\delta$ of the sorted policy and reference log-likelihood ratios, "
-                "the loss is cDPO's in $\\delta$; autograd through the sort routes this slope to the examples at "
+                "For the quantile difference $\\delta$ of the sorted policy and reference log-likelihood ratios "
+                "(paired AOT), or of the sorted chosen and rejected log-ratios $r_w$, $r_l$ (unpaired AOT), the "
+                "loss is cDPO's in $\\delta$; autograd through the sort routes this slope to the examples at "
                 "that quantile.",
-                "对策略与参考策略对数似然比排序后的分位数之差 $\\delta$，损失就是 cDPO 关于 $\\delta$ 的损失；"
+                "对策略与参考策略对数似然比排序后的分位数之差 $\\delta$（成对 AOT），或被选中与被拒绝回答对数比值 "
+                "$r_w$、$r_l$ 排序后的分位数之差（非成对 AOT），损失就是 cDPO 关于 $\\delta$ 的损失；"
                 "经过排序的自动微分把这个斜率传给处在该分位数的样本。",
             ),
             Equal(
@@ -90,6 +98,8 @@ PROOF = Proof(
                 -beta * ((1 - eps) * sigma(-beta * delta) - eps * sigma(beta * delta)),
                 via=("exp", "simplify"),
             ),
+            eq="AOT loss",
+            paper="aot",
         ),
         Step(
             Text("AOT: each quantile's fixed point", "AOT：每个分位数的不动点"),
@@ -109,6 +119,8 @@ PROOF = Proof(
                 sp.log((1 - eps) / eps) / beta,
                 curvature=beta**2 * sigma(beta * delta) * sigma(-beta * delta),
             ),
+            eq="AOT loss",
+            paper="aot",
         ),
         Step(
             Text("SFT: the shares average to the token mean (any B)", "SFT：份额的均值就是词元平均（任意 B）"),
@@ -125,12 +137,16 @@ PROOF = Proof(
             ),
             Equal(sp.Sum(-A[i] / nbar, (i, 1, B)) / B, TOKEN_MEAN, via=("sums",)),
             where={nbar: sp.Sum(N[i], (i, 1, B)) / B},
+            eq="sft",
+            paper="trl",
         ),
     ],
     conclusion=Text(
-        "`simpo_loss` has the gradient above and no optimum to check; `aot_loss` is cDPO per quantile, with cDPO's "
-        "gradient and optimum; `sft_loss`'s shares have TRL's token-mean loss as their mean, so the same gradient.",
-        "`simpo_loss` 的梯度如上，且没有最优点可检验；`aot_loss` 在每个分位数上就是 cDPO，具有 cDPO 的梯度与最优点；"
+        "`simpo_loss` has the gradient above and no optimum to check; `aot_loss` and `aot_unpaired_loss` are cDPO "
+        "per quantile, with cDPO's gradient and optimum; `sft_loss`'s shares have TRL's token-mean loss as their "
+        "mean, so the same gradient.",
+        "`simpo_loss` 的梯度如上，且没有最优点可检验；`aot_loss` 与 `aot_unpaired_loss` 在每个分位数上就是 cDPO，"
+        "具有 cDPO 的梯度与最优点；"
         "`sft_loss` 的份额以 TRL 的词元平均损失为均值，因此梯度相同。",
     ),
 )
@@ -140,7 +156,7 @@ def compare() -> list:
     """simpo_loss, aot_loss and sft_loss (values and autograd gradients) against the formulas above."""
     import torch
 
-    from dpo_ref.family import aot_loss, sft_loss, simpo_loss
+    from dpo_ref.family import aot_loss, aot_unpaired_loss, sft_loss, simpo_loss
 
     from .numeric import Row, exact, tensors
 
@@ -180,6 +196,17 @@ def compare() -> list:
                 f"AOT ∂L/∂log π(y_w), quantile {q + 1}",
                 exact(slope, {delta: u_[q] - v_[q], beta: beta_, eps: eps_}),
                 pol_w.grad[e].item(),
+            )
+        )
+    # unpaired AOT on the same batch: delta = sort(r_w) - sort(r_l)
+    out = aot_unpaired_loss(pol_w.detach(), pol_l, ref_w, ref_l, beta=beta_, label_smoothing=eps_)
+    d_ = [a - b for a, b in zip(sorted((pol_w - ref_w).tolist()), sorted((pol_l - ref_l).tolist()))]
+    for q, dq in enumerate(d_):
+        rows.append(
+            Row(
+                f"AOT unpaired loss, quantile {q + 1}",
+                exact(AOT, {delta: dq, beta: beta_, eps: eps_}),
+                out.losses[q].item(),
             )
         )
     # sft: the mean of the shares and one share's gradient

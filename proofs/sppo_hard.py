@@ -43,6 +43,7 @@ PROOF = Proof(
             ),
             SystemSolution([sp.Derivative(L, r_w), sp.Derivative(L, r_l)], [r_w, r_l], {r_w: R_W_STAR, r_l: R_L_STAR}),
             where={L: SPPO},
+            eq="Eq. 4.7",
         ),
         Step(
             Text("The stationary point is the unique minimum", "驻点是唯一的最小值点"),
@@ -56,6 +57,7 @@ PROOF = Proof(
                 manifest=sp.Matrix([[2, 0], [0, 2]]),
             ),
             where={L: SPPO},
+            eq="Eq. 4.7",
         ),
         Step(
             Text("The minimum is zero", "最小值为零"),
@@ -66,6 +68,7 @@ PROOF = Proof(
                 "$h^* = 1/\\beta$。",
             ),
             Equal(sp.Subs(SPPO, (r_w, r_l), (R_W_STAR, R_L_STAR)), 0),
+            eq="Eq. 4.7",
         ),
         Step(
             Text("Adding f(x) changes the loss", "加上 f(x) 会改变损失"),
@@ -77,6 +80,7 @@ PROOF = Proof(
                 "除非 $r_w = -r_l$ 否则不为零。因此与 DPO 不同，硬 SPPO 在加上 $f(x)$ 时不具有不变性。",
             ),
             Equal(sp.Subs(sp.Derivative(SHIFTED, f), f, 0), 2 * (r_w + r_l), via=("expand",)),
+            eq="Eq. 4.7",
         ),
         Step(
             Text("The loss fixes the shift", "损失确定了平移量"),
@@ -87,6 +91,7 @@ PROOF = Proof(
                 "这个损失确定了偏好数据本身无法确定的方向。",
             ),
             GlobalMinimum(SHIFTED, f, -(r_w + r_l) / 2),
+            eq="Eq. 4.7",
         ),
     ],
     conclusion=Text(

@@ -219,8 +219,8 @@ def test_cdpo_holds_on_its_true_domain_only():
 
 def test_no_step_has_a_hand_written_formula():
     """A step's display is rendered from its claim's sympy objects; there is no free-text statement field."""
-    # `eq` is the paper's label ("Eq. 7"), shown beside the step's name: a citation, not a formula
-    assert [f.name for f in dataclasses.fields(Step)] == ["name", "explain", "claim", "where", "eq"]
+    # `eq` and `paper` are the citation ("Eq. 7" of a PAPERS key), shown beside the step's name, not a formula
+    assert [f.name for f in dataclasses.fields(Step)] == ["name", "explain", "claim", "where", "eq", "paper"]
     lesson = (ROOT / "docs/lesson.md").read_text(encoding="utf-8")
     for proof in proofs.all_proofs():
         for step in proof.steps:

@@ -165,7 +165,7 @@ def _text(name):
         ("implicit-reward-kl", "h > 0", 9),  # the β → ∞ limit of the loss is 0 only for a positive margin
         ("implicit-reward-kl", "dᵢ > 0", 5),  # β → 0: the odds of a worse response vanish only if it is worse
         ("ipo-psi", "β > 0", 4),  # Prop. 1's DPO half: the minimiser (r_y - r_y')/β
-        ("robust-dpo", "0 < q̂ < 1", 8),  # the minimiser at frequency p̂ exists only for ε < p̂ < 1 - ε
+        ("robust-dpo", "0 < p̃ < 1", 8),  # the minimiser at frequency p̂ exists only for ε < p̂ < 1 - ε
         ("deterministic-preference", "a_w ≤ 0", 10),
         ("robust-dpo", "0 < ε < 1/2", 5),
     ],

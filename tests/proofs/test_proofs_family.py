@@ -77,7 +77,7 @@ FALSE = [
     ("robust-dpo", 5, "expr", 1 - 3 * eps),  # positive only for eps < 1/3
     ("robust-dpo", 6, "expected", sp.Integer(0)),  # DPO's limit, not robust DPO's
     ("robust-dpo", 7, "rhs", ell(-h)),  # the flipped loss
-    ("robust-dpo", 8, "x0", sp.log(robust_dpo.q_hat / (1 - robust_dpo.q_hat)) / (2 * beta)),  # logit q̂ / (2β)
+    ("robust-dpo", 8, "x0", sp.log(robust_dpo.q_hat / (1 - robust_dpo.q_hat)) / (2 * beta)),  # logit p̃ / (2β)
     # hinge
     ("hinge", 1, "given", {h: (1 - s) / beta}),  # below the margin instead of above
     ("hinge", 2, "rhs", -beta),  # the active slope past the margin
@@ -114,7 +114,7 @@ FALSE = [
     ("bounded-losses", 6, "expr", bl.APO_DOWN - 1),  # L > 1
     ("bounded-losses", 7, "expr", sp.Add(1, sp.Mul(-1, bl.APO_DOWN, evaluate=False), evaluate=False)),  # L < 1
     # discopop
-    ("discopop", 1, "rhs", discopop.DISCOPOP.subs(tau, 2 * tau)),  # the weight's temperature doubled
+    ("discopop", 1, "rhs", discopop.DISCOPOP.subs(discopop.tau, 2 * discopop.tau)),  # the weight's temperature doubled
     ("discopop", 2, "manifest", sigma(-rho / tau) * sp.log(sigma(rho)) + sigma(rho / tau) * sp.exp(-rho)),  # sign
     ("discopop", 3, "expected", sp.log(2)),  # DPO's value at rho = 0 taken as the limit
     ("discopop", 4, "rhs", (1 - sp.log(2)) / (4 * tau) - sp.Rational(1, 4)),  # the exponential term's slope dropped
