@@ -593,6 +593,10 @@ def _handler(args) -> int:
 
     from dpo_ref.train.config import check_device
 
+    if args.memory is not None:  # its own models and rows (dpo_ref.bench.memory)
+        return _memory_handler(args)
+    if args.memory_rows is not None:
+        raise InputError("--memory-rows needs --memory (the memory bench)")
     if args.layout is not None:  # checked first: the layout bench has its own shapes
         from dpo_ref.bench import layouts as bench_layouts
 
@@ -689,6 +693,55 @@ def _layout_handler(args, size: BenchSize, device: str) -> int:
     return 0
 
 
+def _memory_handler(args) -> int:
+    """`--memory`: peak memory per process of `dpo-ref train` under each memory option (`dpo_ref.bench.memory`)."""
+    from dpo_ref.bench import memory as bench_memory
+
+    models = bench_memory.parse_names(args.memory, bench_memory.MODELS, "--memory")
+    rows = bench_memory.parse_names(args.memory_rows or "all", bench_memory.ROWS, "--memory-rows")
+    if args.layout is not None:
+        raise InputError("--memory and --layout are two benches: pass one of them")
+    fixed = [f"--{f.replace('_', '-')}" for f in ("hidden", "layers", "vocab", "seq_len", "prompt_len", "batch")
+             if getattr(args, f) is not None]  # fmt: skip
+    if fixed or args.size != "default":
+        raise InputError(
+            f"{', '.join(fixed) or '--size'} cannot be combined with --memory: the memory bench runs its own models "
+            f"({', '.join(bench_memory.MODELS)})"
+        )
+    if args.threads < 1:
+        raise InputError(f"--threads must be a positive integer, got {args.threads}")
+    import torch
+
+    from dpo_ref.train.config import check_device
+
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = "cpu" if device == "auto" else check_device(device)
+    if args.json:
+        from dpo_ref.atomic import check_output_file
+
+        check_output_file(args.json, "--json")
+    from dpo_ref.atomic import hold
+    from dpo_ref.docgen.results import machine
+
+    hold({"--json": args.json})
+    before = machine()
+    log = (lambda *a, **k: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    try:
+        result = bench_memory.run_memory(models, rows, device, args.threads, log=log)
+    except RuntimeError as err:
+        print(f"dpo-ref bench: FAILED: {err}", file=sys.stderr)
+        return 1
+    print("\n".join(result["printed"]), file=sys.stderr if args.json == STDOUT else sys.stdout)
+    if args.json:
+        from dpo_ref.docgen.results import write_results
+
+        command = (
+            f"dpo-ref bench --memory {args.memory} --memory-rows {args.memory_rows or 'all'} --threads {args.threads}"
+        )
+        write_results(args.json, {"machine": before, "command": command, **result})
+    return 0
+
+
 def _command(args) -> str:
     """The bench's settings as the command that reproduces them (quoted in docs/performance.md)."""
     parts = ["dpo-ref bench"]
@@ -736,6 +789,22 @@ def register(subparsers) -> None:
         "comma-separated list of two-sequence, prefix-sharing, packing, both (two-sequence, the baseline, is always "
         "run); shapes prompt 64 / completion 192, prompt 256 / completion 128 and a drawn mix; --repeats, "
         "--settings, --no-logps and --no-verify do not apply",
+    )
+    a(
+        "--memory",
+        metavar="MODELS",
+        default=None,
+        help="instead of the TRL comparison, measure the peak memory per process of dpo-ref train under each memory "
+        "option (full, LoRA, gradient checkpointing, bf16, FSDP x2), each in a fresh process: 'all' or a "
+        "comma-separated list of tiny (the built-in model), 100m (a 100M-parameter Llama built from a config); "
+        "see --memory-rows",
+    )
+    a(
+        "--memory-rows",
+        metavar="ROWS",
+        default=None,
+        help="with --memory: 'all' (the default) or a comma-separated list of full, full+ckpt, lora, lora+ckpt, "
+        "full-bf16, full+ckpt-bf16, lora-bf16, fsdp-x2",
     )
     a("--json", metavar="PATH", help="also write the results as JSON (- for standard output)")
     a("--quiet", action="store_true", help="print only the final table")
