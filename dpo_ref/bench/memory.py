@@ -28,9 +28,11 @@ import dataclasses
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict
 
 from dpo_ref.bench.memory_model import LlamaShape, step_memory
@@ -39,7 +41,6 @@ from dpo_ref.errors import InputError
 
 STEPS = 2  # the second update is the steady one: the AdamW moments exist while its activations do
 LORA_R = 8
-FSDP_WORLD = 2
 # the rows: name -> the `dpo-ref train` options that differ from a full float32 fine-tune
 ROWS = {
     "full": {},
@@ -50,7 +51,11 @@ ROWS = {
     "full+ckpt-bf16": {"dtype": "bfloat16", "gradient_checkpointing": True},
     "lora-bf16": {"lora_r": LORA_R, "dtype": "bfloat16"},
     "fsdp-x2": {"fsdp": True},
+    # for a GPU (benchmarks/gpu_check.sh): FSDP's code path on one process
+    "fsdp-x1-bf16": {"fsdp": True, "dtype": "bfloat16"},
 }
+PROCESSES = {"fsdp-x2": 2, "fsdp-x1-bf16": 1}  # rows run under torchrun, and their processes
+ALL_ROWS = tuple(r for r in ROWS if r != "fsdp-x1-bf16")  # what `--memory-rows all` runs
 MODELS = {
     # the trainer's built-in model (`dpo-ref train` with no --model) on its built-in task
     "tiny": {"batch_size": 16},
@@ -66,7 +71,23 @@ MODELS = {
             vocab=16384,
             seq_len=128,
             prompt_len=32,
-            batch=2 * FSDP_WORLD,
+            batch=4,  # rows in the data file: two processes of 2 pairs (FSDP x2)
+        ),
+    },  # fmt: skip
+    # a Qwen2.5-0.5B-shaped Qwen2 built from a config, for a GPU (benchmarks/gpu_check.sh): 4 pairs of 1024 tokens
+    "0.5b": {
+        "batch_size": 4,
+        "qwen2": True,
+        "size": BenchSize(
+            hidden=896,
+            layers=24,
+            heads=14,
+            kv_heads=2,
+            intermediate=4864,
+            vocab=151936,
+            seq_len=1024,
+            prompt_len=256,
+            batch=8,
         ),
     },  # fmt: skip
 }
@@ -81,9 +102,11 @@ def fsdp_available() -> bool:
     return "fsdp" in {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def parse_names(text: str, known, option: str) -> tuple[str, ...]:
-    """'all' or a comma-separated list of `known` names, in `known`'s order; InputError otherwise."""
-    names = list(known) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
+def parse_names(text: str, known, option: str, everything=None) -> tuple[str, ...]:
+    """'all' (`everything`, default every name) or a comma-separated list of `known` names, in `known`'s order;
+    InputError otherwise."""
+    everything = list(known) if everything is None else list(everything)
+    names = everything if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise InputError(
@@ -176,16 +199,34 @@ class UpdateProbe:
             reset_peak_rss()
         state_before = optimizer_state_bytes(self.optimizer) if self.optimizer is not None else 0
         self._live = LiveTensors() if self.track_tensors else None
+        forward_end = []
+        if self._live is not None:  # the live bytes when the forward passes end: the activations saved for backward
+            args = list(args)
+            loss_fn = args[1] if len(args) > 1 else kwargs["loss_fn"]
+
+            def measured_loss_fn(batch):
+                loss, stats = loss_fn(batch)
+                forward_end.append(self._live.live)
+                return loss, stats
+
+            if len(args) > 1:
+                args[1] = measured_loss_fn
+            else:
+                kwargs["loss_fn"] = measured_loss_fn
+        started = time.perf_counter()
         with self._live if self._live is not None else contextlib.nullcontext():
             out = update_step(*args, **kwargs)
         if cuda:
             torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        if cuda:
             peak_mb = torch.cuda.max_memory_allocated() / MB
         else:
             peak_mb = _status_mb("VmHWM") - self.base_rss_mb
         batches = args[0] if args else kwargs["micro_batches"]
         record = {
             "peak_mb": peak_mb,
+            "seconds": seconds,
             "optimizer_bytes_before": state_before,
             "gradient_bytes": self._grads.get("bytes", 0),
             # tokens N and scored tokens S of the update (one micro-batch): the formula's inputs
@@ -195,6 +236,7 @@ class UpdateProbe:
         if self._live is not None:
             grads_at_peak = sum(b for i, b in self._live.at_peak.items() if i in self._grads.get("ids", ()))
             record.update(
+                forward_end_bytes=max(forward_end),
                 step_tensors_peak_bytes=self._live.peak,
                 gradients_at_peak_bytes=grads_at_peak,
                 activations_at_peak_bytes=self._live.peak - grads_at_peak,
@@ -225,11 +267,13 @@ class UpdateProbe:
             "trained_tensors": len(trained),
             "tokens": self.updates[-1]["tokens"],
             "scored_tokens": self.updates[-1]["scored_tokens"],
+            # the updates after the first (which allocates AdamW's state and warms the kernels up)
+            "update_s": statistics.median(u["seconds"] for u in self.updates[1:] or self.updates),
         }
         steady = self.updates[-1]  # its peak has the moments of the step before alive throughout
         if "step_tensors_peak_bytes" in steady:
-            out.update({k: steady[k] for k in ("step_tensors_peak_bytes", "gradients_at_peak_bytes",
-                                                "activations_at_peak_bytes")})  # fmt: skip
+            names = ("forward_end", "step_tensors_peak", "gradients_at_peak", "activations_at_peak")
+            out.update({f"{k}_bytes": steady[f"{k}_bytes"] for k in names})
             out["tensors_peak_bytes"] = (
                 weights + reference + steady["optimizer_bytes_before"] + out["step_tensors_peak_bytes"]
             )
@@ -255,8 +299,9 @@ def train_config(spec: dict):
     from dpo_ref.train.config import TrainConfig
 
     return TrainConfig(
-        model=spec.get("model_dir"), data=spec.get("data"), out=spec["out"], overwrite=True, steps=STEPS,
-        sft_steps=0, warmup_steps=0, batch_size=spec["batch_size"], eval_every=10**8, save_every=10**8,
+        model=spec.get("model_dir"), data=spec.get("data"), out=spec["out"], overwrite=True,
+        steps=spec.get("steps", STEPS), sft_steps=0, warmup_steps=0, batch_size=spec["batch_size"],
+        eval_every=10**8, save_every=10**8,
         eval_generation=False, progress=False, device=spec["device"], threads=spec["threads"], seed=0,
         **ROWS[spec["row"]],
     )  # fmt: skip
@@ -287,14 +332,32 @@ def main(argv: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------- orchestration
 
 
-def prepare_model(size: BenchSize, folder: str) -> tuple[str, str]:
-    """(--model directory, --data file) of a Llama of `size` built from a config, with the bench's word tokenizer
-    and `size.batch` rows of exactly `size.seq_len` tokens each."""
+def qwen2_model(size: BenchSize, seed: int):
+    """A float32 `Qwen2ForCausalLM` of `size` from a `Qwen2Config` (Qwen2.5-0.5B's: tied embeddings, q/k/v biases,
+    rope theta 1e6), initialised from `seed`; no dropout."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=size.vocab, hidden_size=size.hidden, intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.kv_heads,
+        max_position_embeddings=max(size.seq_len, 128), tie_word_embeddings=True, rope_theta=1e6,
+        attention_dropout=0.0, use_cache=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Qwen2ForCausalLM(config)
+
+
+def prepare_model(model: str, folder: str) -> tuple[str, str]:
+    """(--model directory, --data file) of the bench model `model` built from a config, with the bench's word
+    tokenizer and `size.batch` rows of exactly `size.seq_len` tokens each."""
     from dpo_ref.bench.run import bench_rows, bench_tokenizer
     from dpo_ref.bench.sizes import bench_model
 
+    size = MODELS[model]["size"]
     model_dir = os.path.join(folder, "model")
-    bench_model(size, 0).save_pretrained(model_dir)
+    (qwen2_model if MODELS[model].get("qwen2") else bench_model)(size, 0).save_pretrained(model_dir)
     bench_tokenizer(size.vocab).save_pretrained(model_dir)
     data = os.path.join(folder, "rows.jsonl")
     with open(data, "w", encoding="utf-8") as f:
@@ -312,8 +375,8 @@ def shape_of(model: str) -> LlamaShape:
         s = TinyLlamaSize()
         return LlamaShape(s.hidden_size, s.num_hidden_layers, s.num_attention_heads, s.num_attention_heads,
                           s.intermediate_size, len(build_char_tokenizer()))  # fmt: skip
-    z = MODELS[model]["size"]
-    return LlamaShape(z.hidden, z.layers, z.heads, z.kv_heads, z.intermediate, z.vocab)
+    z, qwen2 = MODELS[model]["size"], MODELS[model].get("qwen2", False)
+    return LlamaShape(z.hidden, z.layers, z.heads, z.kv_heads, z.intermediate, z.vocab, tied=qwen2, qkv_bias=qwen2)
 
 
 def _env(threads: int) -> dict:
@@ -323,10 +386,11 @@ def _env(threads: int) -> dict:
 
 
 def run_row(spec: dict, timeout: float = 1800) -> list[dict]:
-    """One row in a fresh process (FSDP: `FSDP_WORLD` processes under torchrun); one result per process."""
+    """One row in a fresh process (an FSDP row: `PROCESSES[row]` processes under torchrun); one result per process."""
     code = "import sys; from dpo_ref.bench.memory import main; main(sys.argv[1:])"
-    if ROWS[spec["row"]].get("fsdp"):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={FSDP_WORLD}",
+    if spec["row"] in PROCESSES:
+        nproc = PROCESSES[spec["row"]]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "dpo_ref.bench.memory", json.dumps(spec)]  # fmt: skip
     else:
         cmd = [sys.executable, "-c", code, json.dumps(spec)]
@@ -348,22 +412,37 @@ def formula(model: str, row: str, tokens: int, scored: int) -> dict[str, int]:
         dtype=options.get("dtype", "float32"),
         lora_r=options.get("lora_r"),
         checkpointing=options.get("gradient_checkpointing", False),
-        shards=FSDP_WORLD if options.get("fsdp") else 1,
+        shards=PROCESSES.get(row, 1),
     )
 
 
-def run_memory(models: tuple[str, ...], rows: tuple[str, ...], device: str, threads: int, log=print) -> dict:
+def peak_tflops(device: str) -> tuple[str, float | None]:
+    """(the device's name, its dense bf16 peak in TFLOP/s from `dpo_ref.bench.run.PEAK_TFLOPS`, None if unknown)."""
+    if not device.startswith("cuda"):
+        return "cpu", None
+    import torch
+
+    from dpo_ref.bench.run import PEAK_TFLOPS
+
+    name = torch.cuda.get_device_name(torch.device(device))
+    return name, next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def run_memory(
+    models: tuple[str, ...], rows: tuple[str, ...], device: str, threads: int, steps: int = STEPS, log=print
+) -> dict:
     """The whole memory bench; the dict `--json` writes (docs/results/memory.json)."""
-    out: dict = {"device": device, "threads": threads, "steps": STEPS, "lora_r": LORA_R, "models": {}}
+    name, peak = peak_tflops(device)
+    out: dict = {"device": device, "device_name": name, "peak_tflops": peak, "threads": threads, "steps": steps,
+                 "lora_r": LORA_R, "models": {}}  # fmt: skip
     fsdp = fsdp_available()
     with tempfile.TemporaryDirectory(prefix="dpo-ref-bench-memory-") as folder:
         for model in models:
-            spec = {"batch_size": MODELS[model]["batch_size"], "device": device, "threads": threads}
+            spec = {"batch_size": MODELS[model]["batch_size"], "device": device, "threads": threads, "steps": steps}
             entry: dict = {"batch_size": spec["batch_size"], "rows": {}}
             if model != "tiny":
-                size = MODELS[model]["size"]
-                spec["model_dir"], spec["data"] = prepare_model(size, os.path.join(folder, model))
-                entry["size"] = asdict(size)
+                spec["model_dir"], spec["data"] = prepare_model(model, os.path.join(folder, model))
+                entry["size"] = asdict(MODELS[model]["size"])
             entry["shape"] = asdict(shape_of(model))
             for row in rows:
                 if ROWS[row].get("fsdp") and not fsdp:
@@ -378,6 +457,10 @@ def run_memory(models: tuple[str, ...], rows: tuple[str, ...], device: str, thre
                 first["per_process_peak_mb"] = [r["peak_mb"] for r in results]
                 first["peak_mb"] = max(first["per_process_peak_mb"])
                 first["formula"] = formula(model, row, first["tokens"], first["scored_tokens"])
+                # throughput of this process; MFU as 6 N tokens/s over the bf16 peak (N: the model's parameters)
+                first["tokens_per_s"] = first["tokens"] / first["update_s"]
+                n = shape_of(model).params
+                first["mfu"] = 6 * n * first["tokens_per_s"] / (peak * 1e12) if peak else None
                 entry["rows"][row] = first
                 entry.setdefault("tokens", first["tokens"])
                 entry.setdefault("scored_tokens", first["scored_tokens"])
@@ -405,10 +488,14 @@ def format_memory(result: dict) -> str:
         shape = entry["shape"]
         lines.append(
             f"{model}: Llama hidden {shape['hidden']} x {shape['layers']} layers, vocab {shape['vocab']}; "
-            f"{entry['batch_size']} pairs per micro-batch, {entry['tokens']} tokens ({entry['scored_tokens']} scored); "
-            f"MB = 2^20 bytes per process"
+            f"{entry['batch_size']} pairs per micro-batch, {entry.get('tokens', '-')} tokens "
+            f"({entry.get('scored_tokens', '-')} scored); MB = 2^20 bytes per process"
         )
-        lines.append(f"  {'row':15}{peak_name:>13}{'x full':>8}" + "".join(f"{c:>10}" for c in cols) + f"{'x full':>8}")
+        mfu = any(r.get("mfu") is not None for r in entry["rows"].values())
+        lines.append(
+            f"  {'row':15}{peak_name:>13}{'x full':>8}" + "".join(f"{c:>10}" for c in cols) + f"{'x full':>8}"
+            f"{'tokens/s':>10}" + (f"{'MFU':>7}" if mfu else "")
+        )
         for row, r in entry["rows"].items():
             if not r.get("available"):
                 lines.append(f"  {row:15}  {r['note']}")
@@ -417,14 +504,22 @@ def format_memory(result: dict) -> str:
             tratio = f"{r['tensors_ratio']:.2f}" if "tensors_ratio" in r else "-"
             values = (r["weights_bytes"], r["reference_bytes"], r["gradient_bytes"], r["optimizer_bytes"],
                       r.get("step_tensors_peak_bytes"), r.get("activations_at_peak_bytes"),
-                      r.get("tensors_peak_bytes"), r["formula"]["total"])  # fmt: skip
+                      r.get("tensors_peak_bytes"), r["formula"]["peak"])  # fmt: skip
             peaks = "/".join(f"{p:.0f}" for p in r["per_process_peak_mb"])
-            lines.append(f"  {row:15}{peaks:>13}{ratio:>8}" + "".join(f"{_mb(v):>10}" for v in values) + f"{tratio:>8}")
+            lines.append(
+                f"  {row:15}{peaks:>13}{ratio:>8}" + "".join(f"{_mb(v):>10}" for v in values) + f"{tratio:>8}"
+                f"{r['tokens_per_s']:>10.0f}" + (f"{r['mfu']:>7.1%}" if mfu and r.get("mfu") is not None else "")
+            )
     lines.append(
         "peak: the largest update's; tensors = weights + ref + AdamW + step peak (the tensors the update allocates: "
         "gradients, activations, temporaries); activ. = the step peak less the gradients alive at it; formula = "
-        "dpo_ref.bench.memory_model.step_memory"
+        "dpo_ref.bench.memory_model.step_memory's peak, to compare with tensors"
     )
+    if result.get("peak_tflops"):
+        lines.append(
+            f"MFU = 6 N tokens/s / {result['peak_tflops']:.0f} TFLOP/s ({result['device_name']}'s dense bf16 peak), "
+            "N the model's parameters (for LoRA too: what the step would cost training every weight)"
+        )
     return "\n".join(lines)
 
 

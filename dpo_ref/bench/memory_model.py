@@ -20,8 +20,9 @@ The saved tensors of one decoder layer per token (transformers' `LlamaDecoderLay
 value, `c` of the compute dtype: 4 and 4 in float32, 4 and 2 under bfloat16 autocast, where the residual stream
 and RMSNorm stay float32 and the linear layers' inputs are cast to bf16):
 
-    2 RMSNorms       2 x (2 f h + c h)           its input (the float32 residual stream), x / rms(x), and the
-                                                 output the next linear layer reads (its bf16 cast under autocast)
+    2 RMSNorms       2 x 2 f h + 2 f h, or       each: its input (the float32 residual stream) and x / rms(x);
+                     2 x 2 f h + 5 c h           its output, which the linear layers read (under autocast one bf16
+                                                 cast per reader: q, k, v and gate, up)
     attention        c (h + 2 kv) + c h          q and k after the rotary embedding, v (SDPA's inputs), SDPA's
                                                  output (o_proj's input is a view of it)
     MLP              4 c i                       gate, silu(gate), up, and their product (down_proj's input)
@@ -62,6 +63,7 @@ class LlamaShape:
     intermediate: int
     vocab: int
     tied: bool = False
+    qkv_bias: bool = False  # Qwen2: q, k and v have biases
 
     @property
     def kv(self) -> int:
@@ -80,12 +82,13 @@ class LlamaShape:
     @property
     def params(self) -> int:
         embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
-        return embeddings + self.layers * (self.layer_linear + 2 * self.hidden) + self.hidden
+        biases = (self.hidden + 2 * self.kv) if self.qkv_bias else 0
+        return embeddings + self.layers * (self.layer_linear + biases + 2 * self.hidden) + self.hidden
 
     @property
     def tensors(self) -> int:
         """Parameter tensors: the embedding, 7 linear + 2 norm weights per layer, the final norm, the head."""
-        return 1 + 9 * self.layers + 1 + (0 if self.tied else 1)
+        return 1 + (9 + (3 if self.qkv_bias else 0)) * self.layers + 1 + (0 if self.tied else 1)
 
     def lora(self, r: int, targets: tuple[str, ...] = ("q_proj", "v_proj")) -> tuple[int, int]:
         """(parameters, tensors) of LoRA adapters of rank r on `targets` in every layer: A (r, in), B (out, r)."""
@@ -99,14 +102,24 @@ class LlamaShape:
 LLAMA_7B = LlamaShape(hidden=4096, layers=32, heads=32, kv_heads=32, intermediate=11008, vocab=32000)
 
 
-def layer_activation_bytes(shape: LlamaShape, dtype: str) -> int:
-    """a: bytes saved for the backward pass per token by one decoder layer (see the module docstring)."""
+def layer_activation_bytes(shape: LlamaShape, dtype: str, lora: bool = False) -> int:
+    """a: bytes saved for the backward pass per token by one decoder layer (see the module docstring).
+
+    Under autocast each linear layer casts its input to bf16 itself (a cast of a non-leaf tensor is not cached), so
+    the first norm's output is kept once per reader: q, k, v (3 c h), the second's by gate and up (2 c h); in
+    float32 the readers share one tensor. `lora`: LoRA on q_proj and v_proj (peft's default for Llama and Qwen2),
+    every other weight frozen: a frozen linear layer keeps no input (its input's gradient needs only its weight)
+    and a frozen norm weight no x / rms, so the layer keeps its input and the middle residual, the first norm's
+    output (read by the q and v adapters' A: 2 casts under autocast), the attention's tensors, the MLP's gate,
+    silu and up, and the adapters' r-wide inputs of B (negligible, left out)."""
     h, kv, i = shape.hidden, shape.kv, shape.intermediate
     c = compute_bytes(dtype)
-    norms = 2 * (2 * F32 * h + c * h)
+    autocast = c != F32
     attention = c * (h + 2 * kv) + c * h
-    mlp = 4 * c * i
-    return norms + attention + mlp
+    if lora:
+        return 2 * F32 * h + (2 * c * h if autocast else F32 * h) + attention + 3 * c * i
+    norms = 2 * 2 * F32 * h + (5 * c * h if autocast else 2 * F32 * h)
+    return norms + attention + 4 * c * i
 
 
 def compute_bytes(dtype: str) -> int:
@@ -114,11 +127,11 @@ def compute_bytes(dtype: str) -> int:
     return BF16 if dtype in ("bfloat16", "float16") else F32
 
 
-def head_activation_bytes(shape: LlamaShape, dtype: str) -> int:
-    """Bytes saved per scored token by the output layer and the log-softmax: its input (cast under autocast) and
-    the logits (under autocast the bf16 logits and their float32 upcast, which the log-softmax reads)."""
+def head_activation_bytes(shape: LlamaShape, dtype: str, lora: bool = False) -> int:
+    """Bytes saved per scored token by the output layer and the log-softmax: the layer's input (its bf16 cast under
+    autocast; none when the layer is frozen, under LoRA) and the logits."""
     c = compute_bytes(dtype)
-    return c * shape.hidden + (F32 if c == F32 else c + F32) * shape.vocab
+    return (0 if lora else c * shape.hidden) + c * shape.vocab
 
 
 def step_memory(
@@ -150,11 +163,16 @@ def step_memory(
         "optimizer": (2 * F32 * trained + F32 * trained_tensors) // shards,
         "weight_casts": BF16 * shape.linear if dtype in ("bfloat16", "float16") else 0,
     }
-    a = layer_activation_bytes(shape, dtype)
+    a = layer_activation_bytes(shape, dtype, lora=lora_r is not None)
     layers = (shape.layers * F32 * shape.hidden + a) if checkpointing else shape.layers * a
-    final_norm = 2 * F32 * shape.hidden  # its input and x / rms, per token
-    out["activations"] = tokens * (layers + final_norm) + scored * head_activation_bytes(shape, dtype)
-    out["total"] = sum(out.values())
+    lora = lora_r is not None
+    final_norm = (1 if lora else 2) * F32 * shape.hidden  # its input, and x / rms unless its weight is frozen
+    out["activations"] = tokens * (layers + final_norm) + scored * head_activation_bytes(shape, dtype, lora)
+    held = out["weights"] + out["reference"] + out["optimizer"]
+    # the backward pass frees the activations as it makes the gradients: the step's peak is at least the larger of
+    # the two (end of forward, end of backward) and at most their sum
+    out["peak"] = held + out["weight_casts"] + max(out["activations"], out["gradients"])
+    out["total"] = held + out["weight_casts"] + out["activations"] + out["gradients"]
     return out
 
 

@@ -597,6 +597,7 @@ def _handler(args) -> int:
         return _memory_handler(args)
     if args.memory_rows is not None:
         raise InputError("--memory-rows needs --memory (the memory bench)")
+    args.steps = 3 if args.steps is None else args.steps
     if args.layout is not None:  # checked first: the layout bench has its own shapes
         from dpo_ref.bench import layouts as bench_layouts
 
@@ -697,8 +698,13 @@ def _memory_handler(args) -> int:
     """`--memory`: peak memory per process of `dpo-ref train` under each memory option (`dpo_ref.bench.memory`)."""
     from dpo_ref.bench import memory as bench_memory
 
-    models = bench_memory.parse_names(args.memory, bench_memory.MODELS, "--memory")
-    rows = bench_memory.parse_names(args.memory_rows or "all", bench_memory.ROWS, "--memory-rows")
+    models = bench_memory.parse_names(args.memory, bench_memory.MODELS, "--memory", everything=("tiny", "100m"))
+    rows = bench_memory.parse_names(
+        args.memory_rows or "all", bench_memory.ROWS, "--memory-rows", bench_memory.ALL_ROWS
+    )
+    steps = bench_memory.STEPS if args.steps is None else args.steps
+    if steps < 2:
+        raise InputError(f"--steps must be at least 2 with --memory (the second update is the steady one), got {steps}")
     if args.layout is not None:
         raise InputError("--memory and --layout are two benches: pass one of them")
     fixed = [f"--{f.replace('_', '-')}" for f in ("hidden", "layers", "vocab", "seq_len", "prompt_len", "batch")
@@ -727,7 +733,7 @@ def _memory_handler(args) -> int:
     before = machine()
     log = (lambda *a, **k: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     try:
-        result = bench_memory.run_memory(models, rows, device, args.threads, log=log)
+        result = bench_memory.run_memory(models, rows, device, args.threads, steps, log=log)
     except RuntimeError as err:
         print(f"dpo-ref bench: FAILED: {err}", file=sys.stderr)
         return 1
@@ -775,7 +781,12 @@ def register(subparsers) -> None:
         help="torch threads, the same on both sides (default 1: on a busy machine, "
         "multi-threaded steps stall at OpenMP barriers; use more on an idle machine)",
     )
-    a("--steps", type=int, default=3, help="timed steps per process (default 3)")
+    a(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps per process (default 3; with --memory: updates per row, default 2)",
+    )
     a("--warmup", type=int, default=1, help="untimed steps first (default 1; step 1 is the loss check)")
     a("--repeats", type=int, default=2, help="processes per side and setting, interleaved (default 2)")
     a("--settings", default="both", choices=("both",) + REF_SETTINGS, help="reference settings to run (default both)")
