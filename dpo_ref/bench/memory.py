@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import asdict
 
-from dpo_ref.bench.memory_model import LlamaShape, step_memory
+from dpo_ref.bench.memory_model import LlamaShape, step_memory, table_7b
 from dpo_ref.bench.sizes import BenchSize
 from dpo_ref.errors import InputError
 
@@ -439,6 +439,8 @@ def run_memory(
     with tempfile.TemporaryDirectory(prefix="dpo-ref-bench-memory-") as folder:
         for model in models:
             spec = {"batch_size": MODELS[model]["batch_size"], "device": device, "threads": threads, "steps": steps}
+            # CUDA counts its own peak; the Python-level tensor count would slow the step it times there
+            spec["track_tensors"] = not device.startswith("cuda")
             entry: dict = {"batch_size": spec["batch_size"], "rows": {}}
             if model != "tiny":
                 spec["model_dir"], spec["data"] = prepare_model(model, os.path.join(folder, model))
@@ -456,23 +458,36 @@ def run_memory(
                 first["available"] = True
                 first["per_process_peak_mb"] = [r["peak_mb"] for r in results]
                 first["peak_mb"] = max(first["per_process_peak_mb"])
-                first["formula"] = formula(model, row, first["tokens"], first["scored_tokens"])
-                # throughput of this process; MFU as 6 N tokens/s over the bf16 peak (N: the model's parameters)
-                first["tokens_per_s"] = first["tokens"] / first["update_s"]
-                n = shape_of(model).params
-                first["mfu"] = 6 * n * first["tokens_per_s"] / (peak * 1e12) if peak else None
                 entry["rows"][row] = first
-                entry.setdefault("tokens", first["tokens"])
-                entry.setdefault("scored_tokens", first["scored_tokens"])
-            base = entry["rows"].get("full", {})
-            for r in entry["rows"].values():
-                if r.get("available") and base.get("available"):
-                    r["peak_ratio"] = r["peak_mb"] / base["peak_mb"]
-                    if "tensors_peak_bytes" in r and "tensors_peak_bytes" in base:
-                        r["tensors_ratio"] = r["tensors_peak_bytes"] / base["tensors_peak_bytes"]
             out["models"][model] = entry
-    out["printed"] = format_memory(out).splitlines()
-    return out
+    return derive(out)
+
+
+def derive(result: dict) -> dict:
+    """The figures computed from the measurements (`result` completed in place, and returned): per row the formula
+    (`memory_model.step_memory` at the row's tokens), tokens/s and MFU, the ratios to the full fine-tune; the
+    printed table and the 7B arithmetic the docs quote. Pure: re-deriving a results file changes no measurement."""
+    peak = result.get("peak_tflops")
+    for model, entry in result["models"].items():
+        measured = [r for r in entry["rows"].values() if r.get("available")]
+        if measured:
+            entry["tokens"], entry["scored_tokens"] = measured[0]["tokens"], measured[0]["scored_tokens"]
+        for row, r in entry["rows"].items():
+            if not r.get("available"):
+                continue
+            r["formula"] = formula(model, row, r["tokens"], r["scored_tokens"])
+            # throughput of one process; MFU as 6 N tokens/s over the bf16 peak (N: the model's parameters)
+            r["tokens_per_s"] = r["tokens"] / r["update_s"]
+            r["mfu"] = 6 * shape_of(model).params * r["tokens_per_s"] / (peak * 1e12) if peak else None
+        base = entry["rows"].get("full", {})
+        for r in measured:
+            if base.get("available"):
+                r["peak_ratio"] = r["peak_mb"] / base["peak_mb"]
+                if "tensors_peak_bytes" in r and "tensors_peak_bytes" in base:
+                    r["tensors_ratio"] = r["tensors_peak_bytes"] / base["tensors_peak_bytes"]
+    result["printed"] = format_memory(result).splitlines()
+    result["arithmetic_7b"] = table_7b()
+    return result
 
 
 def _mb(value) -> str:

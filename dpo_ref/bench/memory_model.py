@@ -11,7 +11,7 @@ kv = kv_heads x head_dim, MLP width i, vocabulary V, on a micro-batch of N token
     AdamW moments    8 T + 4 t                   exp_avg and exp_avg_sq (float32), and a float32 step counter per
                                                  trained tensor (t tensors)
     weight casts     2 W  (bfloat16 only)        autocast's bf16 copy of each linear layer's weight (W of the P
-                                                 parameters), kept for the backward pass
+                                                 parameters), kept for the backward pass (`weight_cast_bytes`)
     activations      N (L a + 2 f h) + S b       a bytes per token per layer, saved for the backward pass (below),
                                                  the final norm's, and b per scored token: the output layer's input
                                                  and logits (`SequenceScorer` runs it at the scored positions only)
@@ -134,6 +134,18 @@ def head_activation_bytes(shape: LlamaShape, dtype: str, lora: bool = False) -> 
     return (0 if lora else c * shape.hidden) + c * shape.vocab
 
 
+def weight_cast_bytes(shape: LlamaShape, dtype: str, *, lora: bool, checkpointing: bool) -> int:
+    """Autocast's bf16 copies of the linear weights alive in the step. A trained weight's copy is cached until the
+    autocast region ends (forward and backward), checkpointing or not: the whole model's. A frozen weight's copy
+    is not cached but kept for the backward pass by its layer (the input's gradient needs it), so under LoRA with
+    checkpointing only the recomputed layer's and the output layer's are alive at once."""
+    if compute_bytes(dtype) == F32:
+        return 0
+    if lora and checkpointing:
+        return BF16 * (shape.layer_linear + (0 if shape.tied else shape.vocab * shape.hidden))
+    return BF16 * shape.linear
+
+
 def step_memory(
     shape: LlamaShape,
     *,
@@ -161,7 +173,7 @@ def step_memory(
         "reference": F32 * shape.params // shards if reference and lora_r is None else 0,
         "gradients": F32 * trained // shards,
         "optimizer": (2 * F32 * trained + F32 * trained_tensors) // shards,
-        "weight_casts": BF16 * shape.linear if dtype in ("bfloat16", "float16") else 0,
+        "weight_casts": weight_cast_bytes(shape, dtype, lora=lora_r is not None, checkpointing=checkpointing),
     }
     a = layer_activation_bytes(shape, dtype, lora=lora_r is not None)
     layers = (shape.layers * F32 * shape.hidden + a) if checkpointing else shape.layers * a
@@ -191,17 +203,19 @@ GPU_BYTES = 80 * 10**9  # "fits on one 80 GB GPU" (80 GB = 74.5 GiB; CUDA's cont
 
 def table_7b(tokens: int = 4096, scored_fraction: float = 0.5) -> list[str]:
     """The 7B Llama table of docs/performance.md, one line per option and dtype (GiB), printed from `step_memory`:
-    `tokens` per micro-batch (e.g. 2 pairs x 2 sequences x 1024), half of them scored."""
+    `tokens` per micro-batch (e.g. 2 pairs x 2 sequences x 1024), half of them scored. The peak lies between
+    `peak` (activations and gradients never both whole) and `total` (both at once); "80 GB GPU" judges `total`."""
     scored = int(tokens * scored_fraction)
-    cols = ("weights", "reference", "gradients", "optimizer", "weight_casts", "activations", "total")
+    cols = ("weights", "reference", "gradients", "optimizer", "weight_casts", "activations", "peak", "total")
+    names = ("weights", "reference", "gradients", "AdamW", "casts", "activations", "peak from", "to")
     lines = [
         f"Llama 7B ({LLAMA_7B.params / 1e9:.2f} B parameters), {tokens} tokens per micro-batch ({scored} scored), "
         "GiB per process",
-        f"{'option':32}{'dtype':>10}" + "".join(f"{c.replace('_', ' '):>13}" for c in cols) + f"{'80 GB GPU':>11}",
+        f"{'option':31}{'dtype':>9}" + "".join(f"{c:>12}" for c in names) + f"{'80 GB GPU':>11}",
     ]
     for label, options in OPTIONS:
         for dtype in ("float32", "bfloat16"):
             m = step_memory(LLAMA_7B, tokens=tokens, scored=scored, dtype=dtype, **options)
             fits = "fits" if m["total"] <= GPU_BYTES else "no"
-            lines.append(f"{label:32}{dtype:>10}" + "".join(f"{m[c] / GIB:>13.1f}" for c in cols) + f"{fits:>11}")
+            lines.append(f"{label:31}{dtype:>9}" + "".join(f"{m[c] / GIB:>12.1f}" for c in cols) + f"{fits:>11}")
     return lines
