@@ -106,6 +106,37 @@ def test_the_formula_gives_the_activations_saved_for_backward(tiny_rows, row):
     assert ACTIVATION_BAND[0] <= ratio <= ACTIVATION_BAND[1], ratio
 
 
+def test_the_band_rejects_a_formula_one_tensor_off(tiny_rows):
+    """The band bites: the measured activations against a formula without one h-wide float32 tensor per layer per
+    token (say, x / rms of one norm), or with one more, fall outside it."""
+    r = tiny_rows["full"]
+    f = memory.formula("tiny", "full", r["tokens"], r["scored_tokens"])
+    one = r["tokens"] * TINY.layers * 4 * TINY.hidden
+    for wrong in (f["activations"] - one, f["activations"] + one):
+        assert not ACTIVATION_BAND[0] <= r["forward_end_bytes"] / wrong <= ACTIVATION_BAND[1]
+
+
+def test_live_tensors_counts_allocations_not_views_and_frees():
+    """`LiveTensors` against sizes known in advance: a new tensor adds its bytes, a view or an in-place op adds
+    none, a freed tensor's bytes leave; the peak and what was alive at it are kept."""
+    import torch
+
+    from dpo_ref.bench.tensor_bytes import LiveTensors
+
+    outside = torch.zeros(1000)  # allocated before: never counted, nor its views
+    with LiveTensors() as live:
+        a = torch.ones(1000)  # 4000 bytes
+        b = a.view(10, 100)  # a view: nothing new
+        a.mul_(2)  # in place: nothing new
+        c = outside[:10]  # a view of a tensor from outside
+        d = torch.empty(250, dtype=torch.float64)  # 2000 bytes
+        assert live.live == 6000
+        del d
+        assert live.live == 4000 and live.peak == 6000
+        assert sorted(live.at_peak.values()) == [2000, 4000]
+        assert live.allocation_id(b) == live.allocation_id(a) is not None and live.allocation_id(c) is None
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("row", ["full-bf16", "lora-bf16"])
 def test_the_formula_gives_the_activations_under_bf16_autocast(tmp_path, row):
