@@ -12,7 +12,7 @@
 #                                 2 kv heads, MLP 4864, vocab 151936, tied embeddings), 4 pairs x 1024 tokens, as
 #                                 real `dpo-ref train` runs: bf16 + LoRA r=8, bf16 + FSDP (torchrun, one process),
 #                                 full bf16; tokens/s, MFU = 6 N tokens/s / the GPU's dense bf16 peak (989 TFLOP/s
-#                                 for an H100 or H200 SXM, dpo_ref.bench.run.PEAK_TFLOPS) and CUDA peak memory. It
+#                                 for an H100 or H200 SXM, dpo_ref.bench.shared.PEAK_TFLOPS) and CUDA peak memory. It
 #                                 fails (exit 1) when a row could not run, FSDP included while --fsdp is missing
 #
 # Usage: benchmarks/gpu_check.sh [OUTDIR]   (default gpu_check_out; results in OUTDIR/*.json and *.log)

@@ -352,7 +352,7 @@ def qwen2_model(size: BenchSize, seed: int):
 def prepare_model(model: str, folder: str) -> tuple[str, str]:
     """(--model directory, --data file) of the bench model `model` built from a config, with the bench's word
     tokenizer and `size.batch` rows of exactly `size.seq_len` tokens each."""
-    from dpo_ref.bench.run import bench_rows, bench_tokenizer
+    from dpo_ref.bench.shared import bench_rows, bench_tokenizer
     from dpo_ref.bench.sizes import bench_model
 
     size = MODELS[model]["size"]
@@ -380,9 +380,9 @@ def shape_of(model: str) -> LlamaShape:
 
 
 def _env(threads: int) -> dict:
-    from dpo_ref.bench.run import _worker_env
+    from dpo_ref.bench.shared import worker_env
 
-    return _worker_env(threads)
+    return worker_env(threads)
 
 
 def run_row(spec: dict, timeout: float = 1800) -> list[dict]:
@@ -417,12 +417,12 @@ def formula(model: str, row: str, tokens: int, scored: int) -> dict[str, int]:
 
 
 def peak_tflops(device: str) -> tuple[str, float | None]:
-    """(the device's name, its dense bf16 peak in TFLOP/s from `dpo_ref.bench.run.PEAK_TFLOPS`, None if unknown)."""
+    """(the device's name, its dense bf16 peak in TFLOP/s from `dpo_ref.bench.shared.PEAK_TFLOPS`, None if unknown)."""
     if not device.startswith("cuda"):
         return "cpu", None
     import torch
 
-    from dpo_ref.bench.run import PEAK_TFLOPS
+    from dpo_ref.bench.shared import PEAK_TFLOPS
 
     name = torch.cuda.get_device_name(torch.device(device))
     return name, next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
