@@ -89,10 +89,12 @@ def test_lora_trains_only_the_adapters_and_shares_the_reference(tiny_rows):
 # the activations: the formula itemises every tensor a layer saves for backward. What else is alive when the
 # forward passes end: the rows' attention mask (T^2 per row), the rotary cos/sin tables, SDPA's log-sum-exp and
 # the RMS values (h / head_dim / T times smaller than one saved h-wide tensor), and the reference's log-probs. On
-# the built-in model (h = 64, T = 15) they come to about 3% of the saved tensors, so the measured bytes are at
-# least the formula's and at most 6% above: a formula missing one h-wide tensor per layer (about 5% of the
-# total here) or counting one too many falls outside
-ACTIVATION_BAND = (1.0, 1.06)
+# the built-in model (h = 64, T = 15) they come to about 3% of the saved tensors (measured 1.025-1.034), on the
+# 100M one (h = 768) to under 0.5%: at most 4.5% above the formula. Below it: under LoRA the formula counts a
+# little more than autograd keeps (measured down to 0.988 on the 100M model in bf16, cause not itemised), so 1.5%
+# below is allowed. A formula missing one h-wide float32 tensor per layer, or counting one too many (about 5% of
+# the total on the built-in model), falls outside (test_the_band_rejects_a_formula_one_tensor_off)
+ACTIVATION_BAND = (0.985, 1.045)
 
 
 def _activation_ratio(model: str, row: str, r: dict) -> float:
