@@ -7,8 +7,8 @@
 # machine: the times and ratios move with load, and each results file records the load average it ran under.
 # Each command writes one file of docs/results/ (atomically; a failed command leaves the old file in place and
 # stops the script), then `python -m dpo_ref.docgen.results refresh` rewrites the quoted figures and
-# `python -m dpo_ref.docgen.results check` confirms them. About 25 minutes on 2 cores; --quick skips the bench and the
-# suite (about 5 minutes), --no-suite / --no-bench skip one of them.
+# `python -m dpo_ref.docgen.results check` confirms them. About 45 minutes on 2 cores; --quick skips the benches
+# (TRL comparison, memory) and the suite (about 5 minutes), --no-suite / --no-bench skip one of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -49,6 +49,8 @@ python benchmarks/verify_budget.py --repeats 3 --json "$OUT/verify_budget.json"
 if [ "$run_bench" = 1 ]; then
     step "bench vs TRL -> $OUT/bench.json"
     python -m dpo_ref bench --steps 4 --repeats 3 --json "$OUT/bench.json"
+    step "memory per option -> $OUT/memory.json"
+    python -m dpo_ref bench --memory all --threads 2 --json "$OUT/memory.json"
 fi
 
 step "rewriting the quoted figures"

@@ -36,6 +36,9 @@ import time
 from dataclasses import asdict
 
 from dpo_ref.atomic import STDOUT
+from dpo_ref.bench.shared import PEAK_TFLOPS, bench_rows, bench_tokenizer  # noqa: F401  (re-exported)
+from dpo_ref.bench.shared import package_root as _package_root
+from dpo_ref.bench.shared import worker_env as _worker_env
 from dpo_ref.bench.sizes import MIN_VOCAB, PRESETS, BenchSize, bench_model  # noqa: F401  (bench.PRESETS etc.)
 from dpo_ref.errors import InputError
 
@@ -51,42 +54,7 @@ class BenchError(RuntimeError):
     """A worker failed, or the two sides did not compute the same thing (the correctness guard)."""
 
 
-# dense bf16 peak of known accelerators, for MFU (TFLOP/s)
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
-
-
 # ---------------------------------------------------------------------------------------------- shared inputs
-
-
-def bench_tokenizer(vocab: int):
-    """A word-level tokenizer of exactly `vocab` ids: <pad> <s> </s> <unk>, then words w4 .. w{vocab-1}.
-
-    Text is whitespace-separated words, so a string of n words is exactly n tokens (plus BOS when the
-    tokenizer adds special tokens), whichever side tokenizes it.
-    """
-    from dpo_ref.train.tokenizer import SPECIAL_TOKENS, build_word_tokenizer
-
-    return build_word_tokenizer([f"w{i}" for i in range(len(SPECIAL_TOKENS), vocab)], add_bos=True)
-
-
-def bench_rows(size: BenchSize, seed: int = 0) -> list[dict]:
-    """`size.batch` preference rows whose prompt+response is exactly `size.seq_len` tokens (BOS, EOS included).
-
-    One step sees all rows, so both sides' first batches hold the same pairs (a mean over pairs does
-    not depend on their order) and the first-step losses are comparable.
-    """
-    import random
-
-    rng = random.Random(seed)
-    prompt_words, response_words = size.prompt_len - 1, size.seq_len - size.prompt_len - 1  # BOS, EOS
-
-    def words(n: int) -> str:
-        return " ".join(f"w{rng.randrange(4, size.vocab)}" for _ in range(n))
-
-    return [
-        {"prompt": words(prompt_words), "chosen": " " + words(response_words), "rejected": " " + words(response_words)}
-        for _ in range(size.batch)
-    ]
 
 
 def param_count(size: BenchSize) -> int:
@@ -269,20 +237,6 @@ def run_worker(spec_json: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- orchestration
-
-
-def _package_root() -> str:
-    import dpo_ref
-
-    return os.path.dirname(os.path.dirname(os.path.abspath(dpo_ref.__file__)))
-
-
-def _worker_env(threads: int) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = _package_root() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.update({"TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"})
-    env.update({"OMP_NUM_THREADS": str(threads), "TRANSFORMERS_VERBOSITY": "error"})
-    return env
 
 
 class Worker:
@@ -593,6 +547,11 @@ def _handler(args) -> int:
 
     from dpo_ref.train.config import check_device
 
+    if args.memory is not None:  # its own models and rows (dpo_ref.bench.memory)
+        return _memory_handler(args)
+    if args.memory_rows is not None:
+        raise InputError("--memory-rows needs --memory (the memory bench)")
+    args.steps = 3 if args.steps is None else args.steps
     if args.layout is not None:  # checked first: the layout bench has its own shapes
         from dpo_ref.bench import layouts as bench_layouts
 
@@ -689,6 +648,60 @@ def _layout_handler(args, size: BenchSize, device: str) -> int:
     return 0
 
 
+def _memory_handler(args) -> int:
+    """`--memory`: peak memory per process of `dpo-ref train` under each memory option (`dpo_ref.bench.memory`)."""
+    from dpo_ref.bench import memory as bench_memory
+
+    models = bench_memory.parse_names(args.memory, bench_memory.MODELS, "--memory", everything=("tiny", "100m"))
+    rows = bench_memory.parse_names(
+        args.memory_rows or "all", bench_memory.ROWS, "--memory-rows", bench_memory.ALL_ROWS
+    )
+    steps = bench_memory.STEPS if args.steps is None else args.steps
+    if steps < 2:
+        raise InputError(f"--steps must be at least 2 with --memory (the second update is the steady one), got {steps}")
+    if args.layout is not None:
+        raise InputError("--memory and --layout are two benches: pass one of them")
+    fixed = [f"--{f.replace('_', '-')}" for f in ("hidden", "layers", "vocab", "seq_len", "prompt_len", "batch")
+             if getattr(args, f) is not None]  # fmt: skip
+    if fixed or args.size != "default":
+        raise InputError(
+            f"{', '.join(fixed) or '--size'} cannot be combined with --memory: the memory bench runs its own models "
+            f"({', '.join(bench_memory.MODELS)})"
+        )
+    if args.threads < 1:
+        raise InputError(f"--threads must be a positive integer, got {args.threads}")
+    import torch
+
+    from dpo_ref.train.config import check_device
+
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = "cpu" if device == "auto" else check_device(device)
+    if args.json:
+        from dpo_ref.atomic import check_output_file
+
+        check_output_file(args.json, "--json")
+    from dpo_ref.atomic import hold
+    from dpo_ref.docgen.results import machine
+
+    hold({"--json": args.json})
+    before = machine()
+    log = (lambda *a, **k: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    try:
+        result = bench_memory.run_memory(models, rows, device, args.threads, steps, log=log)
+    except RuntimeError as err:
+        print(f"dpo-ref bench: FAILED: {err}", file=sys.stderr)
+        return 1
+    print("\n".join(result["printed"]), file=sys.stderr if args.json == STDOUT else sys.stdout)
+    if args.json:
+        from dpo_ref.docgen.results import write_results
+
+        command = (
+            f"dpo-ref bench --memory {args.memory} --memory-rows {args.memory_rows or 'all'} --threads {args.threads}"
+        )
+        write_results(args.json, {"machine": before, "command": command, **result})
+    return 0
+
+
 def _command(args) -> str:
     """The bench's settings as the command that reproduces them (quoted in docs/performance.md)."""
     parts = ["dpo-ref bench"]
@@ -722,7 +735,12 @@ def register(subparsers) -> None:
         help="torch threads, the same on both sides (default 1: on a busy machine, "
         "multi-threaded steps stall at OpenMP barriers; use more on an idle machine)",
     )
-    a("--steps", type=int, default=3, help="timed steps per process (default 3)")
+    a(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps per process (default 3; with --memory: updates per row, default 2)",
+    )
     a("--warmup", type=int, default=1, help="untimed steps first (default 1; step 1 is the loss check)")
     a("--repeats", type=int, default=2, help="processes per side and setting, interleaved (default 2)")
     a("--settings", default="both", choices=("both",) + REF_SETTINGS, help="reference settings to run (default both)")
@@ -736,6 +754,22 @@ def register(subparsers) -> None:
         "comma-separated list of two-sequence, prefix-sharing, packing, both (two-sequence, the baseline, is always "
         "run); shapes prompt 64 / completion 192, prompt 256 / completion 128 and a drawn mix; --repeats, "
         "--settings, --no-logps and --no-verify do not apply",
+    )
+    a(
+        "--memory",
+        metavar="MODELS",
+        default=None,
+        help="instead of the TRL comparison, measure the peak memory per process of dpo-ref train under each memory "
+        "option (full, LoRA, gradient checkpointing, bf16, FSDP x2), each in a fresh process: 'all' or a "
+        "comma-separated list of tiny (the built-in model), 100m (a 100M-parameter Llama built from a config); "
+        "see --memory-rows",
+    )
+    a(
+        "--memory-rows",
+        metavar="ROWS",
+        default=None,
+        help="with --memory: 'all' (the default) or a comma-separated list of full, full+ckpt, lora, lora+ckpt, "
+        "full-bf16, full+ckpt-bf16, lora-bf16, fsdp-x2",
     )
     a("--json", metavar="PATH", help="also write the results as JSON (- for standard output)")
     a("--quiet", action="store_true", help="print only the final table")
