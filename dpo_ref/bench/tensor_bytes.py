@@ -79,7 +79,7 @@ class LiveTensors(TorchDispatchMode):
 
     def allocation_id(self, t: torch.Tensor) -> int | None:
         """The id of the allocation behind `t` if it was made inside the block and is alive, else None."""
-        entry = self._alive.get(storage_key(t))
+        entry = self._alive.get(storage_key(local(t)))  # a DTensor gradient (FSDP2): its local shard
         return entry[0] if entry else None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
