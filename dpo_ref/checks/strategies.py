@@ -162,7 +162,8 @@ class TokenBatch:
             L = row_labels.shape[0]
             start = 0 if side == "right" else T - L
             labels[b, start : start + L] = row_labels
-            labels[b, start] = IGNORE_INDEX  # a row's first label is never scored: after left padding, say so
+            if start > 0:  # left padding: a pad position would predict the first label, which is never scored
+                labels[b, start] = IGNORE_INDEX
             logits[b, start : start + L] = row_logits
         return logits.to(dtype), labels
 

@@ -459,6 +459,54 @@ def diagnostic_token_batch() -> TokenBatch:
     return TokenBatch(rows=rows, vocab_size=V, padding_side="right", extra_padding=0, seed=3)
 
 
+def first_label_batch() -> TokenBatch:
+    """`diagnostic_token_batch` with a fourth row that has no prompt, so its first label is set (and never scored:
+    nothing predicts it); right padding, so the row ends in padding."""
+    batch = diagnostic_token_batch()
+    gen = torch.Generator().manual_seed(11)
+    labels = torch.randint(1, batch.vocab_size, (3,), generator=gen)
+    logits = torch.randn(3, batch.vocab_size, generator=gen, dtype=torch.float64) * 3.0
+    batch.rows.append((labels, logits))
+    return batch
+
+
+def _first_label_wrapped(logits: torch.Tensor, labels: torch.Tensor, average: bool) -> torch.Tensor:
+    """torch.roll(labels, -1) with the wrapped-around last position left scored: each row's first label, where set,
+    is scored with the row's last logits (pad filler, for a row that ends in padding). (B,)"""
+    lp = torch.log_softmax(logits.double(), dim=-1)
+    target = labels[:, 1:]
+    scored = target != IGNORE_INDEX
+    tok = torch.gather(lp[:, :-1], 2, target.clamp_min(0)[..., None])[..., 0]
+    wrapped = labels[:, 0] != IGNORE_INDEX  # (B,)
+    total = (tok * scored).sum(-1) + torch.gather(lp[:, -1], 1, labels[:, :1].clamp_min(0))[:, 0] * wrapped
+    return total / (scored.sum(-1) + wrapped).clamp_min(1) if average else total
+
+
+def _diagnose_first_label(fn: Callable, average: bool) -> list[str]:
+    """For a target right on the batches with prompts: is it wrong only where a row's first label is set?"""
+    batch = first_label_batch()
+    logits, labels = batch.padded()
+    try:
+        with torch.no_grad():
+            got = fn(logits.clone(), labels.clone())
+        got = got.detach().double()
+        if got.shape != (len(batch.rows),):
+            return []
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # whatever the target raises, nothing can be diagnosed
+        return []
+    tol = P.TOLERANCE_K * P.EPS_FLOAT32 * P.logps_tolerance_scale(batch.rows)
+    if bool(((got - P.loop_sequence_logps(batch.rows, average)).abs() <= tol).all()):
+        return []
+    if bool(((got - _first_label_wrapped(logits, labels, average)).abs() <= tol).all()):
+        return [
+            "first-label-wrapped: its values score a row's first label (set when the row has no prompt) with the "
+            "row's last logits: a torch.roll shift whose wrapped-around last position is not masked"
+        ]
+    return []
+
+
 def _logps_alternatives(
     logits: torch.Tensor, labels: torch.Tensor, average: bool
 ) -> list[tuple[str, str, torch.Tensor]]:
@@ -523,7 +571,7 @@ def diagnose_logps(fn: Callable, average: bool) -> list[str]:
     tol = P.TOLERANCE_K * P.EPS_FLOAT32 * P.logps_tolerance_scale(batch.rows)
     expected = P.loop_sequence_logps(batch.rows, average)
     if bool(((got - expected).abs() <= tol).all()):
-        return []
+        return _diagnose_first_label(fn, average)
     found: dict[str, str] = {}
     residual: dict[str, float] = {}  # the half-precision candidates matched, by their largest residual
     for name, says, alt in _logps_alternatives(logits, labels, average):

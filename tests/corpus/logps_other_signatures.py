@@ -25,8 +25,19 @@ def loss_mask_slice(logits, labels, loss_mask):
 
 
 def loss_mask_roll(logits, labels, loss_mask):
-    """loss_mask: shift by torch.roll(-1) over the whole row (newer TRL's style); the wrapped-around last
-    position carries loss_mask[:, 0], which is 0 because the first token is never scored."""
+    """loss_mask: shift by torch.roll(-1) over the whole row (newer TRL's style), the wrapped-around last position
+    masked (it would carry loss_mask[:, 0], set when a row has no prompt)."""
+    labels = torch.roll(labels, shifts=-1, dims=1)
+    loss_mask = torch.roll(loss_mask, shifts=-1, dims=1).bool()
+    loss_mask[:, -1] = False
+    per_token = torch.gather(logits.float().log_softmax(-1), 2, labels.unsqueeze(-1)).squeeze(-1)
+    per_token[~loss_mask] = 0
+    return per_token.sum(1)
+
+
+def loss_mask_roll_unmasked_wrap(logits, labels, loss_mask):
+    """loss_mask: the same roll, the wrap not masked: relies on loss_mask[:, 0] being 0 (a prompt token first),
+    so a row without a prompt scores its first token with the row's last logits."""
     labels = torch.roll(labels, shifts=-1, dims=1)
     loss_mask = torch.roll(loss_mask, shifts=-1, dims=1).bool()
     per_token = torch.gather(logits.float().log_softmax(-1), 2, labels.unsqueeze(-1)).squeeze(-1)
