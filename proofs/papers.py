@@ -3,6 +3,9 @@
 `Proof.source` is a key of PAPERS; a step's `eq` is that paper's label for the result it checks ("Eq. 7",
 "Thm. 2"). The rendered lesson cites the paper with each proof and each labelled step, and prints NOTATION
 as its one table of symbols.
+
+The labels were written without a copy of the papers: IPO Eq. 17, EXO Eq. 16 and SPPO Eq. 4.7 agree with the
+equations TRL's source cites (`trl/trainer/dpo_trainer.py`); the rest are unverified recollection (docs/proofs.md).
 """
 
 from __future__ import annotations
