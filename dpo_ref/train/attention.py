@@ -2,21 +2,23 @@
 
 `dpo_ref.train.layouts.collate` gives every row a dense (T, T) mask, which any attention implementation that
 takes a 4-D mask runs (SDPA, eager): `mask`. On CUDA the same pattern can instead go to FlexAttention
-(`torch.nn.attention.flex_attention`) as a `BlockMask`, which skips the (query block, key block) tiles that are
-all masked out (the chosen tokens for a rejected query, the other sequences of a packed row) and never builds the
-(T, T) mask on the device: `flex`. The block mask is not read from the dense one but built from three per-token
-ids by one rule (`allowed`), so the two are independent descriptions of the layout and a test holds them equal:
+(`torch.nn.attention.flex_attention`) as a `BlockMask`, whose kernel skips the (query block, key block) tiles
+that are all masked out (the chosen tokens for a rejected query, the other sequences of a packed row): `flex`.
+The block mask is not read from the dense one but built from three per-token ids by one rule (`allowed`), so
+the two are independent descriptions of the layout and a test holds them equal:
 
     key kv is visible from query q  <=>  q == kv                                       (every token sees itself)
                                       or  same sequence, kv <= q, and (same piece or kv in a shared piece)
 
 where a sequence is one pair's tokens (or one of its two sequences) in the row, a piece its prompt, chosen or
 rejected block (`layouts.Piece`), and a piece is shared when later pieces see it (the prompt under prefix
-sharing). Padding is a sequence of its own per token (it sees only itself, as in the dense mask).
+sharing). Padding is a sequence of its own per token (it sees only itself, as in the dense mask). What `flex`
+does not save yet: the dense mask is still collated and moved to the device with the batch, and an uncompiled
+`create_block_mask` evaluates the rule over every (q, kv) (a (R, 1, T, T) tensor) before it keeps the blocks.
 
-`auto` picks `flex` on CUDA when torch has FlexAttention and the model's transformers class supports it, `mask`
-otherwise; the trainer names the kernel in its log. FlexAttention has no backward on CPU (torch 2.13), so `flex`
-is refused there for training.
+`auto` is `mask` everywhere for now: `flex` has run only forward, on the CPU (eager), never on a GPU, so it is
+chosen only when asked for (`--attention flex`, CUDA only: FlexAttention has no backward on the CPU in torch
+2.13). The trainer names the kernel in its summary line.
 """
 
 from __future__ import annotations
@@ -71,21 +73,24 @@ def flex_supported(model) -> bool:
     return bool(getattr(model, "_supports_flex_attn", False))
 
 
+def check_layout(requested: str, layout: str) -> None:
+    """The refusals that need only the options (run with the other option checks, before anything loads)."""
+    if requested not in KERNELS:
+        raise InputError(f"--attention must be one of {', '.join(KERNELS)}, got {requested!r}")
+    if layout == "two-sequence" and requested == "flex":
+        raise InputError("--attention flex needs --prefix-sharing or --packing (the two-sequence layout has no "
+                         "block mask)")  # fmt: skip
+
+
 def choose(requested: str, layout: str, device: torch.device, model) -> str:
     """The kernel `--attention requested` runs for `layout` on `device`: `mask` or `flex` (InputError if refused).
     The two-sequence layout uses the model's own attention with its 2-D padding mask: `mask`."""
-    if requested not in KERNELS:
-        raise InputError(f"--attention must be one of {', '.join(KERNELS)}, got {requested!r}")
+    check_layout(requested, layout)
     if layout == "two-sequence":
-        if requested == "flex":
-            raise InputError("--attention flex needs --prefix-sharing or --packing (the two-sequence layout has no "
-                             "block mask)")  # fmt: skip
         return "mask"
-    if requested == "mask":
+    if requested in ("mask", "auto"):  # auto: mask until the flex path has run on a GPU (see the module doc)
         return "mask"
     usable = device.type == "cuda" and flex_supported(model)
-    if requested == "auto":
-        return "flex" if usable else "mask"
     if device.type != "cuda":
         raise InputError("--attention flex: FlexAttention has no backward pass on the CPU in this torch; use "
                          "--attention mask (or auto) on the CPU")  # fmt: skip

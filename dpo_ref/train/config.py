@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from dpo_ref.errors import InputError
 from dpo_ref.losses import check_label_smoothing, check_positive_scalar
-from dpo_ref.train.attention import KERNELS
+from dpo_ref.train.attention import KERNELS, check_layout
 from dpo_ref.train.objective import LOSS_CHOICES, is_classic, loss_help, loss_names, loss_option, resolve
 from dpo_ref.train.precision import DTYPES, check_dtype
 
@@ -108,7 +108,7 @@ class TrainConfig:
     )  # fmt: skip
     attention: str = _opt(
         "auto", "attention kernel of --prefix-sharing/--packing: mask (a 4-D boolean mask, any attention), flex "
-        "(FlexAttention's block mask, CUDA) or auto (flex on CUDA where the model supports it, else mask)",
+        "(FlexAttention's block mask, CUDA only, not yet run on a GPU) or auto (mask, until flex has)",
         choices=KERNELS,
     )  # fmt: skip
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
@@ -284,6 +284,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     cfg.dtype = check_dtype(cfg.dtype, cfg.device)
     check_lora(cfg)
     check_fsdp(cfg)
+    check_layout(cfg.attention, cfg.layout)
     return cfg
 
 
@@ -295,10 +296,16 @@ def check_fsdp(cfg: TrainConfig, environ=None) -> None:
     import os
 
     environ = os.environ if environ is None else environ
-    if "WORLD_SIZE" not in environ:
+    import torch.distributed as dist
+
+    needed = ("WORLD_SIZE", "RANK", "LOCAL_RANK")  # what the trainer reads; the rendezvous too, unless joined
+    needed += () if dist.is_available() and dist.is_initialized() else ("MASTER_ADDR", "MASTER_PORT")
+    missing = [k for k in needed if k not in environ]
+    if missing:
         raise InputError(
-            "--fsdp shards over the processes torchrun starts, and WORLD_SIZE is not set: run it as torchrun "
-            "--nproc_per_node=N -m dpo_ref train --fsdp ..."
+            f"--fsdp shards over the processes torchrun starts, and {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not set: run it as torchrun --nproc_per_node=N -m dpo_ref "
+            "train --fsdp ..."
         )
     if cfg.dtype == "float16":
         raise InputError(

@@ -18,9 +18,11 @@ no process holds a whole copy; a LoRA reference is the policy with its adapters 
     OUT/model/                      consolidated (every shard gathered on the main process): save_pretrained
 
 The checkpoint is written to OUT/.tmp-checkpoint.dcp/ and swapped into place by the main process once every
-process has written, so a crash mid-write keeps the previous one. DCP's `.metadata` is a pickle: `--resume`
-unpickles it, so resume only checkpoints you wrote yourself. DCP reshards on load: another number of processes
-may resume a run, at the same global batch (a resume key), e.g. 4 processes at --batch-size 1 for 2 at 2.
+process has written (checkpoint.dcp -> checkpoint.dcp.old, then the new one in), so a crash mid-write keeps the
+previous one: between the two renames, the next claim of OUT puts checkpoint.dcp.old back (`RunDir.claim`).
+DCP's `.metadata` is a pickle: `--resume` unpickles it, so resume only checkpoints you wrote yourself. DCP
+reshards on load: another number of processes may resume a run, at the same global batch (a resume key); the
+suite tests resuming on the same number only.
 """
 
 from __future__ import annotations
@@ -54,9 +56,11 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def shard(model: nn.Module, device: torch.device) -> nn.Module:
+def shard(model: nn.Module, device: torch.device, frozen: bool = False) -> nn.Module:
     """`model` (a transformers model, or a peft model around one) sharded in place over every process: each
-    decoder layer its own FSDP unit, then the root (the embeddings, final norm and output layer)."""
+    decoder layer its own FSDP unit, then the root (the embeddings, final norm and output layer). `frozen` (the
+    reference, which never runs a backward): the root too is resharded after its forward; by default FSDP2 keeps
+    the root gathered from the forward to the backward, which for a reference would be for good."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -65,7 +69,7 @@ def shard(model: nn.Module, device: torch.device) -> nn.Module:
     root = lora.inner_model(model)  # a LoRA policy: the HF model inside the peft wrapper is the root
     for layer in decoder_layers(root):
         fully_shard(layer, mesh=mesh)
-    fully_shard(root, mesh=mesh)
+    fully_shard(root, mesh=mesh, reshard_after_forward=True) if frozen else fully_shard(root, mesh=mesh)
     return model
 
 

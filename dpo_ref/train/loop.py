@@ -636,7 +636,7 @@ def load_data(s: Session) -> Data:
     reference = None
     if cfg.fsdp:
         if not lora.is_peft(policy) and needs_reference(cfg):  # sharded alike, never whole (see fsdp.fill)
-            reference = fsdp.shard(fsdp.empty_reference(policy), s.device)
+            reference = fsdp.shard(fsdp.empty_reference(policy), s.device, frozen=True)
         policy = fsdp.shard(policy, s.device)
         if reference is not None:
             reference = fsdp.fill(reference, policy, s.device)

@@ -322,6 +322,9 @@ class RunDir:
         try:
             self.check(run_config, resume=resume, overwrite=overwrite, resume_keys=resume_keys)
             remove_stray_temp_files(self.path)  # left by a writer killed mid-write; the files they replace are intact
+            for final in (self.checkpoint_dcp, self.model):  # a writer killed between its two renames (final ->
+                if not os.path.exists(final) and os.path.isdir(final + ".old"):  # .old, tmp -> final): the
+                    os.replace(final + ".old", final)  # previous one, whole, is put back
             dcp_tmp = os.path.join(self.path, TMP_PREFIX + os.path.basename(self.checkpoint_dcp))
             for stray in (self.model + ".tmp", self.model + ".old", dcp_tmp, self.checkpoint_dcp + ".old"):
                 shutil.rmtree(stray, ignore_errors=True)

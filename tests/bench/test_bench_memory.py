@@ -288,8 +288,12 @@ def test_the_results_file_is_derived_by_this_code():
             if not r["available"]:
                 assert "not available in this build" in r["note"]
                 continue
-            assert r["optimizer_bytes"] == 8 * r["trained_params"] + 4 * r["trained_tensors"]
-            assert r["gradient_bytes"] == 4 * r["trained_params"]
+            G = r.get("world", 1)  # FSDP: each process holds 1/G of every moment and gradient (its shard), and
+            # every step counter (one scalar per trained tensor: not sharded); the reference sharded as the policy
+            assert r["optimizer_bytes"] == 8 * r["trained_params"] // G + 4 * r["trained_tensors"]
+            assert r["gradient_bytes"] == 4 * r["trained_params"] // G
+            if G > 1:
+                assert r["reference_bytes"] == r["weights_bytes"] == 4 * r["params"] // G
 
 
 # ---------------------------------------------------------------------------------------------- gpu_check.sh

@@ -9,7 +9,7 @@
    wrapper). Both compute the same float32 softmax over the same keys; the values differ at most by the order
    of the sums, a few float32 ulps of each token's log-prob (|log p| <= ~10 here: ~1e-6 each), summed over at
    most ~60 tokens a sequence: atol 1e-4. A block mask that leaks is caught at the same tolerance.
-3. The kernel choice: auto is the mask on the CPU and FlexAttention on CUDA where the model supports it;
+3. The kernel choice: auto is the mask (FlexAttention only when asked for, until it has run on a GPU);
    --attention flex is refused (one line, exit 2, nothing written) on the CPU and for the two-sequence layout.
 4. On CUDA only (skipped here): training with --attention flex equals --attention mask over a short run.
 """
@@ -115,7 +115,7 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 @pytest.mark.parametrize("requested,layout,device,model,expected", [
     ("auto", "prefix-sharing", CPU, _Flexible(), "mask"),
-    ("auto", "packing", CUDA, _Flexible(), "flex"),
+    ("auto", "packing", CUDA, _Flexible(), "mask"),  # auto is mask until flex has run on a GPU
     ("auto", "both", CUDA, torch.nn.Module(), "mask"),  # a model class without FlexAttention support
     ("auto", "two-sequence", CUDA, _Flexible(), "mask"),
     ("mask", "both", CUDA, _Flexible(), "mask"),
@@ -172,3 +172,11 @@ def test_training_with_flex_equals_the_dense_mask_on_cuda(data, tmp_path):
     for a, b in zip(runs["mask"]["history"], runs["flex"]["history"]):
         if "loss" in a:
             assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4, abs_tol=1e-6), (a, b)
+
+
+def test_flex_without_a_shared_layout_is_refused_with_the_other_options():
+    """Refused by check_config, before any model is loaded (a 7B load would otherwise come first)."""
+    from dpo_ref.train.config import TrainConfig, check_config
+
+    with pytest.raises(InputError, match="--attention flex needs --prefix-sharing or --packing"):
+        check_config(TrainConfig(attention="flex"))

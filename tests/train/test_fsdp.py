@@ -99,13 +99,31 @@ def _refused(capsys, tmp_path, *extra: str) -> str:
     return err
 
 
+TORCHRUN_ENV = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29512"}
+
+
+def _as_torchrun(monkeypatch) -> None:
+    for name, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(name, value)
+
+
 def test_fsdp_without_torchrun_is_refused_in_one_line(capsys, tmp_path, monkeypatch):
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert "--fsdp shards over the processes torchrun starts, and WORLD_SIZE is not set" in _refused(capsys, tmp_path)
+    for name in TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert "--fsdp shards over the processes torchrun starts, and WORLD_SIZE, RANK" in _refused(capsys, tmp_path)
+
+
+def test_world_size_alone_is_not_torchrun(capsys, tmp_path, monkeypatch):
+    """WORLD_SIZE set by hand without the rest: one line naming what is missing, not torch's traceback."""
+    for name in TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    err = _refused(capsys, tmp_path)
+    assert "RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not set" in err
 
 
 def test_fsdp_with_merge_lora_is_refused_in_one_line(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "1")
+    _as_torchrun(monkeypatch)
     assert "--fsdp with --merge-lora" in _refused(capsys, tmp_path, "--lora-r", "4", "--merge-lora")
 
 
@@ -114,15 +132,15 @@ def test_fsdp_with_float16_is_refused():
 
     # on a CPU-only machine --dtype float16 is refused before (no CUDA): the FSDP check itself, called directly
     with pytest.raises(InputError, match="--fsdp with --dtype float16"):
-        check_fsdp(TrainConfig(fsdp=True, dtype="float16"), environ={"WORLD_SIZE": "2"})
-    check_fsdp(TrainConfig(fsdp=True, dtype="bfloat16"), environ={"WORLD_SIZE": "2"})  # bfloat16 is fine
+        check_fsdp(TrainConfig(fsdp=True, dtype="float16"), environ=TORCHRUN_ENV)
+    check_fsdp(TrainConfig(fsdp=True, dtype="bfloat16"), environ=TORCHRUN_ENV)  # bfloat16 is fine
 
 
 def test_fsdp_is_a_resume_key(data, tmp_path, monkeypatch):
     from dpo_ref.errors import InputError
 
     train(small(data, tmp_path, steps=2, stop_after=1, sft_steps=0))
-    monkeypatch.setenv("WORLD_SIZE", "1")
+    _as_torchrun(monkeypatch)
     with pytest.raises(InputError, match=r"fsdp=False \(this run: True\)"):
         train(small(data, tmp_path, steps=2, sft_steps=0, resume=True, fsdp=True))
 
@@ -300,3 +318,25 @@ def test_lora_with_fsdp_matches_one_process_and_its_adapters_load_with_peft(data
         torch.testing.assert_close(
             loaded(input_ids=ids).logits, single["policy"].eval()(input_ids=ids).logits, rtol=RTOL, atol=ATOL
         )
+
+
+@pytest.mark.parametrize("final", ["checkpoint.dcp", "model"])
+def test_a_kill_between_the_two_renames_puts_the_previous_one_back(tmp_path, final):
+    """The swap is final -> final.old, then tmp -> final: killed between them, only final.old (whole) and the new
+    tmp are left. A resumed run must find final.old put back, not delete it as a stray and restart from step 0."""
+    from dpo_ref.train.rundir import TMP_PREFIX, RunDir
+
+    out = tmp_path / "run"
+    (out / f"{final}.old").mkdir(parents=True)
+    (out / f"{final}.old" / "run_state.json").write_text('{"step": 2}')
+    tmp = out / (f"{TMP_PREFIX}{final}" if final == "checkpoint.dcp" else f"{final}.tmp")
+    tmp.mkdir()  # the new one, complete or not
+    (out / "run.json").write_text("{}")
+    (out / "metrics.jsonl").write_text("")
+    run_dir = RunDir(str(out))
+    run_dir.claim({}, resume=True, overwrite=False, resume_keys=[])
+    run_dir.release()
+    assert (out / final / "run_state.json").read_text() == '{"step": 2}'
+    assert not (out / f"{final}.old").exists() and not tmp.exists()
+    if final == "checkpoint.dcp":
+        assert run_dir.has_checkpoint()
