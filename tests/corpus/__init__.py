@@ -29,7 +29,7 @@ Three groups, told apart by `Case.group`:
 Diagnosis names of the outside group (loss level): plain-dpo, robust-dpo, cdpo-weights-exchanged,
 ipo-target-1/tau, chosen-rejected-swapped, beta-ignored, beta-squared, no-reference, batch-sum, ipo-not-dpo,
 dpo-not-ipo, reference-sign. Log-prob level: no-shift, mean-not-sum, sum-not-mean, prompt-counted,
-padding-counted, last-token-dropped, float16-scoring. Their formulas are in `DIAGNOSES`.
+padding-counted, last-token-dropped, float16-scoring, first-label-wrapped. Their formulas are in `DIAGNOSES`.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ DIAGNOSES = {
     "padding-counted": "also scores the positions after the response (the right padding), as token 0",
     "last-token-dropped": "never scores the last position (labels[:, T - 1])",
     "float16-scoring": "log_softmax done in float16 or bfloat16",
+    "first-label-wrapped": "also scores a row's first label (set when it has no prompt) with the row's last logits",
 }
 
 

@@ -48,9 +48,10 @@ LOSS_ALTS = {
             "batch-sum", "dpo-not-ipo", "reference-sign"],
 }  # fmt: skip
 LOGPS_ALTS = {
-    "dpo": ["no-shift", "mean-not-sum", "prompt-counted", "padding-counted", "last-token-dropped", "float16-scoring"],
+    "dpo": ["no-shift", "mean-not-sum", "prompt-counted", "padding-counted", "last-token-dropped", "float16-scoring",
+            "first-label-wrapped"],
     "ipo-mean": ["no-shift", "sum-not-mean", "prompt-counted", "padding-counted", "last-token-dropped",
-                 "float16-scoring"],
+                 "float16-scoring", "first-label-wrapped"],
 }  # fmt: skip
 # the same function under two names: cDPO at -h is (1 - eps) softplus(beta h) + eps softplus(-beta h), which is
 # cDPO with eps and 1 - eps exchanged (test_cdpo_swap_is_weights_exchanged); a case may match both
@@ -447,9 +448,12 @@ def logps_batch(kind: str, scale: float, dtype, B: int = 4, T: int = 9, V: int =
     ids = torch.randint(0, V - 1, (B, T), generator=g)
     labels = torch.full((B, T), -100)
     shapes = [(1, T - 1, 0), (3, 2, T - 5), (2, 4, T - 6), (4, 1, T - 5)]  # (prompt, response, padding)
+    if kind == "right-first":  # a row without a prompt: its first label is set (nothing predicts it)
+        shapes[3] = (0, 3, T - 3)
+    right = kind.startswith("right")
     for b, (p, r, pad) in enumerate(shapes[:B]):
-        start = p if kind == "right" else pad + p
-        if kind == "right":
+        start = p if right else pad + p
+        if right:
             ids[b, p + r :] = V - 1
         else:
             ids[b, :pad] = V - 1
@@ -463,7 +467,7 @@ def logps_batches() -> tuple:
     Cached: never handed to a case itself (logps_runs gives each call its own copies)."""
     return tuple(
         (kind, *logps_batch(kind, scale, dtype, seed=int(scale)))
-        for kind in ("right", "left")
+        for kind in ("right", "left", "right-first")
         for scale in (1.0, 30.0)
         for dtype in (torch.float64, torch.float32)
     )
@@ -521,13 +525,15 @@ def positions_for(name: str | None):
         return scored
     if name == "no-shift":
         return lambda b, labels: [(t, t) for t in range(labels.shape[1]) if labels[b, t] != -100]
+    if name == "first-label-wrapped":  # torch.roll(-1) unmasked: labels[0], where set, scored at the last position
+        return lambda b, labels: scored(b, labels) + ([(0, labels.shape[1] - 1)] if labels[b, 0] != -100 else [])
     if name == "last-token-dropped":
         return lambda b, labels: [(t, s) for t, s in scored(b, labels) if t < labels.shape[1] - 1]
     idx = lambda b, labels: [t for t in range(labels.shape[1]) if labels[b, t] != -100]  # noqa: E731
     if name == "prompt-counted":
         return lambda b, labels: [(t, t - 1) for t in range(1, max(idx(b, labels)) + 1)]
     if name == "padding-counted":
-        return lambda b, labels: [(t, t - 1) for t in range(min(idx(b, labels)), labels.shape[1])]
+        return lambda b, labels: [(t, t - 1) for t in range(max(1, min(idx(b, labels))), labels.shape[1])]
     raise KeyError(name)
 
 
@@ -635,7 +641,7 @@ def test_broken_logps_computes_its_diagnosis(case: Case):
     others = {a for a in LOGPS_ALTS[case.variant] if a != case.diagnosis}
     assert case.diagnosis in LOGPS_ALTS[case.variant]
     for got, logits, labels, kind, extra, _ in logps_runs(case, fn):
-        padding_defined = kind == "right"  # prompt-/padding-counted are defined on right-padded rows
+        padding_defined = kind.startswith("right")  # prompt-/padding-counted are defined on right-padded rows
         if case.diagnosis not in ("prompt-counted", "padding-counted") or padding_defined:
             assert logps_matches(case, got, logits, labels, case.diagnosis, extra), (case.name, kind, got)
         claimed_somewhere_wrong |= not logps_matches(case, got, logits, labels, None, extra)

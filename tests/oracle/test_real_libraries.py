@@ -292,20 +292,26 @@ EXPECTED = [
         SWIFT,
         "logps",
         "dpo",
-        True,
-        "concatenated_forward: roll labels by -1, TRL 0.24 selective_log_softmax (gather - logsumexp in the logits' "
-        "dtype; bf16 logits are scored in bf16), unscored set to 0 by indexing (NaN-safe), sum",
+        False,
+        "concatenated_forward: roll labels by -1 (143-145) with the wrapped-around last position left scored, so a "
+        "row whose first label is set (no prompt) scores it with its last logits; otherwise right: TRL 0.24 "
+        "selective_log_softmax, unscored set to 0 by indexing (NaN-safe), sum",
         "swift/rlhf_trainers/dpo_trainer.py:117-211, swift/rlhf_trainers/rlhf_mixin.py:147-172",
         lambda: tp.swift_logps,
+        reason=r"first-label-wrapped",
+        reproduction="test_finding_swift_roll_scores_the_first_label",
     ),
     Case(
         SWIFT,
         "logps",
         "ipo-mean",
-        True,
-        "loss_type ipo: sum / completion_token_counts.clamp_min(1)",
+        False,
+        "loss_type ipo: sum / completion_token_counts.clamp_min(1), over the same rolled labels (the wrapped first "
+        "label counted too)",
         "swift/rlhf_trainers/dpo_trainer.py:224-226, 390-396",
         _avg(tp.swift_logps, average=True),
+        reason=r"first-label-wrapped",
+        reproduction="test_finding_swift_roll_scores_the_first_label",
     ),
 ]
 
@@ -381,6 +387,24 @@ def test_finding_llamafactory_ipo_is_dpo():
     losses = tp.llamafactory_loss(h, zero, zero, zero, beta=0.5, loss_type="ipo")[0]
     assert losses.item() == pytest.approx(_softplus(-1.5), rel=1e-15)
     assert losses.item() != pytest.approx((3.0 - 1.0) ** 2, rel=0.1)  # IPO: (h - 1/(2 tau))^2 = 4
+
+
+@pytest.mark.download
+def test_finding_swift_roll_scores_the_first_label():
+    """One row, two tokens, both labels set (no prompt): the only scorable label is labels[1], predicted at 0, so
+    the sum is log softmax(logits[0])[labels[1]]. ms-swift's roll by -1 also scores labels[0] with logits[1], the
+    row's last position (`dpo_trainer.py:143-145`); with labels[0] = -100 (a prompt token first) it is right."""
+    _needs(tp.swift)
+    logits = torch.tensor([[[-0.03, -0.11], [0.13, -0.07]]], dtype=torch.float64)  # (1, 2, 2)
+
+    def lsm(t, v):  # log softmax(logits[0, t])[v], written out
+        return float(logits[0, t, v] - torch.logsumexp(logits[0, t], -1))
+
+    got = tp.swift_logps(logits, torch.tensor([[0, 1]]))
+    assert got.item() == pytest.approx(lsm(0, 1) + lsm(1, 0), rel=1e-12)  # the wrapped label scored too
+    assert got.item() != pytest.approx(lsm(0, 1), rel=1e-3)  # not the contract's value
+    masked = tp.swift_logps(logits, torch.tensor([[-100, 1]]))
+    assert masked.item() == pytest.approx(lsm(0, 1), rel=1e-12)
 
 
 @pytest.mark.download
