@@ -36,7 +36,7 @@ import time
 from dataclasses import asdict
 
 from dpo_ref.bench.memory_model import LlamaShape, step_memory, table_7b
-from dpo_ref.bench.sizes import BenchSize
+from dpo_ref.bench.sizes import PRESETS, BenchSize
 from dpo_ref.errors import InputError
 
 STEPS = 2  # the second update is the steady one: the AdamW moments exist while its activations do
@@ -78,17 +78,7 @@ MODELS = {
     "0.5b": {
         "batch_size": 4,
         "qwen2": True,
-        "size": BenchSize(
-            hidden=896,
-            layers=24,
-            heads=14,
-            kv_heads=2,
-            intermediate=4864,
-            vocab=151936,
-            seq_len=1024,
-            prompt_len=256,
-            batch=8,
-        ),
+        "size": PRESETS["0.5b"],  # the TRL comparison's GPU size
     },  # fmt: skip
 }
 RESULT = "MEMORY_RESULT "

@@ -482,19 +482,27 @@ def _first_label_wrapped(logits: torch.Tensor, labels: torch.Tensor, average: bo
     return total / (scored.sum(-1) + wrapped).clamp_min(1) if average else total
 
 
+def _values_on(fn: Callable, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    """The target's (B,) values on copies of a diagnostic batch, float64; None when it raises (whatever it raises,
+    SystemExit included: then nothing can be diagnosed) or returns something else."""
+    try:
+        with torch.no_grad():
+            got = fn(logits.clone(), labels.clone())
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        return None
+    if not isinstance(got, torch.Tensor) or got.shape != (logits.shape[0],):
+        return None
+    return got.detach().double()
+
+
 def _diagnose_first_label(fn: Callable, average: bool) -> list[str]:
     """For a target right on the batches with prompts: is it wrong only where a row's first label is set?"""
     batch = first_label_batch()
     logits, labels = batch.padded()
-    try:
-        with torch.no_grad():
-            got = fn(logits.clone(), labels.clone())
-        got = got.detach().double()
-        if got.shape != (len(batch.rows),):
-            return []
-    except KeyboardInterrupt:
-        raise
-    except BaseException:  # whatever the target raises, nothing can be diagnosed
+    got = _values_on(fn, logits, labels)
+    if got is None:
         return []
     tol = P.TOLERANCE_K * P.EPS_FLOAT32 * P.logps_tolerance_scale(batch.rows)
     if bool(((got - P.loop_sequence_logps(batch.rows, average)).abs() <= tol).all()):
@@ -558,15 +566,8 @@ def diagnose_logps(fn: Callable, average: bool) -> list[str]:
     """Name the log-prob conventions the target's values match (and the claimed one does not)."""
     batch = diagnostic_token_batch()
     logits, labels = batch.padded()
-    try:
-        with torch.no_grad():
-            got = fn(logits.clone(), labels.clone())
-        if not isinstance(got, torch.Tensor) or got.shape != (len(batch.rows),):
-            return []
-        got = got.detach().double()
-    except KeyboardInterrupt:
-        raise
-    except BaseException:  # whatever the target raises (SystemExit included), nothing can be diagnosed
+    got = _values_on(fn, logits, labels)
+    if got is None:
         return []
     tol = P.TOLERANCE_K * P.EPS_FLOAT32 * P.logps_tolerance_scale(batch.rows)
     expected = P.loop_sequence_logps(batch.rows, average)

@@ -194,19 +194,26 @@ def test_bos_before_every_message_is_named():
     assert not report.passed and {"bos-per-message", "bos-added"} <= set(named), report.diagnosis
 
 
+def _loaded(name: str):
+    """The adapter module `name` of dpo_ref.oracle.adapters, its library loaded (from its wheel), or a skip."""
+    import importlib
+
+    from dpo_ref.oracle.adapters.wheel import Unavailable
+
+    module = importlib.import_module(f"dpo_ref.oracle.adapters.{name}")
+    try:
+        module.load()
+    except Unavailable as err:
+        pytest.skip(str(err))
+    return module
+
+
 # ---- OpenRLHF 0.11.2 ----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def openrlhf():
-    from dpo_ref.oracle.adapters import openrlhf_pipeline
-    from dpo_ref.oracle.adapters.wheel import Unavailable
-
-    try:
-        openrlhf_pipeline.load()
-    except Unavailable as err:
-        pytest.skip(str(err))
-    return openrlhf_pipeline
+    return _loaded("openrlhf_pipeline")
 
 
 def _all_passed(report) -> bool:
@@ -291,14 +298,7 @@ def test_openrlhf_pipeline_verdict(openrlhf, name):
 
 @pytest.fixture(scope="module")
 def llamafactory():
-    from dpo_ref.oracle.adapters import llamafactory_pipeline
-    from dpo_ref.oracle.adapters.wheel import Unavailable
-
-    try:
-        llamafactory_pipeline.load()
-    except Unavailable as err:
-        pytest.skip(str(err))
-    return llamafactory_pipeline
+    return _loaded("llamafactory_pipeline")
 
 
 @pytest.mark.slow
@@ -338,14 +338,7 @@ def test_cli_pipeline_only_adapters_refuse_other_levels():
 
 @pytest.fixture(scope="module")
 def swift_packed():
-    from dpo_ref.oracle.adapters import swift_packed
-    from dpo_ref.oracle.adapters.wheel import Unavailable
-
-    try:
-        swift_packed.load()
-    except Unavailable as err:
-        pytest.skip(str(err))
-    return swift_packed
+    return _loaded("swift_packed")
 
 
 def _segment_logp(logits, labels, start, stop, extra=None):

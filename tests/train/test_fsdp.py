@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from dpo_ref.train.config import check_fsdp
 from dpo_ref.train.loop import TrainConfig, read_metrics, train
+from tests.train.conftest import save_tiny_gpt2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
@@ -199,20 +200,7 @@ def test_a_damaged_shard_is_refused_in_one_line_not_loaded(data, tmp_path, group
 @pytest.fixture(scope="module")
 def tied_gpt2_dir(tmp_path_factory):
     """A local GPT-2 (another family) whose output layer is its input embedding (tied)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from dpo_ref.train.tokenizer import build_char_tokenizer
-
-    tokenizer = build_char_tokenizer()
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    torch.manual_seed(6)
-    directory = str(tmp_path_factory.mktemp("hf") / "gpt2")
-    GPT2LMHeadModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_gpt2(str(tmp_path_factory.mktemp("hf") / "gpt2"), tie_word_embeddings=True)
 
 
 @pytest.mark.slow

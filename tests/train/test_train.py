@@ -15,7 +15,7 @@ import dpo_ref.train.loop as train_module
 from dpo_ref.errors import InputError
 from dpo_ref.train.loop import TrainConfig, frozen_reference, read_metrics, train
 from dpo_ref.train.rundir import atomic_save_tensors, load_tensors
-from tests.train.conftest import write_jsonl
+from tests.train.conftest import save_tiny_gpt2, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -261,21 +261,7 @@ def test_missing_model_directory_is_an_input_error(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def gpt2_dropout_dir(tmp_path_factory):
     """A local GPT-2 (another model family) with dropout 0.5 everywhere."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from dpo_ref.train.tokenizer import build_char_tokenizer
-
-    tokenizer = build_char_tokenizer()
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-        resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    torch.manual_seed(6)
-    directory = str(tmp_path_factory.mktemp("hf") / "gpt2")
-    GPT2LMHeadModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_gpt2(str(tmp_path_factory.mktemp("hf") / "gpt2"), resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5)
 
 
 def test_dropout_is_off_so_a_dropout_model_starts_at_ln2(data, tmp_path, gpt2_dropout_dir, monkeypatch):
