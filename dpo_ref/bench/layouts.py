@@ -45,23 +45,31 @@ class LayoutMismatch(Exception):
     """A layout's step computes another loss than the two-sequence step (the bench's verdict: exit 1)."""
 
 
-FLEX = "+flex"  # a layout run with FlexAttention's block mask (`dpo_ref.train.attention`), CUDA only
+KERNEL_SUFFIXES = {"+segments": "segments", "+flex": "flex"}  # a layout run with another attention kernel
+# (`dpo_ref.train.attention`): the segmented kernel anywhere, FlexAttention's block mask on CUDA only
 
 
 def split_kernel(name: str) -> tuple[str, str]:
-    """ "packing+flex" -> ("packing", "flex"); "packing" -> ("packing", "mask")."""
-    return (name[: -len(FLEX)], "flex") if name.endswith(FLEX) else (name, "mask")
+    """ "packing+flex" -> ("packing", "flex"); "both+segments" -> ("both", "segments"); "packing" -> ("packing",
+    "mask")."""
+    for suffix, kernel in KERNEL_SUFFIXES.items():
+        if name.endswith(suffix):
+            return name[: -len(suffix)], kernel
+    return name, "mask"
 
 
 def parse_layouts(text: str, device: str | None = None) -> tuple[str, ...]:
-    """`--layout`: "all" or comma-separated names of `layouts.LAYOUTS`, each but two-sequence also as NAME+flex
-    (FlexAttention); two-sequence is added first (the baseline every ratio is taken against). On a CUDA `device`
-    "all" adds the +flex layouts; on the CPU a +flex layout is refused (no FlexAttention backward there);
-    `device` None checks the names only."""
+    """`--layout`: "all" or comma-separated names of `layouts.LAYOUTS`, each but two-sequence also as
+    NAME+segments (the segmented kernel) and NAME+flex (FlexAttention); two-sequence is added first (the baseline
+    every ratio is taken against). "all" is every layout with every kernel the device runs: +segments
+    everywhere, +flex on CUDA; on the CPU a +flex layout is refused (no FlexAttention backward there); `device`
+    None checks the names only."""
     shared = [n for n in layouts.LAYOUTS if n != "two-sequence"]
-    known = [*layouts.LAYOUTS, *(n + FLEX for n in shared)]
+    known = [*layouts.LAYOUTS, *(n + suffix for suffix in KERNEL_SUFFIXES for n in shared)]
     if text.strip() == "all":
-        names = list(layouts.LAYOUTS) + ([n + FLEX for n in shared] if device and device.startswith("cuda") else [])
+        cuda = bool(device and device.startswith("cuda"))
+        kinds = [k for k in KERNEL_SUFFIXES if cuda or KERNEL_SUFFIXES[k] != "flex"]
+        names = list(layouts.LAYOUTS) + [n + k for k in kinds for n in shared]
     else:
         names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
@@ -70,19 +78,24 @@ def parse_layouts(text: str, device: str | None = None) -> tuple[str, ...]:
             f"--layout: unknown layout {', '.join(map(repr, unknown)) or repr(text)}; "
             f"expected 'all' or a comma-separated list of {', '.join(known)}"
         )
-    if device is not None and not device.startswith("cuda") and any(n.endswith(FLEX) for n in names):
+    if device is not None and not device.startswith("cuda") and any(split_kernel(n)[1] == "flex" for n in names):
         raise InputError("--layout: the +flex layouts run FlexAttention, which has no backward pass on the CPU in "
                          "this torch; use --device cuda or drop +flex")  # fmt: skip
     return tuple(dict.fromkeys(["two-sequence", *names]))
 
 
 def use_kernel(models, name: str) -> None:
-    """Set each model's attention to what layout `name` runs: FlexAttention for NAME+flex, else its own."""
+    """Set each model's attention to what layout `name` runs: its kernel's (`attention.use`), or its own."""
+    from dpo_ref.train import attention
+
+    kernel = split_kernel(name)[1]
     for model in models:
         own = model.__dict__.setdefault("_bench_attention", model.config._attn_implementation)
-        wanted = "flex_attention" if split_kernel(name)[1] == "flex" else own
-        if model.config._attn_implementation != wanted:
-            model.set_attn_implementation(wanted)
+        if kernel == "mask":
+            if model.config._attn_implementation != own:
+                model.set_attn_implementation(own)
+        else:
+            attention.use(model, kernel)
 
 
 def pairs_for(shape: str, vocab: int, seed: int = 0) -> list[TokenizedPair]:

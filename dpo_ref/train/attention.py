@@ -30,7 +30,7 @@ from dpo_ref.errors import InputError
 if TYPE_CHECKING:  # torch is imported where it runs: the CLI's option table reads KERNELS without it
     import torch
 
-KERNELS = ("auto", "mask", "flex")
+KERNELS = ("auto", "mask", "segments", "flex")
 
 
 def allowed(segment_ids: torch.Tensor, piece_ids: torch.Tensor, shared: torch.Tensor, b, q, kv) -> torch.Tensor:
@@ -73,27 +73,43 @@ def flex_supported(model) -> bool:
     return bool(getattr(model, "_supports_flex_attn", False))
 
 
+def segments_supported(model) -> bool:
+    """Whether `model`'s transformers class takes a custom attention function (`dpo_ref.train.segments`) and
+    uses nothing that kernel leaves out (soft-capped attention logits)."""
+    config = getattr(model, "config", None)
+    return bool(getattr(model, "_supports_attention_backend", False)) and (
+        getattr(config, "attn_logit_softcapping", None) is None
+    )
+
+
 def check_layout(requested: str, layout: str) -> None:
     """The refusals that need only the options (run with the other option checks, before anything loads)."""
     if requested not in KERNELS:
         raise InputError(f"--attention must be one of {', '.join(KERNELS)}, got {requested!r}")
-    if layout == "two-sequence" and requested == "flex":
-        raise InputError("--attention flex needs --prefix-sharing or --packing (the two-sequence layout has no "
-                         "block mask)")  # fmt: skip
+    if layout == "two-sequence" and requested in ("flex", "segments"):
+        raise InputError(f"--attention {requested} needs --prefix-sharing or --packing (the two-sequence layout "
+                         "has no block mask)")  # fmt: skip
 
 
 def choose(requested: str, layout: str, device: torch.device, model) -> str:
-    """The kernel `--attention requested` runs for `layout` on `device`: `mask` or `flex` (InputError if refused).
-    The two-sequence layout uses the model's own attention with its 2-D padding mask: `mask`."""
+    """The kernel `--attention requested` runs for `layout` on `device`: `mask`, `segments` or `flex`
+    (InputError if refused). The two-sequence layout uses the model's own attention with its 2-D padding mask:
+    `mask`. `auto`: `segments` on the CPU where the model takes it (measured faster there, docs/performance.md),
+    else `mask`; on CUDA `mask`, until the other kernels have run on a GPU (see the module doc)."""
     check_layout(requested, layout)
-    if layout == "two-sequence":
+    if layout == "two-sequence" or requested == "mask":
         return "mask"
-    if requested in ("mask", "auto"):  # auto: mask until the flex path has run on a GPU (see the module doc)
-        return "mask"
+    if requested == "auto":
+        return "segments" if device.type == "cpu" and segments_supported(model) else "mask"
+    if requested == "segments":
+        if not segments_supported(model):
+            raise InputError(f"--attention segments: {type(model).__name__} does not take a custom attention "
+                             "function in this transformers (or soft-caps its attention); use --attention mask")  # fmt: skip
+        return "segments"
     usable = device.type == "cuda" and flex_supported(model)
     if device.type != "cuda":
         raise InputError("--attention flex: FlexAttention has no backward pass on the CPU in this torch; use "
-                         "--attention mask (or auto) on the CPU")  # fmt: skip
+                         "--attention mask or segments (or auto) on the CPU")  # fmt: skip
     if not usable:
         raise InputError(f"--attention flex: {type(model).__name__} cannot run FlexAttention in this transformers "
                          "(or torch lacks it); use --attention mask")  # fmt: skip
@@ -101,6 +117,12 @@ def choose(requested: str, layout: str, device: torch.device, model) -> str:
 
 
 def use(model, kernel: str) -> None:
-    """Switch `model`'s attention to what `kernel` needs (FlexAttention for `flex`; `mask` keeps the model's)."""
+    """Switch `model`'s attention to what `kernel` needs: FlexAttention for `flex`, the segmented kernel
+    (`dpo_ref.train.segments`) for `segments`; `mask` keeps the model's own."""
     if kernel == "flex":
         model.set_attn_implementation("flex_attention")
+    elif kernel == "segments":
+        from dpo_ref.train import segments
+
+        segments.register()
+        model.set_attn_implementation(segments.NAME)

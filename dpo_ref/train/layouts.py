@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from dpo_ref.logps import token_logps
-from dpo_ref.train import attention
+from dpo_ref.train import attention, segments
 
 LAYOUTS = ("two-sequence", "prefix-sharing", "packing", "both")  # both = prefix sharing, then packing
 
@@ -156,8 +156,11 @@ def score(model, batch: dict, scored_head_only: bool = False) -> tuple[torch.Ten
     predicted (chosen of pair i in slot i, rejected in slot B + i). `scored_head_only`: the output layer runs
     only at the predicting positions (a plain `nn.Linear` head), so the (R, T, V) logits never exist."""
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
-    if getattr(model.config, "_attn_implementation", None) == "flex_attention":  # --attention flex
+    kernel = getattr(model.config, "_attn_implementation", None)
+    if kernel == "flex_attention":  # --attention flex
         inputs["attention_mask"] = attention.block_mask(batch)
+    elif kernel == segments.NAME:  # --attention segments: the blocks go to every attention layer
+        inputs["segments"] = segments.blocks(batch["segment_ids"], batch["piece_ids"], batch["shared"])
     where = (batch["score_rows"], batch["score_preds"])
     if scored_head_only:
         hidden = model.base_model(**inputs, use_cache=False).last_hidden_state  # (R, T, H)
@@ -184,18 +187,25 @@ class LayoutCollator:
         return collate(list(pairs), self.layout, self.pad_token_id, self.max_length)
 
 
-def pipeline(layout: str):
+def pipeline(layout: str, kernel: str = "mask"):
     """The trainer's batch log-prob path in `layout` as a pipeline-level target for `dpo-ref verify`:
-    fn(model, tokenizer, examples) -> (chosen_logps, rejected_logps), tokenised as `dpo-ref train` does."""
+    fn(model, tokenizer, examples) -> (chosen_logps, rejected_logps), tokenised as `dpo-ref train` does, the
+    attention run by `kernel` (`mask`, or `segments`: the model's attention is switched for the call and back)."""
     from dpo_ref.train.data import untruncated_pair
 
     def fn(model, tokenizer, examples):
         pairs = [untruncated_pair(dict(ex), tokenizer, i) for i, ex in enumerate(examples)]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        logps, _ = score(model, collate(pairs, layout, pad))
+        own = model.config._attn_implementation
+        attention.use(model, kernel)
+        try:
+            logps, _ = score(model, collate(pairs, layout, pad))
+        finally:
+            if model.config._attn_implementation != own:
+                model.set_attn_implementation(own)
         return logps[: len(pairs)], logps[len(pairs) :]
 
-    fn.__name__ = fn.__qualname__ = layout.replace("-", "_")
+    fn.__name__ = fn.__qualname__ = layout.replace("-", "_") + ("" if kernel == "mask" else f"_{kernel}")
     return fn
 
 
@@ -203,3 +213,6 @@ two_sequence = pipeline("two-sequence")
 prefix_sharing = pipeline("prefix-sharing")
 packing = pipeline("packing")
 prefix_sharing_packed = pipeline("both")
+prefix_sharing_segments = pipeline("prefix-sharing", "segments")
+packing_segments = pipeline("packing", "segments")
+prefix_sharing_packed_segments = pipeline("both", "segments")

@@ -60,7 +60,7 @@ def test_the_memory_worker_reports_a_peak_for_each_layout():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("all", layouts.LAYOUTS),
+        ("all", (*layouts.LAYOUTS, "prefix-sharing+segments", "packing+segments", "both+segments")),
         ("packing", ("two-sequence", "packing")),
         ("both,two-sequence", ("two-sequence", "both")),
     ],
@@ -79,6 +79,7 @@ def test_flex_layouts_are_named_with_their_kernel_and_refused_on_the_cpu():
     assert bench_layouts.parse_layouts("packing+flex") == ("two-sequence", "packing+flex")
     assert bench_layouts.split_kernel("both+flex") == ("both", "flex")
     assert bench_layouts.split_kernel("both") == ("both", "mask")
+    assert bench_layouts.split_kernel("both+segments") == ("both", "segments")
     on_cuda = bench_layouts.parse_layouts("all", "cuda")
     assert {"prefix-sharing+flex", "packing+flex", "both+flex"} <= set(on_cuda)
     assert not any(n.endswith("+flex") for n in bench_layouts.parse_layouts("all", "cpu"))
@@ -95,5 +96,7 @@ def test_the_kernel_is_switched_per_layout_and_restored():
     own = model.config._attn_implementation
     bench_layouts.use_kernel([model], "packing+flex")
     assert model.config._attn_implementation == "flex_attention"
+    bench_layouts.use_kernel([model], "packing+segments")
+    assert model.config._attn_implementation == "dpo_ref_segments"
     bench_layouts.use_kernel([model], "packing")
     assert model.config._attn_implementation == own

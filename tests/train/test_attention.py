@@ -110,11 +110,24 @@ class _Flexible(torch.nn.Module):
     _supports_flex_attn = True
 
 
+class _Backend(torch.nn.Module):  # a transformers class that takes a custom attention function
+    _supports_attention_backend = True
+
+
+class _SoftCapped(_Backend):
+    config = type("Config", (), {"attn_logit_softcapping": 50.0})()
+
+
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 @pytest.mark.parametrize("requested,layout,device,model,expected", [
-    ("auto", "prefix-sharing", CPU, _Flexible(), "mask"),
+    ("auto", "prefix-sharing", CPU, _Flexible(), "mask"),  # a class without custom attention functions
+    ("auto", "prefix-sharing", CPU, _Backend(), "segments"),
+    ("auto", "packing", CPU, _SoftCapped(), "mask"),  # soft-capping: segments would leave it out
+    ("auto", "packing", CUDA, _Backend(), "mask"),  # segments has not run on a GPU
+    ("segments", "packing", CUDA, _Backend(), "segments"),
+    ("segments", "both", CPU, _Backend(), "segments"),
     ("auto", "packing", CUDA, _Flexible(), "mask"),  # auto is mask until flex has run on a GPU
     ("auto", "both", CUDA, torch.nn.Module(), "mask"),  # a model class without FlexAttention support
     ("auto", "two-sequence", CUDA, _Flexible(), "mask"),
@@ -129,7 +142,10 @@ def test_the_kernel_choice(requested, layout, device, model, expected):
     ("flex", "prefix-sharing", CPU, _Flexible(), "no backward pass on the CPU"),
     ("flex", "two-sequence", CUDA, _Flexible(), "needs --prefix-sharing or --packing"),
     ("flex", "packing", CUDA, torch.nn.Module(), "cannot run FlexAttention"),
-    ("fast", "packing", CUDA, _Flexible(), "must be one of auto, mask, flex"),
+    ("fast", "packing", CUDA, _Flexible(), "must be one of auto, mask, segments, flex"),
+    ("segments", "two-sequence", CPU, _Backend(), "needs --prefix-sharing or --packing"),
+    ("segments", "packing", CPU, torch.nn.Module(), "does not take a custom attention function"),
+    ("segments", "packing", CPU, _SoftCapped(), "soft-caps"),
 ])  # fmt: skip
 def test_refused_kernels_name_the_reason(requested, layout, device, model, words):
     with pytest.raises(InputError, match=words):
@@ -153,8 +169,8 @@ def test_the_summary_names_the_layout_and_kernel(data, tmp_path):
     from tests.train.test_train import small
 
     summary = train(small(data, tmp_path / "run", steps=1, prefix_sharing=True))
-    assert summary["attention"] == "mask" and summary["layout"] == "prefix-sharing"
-    assert "prefix-sharing layout (mask)" in _summary_lines(summary["config"], summary)[0]
+    assert summary["attention"] == "segments" and summary["layout"] == "prefix-sharing"  # auto, on the CPU
+    assert "prefix-sharing layout (segments)" in _summary_lines(summary["config"], summary)[0]
     assert abs(summary["history"][0]["loss"] - math.log(2)) < 1e-6
 
 

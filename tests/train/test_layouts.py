@@ -27,7 +27,8 @@ from dpo_ref.train.data import TokenizedPair
 from dpo_ref.train.loop import train
 from tests.train.test_train import small, state
 
-LAYOUT_TARGETS = ("two_sequence", "prefix_sharing", "packing", "prefix_sharing_packed")
+LAYOUT_TARGETS = ("two_sequence", "prefix_sharing", "packing", "prefix_sharing_packed",
+                  "prefix_sharing_segments", "packing_segments", "prefix_sharing_packed_segments")  # fmt: skip
 
 
 @pytest.mark.parametrize("name", LAYOUT_TARGETS)
@@ -87,7 +88,8 @@ def test_layouts_score_what_two_sequences_score(layout, max_length):
 
 
 @pytest.mark.parametrize("flags", [dict(prefix_sharing=True), dict(packing=True, max_length=64),
-                                   dict(prefix_sharing=True, packing=True, max_length=64)])  # fmt: skip
+                                   dict(prefix_sharing=True, packing=True, max_length=64),
+                                   dict(prefix_sharing=True, packing=True, max_length=64, attention="mask")])  # fmt: skip
 def test_training_with_a_layout_equals_two_sequences(data, tmp_path, flags):  # noqa: F811
     base = train(small(data, tmp_path / "base", steps=4, max_length=64))
     other = train(small(data, tmp_path / "other", steps=4, **{"max_length": 64, **flags}))
