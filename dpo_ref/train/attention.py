@@ -104,7 +104,8 @@ def choose(requested: str, layout: str, device: torch.device, model) -> str:
     if requested == "segments":
         if not segments_supported(model):
             raise InputError(f"--attention segments: {type(model).__name__} does not take a custom attention "
-                             "function in this transformers (or soft-caps its attention); use --attention mask")  # fmt: skip
+                             "function in this transformers (or soft-caps its attention); "
+                             "use --attention mask")  # fmt: skip
         return "segments"
     usable = device.type == "cuda" and flex_supported(model)
     if device.type != "cuda":

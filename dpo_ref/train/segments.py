@@ -63,7 +63,7 @@ def blocks(segment_ids: torch.Tensor, piece_ids: torch.Tensor, shared: torch.Ten
         row: list[Block] = []
         seen: list[tuple[int, int]] = []  # the shared pieces of the current sequence so far, adjacent ones merged
         segment = None
-        for piece, a, b in _runs(piece_row):
+        for _piece, a, b in _runs(piece_row):
             if seg_row[a] < 0:
                 continue
             if seg_row[a] != segment:
@@ -88,7 +88,8 @@ def _attend(q, k, v, block: Block, scaling: float | None, dropout: float = 0.0) 
     qb = q[:, block.q0 : block.q1]
     if len(block.spans) == 1 and block.spans[0][0] == block.q0:  # queries == keys: top-left causal, no mask
         a, b = block.spans[0]
-        return F.scaled_dot_product_attention(qb, k[:, a:b], v[:, a:b], dropout_p=dropout, is_causal=True, scale=scaling)
+        kb, vb = k[:, a:b], v[:, a:b]
+        return F.scaled_dot_product_attention(qb, kb, vb, dropout_p=dropout, is_causal=True, scale=scaling)
     kb = torch.cat([k[:, a:b] for a, b in block.spans], dim=1)
     vb = torch.cat([v[:, a:b] for a, b in block.spans], dim=1)
     n, m = block.q1 - block.q0, block.keys

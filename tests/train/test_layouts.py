@@ -27,6 +27,7 @@ from dpo_ref.train.data import TokenizedPair
 from dpo_ref.train.loop import train
 from tests.train.test_train import small, state
 
+BOTH = dict(prefix_sharing=True, packing=True, max_length=64)
 LAYOUT_TARGETS = ("two_sequence", "prefix_sharing", "packing", "prefix_sharing_packed",
                   "prefix_sharing_segments", "packing_segments", "prefix_sharing_packed_segments")  # fmt: skip
 
@@ -89,7 +90,7 @@ def test_layouts_score_what_two_sequences_score(layout, max_length):
 
 @pytest.mark.parametrize("flags", [dict(prefix_sharing=True), dict(packing=True, max_length=64),
                                    dict(prefix_sharing=True, packing=True, max_length=64),
-                                   dict(prefix_sharing=True, packing=True, max_length=64, attention="mask")])  # fmt: skip
+                                   dict(BOTH, attention="mask")])  # fmt: skip
 def test_training_with_a_layout_equals_two_sequences(data, tmp_path, flags):  # noqa: F811
     base = train(small(data, tmp_path / "base", steps=4, max_length=64))
     other = train(small(data, tmp_path / "other", steps=4, **{"max_length": 64, **flags}))
@@ -119,8 +120,6 @@ def test_a_sequence_longer_than_a_packed_row_gets_a_row_of_its_own():
 
 
 # ---------------------------------------------------------------------------------------------- resume, DDP
-
-BOTH = dict(prefix_sharing=True, packing=True, max_length=64)
 
 
 def test_resume_with_both_layouts_continues_exactly(data, tmp_path):  # noqa: F811
