@@ -1,11 +1,15 @@
-"""The attention kernel of the shared-prompt and packed layouts: a 4-D boolean mask, or FlexAttention's block mask.
+"""The attention kernel of the shared-prompt and packed layouts: a 4-D boolean mask, causal blocks, or FlexAttention.
 
 `dpo_ref.train.layouts.collate` gives every row a dense (T, T) mask, which any attention implementation that
-takes a 4-D mask runs (SDPA, eager): `mask`. On CUDA the same pattern can instead go to FlexAttention
+takes a 4-D mask runs (SDPA, eager): `mask`. It computes all T x T scores of a row and masks most away: a packed
+row of four 256-token sequences pays for 1024^2 scores where the sequences need 4 x 256^2 / 2. `segments`
+(`dpo_ref.train.segments`) runs the same pattern as causal blocks, one SDPA call per block over its own keys:
+what flash-attention's varlen kernel does, as a loop, on any device and any model whose transformers class takes
+a custom attention function. On CUDA the pattern can instead go to FlexAttention
 (`torch.nn.attention.flex_attention`) as a `BlockMask`, whose kernel skips the (query block, key block) tiles
 that are all masked out (the chosen tokens for a rejected query, the other sequences of a packed row): `flex`.
-The block mask is not read from the dense one but built from three per-token ids by one rule (`allowed`), so
-the two are independent descriptions of the layout and a test holds them equal:
+The blocks and the block mask are not read from the dense mask but built from three per-token ids by one rule
+(`allowed`), so they are independent descriptions of the layout and tests hold them equal:
 
     key kv is visible from query q  <=>  q == kv                                       (every token sees itself)
                                       or  same sequence, kv <= q, and (same piece or kv in a shared piece)
@@ -16,8 +20,9 @@ sharing). Padding is a sequence of its own per token (it sees only itself, as in
 does not save yet: the dense mask is still collated and moved to the device with the batch, and an uncompiled
 `create_block_mask` evaluates the rule over every (q, kv) (a (R, 1, T, T) tensor) before it keeps the blocks.
 
-`auto` is `mask` everywhere for now: `flex` has run only forward, on the CPU (eager), never on a GPU, so it is
-chosen only when asked for (`--attention flex`, CUDA only: FlexAttention has no backward on the CPU in torch
+`auto` is `segments` on the CPU, where the layout bench measured it faster than `mask` (docs/performance.md),
+for models that take it, and `mask` elsewhere: neither `segments` nor `flex` has run on a GPU, so on CUDA they
+run only when asked for (`--attention flex` is CUDA only: FlexAttention has no backward on the CPU in torch
 2.13). The trainer names the kernel in its summary line.
 """
 

@@ -107,8 +107,9 @@ class TrainConfig:
         "sequence masked from the others (with --prefix-sharing: the shared rows are packed)"
     )  # fmt: skip
     attention: str = _opt(
-        "auto", "attention kernel of --prefix-sharing/--packing: mask (a 4-D boolean mask, any attention), flex "
-        "(FlexAttention's block mask, CUDA only, not yet run on a GPU) or auto (mask, until flex has)",
+        "auto", "attention kernel of --prefix-sharing/--packing: mask (a 4-D boolean mask, any attention), segments "
+        "(causal blocks, one SDPA call each), flex (FlexAttention's block mask, CUDA only) or auto (segments on the "
+        "CPU, mask on CUDA until the others have run on a GPU)",
         choices=KERNELS,
     )  # fmt: skip
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
