@@ -1,5 +1,5 @@
 """DPO's Theorem 1: each reward equivalence class has exactly one reparameterised member (Rafailov et al.
-2023, Sec. 5.1, Lemma 1 and Theorem 1; App. A.6), and the identifiability it rests on."""
+2023, Sec. 5.1, Lemma 1 and Theorem 1; App. A.6, Proposition 1), and the identifiability it rests on."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ PROOF = Proof(
                 [PI[i] * sp.exp(f / beta)],
                 sp.Interval.open(0, sp.oo),
             ),
-            eq="Thm. 1",
+            eq="Prop. 1",
         ),
         Step(
             Text("Normalisation (any n)", "归一化（任意 n）"),
@@ -101,7 +101,7 @@ PROOF = Proof(
                 "两者都是策略。对 $n$ 个回答求和 $\\pi'_i = \\pi_i e^{f/\\beta}$，并利用 $\\sum_i \\pi_i = 1$：",
             ),
             Equal(S(PI[i] * sp.exp(f / beta)), sp.exp(f / beta), via=("sums",), given={S(PI[i]): 1}),
-            eq="Thm. 1",
+            eq="Prop. 1",
         ),
         Step(
             Text("So the shift is zero and the member is unique", "所以平移为零，成员唯一"),
@@ -112,7 +112,7 @@ PROOF = Proof(
                 "每个等价类恰有一个重参数化形式的成员。",
             ),
             Solutions(sp.Eq(sp.exp(f / beta), 1), f, [0]),
-            eq="Thm. 1",
+            eq="Prop. 1",
         ),
     ],
     conclusion=Text(
