@@ -1,4 +1,5 @@
-"""The partition function cancels in Bradley-Terry and Plackett-Luce (Rafailov et al. 2023, Eq. 6; App. A.3, Eqs. 18-19)."""
+"""The partition function cancels in Bradley-Terry and Plackett-Luce (Rafailov et al. 2023, Eq. 6; App. A.3,
+Eqs. 18-19)."""
 
 from __future__ import annotations
 
