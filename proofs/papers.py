@@ -9,8 +9,8 @@ numbered label (Eq., Thm., Lemma, Prop., App., §) a step uses is in exactly one
 fails for one in neither:
 
 - VERIFIED_LABELS: checked against the paper's own text, or against two independent sources that agree on
-  what the number denotes (SOURCES names them). All DPO and IPO labels are here; checking them corrected
-  eight: DPO Eq. 18 → 19 (the substituted Plackett–Luce model), Eq. 18 / App. A.3 → Eq. 20 (the ranking
+  what the number denotes (SOURCES names them). All DPO and IPO labels are here; the check corrected
+  these: DPO Eq. 18 → 19 (the substituted Plackett–Luce model), Eq. 18 / App. A.3 → Eq. 20 (the ranking
   loss and its gradient), Thm. 1 → Prop. 1 (uniqueness, App. A.6); IPO §4.1 → §4.2 (deterministic
   preferences), §5.2 → §5.4 (the three-action example), Eq. 17 → Prop. 3 (sampled → population loss); RPO's
   "§2" was dropped for the loss's name.
@@ -280,7 +280,7 @@ def citation(proof: Proof, step: Step) -> str | None:
 
 def citations_note(lang: str = "en") -> str:
     """What the lesson's citations rest on, for its readers (one paragraph)."""
-    unverified = ", ".join(f"{short(k)} {label}" for k, label in UNVERIFIED_LABELS)
+    unverified = ("、" if lang == "zh" else ", ").join(f"{short(k)} {label}" for k, label in UNVERIFIED_LABELS)
     if lang == "zh":
         return (
             "**引用的依据。** 每步后括号中的编号（式、定理、引理、命题、附录、节）已对照论文原文，或对照两个相互独立、"
