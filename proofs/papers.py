@@ -149,7 +149,11 @@ UNVERIFIED_LABELS: dict[tuple[str, str], tuple[str, str]] = {
     ("discopop", "Eq. 5"): ("the DiscoPOP (log-ratio modulated) loss", "only TRL's comment ('Eqn (5)')"),
     ("exo", "Eq. 16"): ("the pairwise EXO loss", "only TRL's comment ('eqn (16) of the EXO paper')"),
     ("sppo", "Eq. 4.7"): ("the SPPO update's squared loss", "only TRL's comment ('Equation (4.7) of Algorithm 1')"),
-    ("simpo", "Eq. 6"): ("the SimPO objective", "one note ('simpo-note'); no second source found"),
+    ("simpo", "Eq. 6"): (
+        "the SimPO objective",
+        "two notes say so ('simpo-note'; an agent log, file id 69461724218), both seemingly from one SimPO "
+        "reproduction task, so not independent; no copy of the paper's text found",
+    ),
 }
 
 NUMBERED = re.compile(r"\b(Eq|Thm|Prop|App)\.|\bLemma\b|§")  # a label that carries a number
