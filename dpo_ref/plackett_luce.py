@@ -1,4 +1,4 @@
-"""The Plackett-Luce DPO loss: DPO for a ranking of K responses (Rafailov et al. 2023, App. A.3, Eq. 18).
+"""The Plackett-Luce DPO loss: DPO for a ranking of K responses (Rafailov et al. 2023, App. A.3, Eq. 20).
 
 With the implicit rewards u_k = beta (log pi(y_k|x) - log pi_ref(y_k|x)) of the responses in ranked order
 (best first), the negative log-likelihood of the ranking under Plackett-Luce is

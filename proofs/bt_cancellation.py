@@ -1,4 +1,5 @@
-"""The partition function cancels in Bradley-Terry and Plackett-Luce (Rafailov et al. 2023, Eq. 6, App. A.3)."""
+"""The partition function cancels in Bradley-Terry and Plackett-Luce (Rafailov et al. 2023, Eq. 6; App. A.3,
+Eqs. 18-19)."""
 
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ PROOF = Proof(
                 "对全部 $3! = 6$ 种排序 $(\\omega_1, \\omega_2, \\omega_3)$（最好的在前）逐一检验。",
             ),
             Equal(PL_RANKED_REPARAM, PL_RANKED_POLICY, via=("expand", "cancel"), cases=ALL_RANKINGS),
-            eq="Eq. 18",
+            eq="Eq. 19",
         ),
         Step(
             Text("Plackett–Luce does not depend on Z either", "普拉克特-卢斯概率同样与 Z 无关"),
@@ -118,7 +119,7 @@ PROOF = Proof(
                 "代入后的排序概率对 $Z$ 的导数为零。",
             ),
             FreeOf(PL_REPARAM, Z, via=("expand", "cancel")),
-            eq="Eq. 18",
+            eq="Eq. 19",
         ),
     ],
     conclusion=Text(

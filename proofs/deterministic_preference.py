@@ -54,7 +54,7 @@ PROOF = Proof(
                 "\\log\\frac{p^*}{1 - p^*}$：模型给出的偏好概率 $\\sigma(\\beta h^*)$ 恰好等于 $p^*$。",
             ),
             GlobalMinimum(population(p_star), h, H_STAR),
-            eq="§4.1",
+            eq="§4.2",
         ),
         Step(
             Text("The optimum escapes as the preference becomes certain", "偏好趋于确定时最优点逃逸"),
@@ -65,7 +65,7 @@ PROOF = Proof(
                 "与 $\\beta$ 无关。",
             ),
             Limit(H_STAR, p_star, 1, sp.oo, "-"),
-            eq="§4.1",
+            eq="§4.2",
         ),
         Step(
             Text("The population loss for a certain preference", "确定性偏好下的总体损失"),
@@ -75,7 +75,7 @@ PROOF = Proof(
                 "期望负对数似然以权重 $p^*$ 和 $1 - p^*$ 混合两种顺序；当 $p^* = 1$ 时只剩下 DPO 项。",
             ),
             Equal(sp.Subs(population(p_one), p_one, 1), LOSS_H, via=("expand_log", "simplify")),
-            eq="§4.1",
+            eq="§4.2",
         ),
         Step(
             Text("The loss is positive for every finite margin", "对任何有限的间隔，损失都为正"),
@@ -84,7 +84,7 @@ PROOF = Proof(
                 "$1 + e^{-\\beta h} > 1$，所以它的对数为正。",
             ),
             Positive(LOSS_H),
-            eq="§4.1",
+            eq="§4.2",
         ),
         Step(
             Text("The gradient never vanishes", "梯度从不为零"),
@@ -93,7 +93,7 @@ PROOF = Proof(
                 "导数为 $-\\beta/(1 + e^{\\beta h})$，对每个实数 $h$ 都严格为负。",
             ),
             Negative(sp.Derivative(LOSS_H, h), manifest=SLOPE, via=("simplify",)),
-            eq="§4.1",
+            eq="§4.2",
         ),
         Step(
             Text("No finite stationary point", "没有有限的驻点"),
@@ -102,7 +102,7 @@ PROOF = Proof(
                 "相应地，方程 $d\\mathcal{L}/dh = 0$ 没有实数解。",
             ),
             Solutions(sp.Derivative(LOSS_H, h), h, []),
-            eq="§4.1",
+            eq="§4.2",
         ),
         Step(
             Text("The infimum is reached only at infinity", "下确界只在无穷远处达到"),
@@ -111,7 +111,7 @@ PROOF = Proof(
                 "当 $h \\to \\infty$ 时损失趋于 0，对每个 $\\beta > 0$ 都如此……",
             ),
             Limit(LOSS_H, h, sp.oo, 0),
-            eq="§4.1",
+            eq="§4.2",
         ),
         Step(
             Text("... and grows without bound the other way", "……而在另一方向上无界增长"),
@@ -122,7 +122,7 @@ PROOF = Proof(
                 "永远不会停在有限的间隔上。",
             ),
             Limit(LOSS_H, h, -sp.oo, sp.oo),
-            eq="§4.1",
+            eq="§4.2",
         ),
         Step(
             Text("Solve the margin for the rejected log-probability", "由间隔解出被拒回答的对数概率"),
@@ -133,7 +133,7 @@ PROOF = Proof(
                 "$a_l = \\log\\pi(y_l)$。",
             ),
             Solutions(sp.Eq(h, (a_w - b_w) - (a_l - b_l)), a_l, [a_w - h - b_w + b_l]),
-            eq="§4.1",
+            eq="§4.2",
         ),
         Step(
             Text("The margin bounds the rejected log-probability", "间隔给出被拒回答对数概率的上界"),
@@ -146,7 +146,7 @@ PROOF = Proof(
                 "之差为 $-a_w \\ge 0$，所以 $\\log\\pi(y_l) \\le -h + b_l - b_w$。",
             ),
             Nonnegative((-h + b_l - b_w) - a_l, manifest=-a_w_np, given={h: margin(a_w_np, a_l, b_w, b_l)}),
-            eq="§4.1",
+            eq="§4.2",
         ),
         Step(
             Text("The rejected response is driven to zero probability", "被拒回答的概率被推向零"),
@@ -156,7 +156,7 @@ PROOF = Proof(
                 "上界 $\\pi(y_l) \\le e^{-h + b_l - b_w}$ 在 $h \\to \\infty$ 时趋于 0，且其中不含 $\\beta$。",
             ),
             Limit(sp.exp(-h + b_l - b_w), h, sp.oo, 0),
-            eq="§4.1",
+            eq="§4.2",
         ),
     ],
     conclusion=Text(

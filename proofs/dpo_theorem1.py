@@ -1,5 +1,5 @@
 """DPO's Theorem 1: each reward equivalence class has exactly one reparameterised member (Rafailov et al.
-2023, Sec. 5.1, Lemma 1 and Theorem 1; App. A.6), and the identifiability it rests on."""
+2023, Sec. 5.1, Lemma 1 and Theorem 1; App. A.6, Proposition 1), and the identifiability it rests on."""
 
 from __future__ import annotations
 
@@ -31,13 +31,15 @@ PROOF = Proof(
     intro=Text(
         "Call two rewards equivalent when they differ by a function $f(x)$ of the prompt alone (previous "
         "proof). Preferences determine a reward only up to this equivalence, and DPO's Theorem 1 says the "
-        "reparameterisation loses nothing: every class contains exactly one reward of the form "
-        "$\\beta \\log \\frac{\\pi(y \\mid x)}{\\pi_{\\mathrm{ref}}(y \\mid x)}$ with $\\pi$ a policy. So "
+        "reparameterisation loses nothing: every class contains a reward of the form "
+        "$\\beta \\log \\frac{\\pi(y \\mid x)}{\\pi_{\\mathrm{ref}}(y \\mid x)}$ with $\\pi$ a policy, and "
+        "Proposition 1 of its App. A.6 that it contains exactly one (steps 3-5). So "
         "searching over policies, as DPO does, is searching over reward classes, one for one. Sums over "
         "the $n$ responses to a prompt are checked for symbolic $n$.",
         "若两个奖励只相差一个仅依赖于提示的函数 $f(x)$，就称它们等价（上一个证明）。偏好只能把奖励确定到这个等价类，"
-        "而 DPO 的定理 1 说明重参数化没有损失：每个等价类恰好包含一个形如 "
-        "$\\beta \\log \\frac{\\pi(y \\mid x)}{\\pi_{\\mathrm{ref}}(y \\mid x)}$（$\\pi$ 为策略）的奖励。"
+        "而 DPO 的定理 1 说明重参数化没有损失：每个等价类都包含一个形如 "
+        "$\\beta \\log \\frac{\\pi(y \\mid x)}{\\pi_{\\mathrm{ref}}(y \\mid x)}$（$\\pi$ 为策略）的奖励，"
+        "其附录 A.6 的命题 1 说明这样的奖励恰有一个（第 3-5 步）。"
         "所以像 DPO 那样在策略上搜索，就是在奖励等价类上一一对应地搜索。"
         "对同一提示下 $n$ 个回答的求和在符号 $n$ 下检验。",
     ),
@@ -91,7 +93,7 @@ PROOF = Proof(
                 [PI[i] * sp.exp(f / beta)],
                 sp.Interval.open(0, sp.oo),
             ),
-            eq="Thm. 1",
+            eq="Prop. 1",
         ),
         Step(
             Text("Normalisation (any n)", "归一化（任意 n）"),
@@ -101,7 +103,7 @@ PROOF = Proof(
                 "两者都是策略。对 $n$ 个回答求和 $\\pi'_i = \\pi_i e^{f/\\beta}$，并利用 $\\sum_i \\pi_i = 1$：",
             ),
             Equal(S(PI[i] * sp.exp(f / beta)), sp.exp(f / beta), via=("sums",), given={S(PI[i]): 1}),
-            eq="Thm. 1",
+            eq="Prop. 1",
         ),
         Step(
             Text("So the shift is zero and the member is unique", "所以平移为零，成员唯一"),
@@ -112,7 +114,7 @@ PROOF = Proof(
                 "每个等价类恰有一个重参数化形式的成员。",
             ),
             Solutions(sp.Eq(sp.exp(f / beta), 1), f, [0]),
-            eq="Thm. 1",
+            eq="Prop. 1",
         ),
     ],
     conclusion=Text(

@@ -1,4 +1,4 @@
-"""IPO: a squared loss with a finite target (Azar et al. 2023, Sec. 5, Eq. 17)."""
+"""IPO: a squared loss with a finite target (Azar et al. 2023, Sec. 5.2, Eq. 17; the D1 example of Sec. 5.4)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ PROOF = Proof(
                 via=("expand_log",),
             ),
             where=SOFTMAX,
-            eq="§5.2",
+            eq="§5.4",
         ),
         Step(
             Text("Least squares over three pairs depends only on the gaps", "三对样本上的最小二乘只依赖于参数之差"),
@@ -99,7 +99,7 @@ PROOF = Proof(
             ),
             Equal(LSQ_SHOWN, LSQ_GAPS, via=("expand_log", "expand")),
             where={**SOFTMAX, **SHIFT},
-            eq="§5.2",
+            eq="§5.4",
         ),
         Step(
             Text("The normal equations", "正规方程"),
@@ -112,7 +112,7 @@ PROOF = Proof(
                 [sp.Derivative(L_GAPS, d1), sp.Derivative(L_GAPS, d2)], [d1, d2], {d1: GAP_STAR, d2: GAP_STAR}
             ),
             where={L_GAPS: LSQ_GAPS},
-            eq="§5.2",
+            eq="§5.4",
         ),
         Step(
             Text("The stationary point is the minimum", "驻点就是最小值点"),
@@ -128,7 +128,7 @@ PROOF = Proof(
                 manifest=sp.Matrix([[4, 2], [2, 4]]),
             ),
             where={L_GAPS: LSQ_GAPS},
-            eq="§5.2",
+            eq="§5.4",
         ),
     ],
     conclusion=Text(

@@ -1,5 +1,5 @@
-"""ΨPO: DPO/RLHF is Ψ = logit (Azar et al. 2023, Prop. 1); IPO's population optimum (Thm. 2) and the D1
-bandit's gaps 1/(3τ)."""
+"""ΨPO: DPO/RLHF is Ψ = logit (Azar et al. 2023, Prop. 1); IPO's population optimum (Thm. 2, with Prop. 3) and
+the D1 bandit's gaps 1/(3τ) (Sec. 5.4)."""
 
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ PROOF = Proof(
             eq="§5",
         ),
         Step(
-            Text("Thm. 2, sampled → population: a pair's expected loss", "定理 2，从样本到总体：一对样本的期望损失"),
+            Text("Prop. 3, sampled → population: a pair's expected loss", "命题 3，从样本到总体：一对样本的期望损失"),
             Text(
                 "IPO's sampled loss of a pair with label $I$ is the symmetrised regression of proof 13. Its "
                 "expectation over $I \\sim \\mathrm{Bernoulli}(p^*)$ is a square with target "
@@ -221,7 +221,7 @@ PROOF = Proof(
                 (h - TARGET) ** 2 + pstar * (1 - pstar) / tau**2 + 1 / (4 * tau**2),
                 via=("expand",),
             ),
-            eq="Eq. 17",
+            eq="Prop. 3",
         ),
         Step(
             Text(
@@ -302,7 +302,7 @@ PROOF = Proof(
                 given={mu_a: sp.Rational(1, 3), mu_b: sp.Rational(1, 3), mu_c: sp.Rational(1, 3)},
             ),
             where=G_D1,
-            eq="§5.2",
+            eq="§5.4",
         ),
     ],
     conclusion=Text(

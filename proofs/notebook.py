@@ -16,7 +16,7 @@ import json
 
 from .core import ProofResult
 from .lesson import compare, recheck
-from .papers import PAPERS, citation
+from .papers import PAPERS, citation, citations_note
 
 __all__ = ["compare", "notebook", "recheck"]
 
@@ -141,7 +141,7 @@ def notebook(results: list[ProofResult], lang: str = "en") -> str:
     core, rest = [by_name[n] for n in core_names], [by_name[n] for n in rest_names]
     numbers = {r.proof.name: i for i, r in enumerate(core + rest, 1)}
     cells = [
-        _markdown("title", f"# {L['title']}\n\n{N['how']}"),
+        _markdown("title", f"# {L['title']}\n\n{N['how']}\n\n{citations_note(lang)}"),
         _markdown("setup-md", N["setup"]),
         _code("setup", SETUP),
     ]

@@ -1,5 +1,5 @@
 """The Plackett-Luce DPO loss and its gradient for every number K of ranked responses (Rafailov et al. 2023,
-App. A.3, Eq. 18): by induction on K, with the symbolic statement also checked for K = 2..6."""
+App. A.3, Eqs. 18 and 20): by induction on K, with the symbolic statement also checked for K = 2..6."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ PROOF = Proof(
                 "`plackett_luce_losses` 用反向累积 log-sum-exp 计算的正是它。对 $K$ 从 2 到 6 逐一展开乘积与求和检验。",
             ),
             Equal(-sp.log(PL_K), FORM_K, via=("doit", "expand_log", "simplify"), cases=SMALL_K),
-            eq="Eq. 18",
+            eq="Eq. 20",
         ),
         Step(
             Text("Two responses: the DPO loss", "两个回答时就是 DPO 损失"),
@@ -127,7 +127,7 @@ PROOF = Proof(
                 via=("doit", "cancel"),
                 cases=[{K: n, i: q} for n in range(2, 6) for q in range(1, n + 1)],
             ),
-            eq="App. A.3",
+            eq="Eq. 20",
         ),
         Step(
             Text("The gradient sums to zero (any K)", "梯度之和为零（任意 K）"),
@@ -138,7 +138,7 @@ PROOF = Proof(
                 "由链式法则，梯度各分量之和为零。",
             ),
             FreeOf(FORM_K.xreplace({U[k]: U[k] + c, U[j]: U[j] + c}), c, via=("simplify",)),
-            eq="App. A.3",
+            eq="Eq. 20",
         ),
         Step(
             Text("The best response is pushed up (any K)", "最好的回答被推高（任意 K）"),
@@ -156,7 +156,7 @@ PROOF = Proof(
                 manifest=-R_other / (sp.exp(U[1]) + R_other),
                 via=("cancel",),
             ),
-            eq="App. A.3",
+            eq="Eq. 20",
         ),
         Step(
             Text("The worst response is pushed down", "最差的回答被压低"),
@@ -168,7 +168,7 @@ PROOF = Proof(
                 "剩下若干个正的 softmax 权重之和（这里对 $K = 3$ 写出；对任意 $K$，同样的相消留下 $K - 1$ 个正权重）。",
             ),
             Positive(GRAD[2]),
-            eq="App. A.3",
+            eq="Eq. 20",
         ),
     ],
     conclusion=Text(

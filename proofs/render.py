@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from .core import Proof, ProofResult, StepResult
-from .papers import NOTATION, PAPERS, citation
+from .papers import NOTATION, PAPERS, citation, citations_note
 
 _INLINE_MATH = re.compile(r"\$([^$\n]+?)\$")
 
@@ -354,7 +354,7 @@ def markdown(results: list[ProofResult], lang: str = "en") -> str:
     out += ['<a id="notation"></a>', "", f"## {L['notation']}", ""]
     out += [f"| {L['symbol']} | {L['meaning']} |", "| --- | --- |"]
     out += [f"| $`{sym}`$ | {_gh(meaning(lang))} |" for sym, meaning in NOTATION]
-    out.append("")
+    out += ["", citations_note(lang), ""]
     placed = set()
     if core:
         out += ['<a id="core-path"></a>', "", f"## {L['core']}", ""]

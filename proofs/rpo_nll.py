@@ -44,7 +44,7 @@ PROOF = Proof(
             ),
             Equal(sp.Derivative(J, a_w), GRAD_CHOSEN, via=("simplify",)),
             where={J: OBJECTIVE, **MARGIN},
-            eq="§2, L_DPO+NLL",
+            eq="L_DPO+NLL",
         ),
         Step(
             Text("The rejected gradient is DPO's", "被拒回答的梯度与 DPO 相同"),
@@ -54,7 +54,7 @@ PROOF = Proof(
             ),
             Equal(sp.Derivative(J, a_l), GRAD_REJECTED, via=("simplify",)),
             where={J: OBJECTIVE, **MARGIN},
-            eq="§2, L_DPO+NLL",
+            eq="L_DPO+NLL",
         ),
         Step(
             Text("The chosen response is always pushed up", "被选回答总被推高"),
@@ -64,7 +64,7 @@ PROOF = Proof(
                 "对任何间隔，导数都为负，所以 $a_w$ 上的梯度总是把 $\\log\\pi(y_w)$ 往上推。",
             ),
             Negative(GRAD_CHOSEN),
-            eq="§2, L_DPO+NLL",
+            eq="L_DPO+NLL",
         ),
         Step(
             Text("Without the NLL term the pull vanishes", "没有 NLL 项时拉力消失"),
@@ -73,7 +73,7 @@ PROOF = Proof(
                 "DPO 自身对被选回答的拉力随间隔增大而消失……",
             ),
             Limit(DPO_PULL, h, sp.oo, 0),
-            eq="§2, L_DPO+NLL",
+            eq="L_DPO+NLL",
         ),
         Step(
             Text("With it, a pull of α/T remains", "加上它，保留 α/T 的拉力"),
@@ -84,7 +84,7 @@ PROOF = Proof(
                 "$\\alpha$ 倍。",
             ),
             Limit(GRAD_CHOSEN, h, sp.oo, -alpha / T),
-            eq="§2, L_DPO+NLL",
+            eq="L_DPO+NLL",
         ),
         Step(
             Text("No stationary point in the chosen log-probability", "被选回答对数概率上没有驻点"),
@@ -98,7 +98,7 @@ PROOF = Proof(
                 "被选回答的对数概率，而不只是间隔。",
             ),
             Solutions(GRAD_CHOSEN, h, []),
-            eq="§2, L_DPO+NLL",
+            eq="L_DPO+NLL",
         ),
     ],
     conclusion=Text(

@@ -115,7 +115,8 @@ def test_every_result_step_has_an_equation_and_a_paper(name):
     assert citation_problems(proof) == []
     for step in proof.steps:
         if step.eq:
-            assert papers.citation(proof, step).endswith(", " + step.eq)
+            unverified = papers.label_status(step.paper or proof.source, step.eq) == "unverified"
+            assert papers.citation(proof, step).endswith(", " + step.eq + (papers.UNVERIFIED_MARK * unverified))
 
 
 def test_a_step_without_a_citation_is_caught():
@@ -129,6 +130,61 @@ def test_a_step_without_a_citation_is_caught():
     ]
     no_source = dataclasses.replace(proof, source=None)
     assert len(citation_problems(no_source)) == len(proof.steps)
+
+
+def label_problems(proof: proofs.Proof) -> list[str]:
+    """A numbered label (Eq., Thm., Lemma, Prop., App., §) must be in papers.VERIFIED_LABELS, with the sources
+    it was checked against, or in papers.UNVERIFIED_LABELS, with why it is not verified (issue 24)."""
+    out = []
+    for k, step in enumerate(proof.steps, 1):
+        key = step.paper or proof.source
+        if step.eq and papers.label_status(key, step.eq) == "unlisted":
+            out.append(f"{proof.name} step {k}: {step.eq!r} of {key!r} is neither verified nor marked unverified")
+    return out
+
+
+@pytest.mark.parametrize("name", list(proofs.MODULES))
+def test_every_numbered_label_is_verified_or_marked(name):
+    assert label_problems(proofs.get(name)) == []
+
+
+def test_an_unlisted_label_is_caught():
+    """A guessed number (DPO 'Eq. 9' for the DPO loss) and a right number cited in the wrong paper are rejected;
+    a loss's name and a listed number are not."""
+    proof = proofs.get("dpo-loss")
+    guessed = dataclasses.replace(proof.steps[0], eq="Eq. 9")
+    elsewhere = dataclasses.replace(proof.steps[1], paper="simpo")  # SimPO's Eq. 2 is not in either table
+    named = dataclasses.replace(proof.steps[2], eq="DPO loss")
+    broken = dataclasses.replace(proof, steps=[guessed, elsewhere, named, *proof.steps[3:]])
+    assert label_problems(broken) == [
+        "dpo-loss step 1: 'Eq. 9' of 'dpo' is neither verified nor marked unverified",
+        "dpo-loss step 2: 'Eq. 2' of 'simpo' is neither verified nor marked unverified",
+    ]
+    for label in ("Thm. 3", "Lemma 4", "Prop. 2", "App. B", "§6"):
+        assert papers.label_status("dpo", label) == "unlisted", label
+
+
+def test_the_label_tables_are_sound():
+    """Each entry is a numbered label, in one table only, used by some step, with known sources (a stale or
+    doubly listed entry would misreport what is verified)."""
+    verified, unverified = set(papers.VERIFIED_LABELS), set(papers.UNVERIFIED_LABELS)
+    assert not verified & unverified
+    used = {(s.paper or p.source, s.eq) for p in proofs.all_proofs() for s in p.steps if s.eq}
+    assert verified | unverified <= used
+    for key, label in verified | unverified:
+        assert key in papers.PAPERS and papers.NUMBERED.search(label), (key, label)
+    for meaning, sources in papers.VERIFIED_LABELS.values():
+        assert meaning and sources and set(sources) <= set(papers.SOURCES), sources
+    assert all(meaning and why for meaning, why in papers.UNVERIFIED_LABELS.values())
+
+
+def test_an_unverified_number_is_marked_in_the_citation():
+    proof = proofs.get("exo-cdpo")  # EXO's Eq. 16 rests on TRL's comment alone
+    assert papers.citation(proof, proof.steps[0]) == "Ji et al. 2024, Eq. 16" + papers.UNVERIFIED_MARK
+    dpo = proofs.get("dpo-loss")
+    assert papers.citation(dpo, dpo.steps[-1]) == "Rafailov et al. 2023, Eq. 7"
+    for lang in ("en", "zh"):
+        assert papers.UNVERIFIED_MARK in papers.citations_note(lang)
 
 
 def test_the_lesson_cites_the_paper_with_each_step():
