@@ -29,6 +29,7 @@ from dataclasses import asdict, replace
 
 import torch
 
+from dpo_ref.bench.layout_work import forward_flops
 from dpo_ref.bench.sizes import BenchSize, bench_model
 from dpo_ref.errors import InputError
 from dpo_ref.train import layouts
@@ -172,12 +173,15 @@ def timing(size, device, steps: int, chosen: tuple[str, ...], shapes=tuple(SHAPE
             if not abs(loss - base) <= AGREEMENT * abs(base):
                 raise LayoutMismatch(f"{shape}: {lay} gives loss {loss!r}, two-sequence {base!r}: not the same step")
         med = {lay: statistics.median(t) for lay, t in times.items()}
+        flops = {lay: forward_flops(batches[lay], split_kernel(lay)[1], size) for lay in chosen}
         out[shape] = {
             lay: {
                 "median_s": med[lay],
                 "runs_s": times[lay],
                 "tokens_per_s": tokens / med[lay],
                 "speedup": med["two-sequence"] / med[lay],
+                "forward_gflops": flops[lay] / 1e9,
+                "flop_ratio": flops["two-sequence"] / flops[lay],  # the speed-up if time followed arithmetic
                 "rows": int(batches[lay]["input_ids"].shape[0]),
                 "row_length": int(batches[lay]["input_ids"].shape[1]),
                 "first_step_loss": first[lay],
@@ -246,12 +250,14 @@ def run_layouts(size, device_name: str, steps: int, chosen: tuple[str, ...], sha
 
 
 def format_layouts(result: dict) -> str:
-    lines = [f"{'shape':10} {'layout':20} {'step s':>8} {'x two-seq':>9} {'tokens/s':>9} {'peak MB':>8}  rows x length"]
+    head = f"{'shape':10} {'layout':24} {'step s':>8} {'x two-seq':>9} {'x FLOPs':>8} {'tokens/s':>9} {'peak MB':>8}"
+    lines = [head + "  rows x length"]
     for shape, rows in result["shapes"].items():
         for lay in result["layouts"]:
             r = rows[lay]
             lines.append(
-                f"{shape:10} {lay:20} {r['median_s']:8.3f} {r['speedup']:9.2f} {r['tokens_per_s']:9.0f} "
+                f"{shape:10} {lay:24} {r['median_s']:8.3f} {r['speedup']:9.2f} "
+                f"{r.get('flop_ratio', float('nan')):8.2f} {r['tokens_per_s']:9.0f} "
                 f"{r['peak_mb']:8.0f}  {r['rows']} x {r['row_length']}"
             )
     t = result.get("train_long_prompts")
