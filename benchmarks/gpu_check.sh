@@ -51,7 +51,7 @@ timeout 150 "$PY" -m dpo_ref bench --size 0.5b --device cuda --threads 4 --steps
     --no-verify --json "$OUT/bench_0.5b.json" 2>&1 | tee "$OUT/bench.log"
 
 echo "== 4/5 dpo-ref bench --layout all on CUDA (batch layouts side by side)" | tee -a "$OUT/device.log"
-timeout 80 "$PY" -m dpo_ref bench --layout all --device cuda --threads 4 --steps 5 --json "$OUT/layouts.json" \
+timeout 110 "$PY" -m dpo_ref bench --layout all --device cuda --threads 4 --steps 5 --json "$OUT/layouts.json" \
     2>&1 | tee "$OUT/layouts.log"
 echo "== 5/5 dpo-ref bench --memory 0.5b on CUDA (bf16 + LoRA, bf16 + FSDP on one process, full bf16)" | tee -a "$OUT/device.log"
 timeout 130 "$PY" -m dpo_ref bench --memory 0.5b --memory-rows lora-bf16,fsdp-x1-bf16,full-bf16 --device cuda \

@@ -2,6 +2,7 @@
 
     dpo-ref bench --layout all [--steps 4] [--json docs/results/layouts.json] [--device cpu|cuda]
     dpo-ref bench --layout two-sequence,prefix-sharing      (two-sequence, the baseline, is always run)
+    dpo-ref bench --layout packing,packing+segments         (a layout with another attention kernel: +segments, +flex)
 
 The step is the trainer's own (`dpo_ref.train.layouts`, `SequenceScorer` with the output layer only at the
 scored positions): policy forward + backward over the batch in the layout, a reference forward under no_grad,
@@ -9,7 +10,10 @@ the sigmoid DPO loss. Model: the bench's Llama of `--size` (default 256 hidden, 
 8 pairs per step. Shapes: prompt 64 / completion 192, prompt 256 / completion 128, and a variable mix (prompts
 16-512, completions 8-256, drawn). The layouts take turns step by step (A B C D A B C D ...) after one warm-up
 step each, so machine drift hits all alike; the median step time is reported with tokens/s (real, unpadded
-tokens: each pair's prompt counted twice, as two sequences hold it) and the ratio to the two-sequence step.
+tokens: each pair's prompt counted twice, as two sequences hold it) and the ratio to the two-sequence step,
+beside the ratio of their forward FLOPs (`dpo_ref.bench.layout_work`: what the ratio would be if time followed
+arithmetic, the ceiling an exact layout can reach on this model). A plain layout name runs the dense 4-D mask;
+NAME+segments the segmented kernel, NAME+flex FlexAttention (`dpo_ref.train.attention`).
 Peak memory: on CUDA `max_memory_allocated` per layout; on CPU the peak RSS of a fresh subprocess per layout
 and shape (VmHWM after the step minus after the set-up). Every layout's first-step loss must equal the
 two-sequence one (relative 1e-5: the same sums of float32 log-probs in another order, a few ulps of a loss
@@ -201,22 +205,40 @@ def _vmhwm() -> float:
 
 
 def memory_worker(spec: dict) -> None:
-    """One layout and shape in a fresh process: its peak memory in MB, printed as JSON."""
-    device = torch.device(spec["device"])
+    """One layout and shape in a fresh CPU process: its peak RSS over the step in MB, printed as JSON."""
+    device = torch.device("cpu")
     size = BenchSize(**spec["size"])
     policy, reference = models(size, device)
     batch = collated(pairs_for(spec["shape"], size.vocab), spec["layout"], device)
     use_kernel((policy, reference), spec["layout"])
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     before = _vmhwm()
     step(policy, reference, batch)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _vmhwm() - before
+    peak = _vmhwm() - before
     print("LAYOUT_MEMORY " + json.dumps({"peak_mb": peak}), flush=True)
 
 
 def memory(size, device_name: str, chosen: tuple[str, ...], shapes=tuple(SHAPES)) -> dict:
+    """shape -> layout -> peak MB of one step. On the CPU a fresh process per layout (the peak RSS cannot be
+    reset); on CUDA in this process, `max_memory_allocated` reset before each step (the allocator's peak of live
+    tensors, which the models and nothing else carry from one layout to the next)."""
     out = {}
+    if device_name.startswith("cuda"):
+        device = torch.device(device_name)
+        policy, reference = models(size, device)
+        for shape in shapes:
+            pairs = pairs_for(shape, size.vocab)
+            out[shape] = {}
+            for lay in chosen:
+                batch = collated(pairs, lay, device)
+                use_kernel((policy, reference), lay)
+                policy.zero_grad(set_to_none=True)
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                step(policy, reference, batch)
+                torch.cuda.synchronize(device)
+                out[shape][lay] = torch.cuda.max_memory_allocated(device) / 2**20
+                del batch
+        return out
     for shape in shapes:
         out[shape] = {}
         for lay in chosen:
@@ -271,7 +293,7 @@ def format_layouts(result: dict) -> str:
     return "\n".join(lines)
 
 
-TRAIN_STEPS, TRAIN_REPEATS = 10, 2
+TRAIN_STEPS, TRAIN_REPEATS = 10, 3
 LONG_PROMPT = {"prompt": 240, "completion": 48, "pairs": 64, "batch": 8}  # the issue's `train` target shape
 
 

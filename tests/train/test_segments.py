@@ -156,3 +156,18 @@ def test_the_oracle_rejects_the_segments_path_with_a_leaky_plan(monkeypatch):
         report = dpo_ref.verify(layouts.pipeline("prefix-sharing", "segments"), level="pipeline", max_examples=4,
                                 fail_fast=True)  # fmt: skip
     assert not report.passed
+
+
+@pytest.mark.gpu  # auto picks mask on CUDA until this has passed there
+def test_training_with_segments_equals_the_dense_mask_on_cuda(data, tmp_path):
+    from dpo_ref.train.loop import train
+    from tests.train.test_train import small
+
+    runs = {}
+    for kernel in ("mask", "segments"):
+        flags = dict(prefix_sharing=True, packing=True, max_length=64, attention=kernel, device="cuda", dtype="float32")
+        runs[kernel] = train(small(data, tmp_path / kernel, steps=4, **flags))
+    assert runs["segments"]["attention"] == "segments"
+    for a, b in zip(runs["mask"]["history"], runs["segments"]["history"]):
+        if "loss" in a:
+            assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4, abs_tol=1e-6), (a, b)
