@@ -2,10 +2,10 @@
 
 Notation (all per example, shape `(B,)`): the implicit log-ratios
 
-    r_w = log pi(y_w|x) - log pi_ref(y_w|x),    r_l = log pi(y_l|x) - log pi_ref(y_l|x),
+    rho_w = log pi(y_w|x) - log pi_ref(y_w|x),    rho_l = log pi(y_l|x) - log pi_ref(y_l|x),
 
-the preference margin h = r_w - r_l (`dpo_ref.losses.preference_margin`), the scored-token counts
-n_w, n_l of the two completions, and the length-normalised margin h_bar = r_w / n_w - r_l / n_l.
+the preference margin h = rho_w - rho_l (`dpo_ref.losses.preference_margin`), the scored-token counts
+n_w, n_l of the two completions, and the length-normalised margin h_bar = rho_w / n_w - rho_l / n_l.
 sigma is the logistic function; every log sigma is evaluated with `logsigmoid` (never log(sigmoid)).
 
 DPO (`sigmoid`), cDPO and paper IPO keep their one definition in `dpo_ref.losses`; this module adds the
@@ -69,7 +69,7 @@ def _lengths(chosen_lengths, rejected_lengths, like: torch.Tensor, validate: boo
 
 
 def logratios(pc, pr, rc, rr) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r_w, r_l) = (log pi(y_w) - log pi_ref(y_w), log pi(y_l) - log pi_ref(y_l)).
+    """(rho_w, rho_l) = (log pi(y_w) - log pi_ref(y_w), log pi(y_l) - log pi_ref(y_l)).
 
     Proof: none yet. Properties: `family_properties.check_values`.
     """
@@ -77,7 +77,7 @@ def logratios(pc, pr, rc, rr) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def normalised_margin(pc, pr, rc, rr, chosen_lengths, rejected_lengths) -> torch.Tensor:
-    """h_bar = r_w / n_w - r_l / n_l: the margin of the per-token average log-ratios.
+    """h_bar = rho_w / n_w - rho_l / n_l: the margin of the per-token average log-ratios.
 
     Proof: none yet. Properties: `family_properties.check_values`, `family_properties.check_shift`.
     """
@@ -94,7 +94,7 @@ def hinge_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -> P
         L = max(0, 1 - beta h)
 
     1/beta is the margin: loss and gradient are exactly zero once beta h >= 1. TRL: dpo_trainer.py:1390-1391.
-    Rewards: beta r_w, beta r_l.
+    Rewards: beta rho_w, beta rho_l.
 
     Proof: `hinge`. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
     `family_properties.check_hinge_margin`.
@@ -114,7 +114,7 @@ def ipo_norm_loss(
 
     The paper's IPO uses the sequence margin h (`dpo_ref.losses.ipo_loss`); TRL divides each log-ratio by
     the completion's token count (dpo_trainer.py:1393-1404, citing the authors). Minimiser h_bar* = 1/(2 tau).
-    Rewards: tau r_w / n_w, tau r_l / n_l.
+    Rewards: tau rho_w / n_w, tau rho_l / n_l.
 
     Proof: `ipo-noise`. Properties: `family_properties.check_values`, `family_properties.check_optimum`,
     `family_properties.check_noisy_ipo_optimum`.
@@ -134,7 +134,7 @@ def exo_pair_loss(pc, pr, rc, rr, *, beta: float = 0.1, label_smoothing: float =
         L = KL(Bern(q) || Bern(p)) = q (log q - log(1 - eps)) + (1 - q) (log(1 - q) - log eps)
 
     eps in (0, 0.5) (the paper recommends 1e-3). L >= 0, with equality exactly at sigma(beta h*) = 1 - eps,
-    the same fixed point as cDPO; L <= -log eps. TRL: dpo_trainer.py:1406-1417. Rewards: beta r_w, beta r_l.
+    the same fixed point as cDPO; L <= -log eps. TRL: dpo_trainer.py:1406-1417. Rewards: beta rho_w, beta rho_l.
 
     Proof: `exo-cdpo`. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
     `family_properties.check_optimum`, `family_properties.check_bounds`.
@@ -157,7 +157,7 @@ def robust_loss(pc, pr, rc, rr, *, beta: float = 0.1, label_smoothing: float = 0
     so that (1 - eps) L(h) + eps L(-h) = l(h): in expectation over the flips it is the clean DPO loss. It
     falls strictly in h and, for eps > 0, without bound (no finite minimiser). eps in [0, 0.5); eps = 0
     is DPO. Not cDPO (`dpo_ref.losses.dpo_loss` with label_smoothing), which *adds* eps l(-h).
-    TRL: dpo_trainer.py:1428-1431 (`loss_type="robust"`). Rewards: beta r_w, beta r_l.
+    TRL: dpo_trainer.py:1428-1431 (`loss_type="robust"`). Rewards: beta rho_w, beta rho_l.
 
     Proof: `robust-dpo`. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
     `family_properties.check_robust_unbiased`.
@@ -177,7 +177,7 @@ def discopop_loss(pc, pr, rc, rr, *, beta: float = 0.1, tau: float = 0.05, valid
 
     tau > 0 (the paper uses 0.05). The second term is evaluated as exp(log sigma(rho/tau) - rho), which
     stays finite where sigma(rho/tau) underflows to 0 and exp(-rho) overflows (0 * inf would be NaN);
-    TRL multiplies the two factors (dpo_trainer.py:1483-1493). Rewards: beta r_w, beta r_l.
+    TRL multiplies the two factors (dpo_trainer.py:1483-1493). Rewards: beta rho_w, beta rho_l.
 
     Proof: `discopop`. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
     `family_properties.check_finite`.
@@ -194,7 +194,7 @@ def sigmoid_norm_loss(pc, pr, rc, rr, *, chosen_lengths, rejected_lengths, beta:
     """Length-normalised DPO: L = -log sigma(beta h_bar) (DPO's Eq. 7 on per-token average log-ratios).
 
     TRL's `loss_type="sigmoid_norm"` (dpo_trainer.py:1504-1510; TRL cites no paper, the form is Tulu 3's
-    length-normalised DPO). Rewards: beta r_w / n_w, beta r_l / n_l.
+    length-normalised DPO). Rewards: beta rho_w / n_w, beta rho_l / n_l.
 
     Proof: none yet. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
     `family_properties.check_shift`.
@@ -235,11 +235,11 @@ def simpo_loss(
 def nca_pair_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -> PreferenceLoss:
     """Pairwise NCA (Chen et al. 2024, noise contrastive alignment, K = 2 responses):
 
-        L = -log sigma(beta r_w) - 1/2 log sigma(-beta r_w) - 1/2 log sigma(-beta r_l)
+        L = -log sigma(beta rho_w) - 1/2 log sigma(-beta rho_w) - 1/2 log sigma(-beta rho_l)
 
     Each log-ratio is scored on its own, so adding f(x) to both policy log-probs changes L. The chosen
-    term is stationary at sigma(beta r_w) = 2/3, i.e. r_w* = ln 2 / beta; the rejected term falls as
-    r_l -> -inf. TRL: dpo_trainer.py:1419-1426. Rewards: beta r_w, beta r_l.
+    term is stationary at sigma(beta rho_w) = 2/3, i.e. rho_w* = ln 2 / beta; the rejected term falls as
+    rho_l -> -inf. TRL: dpo_trainer.py:1419-1426. Rewards: beta rho_w, beta rho_l.
 
     Proof: `shift-invariance`, `bounded-losses`. Properties: `family_properties.check_values`,
     `family_properties.check_optimum`, `family_properties.check_not_invariant`.
@@ -254,11 +254,11 @@ def nca_pair_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -
 def bco_pair_loss(pc, pr, rc, rr, *, beta: float = 0.1, delta: float = 0.0, validate: bool = True):
     """Pairwise BCO, a binary classifier on the implicit rewards (Jung et al. 2024, BCO with paired data):
 
-        L = -log sigma(beta r_w - delta) - log sigma(-(beta r_l - delta))
+        L = -log sigma(beta rho_w - delta) - log sigma(-(beta rho_l - delta))
 
-    delta is the paper's reward shift, a running mean of the rewards beta r over past batches, kept by the
+    delta is the paper's reward shift, a running mean of the rewards beta rho over past batches, kept by the
     caller and passed in (it is a constant for the gradient). TRL 1.16 sets delta = 0: dpo_trainer.py:1433-1436
-    has no running mean. Rewards: beta r_w, beta r_l.
+    has no running mean. Rewards: beta rho_w, beta rho_l.
 
     Proof: `shift-invariance`. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
     `family_properties.check_not_invariant`.
@@ -274,10 +274,10 @@ def bco_pair_loss(pc, pr, rc, rr, *, beta: float = 0.1, delta: float = 0.0, vali
 def sppo_hard_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -> PreferenceLoss:
     """SPPO with hard win probabilities (Wu et al. 2024, Eq. 4.7 with P(y_w > pi) = 1, P(y_l > pi) = 0, eta = 1/beta):
 
-        L = (r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2
+        L = (rho_w - 1/(2 beta))^2 + (rho_l + 1/(2 beta))^2
 
-    minimised exactly at r_w = 1/(2 beta), r_l = -1/(2 beta). TRL: dpo_trainer.py:1438-1445.
-    Rewards: beta r_w, beta r_l (so the optimum has rewards +-1/2).
+    minimised exactly at rho_w = 1/(2 beta), rho_l = -1/(2 beta). TRL: dpo_trainer.py:1438-1445.
+    Rewards: beta rho_w, beta rho_l (so the optimum has rewards +-1/2).
 
     Proof: `sppo-hard`. Properties: `family_properties.check_values`, `family_properties.check_optimum`,
     `family_properties.check_not_invariant`.
@@ -293,9 +293,9 @@ def sppo_hard_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) 
 def apo_zero_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -> PreferenceLoss:
     """APO-zero (D'Oosterlinck et al. 2024, Eq. 7): raise the chosen, lower the rejected likelihood.
 
-        L = 1 - sigma(beta r_w) + sigma(beta r_l),   0 < L < 2
+        L = 1 - sigma(beta rho_w) + sigma(beta rho_l),   0 < L < 2
 
-    TRL: dpo_trainer.py:1467-1473 (the paper's form plus the constant 1). Rewards: beta r_w, beta r_l.
+    TRL: dpo_trainer.py:1467-1473 (the paper's form plus the constant 1). Rewards: beta rho_w, beta rho_l.
 
     Proof: `shift-invariance`, `bounded-losses`. Properties: `family_properties.check_values`,
     `family_properties.check_bounds`, `family_properties.check_not_invariant`.
@@ -310,9 +310,9 @@ def apo_zero_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -
 def apo_down_loss(pc, pr, rc, rr, *, beta: float = 0.1, validate: bool = True) -> PreferenceLoss:
     """APO-down (D'Oosterlinck et al. 2024, Eq. 8): lower both likelihoods, the rejected one more.
 
-        L = sigma(beta r_w) + 1 - sigma(beta h),   0 < L < 2
+        L = sigma(beta rho_w) + 1 - sigma(beta h),   0 < L < 2
 
-    TRL: dpo_trainer.py:1475-1481. Rewards: beta r_w, beta r_l.
+    TRL: dpo_trainer.py:1475-1481. Rewards: beta rho_w, beta rho_l.
 
     Proof: `shift-invariance`, `bounded-losses`. Properties: `family_properties.check_values`,
     `family_properties.check_bounds`, `family_properties.check_not_invariant`.
@@ -332,7 +332,7 @@ def dpop_loss(pc, pr, rc, rr, *, beta: float = 0.1, dpop_lambda: float = 50.0, v
 
     lambda >= 0 (the paper uses 50). Where log pi(y_w) >= log pi_ref(y_w) it is DPO; below, every nat the chosen
     log-prob loses costs lambda more, so the optimiser cannot lower both likelihoods to widen the margin.
-    Adding f(x) to both policy log-probs changes the penalty: not invariant. Rewards: beta r_w, beta r_l.
+    Adding f(x) to both policy log-probs changes the penalty: not invariant. Rewards: beta rho_w, beta rho_l.
 
     Proof: none yet. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
     `family_properties.check_shift`.
@@ -356,7 +356,7 @@ def aot_loss(pc, pr, rc, rr, *, beta: float = 0.1, label_smoothing: float = 0.0,
 
     One loss per quantile i (not per example); permuting the batch leaves them unchanged. eps in [0, 0.5)
     (TRL applies `label_smoothing` here although its documentation names only robust and EXO).
-    TRL: dpo_trainer.py:1447-1456. Rewards: beta r_w, beta r_l per example.
+    TRL: dpo_trainer.py:1447-1456. Rewards: beta rho_w, beta rho_l per example.
 
     Proof: `simpo-sft-aot`. Properties: `family_properties.check_values`, `family_properties.check_batch_structure`.
     """
@@ -371,10 +371,10 @@ def aot_loss(pc, pr, rc, rr, *, beta: float = 0.1, label_smoothing: float = 0.0,
 def aot_unpaired_loss(pc, pr, rc, rr, *, beta: float = 0.1, label_smoothing: float = 0.0, validate: bool = True):
     """AOT, unpaired (Melnyk et al. 2024): the chosen log-ratio distribution should dominate the rejected one.
 
-        L_i = -(1 - eps) log sigma(beta (sort(r_w)_i - sort(r_l)_i)) - eps log sigma(-beta (...))
+        L_i = -(1 - eps) log sigma(beta (sort(rho_w)_i - sort(rho_l)_i)) - eps log sigma(-beta (...))
 
     One loss per quantile. Adding f(x) to both policy log-probs changes the sorted pairing unless f is the
-    same for the whole batch. TRL: dpo_trainer.py:1458-1465. Rewards: beta r_w, beta r_l per example.
+    same for the whole batch. TRL: dpo_trainer.py:1458-1465. Rewards: beta rho_w, beta rho_l per example.
 
     Proof: `simpo-sft-aot`. Properties: `family_properties.check_values`, `family_properties.check_batch_structure`,
     `family_properties.check_shift`.

@@ -184,8 +184,8 @@ def scaled_logratios(pc, pr, rc, rr, nc, nr, c):
 
 
 def normalised_logratios(pc, pr, rc, rr, nc, nr, c):
-    """The length-normalised losses' own rewards (dpo_ref.family's ipo-norm and sigmoid_norm): beta r / n, the
-    per-token log-ratio their margin h_bar is made of. TRL logs the unnormalised beta r for them (also accepted)."""
+    """The length-normalised losses' own rewards (dpo_ref.family's ipo-norm and sigmoid_norm): beta rho / n, the
+    per-token log-ratio their margin h_bar is made of. TRL logs the unnormalised beta rho for them (also accepted)."""
     k = c["beta"] if "beta" in c else c["tau"]
     return k * (pc - rc) / nc, k * (pr - rr) / nr
 
@@ -384,7 +384,8 @@ RECORDS: tuple[Variant, ...] = (
             - logsig(-c["beta"] * (pc - rc)) / 2
             - logsig(-c["beta"] * (pr - rr)) / 2
         ),
-        (BETA,), "Chen et al. 2024 (NCA)", "-log sigma(beta r_w) - log sigma(-beta r_w)/2 - log sigma(-beta r_l)/2",
+        (BETA,), "Chen et al. 2024 (NCA)",
+        "-log sigma(beta rho_w) - log sigma(-beta rho_w)/2 - log sigma(-beta rho_l)/2",
         trl="nca_pair", shift_invariant=NO, optimum=lambda beta=0.1, **_: {"chosen_logratio": math.log(2.0) / beta},
         proofs=("shift-invariance", "bounded-losses"), properties=_general("optimum"), adapters={"trl": "nca_pair"},
     ),
@@ -411,7 +412,7 @@ RECORDS: tuple[Variant, ...] = (
             - logsig(c["delta"] - c["beta"] * (pr - rr))
         ),
         (BETA, Param("delta", 0.0, draw=("uniform", -10.0, 10.0), means="reward shift (running mean)")),
-        "Jung et al. 2024 (BCO)", "-log sigma(beta r_w - delta) - log sigma(-(beta r_l - delta))", trl="bco_pair",
+        "Jung et al. 2024 (BCO)", "-log sigma(beta rho_w - delta) - log sigma(-(beta rho_l - delta))", trl="bco_pair",
         shift_invariant=NO, constants=lambda c: (0.0, abs(c["delta"])), proofs=("shift-invariance",),
         properties=_general(), adapters={"trl": "bco_pair"},
     ),
@@ -421,7 +422,7 @@ RECORDS: tuple[Variant, ...] = (
             lambda pc, pr, rc, rr, nc, nr, c: (pc - rc - 1 / (2 * c["beta"])) ** 2
             + (pr - rr + 1 / (2 * c["beta"])) ** 2
         ),
-        (BETA,), "Wu et al. 2024, Eq. 4.7", "(r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2", trl="sppo_hard",
+        (BETA,), "Wu et al. 2024, Eq. 4.7", "(rho_w - 1/(2 beta))^2 + (rho_l + 1/(2 beta))^2", trl="sppo_hard",
         shift_invariant=NO,
         optimum=lambda beta=0.1, **_: {"chosen_logratio": 0.5 / beta, "rejected_logratio": -0.5 / beta},
         constants=lambda c: (1 / (2 * c["beta"]), 0.0), proofs=("sppo-hard",), properties=_general("optimum"),
@@ -438,7 +439,7 @@ RECORDS: tuple[Variant, ...] = (
     Variant(
         "aot_unpaired", "aot_unpaired", _F + "aot_unpaired_loss",
         lambda rows, c: _aot(rows, c, lambda pc, pr, rc, rr, nc, nr: pc - rc, lambda pc, pr, rc, rr, nc, nr: pr - rr),
-        (BETA, _with_default(FLIP, 0.0)), "Melnyk et al. 2024 (unpaired)", "smoothed DPO on sort(r_w) - sort(r_l)",
+        (BETA, _with_default(FLIP, 0.0)), "Melnyk et al. 2024 (unpaired)", "smoothed DPO on sort(rho_w) - sort(rho_l)",
         trl="aot_unpaired", batch_coupled=True, shift_invariant=BATCH_CONSTANT,
         quantile_key=lambda r, k: float(r[k] - r[k + 2]), slope=_aot_slope, proofs=("simpo-sft-aot",),
         properties=_general("large_batch"), adapters={"trl": "aot_unpaired"},
@@ -446,7 +447,7 @@ RECORDS: tuple[Variant, ...] = (
     Variant(
         "apo_zero", "apo_zero", _F + "apo_zero_loss",
         _pairwise(lambda pc, pr, rc, rr, nc, nr, c: 1 - sig(c["beta"] * (pc - rc)) + sig(c["beta"] * (pr - rr))),
-        (BETA,), "D'Oosterlinck et al. 2024, Eq. 7", "1 - sigma(beta r_w) + sigma(beta r_l)", trl="apo_zero",
+        (BETA,), "D'Oosterlinck et al. 2024, Eq. 7", "1 - sigma(beta rho_w) + sigma(beta rho_l)", trl="apo_zero",
         shift_invariant=NO, bounds=lambda c: (0.0, 2.0), proofs=("shift-invariance", "bounded-losses"),
         properties=_general(), adapters={"trl": "apo_zero"},
     ),
@@ -455,7 +456,7 @@ RECORDS: tuple[Variant, ...] = (
         _pairwise(
             lambda pc, pr, rc, rr, nc, nr, c: sig(c["beta"] * (pc - rc)) + 1 - sig(c["beta"] * _h(pc, pr, rc, rr))
         ),
-        (BETA,), "D'Oosterlinck et al. 2024, Eq. 8", "sigma(beta r_w) + 1 - sigma(beta h)", trl="apo_down",
+        (BETA,), "D'Oosterlinck et al. 2024, Eq. 8", "sigma(beta rho_w) + 1 - sigma(beta h)", trl="apo_down",
         shift_invariant=NO, bounds=lambda c: (0.0, 2.0), proofs=("shift-invariance", "bounded-losses"),
         properties=_general(), adapters={"trl": "apo_down"},
     ),

@@ -10,7 +10,7 @@ import sympy as sp
 from .common import Z, beta, bradley_terry, plackett_luce, sigma
 from .core import NAMES, Equal, FreeOf, Proof, Step, Text
 
-r_w, r_l = sp.symbols("r(y_w) r(y_l)", real=True)  # rewards; r_w, r_l are the family's log-ratios
+r_w, r_l = sp.symbols("r(y_w) r(y_l)", real=True)  # rewards; rho_w, rho_l are the family's log-ratios
 # policy and reference probabilities of the chosen (w) and rejected (l) responses
 pi_w, pi_l, ref_w, ref_l = sp.symbols("pi_w pi_l pi^ref_w pi^ref_l", positive=True)
 

@@ -28,7 +28,7 @@ NAMES.update(
         "epsilon": (r"\varepsilon", "ε"),  # the glyph the prose uses
         "pi^ref_w": (r"\pi^{\mathrm{ref}}_w", "πʳᵉᶠ_w"),
         "pi^ref_l": (r"\pi^{\mathrm{ref}}_l", "πʳᵉᶠ_l"),
-        # the rewards of the chosen and the rejected response (r_w, r_l are the family's log-ratios)
+        # the rewards of the chosen and the rejected response (rho_w, rho_l are the family's log-ratios)
         **{f"r{p}(y_{s})": (f"r{p}(y_{s})", f"r{p}(y_{s})") for p in ("", "'") for s in "wl"},
     }
 )

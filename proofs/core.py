@@ -15,7 +15,7 @@ a step displays means editing what it checks. Write the claim's objects in the f
                         and the line "where F = expr" is shown under it; it is replaced by expr when checked
 
 The display is `display_form` of the claim's objects: the same expression tree with the terms of each sum and
-the factors of each product in the order a paper writes them (r_w - r_l, q log q, -(1 - ε) log σ), refused by
+the factors of each product in the order a paper writes them (rho_w - rho_l, q log q, -(1 - ε) log σ), refused by
 `shown` unless it re-evaluates to the checked expression; an Add built with evaluate=False is shown as written.
 A step cites its result with `eq` (the paper's label, "Eq. 4", "Thm. 1", "App. A.1") in the proof's `source`
 paper, or in `paper` (a key of proofs.papers.PAPERS) when it is another paper's.
@@ -397,7 +397,7 @@ def _as_written(expr: sp.Add) -> bool:
 
 
 # ---- display order -------------------------------------------------------------------------------------
-# sympy prints a sum or a product in its own canonical order (-r_l + r_w, log(q/p)·q, e^{r/β} p). A display
+# sympy prints a sum or a product in its own canonical order (-rho_l + rho_w, log(q/p)·q, e^{r/β} p). A display
 # is printed from `display_form(expr)` instead: the same expression tree, rebuilt unevaluated with the terms
 # in the order a paper writes them, and printed as written. Only the order of the arguments of commutative
 # + and · changes (and a factor negative by its hypotheses is written as minus a positive one), so
@@ -420,13 +420,13 @@ def _chosen_rank(term: sp.Basic) -> int:
 
 def _paper_terms(expr: sp.Add) -> list:
     """The terms of a sum in the paper's order: sympy's order, chosen before rejected, starting at its first
-    positive term (r_w - r_l, not -r_l + r_w), and a constant first in a sum of functions (1 + e^{-z})."""
+    positive term (rho_w - rho_l, not -rho_l + rho_w), and a constant first in a sum of functions (1 + e^{-z})."""
     terms = expr.as_ordered_terms()
     ranks = [_chosen_rank(t) for t in terms]
     if 0 in ranks and 2 in ranks:  # a chosen and a rejected term: chosen first, sympy's order otherwise
         terms = [t for _, t in sorted(zip(ranks, terms), key=lambda rt: rt[0] == 2)]
     k = next((j for j, t in enumerate(terms) if not t.could_extract_minus_sign()), 0)
-    terms = terms[k:] + terms[:k]  # the leading negative terms go last: r_w - r_l, E[r] - beta KL
+    terms = terms[k:] + terms[:k]  # the leading negative terms go last: rho_w - rho_l, E[r] - beta KL
     numbers = [t for t in terms if t.is_number]
     if (
         len(numbers) == 1

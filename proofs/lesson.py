@@ -172,7 +172,7 @@ OPTIMUM_FROM: dict[str, str | tuple[str, str]] = {
 }
 # a minimiser in one of these (by name) is an optimum of a loss: the margin, the log-ratios, DiscoPOP's
 # rho = beta h, AOT's quantile gap delta, SimPO's chosen log-probability A_w
-_OPTIMUM_VARS = ("h", "r_w", "r_l", "rho", "delta", "A_w")
+_OPTIMUM_VARS = ("h", "rho_w", "rho_l", "rho", "delta", "A_w")
 
 
 def lesson_order(names: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -583,7 +583,7 @@ def _figure(ncols: int, width: float = 6.0, height: float = 4.0):
 
 def margin_losses() -> list:
     """The registry's losses that are functions of the margin h alone: per example, no lengths, with a
-    reference, invariant under adding f(x) to both policy log-probs (so a function of r_w - r_l = h);
+    reference, invariant under adding f(x) to both policy log-probs (so a function of rho_w - rho_l = h);
     one per loss function (`key`), in registry order."""
     from dpo_ref import variants
 
@@ -612,7 +612,7 @@ def _coefficients(v, beta: float, tau: float) -> dict[str, float]:
 def loss_curves(margins: Sequence[float], beta: float = 0.1, tau: float = 0.1) -> dict[str, dict]:
     """Per margin loss: its coefficients, L(h) and the gradient weight -dL/dh at each margin, from the
     registry's own function in float64 with torch autograd. Each loss is evaluated at two splits of h into
-    log-ratios (r_w, r_l) = (h, 0) and (h/2 + 1, 1 - h/2); ValueError if they disagree (not a margin loss)."""
+    log-ratios (rho_w, rho_l) = (h, 0) and (h/2 + 1, 1 - h/2); ValueError if they disagree (not a margin loss)."""
     import torch
 
     out = {}
@@ -621,9 +621,9 @@ def loss_curves(margins: Sequence[float], beta: float = 0.1, tau: float = 0.1) -
         fn = v.bind(**c)
         h = torch.tensor(list(margins), dtype=torch.float64, requires_grad=True)  # (M,)
         zero = torch.zeros_like(h)
-        losses = fn(h, zero, zero, zero)  # (M,): r_w = h, r_l = 0
+        losses = fn(h, zero, zero, zero)  # (M,): rho_w = h, rho_l = 0
         (grad,) = torch.autograd.grad(losses.sum(), h)
-        other = fn(h.detach() / 2 + 1, 1 - h.detach() / 2, zero, zero)  # r_w - r_l = h again
+        other = fn(h.detach() / 2 + 1, 1 - h.detach() / 2, zero, zero)  # rho_w - rho_l = h again
         if not torch.allclose(losses.detach(), other, rtol=1e-12, atol=1e-12):
             raise ValueError(f"{v.name} is not a function of the margin alone")
         out[v.name] = {"coefficients": c, "loss": losses.detach().tolist(), "weight": (-grad).tolist()}

@@ -205,13 +205,14 @@ NOTATION: list[tuple[str, Text]] = [
         ),
     ),
     (
-        "r_w,\\ r_l",
+        "\\rho_w,\\ \\rho_l",
         Text(
-            "the log-ratios $a_w - b_w$ and $a_l - b_l$ (family proofs)",
-            "对数比值 $a_w - b_w$ 与 $a_l - b_l$（损失族的证明）",
+            "the log-ratios $a_w - b_w$ and $a_l - b_l$ (family proofs; $\\rho(y)$ that of a response $y$), "
+            "not rewards",
+            "对数比值 $a_w - b_w$ 与 $a_l - b_l$（损失族的证明；回答 $y$ 的对数比值记作 $\\rho(y)$），不是奖励",
         ),
     ),
-    ("h = r_w - r_l", Text("the preference margin", "偏好间隔")),
+    ("h = \\rho_w - \\rho_l", Text("the preference margin", "偏好间隔")),
     ("\\beta,\\ \\tau", Text("the KL coefficient of DPO, IPO's regularisation", "DPO 的 KL 系数、IPO 的正则化系数")),
     ("\\varepsilon", Text("the label-flip probability (cDPO, robust DPO, EXO)", "标签翻转概率（cDPO、稳健 DPO、EXO）")),
     (

@@ -86,11 +86,12 @@ PROOF = Proof(
             Text("AOT: a quantile's gradient is cDPO's", "AOT：每个分位数的梯度就是 cDPO 的梯度"),
             Text(
                 "For the quantile difference $\\delta$ of the sorted policy and reference log-likelihood ratios "
-                "(paired AOT), or of the sorted chosen and rejected log-ratios $r_w$, $r_l$ (unpaired AOT), the "
+                "(paired AOT), or of the sorted chosen and rejected log-ratios $\\rho_w$, $\\rho_l$ (unpaired AOT), "
+                "the "
                 "loss is cDPO's in $\\delta$; autograd through the sort routes this slope to the examples at "
                 "that quantile.",
                 "对策略与参考策略对数似然比排序后的分位数之差 $\\delta$（成对 AOT），或被选中与被拒绝回答对数比值 "
-                "$r_w$、$r_l$ 排序后的分位数之差（非成对 AOT），损失就是 cDPO 关于 $\\delta$ 的损失；"
+                "$\\rho_w$、$\\rho_l$ 排序后的分位数之差（非成对 AOT），损失就是 cDPO 关于 $\\delta$ 的损失；"
                 "经过排序的自动微分把这个斜率传给处在该分位数的样本。",
             ),
             Equal(
@@ -198,7 +199,7 @@ def compare() -> list:
                 pol_w.grad[e].item(),
             )
         )
-    # unpaired AOT on the same batch: delta = sort(r_w) - sort(r_l)
+    # unpaired AOT on the same batch: delta = sort(rho_w) - sort(rho_l)
     out = aot_unpaired_loss(pol_w.detach(), pol_l, ref_w, ref_l, beta=beta_, label_smoothing=eps_)
     d_ = [a - b for a, b in zip(sorted((pol_w - ref_w).tolist()), sorted((pol_l - ref_l).tolist()))]
     for q, dq in enumerate(d_):

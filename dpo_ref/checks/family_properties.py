@@ -384,8 +384,10 @@ def check_not_invariant(fn: FamilyFn, spec: FamilySpec, shift_invariant: str) ->
     for unit, size in ((1 / beta, 1.0), (1 / beta, min(1.0, 1 / beta)), (1.0, 1.0), (1.0, min(1.0, 1 / beta))):
         pc = torch.tensor([-2.0, -3.0, -1.0], dtype=torch.float64) * size
         pr = torch.tensor([-2.5, -2.0, -4.0], dtype=torch.float64) * size
-        rc = pc - torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64) * unit  # r_w = (0, 1, 2) unit
-        rr = pr - torch.tensor([1.5, -1.0, 0.5], dtype=torch.float64) * unit  # r_l: sorted pairing differs once shifted
+        rc = pc - torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64) * unit  # rho_w = (0, 1, 2) unit
+        rr = (
+            pr - torch.tensor([1.5, -1.0, 0.5], dtype=torch.float64) * unit
+        )  # rho_l: sorted pairing differs once shifted
         shift = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64) * unit
         rows = _rows((pc, pr, rc, rr), lengths)
         moved = _rows((pc + shift, pr + shift, rc, rr), lengths)
@@ -398,7 +400,7 @@ def check_not_invariant(fn: FamilyFn, spec: FamilySpec, shift_invariant: str) ->
 
 
 def _at(fn, spec, reference, lengths, r_w, r_l):
-    """Losses and (dL/dpc, dL/dpr) at log-ratios (r_w, r_l) over the given reference log-probs."""
+    """Losses and (dL/dpc, dL/dpr) at log-ratios (rho_w, rho_l) over the given reference log-probs."""
     rc, rr = (t.double() for t in reference)
     pc = (rc + r_w).requires_grad_(True)
     pr = (rr + r_l).requires_grad_(True)
@@ -424,7 +426,7 @@ def check_optimum(fn: FamilyFn, spec: FamilySpec, optimum: dict | None, referenc
     else:
         w_star = optimum["chosen_logratio"] * ones
         free_l = "rejected_logratio" not in optimum
-        # a free rejected side sits at beta r_l = -1, where its push (beta sigma(beta r_l)/2) is visible
+        # a free rejected side sits at beta rho_l = -1, where its push (beta sigma(beta rho_l)/2) is visible
         l_star = (-1.0 / spec.coefficients.get("beta", 1.0) if free_l else optimum["rejected_logratio"]) * ones
         move_w, move_l = ones, (0.0 if free_l else 1.0) * ones
     out_star, gpc, gpr = _at(fn, spec, reference, lengths, w_star, l_star)

@@ -221,7 +221,7 @@ def resolve(cfg) -> Objective:
 
 
 def step0_value(obj: Objective) -> float | None:
-    """The objective at policy = reference (h = 0, r_w = r_l = 0) from the registry's mpmath references, or None
+    """The objective at policy = reference (h = 0, rho_w = rho_l = 0) from the registry's mpmath references, or None
     when a loss is reference-free (its step-0 value depends on the log-probs themselves)."""
     if obj.needs_reference is False or any(t.variant.reference_free for t in obj.terms):
         return None

@@ -75,7 +75,7 @@ SUBS = {"beta": "beta", "tau": "tau", "epsilon": "label_smoothing"}  # proof sym
 def _optimum_mismatches() -> list[str]:
     """Every registry optimum (margin or log-ratio) against the minimiser the proofs' checked claim states,
     evaluated at the record's default coefficients: two independent statements of one fact."""
-    keys = {"margin": "h", "chosen_logratio": "r_w", "rejected_logratio": "r_l"}
+    keys = {"margin": "h", "chosen_logratio": "rho_w", "rejected_logratio": "rho_l"}
     bad, compared = [], 0
     for row in lesson.summary_rows():
         record = variants.get(row.variant)

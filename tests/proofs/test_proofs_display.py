@@ -10,13 +10,16 @@ step and show that a drifted display is refused.
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 
 import pytest
 import sympy as sp
 
 import proofs
-from proofs import bt_cancellation, core, papers
-from proofs.core import ClaimError, Positive, Step, display_form
+from dpo_ref import variants
+from proofs import bt_cancellation, core, notebook, papers, render, shift_invariance
+from proofs.core import ClaimError, Positive, ProofResult, Step, StepResult, display_form
 
 ALL = [(p.name, k) for p in proofs.all_proofs() for k in range(1, len(p.steps) + 1)]
 
@@ -219,6 +222,58 @@ def test_an_overloaded_letter_is_caught(monkeypatch):
     """DiscoPOP's temperature shown as τ again would be IPO's τ with another meaning."""
     monkeypatch.setitem(core.NAMES, "tau_discopop", ("\\tau", "τ"))
     assert display_collisions() == {"\\tau": {"tau", "tau_discopop"}}
+
+
+# r is a reward: r(x, y), r_i, r(y_w) (Bradley–Terry) and the implicit reward \hat r_w. The policy/reference
+# log-ratios a_w - b_w, a_l - b_l are ρ_w, ρ_l (issue 24): an r_w, r_l, r_{w} or r_{l} written anywhere else, in a
+# LaTeX display, in prose or in a registry formula string, is a log-ratio under the reward's letter again.
+LOG_RATIO_AS_R = re.compile(r"(?<![A-Za-z0-9_\\])(?<!\\hat )r_(?:\{[wl]\}|[wl])(?![A-Za-z0-9])")
+
+
+def log_ratios_written_as_r(text: str) -> list[str]:
+    """Each line of `text` that writes r_w, r_l, r_{w} or r_{l} (not \\hat r_w, not a word such as chosen_r_w)."""
+    return [line for line in text.splitlines() if LOG_RATIO_AS_R.search(line)]
+
+
+def _rendered_lesson(lang: str) -> str:
+    """The lesson as `dpo-ref prove` renders it: the markdown, then the notebook's cells (every step as held)."""
+    results = [_all_held(p) for p in proofs.all_proofs()]
+    cells = json.loads(notebook.notebook(results, lang))["cells"]
+    return render.markdown(results, lang) + "\n".join("".join(c["source"]) for c in cells)
+
+
+def _all_held(proof: proofs.Proof) -> ProofResult:
+    return ProofResult(proof, [StepResult(s, k, True, "", 0.0) for k, s in enumerate(proof.steps, 1)])
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_no_log_ratio_is_written_with_the_reward_letter(lang):
+    text = _rendered_lesson(lang)
+    # the log-ratios are there as ρ (displays, prose, the table's registry strings), the rewards as r
+    assert all(s in text for s in ("\\rho_{w}", "$`\\rho_w", "beta rho_w", "r(y_w)")), "nothing to check"
+    assert log_ratios_written_as_r(text) == []
+    assert log_ratios_written_as_r("\n".join(v.formula for v in variants.RECORDS)) == []
+    for name in ("variants.md", "formulas.md", "proofs.md"):  # the pages that quote the registry or the displays
+        assert log_ratios_written_as_r((core_root() / "docs" / name).read_text(encoding="utf-8")) == [], name
+
+
+def test_a_log_ratio_written_with_the_reward_letter_is_caught(monkeypatch):
+    """A display printed from Symbol("r_w"), the prose and the registry strings as they were before issue 24 are
+    each flagged, and so is the rendered lesson with the old notation row; the rewards r(y_w), \\hat r_w and
+    words containing r_w are not."""
+    si = shift_invariance
+    old = dict(zip((si.rho_w, si.rho_l), sp.symbols("r_w r_l", real=True)))
+    shown = core.tex(si.APO_DOWN.subs(old))
+    assert "r_{w}" in shown and log_ratios_written_as_r(shown) == [shown]
+    for written in ("$h = r_w - r_l$", "`1 - sigma(beta r_w) + sigma(beta r_l)`", "sort(r_l)", "$r_{l} \\to -\\infty$"):
+        assert log_ratios_written_as_r(written) == [written], written
+    for fine in ("$\\hat r_w = \\beta (a_w - b_w)$", "$r(y_w) - r(y_l)$", "chosen_r_w", "user_lookup", "$\\rho_w$"):
+        assert log_ratios_written_as_r(fine) == [], fine
+    row = ("h = r_w - r_l", core.Text("the preference margin", "偏好间隔"))
+    monkeypatch.setattr(render, "NOTATION", [*render.NOTATION, row])
+    assert log_ratios_written_as_r(render.markdown([_all_held(proofs.get("init-ln2"))], "en")) == [
+        "| $`h = r_w - r_l`$ | the preference margin |"
+    ]
 
 
 def test_the_notation_table_lists_each_symbol_once():

@@ -44,8 +44,8 @@ def _registered_steps_once(monkeypatch):
 
 a_w, a_l, b_w, b_l = LOGPS
 ell = robust_dpo.ell
-r_w, r_l, f = sppo_hard.r_w, sppo_hard.r_l, sppo_hard.f
-sr_w, sr_l, sf = shift_invariance.r_w, shift_invariance.r_l, shift_invariance.f
+rho_w, rho_l, f = sppo_hard.rho_w, sppo_hard.rho_l, sppo_hard.f
+sr_w, sr_l, sf = shift_invariance.rho_w, shift_invariance.rho_l, shift_invariance.f
 s = hinge.s
 q = exo_cdpo.q
 LN2 = shift_invariance.LN2
@@ -88,11 +88,11 @@ FALSE = [
     ("hinge", 7, "manifest", 2 * s),  # a factor 2
     ("hinge", 8, "rhs", sp.Integer(-1)),  # beta dropped
     # sppo-hard
-    ("sppo-hard", 1, "expected", {r_w: 1 / beta, r_l: -1 / beta}),  # the targets without the 1/2
+    ("sppo-hard", 1, "expected", {rho_w: 1 / beta, rho_l: -1 / beta}),  # the targets without the 1/2
     ("sppo-hard", 2, "manifest", sp.Matrix([[2, 0], [0, 1]])),  # a wrong curvature
-    ("sppo-hard", 3, "lhs", sp.Subs(sppo_hard.SPPO, (r_w, r_l), (1 / beta, -1 / beta))),  # the loss at +-1/beta
-    ("sppo-hard", 4, "rhs", 2 * (r_w - r_l)),  # as if the loss depended on the margin
-    ("sppo-hard", 5, "x0", -(r_w - r_l) / 2),  # the margin for the sum
+    ("sppo-hard", 3, "lhs", sp.Subs(sppo_hard.SPPO, (rho_w, rho_l), (1 / beta, -1 / beta))),  # the loss at +-1/beta
+    ("sppo-hard", 4, "rhs", 2 * (rho_w - rho_l)),  # as if the loss depended on the margin
+    ("sppo-hard", 5, "x0", -(rho_w - rho_l) / 2),  # the margin for the sum
     # shift-invariance
     ("shift-invariance", 1, "expr", margin(a_w + sf, a_l, b_w, b_l)),  # f added to the chosen response only
     (
@@ -106,10 +106,10 @@ FALSE = [
     ("shift-invariance", 5, "manifest", beta * sigma(beta * sr_w) ** 2),  # sigma' read as sigma^2
     ("shift-invariance", 6, "rhs", sp.Integer(0)),  # BCO claimed invariant at that point
     # bounded-losses
-    ("bounded-losses", 1, "x0", sp.log(3) / bl.beta),  # sigma(beta r_w) = 3/4 instead of 2/3
-    ("bounded-losses", 2, "expr", bl.NCA_REJECTED - sp.log(2) / 2),  # its value at r_l = 0 as a lower bound
-    ("bounded-losses", 3, "expected", bl.NCA_CHOSEN + sp.log(2) / 2),  # the value at r_l = 0 as the limit
-    ("bounded-losses", 4, "manifest", sigma(beta * bl.r_w) + sigma(beta * bl.r_l)),  # 1 - sigma(z) read as sigma(z)
+    ("bounded-losses", 1, "x0", sp.log(3) / bl.beta),  # sigma(beta rho_w) = 3/4 instead of 2/3
+    ("bounded-losses", 2, "expr", bl.NCA_REJECTED - sp.log(2) / 2),  # its value at rho_l = 0 as a lower bound
+    ("bounded-losses", 3, "expected", bl.NCA_CHOSEN + sp.log(2) / 2),  # the value at rho_l = 0 as the limit
+    ("bounded-losses", 4, "manifest", sigma(beta * bl.rho_w) + sigma(beta * bl.rho_l)),  # 1 - sigma(z) read as sigma(z)
     ("bounded-losses", 5, "expr", sp.Add(1, sp.Mul(-1, bl.APO_ZERO, evaluate=False), evaluate=False)),  # L < 1
     ("bounded-losses", 6, "expr", bl.APO_DOWN - 1),  # L > 1
     ("bounded-losses", 7, "expr", sp.Add(1, sp.Mul(-1, bl.APO_DOWN, evaluate=False), evaluate=False)),  # L < 1

@@ -41,7 +41,7 @@ from tests.proofs import test_proofs_linked as linked
 from tests.proofs.test_proofs_linked import AGREEMENT_EXAMPLES, DPS, NO_SHRINK, _lambdify, assert_close, logp, mp_margin
 
 F64 = torch.float64
-r_w, r_l, f = shift_invariance.r_w, shift_invariance.r_l, shift_invariance.f
+rho_w, rho_l, f = shift_invariance.rho_w, shift_invariance.rho_l, shift_invariance.f
 
 # The proofs' expressions, as mpmath functions.
 EXO = _lambdify((h, beta, eps), exo_cdpo.EXO)
@@ -53,20 +53,20 @@ ROBUST_SLOPE = _lambdify((h, beta, eps), robust_dpo.SLOPE)
 CLEAN_DPO = _lambdify((h, beta), -sp.log(sigma(beta * h)))  # ℓ(h), what the flip average must give back
 HINGE = _lambdify((h, beta), hinge.HINGE)
 HINGE_ACTIVE_SLOPE = hinge.PROOF.steps[7].claim.rhs  # -beta below the margin (step 8); 0 above it (steps 2, 4)
-SPPO = _lambdify((r_w, r_l, beta), sppo_hard.SPPO.subs({sppo_hard.r_w: r_w, sppo_hard.r_l: r_l}))
+SPPO = _lambdify((rho_w, rho_l, beta), sppo_hard.SPPO.subs({sppo_hard.rho_w: rho_w, sppo_hard.rho_l: rho_l}))
 SPPO_GRAD = [
-    _lambdify((r_w, r_l, beta), sp.diff(sppo_hard.SPPO, v).subs({sppo_hard.r_w: r_w, sppo_hard.r_l: r_l}))
-    for v in (sppo_hard.r_w, sppo_hard.r_l)
+    _lambdify((rho_w, rho_l, beta), sp.diff(sppo_hard.SPPO, v).subs({sppo_hard.rho_w: rho_w, sppo_hard.rho_l: rho_l}))
+    for v in (sppo_hard.rho_w, sppo_hard.rho_l)
 ]
-LOG_RATIO_LOSSES = {  # name -> (dpo_ref function, the proofs' expression in (r_w, r_l, beta), lower, upper bound)
+LOG_RATIO_LOSSES = {  # name -> (dpo_ref function, the proofs' expression in (rho_w, rho_l, beta), lower, upper bound)
     "nca_pair": (family.nca_pair_loss, shift_invariance.NCA, bounded_losses.NCA_INF, None),
     "apo_zero": (family.apo_zero_loss, shift_invariance.APO_ZERO, 0, 2),
     "apo_down": (family.apo_down_loss, shift_invariance.APO_DOWN, 0, 2),
     "bco_pair": (family.bco_pair_loss, shift_invariance.BCO.subs(shift_invariance.delta, 0), None, None),
 }
-LOG_RATIO_EXPR = {k: _lambdify((r_w, r_l, beta), v[1]) for k, v in LOG_RATIO_LOSSES.items()}
+LOG_RATIO_EXPR = {k: _lambdify((rho_w, rho_l, beta), v[1]) for k, v in LOG_RATIO_LOSSES.items()}
 LOG_RATIO_SHIFTED = {
-    k: _lambdify((r_w, r_l, beta, f), shift_invariance.shifted(v[1])) for k, v in LOG_RATIO_LOSSES.items()
+    k: _lambdify((rho_w, rho_l, beta, f), shift_invariance.shifted(v[1])) for k, v in LOG_RATIO_LOSSES.items()
 }
 
 
@@ -183,8 +183,8 @@ def check_hinge(impl, rows, beta_):
 
 
 def check_sppo(impl, rows, beta_):
-    """sppo_hard_loss == (r_w - 1/(2β))² + (r_l + 1/(2β))² with the derived gradients; 0 with zero gradient at
-    r_w = 1/(2β), r_l = -1/(2β)  [sppo-hard]"""
+    """sppo_hard_loss == (rho_w - 1/(2β))² + (rho_l + 1/(2β))² with the derived gradients; 0 with zero gradient at
+    rho_w = 1/(2β), rho_l = -1/(2β)  [sppo-hard]"""
     xs = leaves(rows)
     got = losses(impl, *xs, beta=beta_)
     got.sum().backward()
@@ -322,13 +322,13 @@ def sppo_rejected_target_sign(pc, pr, rc, rr, *, beta=0.1):
 
 
 def apo_zero_on_the_margin(pc, pr, rc, rr, *, beta=0.1):
-    """1 - sigma(beta h) + ...: the chosen term on the margin instead of on r_w."""
+    """1 - sigma(beta h) + ...: the chosen term on the margin instead of on rho_w."""
     return 1 - torch.sigmoid(beta * _h(pc, pr, rc, rr)) + torch.sigmoid(beta * (pr - rr))
 
 
 def nca_rejected_sign(pc, pr, rc, rr, *, beta=0.1):
-    r_w_, r_l_ = pc - rc, pr - rr
-    return -F.logsigmoid(beta * r_w_) - 0.5 * F.logsigmoid(-beta * r_w_) - 0.5 * F.logsigmoid(beta * r_l_)
+    rho_w_, rho_l_ = pc - rc, pr - rr
+    return -F.logsigmoid(beta * rho_w_) - 0.5 * F.logsigmoid(-beta * rho_w_) - 0.5 * F.logsigmoid(beta * rho_l_)
 
 
 CAUGHT = [

@@ -116,7 +116,7 @@ def batch_structure(impl, variant):
 @prop
 def optimum(impl, variant):
     """The registry's optimum: zero gradient and a strict minimum (cDPO/EXO sigma(beta h*) = 1 - eps, IPO
-    1/(2 tau), SPPO r = +-1/(2 beta), NCA r_w = ln 2 / beta with the rejected side still pushed down)."""
+    1/(2 tau), SPPO rho = +-1/(2 beta), NCA rho_w = ln 2 / beta with the rejected side still pushed down)."""
 
     @FEW
     @given(data=st.data(), rel=st.floats(0.05, 1.0))

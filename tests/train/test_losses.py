@@ -21,7 +21,7 @@ from dpo_ref.variants import RECORDS, REGISTRY
 NAMES = [v.name for v in RECORDS]
 SEED, BATCH, STEPS, LR = 0, 8, 10, 3e-3
 
-# each loss at policy = reference (h = 0, r_w = r_l = 0) in closed form, at the registry's default coefficients
+# each loss at policy = reference (h = 0, rho_w = rho_l = 0) in closed form, at the registry's default coefficients
 # (c): written out by hand from each formula, so that they check the registry's mpmath references too
 LN2 = math.log(2)
 AT_INIT = {
