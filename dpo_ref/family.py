@@ -171,12 +171,12 @@ def robust_loss(pc, pr, rc, rr, *, beta: float = 0.1, label_smoothing: float = 0
 
 
 def discopop_loss(pc, pr, rc, rr, *, beta: float = 0.1, tau: float = 0.05, validate: bool = True):
-    """DiscoPOP, the log-ratio modulated loss (Lu et al. 2024, Eq. 5), with rho = beta h:
+    """DiscoPOP, the log-ratio modulated loss (Lu et al. 2024, Eq. 5), with u = beta h:
 
-        L = (1 - sigma(rho / tau)) (-log sigma(rho)) + sigma(rho / tau) exp(-rho)
+        L = (1 - sigma(u / tau)) (-log sigma(u)) + sigma(u / tau) exp(-u)
 
-    tau > 0 (the paper uses 0.05). The second term is evaluated as exp(log sigma(rho/tau) - rho), which
-    stays finite where sigma(rho/tau) underflows to 0 and exp(-rho) overflows (0 * inf would be NaN);
+    tau > 0 (the paper uses 0.05). The second term is evaluated as exp(log sigma(u/tau) - u), which
+    stays finite where sigma(u/tau) underflows to 0 and exp(-u) overflows (0 * inf would be NaN);
     TRL multiplies the two factors (dpo_trainer.py:1483-1493). Rewards: beta rho_w, beta rho_l.
 
     Proof: `discopop`. Properties: `family_properties.check_values`, `family_properties.check_gradients`,
@@ -185,8 +185,8 @@ def discopop_loss(pc, pr, rc, rr, *, beta: float = 0.1, tau: float = 0.05, valid
     beta = check_positive_scalar(beta, "beta")
     tau = check_positive_scalar(tau, "tau")
     pc, pr, rc, rr = _logps(pc, pr, rc, rr, validate)
-    rho = beta * preference_margin(pc, pr, rc, rr)
-    losses = torch.sigmoid(-rho / tau) * -F.logsigmoid(rho) + torch.exp(F.logsigmoid(rho / tau) - rho)
+    u = beta * preference_margin(pc, pr, rc, rr)
+    losses = torch.sigmoid(-u / tau) * -F.logsigmoid(u) + torch.exp(F.logsigmoid(u / tau) - u)
     return PreferenceLoss(losses, *_rewards(beta, pc, pr, rc, rr))
 
 

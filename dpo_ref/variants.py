@@ -94,9 +94,9 @@ def _exo(z, e):
     return sig(z) * (logsig(z) - mp.log(1 - e)) + sig(-z) * (logsig(-z) - mp.log(e))
 
 
-def _discopop(rho, tau):
-    s = sig(rho / tau)
-    return (1 - s) * -logsig(rho) + s * _mp().exp(-rho)
+def _discopop(u, tau):
+    s = sig(u / tau)
+    return (1 - s) * -logsig(u) + s * _mp().exp(-u)
 
 
 def _aot(rows, c, key_w, key_l):
@@ -184,8 +184,8 @@ def scaled_logratios(pc, pr, rc, rr, nc, nr, c):
 
 
 def normalised_logratios(pc, pr, rc, rr, nc, nr, c):
-    """The length-normalised losses' own rewards (dpo_ref.family's ipo-norm and sigmoid_norm): beta rho / n, the
-    per-token log-ratio their margin h_bar is made of. TRL logs the unnormalised beta rho for them (also accepted)."""
+    """The length-normalised losses' own rewards (dpo_ref.family's ipo-norm and sigmoid_norm): beta (rho_w, rho_l) / n, the
+    per-token log-ratios their margin h_bar is made of. TRL logs the unnormalised beta rho_w, beta rho_l for them (also accepted)."""
     k = c["beta"] if "beta" in c else c["tau"]
     return k * (pc - rc) / nc, k * (pr - rr) / nr
 
@@ -464,7 +464,7 @@ RECORDS: tuple[Variant, ...] = (
         "discopop", "discopop", _F + "discopop_loss",
         _pairwise(lambda pc, pr, rc, rr, nc, nr, c: _discopop(c["beta"] * _h(pc, pr, rc, rr), c["tau"])),
         (BETA, _with_default(TAU, 0.05, draw=("log", 0.01, 1.0), means="temperature of the modulation")),
-        "Lu et al. 2024, Eq. 5", "(1 - sigma(rho/tau)) (-log sigma(rho)) + sigma(rho/tau) exp(-rho), rho = beta h",
+        "Lu et al. 2024, Eq. 5", "(1 - sigma(u/tau)) (-log sigma(u)) + sigma(u/tau) exp(-u), u = beta h",
         trl="discopop", gradient_terms=lambda c, loss: c["beta"] * (1 + 1 / c["tau"]) * (abs(loss) + 1),
         proofs=("discopop",), properties=_general(), adapters={"trl": "discopop"},
     ),

@@ -171,8 +171,8 @@ OPTIMUM_FROM: dict[str, str | tuple[str, str]] = {
     "aot": ("simpo-sft-aot", "AOT"),
 }
 # a minimiser in one of these (by name) is an optimum of a loss: the margin, the log-ratios, DiscoPOP's
-# rho = beta h, AOT's quantile gap delta, SimPO's chosen log-probability A_w
-_OPTIMUM_VARS = ("h", "rho_w", "rho_l", "rho", "delta", "A_w")
+# scaled margin u = beta h, AOT's quantile gap delta, SimPO's chosen log-probability A_w
+_OPTIMUM_VARS = ("h", "rho_w", "rho_l", "u", "delta", "A_w")
 
 
 def lesson_order(names: Sequence[str]) -> tuple[list[str], list[str]]:

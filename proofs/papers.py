@@ -243,7 +243,7 @@ NOTATION: list[tuple[str, Text]] = [
         ),
     ),
     (
-        "\\rho = \\beta h,\\ \\kappa",
+        "u = \\beta h,\\ \\kappa",
         Text(
             "DiscoPOP's scaled margin and its temperature (the paper's and the code's $\\tau$)",
             "DiscoPOP 的缩放间隔与温度（论文与代码中的 $\\tau$）",

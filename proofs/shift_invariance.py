@@ -11,7 +11,7 @@ a_w, a_l, b_w, b_l = LOGPS
 f = sp.Symbol("f", real=True)  # f(x): a function of the prompt only, added to log pi(y_w) and log pi(y_l)
 rho_w, rho_l = sp.symbols("rho_w rho_l", real=True)  # the two log-ratios
 delta = sp.Symbol("delta", real=True)  # BCO's reward shift
-LN2 = sp.log(2) / beta  # a log-ratio with sigma(beta rho) = 2/3
+LN2 = sp.log(2) / beta  # a log-ratio with sigma(beta rho_w) = 2/3
 
 
 def shifted(loss: sp.Expr) -> sp.Expr:

@@ -49,7 +49,7 @@ sr_w, sr_l, sf = shift_invariance.rho_w, shift_invariance.rho_l, shift_invarianc
 s = hinge.s
 q = exo_cdpo.q
 LN2 = shift_invariance.LN2
-rho = discopop.rho
+u = discopop.u
 k_ = simpo_sft_aot.i
 
 # (proof, step, field of the claim, false value)
@@ -115,8 +115,8 @@ FALSE = [
     ("bounded-losses", 7, "expr", sp.Add(1, sp.Mul(-1, bl.APO_DOWN, evaluate=False), evaluate=False)),  # L < 1
     # discopop
     ("discopop", 1, "rhs", discopop.DISCOPOP.subs(discopop.tau, 2 * discopop.tau)),  # the weight's temperature doubled
-    ("discopop", 2, "manifest", sigma(-rho / tau) * sp.log(sigma(rho)) + sigma(rho / tau) * sp.exp(-rho)),  # sign
-    ("discopop", 3, "expected", sp.log(2)),  # DPO's value at rho = 0 taken as the limit
+    ("discopop", 2, "manifest", sigma(-u / tau) * sp.log(sigma(u)) + sigma(u / tau) * sp.exp(-u)),  # sign
+    ("discopop", 3, "expected", sp.log(2)),  # DPO's value at u = 0 taken as the limit
     ("discopop", 4, "rhs", (1 - sp.log(2)) / (4 * tau) - sp.Rational(1, 4)),  # the exponential term's slope dropped
     # simpo-sft-aot
     ("simpo-sft-aot", 1, "rhs", -beta * sigma(-simpo_sft_aot.SIMPO_Z)),  # the 1/n_w of length normalisation dropped

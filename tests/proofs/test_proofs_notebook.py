@@ -117,9 +117,9 @@ def _dpo_loss_without_beta(pc, pr, rc, rr, *, beta=0.1, label_smoothing=0.0, val
 
 
 def _discopop_weights_swapped(pc, pr, rc, rr, *, beta=0.1, tau=0.05, validate=True):
-    """sigma(rho/tau) on the logistic term and 1 - sigma(rho/tau) on the exponential one."""
-    rho = beta * ((pc - rc) - (pr - rr))
-    losses = torch.sigmoid(rho / tau) * -F.logsigmoid(rho) + torch.sigmoid(-rho / tau) * torch.exp(-rho)
+    """sigma(u/tau) on the logistic term and 1 - sigma(u/tau) on the exponential one."""
+    u = beta * ((pc - rc) - (pr - rr))
+    losses = torch.sigmoid(u / tau) * -F.logsigmoid(u) + torch.sigmoid(-u / tau) * torch.exp(-u)
     return dpo_ref.losses.PreferenceLoss(losses, losses.detach(), losses.detach())
 
 
