@@ -59,8 +59,7 @@ PROOF = Proof(
             Text(
                 "Both terms are positive: a positive weight times $-\\log\\sigma(u) = \\log(1 + e^{-u}) > 0$, "
                 "and a positive weight times $e^{-u}$.",
-                "两项都为正：正的权重乘以 $-\\log\\sigma(u) = \\log(1 + e^{-u}) > 0$，以及正的权重乘以 $e^{-"
-                "u}$。",
+                "两项都为正：正的权重乘以 $-\\log\\sigma(u) = \\log(1 + e^{-u}) > 0$，以及正的权重乘以 $e^{-u}$。",
             ),
             Positive(
                 DISCOPOP,
