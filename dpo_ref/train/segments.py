@@ -84,14 +84,14 @@ def blocks(segment_ids: torch.Tensor, piece_ids: torch.Tensor, shared: torch.Ten
 
 
 def _attend(q, k, v, block: Block, scaling: float | None, dropout: float = 0.0) -> torch.Tensor:
-    """One block of one row: q (H, T, D), k/v (H, T, D) -> (H, q1 - q0, D)."""
-    qb = q[:, block.q0 : block.q1]
+    """One block of a group of rows laid out alike: q (G, H, T, D), k/v (G, H, T, D) -> (G, H, q1 - q0, D)."""
+    qb = q[..., block.q0 : block.q1, :]
     if len(block.spans) == 1 and block.spans[0][0] == block.q0:  # queries == keys: top-left causal, no mask
         a, b = block.spans[0]
-        kb, vb = k[:, a:b], v[:, a:b]
+        kb, vb = k[..., a:b, :], v[..., a:b, :]
         return F.scaled_dot_product_attention(qb, kb, vb, dropout_p=dropout, is_causal=True, scale=scaling)
-    kb = torch.cat([k[:, a:b] for a, b in block.spans], dim=1)
-    vb = torch.cat([v[:, a:b] for a, b in block.spans], dim=1)
+    kb = torch.cat([k[..., a:b, :] for a, b in block.spans], dim=-2)
+    vb = torch.cat([v[..., a:b, :] for a, b in block.spans], dim=-2)
     n, m = block.q1 - block.q0, block.keys
     mask = torch.ones(n, m, dtype=torch.bool, device=q.device).tril(m - n)  # causal aligned to the end
     return F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=dropout, scale=scaling)
@@ -123,18 +123,24 @@ def segments_attention(module, query, key, value, attention_mask, dropout: float
         value = value.repeat_interleave(groups, dim=1)
     p = dropout if module.training else 0.0
     R, H, T, D = query.shape
-    rows = []
+    alike: dict[tuple[Block, ...], list[int]] = {}  # rows with the same blocks run as one batch (fixed shapes)
     for r, row in enumerate(plan):
+        alike.setdefault(tuple(row), []).append(r)
+    outs, order = [], []
+    for row, members in alike.items():
+        idx = torch.tensor(members, device=query.device)
+        q, k, v = (query, key, value) if len(members) == R else (query[idx], key[idx], value[idx])
         parts, at = [], 0
         for block in row:
             if block.q0 > at:
-                parts.append(query.new_zeros(H, block.q0 - at, D))
-            parts.append(_attend(query[r], key[r], value[r], block, scaling, p))
+                parts.append(query.new_zeros(len(members), H, block.q0 - at, D))
+            parts.append(_attend(q, k, v, block, scaling, p))
             at = block.q1
         if at < T:  # padding: never scored, seen by nothing
-            parts.append(query.new_zeros(H, T - at, D))
-        rows.append(torch.cat(parts, dim=1))
-    out = torch.stack(rows)  # (R, H, T, D)
+            parts.append(query.new_zeros(len(members), H, T - at, D))
+        outs.append(torch.cat(parts, dim=2))
+        order.extend(members)
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)[torch.argsort(torch.tensor(order, device=query.device))]
     return out.transpose(1, 2).contiguous(), None  # (R, T, H, D)
 
 

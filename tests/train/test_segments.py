@@ -82,17 +82,26 @@ def _scores_and_grads(model, batch):
     return logps.detach(), counts, [p.grad.clone() for p in model.parameters()]
 
 
-def _segments_vs_mask(layout, max_length):
+# rows laid out alike run as one batch: all alike, two of three alike (the third row's order restored)
+ALIKE = [([5, 6, 7], [8, 9], [10, 11, 12])] * 3
+TWO_ALIKE = [([5, 6, 7], [8, 9], [10, 11, 12]), ([9, 8], [7, 6, 5, 4], [3]), ([7, 6, 5], [4, 3], [12, 11, 10])]
+
+
+def _segments_vs_mask(layout, max_length, drawn=MIXED):
     model = _model()
-    batch = layouts.collate(_pairs(MIXED), layout, 0, max_length)
+    batch = layouts.collate(_pairs(drawn), layout, 0, max_length)
     expected = _scores_and_grads(model, batch)
     attention.use(model, "segments")
     return _scores_and_grads(model, batch), expected
 
 
-@pytest.mark.parametrize("layout,max_length", [("prefix-sharing", None), ("packing", 48), ("both", 64)])
-def test_segments_score_and_differentiate_what_the_dense_mask_does(layout, max_length):
-    (logps, counts, grads), (logps0, counts0, grads0) = _segments_vs_mask(layout, max_length)
+CASES = [("prefix-sharing", None, MIXED), ("packing", 48, MIXED), ("both", 64, MIXED), ("prefix-sharing", None, ALIKE),
+         ("prefix-sharing", None, TWO_ALIKE), ("packing", 16, TWO_ALIKE)]  # fmt: skip
+
+
+@pytest.mark.parametrize("layout,max_length,drawn", CASES)
+def test_segments_score_and_differentiate_what_the_dense_mask_does(layout, max_length, drawn):
+    (logps, counts, grads), (logps0, counts0, grads0) = _segments_vs_mask(layout, max_length, drawn)
     assert torch.equal(counts, counts0)
     torch.testing.assert_close(logps, logps0, rtol=0, atol=1e-10)
     for g, g0 in zip(grads, grads0):
