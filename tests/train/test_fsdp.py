@@ -232,7 +232,7 @@ def test_two_fsdp_processes_match_one_process_and_a_summing_reduction_is_caught(
     # the comparison is sharp: gradients summed over the processes, not averaged, fail it ...
     broken = tmp_path / "summed"
     torchrun(cli_args(data, broken, "--fsdp", "--batch-size", "2"), ["tests/train/fsdp_summed_gradients.py"])
-    with pytest.raises(AssertionError, match="grad_norm"):
+    with pytest.raises(AssertionError, match="grad_norm|not close"):  # by its grad norms, or already its weights
         assert_same_training(str(broken), single)
     # ... and one process at half the global batch ends elsewhere
     half = state(train(small(data, tmp_path / "half", batch_size=2))["policy"])
