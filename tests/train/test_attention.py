@@ -174,20 +174,27 @@ def test_the_summary_names_the_layout_and_kernel(data, tmp_path):
     assert abs(summary["history"][0]["loss"] - math.log(2)) < 1e-6
 
 
-@pytest.mark.gpu  # FlexAttention trains on CUDA only
-def test_training_with_flex_equals_the_dense_mask_on_cuda(data, tmp_path):
-    """Same losses to float32 rounding carried through a few updates (relative 1e-4, as in test_layouts.py)."""
+def trains_like_the_dense_mask(data, tmp_path, kernel: str, device: str = "cpu", keys=("loss",)) -> None:
+    """Training with `kernel` gives --attention mask's losses over a short run of both layouts at once: float32
+    rounding carried through a few updates (relative 1e-4, as in test_layouts.py)."""
     from dpo_ref.train.loop import train
     from tests.train.test_train import small
 
     runs = {}
-    for kernel in ("mask", "flex"):
-        flags = dict(prefix_sharing=True, packing=True, max_length=64, attention=kernel, device="cuda", dtype="float32")
-        runs[kernel] = train(small(data, tmp_path / kernel, steps=4, **flags))
-    assert runs["flex"]["attention"] == "flex"
-    for a, b in zip(runs["mask"]["history"], runs["flex"]["history"]):
-        if "loss" in a:
-            assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4, abs_tol=1e-6), (a, b)
+    for k in ("mask", kernel):
+        flags = dict(prefix_sharing=True, packing=True, max_length=64, attention=k, device=device, dtype="float32")
+        runs[k] = train(small(data, tmp_path / k, steps=4, **flags))
+    assert runs[kernel]["attention"] == kernel and runs["mask"]["attention"] == "mask"
+    assert abs(runs[kernel]["history"][0]["loss"] - math.log(2)) < 1e-6
+    for a, b in zip(runs["mask"]["history"], runs[kernel]["history"]):
+        for key in keys:
+            if key in a:
+                assert math.isclose(a[key], b[key], rel_tol=1e-4, abs_tol=1e-6), (key, a, b)
+
+
+@pytest.mark.gpu  # FlexAttention trains on CUDA only
+def test_training_with_flex_equals_the_dense_mask_on_cuda(data, tmp_path):
+    trains_like_the_dense_mask(data, tmp_path, "flex", "cuda")
 
 
 def test_flex_without_a_shared_layout_is_refused_with_the_other_options():

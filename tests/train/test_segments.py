@@ -16,15 +16,13 @@ causal blocks.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpo_ref.train import attention, layouts, segments
-from tests.train.test_attention import MIXED, _pairs, pair_lists
+from tests.train.test_attention import MIXED, _pairs, pair_lists, trains_like_the_dense_mask
 
 
 def _dense(plan, T: int) -> torch.Tensor:
@@ -137,19 +135,7 @@ def test_what_the_kernel_leaves_out_is_refused():
 
 
 def test_training_with_segments_equals_the_dense_mask(data, tmp_path):
-    from dpo_ref.train.loop import train
-    from tests.train.test_train import small
-
-    runs = {}
-    for kernel in ("mask", "segments"):
-        flags = dict(prefix_sharing=True, packing=True, max_length=64, attention=kernel)
-        runs[kernel] = train(small(data, tmp_path / kernel, steps=4, **flags))
-    assert runs["segments"]["attention"] == "segments" and runs["mask"]["attention"] == "mask"
-    assert abs(runs["segments"]["history"][0]["loss"] - math.log(2)) < 1e-6
-    for a, b in zip(runs["mask"]["history"], runs["segments"]["history"]):
-        for key in ("loss", "logps/chosen", "logps/rejected"):
-            if key in a:
-                assert math.isclose(a[key], b[key], rel_tol=1e-4, abs_tol=1e-6), (key, a, b)
+    trains_like_the_dense_mask(data, tmp_path, "segments", keys=("loss", "logps/chosen", "logps/rejected"))
 
 
 def test_the_oracle_rejects_the_segments_path_with_a_leaky_plan(monkeypatch):
@@ -169,14 +155,4 @@ def test_the_oracle_rejects_the_segments_path_with_a_leaky_plan(monkeypatch):
 
 @pytest.mark.gpu  # auto picks mask on CUDA until this has passed there
 def test_training_with_segments_equals_the_dense_mask_on_cuda(data, tmp_path):
-    from dpo_ref.train.loop import train
-    from tests.train.test_train import small
-
-    runs = {}
-    for kernel in ("mask", "segments"):
-        flags = dict(prefix_sharing=True, packing=True, max_length=64, attention=kernel, device="cuda", dtype="float32")
-        runs[kernel] = train(small(data, tmp_path / kernel, steps=4, **flags))
-    assert runs["segments"]["attention"] == "segments"
-    for a, b in zip(runs["mask"]["history"], runs["segments"]["history"]):
-        if "loss" in a:
-            assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4, abs_tol=1e-6), (a, b)
+    trains_like_the_dense_mask(data, tmp_path, "segments", "cuda")
